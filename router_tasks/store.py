@@ -1,0 +1,179 @@
+"""One artifact store for a local folder and for S3.
+
+Why boto3 and not Airflow's ObjectStoragePath: the library must run without Airflow
+(the `tela` CLI, notebooks, tests), and boto3 is the reference S3 client with retries
+built in. The DAG layer turns an Airflow connection into the same settings (endpoint,
+keys) through environment variables, so MinIO, moto and AWS are all reached the same way.
+
+Writes are whole-object: S3 PUT is atomic per object, and local writes go to a temporary
+file that is renamed into place, so a reader never sees half a file. Completeness of a
+*set* of files is the stage contract's job (a manifest written last, see `stage.py`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFAULT_ROOT = "./artifacts"
+
+
+class ArtifactStore:
+    """Keys are '/'-separated paths below a root (`./artifacts`, `file:///x`, `s3://b/p`)."""
+
+    def __init__(self, root: str | os.PathLike | None = None, *, endpoint_url: str | None = None):
+        root = str(root or os.environ.get("TELA_ARTIFACT_ROOT") or DEFAULT_ROOT)
+        self.root = root.rstrip("/")
+        parsed = urlparse(self.root)
+        if parsed.scheme == "s3":
+            self.bucket = parsed.netloc
+            self.prefix = parsed.path.strip("/")
+            self._endpoint_url = (
+                endpoint_url
+                or os.environ.get("TELA_S3_ENDPOINT_URL")
+                or os.environ.get("AWS_ENDPOINT_URL")
+            )
+            self._client = None
+            self.local_dir = None
+        elif parsed.scheme in ("", "file"):
+            path = parsed.path if parsed.scheme == "file" else self.root
+            self.local_dir = Path(path).resolve()
+        else:
+            raise ValueError(
+                f"artifact root {root!r}: expected a local path, file:// or s3:// URI"
+            )
+
+    # -- addressing -------------------------------------------------------------------
+    @property
+    def is_s3(self) -> bool:
+        return self.local_dir is None
+
+    def uri(self, key: str) -> str:
+        if self.is_s3:
+            return f"s3://{self.bucket}/{self._s3_key(key)}"
+        return str(self.local_dir / key)
+
+    def _s3_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @property
+    def s3(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self._endpoint_url,
+                config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            )
+        return self._client
+
+    # -- bytes ------------------------------------------------------------------------
+    def write_bytes(self, key: str, data: bytes) -> None:
+        if self.is_s3:
+            self.s3.put_object(Bucket=self.bucket, Key=self._s3_key(key), Body=data)
+            return
+        path = self.local_dir / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def read_bytes(self, key: str) -> bytes:
+        if self.is_s3:
+            try:
+                obj = self.s3.get_object(Bucket=self.bucket, Key=self._s3_key(key))
+            except self.s3.exceptions.NoSuchKey:
+                raise FileNotFoundError(self.uri(key)) from None
+            return obj["Body"].read()
+        return (self.local_dir / key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        if self.is_s3:
+            from botocore.exceptions import ClientError
+
+            try:
+                self.s3.head_object(Bucket=self.bucket, Key=self._s3_key(key))
+                return True
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+        return (self.local_dir / key).is_file()
+
+    def size(self, key: str) -> int:
+        if self.is_s3:
+            return self.s3.head_object(Bucket=self.bucket, Key=self._s3_key(key))["ContentLength"]
+        return (self.local_dir / key).stat().st_size
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys below `prefix` (relative to the root), sorted; temporary files excluded."""
+        if self.is_s3:
+            keys = []
+            full = self._s3_key(prefix)
+            strip = len(self.prefix) + 1 if self.prefix else 0
+            for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            ):
+                keys += [o["Key"][strip:] for o in page.get("Contents", [])]
+            return sorted(keys)
+        base = self.local_dir / prefix if prefix else self.local_dir
+        if base.is_file():
+            return [prefix]
+        if not base.exists():
+            return []
+        return sorted(
+            str(p.relative_to(self.local_dir))
+            for p in base.rglob("*")
+            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+        )
+
+    def delete(self, key: str) -> None:
+        if self.is_s3:
+            self.s3.delete_object(Bucket=self.bucket, Key=self._s3_key(key))
+        else:
+            (self.local_dir / key).unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path | None:
+        """A filesystem path for `key` when the store is local (lets big readers mmap)."""
+        return None if self.is_s3 else self.local_dir / key
+
+    # -- typed helpers ----------------------------------------------------------------
+    def write_json(self, key: str, obj: Any) -> None:
+        self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def write_parquet(self, key: str, df: pd.DataFrame) -> bytes:
+        """Write `df` as Parquet; returns the bytes written (for hashing)."""
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        data = buf.getvalue()
+        self.write_bytes(key, data)
+        return data
+
+    def read_parquet(self, key: str) -> pd.DataFrame:
+        return pq.read_table(io.BytesIO(self.read_bytes(key))).to_pandas()
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.root!r})"

@@ -1,0 +1,141 @@
+"""Shared fixtures: a real S3 API (moto's server over HTTP on 127.0.0.1), artifact stores,
+and an isolated Airflow home for DAG tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `dags` importable in tests
+
+# Offline everywhere: a test that tries to reach a model hub must fail, not hang.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 server on a free loopback port, speaking HTTP like MinIO or AWS."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "TELA_S3_ENDPOINT_URL")}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        TELA_S3_ENDPOINT_URL=endpoint,
+    )
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_root(moto_server):
+    """A fresh bucket on the moto server; returns the s3:// artifact root."""
+    import boto3
+
+    bucket = f"tela-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/artifacts"
+
+
+@pytest.fixture
+def local_root(tmp_path):
+    return str(tmp_path / "artifacts")
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_root(request, tmp_path):
+    """Run a test once against a local folder and once against the S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "artifacts")
+    return request.getfixturevalue("s3_root")
+
+
+# --- routers, embeddings, train, scoring ----------------------------------------------
+# A toy labels set with a known answer: on the EASY prompts every model is right, on the
+# HARD ones only the strong model is. A trained router must send unseen hard prompts to
+# the strong model more than unseen easy ones. "smollm2" is labelled on some prompts only.
+ROUTER_STRONG = "gpt-4-1106-preview"
+ROUTER_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+ROUTER_EASY = [
+    "What is 2 + 2?", "What is 3 + 5?", "What is 10 minus 4?", "What is 7 times 2?",
+    "What color is the sky on a clear day?", "Say hello in French.",
+    "What is the capital of France?", "How many days are in a week?", "Spell the word cat.",
+    "Name a fruit that is yellow.", "What is the opposite of hot?", "How many legs does a dog have?",
+]
+ROUTER_HARD = [
+    "Prove that there are infinitely many primes of the form 4k+3 with a rigorous argument.",
+    "Derive the Euler-Lagrange equations for a relativistic charged particle in an electromagnetic field.",
+    "Prove the spectral theorem for compact self-adjoint operators on a Hilbert space.",
+    "Compute the Galois group of x^5 - 4x + 2 over the rationals and justify each step.",
+    "Show that the fundamental group of the figure-eight space is the free group on two generators.",
+    "Derive the Black-Scholes partial differential equation from Ito's lemma.",
+    "Prove that every finite integral domain is a field and generalize the argument to Artinian rings.",
+    "Solve the heat equation on a semi-infinite rod with a Robin boundary condition using Laplace transforms.",
+    "Prove the Cauchy-Schwarz inequality in an arbitrary inner product space and characterize equality.",
+    "Prove the Banach fixed-point theorem and apply it to Picard iteration for ordinary differential equations.",
+    "Derive the one-loop renormalization group equation for the coupling in phi^4 theory.",
+    "Prove all three Sylow theorems for finite groups.",
+]
+# unseen prompts for the known-answer checks
+ROUTER_EASY_QUERY = "What is 4 + 4?"
+ROUTER_HARD_QUERY = "Prove the Stone-Weierstrass theorem rigorously for compact Hausdorff spaces."
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The MiniLM encoder, loaded once per test session (~5-10 s on 2 cores)."""
+    from router_tasks.embeddings import get_encoder
+
+    return get_encoder()
+
+
+@pytest.fixture(scope="session")
+def router_toy_labels(minilm):
+    """Labels table (prompt_id, prompt, model, score, correct, quality, source, benchmark)."""
+    import pandas as pd
+
+    from router_tasks.prompts import prompt_id
+
+    rows = []
+    for i, text in enumerate(ROUTER_EASY + ROUTER_HARD):
+        hard = text in ROUTER_HARD
+        outcome = {ROUTER_STRONG: True, ROUTER_WEAK: not hard}
+        if i % 2 == 0:
+            outcome["smollm2"] = not hard
+        for model, ok in outcome.items():
+            rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=ok,
+                             quality=float(ok), source="test:toy", benchmark=None))
+    df = pd.DataFrame(rows)
+    df["score"] = df["score"].astype("Int64")
+    return df
+
+
+@pytest.fixture
+def router_labels_artifact():
+    """`make(df, root) -> ref`: store a labels table as a (validate-like) stage artifact."""
+    from router_tasks.stage import run_stage, stable_hash
+    from router_tasks.store import ArtifactStore
+
+    def make(df, root):
+        content = df.to_json(orient="records")  # key by content: different tables never collide
+        return run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df),
+                         config={"content": stable_hash(content)}, store=ArtifactStore(root))
+
+    return make
