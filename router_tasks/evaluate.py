@@ -11,6 +11,9 @@ holdout only ("holdout"); MT-Bench, never a training source here, is scored whol
 ("transfer"), routed on the first turn as RouteLLM does. Either way, a prompt the router
 trained on must not be scored: the train artifact lists its prompt ids in
 `train_prompts.parquet`, and evaluation refuses to run if any benchmark prompt is in it.
+`protocol="transfer"` scores every decontaminated prompt of any benchmark (the same check
+then proves none was trained on); "crossfit" retrains per fold (`router_tasks.crossfit`).
+`evaluate_to_dir` is `tela evaluate --output DIR`: one benchmark, any protocol, plain files.
 
 Outputs (stages/evaluate/<key>/):
     data.parquet             one row per benchmark, headline metrics (publish reads `apgr`)
@@ -136,6 +139,25 @@ def _plot(bench: str, summary: dict, strong_model: str, weak_model: str, commerc
     return buf.getvalue()
 
 
+#: protocols `evaluate_router` runs in one pass (cross-fit retrains: `router_tasks.crossfit`)
+PROTOCOLS = ("holdout", "transfer")
+
+
+def protocol_table(b: "bm.Benchmark", protocol: str, strong_model: str, weak_model: str) -> pd.DataFrame:
+    """The prompts a protocol scores: "holdout" the fixed ~20% eval split of a benchmark
+    that also supplies training labels; "transfer" every decontaminated prompt (the leakage
+    check then proves the router never saw any of them)."""
+    if protocol == "transfer":
+        return b.table(strong_model, weak_model, split="all")
+    if protocol == "holdout":
+        if b.protocol != "holdout":
+            raise ValueError(
+                f"benchmark {b.name!r} has no training split, so no holdout protocol; use 'transfer' (or 'crossfit')"
+            )
+        return b.table(strong_model, weak_model, split="eval")
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (or 'crossfit' via router_tasks.crossfit)")
+
+
 def evaluate_benchmark(
     router,
     bench: str,
@@ -146,10 +168,16 @@ def evaluate_benchmark(
     num_results: int = 10,
     random_seeds: int = 10,
     max_prompts: int | None = None,
+    protocol: str | None = None,
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
-    """(scores table, summary from `metrics.summarize`, commercial points or None)."""
+    """(scores table, summary from `metrics.summarize`, commercial points or None).
+
+    `protocol`: None follows the benchmark's own (`Benchmark.protocol`); see
+    `protocol_table` for "transfer" / "holdout".
+    """
     b = bm.get_benchmark(bench)
-    table = b.eval_table(strong_model, weak_model)
+    protocol = protocol or b.protocol
+    table = protocol_table(b, protocol, strong_model, weak_model)
     if max_prompts is not None and len(table) > max_prompts:
         # A deterministic subset (smallest prompt ids) for quick runs; the report says n.
         table = table.sort_values("prompt_id").head(max_prompts).reset_index(drop=True)
@@ -160,7 +188,7 @@ def evaluate_benchmark(
     summary = mx.summarize(
         scores, table["strong_quality"], table["weak_quality"], num_results=num_results, random_seeds=random_seeds
     )
-    summary["protocol"] = b.protocol
+    summary["protocol"] = protocol
     scored = pd.DataFrame(
         {
             "prompt_id": table["prompt_id"].astype(str),
@@ -189,6 +217,46 @@ def _finite(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
 
+def benchmark_report(bench: str, s: dict, strong: str, weak: str, commercial: pd.DataFrame | None) -> tuple[dict, dict]:
+    """(metrics.json entry, data.parquet row) of one benchmark's summary."""
+    entry = {
+        "protocol": s["protocol"],
+        "n_prompts": s["n"],
+        "quality_unit": QUALITY_UNITS.get(bench),
+        "strong_quality": s["strong_mean"],
+        "weak_quality": s["weak_mean"],
+        "routellm": s["routellm"],
+        "exact": s["exact"],
+    }
+    if commercial is not None:
+        entry["commercial_routers"] = [
+            {k: _finite(v) for k, v in rec.items()} for rec in commercial.to_dict(orient="records")
+        ]
+    row = {
+        "benchmark": bench,
+        "protocol": s["protocol"],
+        "n_prompts": s["n"],
+        "strong_model": strong,
+        "weak_model": weak,
+        "strong_quality": s["strong_mean"],
+        "weak_quality": s["weak_mean"],
+    }
+    for mode, suffix in (("routellm", ""), ("exact", "_exact")):
+        for k, v in s[mode].items():
+            row[f"{k}{suffix}"] = np.nan if v is None else v
+    return entry, row
+
+
+def write_benchmark_outputs(
+    ctx, bench: str, scored: pd.DataFrame, s: dict, strong: str, weak: str, commercial: pd.DataFrame | None
+) -> tuple[dict, dict]:
+    """Write scores_/curves_/plot_<bench> into the stage context; returns `benchmark_report`."""
+    ctx.write_table(scored, f"scores_{bench}.parquet")
+    ctx.write_table(_curves_table(s), f"curves_{bench}.parquet")
+    ctx.write_file(f"plot_{bench}.png", _plot(bench, s, strong, weak, commercial))
+    return benchmark_report(bench, s, strong, weak, commercial)
+
+
 def evaluate_router(
     router: dict,
     *,
@@ -199,12 +267,17 @@ def evaluate_router(
     random_seeds: int = 10,
     max_prompts: int | None = None,
     artifact_root: str | None = None,
+    protocol: str | None = None,
 ) -> dict:
     """Evaluate the train artifact `router` (a ref dict) on `benchmarks`; returns the ref.
 
     `strong_model` / `weak_model`: the benchmark pair to compare; default the router's own
-    pair (they must have results in the benchmark files).
+    pair (they must have results in the benchmark files). `protocol`: None = each
+    benchmark's own ("holdout" for MMLU/GSM8K, "transfer" for MT-Bench), or "transfer" /
+    "holdout" for all of them (see `protocol_table`).
     """
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (cross-fit: router_tasks.crossfit)")
     store = ArtifactStore(artifact_root)
     names = bm.iter_benchmarks(benchmarks)
     if not names:
@@ -221,6 +294,8 @@ def evaluate_router(
         "holdout": bm.HOLDOUT_VERSION,
         "data": bm.data_fingerprint(),
     }
+    if protocol is not None:  # only when set: artifacts of the default protocol keep their keys
+        config["protocol"] = protocol
 
     def compute(ctx) -> None:
         from router_tasks.routers import load_router
@@ -240,38 +315,10 @@ def evaluate_router(
             started = time.time()
             scored, s, commercial = evaluate_benchmark(
                 r, bench, strong, weak, trained, num_results=num_results, random_seeds=random_seeds,
-                max_prompts=max_prompts,
+                max_prompts=max_prompts, protocol=protocol,
             )
             timings[bench] = round(time.time() - started, 3)
-            ctx.write_table(scored, f"scores_{bench}.parquet")
-            ctx.write_table(_curves_table(s), f"curves_{bench}.parquet")
-            ctx.write_file(f"plot_{bench}.png", _plot(bench, s, strong, weak, commercial))
-            entry = {
-                "protocol": s["protocol"],
-                "n_prompts": s["n"],
-                "quality_unit": QUALITY_UNITS.get(bench),
-                "strong_quality": s["strong_mean"],
-                "weak_quality": s["weak_mean"],
-                "routellm": s["routellm"],
-                "exact": s["exact"],
-            }
-            if commercial is not None:
-                entry["commercial_routers"] = [
-                    {k: _finite(v) for k, v in rec.items()} for rec in commercial.to_dict(orient="records")
-                ]
-            per_bench[bench] = entry
-            row = {
-                "benchmark": bench,
-                "protocol": s["protocol"],
-                "n_prompts": s["n"],
-                "strong_model": strong,
-                "weak_model": weak,
-                "strong_quality": s["strong_mean"],
-                "weak_quality": s["weak_mean"],
-            }
-            for mode, suffix in (("routellm", ""), ("exact", "_exact")):
-                for k, v in s[mode].items():
-                    row[f"{k}{suffix}"] = np.nan if v is None else v
+            per_bench[bench], row = write_benchmark_outputs(ctx, bench, scored, s, strong, weak, commercial)
             rows.append(row)
             log.info(
                 "%s (%s, n=%d): APGR %.3f (exact %.3f), CPT50 %.3f, random %.3f, oracle %.3f",
@@ -309,3 +356,65 @@ def evaluate_router(
         )
 
     return run_stage(STAGE, STAGE_VERSION, compute, inputs={"router": router_ref}, config=config, store=store)
+
+
+def evaluate_to_dir(
+    router: str | dict,
+    benchmark: str,
+    protocol: str | None,
+    output_dir: str,
+    artifact_root: str | None = None,
+    *,
+    folds: int = 5,
+    num_results: int = 10,
+    random_seeds: int = 10,
+    max_prompts: int | None = None,
+) -> dict:
+    """`tela evaluate --router R --benchmark B --protocol P --output DIR`, as a function.
+
+    Runs (or reuses) the evaluate / crossfit artifact for one benchmark, then writes into
+    `output_dir` (a folder or s3:// prefix): `metrics.json` (the artifact's report plus
+    benchmark, protocol and artifact ref), `scores.parquet` (prompt, strong_win_rate, then
+    prompt_id, both models' quality and, for cross-fit, fold) and `plot.png`.
+    `router`: "champion", a train ref dict (or its JSON), key or URI. `protocol`:
+    "transfer", "holdout", "crossfit", or None for the benchmark's own. Returns
+    {"output_dir", "files", "artifact", "metrics"} (metrics: the data.parquet row).
+    """
+    from router_tasks.routers import resolve_router_key
+    from router_tasks.stage import load_table, resolve_ref
+
+    bm.iter_benchmarks([benchmark])
+    if protocol not in (None, "crossfit", *PROTOCOLS):
+        raise ValueError(f"unknown protocol {protocol!r}; expected 'transfer', 'holdout' or 'crossfit'")
+    store, key = resolve_router_key(router, ArtifactStore(artifact_root))
+    router_ref = resolve_ref(key, store)  # artifacts go beside the router they evaluate
+    if protocol == "crossfit":
+        from router_tasks.crossfit import crossfit_evaluate
+
+        ref = crossfit_evaluate(router_ref, benchmark, folds=folds, num_results=num_results,
+                                random_seeds=random_seeds, max_prompts=max_prompts, artifact_root=store.root)
+    else:
+        try:
+            ref = evaluate_router(router_ref, benchmarks=[benchmark], num_results=num_results,
+                                  random_seeds=random_seeds, max_prompts=max_prompts,
+                                  artifact_root=store.root, protocol=protocol)
+        except LeakageError as e:
+            raise LeakageError(f"{e} (protocol 'crossfit' retrains the router without each scored prompt)") from None
+    akey = ArtifactRef.of(ref).key
+    report = store.read_json(f"{akey}/metrics.json")
+    row = load_table(ref, store).iloc[0]
+    protocol_used = str(row["protocol"])
+    report.update(benchmark=benchmark, protocol=protocol_used, artifact=ref)
+
+    scores = store.read_parquet(f"{akey}/scores_{benchmark}.parquet")
+    first = ["prompt", "strong_win_rate"]
+    scores = scores[first + [c for c in scores.columns if c not in first]]
+    out = ArtifactStore(output_dir)
+    out.write_bytes("metrics.json", json.dumps(report, indent=2, sort_keys=True, allow_nan=False).encode())
+    out.write_parquet("scores.parquet", scores)
+    out.write_bytes("plot.png", store.read_bytes(f"{akey}/plot_{benchmark}.png"))
+    files = {name: out.uri(name) for name in ("metrics.json", "scores.parquet", "plot.png")}
+    log.info("%s on %s (%s): APGR %.3f -> %s", benchmark, router_ref["key"], protocol_used, row["apgr"], out.uri(""))
+    metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else (v.item() if hasattr(v, "item") else v))
+               for k, v in row.to_dict().items()}
+    return {"output_dir": out.uri(""), "files": files, "artifact": ref, "metrics": metrics}

@@ -29,7 +29,9 @@ def read_champion(store: ArtifactStore) -> dict | None:
 def headline_score(evaluation: pd.DataFrame, metric: str) -> float:
     """`mean_apgr` averages APGR over the evaluated benchmarks; `apgr:<bench>` picks one."""
     if metric == "mean_apgr":
-        return float(evaluation["apgr"].mean())
+        # NaN on any benchmark makes the mean NaN: a router is never judged on the
+        # benchmarks it happens to be defined on only.
+        return float(evaluation["apgr"].astype(float).mean(skipna=False))
     if metric.startswith("apgr:"):
         bench = metric.split(":", 1)[1]
         row = evaluation[evaluation["benchmark"] == bench]
@@ -58,7 +60,9 @@ def publish_router(
     score = headline_score(evaluation_table, metric)
     current = read_champion(store)
 
-    if current is None:
+    if score != score:  # NaN
+        promote, reason = False, f"{metric} is undefined (NaN) for this router; not promotable"
+    elif current is None:
         promote, reason = True, "no champion yet"
     elif current["router"]["key"] == router_ref.key:
         promote, reason = False, "this router is already the champion"

@@ -149,3 +149,30 @@ def test_random_router_trained_on_routellm_labels_on_s3(s3_root):
     assert -0.5 < table.loc["gsm8k", "apgr"] < 1.5
     assert (table["oracle_apgr"] > table[["apgr", "random_apgr"]].max(axis=1)).all()
     assert (table["oracle_apgr_exact"] >= table["apgr_exact"]).all()
+
+
+def test_evaluate_to_dir_transfer_and_holdout(local_root, tmp_path):
+    from router_tasks.evaluate import evaluate_to_dir
+
+    gsm_train = sorted(bm.load_benchmark("gsm8k", split="train")["prompt_id"])
+    router = make_train_artifact(local_root, gsm_train, tag="to-dir")
+    out = tmp_path / "out"
+    res = evaluate_to_dir(router["key"], "mt-bench", "transfer", str(out), artifact_root=local_root, random_seeds=1)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "plot.png", "scores.parquet"]
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert list(scores.columns[:2]) == ["prompt", "strong_win_rate"] and len(scores) == 72
+    lengths = scores["prompt"].str.len().to_numpy(float)
+    assert np.allclose(scores["strong_win_rate"], (np.minimum(lengths / 2000, 1) + 1) / 2)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["protocol"] == "transfer" and report["benchmark"] == "mt-bench"
+    assert report["benchmarks"]["mt-bench"]["n_prompts"] == 72 == res["metrics"]["n_prompts"]
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+    # GSM8K: the router trained on its non-holdout prompts, so only the holdout is honest
+    held = evaluate_to_dir(router, "gsm8k", "holdout", str(tmp_path / "h"), artifact_root=local_root, random_seeds=1)
+    assert held["metrics"]["protocol"] == "holdout"
+    assert held["metrics"]["n_prompts"] == len(bm.load_benchmark("gsm8k", split="eval"))
+    with pytest.raises(LeakageError, match="crossfit"):
+        evaluate_to_dir(router, "gsm8k", "transfer", str(tmp_path / "t"), artifact_root=local_root, random_seeds=1)
+    with pytest.raises(ValueError, match="no holdout protocol"):
+        evaluate_to_dir(router, "mt-bench", "holdout", str(tmp_path / "x"), artifact_root=local_root)

@@ -45,3 +45,10 @@ def test_unknown_metric_is_a_clear_error(local_root):
     with pytest.raises(ValueError, match="benchmark 'mt-bench' was not evaluated"):
         publish_router(_router(store, "x"), _evaluation(store, {"mmlu": 0.5}), metric="apgr:mt-bench", artifact_root=local_root)
     assert read_champion(store) is None
+
+
+def test_nan_metric_is_never_promoted(local_root):
+    store = ArtifactStore(local_root)
+    d = publish_router(_router(store, "n"), _evaluation(store, {"mmlu": 0.9, "gsm8k": float("nan")}), artifact_root=local_root)
+    assert not d["promoted"] and "NaN" in d["reason"]
+    assert read_champion(store) is None

@@ -1,0 +1,154 @@
+"""Threshold calibration: which `strong_win_rate` threshold sends a target share of the
+user's own traffic to the strong model.
+
+A router's scores are not probabilities of anything the user budgets for; what the user
+knows is "I can afford the strong model on ~30% of requests". Given a sample of their
+prompts, the threshold is read off the scores' distribution (RouteLLM's `calibrate_threshold`
+does the same with `np.percentile`). Routing rule, as everywhere here: a prompt goes to the
+strong model when `strong_win_rate >= threshold`.
+
+Ties matter: a kNN router gives many prompts the same score, so not every share is
+reachable. `threshold_for_share` returns the reachable share nearest the target (the
+lower, cheaper one when two are equally near) and says what it achieves; the RouteLLM
+percentile value is kept beside it for comparison with published thresholds.
+
+Stored with the router as a `calibrate` artifact whose input is the router's train
+artifact (stages/calibrate/<key>/):
+    calibration.json   threshold, target and achieved share, sample size, router key
+    data.parquet       prompt_id, strong_win_rate, to_strong for every sampled prompt
+Duplicate prompts in the sample are kept: they are traffic, and traffic is what is budgeted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from router_tasks.prompts import prompt_id
+from router_tasks.stage import ArtifactRef, resolve_ref, run_stage, stable_hash
+from router_tasks.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+STAGE = "calibrate"
+STAGE_VERSION = "1"
+CALIBRATION_FILE = "calibration.json"
+
+
+def threshold_for_share(scores: Sequence[float], target_share: float) -> tuple[float, float]:
+    """(threshold, achieved share of scores >= threshold) nearest `target_share`.
+
+    Candidates are every distinct score (its share counts all ties at once) and one value
+    just above the maximum (share 0).
+    """
+    if not 0.0 <= float(target_share) <= 1.0:
+        raise ValueError(f"target strong share must be in [0, 1], got {target_share}")
+    s = np.asarray(scores, dtype=float).reshape(-1)
+    if not len(s):
+        raise ValueError("cannot calibrate on an empty sample of prompts")
+    bad = np.flatnonzero(~np.isfinite(s))
+    if len(bad):
+        raise ValueError(f"score of sample prompt #{bad[0]} is {s[bad[0]]}")
+    distinct = np.unique(s)[::-1]  # descending
+    shares = np.array([(s >= t).mean() for t in distinct])
+    thresholds = np.concatenate([[np.nextafter(distinct[0], np.inf)], distinct])
+    shares = np.concatenate([[0.0], shares])
+    gap = np.abs(shares - float(target_share))
+    best = int(np.flatnonzero(np.isclose(gap, gap.min(), rtol=0, atol=1e-12))[0])  # first = lowest share
+    return float(thresholds[best]), float(shares[best])
+
+
+def _sample(prompts, store: ArtifactStore) -> tuple[list[str], dict | None, str]:
+    """(prompts, input ref or None, description) from a list, a file path or a table ref."""
+    if isinstance(prompts, (ArtifactRef, dict)) or (isinstance(prompts, str) and prompts.strip().startswith("{")):
+        ref = resolve_ref(prompts, store)
+        table = store.read_parquet(f"{ref['key']}/data.parquet")
+        if "prompt" not in table.columns:
+            raise ValueError(f"{store.uri(ref['key'])}: no 'prompt' column (columns: {list(table.columns)})")
+        return table["prompt"].astype(str).tolist(), ref, ref["key"]
+    if isinstance(prompts, str):
+        from router_tasks.scoring import read_prompts
+
+        return read_prompts(prompts), None, prompts
+    texts = list(prompts)
+    for i, p in enumerate(texts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"sample prompt #{i} is empty or not text: {p!r:.80}")
+    return texts, None, f"{len(texts)} prompts"
+
+
+def calibrate_router(
+    router: dict | str,
+    prompts: Sequence[str] | str | dict,
+    target_strong_share: float,
+    *,
+    artifact_root: str | None = None,
+) -> dict:
+    """Calibrate `router` (train ref, key/URI or "champion") on a sample; returns the ref.
+
+    `prompts`: a list of prompt texts, a jsonl/csv/parquet file with a `prompt` column, or
+    the ref of an artifact whose data.parquet has one (e.g. the ingest stage's output).
+    Read the result with `read_calibration(ref)`.
+    """
+    from router_tasks.routers import resolve_router_key
+
+    if not 0.0 <= float(target_strong_share) <= 1.0:
+        raise ValueError(f"target strong share must be in [0, 1], got {target_strong_share}")
+    store = ArtifactStore(artifact_root)
+    rstore, rkey = resolve_router_key(router, store)
+    store = rstore  # the calibration is stored beside the router it belongs to
+    router_ref = resolve_ref(rkey, store)
+    texts, prompts_ref, source = _sample(prompts, store)
+    if not texts:
+        raise ValueError(f"no prompts to calibrate on in {source}")
+    inputs = {"router": router_ref}
+    config = {"target_strong_share": float(target_strong_share), "n_prompts": len(texts)}
+    if prompts_ref is not None:
+        inputs["prompts"] = prompts_ref
+    else:  # the sample itself decides the threshold: key on its content
+        config["prompts_sha"] = stable_hash(texts, length=32)
+
+    def compute(ctx) -> None:
+        from router_tasks.routers import load_router
+
+        r = load_router(ctx.inputs["router"].to_dict(), ctx.store)
+        scores = np.asarray(r.strong_win_rate(texts), dtype=float).reshape(-1)
+        threshold, achieved = threshold_for_share(scores, target_strong_share)
+        result = {
+            "router": ctx.inputs["router"].to_dict(),
+            "kind": r.meta.get("kind"),
+            "strong_model": r.strong_model,
+            "weak_model": r.weak_model,
+            "rule": "strong model when strong_win_rate >= threshold",
+            "threshold": threshold,
+            "target_strong_share": float(target_strong_share),
+            "achieved_strong_share": achieved,
+            "routellm_threshold": float(np.percentile(scores, 100 * (1 - float(target_strong_share)))),
+            "n_prompts": len(texts),
+            "n_distinct_scores": int(len(np.unique(scores))),
+            "sample": source,
+        }
+        ctx.write_file(CALIBRATION_FILE, json.dumps(result, indent=2, sort_keys=True).encode())
+        ctx.write_table(pd.DataFrame({
+            "prompt_id": [prompt_id(p) for p in texts],
+            "strong_win_rate": scores,
+            "to_strong": scores >= threshold,
+        }))
+        ctx.stats.update(n_prompts=len(texts), achieved_strong_share=achieved)
+        log.info("calibrated %s: threshold %.6f sends %.1f%% of %d prompts to %s (target %.1f%%)",
+                 r.artifact_key, threshold, 100 * achieved, len(texts), r.strong_model, 100 * target_strong_share)
+
+    return run_stage(STAGE, STAGE_VERSION, compute, inputs=inputs, config=config, store=store)
+
+
+def read_calibration(ref: dict | str, artifact_root: str | None = None) -> dict:
+    """The calibration.json of a calibrate artifact (ref dict, key or URI)."""
+    store = ArtifactStore(artifact_root)
+    r = resolve_ref(ref, store)
+    if r["stage"] != STAGE:
+        raise ValueError(f"expected a {STAGE} artifact, got stage {r['stage']!r} ({r['key']})")
+    return store.read_json(f"{r['key']}/{CALIBRATION_FILE}")

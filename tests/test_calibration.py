@@ -1,0 +1,85 @@
+"""Threshold calibration: hand-computed thresholds, and the stored artifact with a real
+random router from the real train stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from router_tasks import benchmarks as bm
+from router_tasks.calibration import calibrate_router, read_calibration, threshold_for_share
+from router_tasks.routers import RandomRouter
+from router_tasks.stage import load_table, read_manifest, run_stage
+from router_tasks.store import ArtifactStore
+from router_tasks.train import train_router
+
+STRONG, WEAK = bm.STRONG_MODEL, bm.WEAK_MODEL
+
+
+@pytest.mark.parametrize(
+    "target, threshold, share",
+    [
+        (0.4, 0.9, 0.2),   # 0.2 and 0.6 are equally near: the cheaper one
+        (0.5, 0.8, 0.6),   # the tie at 0.8 enters together: 3 of 5
+        (0.8, 0.3, 0.8),
+        (1.0, 0.1, 1.0),
+        (0.05, None, 0.0),  # nearer 0 than 0.2: above the maximum, nobody goes strong
+    ],
+)
+def test_threshold_for_share_hand_computed(target, threshold, share):
+    scores = [0.8, 0.1, 0.9, 0.3, 0.8]
+    t, achieved = threshold_for_share(scores, target)
+    assert achieved == pytest.approx(share)
+    assert np.mean(np.asarray(scores) >= t) == pytest.approx(achieved)  # the rule it states
+    if threshold is None:
+        assert t > 0.9 and t == pytest.approx(0.9)
+    else:
+        assert t == threshold
+
+
+def test_threshold_for_share_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        threshold_for_share([0.1], 1.5)
+    with pytest.raises(ValueError, match="empty"):
+        threshold_for_share([], 0.5)
+    with pytest.raises(ValueError, match="#1 is nan"):
+        threshold_for_share([0.1, float("nan")], 0.5)
+
+
+def test_calibrate_random_router_stored_with_router(local_root, tmp_path):
+    from router_tasks.prompts import prompt_id
+
+    store = ArtifactStore(local_root)
+    texts = [f"training prompt {i}" for i in range(4)]
+    labels = pd.DataFrame({
+        "prompt_id": [prompt_id(t) for t in texts for _ in (0, 1)],
+        "prompt": [t for t in texts for _ in (0, 1)],
+        "model": [STRONG, WEAK] * 4,
+        "quality": [1.0, 0.0] * 4,
+    })
+    labels_ref = run_stage("labels", "test", lambda ctx: ctx.write_table(labels), config={"t": "cal"}, store=store)
+    router = train_router(labels_ref, router_type="random", artifact_root=local_root)
+
+    sample = [f"user prompt {i}" for i in range(40)]
+    ref = calibrate_router(router, sample, 0.25, artifact_root=local_root)
+    cal = read_calibration(ref, artifact_root=local_root)
+    # known answer: the random router's scores are a fixed hash of each prompt
+    scores = RandomRouter([STRONG, WEAK], STRONG, WEAK, {"seed": 0}).strong_win_rate(sample)
+    assert cal["achieved_strong_share"] == pytest.approx(0.25)  # 40 distinct scores: exactly 10
+    assert cal["threshold"] == pytest.approx(np.sort(scores)[::-1][9])
+    assert cal["routellm_threshold"] == pytest.approx(np.percentile(scores, 75))
+    assert cal["router"]["key"] == router["key"] and cal["n_prompts"] == 40
+    table = load_table(ref, store)
+    assert int(table["to_strong"].sum()) == 10
+    assert read_manifest(store, ref)["inputs"]["router"]["key"] == router["key"]  # references the router
+
+    # same sample from a file, same result; the same call again is reused
+    path = tmp_path / "sample.jsonl"
+    pd.DataFrame({"prompt": sample}).to_json(path, orient="records", lines=True)
+    again = calibrate_router(router, str(path), 0.25, artifact_root=local_root)
+    assert again["reused"] is True and again["key"] == ref["key"]
+    other = calibrate_router(router, sample, 0.5, artifact_root=local_root)
+    assert read_calibration(other, artifact_root=local_root)["achieved_strong_share"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="expected a calibrate artifact"):
+        read_calibration(router, artifact_root=local_root)
