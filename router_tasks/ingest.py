@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 
 from router_tasks.prompts import normalize_prompt, prompt_id
+from router_tasks.quality import enforce, prompts_suite, resolve_thresholds
 from router_tasks.stage import run_stage
 from router_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: prompts suite (quarantine + Data Docs)
 MAX_PROMPT_CHARS_DEFAULT = 100_000
 FORMATS = ("jsonl", "json", "csv", "parquet")
 
@@ -73,9 +74,11 @@ def read_prompt_file(source: str, fmt: str | None = None) -> pd.DataFrame:
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(io.BytesIO(data)).to_pandas()
+            table = pq.read_table(io.BytesIO(data))
         except Exception as err:  # pyarrow raises several types for corrupt files
             raise InputDataError(f"{source}: not a readable Parquet file ({err})") from None
+        _check_parquet_schema(source, table.schema)
+        return table.to_pandas()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -98,8 +101,32 @@ def read_prompt_file(source: str, fmt: str | None = None) -> pd.DataFrame:
             raise InputDataError(f"{source}: line {lineno}: malformed JSON ({err.msg})") from None
         if not isinstance(row, dict):
             raise InputDataError(f"{source}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+        for name, value in row.items():  # a "\udce9" escape decodes to text UTF-8 cannot hold
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise InputDataError(
+                        f"{source}: line {lineno}: field '{name}' is not valid UTF-8 text "
+                        f"(unpaired surrogate escape at character {err.start})"
+                    ) from None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _check_parquet_schema(source: str, schema) -> None:
+    """Parquet carries types: name a wrong one for the whole column, not row by row."""
+    import pyarrow as pa
+
+    col = next((n for n in ("prompt", "question", "turns") if n in schema.names), None)
+    if col is None:
+        return  # normalize_prompt_table names the missing column
+    typ = schema.field(col).type
+    text = pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+    listed = (pa.types.is_list(typ) or pa.types.is_large_list(typ)) and pa.types.is_string(typ.value_type)
+    if not (text or (col == "turns" and listed)) and not pa.types.is_null(typ):
+        expected = "string (or list<string> for 'turns')" if col == "turns" else "string"
+        raise InputDataError(f"{source}: wrong Parquet schema: column '{col}' has type {typ}; expected {expected}")
 
 
 _GSM8K_GOLD = re.compile(r"####\s*(-?[\d,\.]+)\s*$")
@@ -126,6 +153,13 @@ def normalize_prompt_table(raw: pd.DataFrame, source: str, dataset: str, max_cha
                 f"{source}: row {i + 1}: field '{col}' must be text, got {type(value).__name__} {value!r:.60}"
             )
         text = normalize_prompt(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate, e.g. a JSON "\udc80" escape
+            raise InputDataError(
+                f"{source}: row {i + 1}: field '{col}' is not valid UTF-8 text "
+                f"(unpaired surrogate {text[err.start]!r} at character {err.start})"
+            ) from None
         if not text:
             raise InputDataError(f"{source}: row {i + 1}: field '{col}' is empty after normalising whitespace")
         if len(text) > max_chars:
@@ -183,16 +217,20 @@ def ingest_prompts(
     shards: int = 1,
     seed: int = 0,
     max_prompt_chars: int = MAX_PROMPT_CHARS_DEFAULT,
+    thresholds: dict | None = None,
     artifact_root: str | None = None,
 ) -> dict:
     """Read `source`, normalise, dedupe by prompt id, sample, shard; return the artifact ref.
 
     The source's content hash is part of the artifact key, so an edited file is ingested
-    again while an unchanged one is reused.
+    again while an unchanged one is reused. `max_prompt_chars` is the hard limit (a file
+    with a longer prompt is refused); the prompts suite then sets aside rows outside
+    `thresholds` `min_prompt_chars` / `max_prompt_chars` (see `router_tasks.quality`).
     """
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     store = ArtifactStore(artifact_root)
+    th = resolve_thresholds(thresholds)
     raw_bytes = _read_source_bytes(source)
     dataset = dataset or re.sub(r"\.[a-z]+$", "", urlparse(source).path.rsplit("/", 1)[-1])
     config = {
@@ -204,6 +242,7 @@ def ingest_prompts(
         "shards": shards,
         "seed": seed,
         "max_prompt_chars": max_prompt_chars,
+        "thresholds": {k: v for k, v in th.items() if k in ("min_kept_share", "min_prompt_chars", "max_prompt_chars")},
     }
 
     def compute(ctx):
@@ -212,11 +251,14 @@ def ingest_prompts(
         before = len(table)
         table = table.drop_duplicates("prompt_id", keep="first").reset_index(drop=True)
         deduped = len(table)
+        # Before sampling, so a sample of n holds n good prompts.
+        table = enforce(ctx, table, prompts_suite(th), min_kept_share=float(th["min_kept_share"]))
         if sample is not None and sample < len(table):
             table = table.sample(n=sample, random_state=seed).sort_index().reset_index(drop=True)
         # Shard by id hash, not position: a prompt keeps its shard when the file grows.
         table["shard"] = [int(pid[:8], 16) % shards for pid in table["prompt_id"]]
-        ctx.stats.update(rows_read=len(raw), duplicates_dropped=before - deduped, rows_out=len(table))
+        ctx.stats.update(rows_read=len(raw), duplicates_dropped=before - deduped, rows_out=len(table),
+                         quarantined=ctx.stats["quality"]["prompts"]["rows_quarantined"])
         log.info("ingest %s: %d rows read, %d kept", source, len(raw), len(table))
         ctx.write_table(table)
 

@@ -87,3 +87,57 @@ def test_bad_input_names_file_row_and_field(tmp_path, local_root, name, content,
         ingest_prompts(str(path), artifact_root=local_root)
     assert name in str(err.value)
     assert ArtifactStore(local_root).list() == []  # nothing stored for a failed ingest
+
+
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (pd.DataFrame({"prompt": [1, 2]}), "wrong Parquet schema: column 'prompt' has type int64; expected string"),
+        (pd.DataFrame({"text": ["a"]}), "missing 'prompt' column"),
+    ],
+)
+def test_parquet_with_the_wrong_schema(tmp_path, local_root, frame, message):
+    path = tmp_path / "wrong_schema.parquet"
+    frame.to_parquet(path)
+    with pytest.raises(InputDataError, match=message):
+        ingest_prompts(str(path), artifact_root=local_root)
+    assert ArtifactStore(local_root).list() == []
+
+
+def test_json_escape_that_is_not_utf8(tmp_path, local_root):
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"prompt": "ok"}\n{"prompt": "caf\\udce9"}\n', encoding="utf-8")
+    with pytest.raises(InputDataError, match="line 2: field 'prompt' is not valid UTF-8"):
+        ingest_prompts(str(path), artifact_root=local_root)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "the file is empty"),
+        (b'{"text": "hi"}\n', "missing 'prompt' column"),
+        (b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', "line 2: invalid UTF-8"),
+        (b'{"prompt": "ok"}\n{"prompt": \n', "line 2: malformed JSON"),
+        (b'{"prompt": "' + b"x" * 10_000_001 + b'"}\n', "row 1: field 'prompt' has 10,000,001 characters"),
+    ],
+)
+def test_tela_ingest_reports_bad_input(tmp_path, local_root, capsys, content, message):
+    from router_tasks.cli import main
+
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(content)
+    assert main(["--artifact-root", local_root, "ingest", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tela ingest: error: ") and str(path) in err and message in err
+    assert ArtifactStore(local_root).list() == []
+
+
+def test_tela_ingest_quarantines_and_fails_under_the_kept_share(tmp_path, local_root, capsys, monkeypatch):
+    from router_tasks.cli import main
+
+    monkeypatch.setenv("TELA_DQ_THRESHOLDS", '{"max_prompt_chars": 20}')
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(3)] + [{"prompt": "x" * 30}])
+    assert main(["--artifact-root", local_root, "ingest", path]) == 2
+    err = capsys.readouterr().err
+    assert "kept_share_at_least" in err and "observed=0.75" in err and "Data Docs:" in err
+    assert not [k for k in ArtifactStore(local_root).list() if k.startswith("stages/")]
