@@ -4,7 +4,9 @@ and an isolated Airflow home for DAG tests."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -12,11 +14,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `dags` importable in tests
+sys.path.insert(0, str(REPO / "plugins"))  # as Airflow puts it on sys.path
 
 # Offline everywhere: a test that tries to reach a model hub must fail, not hang.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Airflow reads its config on first import: give the test session its own home and
+# SQLite DB (never the demo's), with our dags/ and plugins/ folders.
+_AIRFLOW_HOME = Path(os.environ.get("TELA_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="tela-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated SQLite metadata DB for this test session (about 5 s, once)."""
+    if not (_AIRFLOW_HOME / "airflow.db").exists():
+        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return _AIRFLOW_HOME
 
 
 @pytest.fixture(scope="session")
