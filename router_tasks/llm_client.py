@@ -1,0 +1,296 @@
+"""Chat calls to OpenAI-compatible endpoints, shared by the generate and judge stages.
+
+An `Endpoint` is plain config (a dict in DAG params / CLI files): which model to call
+where, with what decoding settings. API keys never enter it: `api_key_env` names the
+environment variable that holds the key, read only when a client is built, never logged
+or stored. The special base_url "local" starts the bundled SmolLM2 server
+(`router_tasks.llm_server`) for the duration of the calls.
+
+Calls go through the official `openai` client, which retries connection errors, 408,
+409, 429 and 5xx with exponential backoff (honouring Retry-After) and enforces the
+timeout; a thread pool caps the requests in flight per endpoint. A request that still
+fails comes back as a `ChatResult` with `error` set, so a caller records it instead of
+losing the row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+LOCAL_API_KEY = "local-no-key"  # the local server checks no key; the client needs one
+NO_KEY = "no-key"  # for OpenAI-compatible servers that take none
+
+# Settings that change what a model answers: the part of an endpoint that belongs in an
+# artifact's config (and so its cache key). Timeouts, retries, concurrency and the key's
+# variable name do not change answers and stay out, so tuning them reuses artifacts.
+OUTPUT_FIELDS = ("name", "model", "base_url", "max_tokens", "temperature", "system_prompt")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str  # the label in answer/judgement tables, e.g. "gpt-4-1106-preview"
+    model: str  # the model id the API expects (a deployment name, "smollm2", ...)
+    base_url: str | None = None  # None: api.openai.com; "local": the bundled server
+    api_key_env: str | None = None  # env var holding the key; None: OPENAI_API_KEY for OpenAI
+    max_tokens: int = 128
+    temperature: float = 0.0
+    system_prompt: str | None = None
+    timeout_s: float | None = None  # per request; default 120 s (900 s for the local CPU server)
+    max_retries: int = 3
+    concurrency: int | None = None  # requests in flight; default 4 (8 for local: one full batch)
+
+    @classmethod
+    def from_dict(cls, data: Mapping, *, defaults: Mapping | None = None, where: str = "endpoint") -> "Endpoint":
+        """Build from config; `defaults` fill fields the dict leaves out.
+
+        Raises ValueError naming the offending field: unknown keys are rejected (a typo
+        would otherwise silently fall back to a default) and so is any literal API key.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        if "api_key" in data:
+            raise ValueError(
+                f"{where}: do not put an API key in config; set it in an environment variable "
+                f"and name that variable in 'api_key_env'"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        merged = {k: v for k, v in (defaults or {}).items() if k in known and v is not None}
+        merged.update({k: v for k, v in data.items() if v is not None})
+        if "name" not in merged and "model" in merged:
+            merged["name"] = merged["model"]
+        for req in ("name", "model"):
+            if not isinstance(merged.get(req), str) or not merged[req].strip():
+                raise ValueError(f"{where}: field {req!r} is required and must be a non-empty string")
+        where = f"{where} {merged['name']!r}"
+        if not isinstance(merged.get("max_tokens", 1), int) or merged.get("max_tokens", 1) < 1:
+            raise ValueError(f"{where}: max_tokens must be a positive integer, got {merged.get('max_tokens')!r}")
+        if not isinstance(merged.get("temperature", 0.0), (int, float)) or merged.get("temperature", 0.0) < 0:
+            raise ValueError(f"{where}: temperature must be a number >= 0, got {merged.get('temperature')!r}")
+        if merged.get("concurrency") is not None and int(merged["concurrency"]) < 1:
+            raise ValueError(f"{where}: concurrency must be >= 1")
+        base = merged.get("base_url")
+        if base is not None and base != LOCAL and urlsplit(base).scheme not in ("http", "https"):
+            raise ValueError(f"{where}: base_url must be an http(s) URL or 'local', got {base!r}")
+        merged["temperature"] = float(merged.get("temperature", 0.0))
+        return cls(**merged)
+
+    @property
+    def is_local(self) -> bool:
+        return self.base_url == LOCAL
+
+    def output_config(self) -> dict:
+        """JSON-able settings that determine the answers; safe to store (no secrets)."""
+        cfg = {k: getattr(self, k) for k in OUTPUT_FIELDS}
+        cfg["base_url"] = _redact_url(self.base_url)
+        return cfg
+
+    def public_dict(self) -> dict:
+        """Every field, with credentials stripped from the URL: for logs and manifests."""
+        d = asdict(self)
+        d["base_url"] = _redact_url(self.base_url)
+        return d
+
+    def api_key(self) -> str:
+        """The key for this endpoint, from the environment; never logged."""
+        if self.is_local:
+            return LOCAL_API_KEY
+        var = self.api_key_env or ("OPENAI_API_KEY" if self.base_url is None else None)
+        if var is None:
+            return NO_KEY
+        key = os.environ.get(var)
+        if not key:
+            raise RuntimeError(
+                f"endpoint {self.name!r}: environment variable {var} (api_key_env) is not set or empty"
+            )
+        return key
+
+    def workers(self) -> int:
+        if self.concurrency is not None:
+            return int(self.concurrency)
+        return 8 if self.is_local else 4
+
+    def request_timeout(self) -> float:
+        if self.timeout_s is not None:
+            return float(self.timeout_s)
+        # CPU generation queues behind other batches: minutes, not seconds.
+        return 900.0 if self.is_local else 120.0
+
+
+def _redact_url(url: str | None) -> str | None:
+    """Drop user:password@ and the query string (where some gateways put keys)."""
+    if url is None or url == LOCAL:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+@dataclass
+class ChatResult:
+    answer: str | None
+    finish_reason: str | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+
+
+def _describe_error(err: Exception) -> str:
+    """A short, key-free description of a failed call for the `error` column."""
+    import openai
+
+    if isinstance(err, openai.APIStatusError):
+        msg = err.message if isinstance(err.message, str) else str(err)
+        text = f"HTTP {err.status_code} {type(err).__name__}: {msg}"
+    elif isinstance(err, openai.APITimeoutError):
+        text = "timeout: no response within the request timeout"
+    elif isinstance(err, openai.APIConnectionError):
+        cause = err.__cause__ or err
+        text = f"connection error: {type(cause).__name__}: {cause}"
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return " ".join(text.split())[:500]
+
+
+class ChatClient:
+    """One endpoint, bound to a concrete base URL (the local server's, if 'local')."""
+
+    def __init__(self, endpoint: Endpoint, base_url: str | None = None):
+        import openai
+
+        self.endpoint = endpoint
+        self.base_url = base_url if base_url is not None else (None if endpoint.is_local else endpoint.base_url)
+        self._client = openai.OpenAI(
+            api_key=endpoint.api_key(),
+            base_url=self.base_url,
+            timeout=endpoint.request_timeout(),
+            max_retries=endpoint.max_retries,
+        )
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None) -> ChatResult:
+        ep = self.endpoint
+        if ep.system_prompt and not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": ep.system_prompt}, *messages]
+        with self._lock:
+            self.requests += 1
+        started = time.monotonic()
+        try:
+            resp = self._client.chat.completions.create(
+                model=ep.model,
+                messages=messages,
+                max_tokens=max_tokens or ep.max_tokens,
+                temperature=ep.temperature if temperature is None else temperature,
+            )
+        except Exception as err:  # noqa: BLE001 - recorded per row, never raised
+            return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3))
+        latency = round(time.monotonic() - started, 3)
+        usage = resp.usage
+        tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
+        tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+        if not resp.choices:
+            return ChatResult(None, None, "empty response: no choices", tokens_in, tokens_out, latency)
+        choice = resp.choices[0]
+        content = choice.message.content if choice.message else None
+        if content is None:  # e.g. a content filter or a refusal-only reply
+            refusal = getattr(choice.message, "refusal", None) if choice.message else None
+            why = f"refusal: {refusal}" if refusal else f"no content (finish_reason={choice.finish_reason})"
+            return ChatResult(None, choice.finish_reason, why[:500], tokens_in, tokens_out, latency)
+        return ChatResult(content, choice.finish_reason, None, tokens_in, tokens_out, latency)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@contextlib.contextmanager
+def open_endpoint(endpoint: Endpoint) -> Iterator[ChatClient]:
+    """A client for `endpoint`; for base_url 'local', a server that lives as long as it."""
+    _quiet_http_logs()
+    if endpoint.is_local:
+        from router_tasks.llm_server import local_llm_server
+
+        with local_llm_server() as url:
+            client = ChatClient(endpoint, base_url=url)
+            try:
+                yield client
+            finally:
+                client.close()
+        return
+    client = ChatClient(endpoint)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def chat_many(
+    client: ChatClient,
+    conversations: Sequence[list[dict]],
+    *,
+    max_tokens: int | None = None,
+    on_result: Callable[[int, ChatResult], None] | None = None,
+) -> list[ChatResult]:
+    """Run every conversation, `endpoint.workers()` at a time; results in input order.
+
+    `on_result(index, result)` is called in the calling thread as each one finishes
+    (progress logging, checkpoints).
+    """
+    results: list[ChatResult | None] = [None] * len(conversations)
+    if not conversations:
+        return []
+    with ThreadPoolExecutor(max_workers=client.endpoint.workers(), thread_name_prefix="chat") as pool:
+        futures = {pool.submit(client.chat, conv, max_tokens=max_tokens): i for i, conv in enumerate(conversations)}
+        try:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_result is not None:
+                    on_result(i, results[i])
+        except BaseException:
+            for fut in futures:  # don't leave queued requests running after a failure
+                fut.cancel()
+            raise
+    return results  # type: ignore[return-value]
+
+
+class Progress:
+    """Logs a line every `every` results: done/total, errors, rate."""
+
+    def __init__(self, label: str, total: int, every: int | None = None):
+        self.label, self.total = label, total
+        self.every = every or max(1, min(100, total // 10 or 1))
+        self.done = self.errors = 0
+        self.started = time.monotonic()
+
+    def update(self, result: ChatResult) -> None:
+        self.done += 1
+        self.errors += result.error is not None
+        if self.done % self.every == 0 or self.done == self.total:
+            rate = self.done / max(time.monotonic() - self.started, 1e-9)
+            log.info("%s: %d/%d done, %d errors, %.2f/s", self.label, self.done, self.total, self.errors, rate)
+
+
+def _quiet_http_logs() -> None:
+    # The openai client logs every request at INFO through httpx: thousands of lines in a
+    # task log. Raise them to WARNING unless someone configured those loggers already.
+    for name in ("httpx", "httpx2", "httpcore"):
+        lg = logging.getLogger(name)
+        if lg.level == logging.NOTSET:
+            lg.setLevel(logging.WARNING)
