@@ -144,8 +144,13 @@ def normalize_prompt_table(raw: pd.DataFrame, source: str, dataset: str, max_cha
             f"{source}: missing 'prompt' column (also accepted: 'question', 'turns'); "
             f"found columns {list(raw.columns)}"
         )
+    values = raw[col]
+    # Files that mix `prompt` rows and `question` rows (common when datasets are
+    # concatenated): a row's prompt is the first of the two it has.
+    if col == "prompt" and "question" in raw.columns:
+        values = values.where(values.notna(), raw["question"])
     prompts = []
-    for i, value in enumerate(raw[col].tolist()):
+    for i, value in enumerate(values.tolist()):
         if col == "turns" and isinstance(value, (list, tuple, np.ndarray)) and len(value):
             value = value[0]
         if not isinstance(value, str):

@@ -141,3 +141,10 @@ def test_tela_ingest_quarantines_and_fails_under_the_kept_share(tmp_path, local_
     err = capsys.readouterr().err
     assert "kept_share_at_least" in err and "observed=0.75" in err and "Data Docs:" in err
     assert not [k for k in ArtifactStore(local_root).list() if k.startswith("stages/")]
+
+
+def test_rows_may_mix_prompt_and_question(tmp_path, local_root):
+    src = _jsonl(tmp_path / "mixed.jsonl", [{"question": "Q one?", "answer": "#### 1"}, {"prompt": "P two?"}])
+    table = load_table(ingest_prompts(src, artifact_root=local_root), ArtifactStore(local_root))
+    assert table["prompt"].tolist() == ["Q one?", "P two?"]
+    assert table["gold_answer"].tolist()[0] == "1"
