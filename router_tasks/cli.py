@@ -1,0 +1,190 @@
+"""`tela`: run any stage, the whole pipeline, or score prompts with a router, no Airflow needed.
+
+Stage commands print the artifact reference (JSON) they produced; any command that takes
+an artifact accepts that JSON, an artifact key (`stages/ingest/<hash>`) or its full URI.
+The artifact root comes from `--artifact-root` or TELA_ARTIFACT_ROOT (default ./artifacts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _json_arg(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg}): {text!r:.80}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    from router_tasks import defaults
+
+    p = argparse.ArgumentParser(prog="tela", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact-root", help="local folder, file:// or s3:// URI (default: $TELA_ARTIFACT_ROOT or ./artifacts)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("ingest", help="read a prompt dataset into a prompt table")
+    s.add_argument("source", help="jsonl/csv/parquet path or s3:// URI")
+    s.add_argument("--dataset")
+    s.add_argument("--format", dest="fmt", choices=["jsonl", "csv", "parquet"])
+    s.add_argument("--sample", type=int)
+    s.add_argument("--shards", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("generate", help="answer prompts with OSS models")
+    s.add_argument("--prompts", required=True, help="ingest artifact")
+    s.add_argument("--models", type=_json_arg, default=defaults.DEMO_MODELS, help="JSON list of endpoints")
+    s.add_argument("--max-tokens", type=int, default=96)
+
+    s = sub.add_parser("judge", help="grade answers (exact match or LLM judge)")
+    s.add_argument("--prompts", required=True)
+    s.add_argument("--answers", required=True)
+    s.add_argument("--judge", type=_json_arg, default=defaults.DEMO_JUDGE, help="JSON endpoint of the judge")
+
+    s = sub.add_parser("labels", help="build the labels table")
+    s.add_argument("--prompts", required=True)
+    s.add_argument("--judgements", required=True)
+    s.add_argument("--no-routellm", action="store_true", help="leave out the bundled RouteLLM labels")
+
+    s = sub.add_parser("validate", help="run the data-quality suite on labels")
+    s.add_argument("--labels", required=True)
+    s.add_argument("--min-rows-per-model", type=int, default=5)
+
+    s = sub.add_parser("train", help="train a router on validated labels")
+    s.add_argument("--labels", required=True)
+    s.add_argument("--router-type", default=defaults.ROUTER_TYPE)
+    s.add_argument("--strong-model", default=defaults.STRONG_MODEL)
+    s.add_argument("--weak-model", default=defaults.WEAK_MODEL)
+    s.add_argument("--params", type=_json_arg, default=None)
+
+    s = sub.add_parser("evaluate", help="evaluate a router on the bundled benchmarks")
+    s.add_argument("--router", required=True, help="train artifact or 'champion'")
+    s.add_argument("--benchmarks", nargs="+", default=defaults.BENCHMARKS)
+
+    s = sub.add_parser("publish", help="promote a router if it beats the champion")
+    s.add_argument("--router", required=True)
+    s.add_argument("--evaluation", required=True)
+    s.add_argument("--metric", default="mean_apgr")
+    s.add_argument("--margin", type=float, default=0.0)
+
+    sub.add_parser("rollback", help="point champion back at the router it replaced")
+
+    s = sub.add_parser("score", help="score prompts with a router")
+    s.add_argument("--router", default="champion", help="'champion' or a router artifact key/URI")
+    s.add_argument("--input", required=True, help="jsonl/csv/parquet with a 'prompt' column")
+    s.add_argument("--output", required=True, help="output Parquet path")
+
+    s = sub.add_parser("pipeline", help="run every stage in order, without Airflow")
+    s.add_argument("--source", default=defaults.DEMO_PROMPTS)
+    s.add_argument("--sample", type=int)
+    s.add_argument("--router-type", default=defaults.ROUTER_TYPE)
+    s.add_argument("--no-routellm", action="store_true")
+    s.add_argument("--max-tokens", type=int, default=96)
+    s.add_argument("--routellm-max-prompts", type=int, help="cap bundled prompts per benchmark (quick runs)")
+    s.add_argument("--eval-max-prompts", type=int, help="cap evaluated prompts per benchmark (quick runs)")
+    s.add_argument("--min-rows-per-model", type=int, default=5, help="labels needed per model to train")
+    s.add_argument("--json", action="store_true", help="print the stage refs and decision as JSON")
+
+    sub.add_parser("summary", help="print the latest run summary")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    root = args.artifact_root or os.environ.get("TELA_ARTIFACT_ROOT")
+
+    from router_tasks.stage import resolve_ref
+    from router_tasks.store import ArtifactStore
+
+    store = ArtifactStore(root)
+
+    def ref(value):
+        return resolve_ref(value, store)
+
+    def emit(obj) -> int:
+        print(json.dumps(obj, indent=2, default=str))
+        return 0
+
+    try:
+        cmd = args.command
+        if cmd == "ingest":
+            from router_tasks.ingest import ingest_prompts
+
+            return emit(ingest_prompts(args.source, dataset=args.dataset, fmt=args.fmt, sample=args.sample, shards=args.shards, seed=args.seed, artifact_root=root))
+        if cmd == "generate":
+            from router_tasks.generate import generate_answers
+
+            return emit(generate_answers(ref(args.prompts), models=args.models, max_tokens=args.max_tokens, artifact_root=root))
+        if cmd == "judge":
+            from router_tasks.judge import judge_answers
+
+            return emit(judge_answers(ref(args.prompts), ref(args.answers), judge=args.judge, artifact_root=root))
+        if cmd == "labels":
+            from router_tasks.labels import build_labels
+
+            return emit(build_labels(ref(args.prompts), ref(args.judgements), include_routellm=not args.no_routellm, artifact_root=root))
+        if cmd == "validate":
+            from router_tasks.validate import validate_labels
+
+            return emit(validate_labels(ref(args.labels), min_rows_per_model=args.min_rows_per_model, artifact_root=root))
+        if cmd == "train":
+            from router_tasks.train import train_router
+
+            return emit(train_router(ref(args.labels), router_type=args.router_type, strong_model=args.strong_model, weak_model=args.weak_model, router_params=args.params, artifact_root=root))
+        if cmd == "evaluate":
+            from router_tasks.evaluate import evaluate_router
+            from router_tasks.publish import read_champion
+
+            router = read_champion(store)["router"] if args.router == "champion" else ref(args.router)
+            return emit(evaluate_router(router, benchmarks=args.benchmarks, artifact_root=root))
+        if cmd == "publish":
+            from router_tasks.publish import publish_router
+
+            return emit(publish_router(ref(args.router), ref(args.evaluation), metric=args.metric, margin=args.margin, artifact_root=root))
+        if cmd == "rollback":
+            from router_tasks.publish import rollback_champion
+
+            return emit(rollback_champion(root))
+        if cmd == "score":
+            from router_tasks.scoring import score_prompts
+
+            out = score_prompts(args.router, args.input, args.output, artifact_root=root)
+            print(f"scored {len(out)} prompts -> {args.output}")
+            return 0
+        if cmd == "pipeline":
+            from router_tasks.pipeline import run_pipeline
+
+            result = run_pipeline(
+                args.source,
+                sample=args.sample,
+                router_type=args.router_type,
+                include_routellm=not args.no_routellm,
+                max_tokens=args.max_tokens,
+                routellm_max_prompts=args.routellm_max_prompts,
+                eval_max_prompts=args.eval_max_prompts,
+                min_rows_per_model=args.min_rows_per_model,
+                artifact_root=root,
+            )
+            if args.json:
+                return emit({k: result[k] for k in ("stages", "decision")})
+            print(result["summary"])
+            return 0
+        if cmd == "summary":
+            print(store.read_bytes("runs/latest.md").decode())
+            return 0
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # Known failure modes (bad input, data quality, missing artifact): a clear line, no traceback.
+        print(f"tela {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Run summary: per stage rows in/out, computed vs reused, time, and the champion's metrics.
+
+Built from the manifests the stages wrote, so it tells the truth about what was stored.
+"""
+
+from __future__ import annotations
+
+from router_tasks.stage import ArtifactRef, read_manifest
+from router_tasks.store import ArtifactStore
+
+STAT_KEYS = ("requests", "api_calls", "failures", "parse_failures", "duplicates_dropped", "judgements_without_verdict", "quarantined")
+
+
+def _rows_in(manifest: dict) -> str:
+    counts = [v for v in manifest.get("rows_in", {}).values() if v is not None]
+    return str(sum(counts)) if counts else "-"
+
+
+def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "manual", artifact_root: str | None = None) -> str:
+    """Markdown summary of a run; also stored at `runs/<run_id>/summary.md` and `runs/latest.md`."""
+    store = ArtifactStore(artifact_root)
+    lines = [
+        f"# Tela Wizard run `{run_id}`",
+        "",
+        f"Artifacts: `{store.root}`",
+        "",
+        "| stage | rows in | rows out | work | seconds | notes |",
+        "|---|---:|---:|---|---:|---|",
+    ]
+    quality_lines = []
+    for name, ref in stages.items():
+        if ref is None:
+            continue
+        ref = ArtifactRef.of(ref)
+        m = read_manifest(store, ref)
+        stats = m.get("stats", {})
+        for kind, q in (stats.get("quality") or {}).items():  # written by router_tasks.quality.enforce
+            line = f"- {name} / {kind}: {q.get('rules_checked')} rules, {q.get('rows_kept')} of {q.get('rows_checked')} rows kept"
+            if q.get("quarantine"):
+                line += f", {q.get('rows_quarantined')} quarantined (`{q['quarantine']}`)"
+            quality_lines.append(line + f"; Data Docs: `{q.get('data_docs')}`")
+        notes = ", ".join(f"{k}={stats[k]}" for k in STAT_KEYS if k in stats and not isinstance(stats[k], dict))
+        work = "reused" if ref.reused else "computed"
+        lines.append(f"| {name} | {_rows_in(m)} | {m.get('rows_out', '-')} | {work} | {m['seconds']:.1f} | {notes} |")
+    lines.append("")
+    if quality_lines:
+        lines += ["Data quality:", *quality_lines, ""]
+    if decision:
+        verdict = "promoted to champion" if decision["promoted"] else "not promoted"
+        lines += [f"Router `{decision['router']['key']}`: {verdict} ({decision['reason']}).", ""]
+        lines += ["| benchmark | protocol | prompts | APGR | CPT(50%) | CPT(80%) |", "|---|---|---:|---:|---:|---:|"]
+        for row in decision.get("per_benchmark", []):
+            lines.append(
+                f"| {row.get('benchmark')} | {row.get('protocol', '-')} | {row.get('n_prompts', '-')} | "
+                f"{_fmt(row.get('apgr'))} | {_fmt(row.get('cpt50'), pct=True)} | {_fmt(row.get('cpt80'), pct=True)} |"
+            )
+        lines.append("")
+        lines.append(f"Champion score ({decision['metric']}): {decision['score']:.4f}")
+        eval_ref = decision.get("evaluation")
+        if eval_ref:
+            lines.append(f"Evaluation report and plots: `{ArtifactRef.of(eval_ref).uri}`")
+    text = "\n".join(lines) + "\n"
+    store.write_bytes(f"runs/{run_id.replace(':', '-').replace('+', '_')}/summary.md", text.encode())
+    store.write_bytes("runs/latest.md", text.encode())
+    return text
+
+
+def _fmt(value, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if pct else f"{value:.3f}"
