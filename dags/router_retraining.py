@@ -1,0 +1,113 @@
+"""Retraining: train -> evaluate -> publish, when new labels arrive or weekly, whichever
+comes first.
+
+Thin wiring only (the logic is `router_tasks.train`, `.evaluate`, `.retraining`). Scheduled
+by the labels Asset (an event whose extra is `{"labels": ref}`, see
+`router_tasks.retraining.record_labels`) OR a weekly cron; a cron or manual run without an
+event trains on the `labels` param, else the newest recorded labels. One router is trained
+and evaluated per entry of `router_types` (mapped tasks); the best goes up against the
+champion. `publish` declares the champion-router Asset as its outlet and is skipped when
+the champion is kept, so an Asset event always means a new champion.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import (
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    dag,
+    get_current_context,
+    task,
+)
+from tela_assets import LABELS_ASSET, ROUTER_ASSET
+from tela_connections import export_connections  # plugins/ is on sys.path
+
+from router_tasks import defaults
+from router_tasks.evaluate import evaluate_router
+from router_tasks.train import train_router
+
+
+
+@task
+def resolve_labels() -> dict:
+    from router_tasks.retraining import resolve_labels as resolve
+
+    ctx = get_current_context()
+    extras = [e.extra for events in (ctx.get("triggering_asset_events") or {}).values() for e in events]
+    return resolve(ctx["params"]["labels"], extras)
+
+
+@task
+def router_types() -> list[str]:
+    types = list(get_current_context()["params"]["router_types"])
+    if not types:
+        raise ValueError("router_types param is empty: nothing to train")
+    return types
+
+
+@task(task_id="train_router")
+def train(labels: dict, router_type: str, strong_model: str, weak_model: str) -> dict:
+    # Not `task(train_router)`: its `params` argument would receive the DAG params (Airflow
+    # injects context entries by argument name), which no router accepts.
+    return train_router(labels, router_type=router_type, strong_model=strong_model, weak_model=weak_model,
+                        router_params=get_current_context()["params"]["router_params"].get(router_type))
+
+
+@task(outlets=[ROUTER_ASSET])
+def publish(routers, evaluations) -> dict:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from router_tasks.retraining import publish_best
+
+    ctx = get_current_context()
+    # index mapped results instead of iterating them (iteration logs spurious XCom errors)
+    decision = publish_best(
+        [routers[i] for i in range(len(routers))],
+        [evaluations[i] for i in range(len(evaluations))],
+        metric=ctx["params"]["metric"],
+        margin=float(ctx["params"]["margin"]),
+    )
+    if not decision["promoted"]:
+        # success would emit an Asset event: downstream waits for a *new* champion only
+        raise AirflowSkipException(f"champion kept: {decision['reason']}")
+    ctx["outlet_events"][ROUTER_ASSET].extra = {"router": decision["router"], "score": decision["score"]}
+    return decision
+
+
+@dag(
+    dag_id="router_retraining",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(defaults.RETRAIN_CRON, timezone="UTC"),
+        assets=[LABELS_ASSET],
+    ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # two retrainings at once would race for the champion pointer
+    render_template_as_native_obj=True,
+    tags=["tela-wizard"],
+    default_args={"on_execute_callback": export_connections},
+    params={
+        "labels": Param(None, type=["null", "string"],
+                        description="labels artifact (ref JSON, key or URI); empty: the triggering or newest labels"),
+        "router_types": Param([defaults.ROUTER_TYPE], type="array", description="one router trained per type"),
+        "router_params": Param({}, type="object",
+                               description='per router type, e.g. {"knn": {"k": 20}}; defaults otherwise'),
+        "strong_model": Param(defaults.STRONG_MODEL, type="string"),
+        "weak_model": Param(defaults.WEAK_MODEL, type="string"),
+        "benchmarks": Param(defaults.BENCHMARKS, type="array"),
+        "metric": Param(defaults.PUBLISH_METRIC, type="string", description="'mean_apgr' or 'apgr:<benchmark>'"),
+        "margin": Param(0.0, type="number", description="how much the challenger must beat the champion by"),
+    },
+)
+def router_retraining():
+    labels = resolve_labels()
+    routers = train.partial(
+        labels=labels, strong_model="{{ params.strong_model }}", weak_model="{{ params.weak_model }}"
+    ).expand(router_type=router_types())
+    evaluations = task(evaluate_router).partial(benchmarks="{{ params.benchmarks }}").expand(router=routers)
+    publish(routers, evaluations)
+
+
+router_retraining()

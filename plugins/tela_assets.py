@@ -1,0 +1,10 @@
+"""The Airflow Assets the DAGs share: validated labels (produced by router_pipeline,
+scheduling router_retraining) and the champion router (produced by publishing, for
+serving DAGs to wait on). Names and URIs live in the library as plain strings."""
+
+from airflow.sdk import Asset
+
+from router_tasks import defaults
+
+LABELS_ASSET = Asset(name=defaults.LABELS_ASSET_NAME, uri=defaults.LABELS_ASSET_URI)
+ROUTER_ASSET = Asset(name=defaults.ROUTER_ASSET_NAME, uri=defaults.ROUTER_ASSET_URI)
