@@ -1,0 +1,90 @@
+"""`score_prompts`: input formats, output contract, known answer, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
+
+from router_tasks.scoring import score_prompts
+from router_tasks.store import ArtifactStore
+from router_tasks.train import train_router
+
+PROMPTS = [ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, "What is 5 + 1?", ROUTER_EASY_QUERY]
+
+
+@pytest.fixture(scope="module")
+def champion_root(tmp_path_factory, router_toy_labels):
+    """An artifact root holding a trained knn router, published as champion."""
+    from router_tasks.stage import run_stage
+
+    root = str(tmp_path_factory.mktemp("scoring") / "artifacts")
+    labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(router_toy_labels),
+                       store=ArtifactStore(root))
+    ref = train_router(labels, router_type="knn", router_params={"k": 5}, artifact_root=root)
+    ArtifactStore(root).write_json("champion/CHAMPION.json", {"router": ref})
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_scores_every_row_in_order(fmt, champion_root, tmp_path):
+    src = tmp_path / f"prompts.{fmt}"
+    df = pd.DataFrame({"prompt": PROMPTS, "user": ["a", "b", "c", "d"]})
+    if fmt == "jsonl":
+        src.write_text("".join(json.dumps(r) + "\n" for r in df.to_dict(orient="records")))
+    elif fmt == "csv":
+        df.to_csv(src, index=False)
+    else:
+        df.to_parquet(src)
+    out_path = tmp_path / "out" / "scores.parquet"
+    out = score_prompts("champion", str(src), str(out_path), artifact_root=champion_root)
+
+    written = pd.read_parquet(out_path)
+    pd.testing.assert_frame_equal(written, out)
+    quality_cols = [f"quality::{m}" for m in sorted([ROUTER_STRONG, ROUTER_WEAK, "smollm2"])]
+    assert list(out.columns) == ["prompt", "prompt_id", "strong_win_rate", *quality_cols]
+    assert out["prompt"].tolist() == PROMPTS
+    assert out["strong_win_rate"].between(0, 1).all()
+    assert out[quality_cols].stack().between(0, 1).all()
+    win = out["strong_win_rate"]
+    assert win[1] > win[0] + 0.2 and win[1] > win[2] + 0.2  # hard vs easy
+    assert win[0] == win[3]  # duplicates score the same
+
+
+def test_router_by_key_and_csv_output(champion_root, tmp_path):
+    champion = ArtifactStore(champion_root).read_json("champion/CHAMPION.json")["router"]
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps({"prompt": ROUTER_HARD_QUERY}) + "\n")
+    out = score_prompts(champion["key"], str(src), str(tmp_path / "o.csv"), artifact_root=champion_root)
+    assert len(pd.read_csv(tmp_path / "o.csv")) == 1 and len(out) == 1
+
+
+def test_empty_input_gives_empty_output(champion_root, tmp_path):
+    src = tmp_path / "empty.csv"
+    src.write_text("prompt\n")
+    out = score_prompts("champion", str(src), str(tmp_path / "o.parquet"), artifact_root=champion_root)
+    assert len(out) == 0 and "strong_win_rate" in out.columns
+
+
+def test_input_errors_name_the_file_and_row(champion_root, tmp_path):
+    no_col = tmp_path / "questions.csv"
+    no_col.write_text("question\nhi\n")
+    with pytest.raises(ValueError, match=r"questions\.csv: no 'prompt' column \(columns: \['question'\]\)"):
+        score_prompts("champion", str(no_col), str(tmp_path / "o.parquet"), artifact_root=champion_root)
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('{"prompt": "fine"}\n{"prompt": null}\n')
+    with pytest.raises(ValueError, match=r"blank\.jsonl: row 1 has an empty"):
+        score_prompts("champion", str(blank), str(tmp_path / "o.parquet"), artifact_root=champion_root)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
+        score_prompts("champion", str(tmp_path / "missing.jsonl"), str(tmp_path / "o.parquet"), artifact_root=champion_root)
+    with pytest.raises(ValueError, match="unsupported"):
+        score_prompts("champion", str(blank), str(tmp_path / "o.xlsx"), artifact_root=champion_root)
+
+
+def test_no_champion_is_a_clear_error(tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text('{"prompt": "hi"}\n')
+    with pytest.raises(FileNotFoundError, match="no champion router"):
+        score_prompts("champion", str(src), str(tmp_path / "o.parquet"), artifact_root=str(tmp_path / "empty"))
