@@ -207,7 +207,7 @@ def crossfit_evaluate(
                 router_type=meta["kind"],
                 strong_model=strong,
                 weak_model=weak,
-                params=meta.get("params"),
+                router_params=meta.get("params"),
                 artifact_root=ctx.store.root,
             )
             trained = train_prompt_ids(ctx.store, ArtifactRef.of(fold_ref))

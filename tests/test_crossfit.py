@@ -52,7 +52,7 @@ def trained(local_root):
     own = _labels([f"own prompt number {i}" for i in range(6)] + gsm["prompt"].tolist())
     labels_ref = run_stage("labels", "test", lambda ctx: ctx.write_table(own), config={"t": "crossfit"},
                            store=ArtifactStore(local_root))
-    router = train_router(labels_ref, router_type="random", params={"seed": 7}, artifact_root=local_root)
+    router = train_router(labels_ref, router_type="random", router_params={"seed": 7}, artifact_root=local_root)
     return router, labels_ref, own, set(gsm["prompt_id"])
 
 
