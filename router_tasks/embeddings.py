@@ -155,7 +155,10 @@ def _shard_bytes(keys: Sequence[str], vectors: np.ndarray) -> bytes:
 def _read_shard(data: bytes) -> tuple[list[str], np.ndarray]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(data))
+    return _read_shard_table(pq.read_table(io.BytesIO(data)))
+
+
+def _read_shard_table(table) -> tuple[list[str], np.ndarray]:
     keys = table.column("text_sha256").to_pylist()
     emb = table.column("embedding").combine_chunks()
     vectors = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, EMBED_DIM)
@@ -193,6 +196,39 @@ def clear_memory_cache() -> None:
     with _lock:
         _memory.clear()
         _store_state.clear()
+        global _seed_loaded
+        _seed_loaded = False
+_seed_keys: set[str] = set()  # served from the package: never copied into a store
+
+
+# -- packaged seed cache ------------------------------------------------------------------
+#: Vectors of every bundled benchmark prompt (RouteLLM MMLU, GSM8K, MT-Bench), made by
+#: scripts/build_embedding_seed.py with this same model and stored as float16 (cosine
+#: error ~1e-3). MMLU prompts embed at ~25/s on two cores, so without it the offline demo
+#: would spend ~9 minutes re-deriving vectors that are the same on every machine.
+SEED_FILE = os.path.join(os.path.dirname(__file__), "data", "embeddings", "seed.parquet")
+_seed_loaded = False
+
+
+def _load_seed() -> None:
+    """Put the packaged vectors in the in-process cache once (if they match MODEL_ID)."""
+    global _seed_loaded
+    if _seed_loaded:
+        return
+    _seed_loaded = True
+    if not os.path.exists(SEED_FILE):
+        return
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(SEED_FILE)
+    model = (table.schema.metadata or {}).get(b"model_id", b"").decode()
+    if model != MODEL_ID:
+        log.warning("ignoring packaged embeddings for %s (this model is %s)", model, MODEL_ID)
+        return
+    keys, vectors = _read_shard_table(table)
+    _remember(keys, vectors)
+    _seed_keys.update(keys)
+    log.info("loaded %d packaged benchmark embeddings", len(keys))
 
 
 class Embedder:
@@ -217,6 +253,8 @@ class Embedder:
                 raise TypeError(f"prompt #{i} is {type(t).__name__}, expected str: {t!r:.80}")
         keys = [text_key(t) for t in texts]
         unique = list(dict.fromkeys(keys))
+        with _lock:
+            _load_seed()
         if self.store is not None and any(k not in _memory for k in unique):
             _sync_store(self.store)
         # this call's vectors: kept apart from the shared cache, which may be cleared at its cap
@@ -249,13 +287,13 @@ class Embedder:
     def _persist(self, keys: list[str], vectors: dict) -> None:
         """Write one shard with those of `keys` the store does not hold yet."""
         state = _store_state.setdefault(self.store.root, {"shards": set(), "keys": set()})
-        if not any(k not in state["keys"] for k in keys):
+        if not any(k not in state["keys"] and k not in _seed_keys for k in keys):
             return
         try:
             # vectors served from memory may already be in the store (another process
             # wrote them): read its new shards before deciding what to add
             state = _sync_store(self.store)
-            new = sorted(k for k in keys if k not in state["keys"])
+            new = sorted(k for k in keys if k not in state["keys"] and k not in _seed_keys)
             if not new:
                 return
             name = hashlib.sha256("".join(new).encode()).hexdigest()[:24]

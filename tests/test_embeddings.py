@@ -81,3 +81,22 @@ def test_unreadable_shard_is_ignored(minilm, tmp_path, caplog):
     v = e(["still works"])
     assert v.shape == (1, EMBED_DIM) and e.stats["embedded"] == 1
     assert "unreadable embedding cache shard" in caplog.text
+
+
+def test_packaged_seed_matches_the_model_and_is_not_copied_into_stores(local_root):
+    """The shipped benchmark vectors must be what the model computes today."""
+    import numpy as np
+
+    from router_tasks import benchmarks as bm
+    from router_tasks import embeddings as emb
+    from router_tasks.store import ArtifactStore
+
+    texts = bm.load_benchmark("mmlu", bm.STRONG_MODEL, bm.WEAK_MODEL)["prompt"].sample(4, random_state=3).tolist()
+    texts += bm.load_benchmark("mt-bench", bm.STRONG_MODEL, bm.WEAK_MODEL)["prompt"].head(2).tolist()
+    emb.clear_memory_cache()
+    embedder = emb.Embedder(ArtifactStore(local_root))
+    served = embedder(texts)
+    assert embedder.stats == {"embedded": 0, "cache_hits": len(texts)}
+    fresh = emb.encode(texts)
+    assert np.all((served * fresh).sum(axis=1) > 0.999)
+    assert ArtifactStore(local_root).list("cache/") == []
