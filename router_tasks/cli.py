@@ -65,7 +65,17 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="evaluate a router on the bundled benchmarks")
     s.add_argument("--router", required=True, help="train artifact or 'champion'")
-    s.add_argument("--benchmarks", nargs="+", default=defaults.BENCHMARKS)
+    s.add_argument("--benchmarks", nargs="+", default=defaults.BENCHMARKS, help="without --output: all of these")
+    s.add_argument("--benchmark", choices=["mt-bench", "mmlu", "gsm8k"], help="with --output: this one")
+    s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit"], help="default: the benchmark's own")
+    s.add_argument("--folds", type=int, default=5, help="cross-fit folds")
+    s.add_argument("--max-prompts", type=int, help="cap evaluated prompts (quick runs)")
+    s.add_argument("--output", help="folder (or s3:// prefix) for metrics.json, scores.parquet, plot.png")
+
+    s = sub.add_parser("calibrate", help="threshold that sends a target share of prompts to the strong model")
+    s.add_argument("--router", default="champion")
+    s.add_argument("--input", required=True, help="jsonl/csv/parquet with a 'prompt' column")
+    s.add_argument("--share", type=float, required=True, help="target share of strong-model calls, 0-1")
 
     s = sub.add_parser("publish", help="promote a router if it beats the champion")
     s.add_argument("--router", required=True)
@@ -139,11 +149,29 @@ def main(argv: list[str] | None = None) -> int:
 
             return emit(train_router(ref(args.labels), router_type=args.router_type, strong_model=args.strong_model, weak_model=args.weak_model, router_params=args.params, artifact_root=root))
         if cmd == "evaluate":
-            from router_tasks.evaluate import evaluate_router
+            from router_tasks.evaluate import evaluate_router, evaluate_to_dir
             from router_tasks.publish import read_champion
 
-            router = read_champion(store)["router"] if args.router == "champion" else ref(args.router)
-            return emit(evaluate_router(router, benchmarks=args.benchmarks, artifact_root=root))
+            if args.output:
+                if not args.benchmark:
+                    raise ValueError("--output needs --benchmark (one of mt-bench, mmlu, gsm8k)")
+                result = evaluate_to_dir(args.router, args.benchmark, args.protocol, args.output, root,
+                                         folds=args.folds, max_prompts=args.max_prompts)
+                return emit({k: result[k] for k in ("output_dir", "files", "metrics")})
+            if args.router == "champion":
+                champion = read_champion(store)
+                if champion is None:
+                    raise FileNotFoundError(f"no champion router in {store.root}: run the pipeline or `tela publish` first")
+                router = champion["router"]
+            else:
+                router = ref(args.router)
+            return emit(evaluate_router(router, benchmarks=args.benchmarks, protocol=args.protocol,
+                                        max_prompts=args.max_prompts, artifact_root=root))
+        if cmd == "calibrate":
+            from router_tasks.calibration import calibrate_router, read_calibration
+
+            cal = calibrate_router(args.router, args.input, args.share, artifact_root=root)
+            return emit({"artifact": cal, "calibration": read_calibration(cal, artifact_root=root)})
         if cmd == "publish":
             from router_tasks.publish import publish_router
 
