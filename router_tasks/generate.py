@@ -28,6 +28,7 @@ import time
 import pandas as pd
 
 from router_tasks.llm_client import ChatResult, Endpoint, Progress, chat_many, open_endpoint
+from router_tasks.quality import resolve_thresholds
 from router_tasks.stage import StageContext, run_stage
 from router_tasks.store import ArtifactStore
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "generate"
 MODEL_STAGE = "generate_model"  # one artifact per model; STAGE combines them
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: answers validated by the answers suite
 PARTIAL_DIR = "_partial"
 
 ANSWER_COLUMNS = ["prompt_id", "model", "answer", "finish_reason", "error", "input_tokens", "output_tokens", "latency_s"]
@@ -175,6 +176,7 @@ def generate_answers(
     artifact_root: str | None = None,
     max_failure_rate: float = 0.5,
     checkpoint_every: int = 50,
+    thresholds: dict | None = None,
 ) -> dict:
     """Answer every prompt with every model in `models` (endpoint dicts); return the answers ref.
 
@@ -203,7 +205,11 @@ def generate_answers(
             manifest = ctx.input_manifest(f"model:{ep.name}")
             per_model[ep.name] = {**manifest.get("stats", {}), "artifact": manifest["key"],
                                   "reused": bool(parts[ep.name]["reused"])}
-        ctx.write_table(_answers_frame(pd.concat(frames, ignore_index=True)))
+        from router_tasks.quality import answers_suite, enforce
+
+        answers = _answers_frame(pd.concat(frames, ignore_index=True))
+        th = ctx.config["quality"]
+        ctx.write_table(enforce(ctx, answers, answers_suite(th), min_kept_share=th["min_kept_share"]))
         fresh = [s for s in per_model.values() if not s["reused"]]
         ctx.stats.update({
             "requests": sum(s.get("requests", 0) for s in fresh),  # made by this run
@@ -215,4 +221,5 @@ def generate_answers(
 
     inputs = {"prompts": prompts, **{f"model:{name}": ref for name, ref in parts.items()}}
     return run_stage(STAGE, STAGE_VERSION, combine, inputs=inputs,
-                     config={"models": [ep.name for ep in endpoints]}, store=store)
+                     config={"models": [ep.name for ep in endpoints], "quality": resolve_thresholds(thresholds)},
+                     store=store)

@@ -34,13 +34,14 @@ import pandas as pd
 
 from router_tasks.generate import parse_endpoints
 from router_tasks.llm_client import ChatResult, Progress, chat_many, open_endpoint
+from router_tasks.quality import resolve_thresholds
 from router_tasks.stage import StageContext, run_stage, stable_hash
 from router_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 STAGE = "judge"
-STAGE_VERSION = "1"  # bump when grading logic (extraction, parsing) changes: old artifacts go stale
+STAGE_VERSION = "2"  # 2: judgements suite. Bump when grading logic (extraction, parsing) changes: old artifacts go stale
 RUBRIC_VERSION = "ref-guided-1to5-v1"
 LETTERS = "ABCD"
 
@@ -246,6 +247,7 @@ def judge_answers(
     artifact_root: str | None = None,
     max_failure_rate: float = 0.5,
     checkpoint_every: int = 50,
+    thresholds: dict | None = None,
 ) -> dict:
     """Grade the `answers` artifact against the `prompts` artifact; return the judgements ref.
 
@@ -261,6 +263,7 @@ def judge_answers(
         "rubric_version": RUBRIC_VERSION,
         # The exact texts: an edit without a version bump still gets a new artifact.
         "rubric_hash": stable_hash([RUBRIC_SYSTEM, RUBRIC_TEXT]),
+        "quality": resolve_thresholds(thresholds),
     }
 
     def compute(ctx: StageContext) -> None:
@@ -370,7 +373,11 @@ def judge_answers(
                     f"Verdicts received are checkpointed; fix the judge endpoint and re-run."
                 )
 
+        from router_tasks.quality import enforce, judgements_suite
+
         df = _frame(rows)
+        th = ctx.config["quality"]
+        df = enforce(ctx, df, judgements_suite(th), min_kept_share=th["min_kept_share"])
         ctx.write_table(df)
         judged = len(pending) - request_errors
         ctx.stats.update({

@@ -91,6 +91,16 @@ def score_frame(router, prompts: list[str]) -> pd.DataFrame:
     return out
 
 
+def check_predictions(out: pd.DataFrame, expected_rows: int) -> None:
+    """The predictions suite: probabilities in [0, 1], no NaN, one row per input."""
+    from router_tasks.quality import DataQualityError, format_failures, prediction_columns, predictions_suite, run_suite
+
+    res = run_suite(out, predictions_suite(prediction_columns(out), expected_rows=expected_rows), stage="score")
+    if res.failures:
+        raise DataQualityError(format_failures("router predictions", res.failures), res.failures, stage="score",
+                               kind="predictions")
+
+
 def score_prompts(router: str | dict, input_path: str, output_path: str, artifact_root: str | None = None) -> pd.DataFrame:
     """Score every prompt of `input_path` with `router` ("champion", a ref, key or URI)."""
     if _suffix(output_path) not in (".parquet", ".csv", ".jsonl", ".json"):
@@ -99,6 +109,7 @@ def score_prompts(router: str | dict, input_path: str, output_path: str, artifac
     loaded = load_router(router, ArtifactStore(artifact_root))
     started = time.time()
     out = score_frame(loaded, prompts)
+    check_predictions(out, expected_rows=len(prompts))  # a broken router never writes output
     _write(out, output_path)
     log.info(
         "scored %d prompts with %s router %s in %.1f s -> %s",

@@ -35,7 +35,8 @@ def test_sigkill_midway_then_rerun(tmp_path):
     root = tmp_path / "artifacts"
     cmd = [TELA, "--artifact-root", str(root), "pipeline", "--source", str(src), "--routellm-max-prompts", "30",
            "--eval-max-prompts", "30", "--max-tokens", "8", "--min-rows-per-model", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
+    env = {**os.environ, "TELA_DQ_THRESHOLDS": '{"max_parse_failure_rate": 1.0, "max_judge_failure_rate": 1.0}'}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.time() + 300
     # Labels done means validation / training is under way: kill the whole process group there.
     while not _complete(root, "labels") and time.time() < deadline and proc.poll() is None:
@@ -49,7 +50,7 @@ def test_sigkill_midway_then_rerun(tmp_path):
     assert len(generated) == 1
     generated_bytes = generated[0].read_bytes()
 
-    out = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    out = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     refs = json.loads(out.stdout)["stages"]
     assert refs["ingest"]["reused"] and refs["generate"]["reused"] and refs["judge"]["reused"] and refs["labels"]["reused"]

@@ -88,3 +88,17 @@ def test_no_champion_is_a_clear_error(tmp_path):
     src.write_text('{"prompt": "hi"}\n')
     with pytest.raises(FileNotFoundError, match="no champion router"):
         score_prompts("champion", str(src), str(tmp_path / "o.parquet"), artifact_root=str(tmp_path / "empty"))
+
+
+def test_predictions_suite_rejects_nan_out_of_range_and_missing_rows():
+    from router_tasks.quality import DataQualityError
+    from router_tasks.scoring import check_predictions
+
+    good = pd.DataFrame({"prompt": ["a", "b"], "strong_win_rate": [0.2, 0.9], "quality::m": [0.5, 1.0]})
+    check_predictions(good, expected_rows=2)
+    with pytest.raises(DataQualityError, match="strong_win_rate"):
+        check_predictions(good.assign(strong_win_rate=[0.2, float("nan")]), expected_rows=2)
+    with pytest.raises(DataQualityError, match="quality::m"):
+        check_predictions(good.assign(**{"quality::m": [0.5, 1.3]}), expected_rows=2)
+    with pytest.raises(DataQualityError, match="one_row_per_input"):
+        check_predictions(good, expected_rows=3)
