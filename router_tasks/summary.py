@@ -12,8 +12,20 @@ STAT_KEYS = ("requests", "api_calls", "failures", "parse_failures", "duplicates_
 
 
 def _rows_in(manifest: dict) -> str:
+    # The largest input is the one the stage works through (e.g. the prompts a judge
+    # grades, not the same rows again as answers).
     counts = [v for v in manifest.get("rows_in", {}).values() if v is not None]
-    return str(sum(counts)) if counts else "-"
+    return str(max(counts)) if counts else "-"
+
+
+def _seconds(store: ArtifactStore, manifest: dict) -> float:
+    """A stage's own time plus that of the per-model artifacts it computed this time
+    (generate does its work in one `generate_model` artifact per model)."""
+    total = manifest["seconds"]
+    for part in (manifest.get("stats", {}).get("models") or {}).values():
+        if isinstance(part, dict) and part.get("artifact") and not part.get("reused", True):
+            total += store.read_json(f"{part['artifact']}/_MANIFEST.json")["seconds"]
+    return total
 
 
 def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "manual", artifact_root: str | None = None) -> str:
@@ -41,7 +53,7 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
             quality_lines.append(line + f"; Data Docs: `{q.get('data_docs')}`")
         notes = ", ".join(f"{k}={stats[k]}" for k in STAT_KEYS if k in stats and not isinstance(stats[k], dict))
         work = "reused" if ref.reused else "computed"
-        lines.append(f"| {name} | {_rows_in(m)} | {m.get('rows_out', '-')} | {work} | {m['seconds']:.1f} | {notes} |")
+        lines.append(f"| {name} | {_rows_in(m)} | {m.get('rows_out', '-')} | {work} | {_seconds(store, m):.1f} | {notes} |")
     lines.append("")
     if quality_lines:
         lines += ["Data quality:", *quality_lines, ""]
