@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 STAGE = "generate"
 MODEL_STAGE = "generate_model"  # one artifact per model; STAGE combines them
 STAGE_VERSION = "2"  # 2: answers validated by the answers suite
-PARTIAL_DIR = "_partial"
 
 ANSWER_COLUMNS = ["prompt_id", "model", "answer", "finish_reason", "error", "input_tokens", "output_tokens", "latency_s"]
 
@@ -53,19 +52,10 @@ def parse_endpoints(models: list[dict], *, defaults: dict | None = None, where: 
     return endpoints
 
 
-def _partial_key(ctx: StageContext) -> str:
-    return f"{ctx.key}/{PARTIAL_DIR}/answers.parquet"
-
-
 def _read_partial(ctx: StageContext) -> dict[str, dict]:
     """Successful answers a previous attempt checkpointed, by prompt_id."""
-    key = _partial_key(ctx)
-    if not ctx.store.exists(key):
-        return {}
-    try:
-        df = ctx.store.read_parquet(key)
-    except Exception as err:  # noqa: BLE001 - a torn checkpoint only costs a re-ask
-        log.warning("ignoring unreadable checkpoint %s: %s", key, err)
+    df = ctx.read_checkpoint("answers")
+    if df is None:
         return {}
     df = df[df["error"].isna() & df["answer"].notna()]
     rows = df.astype(object).where(df.notna(), None).to_dict("records")  # NA -> None
@@ -73,7 +63,7 @@ def _read_partial(ctx: StageContext) -> dict[str, dict]:
 
 
 def _write_partial(ctx: StageContext, rows: list[dict]) -> None:
-    ctx.store.write_parquet(_partial_key(ctx), _answers_frame(rows))
+    ctx.write_checkpoint("answers", _answers_frame(rows))
 
 
 def _answers_frame(rows: "list[dict] | pd.DataFrame") -> pd.DataFrame:
@@ -164,7 +154,7 @@ def _answer_one_model(ctx: StageContext, ep: Endpoint, *, max_failure_rate: floa
         "seconds": round(time.monotonic() - started, 2),
     })
     log.info("%s: %s finished: %s", STAGE, ep.name, ctx.stats)
-    ctx.store.delete(_partial_key(ctx))  # the table now holds everything the checkpoint did
+    ctx.clear_checkpoint("answers")  # the table now holds everything the checkpoint did
 
 
 def generate_answers(

@@ -391,31 +391,21 @@ def judge_answers(
             "by_model": _summary(df),
         })
         log.info("%s: %s", STAGE, {k: v for k, v in ctx.stats.items() if k != "by_model"})
-        ctx.store.delete(_checkpoint_key(ctx))  # the table now holds every verdict
+        ctx.clear_checkpoint("verdicts")  # the table now holds every verdict
 
     return run_stage(STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers},
                      config=config, store=ArtifactStore(artifact_root))
 
 
-def _checkpoint_key(ctx: StageContext) -> str:
-    return f"{ctx.key}/_partial/verdicts.parquet"
-
-
 def _write_checkpoint(ctx: StageContext, rows: list[dict | None]) -> None:
     """Judge replies received so far (not request errors), outside the manifest."""
     got = [r for r in rows if r and r["method"] == "llm_judge" and r["judge_raw"] is not None]
-    df = pd.DataFrame(got, columns=["prompt_id", "model", "judge_raw"]).astype("string")
-    ctx.store.write_parquet(_checkpoint_key(ctx), df)
+    ctx.write_checkpoint("verdicts", pd.DataFrame(got, columns=["prompt_id", "model", "judge_raw"]).astype("string"))
 
 
 def _read_checkpoint(ctx: StageContext) -> dict[tuple[str, str], str]:
-    key = _checkpoint_key(ctx)
-    if not ctx.store.exists(key):
-        return {}
-    try:
-        df = ctx.store.read_parquet(key)
-    except Exception as err:  # noqa: BLE001 - a torn checkpoint only costs a re-ask
-        log.warning("ignoring unreadable checkpoint %s: %s", key, err)
+    df = ctx.read_checkpoint("verdicts")
+    if df is None:
         return {}
     return {(r.prompt_id, r.model): r.judge_raw for r in df.itertuples(index=False)}
 

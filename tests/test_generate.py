@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from router_tasks.generate import ANSWER_COLUMNS, PARTIAL_DIR, generate_answers
+from router_tasks.generate import ANSWER_COLUMNS, generate_answers
+from router_tasks.stage import CHECKPOINT_DIR as PARTIAL_DIR
 from router_tasks.llm_client import Endpoint
 from router_tasks.stage import find_complete, load_table, read_manifest
 from router_tasks.store import ArtifactStore
