@@ -147,3 +147,42 @@ def test_notifier_choice_from_config(monkeypatch):
     monkeypatch.setenv("TELA_ALERTS", '{"notifier": "pager"}')
     with pytest.raises(ValueError, match="expected"):
         tela_alerts.load_config()
+
+
+def _wrong_schema_parquet(path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame({"prompt": [1, 2]}).to_parquet(path)
+
+
+BAD_INPUTS = [
+    ("empty.jsonl", b"", "the file is empty"),
+    ("nocol.jsonl", b'{"text": "hello"}\n', "missing 'prompt' column"),
+    ("types.jsonl", b'{"prompt": "ok"}\n{"prompt": 42}\n', "row 2: field 'prompt' must be text"),
+    ("latin1.jsonl", b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', "line 2: invalid UTF-8"),
+    ("huge.jsonl", b'{"prompt": "' + b"y" * 10_000_000 + b'"}\n', "row 1: field 'prompt' has 10,000,000 characters"),
+    ("schema.parquet", _wrong_schema_parquet, "prompt"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_matrix_through_a_dag_run(pipeline_dag, populated_root, webhook, tmp_path, monkeypatch, name, content, message):
+    """Each bad input fails the run at ingest with the file, row and field named in the
+    alert, before any model is called, and the store stays byte for byte as it was."""
+    url, received = webhook
+    monkeypatch.setenv("TELA_ALERTS", json.dumps({"notifier": "webhook", "url": url}))
+    path = tmp_path / name
+    if callable(content):
+        content(path)
+    else:
+        path.write_bytes(content)
+    before = _snapshot(populated_root)
+
+    dr, states = _run(pipeline_dag, path)
+
+    assert dr.state == "failed" and states["ingest_prompts"] == "failed"
+    assert states["generate_answers"] == "upstream_failed"
+    assert _snapshot(populated_root) == before
+    (hit,) = received
+    assert hit["json"]["stage"] == "ingest_prompts"
+    assert name in hit["json"]["error"] and message in hit["json"]["error"]
