@@ -43,7 +43,7 @@ from router_tasks.store import ArtifactStore
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: report.md
 TRAIN_PROMPTS_FILE = "train_prompts.parquet"
 
 #: how each benchmark's quality reads (the metrics keep the benchmark's own units)
@@ -348,6 +348,8 @@ def evaluate_router(
             "benchmarks": per_bench,
         }
         ctx.write_file("metrics.json", json.dumps(report, indent=2, sort_keys=True, allow_nan=False).encode())
+        ctx.write_file("report.md", render_report(report, rows, data_fingerprint=config["data"],
+                                                  labels=r.meta.get("training_data") or {}).encode())
         ctx.write_table(pd.DataFrame(rows))
         ctx.stats.update(
             prompts_scored={b: per_bench[b]["n_prompts"] for b in names},
@@ -356,6 +358,43 @@ def evaluate_router(
         )
 
     return run_stage(STAGE, STAGE_VERSION, compute, inputs={"router": router_ref}, config=config, store=store)
+
+
+def render_report(report: dict, rows: list[dict], *, data_fingerprint: str, labels: dict) -> str:
+    """The human-readable evaluation report: tables, plots (beside it), protocol, fingerprints."""
+
+    def num(v, pct=False):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+    router = report["router"]
+    out = [
+        f"# Evaluation of router `{router['key']}`",
+        "",
+        f"- router: {router['kind']} for {report['strong_model']} (strong) vs {report['weak_model']} (weak), "
+        f"fingerprint `{router['fingerprint']}`",
+        f"- trained on labels `{labels.get('labels_key', '?')}` (fingerprint `{labels.get('labels_fingerprint', '?')}`), "
+        f"{router['n_train_prompts']} prompts; none of them is scored below (checked)",
+        f"- benchmark data fingerprint `{data_fingerprint}`; holdout: {report['holdout']}",
+        "- protocols: *holdout* = the fixed evaluation split the labels stage never trains on; "
+        "*transfer* = a benchmark the router never trains on (decontaminated)",
+        "",
+        "| benchmark | protocol | prompts | APGR | AUC | CPT(20%) | CPT(50%) | CPT(80%) | random APGR | oracle APGR | APGR exact |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        out.append(
+            f"| {row['benchmark']} | {row['protocol']} | {row['n_prompts']} | {num(row.get('apgr'))} | "
+            f"{num(row.get('auc'))} | {num(row.get('cpt20'), True)} | {num(row.get('cpt50'), True)} | "
+            f"{num(row.get('cpt80'), True)} | {num(row.get('random_apgr'))} | {num(row.get('oracle_apgr'))} | "
+            f"{num(row.get('apgr_exact'))} |"
+        )
+    out += ["", "Metrics in RouteLLM's repo mode unless marked *exact*; CPT is the share of strong-model calls "
+            "needed to reach that share of the strong-weak quality gap.", ""]
+    for row in rows:
+        out += [f"## {row['benchmark']}", "", f"![{row['benchmark']}](plot_{row['benchmark']}.png)", ""]
+    return "\n".join(out) + "\n"
 
 
 def evaluate_to_dir(

@@ -70,7 +70,7 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
         lines.append(f"Champion score ({decision['metric']}): {decision['score']:.4f}")
         eval_ref = decision.get("evaluation")
         if eval_ref:
-            lines.append(f"Evaluation report and plots: `{ArtifactRef.of(eval_ref).uri}`")
+            lines.append(f"Evaluation report (tables, plots, protocol, fingerprints): `{ArtifactRef.of(eval_ref).uri}/report.md`")
     text = "\n".join(lines) + "\n"
     store.write_bytes(f"runs/{run_id.replace(':', '-').replace('+', '_')}/summary.md", text.encode())
     store.write_bytes("runs/latest.md", text.encode())

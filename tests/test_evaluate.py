@@ -96,6 +96,12 @@ def test_evaluate_all_benchmarks(local_root):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
         curves = store.read_parquet(f"{key}/curves_{bench}.parquet")
         assert set(zip(curves["mode"], curves["method"])) == {(m, k) for m in mx.MODES for k in ("router", "random", "oracle")}
+    md = store.read_bytes(f"{key}/report.md").decode()
+    for bench in table["benchmark"]:
+        row = table.set_index("benchmark").loc[bench]
+        assert f"| {bench} | {row['protocol']} | {row['n_prompts']} | {row['apgr']:.3f} |" in md
+        assert f"](plot_{bench}.png)" in md
+    assert "fingerprint" in md
     assert table.set_index("benchmark").loc["mmlu", "n_prompts"] > 2000  # the ~20% holdout
     assert table.set_index("benchmark").loc["mt-bench", "n_prompts"] == 72
     routers = {c["router"]: c for c in report["benchmarks"]["mt-bench"]["commercial_routers"]}
