@@ -8,6 +8,8 @@ offline demo; trigger from the UI with other params to point it at real data/end
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from tela_alerts import dag_failure_alert, record_task_failure
@@ -67,6 +69,8 @@ def summary(stages: dict, decision: dict) -> str:
         "include_routellm": Param(True, type="boolean", description="add the bundled RouteLLM labels"),
         "routellm_max_prompts": Param(None, type=["null", "integer"], description="cap bundled prompts per benchmark (quick runs)"),
         "min_rows_per_model": Param(5, type="integer", description="labels needed per model to train"),
+        "router_params": Param({}, type="object", description='router settings, e.g. {"k": 50} or, for causal_llm, {"base_model": "/models/Llama-3.2-1B", "device": "cuda"}'),
+        "use_gpu": Param(True, type="boolean", description="GPU routers (causal_llm) use a GPU when present; off pins them to the CPU"),
         "router_type": Param(defaults.ROUTER_TYPE, type="string"),
         "strong_model": Param(defaults.STRONG_MODEL, type="string"),
         "weak_model": Param(defaults.WEAK_MODEL, type="string"),
@@ -86,8 +90,11 @@ def router_pipeline():
     )
     valid = stage(validate_labels)(labels, min_rows_per_model="{{ params.min_rows_per_model }}")
     announce_labels(valid)
-    router = stage(train_router)(
+    # A causal-LLM fine-tune can run for hours on a GPU: bound it so a hung job frees the worker.
+    router = stage(train_router).override(execution_timeout=timedelta(hours=12))(
         valid,
+        router_params="{{ params.router_params }}",
+        use_gpu="{{ params.use_gpu }}",
         router_type="{{ params.router_type }}",
         strong_model="{{ params.strong_model }}",
         weak_model="{{ params.weak_model }}",

@@ -85,11 +85,19 @@ def train_router(
     strong_model: str = "gpt-4-1106-preview",
     weak_model: str = "mistralai/Mixtral-8x7B-Instruct-v0.1",
     router_params: dict | None = None,
+    use_gpu: bool = True,
     artifact_root: str | None = None,
 ) -> dict:
-    """Train a `router_type` router on the labels artifact `labels`; returns its ref dict."""
+    """Train a `router_type` router on the labels artifact `labels`; returns its ref dict.
+
+    `use_gpu=False` pins routers that can use a GPU (those with a `device` param) to the
+    CPU; with True they take a GPU when one is present and fall back to the CPU.
+    """
     store = ArtifactStore(artifact_root)
     cls = router_class(router_type)  # fail before any work on an unknown type or param
+    router_params = dict(router_params or {})
+    if not use_gpu and "device" in getattr(cls, "DEFAULT_PARAMS", {}):
+        router_params["device"] = "cpu"
     # Not named `params`: Airflow passes its DAG params to a task argument of that name.
     resolved = resolve_params(cls, router_params)
     if strong_model == weak_model:

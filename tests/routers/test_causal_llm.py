@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router_tasks.routers import load_router
+from router_tasks.routers import load_router, router_class
 from router_tasks.routers.causal_llm import (
     LABEL_TOKENS,
     CausalLLMRouter,
@@ -166,3 +166,11 @@ def test_train_stage_end_to_end(router_labels_artifact, local_root):
     router = load_router(ref, store)
     easy, hard = router.strong_win_rate(["easy question about lamps", "hard proof about lamps"])
     assert hard > easy + 0.2
+    assert meta["params"]["device"] == "auto"  # a GPU when present, else the CPU
+
+    # GPU off (the DAG's use_gpu param) pins the device: a different, CPU-only artifact.
+    cpu = train_router(labels, router_type="causal_llm", router_params=FAST, use_gpu=False, artifact_root=local_root)
+    assert cpu["key"] != ref["key"]
+    assert store.read_json(f"{cpu['key']}/router.json")["params"]["device"] == "cpu"
+    knn = router_class("knn")
+    assert "device" not in knn.DEFAULT_PARAMS  # use_gpu leaves CPU-only routers alone
