@@ -81,6 +81,38 @@ def _sample(prompts, store: ArtifactStore) -> tuple[list[str], dict | None, str]
     return texts, None, f"{len(texts)} prompts"
 
 
+def _calibrate(router, prompts, config: dict, decide, artifact_root: str | None) -> dict:
+    """Shared by both calibrations: resolve the router and the sample, run `decide(r, texts,
+    ctx)` (which returns the calibration dict and the per-prompt table) as a stage."""
+    from router_tasks.routers import resolve_router_key
+
+    rstore, rkey = resolve_router_key(router, ArtifactStore(artifact_root))
+    store = rstore  # the calibration is stored beside the router it belongs to
+    router_ref = resolve_ref(rkey, store)
+    texts, prompts_ref, source = _sample(prompts, store)
+    if not texts:
+        raise ValueError(f"no prompts to calibrate on in {source}")
+    inputs = {"router": router_ref}
+    config = {**config, "n_prompts": len(texts)}
+    if prompts_ref is not None:
+        inputs["prompts"] = prompts_ref
+    else:  # the sample itself decides the threshold: key on its content
+        config["prompts_sha"] = stable_hash(texts, length=32)
+
+    def compute(ctx) -> None:
+        from router_tasks.routers import load_router
+
+        r = load_router(ctx.inputs["router"].to_dict(), ctx.store)
+        result, table = decide(r, texts)
+        result = {"router": ctx.inputs["router"].to_dict(), "kind": r.meta.get("kind"),
+                  "n_prompts": len(texts), "sample": source, **result}
+        ctx.write_file(CALIBRATION_FILE, json.dumps(result, indent=2, sort_keys=True).encode())
+        ctx.write_table(table.assign(prompt_id=[prompt_id(p) for p in texts])[["prompt_id", *table.columns]])
+        ctx.stats.update({k: v for k, v in result.items() if isinstance(v, (int, float))})
+
+    return run_stage(STAGE, STAGE_VERSION, compute, inputs=inputs, config=config, store=store)
+
+
 def calibrate_router(
     router: dict | str,
     prompts: Sequence[str] | str | dict,
@@ -94,33 +126,15 @@ def calibrate_router(
     the ref of an artifact whose data.parquet has one (e.g. the ingest stage's output).
     Read the result with `read_calibration(ref)`.
     """
-    from router_tasks.routers import resolve_router_key
-
     if not 0.0 <= float(target_strong_share) <= 1.0:
         raise ValueError(f"target strong share must be in [0, 1], got {target_strong_share}")
-    store = ArtifactStore(artifact_root)
-    rstore, rkey = resolve_router_key(router, store)
-    store = rstore  # the calibration is stored beside the router it belongs to
-    router_ref = resolve_ref(rkey, store)
-    texts, prompts_ref, source = _sample(prompts, store)
-    if not texts:
-        raise ValueError(f"no prompts to calibrate on in {source}")
-    inputs = {"router": router_ref}
-    config = {"target_strong_share": float(target_strong_share), "n_prompts": len(texts)}
-    if prompts_ref is not None:
-        inputs["prompts"] = prompts_ref
-    else:  # the sample itself decides the threshold: key on its content
-        config["prompts_sha"] = stable_hash(texts, length=32)
 
-    def compute(ctx) -> None:
-        from router_tasks.routers import load_router
-
-        r = load_router(ctx.inputs["router"].to_dict(), ctx.store)
+    def decide(r, texts):
         scores = np.asarray(r.strong_win_rate(texts), dtype=float).reshape(-1)
         threshold, achieved = threshold_for_share(scores, target_strong_share)
-        result = {
-            "router": ctx.inputs["router"].to_dict(),
-            "kind": r.meta.get("kind"),
+        log.info("calibrated %s: threshold %.6f sends %.1f%% of %d prompts to %s (target %.1f%%)",
+                 r.artifact_key, threshold, 100 * achieved, len(texts), r.strong_model, 100 * target_strong_share)
+        return {
             "strong_model": r.strong_model,
             "weak_model": r.weak_model,
             "rule": "strong model when strong_win_rate >= threshold",
@@ -128,21 +142,79 @@ def calibrate_router(
             "target_strong_share": float(target_strong_share),
             "achieved_strong_share": achieved,
             "routellm_threshold": float(np.percentile(scores, 100 * (1 - float(target_strong_share)))),
-            "n_prompts": len(texts),
             "n_distinct_scores": int(len(np.unique(scores))),
-            "sample": source,
-        }
-        ctx.write_file(CALIBRATION_FILE, json.dumps(result, indent=2, sort_keys=True).encode())
-        ctx.write_table(pd.DataFrame({
-            "prompt_id": [prompt_id(p) for p in texts],
-            "strong_win_rate": scores,
-            "to_strong": scores >= threshold,
-        }))
-        ctx.stats.update(n_prompts=len(texts), achieved_strong_share=achieved)
-        log.info("calibrated %s: threshold %.6f sends %.1f%% of %d prompts to %s (target %.1f%%)",
-                 r.artifact_key, threshold, 100 * achieved, len(texts), r.strong_model, 100 * target_strong_share)
+        }, pd.DataFrame({"strong_win_rate": scores, "to_strong": scores >= threshold})
 
-    return run_stage(STAGE, STAGE_VERSION, compute, inputs=inputs, config=config, store=store)
+    return _calibrate(router, prompts, {"target_strong_share": float(target_strong_share)}, decide, artifact_root)
+
+
+def target_for_budget(
+    quality: pd.DataFrame,
+    prices: dict,
+    budget_per_prompt: float,
+    *,
+    tokens_per_prompt=None,
+) -> tuple[float, pd.Series, float]:
+    """Many models: the highest quality target whose `cheapest_adequate` routing keeps the
+    mean cost per prompt within `budget_per_prompt`. Returns (target, choice, mean cost).
+
+    Candidates are 0 and every distinct predicted quality (between them the choice cannot
+    change); all are tried and the largest affordable one wins. If even target 0 (the
+    cheapest model for every prompt) is over budget, the answer is 0 and the returned
+    cost says by how much the budget is missed.
+    """
+    from router_tasks.routing import cheapest_adequate, routing_cost
+
+    if not float(budget_per_prompt) >= 0:
+        raise ValueError(f"budget_per_prompt must be >= 0, got {budget_per_prompt}")
+    candidates = np.unique(np.concatenate([[0.0], quality.to_numpy(float).ravel()]))
+    best = (0.0, cheapest_adequate(quality, prices, 0.0, tokens_per_prompt=tokens_per_prompt))
+    for t in candidates:
+        choice = cheapest_adequate(quality, prices, float(t), tokens_per_prompt=tokens_per_prompt)
+        if routing_cost(choice, prices, tokens_per_prompt=tokens_per_prompt) / len(quality) <= float(budget_per_prompt):
+            best = (float(t), choice)
+    target, choice = best
+    return target, choice, routing_cost(choice, prices, tokens_per_prompt=tokens_per_prompt) / len(quality)
+
+
+def calibrate_budget(
+    router: dict | str,
+    prompts: Sequence[str] | str | dict,
+    prices: dict,
+    budget_per_prompt: float,
+    *,
+    tokens_per_prompt: float | None = None,
+    artifact_root: str | None = None,
+) -> dict:
+    """Many models: the quality target that spends at most `budget_per_prompt` on average
+    (prices per call, or per 1M tokens with `tokens_per_prompt`), stored with the router."""
+    missing = [m for m in prices if not isinstance(prices[m], (int, float))]
+    if missing:
+        raise ValueError(f"prices must be numbers; bad entries for {missing}")
+
+    def decide(r, texts):
+        unknown = [m for m in r.models if m not in prices]
+        if unknown:
+            raise ValueError(f"no price for model(s) {unknown}; prices given for {sorted(prices)}")
+        quality = r.predict_quality(texts)[r.models]
+        target, choice, cost = target_for_budget(quality, prices, budget_per_prompt, tokens_per_prompt=tokens_per_prompt)
+        share = choice.value_counts(normalize=True).reindex(r.models, fill_value=0.0)
+        log.info("budget calibration %s: target quality %.4f costs %.6f per prompt (budget %.6f)",
+                 r.artifact_key, target, cost, budget_per_prompt)
+        return {
+            "rule": "cheapest model whose predicted quality >= target",
+            "target_quality": target,
+            "budget_per_prompt": float(budget_per_prompt),
+            "achieved_cost_per_prompt": cost,
+            "prices": dict(prices),
+            "tokens_per_prompt": tokens_per_prompt,
+            "share_by_model": {m: float(v) for m, v in share.items()},
+            "mean_predicted_quality": float(np.mean([quality.loc[i, m] for i, m in choice.items()])),
+        }, pd.DataFrame({"model": choice.to_numpy()})
+
+    config = {"budget_per_prompt": float(budget_per_prompt), "prices": dict(sorted(prices.items())),
+              "tokens_per_prompt": tokens_per_prompt}
+    return _calibrate(router, prompts, config, decide, artifact_root)
 
 
 def read_calibration(ref: dict | str, artifact_root: str | None = None) -> dict:

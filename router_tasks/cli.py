@@ -75,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("calibrate", help="threshold that sends a target share of prompts to the strong model")
     s.add_argument("--router", default="champion")
     s.add_argument("--input", required=True, help="jsonl/csv/parquet with a 'prompt' column")
-    s.add_argument("--share", type=float, required=True, help="target share of strong-model calls, 0-1")
+    s.add_argument("--share", type=float, help="two models: target share of strong-model calls, 0-1")
+    s.add_argument("--budget", type=float, help="many models: mean cost per prompt to stay within")
+    s.add_argument("--prices", type=_json_arg, help='with --budget: JSON {"model": price per call or per 1M tokens}')
+    s.add_argument("--tokens-per-prompt", type=float, help="with --budget: prices are per 1M tokens")
 
     s = sub.add_parser("publish", help="promote a router if it beats the champion")
     s.add_argument("--router", required=True)
@@ -170,7 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "calibrate":
             from router_tasks.calibration import calibrate_router, read_calibration
 
-            cal = calibrate_router(args.router, args.input, args.share, artifact_root=root)
+            if (args.share is None) == (args.budget is None):
+                raise ValueError("give exactly one of --share (two models) or --budget with --prices (many models)")
+            if args.budget is not None:
+                from router_tasks.calibration import calibrate_budget
+
+                if not args.prices:
+                    raise ValueError("--budget needs --prices")
+                cal = calibrate_budget(args.router, args.input, args.prices, args.budget,
+                                       tokens_per_prompt=args.tokens_per_prompt, artifact_root=root)
+            else:
+                cal = calibrate_router(args.router, args.input, args.share, artifact_root=root)
             return emit({"artifact": cal, "calibration": read_calibration(cal, artifact_root=root)})
         if cmd == "publish":
             from router_tasks.publish import publish_router

@@ -83,3 +83,48 @@ def test_calibrate_random_router_stored_with_router(local_root, tmp_path):
     assert read_calibration(other, artifact_root=local_root)["achieved_strong_share"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="expected a calibrate artifact"):
         read_calibration(router, artifact_root=local_root)
+
+
+def test_target_for_budget_hand_computed():
+    from router_tasks.calibration import target_for_budget
+
+    # three prompts, three models; prices per call
+    quality = pd.DataFrame(
+        {"cheap": [0.9, 0.2, 0.5], "mid": [0.95, 0.6, 0.7], "big": [1.0, 0.9, 0.95]}
+    )
+    prices = {"cheap": 1.0, "mid": 4.0, "big": 10.0}
+    # budget 1: only all-cheap is affordable -> targets up to 0.2 keep every prompt on cheap
+    t, choice, cost = target_for_budget(quality, prices, 1.0)
+    assert (t, list(choice), cost) == (0.2, ["cheap"] * 3, 1.0)
+    # budget 3: target 0.5 -> cheap, mid, cheap = 6/3 = 2; 0.6 -> cheap, mid, mid = 9/3 = 3;
+    # 0.7 -> cheap, big, mid = 15/3 = 5 (over): 0.6 is the largest affordable target
+    t, choice, cost = target_for_budget(quality, prices, 3.0)
+    assert (t, list(choice), cost) == (0.6, ["cheap", "mid", "mid"], 3.0)
+    # a large budget buys the highest target
+    t, choice, cost = target_for_budget(quality, prices, 100.0)
+    assert t == 1.0 and list(choice) == ["big", "big", "big"] and cost == 10.0
+
+
+def test_calibrate_budget_stored_with_router(local_root):
+    from router_tasks.calibration import calibrate_budget
+    from router_tasks.prompts import prompt_id
+
+    store = ArtifactStore(local_root)
+    texts = [f"training prompt {i}" for i in range(4)]
+    labels = pd.DataFrame({
+        "prompt_id": [prompt_id(t) for t in texts for _ in (0, 1)],
+        "prompt": [t for t in texts for _ in (0, 1)],
+        "model": [STRONG, WEAK] * 4,
+        "quality": [1.0, 0.0] * 4,
+    })
+    labels_ref = run_stage("labels", "test", lambda ctx: ctx.write_table(labels), config={"t": "budget"}, store=store)
+    router = train_router(labels_ref, router_type="random", artifact_root=local_root)
+    sample = [f"user prompt {i}" for i in range(30)]
+    prices = {STRONG: 10.0, WEAK: 1.0}
+    cheap = read_calibration(calibrate_budget(router, sample, prices, 1.0, artifact_root=local_root), artifact_root=local_root)
+    rich = read_calibration(calibrate_budget(router, sample, prices, 6.0, artifact_root=local_root), artifact_root=local_root)
+    assert cheap["achieved_cost_per_prompt"] <= 1.0 and rich["achieved_cost_per_prompt"] <= 6.0
+    assert rich["target_quality"] >= cheap["target_quality"]
+    assert rich["share_by_model"][STRONG] > cheap["share_by_model"][STRONG]
+    with pytest.raises(ValueError, match="no price for model"):
+        calibrate_budget(router, sample, {STRONG: 1.0}, 1.0, artifact_root=local_root)

@@ -51,6 +51,10 @@ def test_score_and_calibrate(trained, tmp_path, capsys):
     assert main(["--artifact-root", root, "calibrate", "--input", str(src), "--share", "0.25"]) == 0
     cal = json.loads(capsys.readouterr().out)["calibration"]
     assert abs(cal["achieved_strong_share"] - 0.25) <= 0.05 and 0 <= cal["threshold"] <= 1
+    prices = json.dumps({"gpt-4-1106-preview": 10.0, "mistralai/Mixtral-8x7B-Instruct-v0.1": 0.6})
+    assert main(["--artifact-root", root, "calibrate", "--input", str(src), "--budget", "3", "--prices", prices]) == 0
+    cal = json.loads(capsys.readouterr().out)["calibration"]
+    assert cal["achieved_cost_per_prompt"] <= 3 and 0 <= cal["target_quality"] <= 1
 
 
 def test_errors_are_one_clear_line(tmp_path, capsys):
