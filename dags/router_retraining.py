@@ -25,6 +25,7 @@ from tela_assets import LABELS_ASSET, ROUTER_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
 
 from router_tasks import defaults
+from router_tasks.compare import compare_routers
 from router_tasks.evaluate import evaluate_router
 from router_tasks.train import train_router
 
@@ -107,6 +108,7 @@ def router_retraining():
         labels=labels, strong_model="{{ params.strong_model }}", weak_model="{{ params.weak_model }}"
     ).expand(router_type=router_types())
     evaluations = task(evaluate_router).partial(benchmarks="{{ params.benchmarks }}").expand(router=routers)
+    task(compare_routers)(evaluations)  # every router's curve on one plot per benchmark
     publish(routers, evaluations)
 
 

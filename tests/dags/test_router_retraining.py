@@ -66,7 +66,7 @@ def test_real_run_promotes_then_keeps(retraining_dag, tmp_path, monkeypatch):
     labels = run_stage("labels", "test", lambda ctx: ctx.write_table(_labels()), config={"t": "dag"},
                        store=ArtifactStore(root))
     record_labels(labels)  # the cron/manual path: newest recorded labels
-    conf = {"router_types": ["random"], "benchmarks": ["mt-bench"]}
+    conf = {"router_types": ["random", "knn"], "benchmarks": ["mt-bench"]}
 
     def states(dr):
         return {ti.task_id: ti.state for ti in dr.get_task_instances()}
@@ -75,6 +75,10 @@ def test_real_run_promotes_then_keeps(retraining_dag, tmp_path, monkeypatch):
     assert set(states(dr).values()) == {TaskInstanceState.SUCCESS}, states(dr)
     champion = json.loads((Path(root) / "champion" / "CHAMPION.json").read_text())
     assert champion["router"]["stage"] == "train"
+    from router_tasks.stage import load_table
+
+    compared = load_table(dr.get_task_instance("compare_routers").xcom_pull(task_ids="compare_routers"), ArtifactStore(root))
+    assert sorted(compared["kind"]) == ["knn", "random"]  # both routers on one plot and table
 
     dr = retraining_dag.test(run_conf=conf)  # same labels: everything reused, champion kept
     s = states(dr)
