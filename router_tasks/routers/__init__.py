@@ -25,6 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Mapping
 
 from router_tasks.routers.base import Router
+from router_tasks.routers.bert import BertRouter
 from router_tasks.routers.causal_llm import CausalLLMRouter
 from router_tasks.routers.common import EmbeddingRouter, resolve_params
 from router_tasks.routers.knn import KnnRouter
@@ -38,6 +39,7 @@ ROUTERS: dict[str, type[Router]] = {
     "mf": MFRouter,
     "random": RandomRouter,
     "causal_llm": CausalLLMRouter,
+    "bert": BertRouter,
 }
 
 ROUTER_FILE = "router.json"

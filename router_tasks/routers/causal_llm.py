@@ -554,29 +554,12 @@ class CausalLLMRouter(Router):
             return self._fit(labels)
 
     def _threads(self):
-        """Context manager: torch's CPU thread count for this router's work, then restored."""
-        import contextlib
-
-        import torch
+        """Torch's CPU thread count for this router's work (see `common.torch_threads`)."""
+        from router_tasks.routers.common import torch_threads
 
         n = int(self.params["cpu_threads"])
-        if n <= 0 and self._resolve_device().type == "cuda":
-            return contextlib.nullcontext()
-        if n <= 0:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-            n = 1 if self.params["base_model"] == "tiny" else max(1, min(torch.get_num_threads(), int(cores - busy + 0.5)))
-
-        @contextlib.contextmanager
-        def ctx():
-            before = torch.get_num_threads()
-            torch.set_num_threads(n)
-            try:
-                yield
-            finally:
-                torch.set_num_threads(before)
-
-        return ctx()
+        on_gpu = n <= 0 and self._resolve_device().type == "cuda"
+        return torch_threads(n, on_gpu, minimum_only=self.params["base_model"] == "tiny")
 
     def _fit(self, labels: pd.DataFrame) -> "CausalLLMRouter":
         import contextlib

@@ -32,8 +32,8 @@ def test_registry_names_every_router():
     assert {"knn", "mf", "random"} <= set(ROUTERS)
     for kind, cls in ROUTERS.items():
         assert cls.kind == kind
-    with pytest.raises(ValueError, match="unknown router type 'bert'.*knn"):
-        make_router("bert", MODELS, ROUTER_STRONG, ROUTER_WEAK)
+    with pytest.raises(ValueError, match="unknown router type 'svm'.*knn"):
+        make_router("svm", MODELS, ROUTER_STRONG, ROUTER_WEAK)
 
 
 @pytest.mark.parametrize("kind", sorted(FAST))  # other kinds test their own round trip
