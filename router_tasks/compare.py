@@ -12,7 +12,6 @@ routers are left out, since they would compare unlike things.
 
 from __future__ import annotations
 
-import io
 import json
 
 import pandas as pd
@@ -26,12 +25,9 @@ COLUMNS = ["router", "kind", "benchmark", "protocol", "n_prompts", "apgr", "auc"
 
 
 def _plot(bench: str, curves: dict[str, pd.DataFrame], baseline: pd.DataFrame, row: pd.Series) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from router_tasks.evaluate import finish_png, new_axes
 
-    fig = Figure(figsize=(7, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_axes()
     for label, c in curves.items():
         ax.plot(100 * c["strong_share"], c["quality"], marker="o", markersize=3, label=label)
     for method, style in (("random", dict(color="tab:gray", linestyle="-", marker=".")),
@@ -40,15 +36,9 @@ def _plot(bench: str, curves: dict[str, pd.DataFrame], baseline: pd.DataFrame, r
         ax.plot(100 * c["strong_share"], c["quality"], label=method, **style)
     ax.axhline(row["strong_quality"], color="tab:red", linestyle="--", label=f"strong: {row['strong_model']}")
     ax.axhline(row["weak_quality"], color="black", linestyle="--", label=f"weak: {row['weak_model']}")
-    ax.set_xlabel("strong model calls (%)")
     ax.set_ylabel("quality")
-    ax.set_xlim(0, 100)
     ax.set_title(f"{bench}: routers compared ({int(row['n_prompts'])} prompts)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+    return finish_png(fig, ax)
 
 
 def compare_routers(evaluations, *, artifact_root: str | None = None) -> dict:

@@ -91,17 +91,31 @@ def _scores(router, bench: str, prompts: Sequence[str]) -> np.ndarray:
     return scores
 
 
-def _plot(bench: str, summary: dict, strong_model: str, weak_model: str, commercial: pd.DataFrame | None) -> bytes:
-    # Figure + Agg canvas directly: no pyplot global state, safe in a worker process
-    # with no display, whatever backend another import selected.
+def new_axes():
+    """(figure, axes) on an Agg canvas: no pyplot global state, safe in a worker process
+    with no display, whatever backend another import selected."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    pct = QUALITY_UNITS.get(bench) == "accuracy"
-    scale = 100.0 if pct else 1.0
     fig = Figure(figsize=(7, 5))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def finish_png(fig, ax) -> bytes:
+    ax.set_xlabel("strong model calls (%)")
+    ax.set_xlim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _plot(bench: str, summary: dict, strong_model: str, weak_model: str, commercial: pd.DataFrame | None) -> bytes:
+    pct = QUALITY_UNITS.get(bench) == "accuracy"
+    scale = 100.0 if pct else 1.0
+    fig, ax = new_axes()
     curves = summary["curves"]
 
     def line(key, **kw):
@@ -128,15 +142,9 @@ def _plot(bench: str, summary: dict, strong_model: str, weak_model: str, commerc
             else:  # the router did not say which model answered: its score only
                 ax.axhline(scale * row["score"], color=color, linestyle="-.", linewidth=1,
                            label=f"{row['router']} ({row['score']:.2f}, strong share unknown)")
-    ax.set_xlabel("strong model calls (%)")
     ax.set_ylabel("accuracy (%)" if pct else QUALITY_UNITS.get(bench, "quality"))
-    ax.set_xlim(0, 100)
     ax.set_title(f"{bench}: {summary['n']} prompts")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+    return finish_png(fig, ax)
 
 
 #: protocols `evaluate_router` runs in one pass (cross-fit retrains: `router_tasks.crossfit`)

@@ -47,10 +47,11 @@ def test_threshold_for_share_rejects_bad_input():
         threshold_for_share([0.1, float("nan")], 0.5)
 
 
-def test_calibrate_random_router_stored_with_router(local_root, tmp_path):
+
+def _random_router(root: str) -> dict:
+    """A random router trained on four labelled prompts (its scores are a hash of the text)."""
     from router_tasks.prompts import prompt_id
 
-    store = ArtifactStore(local_root)
     texts = [f"training prompt {i}" for i in range(4)]
     labels = pd.DataFrame({
         "prompt_id": [prompt_id(t) for t in texts for _ in (0, 1)],
@@ -58,8 +59,14 @@ def test_calibrate_random_router_stored_with_router(local_root, tmp_path):
         "model": [STRONG, WEAK] * 4,
         "quality": [1.0, 0.0] * 4,
     })
-    labels_ref = run_stage("labels", "test", lambda ctx: ctx.write_table(labels), config={"t": "cal"}, store=store)
-    router = train_router(labels_ref, router_type="random", artifact_root=local_root)
+    labels_ref = run_stage("labels", "test", lambda ctx: ctx.write_table(labels), config={"t": "cal"},
+                           store=ArtifactStore(root))
+    return train_router(labels_ref, router_type="random", artifact_root=root)
+
+
+def test_calibrate_random_router_stored_with_router(local_root, tmp_path):
+    store = ArtifactStore(local_root)
+    router = _random_router(local_root)
 
     sample = [f"user prompt {i}" for i in range(40)]
     ref = calibrate_router(router, sample, 0.25, artifact_root=local_root)
@@ -107,18 +114,8 @@ def test_target_for_budget_hand_computed():
 
 def test_calibrate_budget_stored_with_router(local_root):
     from router_tasks.calibration import calibrate_budget
-    from router_tasks.prompts import prompt_id
 
-    store = ArtifactStore(local_root)
-    texts = [f"training prompt {i}" for i in range(4)]
-    labels = pd.DataFrame({
-        "prompt_id": [prompt_id(t) for t in texts for _ in (0, 1)],
-        "prompt": [t for t in texts for _ in (0, 1)],
-        "model": [STRONG, WEAK] * 4,
-        "quality": [1.0, 0.0] * 4,
-    })
-    labels_ref = run_stage("labels", "test", lambda ctx: ctx.write_table(labels), config={"t": "budget"}, store=store)
-    router = train_router(labels_ref, router_type="random", artifact_root=local_root)
+    router = _random_router(local_root)
     sample = [f"user prompt {i}" for i in range(30)]
     prices = {STRONG: 10.0, WEAK: 1.0}
     cheap = read_calibration(calibrate_budget(router, sample, prices, 1.0, artifact_root=local_root), artifact_root=local_root)
