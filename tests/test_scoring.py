@@ -102,3 +102,37 @@ def test_predictions_suite_rejects_nan_out_of_range_and_missing_rows():
         check_predictions(good.assign(**{"quality::m": [0.5, 1.3]}), expected_rows=2)
     with pytest.raises(DataQualityError, match="one_row_per_input"):
         check_predictions(good, expected_rows=3)
+
+
+# Small settings so every router kind trains in seconds on the toy labels.
+EVERY_KIND = {
+    "knn": {"k": 5},
+    "mf": {"epochs": 5, "batch_size": 16},
+    "random": {"seed": 7},
+    "bert": {"epochs": 2, "train_layers": 1, "cpu_threads": 1},
+    "causal_llm": {"base_model": "tiny", "epochs": 4, "batch_size": 16, "lr": 0.005, "max_length": 48},
+}
+
+
+def test_every_registered_router_kind_is_covered():
+    from router_tasks.routers import ROUTERS
+
+    assert set(EVERY_KIND) == set(ROUTERS)
+
+
+@pytest.mark.parametrize("kind", sorted(EVERY_KIND))
+def test_tela_score_on_every_router_kind(kind, router_toy_labels, tmp_path):
+    """`tela score --router <artifact>` works for each router type the registry knows."""
+    from router_tasks.cli import main
+    from router_tasks.stage import run_stage
+
+    root = str(tmp_path / "artifacts")
+    labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(router_toy_labels), store=ArtifactStore(root))
+    ref = train_router(labels, router_type=kind, router_params=EVERY_KIND[kind], use_gpu=False, artifact_root=root)
+    src = tmp_path / "p.csv"
+    pd.DataFrame({"prompt": PROMPTS}).to_csv(src, index=False)
+    out_path = tmp_path / "scores.parquet"
+    assert main(["--artifact-root", root, "score", "--router", ref["key"], "--input", str(src), "--output", str(out_path)]) == 0
+    out = pd.read_parquet(out_path)
+    assert out["prompt"].tolist() == PROMPTS and out["strong_win_rate"].between(0, 1).all()
+    assert {f"quality::{m}" for m in (ROUTER_STRONG, ROUTER_WEAK)} <= set(out.columns)
