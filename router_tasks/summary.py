@@ -52,8 +52,12 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
                 line += f", {q.get('rows_quarantined')} quarantined (`{q['quarantine']}`)"
             quality_lines.append(line + f"; Data Docs: `{q.get('data_docs')}`")
         notes = ", ".join(f"{k}={stats[k]}" for k in STAT_KEYS if k in stats and not isinstance(stats[k], dict))
-        work = "reused" if ref.reused else "computed"
-        lines.append(f"| {name} | {_rows_in(m)} | {m.get('rows_out', '-')} | {work} | {_seconds(store, m):.1f} | {notes} |")
+        if ref.reused:  # nothing ran now: the time and counters are those of the run that computed it
+            work, seconds = "reused", "-"
+            notes = f"when computed ({_seconds(store, m):.1f} s): {notes}" if notes else f"computed in {_seconds(store, m):.1f} s"
+        else:
+            work, seconds = "computed", f"{_seconds(store, m):.1f}"
+        lines.append(f"| {name} | {_rows_in(m)} | {m.get('rows_out', '-')} | {work} | {seconds} | {notes} |")
     lines.append("")
     if quality_lines:
         lines += ["Data quality:", *quality_lines, ""]
