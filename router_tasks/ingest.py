@@ -64,10 +64,11 @@ def _format_of(source: str, fmt: str | None) -> str:
     raise InputDataError(f"{source}: cannot tell the format from the name; expected one of {FORMATS}")
 
 
-def read_prompt_file(source: str, fmt: str | None = None) -> pd.DataFrame:
+def read_prompt_file(source: str, fmt: str | None = None, data: bytes | None = None) -> pd.DataFrame:
     """Parse a dataset file into a DataFrame, with errors that name the line or field."""
     fmt = _format_of(source, fmt)
-    data = _read_source_bytes(source)
+    if data is None:  # callers that already hold the bytes pass them: one download per source
+        data = _read_source_bytes(source)
     if not data.strip():
         raise InputDataError(f"{source}: the file is empty; expected {fmt} rows with a 'prompt' column")
     if fmt == "parquet":
@@ -251,7 +252,7 @@ def ingest_prompts(
     }
 
     def compute(ctx):
-        raw = read_prompt_file(source, fmt)
+        raw = read_prompt_file(source, fmt, raw_bytes)
         table = normalize_prompt_table(raw, source, dataset, max_prompt_chars)
         before = len(table)
         table = table.drop_duplicates("prompt_id", keep="first").reset_index(drop=True)

@@ -204,9 +204,6 @@ def run_stage(
     if not ctx._files:
         raise RuntimeError(f"stage {stage} wrote no output files")
 
-    rows_in = {}
-    for name, ref in refs.items():
-        rows_in[name] = ref.rows
     main = ctx._files.get(MAIN_TABLE, {})
     manifest = {
         "stage": stage,
@@ -217,7 +214,7 @@ def run_stage(
         "config": config,
         "code_version": __version__,
         "files": ctx._files,
-        "rows_in": rows_in,
+        "rows_in": {name: ref.rows for name, ref in refs.items()},
         "rows_out": main.get("rows"),
         "schema": main.get("schema"),
         "stats": ctx.stats,
