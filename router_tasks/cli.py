@@ -21,6 +21,17 @@ def _json_arg(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg}): {text!r:.80}") from None
 
 
+def _file_mode_args(s: argparse.ArgumentParser, model_flag: str) -> None:
+    g = s.add_argument_group("file mode (no artifacts, no Airflow)")
+    g.add_argument("--input", help="jsonl/csv/parquet file: 'prompt' (generate); 'prompt', 'answer' and "
+                                   "'reference_answer' or 'gold_answer'+'gold_type' (judge)")
+    g.add_argument(model_flag, dest="model", help="model id the endpoint expects")
+    g.add_argument("--base-url", help="OpenAI-compatible base URL, e.g. http://host:8000/v1 (default: api.openai.com)")
+    g.add_argument("--api-key-env", help="environment variable holding the API key")
+    g.add_argument("--concurrency", type=int, help="requests in flight")
+    g.add_argument("--output", help="output .parquet/.csv/.jsonl: the input columns plus the stage's")
+
+
 def _parser() -> argparse.ArgumentParser:
     from router_tasks import defaults
 
@@ -37,15 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
 
-    s = sub.add_parser("generate", help="answer prompts with OSS models")
-    s.add_argument("--prompts", required=True, help="ingest artifact")
+    s = sub.add_parser("generate", help="answer prompts with OSS models (an artifact, or a file with --input)")
+    s.add_argument("--prompts", help="ingest artifact (artifact mode)")
     s.add_argument("--models", type=_json_arg, default=defaults.DEMO_MODELS, help="JSON list of endpoints")
     s.add_argument("--max-tokens", type=int, default=96)
+    _file_mode_args(s, model_flag="--model")
 
-    s = sub.add_parser("judge", help="grade answers (exact match or LLM judge)")
-    s.add_argument("--prompts", required=True)
-    s.add_argument("--answers", required=True)
+    s = sub.add_parser("judge", help="grade answers, exact match or LLM judge (artifacts, or a file with --input)")
+    s.add_argument("--prompts", help="ingest artifact (artifact mode)")
+    s.add_argument("--answers", help="generate artifact (artifact mode)")
     s.add_argument("--judge", type=_json_arg, default=defaults.DEMO_JUDGE, help="JSON endpoint of the judge")
+    _file_mode_args(s, model_flag="--judge-model")
 
     s = sub.add_parser("labels", help="build the labels table")
     s.add_argument("--prompts", required=True)
@@ -131,13 +144,19 @@ def main(argv: list[str] | None = None) -> int:
             from router_tasks.ingest import ingest_prompts
 
             return emit(ingest_prompts(args.source, dataset=args.dataset, fmt=args.fmt, sample=args.sample, shards=args.shards, seed=args.seed, artifact_root=root))
+        if cmd in ("generate", "judge") and args.input:
+            return _file_mode(args, root)
         if cmd == "generate":
             from router_tasks.generate import generate_answers
 
+            if not args.prompts:
+                raise ValueError("give --prompts ARTIFACT, or --input FILE --model NAME --output FILE")
             return emit(generate_answers(ref(args.prompts), models=args.models, max_tokens=args.max_tokens, artifact_root=root))
         if cmd == "judge":
             from router_tasks.judge import judge_answers
 
+            if not (args.prompts and args.answers):
+                raise ValueError("give --prompts and --answers ARTIFACTs, or --input FILE --judge-model NAME --output FILE")
             return emit(judge_answers(ref(args.prompts), ref(args.answers), judge=args.judge, artifact_root=root))
         if cmd == "labels":
             from router_tasks.labels import build_labels
@@ -225,6 +244,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tela {args.command}: error: {err}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _file_mode(args, root: str | None) -> int:
+    from router_tasks import label_files
+
+    flag = "--model" if args.command == "generate" else "--judge-model"
+    missing = [f for f, v in ((flag, args.model), ("--output", args.output)) if not v]
+    if missing:
+        raise ValueError(f"--input needs {' and '.join(missing)}")
+    common = dict(base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency, artifact_root=root)
+    if args.command == "generate":
+        out, stats = label_files.generate_file(args.input, args.output, model=args.model, max_tokens=args.max_tokens, **common)
+        done = int(out["error"].isna().sum())
+        print(f"answered {done} of {len(out)} prompts -> {args.output}")
+    else:
+        out, stats = label_files.judge_file(args.input, args.output, judge_model=args.model, **common)
+        print(f"graded {int(out['failure_reason'].isna().sum())} of {len(out)} answers -> {args.output}")
+    print(json.dumps({k: stats[k] for k in ("requests", "cached", "calls", "retries", "failures", "input_tokens",
+                                            "output_tokens") if k in stats}))
+    return 0
 
 
 if __name__ == "__main__":

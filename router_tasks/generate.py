@@ -5,19 +5,23 @@ output_tokens, latency_s; one row per input prompt and model, always: a request 
 fails after the client's retries keeps its row with `answer` null and `error` saying
 why, so nothing is silently dropped and a later stage can tell "wrong" from "missing".
 
+Work is split into parts, one per (shard, model): `plan_generation` lists them,
+`generate_part` answers one (an Airflow DAG maps a task over the plan, so workers share
+the work), `combine_answers` joins them. `generate_answers` does all three in one call.
+
 Cost control:
-- Each model's answers are their own artifact (stage "generate_model"), keyed by the
-  prompts' fingerprint and that endpoint's answer-relevant settings
-  (`Endpoint.output_config`); the "generate" artifact combines them. A re-run with the
-  same inputs makes no calls; adding a model, or changing one model's settings, asks
-  only that model.
-- While a run is going, finished answers are checkpointed under the artifact's folder
-  (`_partial/`, not part of the manifest). If a run dies, or is aborted because too many
-  calls failed, the next run with the same inputs and config re-asks only the rows that
-  have no answer yet.
-- If more than `max_failure_rate` of a model's calls fail, the stage raises instead of
+- Each part is its own artifact (stage "generate_model"), keyed by the prompts'
+  fingerprint, the shard and that endpoint's answer-relevant settings
+  (`Endpoint.output_config`). A re-run with the same inputs makes no calls; adding a
+  model, or changing one model's settings, asks only that model.
+- Every successful reply goes to the request cache (`router_tasks.request_cache`) as it
+  arrives. A part that dies, is retried or aborted, a prompt set with one prompt added,
+  or a shard re-planned: the next run re-asks only what has no reply yet.
+- If more than `max_failure_rate` of a part's calls fail, it raises instead of
   completing: an artifact of errors (a bad key, a wrong URL) would otherwise be reused
-  forever. Rows that already succeeded are kept in the checkpoint.
+  forever. The replies that succeeded are in the cache.
+- Each part's manifest records its calls, retries, cached replies, billed tokens and
+  dollars (from the endpoint's prices): the run's cost ledger reads them.
 """
 
 from __future__ import annotations
@@ -27,16 +31,17 @@ import time
 
 import pandas as pd
 
-from router_tasks.llm_client import ChatResult, Endpoint, Progress, chat_many, open_endpoint
+from router_tasks.llm_client import ChatResult, Endpoint, Progress, ask_all
 from router_tasks.quality import resolve_thresholds
-from router_tasks.stage import StageContext, run_stage
+from router_tasks.stage import StageContext, load_table, run_stage
 from router_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 STAGE = "generate"
-MODEL_STAGE = "generate_model"  # one artifact per model; STAGE combines them
-STAGE_VERSION = "2"  # 2: answers validated by the answers suite
+MODEL_STAGE = "generate_model"  # one artifact per (shard, model); STAGE combines them
+STAGE_VERSION = "3"  # 3: parts per shard x model, replies through the request cache
+PROMPT_VERSION = "answer-v1"  # how a prompt becomes messages: the user turn, as is
 
 ANSWER_COLUMNS = ["prompt_id", "model", "answer", "finish_reason", "error", "input_tokens", "output_tokens", "latency_s"]
 
@@ -50,20 +55,6 @@ def parse_endpoints(models: list[dict], *, defaults: dict | None = None, where: 
     if dupes:
         raise ValueError(f"{where}: model names must be unique; repeated: {dupes}")
     return endpoints
-
-
-def _read_partial(ctx: StageContext) -> dict[str, dict]:
-    """Successful answers a previous attempt checkpointed, by prompt_id."""
-    df = ctx.read_checkpoint("answers")
-    if df is None:
-        return {}
-    df = df[df["error"].isna() & df["answer"].notna()]
-    rows = df.astype(object).where(df.notna(), None).to_dict("records")  # NA -> None
-    return {r["prompt_id"]: r for r in rows}
-
-
-def _write_partial(ctx: StageContext, rows: list[dict]) -> None:
-    ctx.write_checkpoint("answers", _answers_frame(rows))
 
 
 def _answers_frame(rows: "list[dict] | pd.DataFrame") -> pd.DataFrame:
@@ -84,77 +75,165 @@ def _row(pid: str, model: str, res: ChatResult) -> dict:
     }
 
 
-def _load_prompts(ctx: StageContext) -> pd.DataFrame:
-    df = ctx.read_input("prompts")
+def check_prompts(df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("prompt_id", "prompt") if c not in df.columns]
     if missing:
         raise ValueError(f"prompts table lacks column(s) {missing}; has {list(df.columns)}")
     dupes = df["prompt_id"][df["prompt_id"].duplicated()].unique().tolist()
     if dupes:
         raise ValueError(f"prompts table: prompt_id must be unique; repeated: {dupes[:5]}")
+    if "shard" not in df.columns:
+        df = df.assign(shard=0)
     return df
 
 
-def _answer_one_model(ctx: StageContext, ep: Endpoint, *, max_failure_rate: float, checkpoint_every: int) -> None:
-    """compute() of one model's sub-artifact: ask for every prompt not yet answered."""
-    started = time.monotonic()
-    df = _load_prompts(ctx)
+def answer_prompts(
+    df: pd.DataFrame, ep: Endpoint, *, store: ArtifactStore, max_failure_rate: float = 1.0,
+    flush_every: int = 50, label: str = STAGE,
+) -> tuple[pd.DataFrame, dict]:
+    """Answers of `ep` to every row of `df` (prompt_id, prompt), through the request cache.
+
+    Returns the answers table and the part's counters (the cost ledger's fields). Raises
+    if more than `max_failure_rate` of the calls made fail.
+    """
     pids = df["prompt_id"].astype(str).tolist()
-    have = _read_partial(ctx)
-    rows: dict[str, dict] = dict(have)
+    rows: dict[str, dict] = {}
     todo, convs = [], []
     for pid, text in zip(pids, df["prompt"].tolist()):
-        if pid in have:
-            continue
         if not isinstance(text, str) or not text.strip():  # never worth a paid call
             rows[pid] = _row(pid, ep.name, ChatResult(None, None, "empty prompt", 0, 0, 0.0))
             continue
         todo.append(pid)
         convs.append([{"role": "user", "content": text}])
-    if have:
-        log.info("%s: %s: %d answers from a previous attempt's checkpoint", STAGE, ep.name, len(have))
-    progress = Progress(f"{STAGE} {ep.name}", len(todo))
-    since_ckpt = 0
+    progress = Progress(f"{label} {ep.name}", len(todo))
 
     def on_result(i: int, res: ChatResult) -> None:
-        nonlocal since_ckpt
         rows[todo[i]] = _row(todo[i], ep.name, res)
-        progress.update(res)
-        since_ckpt += 1
-        if since_ckpt >= checkpoint_every:
-            since_ckpt = 0
-            _write_partial(ctx, list(rows.values()))
+        if not res.cached:
+            progress.update(res)
 
-    requests = 0
     if todo:
-        log.info("%s: asking %s (%s) for %d answers", STAGE, ep.name, ep.public_dict()["base_url"], len(todo))
-        with open_endpoint(ep) as client:
-            try:
-                chat_many(client, convs, on_result=on_result)
-            finally:
-                requests = client.requests
-                _write_partial(ctx, list(rows.values()))
-    new_failures = sum(rows[p]["error"] is not None for p in todo)
-    if todo and new_failures / len(todo) > max_failure_rate:
-        first = next(rows[p]["error"] for p in todo if rows[p]["error"] is not None)
+        log.info("%s: %s (%s): %d prompts", label, ep.name, ep.public_dict()["base_url"], len(todo))
+    _, calls = ask_all(ep, convs, store=store, prompt_version=PROMPT_VERSION, on_result=on_result,
+                       flush_every=flush_every)
+    if calls.cached:
+        log.info("%s: %s: %d replies from the request cache, %d asked", label, ep.name, calls.cached, calls.calls)
+    if calls.calls and calls.failures / calls.calls > max_failure_rate:
+        first = next(r["error"] for r in rows.values() if r["error"] is not None)
         raise RuntimeError(
-            f"{STAGE}: {new_failures}/{len(todo)} calls to model {ep.name!r} failed "
+            f"{label}: {calls.failures}/{calls.calls} calls to model {ep.name!r} failed "
             f"(over max_failure_rate={max_failure_rate}); first error: {first}. "
-            f"Successful answers are checkpointed; fix the endpoint and re-run."
+            f"Successful answers are cached; fix the endpoint and re-run."
         )
     ordered = [rows[pid] for pid in pids]
-    ctx.write_table(_answers_frame(ordered))
-    ctx.stats.update({
-        "requests": requests,
+    stats = {
+        **calls.to_dict(),
         "failures": sum(r["error"] is not None for r in ordered),
-        "reused_from_checkpoint": len(have),
-        "input_tokens": int(sum(r["input_tokens"] for r in ordered)),
-        "output_tokens": int(sum(r["output_tokens"] for r in ordered)),
         "truncated": sum(r["finish_reason"] == "length" for r in ordered),
-        "seconds": round(time.monotonic() - started, 2),
-    })
-    log.info("%s: %s finished: %s", STAGE, ep.name, ctx.stats)
-    ctx.clear_checkpoint("answers")  # the table now holds everything the checkpoint did
+    }
+    return _answers_frame(ordered), stats
+
+
+def plan_generation(prompts: dict, *, models: list[dict], artifact_root: str | None = None) -> list[dict]:
+    """The parts to generate, one per (shard, model), as kwargs for `generate_part`."""
+    endpoints = parse_endpoints(models)
+    df = check_prompts(load_table(prompts, ArtifactStore(artifact_root)))
+    shards = sorted(int(s) for s in df["shard"].dropna().unique()) or [0]
+    return [{"model": m, "shard": shard} for shard in shards for m, _ in zip(models, endpoints)]
+
+
+def generate_part(
+    prompts: dict,
+    *,
+    model: dict,
+    shard: int | None = None,
+    max_tokens: int = 128,
+    temperature: float = 0.0,
+    artifact_root: str | None = None,
+    max_failure_rate: float = 0.5,
+    flush_every: int = 50,
+) -> dict:
+    """One model's answers to one shard of `prompts` (all of them if `shard` is None)."""
+    ep = parse_endpoints([model], defaults={"max_tokens": max_tokens, "temperature": temperature})[0]
+    ep.api_key()  # fail now, naming the missing variable, before any work
+
+    def compute(ctx: StageContext) -> None:
+        df = check_prompts(ctx.read_input("prompts"))
+        if shard is not None:
+            df = df[df["shard"] == int(shard)]
+        started = time.monotonic()
+        table, stats = answer_prompts(df, ep, store=ctx.store, max_failure_rate=max_failure_rate,
+                                      flush_every=flush_every, label=f"{STAGE} shard {shard}")
+        ctx.write_table(table)
+        ctx.stats.update({**stats, "model": ep.name, "shard": shard, "seconds": round(time.monotonic() - started, 2)})
+        log.info("%s: %s shard %s finished: %s", STAGE, ep.name, shard, ctx.stats)
+
+    return run_stage(MODEL_STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts},
+                     config={"model": ep.output_config(), "shard": shard}, store=ArtifactStore(artifact_root))
+
+
+def combine_answers(
+    prompts: dict,
+    parts: list[dict],
+    *,
+    models: list[dict],
+    artifact_root: str | None = None,
+    thresholds: dict | None = None,
+) -> dict:
+    """One answers table from the parts `generate_part` made; runs the answers suite."""
+    endpoints = parse_endpoints(models)
+    store = ArtifactStore(artifact_root)
+    parts = [parts[i] for i in range(len(parts))]  # a list, or Airflow's lazy sequence of mapped results
+    if not parts:
+        raise ValueError("combine_answers: no generated parts")
+    names = {f"part:{i:05d}": ref for i, ref in enumerate(sorted(parts, key=lambda r: r["key"]))}
+
+    def combine(ctx: StageContext) -> None:
+        from router_tasks.quality import answers_suite, enforce
+
+        frames, per_part = [], []
+        for name in names:
+            frames.append(ctx.read_input(name))
+            manifest = ctx.input_manifest(name)
+            per_part.append({**manifest.get("stats", {}), "artifact": manifest["key"],
+                             "reused": bool(names[name].get("reused")), "part_seconds": manifest["seconds"]})
+        answers = _answers_frame(pd.concat(frames, ignore_index=True))
+        want = {ep.name for ep in endpoints}
+        got = set(answers["model"].dropna().unique())
+        if got - want:
+            raise ValueError(f"combine_answers: parts hold answers of models {sorted(got - want)} not in the run's models")
+        total = check_prompts(ctx.read_input("prompts"))
+        expected = len(total) * len(endpoints)
+        if len(answers) != expected or answers.duplicated(["prompt_id", "model"]).any():
+            raise ValueError(f"combine_answers: {len(answers)} answer rows for {len(total)} prompts x "
+                             f"{len(endpoints)} models (expected {expected}, one per pair): a part is missing or repeated")
+        th = ctx.config["quality"]
+        ctx.write_table(enforce(ctx, answers, answers_suite(th), min_kept_share=th["min_kept_share"]))
+        per_model: dict[str, dict] = {}
+        for part in per_part:
+            agg = per_model.setdefault(part.get("model", "?"), {"parts": 0, "reused": True, "artifacts": []})
+            agg["parts"] += 1
+            agg["reused"] = agg["reused"] and part["reused"]
+            agg["artifacts"].append(part["artifact"])
+            for k in ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens",
+                      "output_tokens", "truncated", "dollars"):
+                agg[k] = agg.get(k, 0) + part.get(k, 0)
+        fresh = [p for p in per_part if not p["reused"]]
+        ctx.stats.update({
+            "requests": sum(p.get("calls", 0) for p in fresh),  # calls made by this run's parts
+            "failures": sum(p.get("failures", 0) for p in per_part),
+            "input_tokens": sum(p.get("input_tokens", 0) for p in per_part),
+            "output_tokens": sum(p.get("output_tokens", 0) for p in per_part),
+            "parts": len(per_part),
+            # time spent in the parts this run computed (they ran as tasks of their own)
+            "part_seconds": round(sum(p["part_seconds"] for p in fresh), 2),
+            "models": per_model,
+        })
+
+    inputs = {"prompts": prompts, **names}
+    return run_stage(STAGE, STAGE_VERSION, combine, inputs=inputs,
+                     config={"models": [ep.name for ep in endpoints], "quality": resolve_thresholds(thresholds)},
+                     store=store)
 
 
 def generate_answers(
@@ -165,51 +244,20 @@ def generate_answers(
     temperature: float = 0.0,
     artifact_root: str | None = None,
     max_failure_rate: float = 0.5,
-    checkpoint_every: int = 50,
+    flush_every: int = 50,
     thresholds: dict | None = None,
 ) -> dict:
     """Answer every prompt with every model in `models` (endpoint dicts); return the answers ref.
 
-    `max_tokens` / `temperature` apply to endpoints that do not set their own. Each model's
-    answers are their own artifact (stage "generate_model"), combined into the "generate"
-    artifact: adding a model or changing one model's settings re-asks that model only.
+    The plan -> parts -> combine of the DAG, in one process. `max_tokens` / `temperature`
+    apply to endpoints that do not set their own.
     """
     endpoints = parse_endpoints(models, defaults={"max_tokens": max_tokens, "temperature": temperature})
     for ep in endpoints:
         ep.api_key()  # fail now, naming the missing variable, before any work
-    store = ArtifactStore(artifact_root)
-
-    parts: dict[str, dict] = {}
-    for ep in endpoints:
-        parts[ep.name] = run_stage(
-            MODEL_STAGE, STAGE_VERSION,
-            lambda ctx, ep=ep: _answer_one_model(ctx, ep, max_failure_rate=max_failure_rate,
-                                                 checkpoint_every=checkpoint_every),
-            inputs={"prompts": prompts}, config={"model": ep.output_config()}, store=store,
-        )
-
-    def combine(ctx: StageContext) -> None:
-        frames, per_model = [], {}
-        for ep in endpoints:
-            frames.append(ctx.read_input(f"model:{ep.name}"))
-            manifest = ctx.input_manifest(f"model:{ep.name}")
-            per_model[ep.name] = {**manifest.get("stats", {}), "artifact": manifest["key"],
-                                  "reused": bool(parts[ep.name]["reused"])}
-        from router_tasks.quality import answers_suite, enforce
-
-        answers = _answers_frame(pd.concat(frames, ignore_index=True))
-        th = ctx.config["quality"]
-        ctx.write_table(enforce(ctx, answers, answers_suite(th), min_kept_share=th["min_kept_share"]))
-        fresh = [s for s in per_model.values() if not s["reused"]]
-        ctx.stats.update({
-            "requests": sum(s.get("requests", 0) for s in fresh),  # made by this run
-            "failures": sum(s.get("failures", 0) for s in per_model.values()),
-            "input_tokens": sum(s.get("input_tokens", 0) for s in per_model.values()),
-            "output_tokens": sum(s.get("output_tokens", 0) for s in per_model.values()),
-            "models": per_model,
-        })
-
-    inputs = {"prompts": prompts, **{f"model:{name}": ref for name, ref in parts.items()}}
-    return run_stage(STAGE, STAGE_VERSION, combine, inputs=inputs,
-                     config={"models": [ep.name for ep in endpoints], "quality": resolve_thresholds(thresholds)},
-                     store=store)
+    parts = [
+        generate_part(prompts, **part, max_tokens=max_tokens, temperature=temperature, artifact_root=artifact_root,
+                      max_failure_rate=max_failure_rate, flush_every=flush_every)
+        for part in plan_generation(prompts, models=models, artifact_root=artifact_root)
+    ]
+    return combine_answers(prompts, parts, models=models, artifact_root=artifact_root, thresholds=thresholds)

@@ -15,9 +15,13 @@ failure_reason, rubric_version; one row per answer row, always.
   failure_reason "no [[n]] verdict" and no score: a guessed score would poison labels.
 - Judge calls that still fail after the client's retries keep their row with
   failure_reason "judge error: ..."; if more than `max_failure_rate` of them fail, the
-  stage raises instead (a broken judge must not become a reused artifact). Replies are
-  checkpointed under the artifact folder while the stage runs, so a re-run after a crash
-  or an abort asks the judge only for what it has not answered yet.
+  stage raises instead (a broken judge must not become a reused artifact). Every reply
+  goes to the request cache as it arrives, so a re-run after a crash or an abort, or a
+  run whose answers changed for one model, asks the judge only for what it has not
+  answered yet. Batch mode (`router_tasks.judge_batch`) fills the same cache through the
+  OpenAI Batch API, so both modes produce the same table.
+- Work is split by prompt shard (`plan_judging` -> `judge_part` -> `combine_judgements`);
+  `judge_answers` runs all three.
 - No answer (generation error): failure_reason "no answer". Neither gold nor reference:
   failure_reason "no reference" (references come from a later stage).
 """
@@ -33,15 +37,16 @@ from decimal import Decimal, InvalidOperation
 import pandas as pd
 
 from router_tasks.generate import parse_endpoints
-from router_tasks.llm_client import ChatResult, Progress, chat_many, open_endpoint
+from router_tasks.llm_client import ChatResult, Endpoint, Progress, ask_all
 from router_tasks.quality import resolve_thresholds
-from router_tasks.stage import StageContext, run_stage, stable_hash
+from router_tasks.stage import StageContext, load_table, run_stage, stable_hash
 from router_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 STAGE = "judge"
-STAGE_VERSION = "2"  # 2: judgements suite. Bump when grading logic (extraction, parsing) changes: old artifacts go stale
+PART_STAGE = "judge_part"  # one artifact per shard; STAGE combines them
+STAGE_VERSION = "3"  # 3: parts per shard, verdicts through the request cache. 2: judgements suite. Bump when grading logic (extraction, parsing) changes: old artifacts go stale
 RUBRIC_VERSION = "ref-guided-1to5-v1"
 LETTERS = "ABCD"
 
@@ -239,6 +244,234 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
+def judge_endpoint(judge: dict | None) -> Endpoint | None:
+    """The judge's endpoint from config (None: no LLM judge); fails early on a missing key."""
+    if judge is None:
+        return None
+    endpoint = parse_endpoints([judge], defaults={"max_tokens": 256, "temperature": 0.0}, where="judge")[0]
+    endpoint.api_key()
+    return endpoint
+
+
+def _judge_config(endpoint: Endpoint | None) -> dict:
+    return {
+        "judge": endpoint.output_config() if endpoint else None,
+        "rubric_version": RUBRIC_VERSION,
+        # The exact texts: an edit without a version bump still gets a new artifact.
+        "rubric_hash": stable_hash([RUBRIC_SYSTEM, RUBRIC_TEXT]),
+    }
+
+
+def _checked_tables(pdf: pd.DataFrame, adf: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    for name, df, cols in (("prompts", pdf, ("prompt_id", "prompt")), ("answers", adf, ("prompt_id", "model", "answer", "error"))):
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise ValueError(f"{name} table lacks column(s) {missing}; has {list(df.columns)}")
+    pdf = pdf.copy()
+    for col in ("gold_answer", "gold_type", "reference_answer"):
+        if col not in pdf.columns:
+            pdf[col] = None
+    if "shard" not in pdf.columns:
+        pdf["shard"] = 0
+    dupes = pdf["prompt_id"][pdf["prompt_id"].duplicated()].unique().tolist()
+    if dupes:
+        raise ValueError(f"prompts table: prompt_id must be unique; repeated: {dupes[:5]}")
+    unknown = sorted(set(adf["prompt_id"]) - set(pdf["prompt_id"]))
+    if unknown:
+        raise ValueError(f"answers table has {len(unknown)} prompt_id(s) not in the prompts table, e.g. {unknown[:5]}")
+    return pdf, adf
+
+
+def plan_rows(pdf: pd.DataFrame, adf: pd.DataFrame, endpoint: Endpoint | None):
+    """Every answer row's judgement where no judge call is needed, and the judge calls.
+
+    Returns (rows, pending, counts): `rows[i]` is the judgement of answer row i, or None
+    where `pending` holds (i, judge conversation) for it.
+    """
+    by_id = pdf.set_index("prompt_id")
+    rows: list[dict | None] = []
+    pending: list[tuple[int, list[dict]]] = []
+    counts = {"exact_match": 0, "llm_judge": 0, "no_answer": 0, "no_reference": 0, "no_judge": 0, "bad_gold": 0}
+    for a in adf.itertuples(index=False):
+        p = by_id.loc[a.prompt_id]
+        gold, gold_type = _text(p["gold_answer"]), _text(p["gold_type"])
+        method = "exact_match" if gold and gold_type else "llm_judge"
+        # An empty string is an answer (a bad one); null or an error is none at all.
+        answer = a.answer if isinstance(a.answer, str) else None
+        if _text(a.error) is not None or answer is None:
+            counts["no_answer"] += 1
+            rows.append(_judgement(a.prompt_id, a.model, method, failure="no answer"))
+            continue
+        if method == "exact_match":
+            correct, raw, failure = grade_exact(answer, gold, gold_type, _text(p["prompt"]))
+            counts["exact_match" if failure is None else "bad_gold"] += 1
+            rows.append(_judgement(a.prompt_id, a.model, method, correct=correct, raw=raw, failure=failure))
+            continue
+        if _text(p["reference_answer"]) is None:
+            counts["no_reference"] += 1
+            rows.append(_judgement(a.prompt_id, a.model, method, failure="no reference"))
+            continue
+        if endpoint is None:
+            counts["no_judge"] += 1
+            rows.append(_judgement(a.prompt_id, a.model, method, failure="no judge configured"))
+            continue
+        counts["llm_judge"] += 1
+        pending.append((len(rows), judge_messages(str(p["prompt"]), str(p["reference_answer"]), answer)))
+        rows.append(None)
+    return rows, pending, counts
+
+
+def grade_answers(
+    pdf: pd.DataFrame, adf: pd.DataFrame, endpoint: Endpoint | None, *, store: ArtifactStore,
+    max_failure_rate: float = 0.5, flush_every: int = 50, label: str = STAGE,
+) -> tuple[pd.DataFrame, dict]:
+    """The judgements of every row of `adf` and the counters (cost ledger fields included)."""
+    pdf, adf = _checked_tables(pdf, adf)
+    rows, pending, counts = plan_rows(pdf, adf, endpoint)
+    keys = adf[["prompt_id", "model"]].to_numpy().tolist()
+    parse_failures = 0
+
+    def verdict_row(idx: int, res: ChatResult) -> dict:
+        nonlocal parse_failures
+        pid, model = keys[idx]
+        if res.error is not None:
+            return _judgement(pid, model, "llm_judge", judge_model=endpoint.name,
+                              failure=f"judge error: {res.error}", rubric=RUBRIC_VERSION)
+        score = parse_verdict(res.answer)
+        parse_failures += score is None
+        return _judgement(pid, model, "llm_judge", score=score, judge_model=endpoint.name, raw=res.answer,
+                          failure=None if score is not None else "no [[n]] verdict", rubric=RUBRIC_VERSION)
+
+    stats: dict = {}
+    if pending:
+        progress = Progress(f"{label} {endpoint.name}", len(pending))
+
+        def on_result(i: int, res: ChatResult) -> None:
+            rows[pending[i][0]] = verdict_row(pending[i][0], res)
+            if not res.cached:
+                progress.update(res)
+
+        _, calls = ask_all(endpoint, [conv for _, conv in pending], store=store, prompt_version=RUBRIC_VERSION,
+                           on_result=on_result, flush_every=flush_every)
+        stats = calls.to_dict()
+        if calls.cached:
+            log.info("%s: %d verdicts from the request cache, %d asked", label, calls.cached, calls.calls)
+        if calls.calls and calls.failures / calls.calls > max_failure_rate:
+            first = next(r["failure_reason"] for r in rows if r and str(r["failure_reason"]).startswith("judge error"))
+            raise RuntimeError(
+                f"{STAGE}: {calls.failures}/{calls.calls} calls to judge {endpoint.name!r} failed "
+                f"(over max_failure_rate={max_failure_rate}); first: {first}. "
+                f"Verdicts received are cached; fix the judge endpoint and re-run."
+            )
+    df = _frame(rows)
+    request_errors = int(df["failure_reason"].fillna("").str.startswith("judge error").sum())
+    judged = len(pending) - request_errors
+    stats.update({
+        **counts,
+        "request_errors": request_errors,
+        "parse_failures": parse_failures,
+        "parse_failure_rate": round(parse_failures / judged, 4) if judged else 0.0,
+    })
+    return df, stats
+
+
+def plan_judging(prompts: dict, *, artifact_root: str | None = None) -> list[dict]:
+    """The judge's parts, one per shard of the prompts: kwargs for `judge_part`."""
+    df = load_table(prompts, ArtifactStore(artifact_root))
+    shards = sorted(int(s) for s in df["shard"].dropna().unique()) if "shard" in df.columns else []
+    return [{"shard": s} for s in shards or [0]]
+
+
+def judge_part(
+    prompts: dict,
+    answers: dict,
+    *,
+    shard: int | None = None,
+    judge: dict | None = None,
+    artifact_root: str | None = None,
+    max_failure_rate: float = 0.5,
+    flush_every: int = 50,
+) -> dict:
+    """Judgements of the answers to one shard of the prompts (all of them if `shard` is None)."""
+    endpoint = judge_endpoint(judge)
+
+    def compute(ctx: StageContext) -> None:
+        started = time.monotonic()
+        # checked whole, before the shard is cut out: an unknown prompt_id must not vanish
+        pdf, adf = _checked_tables(ctx.read_input("prompts"), ctx.read_input("answers"))
+        if shard is not None:
+            pdf = pdf[pdf["shard"] == int(shard)]
+            adf = adf[adf["prompt_id"].isin(pdf["prompt_id"])]
+        df, stats = grade_answers(pdf, adf, endpoint, store=ctx.store, max_failure_rate=max_failure_rate,
+                                  flush_every=flush_every, label=f"{STAGE} shard {shard}")
+        ctx.write_table(df)
+        ctx.stats.update({**stats, "model": endpoint.name if endpoint else None, "shard": shard,
+                          "seconds": round(time.monotonic() - started, 2)})
+        log.info("%s: shard %s: %s", STAGE, shard, ctx.stats)
+
+    return run_stage(PART_STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers},
+                     config={**_judge_config(endpoint), "shard": shard}, store=ArtifactStore(artifact_root))
+
+
+SUMMED = ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens", "output_tokens",
+          "dollars", "exact_match", "llm_judge", "no_answer", "no_reference", "no_judge", "bad_gold",
+          "request_errors", "parse_failures")
+
+
+def combine_judgements(
+    prompts: dict,
+    answers: dict,
+    parts: list[dict],
+    *,
+    judge: dict | None = None,
+    artifact_root: str | None = None,
+    thresholds: dict | None = None,
+) -> dict:
+    """One judgements table from the parts; runs the judgements suite."""
+    endpoint = judge_endpoint(judge)
+    parts = [parts[i] for i in range(len(parts))]  # a list, or Airflow's lazy sequence of mapped results
+    if not parts:
+        raise ValueError("combine_judgements: no judged parts")
+    names = {f"part:{i:05d}": ref for i, ref in enumerate(sorted(parts, key=lambda r: r["key"]))}
+
+    def compute(ctx: StageContext) -> None:
+        from router_tasks.quality import enforce, judgements_suite
+
+        frames, totals, fresh_calls, part_seconds = [], {k: 0 for k in SUMMED}, 0, 0.0
+        for name in names:
+            frames.append(ctx.read_input(name))
+            m = ctx.input_manifest(name)
+            for k in SUMMED:
+                totals[k] += m["stats"].get(k, 0)
+            if not names[name].get("reused"):
+                fresh_calls += m["stats"].get("calls", 0)
+                part_seconds += m["seconds"]
+        df = _frame(pd.concat(frames, ignore_index=True))
+        n_answers = ctx.input_manifest("answers").get("rows_out")
+        if n_answers is not None and len(df) != n_answers or df.duplicated(["prompt_id", "model"]).any():
+            raise ValueError(f"combine_judgements: {len(df)} judgements for {n_answers} answers (expected one "
+                             f"per answer): a part is missing or repeated")
+        th = ctx.config["quality"]
+        df = enforce(ctx, df, judgements_suite(th), min_kept_share=th["min_kept_share"])
+        ctx.write_table(df)
+        judged = totals["llm_judge"] - totals["request_errors"]
+        ctx.stats.update({
+            **totals,
+            "dollars": round(totals["dollars"], 6),
+            "requests": fresh_calls,  # judge calls made by this run's parts
+            "parse_failure_rate": round(totals["parse_failures"] / judged, 4) if judged else 0.0,
+            "judge_model": endpoint.name if endpoint else None,
+            "parts": len(names),
+            "part_seconds": round(part_seconds, 2),
+            "by_model": _summary(df),
+        })
+        log.info("%s: %s", STAGE, {k: v for k, v in ctx.stats.items() if k != "by_model"})
+
+    return run_stage(STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers, **names},
+                     config={**_judge_config(endpoint), "quality": resolve_thresholds(thresholds)},
+                     store=ArtifactStore(artifact_root))
+
+
 def judge_answers(
     prompts: dict,
     answers: dict,
@@ -246,168 +479,21 @@ def judge_answers(
     judge: dict | None = None,
     artifact_root: str | None = None,
     max_failure_rate: float = 0.5,
-    checkpoint_every: int = 50,
+    flush_every: int = 50,
     thresholds: dict | None = None,
 ) -> dict:
     """Grade the `answers` artifact against the `prompts` artifact; return the judgements ref.
 
     `judge` is an endpoint dict (see `llm_client.Endpoint`) for rows graded by reference;
-    without it such rows get failure_reason "no judge configured".
+    without it such rows get failure_reason "no judge configured". The DAG's plan ->
+    parts -> combine, in one process.
     """
-    endpoint = None
-    if judge is not None:
-        endpoint = parse_endpoints([judge], defaults={"max_tokens": 256, "temperature": 0.0}, where="judge")[0]
-        endpoint.api_key()  # fail before any work if the key variable is missing
-    config = {
-        "judge": endpoint.output_config() if endpoint else None,
-        "rubric_version": RUBRIC_VERSION,
-        # The exact texts: an edit without a version bump still gets a new artifact.
-        "rubric_hash": stable_hash([RUBRIC_SYSTEM, RUBRIC_TEXT]),
-        "quality": resolve_thresholds(thresholds),
-    }
-
-    def compute(ctx: StageContext) -> None:
-        pdf = ctx.read_input("prompts")
-        adf = ctx.read_input("answers")
-        for name, df, cols in (("prompts", pdf, ("prompt_id", "prompt")), ("answers", adf, ("prompt_id", "model", "answer", "error"))):
-            missing = [c for c in cols if c not in df.columns]
-            if missing:
-                raise ValueError(f"{name} table lacks column(s) {missing}; has {list(df.columns)}")
-        for col in ("gold_answer", "gold_type", "reference_answer"):
-            if col not in pdf.columns:
-                pdf[col] = None
-        dupes = pdf["prompt_id"][pdf["prompt_id"].duplicated()].unique().tolist()
-        if dupes:
-            raise ValueError(f"prompts table: prompt_id must be unique; repeated: {dupes[:5]}")
-        by_id = pdf.set_index("prompt_id")
-        unknown = sorted(set(adf["prompt_id"]) - set(by_id.index))
-        if unknown:
-            raise ValueError(f"answers table has {len(unknown)} prompt_id(s) not in the prompts table, e.g. {unknown[:5]}")
-
-        rows: list[dict | None] = []
-        pending: list[tuple[int, list[dict]]] = []  # (row index, judge conversation)
-        counts = {"exact_match": 0, "llm_judge": 0, "no_answer": 0, "no_reference": 0, "no_judge": 0,
-                  "bad_gold": 0}
-        for a in adf.itertuples(index=False):
-            p = by_id.loc[a.prompt_id]
-            gold, gold_type = _text(p["gold_answer"]), _text(p["gold_type"])
-            method = "exact_match" if gold and gold_type else "llm_judge"
-            # An empty string is an answer (a bad one); null or an error is none at all.
-            answer = a.answer if isinstance(a.answer, str) else None
-            if _text(a.error) is not None or answer is None:
-                counts["no_answer"] += 1
-                rows.append(_judgement(a.prompt_id, a.model, method, failure="no answer"))
-                continue
-            if method == "exact_match":
-                correct, raw, failure = grade_exact(answer, gold, gold_type, _text(p["prompt"]))
-                counts["exact_match" if failure is None else "bad_gold"] += 1
-                rows.append(_judgement(a.prompt_id, a.model, method, correct=correct, raw=raw, failure=failure))
-                continue
-            if _text(p["reference_answer"]) is None:
-                counts["no_reference"] += 1
-                rows.append(_judgement(a.prompt_id, a.model, method, failure="no reference"))
-                continue
-            if endpoint is None:
-                counts["no_judge"] += 1
-                rows.append(_judgement(a.prompt_id, a.model, method, failure="no judge configured"))
-                continue
-            counts["llm_judge"] += 1
-            pending.append((len(rows), judge_messages(str(p["prompt"]), str(p["reference_answer"]), answer)))
-            rows.append(None)
-
-        requests = request_errors = parse_failures = 0
-        started = time.monotonic()
-        adf_rows = adf[["prompt_id", "model"]].to_numpy().tolist()
-
-        def verdict_row(idx: int, res: ChatResult) -> dict:
-            nonlocal request_errors, parse_failures
-            pid, model = adf_rows[idx]
-            if res.error is not None:
-                request_errors += 1
-                return _judgement(pid, model, "llm_judge", judge_model=endpoint.name,
-                                  failure=f"judge error: {res.error}", rubric=RUBRIC_VERSION)
-            score = parse_verdict(res.answer)
-            parse_failures += score is None
-            return _judgement(pid, model, "llm_judge", score=score, judge_model=endpoint.name, raw=res.answer,
-                              failure=None if score is not None else "no [[n]] verdict", rubric=RUBRIC_VERSION)
-
-        # Replies a previous, interrupted attempt already paid for.
-        saved = _read_checkpoint(ctx)
-        resumed = 0
-        todo = []
-        for idx, conv in pending:
-            raw = saved.get(tuple(adf_rows[idx]))
-            if raw is not None:
-                rows[idx] = verdict_row(idx, ChatResult(raw, "stop", None, 0, 0, 0.0))
-                resumed += 1
-            else:
-                todo.append((idx, conv))
-        if resumed:
-            log.info("%s: %d verdicts from a previous attempt's checkpoint", STAGE, resumed)
-
-        if todo:
-            progress = Progress(f"{STAGE} {endpoint.name}", len(todo))
-            since_ckpt = 0
-
-            def on_result(i: int, res: ChatResult) -> None:
-                nonlocal since_ckpt
-                rows[todo[i][0]] = verdict_row(todo[i][0], res)
-                progress.update(res)
-                since_ckpt += 1
-                if since_ckpt >= checkpoint_every:
-                    since_ckpt = 0
-                    _write_checkpoint(ctx, rows)
-
-            log.info("%s: asking %s for %d verdicts", STAGE, endpoint.name, len(todo))
-            with open_endpoint(endpoint) as client:
-                try:
-                    chat_many(client, [conv for _, conv in todo], on_result=on_result)
-                finally:
-                    requests = client.requests
-                    _write_checkpoint(ctx, rows)
-            if request_errors / len(todo) > max_failure_rate:
-                first = next(r["failure_reason"] for r in rows if r and str(r["failure_reason"]).startswith("judge error"))
-                raise RuntimeError(
-                    f"{STAGE}: {request_errors}/{len(todo)} calls to judge {endpoint.name!r} failed "
-                    f"(over max_failure_rate={max_failure_rate}); first: {first}. "
-                    f"Verdicts received are checkpointed; fix the judge endpoint and re-run."
-                )
-
-        from router_tasks.quality import enforce, judgements_suite
-
-        df = _frame(rows)
-        th = ctx.config["quality"]
-        df = enforce(ctx, df, judgements_suite(th), min_kept_share=th["min_kept_share"])
-        ctx.write_table(df)
-        judged = len(pending) - request_errors
-        ctx.stats.update({
-            **counts,
-            "requests": requests,
-            "reused_from_checkpoint": resumed,
-            "request_errors": request_errors,
-            "parse_failures": parse_failures,
-            "parse_failure_rate": round(parse_failures / judged, 4) if judged else 0.0,
-            "judge_seconds": round(time.monotonic() - started, 2),
-            "by_model": _summary(df),
-        })
-        log.info("%s: %s", STAGE, {k: v for k, v in ctx.stats.items() if k != "by_model"})
-        ctx.clear_checkpoint("verdicts")  # the table now holds every verdict
-
-    return run_stage(STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers},
-                     config=config, store=ArtifactStore(artifact_root))
-
-
-def _write_checkpoint(ctx: StageContext, rows: list[dict | None]) -> None:
-    """Judge replies received so far (not request errors), outside the manifest."""
-    got = [r for r in rows if r and r["method"] == "llm_judge" and r["judge_raw"] is not None]
-    ctx.write_checkpoint("verdicts", pd.DataFrame(got, columns=["prompt_id", "model", "judge_raw"]).astype("string"))
-
-
-def _read_checkpoint(ctx: StageContext) -> dict[tuple[str, str], str]:
-    df = ctx.read_checkpoint("verdicts")
-    if df is None:
-        return {}
-    return {(r.prompt_id, r.model): r.judge_raw for r in df.itertuples(index=False)}
+    judge_endpoint(judge)  # fail before any work on bad config or a missing key
+    parts = [judge_part(prompts, answers, **part, judge=judge, artifact_root=artifact_root,
+                        max_failure_rate=max_failure_rate, flush_every=flush_every)
+             for part in plan_judging(prompts, artifact_root=artifact_root)]
+    return combine_judgements(prompts, answers, parts, judge=judge, artifact_root=artifact_root,
+                              thresholds=thresholds)
 
 
 def _summary(df: pd.DataFrame) -> dict:

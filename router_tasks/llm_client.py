@@ -49,6 +49,10 @@ class Endpoint:
     timeout_s: float | None = None  # per request; default 120 s (900 s for the local CPU server)
     max_retries: int = 3
     concurrency: int | None = None  # requests in flight; default 4 (8 for local: one full batch)
+    # Dollars per 1M tokens, for the cost ledger. They do not change answers, so they stay
+    # out of artifact keys: a price update re-prices, it does not re-ask.
+    price_input_per_m: float = 0.0
+    price_output_per_m: float = 0.0
 
     @classmethod
     def from_dict(cls, data: Mapping, *, defaults: Mapping | None = None, where: str = "endpoint") -> "Endpoint":
@@ -82,6 +86,11 @@ class Endpoint:
             raise ValueError(f"{where}: temperature must be a number >= 0, got {merged.get('temperature')!r}")
         if merged.get("concurrency") is not None and int(merged["concurrency"]) < 1:
             raise ValueError(f"{where}: concurrency must be >= 1")
+        for price in ("price_input_per_m", "price_output_per_m"):
+            value = merged.get(price, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{where}: {price} must be a number >= 0 (dollars per 1M tokens), got {value!r}")
+            merged[price] = float(value)
         base = merged.get("base_url")
         if base is not None and base != LOCAL and urlsplit(base).scheme not in ("http", "https"):
             raise ValueError(f"{where}: base_url must be an http(s) URL or 'local', got {base!r}")
@@ -118,6 +127,15 @@ class Endpoint:
             )
         return key
 
+    def with_system_prompt(self, messages: list[dict]) -> list[dict]:
+        """The messages as sent: the endpoint's system prompt first, unless they have one."""
+        if self.system_prompt and not any(m.get("role") == "system" for m in messages):
+            return [{"role": "system", "content": self.system_prompt}, *messages]
+        return list(messages)
+
+    def dollars(self, input_tokens: int, output_tokens: int, factor: float = 1.0) -> float:
+        return factor * (input_tokens * self.price_input_per_m + output_tokens * self.price_output_per_m) / 1e6
+
     def workers(self) -> int:
         if self.concurrency is not None:
             return int(self.concurrency)
@@ -149,6 +167,7 @@ class ChatResult:
     input_tokens: int
     output_tokens: int
     latency_s: float
+    cached: bool = False  # served from the request cache: no call made, nothing paid
 
 
 def _describe_error(err: Exception) -> str:
@@ -176,19 +195,25 @@ class ChatClient:
 
         self.endpoint = endpoint
         self.base_url = base_url if base_url is not None else (None if endpoint.is_local else endpoint.base_url)
+        self._lock = threading.Lock()
+        self.requests = 0  # calls asked of the client
+        self.attempts = 0  # HTTP requests it sent for them: retries included
         self._client = openai.OpenAI(
             api_key=endpoint.api_key(),
             base_url=self.base_url,
             timeout=endpoint.request_timeout(),
             max_retries=endpoint.max_retries,
+            # The client retries inside one create() call; an httpx hook sees every attempt.
+            http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._count_attempt]}),
         )
-        self._lock = threading.Lock()
-        self.requests = 0
+
+    def _count_attempt(self, request) -> None:
+        with self._lock:
+            self.attempts += 1
 
     def chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None) -> ChatResult:
         ep = self.endpoint
-        if ep.system_prompt and not any(m.get("role") == "system" for m in messages):
-            messages = [{"role": "system", "content": ep.system_prompt}, *messages]
+        messages = ep.with_system_prompt(messages)
         with self._lock:
             self.requests += 1
         started = time.monotonic()
@@ -268,6 +293,98 @@ def chat_many(
                 fut.cancel()
             raise
     return results  # type: ignore[return-value]
+
+
+@dataclass
+class CallStats:
+    """What a batch of requests to one endpoint cost: the cost ledger's raw numbers."""
+
+    requests: int = 0  # rows that needed a reply
+    cached: int = 0  # of those, served from the request cache (no call, no cost)
+    calls: int = 0  # calls made to the endpoint now
+    attempts: int = 0  # HTTP requests those calls took: retries included
+    failures: int = 0  # calls that still failed after the client's retries
+    input_tokens: int = 0  # tokens billed now (successful calls only)
+    output_tokens: int = 0
+    dollars: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.attempts - self.calls)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "retries": self.retries, "dollars": round(self.dollars, 6)}
+
+
+def ask_all(
+    endpoint: Endpoint,
+    conversations: Sequence[list[dict]],
+    *,
+    store,
+    prompt_version: str,
+    max_tokens: int | None = None,
+    on_result: Callable[[int, ChatResult], None] | None = None,
+    flush_every: int = 50,
+) -> tuple[list[ChatResult], CallStats]:
+    """Every conversation answered by `endpoint`, through the request cache.
+
+    Replies cached from any earlier run (same endpoint, messages, sampling and
+    `prompt_version`) come back with `cached=True` and cost nothing; the rest are asked,
+    `endpoint.workers()` at a time, and each success is cached as it arrives. The
+    endpoint (or the local server) is not even opened when everything is cached.
+    """
+    from router_tasks.request_cache import RequestCache, request_key
+
+    started = time.monotonic()
+    max_tokens = max_tokens or endpoint.max_tokens
+    cache = RequestCache(store, base_url=endpoint.output_config()["base_url"], model=endpoint.model,
+                         flush_every=flush_every)
+    sent = [endpoint.with_system_prompt(c) for c in conversations]
+    keys = [request_key(base_url=endpoint.output_config()["base_url"], model=endpoint.model, messages=m,
+                        max_tokens=max_tokens, temperature=endpoint.temperature, prompt_version=prompt_version)
+            for m in sent]
+    stats = CallStats(requests=len(sent))
+    results: list[ChatResult | None] = [None] * len(sent)
+    todo: dict[str, list[int]] = {}  # key -> the rows that need it: identical requests are sent once
+    for i, key in enumerate(keys):
+        hit = cache.get(key)
+        if hit is None:
+            todo.setdefault(key, []).append(i)
+            continue
+        results[i] = ChatResult(hit.answer, hit.finish_reason, None, hit.input_tokens, hit.output_tokens, 0.0, cached=True)
+        stats.cached += 1
+        if on_result is not None:
+            on_result(i, results[i])
+    unique = list(todo)
+
+    def got(j: int, res: ChatResult) -> None:
+        key = unique[j]
+        if res.error is None and res.answer is not None:
+            cache.put(key, answer=res.answer, finish_reason=res.finish_reason,
+                      input_tokens=res.input_tokens, output_tokens=res.output_tokens)
+            stats.input_tokens += res.input_tokens
+            stats.output_tokens += res.output_tokens
+        else:
+            stats.failures += 1
+        for n, i in enumerate(todo[key]):
+            # a repeat of the same request in this batch: the same reply, not paid again
+            results[i] = res if n == 0 else ChatResult(res.answer, res.finish_reason, res.error, res.input_tokens,
+                                                       res.output_tokens, 0.0, cached=res.error is None)
+            stats.cached += n > 0 and res.error is None
+            if on_result is not None:
+                on_result(i, results[i])
+
+    if unique:
+        with open_endpoint(endpoint) as client:
+            try:
+                chat_many(client, [sent[todo[k][0]] for k in unique], max_tokens=max_tokens, on_result=got)
+            finally:
+                cache.flush()  # however the calls end, what succeeded is kept
+                stats.calls, stats.attempts = client.requests, client.attempts
+    stats.dollars = endpoint.dollars(stats.input_tokens, stats.output_tokens)
+    stats.seconds = round(time.monotonic() - started, 3)
+    return results, stats  # type: ignore[return-value]
 
 
 class Progress:

@@ -42,17 +42,22 @@ def _suffix(path: str) -> str:
     return Path(str(path).split("?")[0]).suffix.lower()
 
 
-def read_prompts(path: str) -> list[str]:
-    """The `prompt` column of a jsonl/csv/parquet file; errors name the file and row."""
+def read_table_file(path: str, what: str = "prompts") -> pd.DataFrame:
+    """A jsonl/csv/parquet file as a table; errors name the file."""
     suffix = _suffix(path)
     if suffix not in _READERS:
-        raise ValueError(f"{path}: unsupported prompts file type {suffix!r}; use one of {sorted(_READERS)}")
+        raise ValueError(f"{path}: unsupported {what} file type {suffix!r}; use one of {sorted(_READERS)}")
     if "://" not in str(path) and not Path(path).is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
+        raise FileNotFoundError(f"{what} file {path} does not exist")
     try:
-        df = _READERS[suffix](path)
+        return _READERS[suffix](path)
     except ValueError as err:
         raise ValueError(f"{path}: cannot read as {suffix[1:]}: {err}") from err
+
+
+def read_prompts(path: str) -> list[str]:
+    """The `prompt` column of a jsonl/csv/parquet file; errors name the file and row."""
+    df = read_table_file(path)
     if "prompt" not in df.columns:
         raise ValueError(f"{path}: no 'prompt' column (columns: {list(df.columns)})")
     prompts = df["prompt"].tolist()
@@ -62,7 +67,7 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def _write(df: pd.DataFrame, path: str) -> None:
+def write_table_file(df: pd.DataFrame, path: str) -> None:
     suffix = _suffix(path)
     if "://" not in str(path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +115,7 @@ def score_prompts(router: str | dict, input_path: str, output_path: str, artifac
     started = time.time()
     out = score_frame(loaded, prompts)
     check_predictions(out, expected_rows=len(prompts))  # a broken router never writes output
-    _write(out, output_path)
+    write_table_file(out, output_path)
     log.info(
         "scored %d prompts with %s router %s in %.1f s -> %s",
         len(out), loaded.meta["kind"], loaded.artifact_key, time.time() - started, output_path,

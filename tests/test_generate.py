@@ -7,8 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from router_tasks.generate import ANSWER_COLUMNS, generate_answers
-from router_tasks.stage import CHECKPOINT_DIR as PARTIAL_DIR
+from router_tasks.generate import ANSWER_COLUMNS, combine_answers, generate_answers, generate_part, plan_generation
+from router_tasks.request_cache import CACHE_PREFIX
+from router_tasks.stage import MANIFEST
 from router_tasks.llm_client import Endpoint
 from router_tasks.stage import find_complete, load_table, read_manifest
 from router_tasks.store import ArtifactStore
@@ -58,7 +59,7 @@ def test_every_prompt_answered_by_every_model_and_rerun_reuses(local_root, monke
         assert (df["latency_s"] >= 0).all()
 
         stats = read_manifest(ArtifactStore(local_root), ref)["stats"]
-        assert stats["requests"] == 6 and stats["failures"] == 0
+        assert stats["requests"] == 6 and stats["failures"] == 0 and stats["parts"] == 2
         assert stats["models"]["big"]["input_tokens"] == 33 and stats["models"]["small"]["output_tokens"] == 12
 
         # Re-run with the same inputs and config: the artifact is reused, no request made.
@@ -135,9 +136,9 @@ def test_mostly_failing_endpoint_aborts_and_rerun_asks_only_missing_rows(local_r
         with pytest.raises(RuntimeError, match=r"3/4 calls to model 'm' failed.*max_failure_rate"):
             generate_answers(prompts, models=models, artifact_root=local_root)
         store = ArtifactStore(local_root)
-        keys = [k for k in store.list("stages/generate_model") if k.endswith(".parquet")]
-        assert keys and all(f"/{PARTIAL_DIR}/" in k for k in keys)  # only the checkpoint exists
-        assert find_complete(store, keys[0].split(f"/{PARTIAL_DIR}/")[0]) is None
+        # no complete artifact, but the one success is in the request cache
+        assert not [k for k in store.list("stages/generate_model") if k.endswith(MANIFEST)]
+        assert [k for k in store.list(CACHE_PREFIX) if k.endswith(".parquet")]
 
         broken.clear()  # the endpoint is fixed
         before = srv.count()
@@ -148,8 +149,52 @@ def test_mostly_failing_endpoint_aborts_and_rerun_asks_only_missing_rows(local_r
     df = _table(ref, local_root)
     assert sorted(df["answer"]) == [f"answer to {t}" for t in sorted(texts)]
     stats = read_manifest(store, ref)["stats"]
-    assert stats["models"]["m"]["reused_from_checkpoint"] == 1
-    assert not [k for k in store.list(stats["models"]["m"]["artifact"]) if PARTIAL_DIR in k]  # cleaned up
+    assert stats["models"]["m"]["cached"] == 1 and stats["models"]["m"]["calls"] == 3
+
+
+def test_cache_spans_artifacts_a_grown_prompt_set_asks_only_new_prompts(local_root):
+    """The request cache outlives artifact keys: one prompt added, one call made."""
+    with ScriptedOpenAIServer(lambda body: f"re: {last_user_text(body)}") as srv:
+        models = [{"name": "m", "model": "m", "base_url": srv.base_url, "price_input_per_m": 2.0,
+                   "price_output_per_m": 10.0}]
+        first = write_prompts(local_root, [{"prompt": t} for t in ("one", "two")])
+        a = generate_answers(first, models=models, artifact_root=local_root)
+        grown = write_prompts(local_root, [{"prompt": t} for t in ("one", "two", "three")])
+        b = generate_answers(grown, models=models, artifact_root=local_root)
+        assert a["key"] != b["key"] and b["reused"] is False
+        assert sorted(srv.user_texts()) == ["one", "three", "two"]  # "one" and "two" asked once each
+        # a setting that changes replies misses the cache: asked again
+        generate_answers(grown, models=[dict(models[0], temperature=0.7)], artifact_root=local_root)
+        assert srv.count() == 6
+    store = ArtifactStore(local_root)
+    part = read_manifest(store, b)["stats"]["models"]["m"]
+    assert part["cached"] == 2 and part["calls"] == 1
+    # billed: only the call made now; "re: three" is 2 words out, "three" 1 word in
+    assert part["input_tokens"] == 1 and part["output_tokens"] == 2
+    assert part["dollars"] == pytest.approx((1 * 2.0 + 2 * 10.0) / 1e6)
+    # the answers table still carries each reply's own usage, cached or not
+    df = _table(b, local_root)
+    assert sorted(df["output_tokens"]) == [2, 2, 2]
+
+
+def test_shards_are_parts_of_their_own(local_root):
+    rows = [{"prompt": f"q{i}", "shard": i % 3} for i in range(7)]
+    prompts = write_prompts(local_root, rows)
+    with ScriptedOpenAIServer(lambda body: "ok") as srv:
+        models = [{"name": "a", "model": "a", "base_url": srv.base_url},
+                  {"name": "b", "model": "b", "base_url": srv.base_url}]
+        plan = plan_generation(prompts, models=models, artifact_root=local_root)
+        assert sorted((p["shard"], p["model"]["name"]) for p in plan) == [
+            (s, m) for s in range(3) for m in ("a", "b")]
+        parts = [generate_part(prompts, **p, artifact_root=local_root) for p in plan]
+        assert sorted(p["rows"] for p in parts) == [2, 2, 2, 2, 3, 3]
+        ref = combine_answers(prompts, parts, models=models, artifact_root=local_root)
+        assert ref["rows"] == 14 and srv.count() == 14
+        # the one-call path lands on the same artifacts
+        assert generate_answers(prompts, models=models, artifact_root=local_root)["key"] == ref["key"]
+        assert srv.count() == 14
+        with pytest.raises(ValueError, match="a part is missing or repeated"):
+            combine_answers(prompts, parts[:-1], models=models, artifact_root=local_root)
 
 
 def test_missing_key_variable_fails_before_any_request(local_root, monkeypatch):

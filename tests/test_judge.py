@@ -264,4 +264,4 @@ def test_failing_judge_aborts_and_rerun_asks_only_unjudged_rows(local_root):
     df = load_table(ref, ArtifactStore(local_root))
     assert df["score"].tolist() == [4, 4, 4, 4]
     stats = read_manifest(ArtifactStore(local_root), ref)["stats"]
-    assert stats["reused_from_checkpoint"] == 1 and stats["requests"] == 3
+    assert stats["cached"] == 1 and stats["requests"] == 3
