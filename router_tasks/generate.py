@@ -43,6 +43,10 @@ MODEL_STAGE = "generate_model"  # one artifact per (shard, model); STAGE combine
 STAGE_VERSION = "3"  # 3: parts per shard x model, replies through the request cache
 PROMPT_VERSION = "answer-v1"  # how a prompt becomes messages: the user turn, as is
 
+# A part's cost counters (llm_client.CallStats), summed per model into the run's ledger.
+LEDGER_FIELDS = ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens", "output_tokens",
+                 "dollars")
+
 ANSWER_COLUMNS = ["prompt_id", "model", "answer", "finish_reason", "error", "input_tokens", "output_tokens", "latency_s"]
 
 
@@ -215,9 +219,12 @@ def combine_answers(
             agg["parts"] += 1
             agg["reused"] = agg["reused"] and part["reused"]
             agg["artifacts"].append(part["artifact"])
-            for k in ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens",
-                      "output_tokens", "truncated", "dollars"):
+            for k in LEDGER_FIELDS + ("truncated",):
                 agg[k] = agg.get(k, 0) + part.get(k, 0)
+            now = agg.setdefault("now", {k: 0 for k in LEDGER_FIELDS})  # spent by the parts computed this run
+            if not part["reused"]:
+                for k in LEDGER_FIELDS:
+                    now[k] += part.get(k, 0)
         fresh = [p for p in per_part if not p["reused"]]
         ctx.stats.update({
             "requests": sum(p.get("calls", 0) for p in fresh),  # calls made by this run's parts

@@ -36,7 +36,7 @@ from decimal import Decimal, InvalidOperation
 
 import pandas as pd
 
-from router_tasks.generate import parse_endpoints
+from router_tasks.generate import LEDGER_FIELDS, parse_endpoints
 from router_tasks.llm_client import ChatResult, Endpoint, Progress, ask_all
 from router_tasks.quality import resolve_thresholds
 from router_tasks.stage import StageContext, load_table, run_stage, stable_hash
@@ -437,15 +437,18 @@ def combine_judgements(
     def compute(ctx: StageContext) -> None:
         from router_tasks.quality import enforce, judgements_suite
 
-        frames, totals, fresh_calls, part_seconds = [], {k: 0 for k in SUMMED}, 0, 0.0
+        frames, totals, part_seconds = [], {k: 0 for k in SUMMED}, 0.0
+        now = {k: 0 for k in LEDGER_FIELDS}  # spent by the parts computed this run
         for name in names:
             frames.append(ctx.read_input(name))
             m = ctx.input_manifest(name)
             for k in SUMMED:
                 totals[k] += m["stats"].get(k, 0)
             if not names[name].get("reused"):
-                fresh_calls += m["stats"].get("calls", 0)
+                for k in LEDGER_FIELDS:
+                    now[k] += m["stats"].get(k, 0)
                 part_seconds += m["seconds"]
+        fresh_calls = now["calls"]
         df = _frame(pd.concat(frames, ignore_index=True))
         n_answers = ctx.input_manifest("answers").get("rows_out")
         if n_answers is not None and len(df) != n_answers or df.duplicated(["prompt_id", "model"]).any():
@@ -462,6 +465,7 @@ def combine_judgements(
             "parse_failure_rate": round(totals["parse_failures"] / judged, 4) if judged else 0.0,
             "judge_model": endpoint.name if endpoint else None,
             "parts": len(names),
+            "now": now,
             "part_seconds": round(part_seconds, 2),
             "by_model": _summary(df),
         })

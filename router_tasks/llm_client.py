@@ -317,6 +317,27 @@ class CallStats:
         return {**asdict(self), "retries": self.retries, "dollars": round(self.dollars, 6)}
 
 
+def endpoint_cache(endpoint: Endpoint, store, *, flush_every: int = 50):
+    """The request cache of `endpoint` in `store`."""
+    from router_tasks.request_cache import RequestCache
+
+    return RequestCache(store, base_url=endpoint.output_config()["base_url"], model=endpoint.model,
+                        flush_every=flush_every)
+
+
+def request_keys(endpoint: Endpoint, conversations: Sequence[list[dict]], *, prompt_version: str,
+                 max_tokens: int | None = None) -> tuple[list[list[dict]], list[str]]:
+    """The messages as they will be sent, and their request-cache keys."""
+    from router_tasks.request_cache import request_key
+
+    max_tokens = max_tokens or endpoint.max_tokens
+    sent = [endpoint.with_system_prompt(c) for c in conversations]
+    base = endpoint.output_config()["base_url"]
+    keys = [request_key(base_url=base, model=endpoint.model, messages=m, max_tokens=max_tokens,
+                        temperature=endpoint.temperature, prompt_version=prompt_version) for m in sent]
+    return sent, keys
+
+
 def ask_all(
     endpoint: Endpoint,
     conversations: Sequence[list[dict]],
@@ -334,16 +355,10 @@ def ask_all(
     `endpoint.workers()` at a time, and each success is cached as it arrives. The
     endpoint (or the local server) is not even opened when everything is cached.
     """
-    from router_tasks.request_cache import RequestCache, request_key
-
     started = time.monotonic()
     max_tokens = max_tokens or endpoint.max_tokens
-    cache = RequestCache(store, base_url=endpoint.output_config()["base_url"], model=endpoint.model,
-                         flush_every=flush_every)
-    sent = [endpoint.with_system_prompt(c) for c in conversations]
-    keys = [request_key(base_url=endpoint.output_config()["base_url"], model=endpoint.model, messages=m,
-                        max_tokens=max_tokens, temperature=endpoint.temperature, prompt_version=prompt_version)
-            for m in sent]
+    cache = endpoint_cache(endpoint, store, flush_every=flush_every)
+    sent, keys = request_keys(endpoint, conversations, prompt_version=prompt_version, max_tokens=max_tokens)
     stats = CallStats(requests=len(sent))
     results: list[ChatResult | None] = [None] * len(sent)
     todo: dict[str, list[int]] = {}  # key -> the rows that need it: identical requests are sent once

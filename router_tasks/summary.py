@@ -36,6 +36,8 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
         "|---|---:|---:|---|---:|---|",
     ]
     quality_lines = []
+    stages = dict(stages)
+    ledger = stages.pop("ledger", None)  # not a row of the stage table: its own section below
     for name, ref in stages.items():
         if ref is None:
             continue
@@ -57,6 +59,10 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
     lines.append("")
     if quality_lines:
         lines += ["Data quality:", *quality_lines, ""]
+    if ledger is not None:
+        ledger = ArtifactRef.of(ledger)
+        lines += ["Cost ledger (LLM calls; `now` = spent by this run, the rest = when the artifact was computed):", "",
+                  store.read_bytes(f"{ledger.key}/ledger.md").decode().rstrip(), ""]
     if decision:
         verdict = "promoted to champion" if decision["promoted"] else "not promoted"
         lines += [f"Router `{decision['router']['key']}`: {verdict} ({decision['reason']}).", ""]
