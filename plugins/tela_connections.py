@@ -4,7 +4,7 @@ The library never imports Airflow, so secrets reach it as environment variables 
 task process, set here just before the task runs (an `on_execute_callback`):
 - the S3 connection (`TELA_S3_CONN_ID`, default `tela_s3`, an `aws` connection whose
   extra holds `endpoint_url` for MinIO/moto): AWS keys + `TELA_S3_ENDPOINT_URL`;
-- every LLM endpoint in the run's params (`models`, `judge`) that names a `conn_id`: the
+- every LLM endpoint in the run's params (`models`, `judge`, `reference_model`) that names a `conn_id`: the
   connection's password goes to the endpoint's `api_key_env` variable.
 Nothing here is logged, and nothing is written to artifacts.
 """
@@ -43,8 +43,9 @@ def export_s3_connection() -> None:
 
 def export_endpoint_connections(params: dict) -> None:
     endpoints = list(params.get("models") or [])
-    if params.get("judge"):
-        endpoints.append(params["judge"])
+    for single in ("judge", "reference_model"):
+        if params.get(single):
+            endpoints.append(params[single])
     for ep in endpoints:
         if not isinstance(ep, dict) or not ep.get("conn_id"):
             continue

@@ -43,6 +43,9 @@ class Endpoint:
     model: str  # the model id the API expects (a deployment name, "smollm2", ...)
     base_url: str | None = None  # None: api.openai.com; "local": the bundled server
     api_key_env: str | None = None  # env var holding the key; None: OPENAI_API_KEY for OpenAI
+    # In Airflow: a connection whose password plugins/tela_connections.py puts into
+    # `api_key_env` before the task runs. The library only reads the variable.
+    conn_id: str | None = None
     max_tokens: int = 128
     temperature: float = 0.0
     system_prompt: str | None = None
