@@ -16,8 +16,10 @@ losing the row.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -182,6 +184,8 @@ def _describe_error(err: Exception) -> str:
         text = f"HTTP {err.status_code} {type(err).__name__}: {msg}"
     elif isinstance(err, openai.APITimeoutError):
         text = "timeout: no response within the request timeout"
+    elif isinstance(err, json.JSONDecodeError):
+        text = f"malformed response: the body is not valid JSON ({err.msg} at char {err.pos})"
     elif isinstance(err, openai.APIConnectionError):
         cause = err.__cause__ or err
         text = f"connection error: {type(cause).__name__}: {cause}"
@@ -220,15 +224,25 @@ class ChatClient:
         with self._lock:
             self.requests += 1
         started = time.monotonic()
-        try:
-            resp = self._client.chat.completions.create(
-                model=ep.model,
-                messages=messages,
-                max_tokens=max_tokens or ep.max_tokens,
-                temperature=ep.temperature if temperature is None else temperature,
-            )
-        except Exception as err:  # noqa: BLE001 - recorded per row, never raised
-            return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3))
+        # The openai client retries HTTP errors and timeouts itself, but a 200 whose body is
+        # cut off (a flaky proxy) surfaces as a bare JSONDecodeError it does not retry: we
+        # give those the same number of retries, with the same kind of backoff.
+        for attempt in range(ep.max_retries + 1):
+            try:
+                resp = self._client.chat.completions.create(
+                    model=ep.model,
+                    messages=messages,
+                    max_tokens=max_tokens or ep.max_tokens,
+                    temperature=ep.temperature if temperature is None else temperature,
+                )
+                break
+            except json.JSONDecodeError as err:
+                if attempt < ep.max_retries:
+                    time.sleep(min(8.0, 0.5 * 2**attempt) * random.uniform(0.75, 1.0))
+                    continue
+                return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3))
+            except Exception as err:  # noqa: BLE001 - recorded per row, never raised
+                return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3))
         latency = round(time.monotonic() - started, 3)
         usage = resp.usage
         tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)

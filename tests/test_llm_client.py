@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from router_tasks.generate import generate_answers
+from router_tasks.generate import generate_answers, generate_part
 from router_tasks.judge import judge_answers
 from router_tasks.stage import load_table, read_manifest
 from router_tasks.store import ArtifactStore
@@ -29,7 +29,7 @@ def test_faults_lose_no_row_resend_no_success_and_respect_the_cap(local_root):
         assert (df["answer"].notna() ^ df["error"].notna()).all()
         assert df["answer"].notna().sum() >= 45  # most faults were retried away
         failed = df[df["error"].notna()]
-        assert failed["error"].str.contains("HTTP 429|HTTP 500|timeout|JSON|Expecting|decode|validat", case=False).all(), \
+        assert failed["error"].str.contains("HTTP 429|HTTP 500|timeout|malformed response", case=False).all(), \
             failed["error"].tolist()
         # the cap, measured at the server
         assert first["max_in_flight"] <= 3
@@ -71,3 +71,18 @@ def test_judge_replies_without_a_verdict_are_kept_and_counted(local_root):
     stats = read_manifest(store, ref)["stats"]
     assert stats["parse_failure_rate"] == round(no_verdict / 40, 4)
     assert pd.isna(df["score"]).sum() == no_verdict
+
+
+def test_a_truncated_reply_is_retried_like_an_http_error(local_root):
+    prompts = write_prompts(local_root, [{"prompt": "cut me"}, {"prompt": "cut me too"}])
+    faults = Faults(fail_first=1, fail_first_with="truncated")
+    with ScriptedOpenAIServer(lambda body: "whole", faults=faults) as srv:
+        ok = generate_answers(prompts, models=[{"name": "m", "model": "m", "base_url": srv.base_url, "max_retries": 1}],
+                              artifact_root=local_root)
+        assert srv.count() == 4 and load_table(ok, ArtifactStore(local_root))["answer"].tolist() == ["whole", "whole"]
+        srv.faults = Faults(fail_first=5, fail_first_with="truncated")
+        parts = [generate_part(prompts, model={"name": "m", "model": "m2", "base_url": srv.base_url, "max_retries": 1},
+                               artifact_root=local_root, max_failure_rate=1.0)]
+        assert srv.count() == 4 + 2 * 2  # each tried twice, then recorded
+    errors = load_table(parts[0], ArtifactStore(local_root))["error"]
+    assert errors.str.startswith("malformed response: the body is not valid JSON").all()
