@@ -1,4 +1,5 @@
-"""The router pipeline: ingest -> generate -> judge -> labels -> validate -> train ->
+"""The router pipeline: ingest -> references -> generate (mapped over shards x models) ->
+[judge batch] -> judge (mapped over shards) -> ledger, labels -> validate -> train ->
 evaluate -> publish -> summary.
 
 Thin wiring only: each task is a `router_tasks` entry function; artifact references (small
@@ -8,9 +9,11 @@ offline demo; trigger from the UI with other params to point it at real data/end
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.openai.operators.openai import OpenAITriggerBatchOperator
 from airflow.sdk import Param, dag, get_current_context, task
 from tela_alerts import dag_failure_alert, record_task_failure
 from tela_assets import LABELS_ASSET
@@ -18,9 +21,12 @@ from tela_connections import export_connections  # plugins/ is on sys.path
 
 from router_tasks import defaults
 from router_tasks.evaluate import evaluate_router
-from router_tasks.generate import generate_answers
+from router_tasks.generate import combine_answers, generate_part, plan_generation
 from router_tasks.ingest import ingest_prompts
-from router_tasks.judge import judge_answers
+from router_tasks.judge import combine_judgements, judge_part, plan_judging
+from router_tasks.judge_batch import BATCH_ENDPOINT
+from router_tasks.ledger import cost_ledger
+from router_tasks.references import generate_references
 from router_tasks.labels import build_labels
 from router_tasks.publish import publish_router
 from router_tasks.summary import summarize_run
@@ -33,6 +39,36 @@ def stage(fn):
     return task(fn, multiple_outputs=False)
 
 
+@task
+def prepare_judge_batch(prompts: dict, answers: dict) -> str:
+    """Batch mode: upload the judge calls not yet cached; skipped in online mode or when none are left."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from router_tasks import judge_batch
+
+    params = get_current_context()["params"]
+    if params["judge_mode"] != "batch":
+        raise AirflowSkipException("judge_mode is online")
+    file_id = judge_batch.prepare_judge_batch(prompts, answers, judge=params["judge"])
+    if file_id is None:
+        raise AirflowSkipException("every judge call is already in the request cache")
+    return file_id
+
+
+@task(trigger_rule="none_failed")
+def collect_judge_batch() -> dict | None:
+    """The finished batch's replies into the request cache (None when the batch was skipped)."""
+    from router_tasks import judge_batch
+
+    ctx = get_current_context()
+    if ctx["params"]["judge_mode"] != "batch":
+        return None  # (pulling the skipped operator's XCom would log a not-found error)
+    batch_id = ctx["ti"].xcom_pull(task_ids="judge_batch_run")
+    if not batch_id:
+        return None
+    return judge_batch.collect_judge_batch(batch_id, judge=ctx["params"]["judge"])
+
+
 @task(outlets=[LABELS_ASSET])
 def announce_labels(labels: dict) -> dict:
     """Emit the labels Asset: router_retraining runs on the labels this event carries."""
@@ -41,6 +77,23 @@ def announce_labels(labels: dict) -> dict:
     extra = record_labels(labels)
     get_current_context()["outlet_events"][LABELS_ASSET].extra = extra
     return extra
+
+
+@task.branch
+def train_on(router_type: str, use_gpu: bool) -> str:
+    """The train task to run: GPU routers (causal_llm) go to the gpu queue and pool."""
+    from router_tasks.train import train_device
+
+    return f"train_router_{train_device(router_type, use_gpu)}"
+
+
+@task(task_id="train_router", trigger_rule="none_failed_min_one_success")
+def trained_router(router_type: str, use_gpu: bool) -> dict:
+    """The ref of the train task `train_on` chose (a branch pushes no XCom of its own, and
+    pulling the skipped task would log an XCom-not-found error)."""
+    from router_tasks.train import train_device
+
+    return get_current_context()["ti"].xcom_pull(task_ids=f"train_router_{train_device(router_type, use_gpu)}")
 
 
 @task
@@ -65,6 +118,12 @@ def summary(stages: dict, decision: dict) -> str:
         "sample": Param(None, type=["null", "integer"], description="keep at most this many prompts"),
         "models": Param(defaults.DEMO_MODELS, type="array", description="OSS endpoints to label"),
         "judge": Param(defaults.DEMO_JUDGE, type="object", description="judge endpoint"),
+        "judge_mode": Param("online", enum=["online", "batch"],
+                            description="batch: the OpenAI Batch API (half price, up to 24 h) through judge_batch_conn_id"),
+        "judge_batch_conn_id": Param(defaults.JUDGE_BATCH_CONN_ID, type="string",
+                                     description="Airflow OpenAI connection for batch mode (host = the judge's base URL)"),
+        "reference_model": Param(defaults.DEMO_REFERENCE, type=["null", "object"],
+                                 description="endpoint (the strong model) that writes missing reference answers; null: none"),
         "max_tokens": Param(96, type="integer"),
         "include_routellm": Param(True, type="boolean", description="add the bundled RouteLLM labels"),
         "routellm_max_prompts": Param(None, type=["null", "integer"], description="cap bundled prompts per benchmark (quick runs)"),
@@ -80,25 +139,73 @@ def summary(stages: dict, decision: dict) -> str:
 )
 def router_pipeline():
     prompts = stage(ingest_prompts)(source="{{ params.source }}", sample="{{ params.sample }}")
-    answers = stage(generate_answers)(prompts, models="{{ params.models }}", max_tokens="{{ params.max_tokens }}")
-    judgements = stage(judge_answers)(prompts, answers, judge="{{ params.judge }}")
+    referenced = stage(generate_references).override(pool=defaults.LLM_POOL)(
+        prompts, reference="{{ params.reference_model }}"
+    )
+    # One mapped task per (shard, model): workers share the work, the pool caps how many
+    # call endpoints at once, and a failed part retries alone.
+    parts = (
+        stage(generate_part)
+        .override(pool=defaults.LLM_POOL)
+        .partial(prompts=prompts, max_tokens="{{ params.max_tokens }}")
+        .expand_kwargs(task(plan_generation)(prompts, models="{{ params.models }}"))
+    )
+    answers = stage(combine_answers).override(task_id="generate_answers")(prompts, parts, models="{{ params.models }}")
+    # Batch mode buys the verdicts through the OpenAI Batch API (deferrable wait) into the
+    # request cache; the judge parts below then find them there. Online mode skips it.
+    batch_file = prepare_judge_batch(referenced, answers)
+    batch_run = OpenAITriggerBatchOperator(
+        task_id="judge_batch_run",
+        file_id=batch_file,
+        endpoint=BATCH_ENDPOINT,
+        conn_id="{{ params.judge_batch_conn_id }}",
+        deferrable=True,
+        poll_interval=float(os.environ.get("TELA_BATCH_POLL_SECONDS", defaults.BATCH_POLL_SECONDS)),
+        execution_timeout=timedelta(hours=25),  # the Batch API's window is 24 h
+    )
+    batch = collect_judge_batch()
+    batch_run >> batch
+    judge_parts = (
+        stage(judge_part)
+        .override(pool=defaults.LLM_POOL)
+        .partial(prompts=referenced, answers=answers, judge="{{ params.judge }}")
+        .expand_kwargs(task(plan_judging)(referenced))
+    )
+    batch >> judge_parts
+    judgements = stage(combine_judgements).override(task_id="judge_answers")(
+        referenced, answers, judge_parts, judge="{{ params.judge }}"
+    )
+    ledger = stage(cost_ledger)(
+        {"references": referenced, "generate": answers, "judge_batch": batch, "judge": judgements}
+    )
     labels = stage(build_labels)(
-        prompts,
+        referenced,
         judgements,
         include_routellm="{{ params.include_routellm }}",
         routellm_max_prompts="{{ params.routellm_max_prompts }}",
     )
     valid = stage(validate_labels)(labels, min_rows_per_model="{{ params.min_rows_per_model }}")
     announce_labels(valid)
-    # A causal-LLM fine-tune can run for hours on a GPU: bound it so a hung job frees the worker.
-    router = stage(train_router).override(execution_timeout=timedelta(hours=12))(
-        valid,
+    # Routers that need a GPU (causal_llm) train in train_router_gpu (gpu queue, tela_gpu
+    # pool), the others in train_router_cpu; exactly one runs, train_router passes its ref on.
+    # A fine-tune can run for hours: the timeout frees a worker from a hung one.
+    train_args = dict(
         router_params="{{ params.router_params }}",
         use_gpu="{{ params.use_gpu }}",
         router_type="{{ params.router_type }}",
         strong_model="{{ params.strong_model }}",
         weak_model="{{ params.weak_model }}",
     )
+    timeout = timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
+    placement = dict(router_type="{{ params.router_type }}", use_gpu="{{ params.use_gpu }}")
+    device = train_on(**placement)
+    on_cpu = stage(train_router).override(task_id="train_router_cpu", execution_timeout=timeout)(valid, **train_args)
+    on_gpu = stage(train_router).override(
+        task_id="train_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL, execution_timeout=timeout
+    )(valid, **train_args)
+    valid >> device >> [on_cpu, on_gpu]
+    router = trained_router(**placement)
+    [on_cpu, on_gpu] >> router
     evaluation = stage(evaluate_router)(
         router, benchmarks="{{ params.benchmarks }}", max_prompts="{{ params.eval_max_prompts }}"
     )
@@ -106,12 +213,14 @@ def router_pipeline():
     summary(
         {
             "ingest": prompts,
+            "references": referenced,
             "generate": answers,
             "judge": judgements,
             "labels": labels,
             "validate": valid,
             "train": router,
             "evaluate": evaluation,
+            "ledger": ledger,
         },
         decision,
     )

@@ -6,11 +6,16 @@ by the labels Asset (an event whose extra is `{"labels": ref}`, see
 `router_tasks.retraining.record_labels`) OR a weekly cron; a cron or manual run without an
 event trains on the `labels` param, else the newest recorded labels. One router is trained
 and evaluated per entry of `router_types` (mapped tasks); the best goes up against the
-champion. `publish` declares the champion-router Asset as its outlet and is skipped when
-the champion is kept, so an Asset event always means a new champion.
+champion. Types that need a GPU (`router_tasks.routers.GPU_ROUTERS`: causal_llm) train in
+`train_router_gpu`, on the `gpu` queue and in the `tela_gpu` pool; the others in
+`train_router_cpu`; `trained_routers` puts both back in the param's order. `publish`
+declares the champion-router Asset as its outlet and is skipped when the champion is
+kept, so an Asset event always means a new champion.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import (
@@ -41,19 +46,43 @@ def resolve_labels() -> dict:
 
 
 @task
-def router_types() -> list[str]:
-    types = list(get_current_context()["params"]["router_types"])
-    if not types:
-        raise ValueError("router_types param is empty: nothing to train")
-    return types
+def router_types() -> dict:
+    from router_tasks.retraining import split_by_device
+
+    params = get_current_context()["params"]
+    return split_by_device(params["router_types"], use_gpu=params["use_gpu"])
 
 
-@task(task_id="train_router")
+@task
+def cpu_types(split: dict) -> list[str]:
+    return split["cpu"]
+
+
+@task
+def gpu_types(split: dict) -> list[str]:
+    return split["gpu"]
+
+
 def train(labels: dict, router_type: str, strong_model: str, weak_model: str) -> dict:
     # Not `task(train_router)`: its `params` argument would receive the DAG params (Airflow
     # injects context entries by argument name), which no router accepts.
+    params = get_current_context()["params"]
     return train_router(labels, router_type=router_type, strong_model=strong_model, weak_model=weak_model,
-                        router_params=get_current_context()["params"]["router_params"].get(router_type))
+                        router_params=params["router_params"].get(router_type), use_gpu=params["use_gpu"])
+
+
+_TIMEOUT = timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
+train_on_cpu = task(train, task_id="train_router_cpu", execution_timeout=_TIMEOUT)
+train_on_gpu = task(train, task_id="train_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL,
+                    execution_timeout=_TIMEOUT)
+
+
+@task(trigger_rule="none_failed")  # a train task mapped over no type is skipped, not failed
+def trained_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
+    from router_tasks.retraining import in_type_order
+
+    # index mapped results instead of iterating them (iteration logs spurious XCom errors)
+    return in_type_order(split, [on_cpu[i] for i in range(len(on_cpu))], [on_gpu[i] for i in range(len(on_gpu))])
 
 
 @task(outlets=[ROUTER_ASSET])
@@ -93,6 +122,8 @@ def publish(routers, evaluations) -> dict:
         "labels": Param(None, type=["null", "string"],
                         description="labels artifact (ref JSON, key or URI); empty: the triggering or newest labels"),
         "router_types": Param([defaults.ROUTER_TYPE], type="array", description="one router trained per type"),
+        "use_gpu": Param(True, type="boolean",
+                         description="GPU routers (causal_llm) train on the gpu queue; off: on the CPU, normal queue"),
         "router_params": Param({}, type="object",
                                description='per router type, e.g. {"knn": {"k": 20}}; defaults otherwise'),
         "strong_model": Param(defaults.STRONG_MODEL, type="string"),
@@ -104,9 +135,11 @@ def publish(routers, evaluations) -> dict:
 )
 def router_retraining():
     labels = resolve_labels()
-    routers = train.partial(
-        labels=labels, strong_model="{{ params.strong_model }}", weak_model="{{ params.weak_model }}"
-    ).expand(router_type=router_types())
+    split = router_types()
+    common = dict(labels=labels, strong_model="{{ params.strong_model }}", weak_model="{{ params.weak_model }}")
+    on_cpu = train_on_cpu.partial(**common).expand(router_type=cpu_types(split))
+    on_gpu = train_on_gpu.partial(**common).expand(router_type=gpu_types(split))
+    routers = trained_routers(split, on_cpu, on_gpu)
     evaluations = task(evaluate_router).partial(benchmarks="{{ params.benchmarks }}").expand(router=routers)
     task(compare_routers)(evaluations)  # every router's curve on one plot per benchmark
     publish(routers, evaluations)

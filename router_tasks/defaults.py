@@ -13,6 +13,10 @@ DEMO_PROMPTS = str(Path(__file__).parent / "demo_data" / "prompts.jsonl")
 LOCAL_MODEL = {"name": "smollm2", "model": "smollm2", "base_url": "local"}
 DEMO_MODELS = [LOCAL_MODEL]
 DEMO_JUDGE = {"name": "smollm2-judge", "model": "smollm2", "base_url": "local"}
+# Writes the reference answers the data lacks; in production the strong model (GPT-4o class).
+DEMO_REFERENCE = {"name": "smollm2-reference", "model": "smollm2", "base_url": "local", "max_tokens": 128}
+JUDGE_BATCH_CONN_ID = "tela_judge_batch"  # an Airflow `openai` connection: host = base URL, password = key
+BATCH_POLL_SECONDS = 60.0  # how often a deferred batch wait asks for status; env TELA_BATCH_POLL_SECONDS
 ROUTER_TYPE = "knn"
 BENCHMARKS = ["mmlu", "gsm8k", "mt-bench"]
 
@@ -25,3 +29,18 @@ ROUTER_ASSET_NAME = "tela_champion_router"
 ROUTER_ASSET_URI = "tela://routers/champion"
 RETRAIN_CRON = "0 3 * * 1"  # weekly, Monday 03:00 UTC
 PUBLISH_METRIC = "mean_apgr"
+
+# Where the DAGs run which task (names only: the DAGs set them on tasks, and
+# `plugins/tela_pools.py` creates the pools in the Airflow DB). Routers that need a GPU
+# (`routers.GPU_ROUTERS`) train on the GPU queue, in the GPU pool, bounded by the timeout;
+# tasks calling paid LLM endpoints share the LLM pool.
+GPU_QUEUE = "gpu"  # a Celery worker started with `airflow celery worker --queues gpu`
+GPU_POOL = "tela_gpu"
+LLM_POOL = "tela_llm"
+TRAIN_TIMEOUT_HOURS = 12  # a causal-LLM fine-tune can run for hours: a hung one frees its worker
+# Airflow's `airflow pools import` JSON shape; the slots are the defaults for a new DB
+# (resize with `airflow pools set NAME SLOTS DESCRIPTION`: existing pools are left alone).
+POOLS = {
+    GPU_POOL: {"slots": 1, "description": "GPU training: router fine-tunes at once (one per GPU)", "include_deferred": False},
+    LLM_POOL: {"slots": 4, "description": "LLM API calls: tasks calling paid endpoints at once", "include_deferred": False},
+}

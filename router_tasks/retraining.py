@@ -24,6 +24,37 @@ log = logging.getLogger(__name__)
 LATEST_LABELS_KEY = "labels/LATEST.json"
 
 
+def split_by_device(router_types: Sequence[str], use_gpu: bool = True) -> dict:
+    """The `router_types` param split by where each type trains (`train.train_device`).
+
+    Returns `{"cpu": [...], "gpu": [...], "order": ["cpu"|"gpu", ...]}`: one train task is
+    mapped over each list, `order` lets `in_type_order` put their results back in the
+    param's order. Unknown types fail here, before anything trains.
+    """
+    from router_tasks.train import train_device
+
+    types = list(router_types or [])
+    if not types:
+        raise ValueError("router_types is empty: nothing to train")
+    order = [train_device(t, use_gpu) for t in types]
+    return {
+        "cpu": [t for t, d in zip(types, order) if d == "cpu"],
+        "gpu": [t for t, d in zip(types, order) if d == "gpu"],
+        "order": order,
+    }
+
+
+def in_type_order(split: Mapping, cpu_results: Sequence, gpu_results: Sequence) -> list:
+    """The two train tasks' results as one list in the `router_types` order (`split` is
+    `split_by_device`'s answer); publishing breaks ties by that order."""
+    cpu, gpu = list(cpu_results), list(gpu_results)
+    if (len(cpu), len(gpu)) != (len(split["cpu"]), len(split["gpu"])):
+        raise ValueError(f"expected {len(split['cpu'])} CPU and {len(split['gpu'])} GPU results, "
+                         f"got {len(cpu)} and {len(gpu)}")
+    it = {"cpu": iter(cpu), "gpu": iter(gpu)}
+    return [next(it[d]) for d in split["order"]]
+
+
 def record_labels(labels: dict, *, artifact_root: str | None = None) -> dict:
     """Make `labels` (a labels/validate ref) the newest labels; returns the Asset event extra.
 

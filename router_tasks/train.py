@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from router_tasks.routers import EmbeddingRouter, make_router, router_class, save_router
+from router_tasks.routers import EmbeddingRouter, make_router, needs_gpu, router_class, save_router
 from router_tasks.routers.common import check_labels, resolve_params
 from router_tasks.stage import run_stage
 from router_tasks.store import ArtifactStore
@@ -76,6 +76,12 @@ def training_metrics(router, labels: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         summary["strong_better_fraction"] = float((gap > 0).mean()) if len(gap) else None
         summary["strong_win_auc"] = _auc(win, (gap > 0).to_numpy())
     return table, summary
+
+
+def train_device(router_type: str, use_gpu: bool = True) -> str:
+    """Where a `router_type` router trains: "gpu" (the DAGs' GPU queue and pool) for the
+    kinds that need one (`routers.GPU_ROUTERS`) unless `use_gpu` is off, else "cpu"."""
+    return "gpu" if use_gpu and needs_gpu(router_type) else "cpu"
 
 
 def train_router(

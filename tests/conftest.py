@@ -33,9 +33,13 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 
 @pytest.fixture(scope="session")
 def airflow_db():
-    """A migrated SQLite metadata DB for this test session (about 5 s, once)."""
+    """A migrated SQLite metadata DB for this test session (about 5 s, once), with the
+    pools the DAGs use (`defaults.POOLS`), as `make airflow-db` sets them up."""
     if not (_AIRFLOW_HOME / "airflow.db").exists():
         subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    from tela_pools import ensure_pools  # plugins/
+
+    ensure_pools()
     return _AIRFLOW_HOME
 
 

@@ -21,6 +21,8 @@ def test_compose_services_are_wired():
     # secrets are required from the environment, never written in the file
     assert "${POSTGRES_PASSWORD:?" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert services["airflow-apiserver"]["build"] == "."
+    # the pools the DAGs use are created with the DB (a task in a missing pool never runs)
+    assert "plugins/tela_pools.py" in " ".join(services["airflow-init"]["command"])
     assert (REPO / "Dockerfile").exists()
 
 

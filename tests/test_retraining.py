@@ -7,7 +7,14 @@ import math
 import pandas as pd
 import pytest
 
-from router_tasks.retraining import LATEST_LABELS_KEY, publish_best, record_labels, resolve_labels
+from router_tasks.retraining import (
+    LATEST_LABELS_KEY,
+    in_type_order,
+    publish_best,
+    record_labels,
+    resolve_labels,
+    split_by_device,
+)
 from router_tasks.stage import run_stage
 from router_tasks.store import ArtifactStore
 
@@ -43,3 +50,17 @@ def test_publish_best_promotes_the_best_candidate(local_root):
     assert not d["promoted"]  # 0.3 does not beat the champion's 0.5
     with pytest.raises(ValueError, match="2 routers and 1 evaluations"):
         publish_best(routers[:2], evals[:1], artifact_root=local_root)
+
+
+def test_router_types_split_by_device_and_merged_back_in_order():
+    split = split_by_device(["random", "causal_llm", "knn", "causal_llm"])
+    assert split == {"cpu": ["random", "knn"], "gpu": ["causal_llm", "causal_llm"], "order": ["cpu", "gpu", "cpu", "gpu"]}
+    assert in_type_order(split, ["R", "K"], ["C1", "C2"]) == ["R", "C1", "K", "C2"]
+    assert split_by_device(["causal_llm", "knn"], use_gpu=False)["gpu"] == []  # GPU off: all on the CPU
+    assert in_type_order(split_by_device(["knn"]), ["K"], []) == ["K"]
+    with pytest.raises(ValueError, match="expected 2 CPU and 2 GPU results, got 2 and 1"):
+        in_type_order(split, ["R", "K"], ["C1"])
+    with pytest.raises(ValueError, match="router_types is empty"):
+        split_by_device([])
+    with pytest.raises(ValueError, match="unknown router type 'gpt'"):
+        split_by_device(["knn", "gpt"])  # before anything trains

@@ -122,8 +122,14 @@ def test_every_registered_router_kind_is_covered():
 
 @pytest.mark.parametrize("kind", sorted(EVERY_KIND))
 def test_tela_score_on_every_router_kind(kind, router_toy_labels, tmp_path):
-    """`tela score --router <artifact>` works for each router type the registry knows."""
+    """`tela score --router <artifact>` works for each router type the registry knows
+    (causal_llm on the tiny in-code LM, bert on MiniLM): one row per prompt, every model's
+    quality, and exactly the predictions of the router loaded from the artifact."""
+    import numpy as np
+
     from router_tasks.cli import main
+    from router_tasks.prompts import prompt_id
+    from router_tasks.routers import load_router
     from router_tasks.stage import run_stage
 
     root = str(tmp_path / "artifacts")
@@ -134,5 +140,15 @@ def test_tela_score_on_every_router_kind(kind, router_toy_labels, tmp_path):
     out_path = tmp_path / "scores.parquet"
     assert main(["--artifact-root", root, "score", "--router", ref["key"], "--input", str(src), "--output", str(out_path)]) == 0
     out = pd.read_parquet(out_path)
-    assert out["prompt"].tolist() == PROMPTS and out["strong_win_rate"].between(0, 1).all()
-    assert {f"quality::{m}" for m in (ROUTER_STRONG, ROUTER_WEAK)} <= set(out.columns)
+
+    models = sorted([ROUTER_STRONG, ROUTER_WEAK, "smollm2"])
+    assert out.shape == (len(PROMPTS), 3 + len(models))
+    assert list(out.columns) == ["prompt", "prompt_id", "strong_win_rate", *[f"quality::{m}" for m in models]]
+    assert out["prompt"].tolist() == PROMPTS and out["prompt_id"].tolist() == [prompt_id(p) for p in PROMPTS]
+    assert out["strong_win_rate"].between(0, 1).all()
+
+    router = load_router(ref, ArtifactStore(root))
+    assert router.meta["kind"] == kind
+    quality = router.predict_quality(PROMPTS)
+    np.testing.assert_allclose(out[[f"quality::{m}" for m in models]].to_numpy(), quality[models].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out["strong_win_rate"].to_numpy(), router.strong_win_rate(PROMPTS), rtol=0, atol=1e-6)

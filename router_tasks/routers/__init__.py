@@ -10,6 +10,9 @@ A trained router is a train artifact (`stages/train/<key>/`) holding
     router.json          kind, models, strong/weak, params, versions, training data, metrics
     <weights files>      whatever the router's `save` wrote (listed in router.json "files")
 
+`GPU_ROUTERS` are the kinds whose class sets `needs_gpu` (today `causal_llm`): the DAGs
+train them on the GPU queue and pool; `needs_gpu(kind)` asks for one kind.
+
 `load_router` accepts a ref dict, an artifact key or URI (a path or s3:// URI of the
 artifact folder), or "champion" (the ref in `champion/CHAMPION.json`, written by the
 publish stage).
@@ -42,6 +45,9 @@ ROUTERS: dict[str, type[Router]] = {
     "bert": BertRouter,
 }
 
+#: router kinds trained on the GPU queue/pool (they fall back to the CPU without a GPU)
+GPU_ROUTERS: frozenset[str] = frozenset(k for k, cls in ROUTERS.items() if cls.needs_gpu)
+
 ROUTER_FILE = "router.json"
 CHAMPION_KEY = "champion/CHAMPION.json"
 FORMAT_VERSION = 1
@@ -51,7 +57,7 @@ _VERSIONED = (
 )
 
 __all__ = [
-    "ROUTERS", "Router", "EmbeddingRouter", "KnnRouter", "MFRouter", "RandomRouter",
+    "ROUTERS", "GPU_ROUTERS", "needs_gpu", "Router", "EmbeddingRouter", "KnnRouter", "MFRouter", "RandomRouter",
     "router_class", "make_router", "resolve_params", "save_router", "load_router", "resolve_router_key",
     "library_versions",
 ]
@@ -62,6 +68,11 @@ def router_class(kind: str) -> type[Router]:
         return ROUTERS[kind]
     except KeyError:
         raise ValueError(f"unknown router type {kind!r}; known: {sorted(ROUTERS)}") from None
+
+
+def needs_gpu(kind: str) -> bool:
+    """Whether `kind`'s training wants a GPU (and so the GPU queue and pool)."""
+    return bool(router_class(kind).needs_gpu)
 
 
 def make_router(kind: str, models, strong_model: str, weak_model: str, params: dict | None = None, **kwargs) -> Router:

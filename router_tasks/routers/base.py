@@ -18,6 +18,10 @@ import pandas as pd
 class Router(ABC):
     #: registry name, e.g. "knn"; set by subclasses
     kind: str = ""
+    #: True for routers whose training wants a GPU (hours on a CPU at production sizes):
+    #: the DAGs train them on the GPU queue and pool (`defaults.GPU_QUEUE`, `GPU_POOL`).
+    #: They still fall back to the CPU where no GPU is visible.
+    needs_gpu: bool = False
 
     def __init__(self, models: Sequence[str], strong_model: str, weak_model: str, params: dict | None = None):
         self.models = list(models)

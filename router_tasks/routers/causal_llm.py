@@ -340,6 +340,7 @@ def _module_name(model, module) -> str:
 
 class CausalLLMRouter(Router):
     kind = "causal_llm"
+    needs_gpu = True  # a LoRA fine-tune of a 1B+ model: the DAGs send it to the GPU queue
     DEFAULT_PARAMS = DEFAULTS
 
     def __init__(self, models, strong_model, weak_model, params=None):

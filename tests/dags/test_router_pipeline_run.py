@@ -93,6 +93,9 @@ def test_first_run_succeeds_and_stores_everything_on_s3(first_run, s3_pipeline_r
 
     dr, states, refs = first_run
     assert dr.state == "success", states
+    assert states.pop("train_router_gpu") == "skipped"  # knn trains in train_router_cpu
+    # online judge mode: the Batch API path is skipped
+    assert states.pop("prepare_judge_batch") == states.pop("judge_batch_run") == "skipped"
     assert all(s == "success" for s in states.values()), states
     store = ArtifactStore(s3_pipeline_root)
     for task_id, ref in refs.items():
@@ -122,9 +125,16 @@ def test_rerun_reuses_every_stage_and_calls_no_model(first_run, pipeline_dag, ti
         assert refs[task_id]["reused"], f"{task_id} recomputed"
         assert refs[task_id]["key"] == first_refs[task_id]["key"]
     # Nothing new was written under stages/: no model was called, no router retrained.
-    assert set(store.list("stages/")) == before
+    # Only this run's cost ledger is new (a ledger is per run: it says this run spent nothing).
+    new = set(store.list("stages/")) - before
+    assert new and all(k.startswith("stages/ledger/") for k in new), new
+    ledger_key = next(k for k in new if k.endswith("data.parquet"))
+    ledger = store.read_parquet(ledger_key)
+    assert ledger["calls_now"].sum() == 0 and ledger["dollars_now"].sum() == 0
     summary = store.read_bytes("runs/latest.md").decode()
-    assert summary.count("| reused |") == 7 and "| computed |" not in summary
+    # 8 stages (references hands the ingest artifact on: every prompt has gold or a reference)
+    assert summary.count("| reused |") == 8 and "| computed |" not in summary
+    assert "Cost ledger" in summary
 
 
 def test_failed_stage_then_fixed_run_loses_and_duplicates_nothing(first_run, pipeline_dag, tiny_source, s3_pipeline_root, monkeypatch):

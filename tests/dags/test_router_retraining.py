@@ -33,12 +33,26 @@ def test_schedule_assets_and_wiring(retraining_dag):
     assert isinstance(tt, AssetOrTimeSchedule)
     assert isinstance(tt.timetable, CronTriggerTimetable) and tt.timetable.expression == defaults.RETRAIN_CRON
     assert [a.uri for a in tt.asset_condition.objects] == [defaults.LABELS_ASSET_URI]
-    order = ["resolve_labels", "train_router", "evaluate_router", "publish"]
-    for up, down in zip(order, order[1:]):
-        assert up in dag.get_task(down).upstream_task_ids, f"{up} -> {down} missing"
-    assert "router_types" in dag.get_task("train_router").upstream_task_ids
+    for order in (["resolve_labels", "train_router_cpu", "trained_routers", "evaluate_router", "publish"],
+                  ["resolve_labels", "train_router_gpu", "trained_routers"]):
+        for up, down in zip(order, order[1:]):
+            assert up in dag.get_task(down).upstream_task_ids, f"{up} -> {down} missing"
+    assert "cpu_types" in dag.get_task("train_router_cpu").upstream_task_ids
+    assert "gpu_types" in dag.get_task("train_router_gpu").upstream_task_ids
     assert [o.uri for o in dag.get_task("publish").outlets] == [defaults.ROUTER_ASSET_URI]
-    assert {"labels", "router_types", "strong_model", "weak_model", "benchmarks", "metric", "margin"} <= set(dag.params)
+    assert {"labels", "router_types", "use_gpu", "strong_model", "weak_model", "benchmarks", "metric", "margin"} <= set(dag.params)
+
+
+def test_gpu_routers_train_on_the_gpu_queue_and_pool(retraining_dag):
+    from datetime import timedelta
+
+    from router_tasks import defaults
+
+    gpu, cpu = retraining_dag.get_task("train_router_gpu"), retraining_dag.get_task("train_router_cpu")
+    assert (gpu.queue, gpu.pool) == ("gpu", "tela_gpu") == (defaults.GPU_QUEUE, defaults.GPU_POOL)
+    assert gpu.execution_timeout == timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
+    assert (cpu.queue, cpu.pool) == ("default", "default_pool")  # the normal queue and pool
+    assert cpu.execution_timeout == gpu.execution_timeout
 
 
 def _labels() -> pd.DataFrame:
@@ -54,7 +68,13 @@ def _labels() -> pd.DataFrame:
     })
 
 
+# causal_llm on the tiny in-code model (tests/routers/test_causal_llm.py): seconds on a CPU
+TINY_CAUSAL_LLM = {"base_model": "tiny", "epochs": 2, "batch_size": 16, "lr": 0.005, "max_length": 48}
+
+
 def test_real_run_promotes_then_keeps(retraining_dag, tmp_path, monkeypatch):
+    """CPU and GPU router types in one run (no GPU here: the GPU task falls back to the
+    CPU, and dag.test ignores queues and pools), results kept in the param's order."""
     from airflow.utils.state import TaskInstanceState
 
     from router_tasks.retraining import record_labels
@@ -62,28 +82,48 @@ def test_real_run_promotes_then_keeps(retraining_dag, tmp_path, monkeypatch):
     from router_tasks.store import ArtifactStore
 
     root = str(tmp_path / "artifacts")
+    store = ArtifactStore(root)
     monkeypatch.setenv("TELA_ARTIFACT_ROOT", root)  # dag.test runs tasks in this process
     labels = run_stage("labels", "test", lambda ctx: ctx.write_table(_labels()), config={"t": "dag"},
-                       store=ArtifactStore(root))
+                       store=store)
     record_labels(labels)  # the cron/manual path: newest recorded labels
-    conf = {"router_types": ["random", "knn"], "benchmarks": ["mt-bench"]}
+    conf = {"router_types": ["random", "causal_llm", "knn"], "benchmarks": ["mt-bench"],
+            "router_params": {"causal_llm": TINY_CAUSAL_LLM}}
 
     def states(dr):
-        return {ti.task_id: ti.state for ti in dr.get_task_instances()}
+        return {(ti.task_id, ti.map_index): ti.state for ti in dr.get_task_instances()}
+
+    def kinds(dr):
+        refs = dr.get_task_instance("trained_routers").xcom_pull(task_ids="trained_routers")
+        return [store.read_json(f"{r['key']}/router.json")["kind"] for r in refs]
 
     dr = retraining_dag.test(run_conf=conf)
     assert set(states(dr).values()) == {TaskInstanceState.SUCCESS}, states(dr)
+    trained = {(ti.task_id, ti.map_index): ti for ti in dr.get_task_instances() if ti.task_id.startswith("train_router_")}
+    assert sorted(trained) == [("train_router_cpu", 0), ("train_router_cpu", 1), ("train_router_gpu", 0)]
+    gpu_ti = trained[("train_router_gpu", 0)]
+    assert (gpu_ti.queue, gpu_ti.pool) == ("gpu", "tela_gpu")
+    assert kinds(dr) == ["random", "causal_llm", "knn"]  # the param's order: publish breaks ties by it
     champion = json.loads((Path(root) / "champion" / "CHAMPION.json").read_text())
     assert champion["router"]["stage"] == "train"
     from router_tasks.stage import load_table
 
-    compared = load_table(dr.get_task_instance("compare_routers").xcom_pull(task_ids="compare_routers"), ArtifactStore(root))
-    assert sorted(compared["kind"]) == ["knn", "random"]  # both routers on one plot and table
+    compared = load_table(dr.get_task_instance("compare_routers").xcom_pull(task_ids="compare_routers"), store)
+    assert sorted(compared["kind"]) == ["causal_llm", "knn", "random"]  # every router on one plot and table
 
     dr = retraining_dag.test(run_conf=conf)  # same labels: everything reused, champion kept
     s = states(dr)
-    assert s["publish"] == TaskInstanceState.SKIPPED
-    assert all(v == TaskInstanceState.SUCCESS for k, v in s.items() if k != "publish"), s
+    assert s[("publish", -1)] == TaskInstanceState.SKIPPED
+    assert all(v == TaskInstanceState.SUCCESS for k, v in s.items() if k != ("publish", -1)), s
+
+    # use_gpu off: causal_llm trains in the normal task, pinned to the CPU; no GPU task runs
+    dr = retraining_dag.test(run_conf={**conf, "router_types": ["causal_llm"], "use_gpu": False})
+    s = states(dr)
+    assert s[("train_router_gpu", -1)] == TaskInstanceState.SKIPPED  # mapped over no type
+    assert s[("train_router_cpu", 0)] == s[("trained_routers", -1)] == s[("evaluate_router", 0)] == TaskInstanceState.SUCCESS, s
+    assert dr.state == "success"
+    ref = dr.get_task_instance("trained_routers").xcom_pull(task_ids="trained_routers")[0]
+    assert store.read_json(f"{ref['key']}/router.json")["params"]["device"] == "cpu"
 
 
 def test_dag_file_does_not_import_heavy_libraries():

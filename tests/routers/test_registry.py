@@ -91,3 +91,14 @@ def test_random_router_is_per_prompt_deterministic():
     assert not np.array_equal(a, other.to_numpy())
     many = r.strong_win_rate([f"prompt {i}" for i in range(2000)])
     assert 0.45 < many.mean() < 0.55 and many.min() >= 0 and many.max() <= 1
+
+
+def test_gpu_routers_and_where_each_kind_trains():
+    from router_tasks.routers import GPU_ROUTERS, ROUTERS, needs_gpu
+    from router_tasks.train import train_device
+
+    assert GPU_ROUTERS == {"causal_llm"} == {k for k in ROUTERS if needs_gpu(k)}
+    assert {k: train_device(k) for k in ROUTERS} == {k: "gpu" if k == "causal_llm" else "cpu" for k in ROUTERS}
+    assert train_device("causal_llm", use_gpu=False) == "cpu"  # use_gpu off: the normal task, on the CPU
+    with pytest.raises(ValueError, match="unknown router type"):
+        needs_gpu("gpt")

@@ -1,0 +1,103 @@
+"""Ensemble router on the toy labels: the known answer, save/load, determinism, the trees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
+
+from router_tasks.routers.ensemble import COMPONENTS, FEATURE_NAMES, EnsembleRouter, feature_matrix
+
+MODELS = [ROUTER_STRONG, ROUTER_WEAK, "smollm2"]
+QUERIES = [ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, "What is 9 - 3?"]
+#: toy-sized: 24 prompts cannot fill the default 40-row leaves or 8 components
+PARAMS = {"knn_k": 5, "gbt_min_samples_leaf": 2, "gbt_pca": 4, "gbt_rounds": 30, "linear_c": 1.0}
+
+
+def fit(labels, **params):
+    return EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK, {**PARAMS, **params}).fit(labels)
+
+
+def test_hard_prompt_needs_the_strong_model_more(router_toy_labels):
+    router = fit(router_toy_labels)
+    q = router.predict_quality([ROUTER_EASY_QUERY, ROUTER_HARD_QUERY])
+    assert list(q.columns) == MODELS
+    assert ((q.to_numpy() >= 0) & (q.to_numpy() <= 1)).all()
+    easy, hard = router.strong_win_rate(None, quality=q)
+    assert hard > easy + 0.2
+    assert q.loc[0, ROUTER_WEAK] > q.loc[1, ROUTER_WEAK]
+    assert q.loc[0, "smollm2"] > q.loc[1, "smollm2"]  # labelled on half the prompts only
+    assert (q[ROUTER_STRONG] > 0.8).all()  # right everywhere: predicted, not assumed
+    # every component on its own already ranks the hard prompt above the easy one
+    for name, part in router.component_quality([ROUTER_EASY_QUERY, ROUTER_HARD_QUERY]).items():
+        gap = part[:, 0] - part[:, 1]
+        assert gap[1] >= gap[0], name
+
+
+def test_save_load_identical_predictions(router_toy_labels):
+    router = fit(router_toy_labels)
+    files = {}
+    router.save(lambda name, data: files.__setitem__(name, data))
+    meta = {"models": MODELS, "strong_model": ROUTER_STRONG, "weak_model": ROUTER_WEAK, "params": router.params}
+    loaded = EnsembleRouter.load(files.__getitem__, meta)
+    np.testing.assert_array_equal(loaded.predict_quality(QUERIES).to_numpy(), router.predict_quality(QUERIES).to_numpy())
+    np.testing.assert_array_equal(loaded.strong_win_rate(QUERIES), router.strong_win_rate(QUERIES))
+
+
+def test_deterministic_and_batch_independent(router_toy_labels):
+    a, b = fit(router_toy_labels), fit(router_toy_labels)
+    np.testing.assert_array_equal(a.predict_quality(QUERIES).to_numpy(), b.predict_quality(QUERIES).to_numpy())
+    one_by_one = np.vstack([a.predict_quality([p]).to_numpy() for p in QUERIES])
+    np.testing.assert_allclose(one_by_one, a.predict_quality(QUERIES).to_numpy(), rtol=0, atol=1e-6)  # float32 BLAS blocking in the kNN part
+
+
+def test_trees_match_scikit_learn():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 5))
+    y = (x[:, 0] + x[:, 1] ** 2 + rng.normal(size=len(x)) > 1).astype(int)
+    router = EnsembleRouter(["m"], "m", "m", {"gbt_rounds": 25, "gbt_min_samples_leaf": 10})
+    router.w = router._pack_trees([router._fit_trees(x, y, np.ones(len(y)))])
+    expected = HistGradientBoostingClassifier(
+        max_iter=25, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=10, l2_regularization=1.0,
+        early_stopping=False, random_state=0,
+    ).fit(x, y).decision_function(x)
+    np.testing.assert_allclose(router._tree_logits(x)[:, 0], expected, atol=1e-9)
+
+
+def test_soft_labels_and_one_class_models(router_toy_labels):
+    soft = router_toy_labels.copy()
+    weak = soft["model"] == ROUTER_WEAK
+    soft.loc[weak, "quality"] = np.where(soft.loc[weak, "quality"] > 0.5, 0.75, 0.25)  # judge-like scores
+    router = fit(soft)
+    q = router.predict_quality([ROUTER_EASY_QUERY, ROUTER_HARD_QUERY])
+    assert q.loc[0, ROUTER_WEAK] > q.loc[1, ROUTER_WEAK]
+    # the strong model is right on every prompt: its linear and tree parts are the smoothed base rate
+    parts = router.component_quality([ROUTER_EASY_QUERY, ROUTER_HARD_QUERY])
+    np.testing.assert_allclose(parts["linear"][:, 0], 25 / 26)
+    np.testing.assert_allclose(parts["gbt"][:, 0], 25 / 26)
+
+
+def test_features_from_text_alone():
+    f = feature_matrix([
+        "Tom has 3 apples and buys 12 more. He gives 50% away. How many are left?",
+        "Which is a prime?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:",
+        "",
+    ])
+    assert f.shape == (3, len(FEATURE_NAMES))
+    col = dict(zip(FEATURE_NAMES, f.T))
+    assert col["log_numbers"][0] == pytest.approx(np.log1p(3)) and col["has_percent"][0] == 1.0
+    assert col["has_choices"].tolist() == [0.0, 1.0, 0.0]
+    assert np.isfinite(f).all()
+
+
+def test_checks(router_toy_labels):
+    assert fit(router_toy_labels).predict_quality([]).shape == (0, 3)
+    assert set(COMPONENTS) == {"knn", "linear", "gbt"}
+    with pytest.raises(RuntimeError, match="before fit"):
+        EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK).predict_quality(["x"])
+    with pytest.raises(ValueError, match="unknown param"):
+        EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK, {"k": 3})
+    with pytest.raises(ValueError, match="k must be"):
+        EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK, {"knn_k": 0})
