@@ -23,6 +23,7 @@ from router_tasks.judge import (
     normalize_number,
     numbers_equal,
     parse_verdict,
+    plan_judging,
 )
 from router_tasks.stage import load_table, read_manifest
 from router_tasks.store import ArtifactStore
@@ -265,3 +266,19 @@ def test_failing_judge_aborts_and_rerun_asks_only_unjudged_rows(local_root):
     assert df["score"].tolist() == [4, 4, 4, 4]
     stats = read_manifest(ArtifactStore(local_root), ref)["stats"]
     assert stats["cached"] == 1 and stats["requests"] == 3
+
+
+def test_judge_parts_per_shard_join_into_one_table(local_root):
+    rows = [dict(r, shard=i % 2) for i, r in enumerate(PROMPT_ROWS)]
+    prompts = write_prompts(local_root, rows)
+    answers = _answers(local_root, prompts)
+    store = ArtifactStore(local_root)
+    with ScriptedOpenAIServer(_judge_rule) as judge_srv:
+        judge = {"name": "judge-x", "model": "judge-model", "base_url": judge_srv.base_url, "max_retries": 0}
+        assert plan_judging(prompts, artifact_root=local_root) == [{"shard": 0}, {"shard": 1}]
+        ref = judge_answers(prompts, answers, judge=judge, artifact_root=local_root)
+        assert judge_srv.count() == 4  # each judged row once, whichever part it fell in
+    stats = read_manifest(store, ref)["stats"]
+    assert stats["parts"] == 2 and stats["llm_judge"] == 4 and stats["exact_match"] == 3
+    df = load_table(ref, store)
+    assert len(df) == len(PROMPT_ROWS) and df["prompt_id"].is_unique
