@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/router_quality.py                      # the full run (~1 min on 2 cores)
     .venv/bin/python benchmarks/router_quality.py --max-prompts 1000   # quick check
     .venv/bin/python benchmarks/router_quality.py --routers knn mf --folds 10
+    .venv/bin/python benchmarks/router_quality.py --routers ensemble
+
+`ensemble` (kNN + logistic regression + gradient-boosted trees on MiniLM embeddings and
+prompt-text features, `router_tasks.routers.ensemble`) is registered here if the registry
+does not list it yet.
 
 Quality (issue 5): every decontaminated MMLU and GSM8K prompt is dealt into k folds by
 prompt id (`crossfit.assign_folds`, over the union of both benchmarks' prompts). For each
@@ -43,10 +48,14 @@ from router_tasks import benchmarks as bm
 from router_tasks import metrics as mx
 from router_tasks.crossfit import assign_folds
 from router_tasks.embeddings import Embedder
-from router_tasks.routers import EmbeddingRouter, make_router
+from router_tasks.routers import ROUTERS, EmbeddingRouter, make_router
+from router_tasks.routers.ensemble import EnsembleRouter
+
+# until the registry (router_tasks/routers/__init__.py) lists it: register the ensemble here
+ROUTERS.setdefault(EnsembleRouter.kind, EnsembleRouter)
 
 BENCHES = ("mmlu", "gsm8k")
-ROUTER_TYPES = ("random", "knn", "mf")
+ROUTER_TYPES = ("random", "knn", "mf", "ensemble")
 #: RouteLLM paper's best APGR (GPT-4 vs Mixtral), for reference only: not measured here
 PUBLISHED_APGR = {"mmlu": 0.603, "gsm8k": 0.622}
 BATCH_N, SINGLE_N = 2000, 200

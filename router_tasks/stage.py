@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "_MANIFEST.json"
 MAIN_TABLE = "data.parquet"
-CHECKPOINT_DIR = "_partial"
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -97,29 +96,6 @@ class StageContext:
     def write_file(self, file: str, data: bytes) -> None:
         self.store.write_bytes(f"{self.key}/{file}", data)
         self._files[file] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-
-    # -- checkpoints: partial progress of a long stage, outside the manifest -------------
-    # A stage that makes many paid calls saves what it has so far; a re-run after a crash
-    # resumes from it. Checkpoints sit under `_partial/`, are never listed in the manifest
-    # (so never taken for output), and are deleted once the output is written.
-    def _checkpoint_key(self, name: str) -> str:
-        return f"{self.key}/{CHECKPOINT_DIR}/{name}.parquet"
-
-    def read_checkpoint(self, name: str) -> pd.DataFrame | None:
-        key = self._checkpoint_key(name)
-        if not self.store.exists(key):
-            return None
-        try:
-            return self.store.read_parquet(key)
-        except Exception as err:  # noqa: BLE001 - a torn checkpoint only costs a redo
-            log.warning("ignoring unreadable checkpoint %s: %s", self.store.uri(key), err)
-            return None
-
-    def write_checkpoint(self, name: str, df: pd.DataFrame) -> None:
-        self.store.write_parquet(self._checkpoint_key(name), df)
-
-    def clear_checkpoint(self, name: str) -> None:
-        self.store.delete(self._checkpoint_key(name))
 
     def uri(self, file: str = "") -> str:
         return self.store.uri(f"{self.key}/{file}" if file else self.key)
