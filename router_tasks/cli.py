@@ -121,8 +121,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a container or job scheduler stopping us) unwinds like Ctrl-C, so the
+    `finally` blocks run: replies already paid for are flushed to the request cache."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _exit_on_sigterm()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     root = args.artifact_root or os.environ.get("TELA_ARTIFACT_ROOT")
 

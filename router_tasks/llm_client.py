@@ -306,8 +306,19 @@ def chat_many(
                 if on_result is not None:
                     on_result(i, results[i])
         except BaseException:
-            for fut in futures:  # don't leave queued requests running after a failure
+            for fut in futures:  # don't start queued requests after a failure or a stop signal
                 fut.cancel()
+            # ...but the requests already on the wire will be paid for: hand their replies
+            # to on_result (the request cache) before giving up, so no re-run pays twice.
+            for fut, i in futures.items():
+                if fut.cancelled() or results[i] is not None:
+                    continue
+                try:
+                    results[i] = fut.result()
+                    if on_result is not None:
+                        on_result(i, results[i])
+                except BaseException:  # noqa: BLE001 - best effort while unwinding
+                    pass
             raise
     return results  # type: ignore[return-value]
 

@@ -9,7 +9,9 @@ from router_tasks.generate import generate_answers
 from router_tasks.ingest import ingest_prompts
 from router_tasks.judge import judge_answers
 from router_tasks.labels import build_labels
+from router_tasks.ledger import cost_ledger
 from router_tasks.publish import publish_router
+from router_tasks.references import generate_references
 from router_tasks.summary import summarize_run
 from router_tasks.train import train_router
 from router_tasks.validate import validate_labels
@@ -21,6 +23,7 @@ def run_pipeline(
     sample: int | None = None,
     models: list[dict] | None = None,
     judge: dict | None = None,
+    reference_model: dict | None = defaults.DEMO_REFERENCE,
     max_tokens: int = 96,
     include_routellm: bool = True,
     routellm_max_prompts: int | None = None,
@@ -36,21 +39,25 @@ def run_pipeline(
     """Run every stage in order; returns {"stages": refs, "decision": ..., "summary": markdown}."""
     root = {"artifact_root": artifact_root}
     prompts = ingest_prompts(source, sample=sample, **root)
+    referenced = generate_references(prompts, reference=reference_model, **root)
     answers = generate_answers(prompts, models=models or defaults.DEMO_MODELS, max_tokens=max_tokens, **root)
-    judgements = judge_answers(prompts, answers, judge=judge or defaults.DEMO_JUDGE, **root)
-    labels = build_labels(prompts, judgements, include_routellm=include_routellm, routellm_max_prompts=routellm_max_prompts, **root)
+    judgements = judge_answers(referenced, answers, judge=judge or defaults.DEMO_JUDGE, **root)
+    ledger = cost_ledger({"references": referenced, "generate": answers, "judge": judgements}, **root)
+    labels = build_labels(referenced, judgements, include_routellm=include_routellm, routellm_max_prompts=routellm_max_prompts, **root)
     valid = validate_labels(labels, min_rows_per_model=min_rows_per_model, **root)
     router = train_router(valid, router_type=router_type, strong_model=strong_model, weak_model=weak_model, **root)
     evaluation = evaluate_router(router, benchmarks=benchmarks or defaults.BENCHMARKS, max_prompts=eval_max_prompts, **root)
     decision = publish_router(router, evaluation, **root)
     stages = {
         "ingest": prompts,
+        "references": referenced,
         "generate": answers,
         "judge": judgements,
         "labels": labels,
         "validate": valid,
         "train": router,
         "evaluate": evaluation,
+        "ledger": ledger,
     }
     summary = summarize_run(stages, decision, run_id=run_id, **root)
     return {"stages": stages, "decision": decision, "summary": summary}

@@ -10,7 +10,8 @@ outside any stage's artifact:
 so it survives what an artifact key does not: a prompt set with one prompt added (only
 the new prompt is asked), a retried or resumed task, a shard re-planned, a judge run
 whose answers changed for one model. A run writes a new segment every `flush_every`
-replies and when it stops (however it stops), so a crash loses at most that many. Each
+replies or `flush_interval_s` seconds, and when it stops (an exception, SIGTERM), so
+even a SIGKILL loses at most that much. Each
 segment is written in one atomic put; a torn or unreadable one is skipped with a warning
 (costing only a re-ask). Many readers and writers may share a cache: segments are only
 ever added, and compaction deletes only the segments it read itself.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -60,10 +62,15 @@ def request_key(*, base_url: str | None, model: str, messages: list[dict], max_t
 class RequestCache:
     """Successful replies of one endpoint (base URL + model)."""
 
-    def __init__(self, store: ArtifactStore, *, base_url: str | None, model: str, flush_every: int = 50):
+    def __init__(self, store: ArtifactStore, *, base_url: str | None, model: str, flush_every: int = 50,
+                 flush_interval_s: float = 5.0):
         self.store = store
         self.prefix = f"{CACHE_PREFIX}/{stable_hash({'base_url': base_url, 'model': model})}"
         self.flush_every = max(1, int(flush_every))
+        # Also flush after this long, so a process killed outright (SIGKILL, OOM) loses at
+        # most a few seconds of paid replies even when they trickle in slowly.
+        self.flush_interval_s = float(flush_interval_s)
+        self._last_flush = time.monotonic()
         self._entries: dict[str, CachedReply] | None = None
         self._pending: list[dict] = []
         self._lock = threading.Lock()
@@ -115,13 +122,15 @@ class RequestCache:
             self._pending.append({"key": key, "answer": answer, "finish_reason": finish_reason,
                                   "input_tokens": int(input_tokens), "output_tokens": int(output_tokens),
                                   "created_at": datetime.now(timezone.utc).isoformat()})
-            full = len(self._pending) >= self.flush_every
+            full = (len(self._pending) >= self.flush_every
+                    or time.monotonic() - self._last_flush >= self.flush_interval_s)
         if full:
             self.flush()
 
     def flush(self) -> None:
         with self._lock:
             rows, self._pending = self._pending, []
+            self._last_flush = time.monotonic()
         if rows:
             self._write(rows)
 

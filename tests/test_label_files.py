@@ -77,3 +77,39 @@ def test_file_mode_errors_name_what_is_missing(tmp_path, capsys):
     assert not (tmp_path / "o.parquet").exists()
     with pytest.raises(SystemExit):
         main(["generate", "--input", no_prompt, "--model", "m", "--concurrency", "lots", "--output", out])
+
+
+def test_sigterm_midway_then_rerun_pays_for_nothing_twice(tmp_path):
+    """A stopped run (SIGTERM, as a container stop sends) keeps every reply it paid for,
+    even those in flight when the signal came; the re-run asks only for the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.openai_test_server import Faults
+
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"item {i}"} for i in range(40)])
+    out = tmp_path / "answers.parquet"
+    tela = str(Path(sys.executable).parent / "tela")
+    with ScriptedOpenAIServer(lambda body: "ok", faults=Faults(latency_s=0.15)) as srv:
+        cmd = [tela, "--artifact-root", str(tmp_path / "artifacts"), "generate", "--input", prompts, "--model", "m",
+               "--base-url", srv.base_url, "--concurrency", "3", "--output", str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while srv.count() < 12 and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM, proc.stdout.read().decode()[-2000:]
+        assert not out.exists()  # no partial output file
+        first = srv.count()
+        assert 12 <= first < 40
+
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ.copy())
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        stats = srv.stats()
+        assert stats["resent_after_success"] == 0  # the in-flight replies were kept too
+        assert stats["requests"] == 40
+    assert pd.read_parquet(out)["answer"].tolist() == ["ok"] * 40
