@@ -33,7 +33,7 @@ import pandas as pd
 
 from router_tasks.llm_client import ChatResult, Endpoint, Progress, ask_all
 from router_tasks.quality import resolve_thresholds
-from router_tasks.stage import StageContext, load_table, run_stage
+from router_tasks.stage import StageContext, load_table, part_inputs, run_stage
 from router_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -187,10 +187,7 @@ def combine_answers(
     """One answers table from the parts `generate_part` made; runs the answers suite."""
     endpoints = parse_endpoints(models)
     store = ArtifactStore(artifact_root)
-    parts = [parts[i] for i in range(len(parts))]  # a list, or Airflow's lazy sequence of mapped results
-    if not parts:
-        raise ValueError("combine_answers: no generated parts")
-    names = {f"part:{i:05d}": ref for i, ref in enumerate(sorted(parts, key=lambda r: r["key"]))}
+    names = part_inputs(parts, stage="combine_answers")
 
     def combine(ctx: StageContext) -> None:
         from router_tasks.quality import answers_suite, enforce

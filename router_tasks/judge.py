@@ -39,7 +39,7 @@ import pandas as pd
 from router_tasks.generate import LEDGER_FIELDS, parse_endpoints
 from router_tasks.llm_client import ChatResult, Endpoint, Progress, ask_all
 from router_tasks.quality import resolve_thresholds
-from router_tasks.stage import StageContext, load_table, run_stage, stable_hash
+from router_tasks.stage import StageContext, load_table, part_inputs, run_stage, stable_hash
 from router_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -429,10 +429,7 @@ def combine_judgements(
 ) -> dict:
     """One judgements table from the parts; runs the judgements suite."""
     endpoint = judge_endpoint(judge)
-    parts = [parts[i] for i in range(len(parts))]  # a list, or Airflow's lazy sequence of mapped results
-    if not parts:
-        raise ValueError("combine_judgements: no judged parts")
-    names = {f"part:{i:05d}": ref for i, ref in enumerate(sorted(parts, key=lambda r: r["key"]))}
+    names = part_inputs(parts, stage="combine_judgements")
 
     def compute(ctx: StageContext) -> None:
         from router_tasks.quality import enforce, judgements_suite

@@ -202,6 +202,16 @@ def run_stage(
     return _ref_from_manifest(store, manifest, reused=False).to_dict()
 
 
+def part_inputs(parts, *, stage: str) -> dict[str, dict]:
+    """The refs of a stage's parts as named inputs ("part:00000", ...), in an order that
+    does not depend on which part finished first, so the joined artifact's key is stable.
+    `parts` is a list, or Airflow's lazy sequence of mapped task results."""
+    refs = [parts[i] for i in range(len(parts))]
+    if not refs:
+        raise ValueError(f"{stage}: no parts to join")
+    return {f"part:{i:05d}": ref for i, ref in enumerate(sorted(refs, key=lambda r: r["key"]))}
+
+
 def resolve_ref(value: "str | Mapping | ArtifactRef", store: ArtifactStore | None = None) -> dict:
     """An artifact reference from a ref dict, its JSON text, a key or a URI in the store."""
     store = store or ArtifactStore()
