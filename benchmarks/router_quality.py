@@ -48,11 +48,7 @@ from router_tasks import benchmarks as bm
 from router_tasks import metrics as mx
 from router_tasks.crossfit import assign_folds
 from router_tasks.embeddings import Embedder
-from router_tasks.routers import ROUTERS, EmbeddingRouter, make_router
-from router_tasks.routers.ensemble import EnsembleRouter
-
-# until the registry (router_tasks/routers/__init__.py) lists it: register the ensemble here
-ROUTERS.setdefault(EnsembleRouter.kind, EnsembleRouter)
+from router_tasks.routers import EmbeddingRouter, make_router
 
 BENCHES = ("mmlu", "gsm8k")
 ROUTER_TYPES = ("random", "knn", "mf", "ensemble")

@@ -121,7 +121,7 @@ def publish(routers, evaluations) -> dict:
     params={
         "labels": Param(None, type=["null", "string"],
                         description="labels artifact (ref JSON, key or URI); empty: the triggering or newest labels"),
-        "router_types": Param([defaults.ROUTER_TYPE], type="array", description="one router trained per type"),
+        "router_types": Param(defaults.RETRAIN_ROUTER_TYPES, type="array", description="one router trained per type"),
         "use_gpu": Param(True, type="boolean",
                          description="GPU routers (causal_llm) train on the gpu queue; off: on the CPU, normal queue"),
         "router_params": Param({}, type="object",

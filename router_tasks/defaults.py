@@ -17,7 +17,10 @@ DEMO_JUDGE = {"name": "smollm2-judge", "model": "smollm2", "base_url": "local"}
 DEMO_REFERENCE = {"name": "smollm2-reference", "model": "smollm2", "base_url": "local", "max_tokens": 128}
 JUDGE_BATCH_CONN_ID = "tela_judge_batch"  # an Airflow `openai` connection: host = base URL, password = key
 BATCH_POLL_SECONDS = 60.0  # how often a deferred batch wait asks for status; env TELA_BATCH_POLL_SECONDS
-ROUTER_TYPE = "knn"
+ROUTER_TYPE = "knn"  # the demo's router: trains in seconds
+# Scheduled retraining trains these and publishes the best: the ensemble has the best
+# cross-validated APGR (README), kNN is the cheap fallback it must beat.
+RETRAIN_ROUTER_TYPES = ["knn", "ensemble"]
 BENCHMARKS = ["mmlu", "gsm8k", "mt-bench"]
 
 # Airflow Asset identities, as plain strings: the library never imports Airflow, the DAGs

@@ -111,6 +111,7 @@ EVERY_KIND = {
     "random": {"seed": 7},
     "bert": {"epochs": 2, "train_layers": 1, "cpu_threads": 1},
     "causal_llm": {"base_model": "tiny", "epochs": 4, "batch_size": 16, "lr": 0.005, "max_length": 48},
+    "ensemble": {"knn_k": 5, "gbt_rounds": 20, "gbt_min_samples_leaf": 2, "gbt_pca": 2},
 }
 
 

@@ -31,6 +31,7 @@ from router_tasks.routers.base import Router
 from router_tasks.routers.bert import BertRouter
 from router_tasks.routers.causal_llm import CausalLLMRouter
 from router_tasks.routers.common import EmbeddingRouter, resolve_params
+from router_tasks.routers.ensemble import EnsembleRouter
 from router_tasks.routers.knn import KnnRouter
 from router_tasks.routers.mf import MFRouter
 from router_tasks.routers.random_router import RandomRouter
@@ -43,6 +44,7 @@ ROUTERS: dict[str, type[Router]] = {
     "random": RandomRouter,
     "causal_llm": CausalLLMRouter,
     "bert": BertRouter,
+    "ensemble": EnsembleRouter,
 }
 
 #: router kinds trained on the GPU queue/pool (they fall back to the CPU without a GPU)
@@ -58,6 +60,7 @@ _VERSIONED = (
 
 __all__ = [
     "ROUTERS", "GPU_ROUTERS", "needs_gpu", "Router", "EmbeddingRouter", "KnnRouter", "MFRouter", "RandomRouter",
+    "EnsembleRouter",
     "router_class", "make_router", "resolve_params", "save_router", "load_router", "resolve_router_key",
     "library_versions",
 ]

@@ -110,9 +110,11 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 class EnsembleRouter(EmbeddingRouter):
     kind = "ensemble"
-    # Fixed before the 5-fold evaluation, not tuned on it: the kNN part uses KnnRouter's
-    # defaults; C=0.01 and the tree settings are common conservative defaults for ~10k
-    # rows (few leaves, large leaves, shrinkage 0.05, 200 rounds).
+    # The kNN part uses KnnRouter's defaults; C=0.01 and the tree settings are common
+    # conservative defaults for ~10k rows (few leaves, large leaves, shrinkage 0.05, 200
+    # rounds). Not tuned per fold, but picked after comparing about a dozen variants on the
+    # benchmark's seed-0 folds (no nested CV): the result held on fold seeds 1 and 2, which
+    # played no part in the choice. Expect some selection optimism in the reported APGR.
     DEFAULT_PARAMS = {
         "knn_k": 200,
         "knn_temperature": 0.2,
