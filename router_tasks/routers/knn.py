@@ -12,6 +12,7 @@ and the quality matrix (NaN where a model has no label for a prompt).
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -51,9 +52,29 @@ class KnnRouter(EmbeddingRouter):
         return self
 
     def _model_means(self) -> np.ndarray:
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # a model with no label at all: NaN, handled below
+            warnings.simplefilter("ignore", RuntimeWarning)
             means = np.nanmean(self.quality, axis=0) if len(self.quality) else np.full(len(self.models), np.nan)
         return np.where(np.isnan(means), 0.5, means)  # a model never labelled: know nothing
+
+    def _index(self) -> tuple[np.ndarray, list[tuple[list[int], np.ndarray, np.ndarray, np.ndarray]]]:
+        """Per-router constants of scoring, built once (not per call): model means and, per
+        group of models labelled on the same prompts, those rows and their embeddings (one
+        top-k search serves the whole group; RouteLLM-style data labels every model on
+        every prompt)."""
+        key = (id(self.embeddings), id(self.quality))
+        if getattr(self, "_index_cache", (None,))[0] != key:
+            groups: dict[bytes, list[int]] = {}
+            masks = ~np.isnan(self.quality)
+            for j in range(len(self.models)):
+                groups.setdefault(np.packbits(masks[:, j]).tobytes(), []).append(j)
+            built = []
+            for cols in groups.values():
+                rows = np.flatnonzero(masks[:, cols[0]])
+                built.append((cols, rows, np.ascontiguousarray(self.embeddings[rows].T),
+                              np.ascontiguousarray(self.quality[np.ix_(rows, cols)].T, dtype=np.float64)))
+            self._index_cache = (key, self._model_means(), built)
+        return self._index_cache[1], self._index_cache[2]
 
     def predict_quality(self, prompts: Sequence[str]) -> pd.DataFrame:
         if self.embeddings is None:
@@ -65,18 +86,15 @@ class KnnRouter(EmbeddingRouter):
         k = int(self.params["k"])
         tau = float(self.params["temperature"])
         alpha = float(self.params["prior_weight"])
-        means = self._model_means()
+        means, groups = self._index()
         out = np.empty((len(prompts), len(self.models)), dtype=np.float64)
-        labelled = [np.flatnonzero(~np.isnan(self.quality[:, j])) for j in range(len(self.models))]
-
         for start in range(0, len(queries), _BLOCK):
-            sims = queries[start : start + _BLOCK] @ self.embeddings.T  # cosine: unit rows
-            for j, rows in enumerate(labelled):
-                block = out[start : start + len(sims), j]
+            q = queries[start : start + _BLOCK]
+            for cols, rows, emb_t, qual in groups:
                 if not len(rows):
-                    block[:] = means[j]
+                    out[start : start + len(q), cols] = means[cols]
                     continue
-                s = sims[:, rows]
+                s = q @ emb_t  # cosine similarity to this group's labelled prompts: unit rows
                 kk = min(k, len(rows))
                 top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < len(rows) else np.broadcast_to(
                     np.arange(len(rows)), s.shape
@@ -84,9 +102,9 @@ class KnnRouter(EmbeddingRouter):
                 s_top = np.take_along_axis(s, top, axis=1).astype(np.float64)
                 w = np.exp((s_top - s_top.max(axis=1, keepdims=True)) / tau)
                 w /= w.sum(axis=1, keepdims=True)
-                q_top = self.quality[rows, j][top].astype(np.float64)
-                knn = (w * q_top).sum(axis=1)
-                block[:] = (kk * knn + alpha * means[j]) / (kk + alpha)
+                for n, j in enumerate(cols):
+                    knn = (w * qual[n][top]).sum(axis=1)
+                    out[start : start + len(q), j] = (kk * knn + alpha * means[j]) / (kk + alpha)
         return self._frame(out)
 
     def save(self, write_file) -> None:
