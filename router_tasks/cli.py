@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--prompts", help="ingest artifact (artifact mode)")
     s.add_argument("--answers", help="generate artifact (artifact mode)")
     s.add_argument("--judge", type=_json_arg, default=defaults.DEMO_JUDGE, help="JSON endpoint of the judge")
+    s.add_argument("--batch", action="store_true",
+                   help="artifact mode: buy the verdicts through the OpenAI Batch API first (half price, waits for it)")
     _file_mode_args(s, model_flag="--judge-model")
 
     s = sub.add_parser("labels", help="build the labels table")
@@ -171,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
 
             if not (args.prompts and args.answers):
                 raise ValueError("give --prompts and --answers ARTIFACTs, or --input FILE --judge-model NAME --output FILE")
+            if args.batch:  # fills the request cache; the judge stage below then reads it
+                from router_tasks.judge_batch import run_judge_batch
+
+                run_judge_batch(ref(args.prompts), ref(args.answers), judge=args.judge, artifact_root=root)
             return emit(judge_answers(ref(args.prompts), ref(args.answers), judge=args.judge, artifact_root=root))
         if cmd == "labels":
             from router_tasks.labels import build_labels

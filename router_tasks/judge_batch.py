@@ -22,8 +22,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 
+from router_tasks import defaults
 from router_tasks.judge import RUBRIC_VERSION, _checked_tables, judge_endpoint, plan_rows
 from router_tasks.llm_client import endpoint_cache, request_keys
 from router_tasks.stage import StageContext, load_table, run_stage
@@ -132,8 +134,12 @@ def collect_judge_batch(batch_id: str, *, judge: dict, artifact_root: str | None
 
 
 def run_judge_batch(prompts: dict, answers: dict, *, judge: dict, artifact_root: str | None = None,
-                    poll_seconds: float = 30.0, timeout_s: float = 24 * 3600) -> dict | None:
-    """prepare -> create batch -> wait -> collect, without Airflow. None if nothing to ask."""
+                    poll_seconds: float | None = None, timeout_s: float = 24 * 3600) -> dict | None:
+    """prepare -> create batch -> wait -> collect, without Airflow. None if nothing to ask.
+
+    Polls every `poll_seconds` (default: env TELA_BATCH_POLL_SECONDS, else 60 s)."""
+    if poll_seconds is None:
+        poll_seconds = float(os.environ.get("TELA_BATCH_POLL_SECONDS", defaults.BATCH_POLL_SECONDS))
     file_id = prepare_judge_batch(prompts, answers, judge=judge, artifact_root=artifact_root)
     if file_id is None:
         return None

@@ -80,3 +80,24 @@ def test_collect_refuses_an_unfinished_batch(tmp_path):
         with pytest.raises(RuntimeError, match="not 'completed'"):
             collect_judge_batch(batch.id, judge={"model": "j", "base_url": srv.base_url}, artifact_root=root)
     assert not ArtifactStore(root).list("stages/judge_batch")
+
+
+def test_tela_judge_batch_flag(tmp_path, monkeypatch, capsys):
+    import json
+
+    from router_tasks.cli import main
+
+    monkeypatch.setenv("TELA_BATCH_POLL_SECONDS", "0.05")
+    root = str(tmp_path)
+    prompts = write_prompts(root, ROWS[:3])
+    with ScriptedOpenAIServer(lambda body: "an answer") as srv_model:
+        answers = generate_answers(prompts, models=[{"name": "a", "model": "a", "base_url": srv_model.base_url}],
+                                   artifact_root=root)
+    with ScriptedOpenAIServer(judge_rule, batch_polls=1) as judge_srv:
+        judge = json.dumps({"name": "judge", "model": "judge-1", "base_url": judge_srv.base_url})
+        args = ["--artifact-root", root, "judge", "--prompts", json.dumps(prompts), "--answers", json.dumps(answers),
+                "--judge", judge, "--batch"]
+        assert main(args) == 0
+        ref = json.loads(capsys.readouterr().out)
+        assert judge_srv.batch_lines == 3 and judge_srv.count() == 0
+    assert load_table(ref, ArtifactStore(root))["score"].notna().sum() == 3
