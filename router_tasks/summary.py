@@ -38,10 +38,15 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
     quality_lines = []
     stages = dict(stages)
     ledger = stages.pop("ledger", None)  # not a row of the stage table: its own section below
+    seen: dict[str, str] = {}  # artifact key -> the stage row that showed it
     for name, ref in stages.items():
         if ref is None:
             continue
         ref = ArtifactRef.of(ref)
+        if ref.key in seen:  # a stage with nothing to do hands its input on (references)
+            lines.append(f"| {name} | - | - | nothing to do | - | passed on the {seen[ref.key]} artifact |")
+            continue
+        seen[ref.key] = name
         m = read_manifest(store, ref)
         stats = m.get("stats", {})
         for kind, q in (stats.get("quality") or {}).items():  # written by router_tasks.quality.enforce

@@ -132,8 +132,9 @@ def test_rerun_reuses_every_stage_and_calls_no_model(first_run, pipeline_dag, ti
     ledger = store.read_parquet(ledger_key)
     assert ledger["calls_now"].sum() == 0 and ledger["dollars_now"].sum() == 0
     summary = store.read_bytes("runs/latest.md").decode()
-    # 8 stages (references hands the ingest artifact on: every prompt has gold or a reference)
-    assert summary.count("| reused |") == 8 and "| computed |" not in summary
+    # 7 stages reused; references had nothing to do (every prompt has gold or a reference)
+    assert summary.count("| reused |") == 7 and "| computed |" not in summary
+    assert "| references | - | - | nothing to do |" in summary
     assert "Cost ledger" in summary
 
 
