@@ -38,6 +38,8 @@ from router_tasks.evaluate import (
     LeakageError,
     _scores,
     check_no_leakage,
+    commercial_points,
+    scored_table,
     train_prompt_ids,
     write_benchmark_outputs,
 )
@@ -237,22 +239,9 @@ def crossfit_evaluate(
         s = mx.summarize(scores.to_numpy(), table["strong_quality"], table["weak_quality"],
                          num_results=num_results, random_seeds=random_seeds)
         s["protocol"] = PROTOCOL
-        scored = pd.DataFrame(
-            {
-                "prompt_id": table["prompt_id"].astype(str),
-                "prompt": table["prompt"].astype(str),
-                "strong_win_rate": scores.to_numpy(),
-                "strong_quality": table["strong_quality"],
-                "weak_quality": table["weak_quality"],
-                "category": table["category"],
-                "fold": table["fold"],
-            }
-        )
-        commercial = None
-        if benchmark == "mt-bench":
-            commercial = bm.commercial_router_points(strong_model=strong, weak_model=weak)
-            commercial = None if commercial.empty else commercial
-        entry, row = write_benchmark_outputs(ctx, benchmark, scored, s, strong, weak, commercial)
+        scored = scored_table(table, scores.to_numpy(), extra=("fold",))
+        entry, row = write_benchmark_outputs(ctx, benchmark, scored, s, strong, weak,
+                                             commercial_points(benchmark, strong, weak))
         entry["folds"] = fold_rows
         ctx.write_table(pd.DataFrame(fold_rows), "folds.parquet")
         report = {

@@ -197,22 +197,28 @@ def evaluate_benchmark(
         scores, table["strong_quality"], table["weak_quality"], num_results=num_results, random_seeds=random_seeds
     )
     summary["protocol"] = protocol
-    scored = pd.DataFrame(
-        {
-            "prompt_id": table["prompt_id"].astype(str),
-            "prompt": table["prompt"].astype(str),
-            "strong_win_rate": scores,
-            "strong_quality": table["strong_quality"],
-            "weak_quality": table["weak_quality"],
-            "category": table["category"],
-        }
-    )
-    commercial = None
-    if bench == "mt-bench":
-        commercial = bm.commercial_router_points(strong_model=strong_model, weak_model=weak_model)
-        if commercial.empty:
-            commercial = None
-    return scored, summary, commercial
+    return scored_table(table, scores), summary, commercial_points(bench, strong_model, weak_model)
+
+
+def scored_table(table: pd.DataFrame, scores, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The per-prompt scores file of a benchmark: ids, prompt, score, both models' quality."""
+    cols = {
+        "prompt_id": table["prompt_id"].astype(str),
+        "prompt": table["prompt"].astype(str),
+        "strong_win_rate": np.asarray(scores),
+        "strong_quality": table["strong_quality"],
+        "weak_quality": table["weak_quality"],
+        "category": table["category"],
+    }
+    return pd.DataFrame({**cols, **{c: table[c] for c in extra}})
+
+
+def commercial_points(bench: str, strong_model: str, weak_model: str) -> pd.DataFrame | None:
+    """The commercial routers' points on the bench's plot (MT-Bench only), or None."""
+    if bench != "mt-bench":
+        return None
+    points = bm.commercial_router_points(strong_model=strong_model, weak_model=weak_model)
+    return None if points.empty else points
 
 
 def _curves_table(summary: dict) -> pd.DataFrame:

@@ -31,7 +31,8 @@ import time
 
 import pandas as pd
 
-from router_tasks.llm_client import ChatResult, Endpoint, Progress, ask_all
+from router_tasks.ledger import ledger_entry
+from router_tasks.llm_client import ChatResult, Endpoint, ask_all
 from router_tasks.quality import resolve_thresholds
 from router_tasks.stage import StageContext, load_table, part_inputs, run_stage
 from router_tasks.store import ArtifactStore
@@ -42,10 +43,6 @@ STAGE = "generate"
 MODEL_STAGE = "generate_model"  # one artifact per (shard, model); STAGE combines them
 STAGE_VERSION = "3"  # 3: parts per shard x model, replies through the request cache
 PROMPT_VERSION = "answer-v1"  # how a prompt becomes messages: the user turn, as is
-
-# A part's cost counters (llm_client.CallStats), summed per model into the run's ledger.
-LEDGER_FIELDS = ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens", "output_tokens",
-                 "dollars")
 
 ANSWER_COLUMNS = ["prompt_id", "model", "answer", "finish_reason", "error", "input_tokens", "output_tokens", "latency_s"]
 
@@ -109,26 +106,10 @@ def answer_prompts(
             continue
         todo.append(pid)
         convs.append([{"role": "user", "content": text}])
-    progress = Progress(f"{label} {ep.name}", len(todo))
-
-    def on_result(i: int, res: ChatResult) -> None:
-        rows[todo[i]] = _row(todo[i], ep.name, res)
-        if not res.cached:
-            progress.update(res)
-
-    if todo:
-        log.info("%s: %s (%s): %d prompts", label, ep.name, ep.public_dict()["base_url"], len(todo))
-    _, calls = ask_all(ep, convs, store=store, prompt_version=PROMPT_VERSION, on_result=on_result,
-                       flush_every=flush_every)
-    if calls.cached:
-        log.info("%s: %s: %d replies from the request cache, %d asked", label, ep.name, calls.cached, calls.calls)
-    if calls.calls and calls.failures / calls.calls > max_failure_rate:
-        first = next(r["error"] for r in rows.values() if r["error"] is not None)
-        raise RuntimeError(
-            f"{label}: {calls.failures}/{calls.calls} calls to model {ep.name!r} failed "
-            f"(over max_failure_rate={max_failure_rate}); first error: {first}. "
-            f"Successful answers are cached; fix the endpoint and re-run."
-        )
+    results, calls = ask_all(ep, convs, store=store, prompt_version=PROMPT_VERSION, label=label, role="model",
+                             max_failure_rate=max_failure_rate, flush_every=flush_every)
+    for pid, res in zip(todo, results):
+        rows[pid] = _row(pid, ep.name, res)
     ordered = [rows[pid] for pid in pids]
     stats = {
         **calls.to_dict(),
@@ -210,18 +191,15 @@ def combine_answers(
                              f"{len(endpoints)} models (expected {expected}, one per pair): a part is missing or repeated")
         th = ctx.config["quality"]
         ctx.write_table(enforce(ctx, answers, answers_suite(th), min_kept_share=th["min_kept_share"]))
-        per_model: dict[str, dict] = {}
+        by_model: dict[str, list[dict]] = {}
         for part in per_part:
-            agg = per_model.setdefault(part.get("model", "?"), {"parts": 0, "reused": True, "artifacts": []})
-            agg["parts"] += 1
-            agg["reused"] = agg["reused"] and part["reused"]
-            agg["artifacts"].append(part["artifact"])
-            for k in LEDGER_FIELDS + ("truncated",):
-                agg[k] = agg.get(k, 0) + part.get(k, 0)
-            now = agg.setdefault("now", {k: 0 for k in LEDGER_FIELDS})  # spent by the parts computed this run
-            if not part["reused"]:
-                for k in LEDGER_FIELDS:
-                    now[k] += part.get(k, 0)
+            by_model.setdefault(part.get("model", "?"), []).append(part)
+        ledger = {m: ledger_entry((p, p["reused"]) for p in ps) for m, ps in by_model.items()}
+        per_model = {
+            m: {**ledger[m]["total"], "truncated": sum(p.get("truncated", 0) for p in ps), "parts": len(ps),
+                "reused": all(p["reused"] for p in ps), "artifacts": [p["artifact"] for p in ps]}
+            for m, ps in by_model.items()
+        }
         fresh = [p for p in per_part if not p["reused"]]
         ctx.stats.update({
             "requests": sum(p.get("calls", 0) for p in fresh),  # calls made by this run's parts
@@ -232,6 +210,7 @@ def combine_answers(
             # time spent in the parts this run computed (they ran as tasks of their own)
             "part_seconds": round(sum(p["part_seconds"] for p in fresh), 2),
             "models": per_model,
+            "ledger": ledger,
         })
 
     inputs = {"prompts": prompts, **names}

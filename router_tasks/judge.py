@@ -36,8 +36,9 @@ from decimal import Decimal, InvalidOperation
 
 import pandas as pd
 
-from router_tasks.generate import LEDGER_FIELDS, parse_endpoints
-from router_tasks.llm_client import ChatResult, Endpoint, Progress, ask_all
+from router_tasks.generate import check_prompts, parse_endpoints
+from router_tasks.ledger import ledger_entry
+from router_tasks.llm_client import ChatResult, Endpoint, ask_all
 from router_tasks.quality import resolve_thresholds
 from router_tasks.stage import StageContext, load_table, part_inputs, run_stage, stable_hash
 from router_tasks.store import ArtifactStore
@@ -263,19 +264,14 @@ def _judge_config(endpoint: Endpoint | None) -> dict:
 
 
 def _checked_tables(pdf: pd.DataFrame, adf: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    for name, df, cols in (("prompts", pdf, ("prompt_id", "prompt")), ("answers", adf, ("prompt_id", "model", "answer", "error"))):
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            raise ValueError(f"{name} table lacks column(s) {missing}; has {list(df.columns)}")
+    pdf = check_prompts(pdf)  # columns, unique ids, a shard column
+    missing = [c for c in ("prompt_id", "model", "answer", "error") if c not in adf.columns]
+    if missing:
+        raise ValueError(f"answers table lacks column(s) {missing}; has {list(adf.columns)}")
     pdf = pdf.copy()
     for col in ("gold_answer", "gold_type", "reference_answer"):
         if col not in pdf.columns:
             pdf[col] = None
-    if "shard" not in pdf.columns:
-        pdf["shard"] = 0
-    dupes = pdf["prompt_id"][pdf["prompt_id"].duplicated()].unique().tolist()
-    if dupes:
-        raise ValueError(f"prompts table: prompt_id must be unique; repeated: {dupes[:5]}")
     unknown = sorted(set(adf["prompt_id"]) - set(pdf["prompt_id"]))
     if unknown:
         raise ValueError(f"answers table has {len(unknown)} prompt_id(s) not in the prompts table, e.g. {unknown[:5]}")
@@ -344,25 +340,11 @@ def grade_answers(
 
     stats: dict = {}
     if pending:
-        progress = Progress(f"{label} {endpoint.name}", len(pending))
-
-        def on_result(i: int, res: ChatResult) -> None:
-            rows[pending[i][0]] = verdict_row(pending[i][0], res)
-            if not res.cached:
-                progress.update(res)
-
-        _, calls = ask_all(endpoint, [conv for _, conv in pending], store=store, prompt_version=RUBRIC_VERSION,
-                           on_result=on_result, flush_every=flush_every)
+        results, calls = ask_all(endpoint, [conv for _, conv in pending], store=store, prompt_version=RUBRIC_VERSION,
+                                 label=label, role="judge", max_failure_rate=max_failure_rate, flush_every=flush_every)
+        for (idx, _), res in zip(pending, results):
+            rows[idx] = verdict_row(idx, res)
         stats = calls.to_dict()
-        if calls.cached:
-            log.info("%s: %d verdicts from the request cache, %d asked", label, calls.cached, calls.calls)
-        if calls.calls and calls.failures / calls.calls > max_failure_rate:
-            first = next(r["failure_reason"] for r in rows if r and str(r["failure_reason"]).startswith("judge error"))
-            raise RuntimeError(
-                f"{STAGE}: {calls.failures}/{calls.calls} calls to judge {endpoint.name!r} failed "
-                f"(over max_failure_rate={max_failure_rate}); first: {first}. "
-                f"Verdicts received are cached; fix the judge endpoint and re-run."
-            )
     df = _frame(rows)
     request_errors = int(df["failure_reason"].fillna("").str.startswith("judge error").sum())
     judged = len(pending) - request_errors
@@ -434,18 +416,12 @@ def combine_judgements(
     def compute(ctx: StageContext) -> None:
         from router_tasks.quality import enforce, judgements_suite
 
-        frames, totals, part_seconds = [], {k: 0 for k in SUMMED}, 0.0
-        now = {k: 0 for k in LEDGER_FIELDS}  # spent by the parts computed this run
+        frames, manifests = [], []
         for name in names:
             frames.append(ctx.read_input(name))
-            m = ctx.input_manifest(name)
-            for k in SUMMED:
-                totals[k] += m["stats"].get(k, 0)
-            if not names[name].get("reused"):
-                for k in LEDGER_FIELDS:
-                    now[k] += m["stats"].get(k, 0)
-                part_seconds += m["seconds"]
-        fresh_calls = now["calls"]
+            manifests.append((ctx.input_manifest(name), bool(names[name].get("reused"))))
+        totals = {k: sum(m["stats"].get(k, 0) for m, _ in manifests) for k in SUMMED}
+        entry = ledger_entry((m["stats"], reused) for m, reused in manifests)
         df = _frame(pd.concat(frames, ignore_index=True))
         n_answers = ctx.input_manifest("answers").get("rows_out")
         if n_answers is not None and len(df) != n_answers or df.duplicated(["prompt_id", "model"]).any():
@@ -458,12 +434,13 @@ def combine_judgements(
         ctx.stats.update({
             **totals,
             "dollars": round(totals["dollars"], 6),
-            "requests": fresh_calls,  # judge calls made by this run's parts
+            "requests": entry["now"]["calls"],  # judge calls made by this run's parts
             "parse_failure_rate": round(totals["parse_failures"] / judged, 4) if judged else 0.0,
             "judge_model": endpoint.name if endpoint else None,
             "parts": len(names),
-            "now": now,
-            "part_seconds": round(part_seconds, 2),
+            "ledger": {endpoint.name: entry} if endpoint and totals["llm_judge"] else {},
+            # time spent in the parts this run computed (they ran as tasks of their own)
+            "part_seconds": round(sum(m["seconds"] for m, reused in manifests if not reused), 2),
             "by_model": _summary(df),
         })
         log.info("%s: %s", STAGE, {k: v for k, v in ctx.stats.items() if k != "by_model"})

@@ -27,6 +27,7 @@ import time
 
 from router_tasks import defaults
 from router_tasks.judge import RUBRIC_VERSION, _checked_tables, judge_endpoint, plan_rows
+from router_tasks.ledger import ledger_entry
 from router_tasks.llm_client import endpoint_cache, request_keys
 from router_tasks.stage import StageContext, load_table, run_stage
 from router_tasks.store import ArtifactStore
@@ -121,12 +122,13 @@ def collect_judge_batch(batch_id: str, *, judge: dict, artifact_root: str | None
         cache.flush()
         summary = {"batch_id": batch_id, "replies": ok, "failed": failed, "failure_reasons": reasons}
         ctx.write_file("batch.json", json.dumps(summary, indent=2).encode())
-        ctx.stats.update({
-            "model": endpoint.name, "requests": ok + failed, "cached": 0, "calls": ok + failed, "attempts": ok + failed,
-            "retries": 0, "failures": failed, "input_tokens": tokens_in, "output_tokens": tokens_out,
+        calls = {
+            "requests": ok + failed, "cached": 0, "calls": ok + failed, "attempts": ok + failed, "retries": 0,
+            "failures": failed, "input_tokens": tokens_in, "output_tokens": tokens_out,
             "dollars": round(endpoint.dollars(tokens_in, tokens_out, factor=BATCH_PRICE_FACTOR), 6),
-            "batch_id": batch_id,
-        })
+        }
+        ctx.stats.update({**calls, "model": endpoint.name, "batch_id": batch_id,
+                          "ledger": {endpoint.name: ledger_entry([(calls, False)])}})
         log.info("%s: batch %s: %d replies cached, %d failed", STAGE, batch_id, ok, failed)
 
     return run_stage(STAGE, STAGE_VERSION, compute, config={"batch_id": batch_id, "judge": endpoint.output_config()},

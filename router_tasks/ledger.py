@@ -14,42 +14,48 @@ whether this run computed or reused them; the run summary prints it.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import pandas as pd
 
-from router_tasks.generate import LEDGER_FIELDS
 from router_tasks.stage import ArtifactRef, StageContext, read_manifest, run_stage
 from router_tasks.store import ArtifactStore
 
 STAGE = "ledger"
 STAGE_VERSION = "1"
+# A part's call counters (llm_client.CallStats.to_dict()), summed into ledger entries.
+LEDGER_FIELDS = ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens", "output_tokens",
+                 "dollars")
 NOW_FIELDS = ("calls", "retries", "input_tokens", "output_tokens", "dollars")
 COLUMNS = ["stage", "model", *LEDGER_FIELDS, *(f"{k}_now" for k in NOW_FIELDS), "artifact", "reused"]
 
 
-def _row(stage: str, model: str | None, total: dict, now: dict | None, artifact: str, reused: bool) -> dict:
-    now = {} if reused or now is None else now
-    row = {"stage": stage, "model": model or "-", "artifact": artifact, "reused": reused}
-    row.update({k: total.get(k, 0) for k in LEDGER_FIELDS})
-    row.update({f"{k}_now": now.get(k, 0) for k in NOW_FIELDS})
-    return row
+def ledger_entry(parts: Iterable[tuple[dict, bool]]) -> dict:
+    """One model's entry in a stage's `stats["ledger"]`, from its parts' counters:
+    `total` over every part, `now` over the parts computed (not reused) by this run.
+
+    Every stage that calls models stores `stats["ledger"] = {model: ledger_entry(...)}`;
+    the ledger reads only that, whatever the stage."""
+    total, now = dict.fromkeys(LEDGER_FIELDS, 0), dict.fromkeys(LEDGER_FIELDS, 0)
+    for stats, reused in parts:
+        for k in LEDGER_FIELDS:
+            total[k] += stats.get(k, 0)
+            if not reused:
+                now[k] += stats.get(k, 0)
+    return {"total": total, "now": now}
 
 
 def ledger_rows(stages: dict, store: ArtifactStore) -> list[dict]:
     rows = []
     for name, ref in stages.items():
-        if ref is None:
-            continue
         ref = ArtifactRef.of(ref)
-        m = read_manifest(store, ref)
-        stats = m.get("stats", {})
-        if m["stage"] == "generate":
-            for model, agg in sorted((stats.get("models") or {}).items()):
-                rows.append(_row(name, model, agg, agg.get("now"), ref.key, ref.reused))
-        elif m["stage"] == "judge":
-            if stats.get("llm_judge", 0) or stats.get("calls", 0):
-                rows.append(_row(name, stats.get("judge_model"), stats, stats.get("now"), ref.key, ref.reused))
-        elif "calls" in stats:  # a stage that made calls itself: references, judge_batch
-            rows.append(_row(name, stats.get("model"), stats, stats, ref.key, ref.reused))
+        entries = read_manifest(store, ref).get("stats", {}).get("ledger") or {}
+        for model, entry in sorted(entries.items()):
+            now = {} if ref.reused else entry["now"]  # a reused artifact cost this run nothing
+            row = {"stage": name, "model": model, "artifact": ref.key, "reused": ref.reused}
+            row.update({k: entry["total"].get(k, 0) for k in LEDGER_FIELDS})
+            row.update({f"{k}_now": now.get(k, 0) for k in NOW_FIELDS})
+            rows.append(row)
     return rows
 
 

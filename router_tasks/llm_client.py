@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -164,6 +163,23 @@ def _redact_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
 
 
+def _reject_malformed_json(response) -> None:
+    """A 200 whose JSON body is cut off (a flaky proxy) would reach the openai client's
+    parser as a bare JSONDecodeError, which it does not retry. Raised here as a transport
+    error instead, the client retries it like a dropped connection, with its own backoff."""
+    import httpx2  # the openai client's HTTP library
+
+    if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
+        return
+    response.read()
+    try:
+        json.loads(response.content)
+    except ValueError as err:
+        why = f"{err.msg} at char {err.pos}" if isinstance(err, json.JSONDecodeError) else str(err)
+        raise httpx2.DecodingError(f"malformed response: the body is not valid JSON ({why})",
+                                   request=response.request) from None
+
+
 @dataclass
 class ChatResult:
     answer: str | None
@@ -184,11 +200,10 @@ def _describe_error(err: Exception) -> str:
         text = f"HTTP {err.status_code} {type(err).__name__}: {msg}"
     elif isinstance(err, openai.APITimeoutError):
         text = "timeout: no response within the request timeout"
-    elif isinstance(err, json.JSONDecodeError):
-        text = f"malformed response: the body is not valid JSON ({err.msg} at char {err.pos})"
     elif isinstance(err, openai.APIConnectionError):
         cause = err.__cause__ or err
-        text = f"connection error: {type(cause).__name__}: {cause}"
+        # a malformed body (see _reject_malformed_json) names itself
+        text = str(cause) if str(cause).startswith("malformed response") else f"connection error: {type(cause).__name__}: {cause}"
     else:
         text = f"{type(err).__name__}: {err}"
     return " ".join(text.split())[:500]
@@ -211,7 +226,9 @@ class ChatClient:
             timeout=endpoint.request_timeout(),
             max_retries=endpoint.max_retries,
             # The client retries inside one create() call; an httpx hook sees every attempt.
-            http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._count_attempt]}),
+            http_client=openai.DefaultHttpxClient(
+                event_hooks={"request": [self._count_attempt], "response": [_reject_malformed_json]}
+            ),
         )
 
     def _count_attempt(self, request) -> None:
@@ -224,25 +241,15 @@ class ChatClient:
         with self._lock:
             self.requests += 1
         started = time.monotonic()
-        # The openai client retries HTTP errors and timeouts itself, but a 200 whose body is
-        # cut off (a flaky proxy) surfaces as a bare JSONDecodeError it does not retry: we
-        # give those the same number of retries, with the same kind of backoff.
-        for attempt in range(ep.max_retries + 1):
-            try:
-                resp = self._client.chat.completions.create(
-                    model=ep.model,
-                    messages=messages,
-                    max_tokens=max_tokens or ep.max_tokens,
-                    temperature=ep.temperature if temperature is None else temperature,
-                )
-                break
-            except json.JSONDecodeError as err:
-                if attempt < ep.max_retries:
-                    time.sleep(min(8.0, 0.5 * 2**attempt) * random.uniform(0.75, 1.0))
-                    continue
-                return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3))
-            except Exception as err:  # noqa: BLE001 - recorded per row, never raised
-                return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3))
+        try:
+            resp = self._client.chat.completions.create(
+                model=ep.model,
+                messages=messages,
+                max_tokens=max_tokens or ep.max_tokens,
+                temperature=ep.temperature if temperature is None else temperature,
+            )
+        except Exception as err:  # noqa: BLE001 - recorded per row, never raised
+            return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3))
         latency = round(time.monotonic() - started, 3)
         usage = resp.usage
         tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -372,8 +379,10 @@ def ask_all(
     *,
     store,
     prompt_version: str,
+    label: str,
+    role: str = "model",
+    max_failure_rate: float = 1.0,
     max_tokens: int | None = None,
-    on_result: Callable[[int, ChatResult], None] | None = None,
     flush_every: int = 50,
 ) -> tuple[list[ChatResult], CallStats]:
     """Every conversation answered by `endpoint`, through the request cache.
@@ -382,6 +391,9 @@ def ask_all(
     `prompt_version`) come back with `cached=True` and cost nothing; the rest are asked,
     `endpoint.workers()` at a time, and each success is cached as it arrives. The
     endpoint (or the local server) is not even opened when everything is cached.
+
+    If more than `max_failure_rate` of the calls made fail, raises RuntimeError: an artifact of errors (a bad key, a wrong URL)
+    must not be stored and reused. What succeeded is cached for the re-run.
     """
     started = time.monotonic()
     max_tokens = max_tokens or endpoint.max_tokens
@@ -397,12 +409,12 @@ def ask_all(
             continue
         results[i] = ChatResult(hit.answer, hit.finish_reason, None, hit.input_tokens, hit.output_tokens, 0.0, cached=True)
         stats.cached += 1
-        if on_result is not None:
-            on_result(i, results[i])
     unique = list(todo)
+    progress = Progress(f"{label} {endpoint.name}", len(unique))
 
     def got(j: int, res: ChatResult) -> None:
         key = unique[j]
+        progress.update(res)
         if res.error is None and res.answer is not None:
             cache.put(key, answer=res.answer, finish_reason=res.finish_reason,
                       input_tokens=res.input_tokens, output_tokens=res.output_tokens)
@@ -412,13 +424,16 @@ def ask_all(
             stats.failures += 1
         for n, i in enumerate(todo[key]):
             # a repeat of the same request in this batch: the same reply, not paid again
-            results[i] = res if n == 0 else ChatResult(res.answer, res.finish_reason, res.error, res.input_tokens,
-                                                       res.output_tokens, 0.0, cached=res.error is None)
-            stats.cached += n > 0 and res.error is None
-            if on_result is not None:
-                on_result(i, results[i])
+            repeat = n > 0
+            results[i] = res if not repeat else ChatResult(res.answer, res.finish_reason, res.error, res.input_tokens,
+                                                           res.output_tokens, 0.0, cached=res.error is None)
+            if repeat and res.error is None:
+                stats.cached += 1
 
+    if stats.cached:
+        log.info("%s: %s: %d replies from the request cache", label, endpoint.name, stats.cached)
     if unique:
+        log.info("%s: asking %s (%s) for %d replies", label, endpoint.name, endpoint.public_dict()["base_url"], len(unique))
         with open_endpoint(endpoint) as client:
             try:
                 chat_many(client, [sent[todo[k][0]] for k in unique], max_tokens=max_tokens, on_result=got)
@@ -427,6 +442,13 @@ def ask_all(
                 stats.calls, stats.attempts = client.requests, client.attempts
     stats.dollars = endpoint.dollars(stats.input_tokens, stats.output_tokens)
     stats.seconds = round(time.monotonic() - started, 3)
+    if stats.calls and stats.failures / stats.calls > max_failure_rate:
+        first = next(r.error for r in results if r is not None and r.error is not None)
+        raise RuntimeError(
+            f"{label}: {stats.failures}/{stats.calls} calls to {role} {endpoint.name!r} failed "
+            f"(over max_failure_rate={max_failure_rate}); first error: {first}. "
+            f"Successful replies are cached; fix the endpoint and re-run."
+        )
     return results, stats  # type: ignore[return-value]
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from router_tasks.generate import answer_prompts, parse_endpoints
 from router_tasks.judge import _text
+from router_tasks.ledger import ledger_entry
 from router_tasks.stage import StageContext, load_table, run_stage
 from router_tasks.store import ArtifactStore
 
@@ -85,7 +86,8 @@ def generate_references(
         df["reference_answer"] = df["reference_answer"].astype("string")
         df["reference_source"] = source.astype("string")
         ctx.write_table(df)
-        ctx.stats.update({**stats, "model": ep.name, "needed": int(todo.sum()), "written": int(mask.sum()),
+        ctx.stats.update({**stats, "model": ep.name, "ledger": {ep.name: ledger_entry([(stats, False)])},
+                          "needed": int(todo.sum()), "written": int(mask.sum()),
                           "cut_off": int((written.notna() & ~ok).sum()), "seconds": round(time.monotonic() - started, 2)})
         log.info("%s: %s", STAGE, ctx.stats)
 

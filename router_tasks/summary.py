@@ -18,7 +18,7 @@ def _rows_in(manifest: dict) -> str:
     return str(max(counts)) if counts else "-"
 
 
-def _seconds(store: ArtifactStore, manifest: dict) -> float:
+def _seconds(manifest: dict) -> float:
     """A stage's own time plus that of the parts it computed this time (generate does its
     work in one `generate_model` artifact per shard and model, often as mapped tasks)."""
     return manifest["seconds"] + float(manifest.get("stats", {}).get("part_seconds", 0.0))
@@ -57,9 +57,9 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
         notes = ", ".join(f"{k}={stats[k]}" for k in STAT_KEYS if k in stats and not isinstance(stats[k], dict))
         if ref.reused:  # nothing ran now: the time and counters are those of the run that computed it
             work, seconds = "reused", "-"
-            notes = f"when computed ({_seconds(store, m):.1f} s): {notes}" if notes else f"computed in {_seconds(store, m):.1f} s"
+            notes = f"when computed ({_seconds(m):.1f} s): {notes}" if notes else f"computed in {_seconds(m):.1f} s"
         else:
-            work, seconds = "computed", f"{_seconds(store, m):.1f}"
+            work, seconds = "computed", f"{_seconds(m):.1f}"
         lines.append(f"| {name} | {_rows_in(m)} | {m.get('rows_out', '-')} | {work} | {seconds} | {notes} |")
     lines.append("")
     if quality_lines:

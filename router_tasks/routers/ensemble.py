@@ -323,10 +323,9 @@ class EnsembleRouter(EmbeddingRouter):
 
         router = cls(meta["models"], meta["strong_model"], meta["weak_model"], meta.get("params"))
         tensors = load(read_file(WEIGHTS_FILE))
-        router.knn.embeddings = tensors.pop("knn_embeddings")
-        router.knn.quality = tensors.pop("knn_quality")
+        router.knn.use_weights(tensors.pop("knn_embeddings"), tensors.pop("knn_quality"))
         n_models = len(router.models)
-        if router.knn.quality.shape != (len(router.knn.embeddings), n_models) or tensors["lin_coef"].shape[0] != n_models:
+        if tensors["lin_coef"].shape[0] != n_models:
             raise ValueError(f"ensemble weights do not match {n_models} models")
         router.w = tensors
         return router

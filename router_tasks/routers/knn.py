@@ -47,8 +47,29 @@ class KnnRouter(EmbeddingRouter):
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
             raise ValueError("knn router: no labelled prompts to train on")
-        self.embeddings = self.embed(prompts["prompt"].tolist())
-        self.quality = quality.astype(np.float32)
+        return self.use_weights(self.embed(prompts["prompt"].tolist()), quality.astype(np.float32))
+
+    def use_weights(self, embeddings: np.ndarray, quality: np.ndarray) -> "KnnRouter":
+        """Set the weights (from fit or a saved file) and build what scoring needs from
+        them once, not per call: the model means and, per group of models labelled on the
+        same prompts, those rows, their embeddings and qualities (one top-k search serves
+        the whole group; RouteLLM-style data labels every model on every prompt)."""
+        if quality.shape != (len(embeddings), len(self.models)):
+            raise ValueError(
+                f"knn weights: quality matrix {quality.shape} does not match "
+                f"{len(embeddings)} prompts x {len(self.models)} models"
+            )
+        self.embeddings, self.quality = embeddings, quality
+        groups: dict[bytes, list[int]] = {}
+        masks = ~np.isnan(quality)
+        for j in range(len(self.models)):
+            groups.setdefault(np.packbits(masks[:, j]).tobytes(), []).append(j)
+        self._groups = []
+        for cols in groups.values():
+            rows = np.flatnonzero(masks[:, cols[0]])
+            self._groups.append((cols, rows, np.ascontiguousarray(embeddings[rows].T),
+                                 np.ascontiguousarray(quality[np.ix_(rows, cols)].T, dtype=np.float64)))
+        self._means = self._model_means()
         return self
 
     def _model_means(self) -> np.ndarray:
@@ -56,25 +77,6 @@ class KnnRouter(EmbeddingRouter):
             warnings.simplefilter("ignore", RuntimeWarning)
             means = np.nanmean(self.quality, axis=0) if len(self.quality) else np.full(len(self.models), np.nan)
         return np.where(np.isnan(means), 0.5, means)  # a model never labelled: know nothing
-
-    def _index(self) -> tuple[np.ndarray, list[tuple[list[int], np.ndarray, np.ndarray, np.ndarray]]]:
-        """Per-router constants of scoring, built once (not per call): model means and, per
-        group of models labelled on the same prompts, those rows and their embeddings (one
-        top-k search serves the whole group; RouteLLM-style data labels every model on
-        every prompt)."""
-        key = (id(self.embeddings), id(self.quality))
-        if getattr(self, "_index_cache", (None,))[0] != key:
-            groups: dict[bytes, list[int]] = {}
-            masks = ~np.isnan(self.quality)
-            for j in range(len(self.models)):
-                groups.setdefault(np.packbits(masks[:, j]).tobytes(), []).append(j)
-            built = []
-            for cols in groups.values():
-                rows = np.flatnonzero(masks[:, cols[0]])
-                built.append((cols, rows, np.ascontiguousarray(self.embeddings[rows].T),
-                              np.ascontiguousarray(self.quality[np.ix_(rows, cols)].T, dtype=np.float64)))
-            self._index_cache = (key, self._model_means(), built)
-        return self._index_cache[1], self._index_cache[2]
 
     def predict_quality(self, prompts: Sequence[str]) -> pd.DataFrame:
         if self.embeddings is None:
@@ -86,7 +88,7 @@ class KnnRouter(EmbeddingRouter):
         k = int(self.params["k"])
         tau = float(self.params["temperature"])
         alpha = float(self.params["prior_weight"])
-        means, groups = self._index()
+        means, groups = self._means, self._groups
         out = np.empty((len(prompts), len(self.models)), dtype=np.float64)
         for start in range(0, len(queries), _BLOCK):
             q = queries[start : start + _BLOCK]
@@ -121,11 +123,5 @@ class KnnRouter(EmbeddingRouter):
 
         router = cls(meta["models"], meta["strong_model"], meta["weak_model"], meta.get("params"))
         tensors = load(read_file(WEIGHTS_FILE))
-        router.embeddings = tensors["embeddings"]
-        router.quality = tensors["quality"]
-        if router.quality.shape != (len(router.embeddings), len(router.models)):
-            raise ValueError(
-                f"knn weights: quality matrix {router.quality.shape} does not match "
-                f"{len(router.embeddings)} prompts x {len(router.models)} models"
-            )
+        router.use_weights(tensors["embeddings"], tensors["quality"])
         return router
