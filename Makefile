@@ -58,8 +58,8 @@ test: $(VENV)/.installed
 
 # Benchmarks print figures (not timed tests): routing quality and speed, labeling throughput.
 benchmark: $(VENV)/.installed
-	$(PY) benchmarks/router_quality.py
-	$(PY) benchmarks/labeling_throughput.py
+	$(PY) benchmark_scripts/router_quality.py
+	$(PY) benchmark_scripts/labeling_throughput.py
 
 # Re-resolve the lock after changing requirements.txt: writes constraints.txt.
 lock:

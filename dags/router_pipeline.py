@@ -19,19 +19,19 @@ from tela_alerts import dag_failure_alert, record_task_failure
 from tela_assets import LABELS_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
 
-from router_tasks import defaults
-from router_tasks.evaluate import evaluate_router
-from router_tasks.generate import combine_answers, generate_part, plan_generation
-from router_tasks.ingest import ingest_prompts
-from router_tasks.judge import combine_judgements, judge_part, plan_judging
-from router_tasks.judge_batch import BATCH_ENDPOINT
-from router_tasks.ledger import cost_ledger
-from router_tasks.references import generate_references
-from router_tasks.labels import build_labels
-from router_tasks.publish import publish_router
-from router_tasks.summary import summarize_run
-from router_tasks.train import train_router
-from router_tasks.validate import validate_labels
+from router_tasks.core import defaults
+from router_tasks.evaluation.evaluate import evaluate_router
+from router_tasks.labeling.generate import combine_answers, generate_part, plan_generation
+from router_tasks.data.ingest import ingest_prompts
+from router_tasks.labeling.judge import combine_judgements, judge_part, plan_judging
+from router_tasks.labeling.judge_batch import BATCH_ENDPOINT
+from router_tasks.labeling.ledger import cost_ledger
+from router_tasks.labeling.references import generate_references
+from router_tasks.data.labels import build_labels
+from router_tasks.lifecycle.publish import publish_router
+from router_tasks.lifecycle.summary import summarize_run
+from router_tasks.routers.train import train_router
+from router_tasks.data.validate import validate_labels
 
 
 def stage(fn):
@@ -44,7 +44,7 @@ def prepare_judge_batch(prompts: dict, answers: dict) -> str:
     """Batch mode: upload the judge calls not yet cached; skipped in online mode or when none are left."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from router_tasks import judge_batch
+    from router_tasks.labeling import judge_batch
 
     params = get_current_context()["params"]
     if params["judge_mode"] != "batch":
@@ -58,7 +58,7 @@ def prepare_judge_batch(prompts: dict, answers: dict) -> str:
 @task(trigger_rule="none_failed")
 def collect_judge_batch() -> dict | None:
     """The finished batch's replies into the request cache (None when the batch was skipped)."""
-    from router_tasks import judge_batch
+    from router_tasks.labeling import judge_batch
 
     ctx = get_current_context()
     if ctx["params"]["judge_mode"] != "batch":
@@ -72,7 +72,7 @@ def collect_judge_batch() -> dict | None:
 @task(outlets=[LABELS_ASSET])
 def announce_labels(labels: dict) -> dict:
     """Emit the labels Asset: router_retraining runs on the labels this event carries."""
-    from router_tasks.retraining import record_labels
+    from router_tasks.lifecycle.retraining import record_labels
 
     extra = record_labels(labels)
     get_current_context()["outlet_events"][LABELS_ASSET].extra = extra
@@ -82,7 +82,7 @@ def announce_labels(labels: dict) -> dict:
 @task.branch
 def train_on(router_type: str, use_gpu: bool) -> str:
     """The train task to run: GPU routers (causal_llm) go to the gpu queue and pool."""
-    from router_tasks.train import train_device
+    from router_tasks.routers.train import train_device
 
     return f"train_router_{train_device(router_type, use_gpu)}"
 
@@ -91,7 +91,7 @@ def train_on(router_type: str, use_gpu: bool) -> str:
 def trained_router(router_type: str, use_gpu: bool) -> dict:
     """The ref of the train task `train_on` chose (a branch pushes no XCom of its own, and
     pulling the skipped task would log an XCom-not-found error)."""
-    from router_tasks.train import train_device
+    from router_tasks.routers.train import train_device
 
     return get_current_context()["ti"].xcom_pull(task_ids=f"train_router_{train_device(router_type, use_gpu)}")
 

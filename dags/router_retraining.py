@@ -1,9 +1,9 @@
 """Retraining: train -> evaluate -> publish, when new labels arrive or weekly, whichever
 comes first.
 
-Thin wiring only (the logic is `router_tasks.train`, `.evaluate`, `.retraining`). Scheduled
+Thin wiring only (the logic is `router_tasks.routers.train`, `.evaluate`, `.retraining`). Scheduled
 by the labels Asset (an event whose extra is `{"labels": ref}`, see
-`router_tasks.retraining.record_labels`) OR a weekly cron; a cron or manual run without an
+`router_tasks.lifecycle.retraining.record_labels`) OR a weekly cron; a cron or manual run without an
 event trains on the `labels` param, else the newest recorded labels. One router is trained
 and evaluated per entry of `router_types` (mapped tasks); the best goes up against the
 champion. Types that need a GPU (`router_tasks.routers.GPU_ROUTERS`: causal_llm) train in
@@ -29,16 +29,16 @@ from airflow.sdk import (
 from tela_assets import LABELS_ASSET, ROUTER_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
 
-from router_tasks import defaults
-from router_tasks.compare import compare_routers
-from router_tasks.evaluate import evaluate_router
-from router_tasks.train import train_router
+from router_tasks.core import defaults
+from router_tasks.evaluation.compare import compare_routers
+from router_tasks.evaluation.evaluate import evaluate_router
+from router_tasks.routers.train import train_router
 
 
 
 @task
 def resolve_labels() -> dict:
-    from router_tasks.retraining import resolve_labels as resolve
+    from router_tasks.lifecycle.retraining import resolve_labels as resolve
 
     ctx = get_current_context()
     extras = [e.extra for events in (ctx.get("triggering_asset_events") or {}).values() for e in events]
@@ -47,7 +47,7 @@ def resolve_labels() -> dict:
 
 @task
 def router_types() -> dict:
-    from router_tasks.retraining import split_by_device
+    from router_tasks.lifecycle.retraining import split_by_device
 
     params = get_current_context()["params"]
     return split_by_device(params["router_types"], use_gpu=params["use_gpu"])
@@ -79,7 +79,7 @@ train_on_gpu = task(train, task_id="train_router_gpu", queue=defaults.GPU_QUEUE,
 
 @task(trigger_rule="none_failed")  # a train task mapped over no type is skipped, not failed
 def trained_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
-    from router_tasks.retraining import in_type_order
+    from router_tasks.lifecycle.retraining import in_type_order
 
     # index mapped results instead of iterating them (iteration logs spurious XCom errors)
     return in_type_order(split, [on_cpu[i] for i in range(len(on_cpu))], [on_gpu[i] for i in range(len(on_gpu))])
@@ -89,7 +89,7 @@ def trained_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
 def publish(routers, evaluations) -> dict:
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from router_tasks.retraining import publish_best
+    from router_tasks.lifecycle.retraining import publish_best
 
     ctx = get_current_context()
     # index mapped results instead of iterating them (iteration logs spurious XCom errors)

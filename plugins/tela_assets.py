@@ -4,7 +4,7 @@ serving DAGs to wait on). Names and URIs live in the library as plain strings.""
 
 from airflow.sdk import Asset
 
-from router_tasks import defaults
+from router_tasks.core import defaults
 
 LABELS_ASSET = Asset(name=defaults.LABELS_ASSET_NAME, uri=defaults.LABELS_ASSET_URI)
 ROUTER_ASSET = Asset(name=defaults.ROUTER_ASSET_NAME, uri=defaults.ROUTER_ASSET_URI)

@@ -1,4 +1,4 @@
-"""The Airflow pools the DAGs use (`router_tasks.defaults.POOLS`), created in the metadata DB.
+"""The Airflow pools the DAGs use (`router_tasks.core.defaults.POOLS`), created in the metadata DB.
 
 A task whose pool does not exist is never scheduled (the scheduler only logs "Tasks using
 non-existent pool ... will not be scheduled"), so every place that sets up an Airflow DB
@@ -16,7 +16,7 @@ def ensure_pools(pools: dict | None = None) -> dict[str, int]:
     """Create each missing pool of `pools` (default `defaults.POOLS`); returns name -> slots."""
     from airflow.models.pool import Pool
 
-    from router_tasks import defaults
+    from router_tasks.core import defaults
 
     out = {}
     for name, spec in (defaults.POOLS if pools is None else pools).items():

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 
 def _json_arg(text: str):
@@ -19,6 +21,76 @@ def _json_arg(text: str):
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg}): {text!r:.80}") from None
+
+
+@dataclass
+class Context:
+    """What every command handler gets besides its parsed arguments."""
+
+    root: str | None
+
+    @property
+    def store(self):
+        from router_tasks.core.store import ArtifactStore
+
+        return ArtifactStore(self.root)
+
+    def ref(self, value):
+        from router_tasks.core.stage import resolve_ref
+
+        return resolve_ref(value, self.store)
+
+    @staticmethod
+    def emit(obj) -> int:
+        print(json.dumps(obj, indent=2, default=str))
+        return 0
+
+
+@dataclass
+class Command:
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Context], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], None]):
+    """Register the decorated function as the handler of subcommand `name`, whose arguments
+    `add_args` declares. `tela --help` lists the commands in the order they are registered."""
+
+    def register(run):
+        COMMANDS[name] = Command(help, add_args, run)
+        return run
+
+    return register
+
+
+def _defaults():
+    from router_tasks.core import defaults
+
+    return defaults
+
+
+# ---- stages ------------------------------------------------------------------------------
+
+
+def _ingest_args(s):
+    s.add_argument("source", help="jsonl/json/csv/parquet path or s3:// URI")
+    s.add_argument("--dataset")
+    s.add_argument("--format", dest="fmt", choices=["jsonl", "csv", "parquet"])
+    s.add_argument("--sample", type=int)
+    s.add_argument("--shards", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+
+
+@command("ingest", "read a prompt dataset into a prompt table", _ingest_args)
+def ingest(args, ctx: Context) -> int:
+    from router_tasks.data.ingest import ingest_prompts
+
+    return ctx.emit(ingest_prompts(args.source, dataset=args.dataset, fmt=args.fmt, sample=args.sample,
+                                   shards=args.shards, seed=args.seed, artifact_root=ctx.root))
 
 
 def _file_mode_args(s: argparse.ArgumentParser, model_flag: str) -> None:
@@ -32,62 +104,150 @@ def _file_mode_args(s: argparse.ArgumentParser, model_flag: str) -> None:
     g.add_argument("--output", help="output .parquet/.csv/.jsonl: the input columns plus the stage's")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from router_tasks import defaults
-
-    p = argparse.ArgumentParser(prog="tela", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifact-root", help="local folder, file:// or s3:// URI (default: $TELA_ARTIFACT_ROOT or ./artifacts)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("ingest", help="read a prompt dataset into a prompt table")
-    s.add_argument("source", help="jsonl/csv/parquet path or s3:// URI")
-    s.add_argument("--dataset")
-    s.add_argument("--format", dest="fmt", choices=["jsonl", "csv", "parquet"])
-    s.add_argument("--sample", type=int)
-    s.add_argument("--shards", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
-
-    s = sub.add_parser("generate", help="answer prompts with OSS models (an artifact, or a file with --input)")
+def _generate_args(s):
     s.add_argument("--prompts", help="ingest artifact (artifact mode)")
-    s.add_argument("--models", type=_json_arg, default=defaults.DEMO_MODELS, help="JSON list of endpoints")
+    s.add_argument("--models", type=_json_arg, default=_defaults().DEMO_MODELS, help="JSON list of endpoints")
     s.add_argument("--max-tokens", type=int, default=96)
     _file_mode_args(s, model_flag="--model")
 
-    s = sub.add_parser("judge", help="grade answers, exact match or LLM judge (artifacts, or a file with --input)")
+
+@command("generate", "answer prompts with OSS models (an artifact, or a file with --input)", _generate_args)
+def generate(args, ctx: Context) -> int:
+    if args.input:
+        return _file_mode(args, ctx.root)
+    from router_tasks.labeling.generate import generate_answers
+
+    if not args.prompts:
+        raise ValueError("give --prompts ARTIFACT, or --input FILE --model NAME --output FILE")
+    return ctx.emit(generate_answers(ctx.ref(args.prompts), models=args.models, max_tokens=args.max_tokens,
+                                     artifact_root=ctx.root))
+
+
+def _judge_args(s):
     s.add_argument("--prompts", help="ingest artifact (artifact mode)")
     s.add_argument("--answers", help="generate artifact (artifact mode)")
-    s.add_argument("--judge", type=_json_arg, default=defaults.DEMO_JUDGE, help="JSON endpoint of the judge")
+    s.add_argument("--judge", type=_json_arg, default=_defaults().DEMO_JUDGE, help="JSON endpoint of the judge")
     s.add_argument("--batch", action="store_true",
                    help="artifact mode: buy the verdicts through the OpenAI Batch API first (half price, waits for it)")
     _file_mode_args(s, model_flag="--judge-model")
 
-    s = sub.add_parser("labels", help="build the labels table")
+
+@command("judge", "grade answers, exact match or LLM judge (artifacts, or a file with --input)", _judge_args)
+def judge(args, ctx: Context) -> int:
+    if args.input:
+        return _file_mode(args, ctx.root)
+    from router_tasks.labeling.judge import judge_answers
+
+    if not (args.prompts and args.answers):
+        raise ValueError("give --prompts and --answers ARTIFACTs, or --input FILE --judge-model NAME --output FILE")
+    prompts, answers = ctx.ref(args.prompts), ctx.ref(args.answers)
+    if args.batch:  # fills the request cache; the judge stage below then reads it
+        from router_tasks.labeling.judge_batch import run_judge_batch
+
+        run_judge_batch(prompts, answers, judge=args.judge, artifact_root=ctx.root)
+    return ctx.emit(judge_answers(prompts, answers, judge=args.judge, artifact_root=ctx.root))
+
+
+def _file_mode(args, root: str | None) -> int:
+    from router_tasks.labeling import file_mode
+
+    flag = "--model" if args.command == "generate" else "--judge-model"
+    missing = [f for f, v in ((flag, args.model), ("--output", args.output)) if not v]
+    if missing:
+        raise ValueError(f"--input needs {' and '.join(missing)}")
+    common = dict(base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency, artifact_root=root)
+    if args.command == "generate":
+        out, stats = file_mode.generate_file(args.input, args.output, model=args.model, max_tokens=args.max_tokens, **common)
+        done = int(out["error"].isna().sum())
+        print(f"answered {done} of {len(out)} prompts -> {args.output}")
+    else:
+        out, stats = file_mode.judge_file(args.input, args.output, judge_model=args.model, **common)
+        print(f"graded {int(out['failure_reason'].isna().sum())} of {len(out)} answers -> {args.output}")
+    print(json.dumps({k: stats[k] for k in ("requests", "cached", "calls", "retries", "failures", "input_tokens",
+                                            "output_tokens") if k in stats}))
+    return 0
+
+
+def _labels_args(s):
     s.add_argument("--prompts", required=True)
     s.add_argument("--judgements", required=True)
     s.add_argument("--no-routellm", action="store_true", help="leave out the bundled RouteLLM labels")
 
-    s = sub.add_parser("validate", help="run the data-quality suite on labels")
+
+@command("labels", "build the labels table", _labels_args)
+def labels(args, ctx: Context) -> int:
+    from router_tasks.data.labels import build_labels
+
+    return ctx.emit(build_labels(ctx.ref(args.prompts), ctx.ref(args.judgements), include_routellm=not args.no_routellm,
+                                 artifact_root=ctx.root))
+
+
+def _validate_args(s):
     s.add_argument("--labels", required=True)
     s.add_argument("--min-rows-per-model", type=int, default=5)
 
-    s = sub.add_parser("train", help="train a router on validated labels")
+
+@command("validate", "run the data-quality suite on labels", _validate_args)
+def validate(args, ctx: Context) -> int:
+    from router_tasks.data.validate import validate_labels
+
+    return ctx.emit(validate_labels(ctx.ref(args.labels), min_rows_per_model=args.min_rows_per_model,
+                                    artifact_root=ctx.root))
+
+
+def _train_args(s):
+    d = _defaults()
     s.add_argument("--labels", required=True)
-    s.add_argument("--router-type", default=defaults.ROUTER_TYPE)
-    s.add_argument("--strong-model", default=defaults.STRONG_MODEL)
-    s.add_argument("--weak-model", default=defaults.WEAK_MODEL)
+    s.add_argument("--router-type", default=d.ROUTER_TYPE)
+    s.add_argument("--strong-model", default=d.STRONG_MODEL)
+    s.add_argument("--weak-model", default=d.WEAK_MODEL)
     s.add_argument("--params", type=_json_arg, default=None)
 
-    s = sub.add_parser("evaluate", help="evaluate a router on the bundled benchmarks")
+
+@command("train", "train a router on validated labels", _train_args)
+def train(args, ctx: Context) -> int:
+    from router_tasks.routers.train import train_router
+
+    return ctx.emit(train_router(ctx.ref(args.labels), router_type=args.router_type, strong_model=args.strong_model,
+                                 weak_model=args.weak_model, router_params=args.params, artifact_root=ctx.root))
+
+
+# ---- evaluation and publishing -----------------------------------------------------------
+
+
+def _evaluate_args(s):
     s.add_argument("--router", required=True, help="train artifact or 'champion'")
-    s.add_argument("--benchmarks", nargs="+", default=defaults.BENCHMARKS, help="without --output: all of these")
+    s.add_argument("--benchmarks", nargs="+", default=_defaults().BENCHMARKS, help="without --output: all of these")
     s.add_argument("--benchmark", choices=["mt-bench", "mmlu", "gsm8k"], help="with --output: this one")
     s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit"], help="default: the benchmark's own")
     s.add_argument("--folds", type=int, default=5, help="cross-fit folds")
     s.add_argument("--max-prompts", type=int, help="cap evaluated prompts (quick runs)")
     s.add_argument("--output", help="folder (or s3:// prefix) for metrics.json, scores.parquet, plot.png")
 
-    s = sub.add_parser("calibrate", help="threshold that sends a target share of prompts to the strong model")
+
+@command("evaluate", "evaluate a router on the bundled benchmarks", _evaluate_args)
+def evaluate(args, ctx: Context) -> int:
+    from router_tasks.evaluation.evaluate import evaluate_router, evaluate_to_dir
+    from router_tasks.lifecycle.publish import read_champion
+
+    if args.output:
+        if not args.benchmark:
+            raise ValueError("--output needs --benchmark (one of mt-bench, mmlu, gsm8k)")
+        result = evaluate_to_dir(args.router, args.benchmark, args.protocol, args.output, ctx.root,
+                                 folds=args.folds, max_prompts=args.max_prompts)
+        return ctx.emit({k: result[k] for k in ("output_dir", "files", "metrics")})
+    if args.router == "champion":
+        champion = read_champion(ctx.store)
+        if champion is None:
+            raise FileNotFoundError(f"no champion router in {ctx.store.root}: run the pipeline or `tela publish` first")
+        router = champion["router"]
+    else:
+        router = ctx.ref(args.router)
+    return ctx.emit(evaluate_router(router, benchmarks=args.benchmarks, protocol=args.protocol,
+                                    max_prompts=args.max_prompts, artifact_root=ctx.root))
+
+
+def _calibrate_args(s):
     s.add_argument("--router", default="champion")
     s.add_argument("--input", required=True, help="jsonl/csv/parquet with a 'prompt' column")
     s.add_argument("--share", type=float, help="two models: target share of strong-model calls, 0-1")
@@ -95,23 +255,72 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--prices", type=_json_arg, help='with --budget: JSON {"model": price per call or per 1M tokens}')
     s.add_argument("--tokens-per-prompt", type=float, help="with --budget: prices are per 1M tokens")
 
-    s = sub.add_parser("publish", help="promote a router if it beats the champion")
+
+@command("calibrate", "threshold that sends a target share of prompts to the strong model", _calibrate_args)
+def calibrate(args, ctx: Context) -> int:
+    from router_tasks.evaluation.calibration import calibrate_budget, calibrate_router, read_calibration
+
+    if (args.share is None) == (args.budget is None):
+        raise ValueError("give exactly one of --share (two models) or --budget with --prices (many models)")
+    if args.budget is not None:
+        if not args.prices:
+            raise ValueError("--budget needs --prices")
+        cal = calibrate_budget(args.router, args.input, args.prices, args.budget,
+                               tokens_per_prompt=args.tokens_per_prompt, artifact_root=ctx.root)
+    else:
+        cal = calibrate_router(args.router, args.input, args.share, artifact_root=ctx.root)
+    return ctx.emit({"artifact": cal, "calibration": read_calibration(cal, artifact_root=ctx.root)})
+
+
+def _publish_args(s):
     s.add_argument("--router", required=True)
     s.add_argument("--evaluation", required=True)
     s.add_argument("--metric", default="mean_apgr")
     s.add_argument("--margin", type=float, default=0.0)
 
-    sub.add_parser("rollback", help="point champion back at the router it replaced")
 
-    s = sub.add_parser("score", help="score prompts with a router")
+@command("publish", "promote a router if it beats the champion", _publish_args)
+def publish(args, ctx: Context) -> int:
+    from router_tasks.lifecycle.publish import publish_router
+
+    return ctx.emit(publish_router(ctx.ref(args.router), ctx.ref(args.evaluation), metric=args.metric,
+                                   margin=args.margin, artifact_root=ctx.root))
+
+
+def _rollback_args(s):
+    pass
+
+
+@command("rollback", "point champion back at the router it replaced", _rollback_args)
+def rollback(args, ctx: Context) -> int:
+    from router_tasks.lifecycle.publish import rollback_champion
+
+    return ctx.emit(rollback_champion(ctx.root))
+
+
+def _score_args(s):
     s.add_argument("--router", default="champion", help="'champion' or a router artifact key/URI")
     s.add_argument("--input", required=True, help="jsonl/csv/parquet with a 'prompt' column")
     s.add_argument("--output", required=True, help="output Parquet path")
 
-    s = sub.add_parser("pipeline", help="run every stage in order, without Airflow")
-    s.add_argument("--source", default=defaults.DEMO_PROMPTS)
+
+@command("score", "score prompts with a router", _score_args)
+def score(args, ctx: Context) -> int:
+    from router_tasks.routers.scoring import score_prompts
+
+    out = score_prompts(args.router, args.input, args.output, artifact_root=ctx.root)
+    print(f"scored {len(out)} prompts -> {args.output}")
+    return 0
+
+
+# ---- the whole run -----------------------------------------------------------------------
+
+
+def _pipeline_args(s):
+    d = _defaults()
+    s.add_argument("--source", default=d.DEMO_PROMPTS)
     s.add_argument("--sample", type=int)
-    s.add_argument("--router-type", default=defaults.ROUTER_TYPE)
+    s.add_argument("--router-type", default=d.ROUTER_TYPE)
     s.add_argument("--no-routellm", action="store_true")
     s.add_argument("--max-tokens", type=int, default=96)
     s.add_argument("--routellm-max-prompts", type=int, help="cap bundled prompts per benchmark (quick runs)")
@@ -119,7 +328,48 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--min-rows-per-model", type=int, default=5, help="labels needed per model to train")
     s.add_argument("--json", action="store_true", help="print the stage refs and decision as JSON")
 
-    sub.add_parser("summary", help="print the latest run summary")
+
+@command("pipeline", "run every stage in order, without Airflow", _pipeline_args)
+def pipeline(args, ctx: Context) -> int:
+    from router_tasks.pipeline import run_pipeline
+
+    result = run_pipeline(
+        args.source,
+        sample=args.sample,
+        router_type=args.router_type,
+        include_routellm=not args.no_routellm,
+        max_tokens=args.max_tokens,
+        routellm_max_prompts=args.routellm_max_prompts,
+        eval_max_prompts=args.eval_max_prompts,
+        min_rows_per_model=args.min_rows_per_model,
+        artifact_root=ctx.root,
+    )
+    if args.json:
+        return ctx.emit({k: result[k] for k in ("stages", "decision")})
+    print(result["summary"])
+    return 0
+
+
+def _summary_args(s):
+    pass
+
+
+@command("summary", "print the latest run summary", _summary_args)
+def summary(args, ctx: Context) -> int:
+    print(ctx.store.read_bytes("runs/latest.md").decode())
+    return 0
+
+
+# ---- entry point -------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tela", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact-root", help="local folder, file:// or s3:// URI (default: $TELA_ARTIFACT_ROOT or ./artifacts)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, cmd in COMMANDS.items():
+        cmd.add_args(sub.add_parser(name, help=cmd.help))
     return p
 
 
@@ -140,150 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _exit_on_sigterm()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    root = args.artifact_root or os.environ.get("TELA_ARTIFACT_ROOT")
-
-    from router_tasks.stage import resolve_ref
-    from router_tasks.store import ArtifactStore
-
-    store = ArtifactStore(root)
-
-    def ref(value):
-        return resolve_ref(value, store)
-
-    def emit(obj) -> int:
-        print(json.dumps(obj, indent=2, default=str))
-        return 0
-
+    ctx = Context(root=args.artifact_root or os.environ.get("TELA_ARTIFACT_ROOT"))
     try:
-        cmd = args.command
-        if cmd == "ingest":
-            from router_tasks.ingest import ingest_prompts
-
-            return emit(ingest_prompts(args.source, dataset=args.dataset, fmt=args.fmt, sample=args.sample, shards=args.shards, seed=args.seed, artifact_root=root))
-        if cmd in ("generate", "judge") and args.input:
-            return _file_mode(args, root)
-        if cmd == "generate":
-            from router_tasks.generate import generate_answers
-
-            if not args.prompts:
-                raise ValueError("give --prompts ARTIFACT, or --input FILE --model NAME --output FILE")
-            return emit(generate_answers(ref(args.prompts), models=args.models, max_tokens=args.max_tokens, artifact_root=root))
-        if cmd == "judge":
-            from router_tasks.judge import judge_answers
-
-            if not (args.prompts and args.answers):
-                raise ValueError("give --prompts and --answers ARTIFACTs, or --input FILE --judge-model NAME --output FILE")
-            if args.batch:  # fills the request cache; the judge stage below then reads it
-                from router_tasks.judge_batch import run_judge_batch
-
-                run_judge_batch(ref(args.prompts), ref(args.answers), judge=args.judge, artifact_root=root)
-            return emit(judge_answers(ref(args.prompts), ref(args.answers), judge=args.judge, artifact_root=root))
-        if cmd == "labels":
-            from router_tasks.labels import build_labels
-
-            return emit(build_labels(ref(args.prompts), ref(args.judgements), include_routellm=not args.no_routellm, artifact_root=root))
-        if cmd == "validate":
-            from router_tasks.validate import validate_labels
-
-            return emit(validate_labels(ref(args.labels), min_rows_per_model=args.min_rows_per_model, artifact_root=root))
-        if cmd == "train":
-            from router_tasks.train import train_router
-
-            return emit(train_router(ref(args.labels), router_type=args.router_type, strong_model=args.strong_model, weak_model=args.weak_model, router_params=args.params, artifact_root=root))
-        if cmd == "evaluate":
-            from router_tasks.evaluate import evaluate_router, evaluate_to_dir
-            from router_tasks.publish import read_champion
-
-            if args.output:
-                if not args.benchmark:
-                    raise ValueError("--output needs --benchmark (one of mt-bench, mmlu, gsm8k)")
-                result = evaluate_to_dir(args.router, args.benchmark, args.protocol, args.output, root,
-                                         folds=args.folds, max_prompts=args.max_prompts)
-                return emit({k: result[k] for k in ("output_dir", "files", "metrics")})
-            if args.router == "champion":
-                champion = read_champion(store)
-                if champion is None:
-                    raise FileNotFoundError(f"no champion router in {store.root}: run the pipeline or `tela publish` first")
-                router = champion["router"]
-            else:
-                router = ref(args.router)
-            return emit(evaluate_router(router, benchmarks=args.benchmarks, protocol=args.protocol,
-                                        max_prompts=args.max_prompts, artifact_root=root))
-        if cmd == "calibrate":
-            from router_tasks.calibration import calibrate_router, read_calibration
-
-            if (args.share is None) == (args.budget is None):
-                raise ValueError("give exactly one of --share (two models) or --budget with --prices (many models)")
-            if args.budget is not None:
-                from router_tasks.calibration import calibrate_budget
-
-                if not args.prices:
-                    raise ValueError("--budget needs --prices")
-                cal = calibrate_budget(args.router, args.input, args.prices, args.budget,
-                                       tokens_per_prompt=args.tokens_per_prompt, artifact_root=root)
-            else:
-                cal = calibrate_router(args.router, args.input, args.share, artifact_root=root)
-            return emit({"artifact": cal, "calibration": read_calibration(cal, artifact_root=root)})
-        if cmd == "publish":
-            from router_tasks.publish import publish_router
-
-            return emit(publish_router(ref(args.router), ref(args.evaluation), metric=args.metric, margin=args.margin, artifact_root=root))
-        if cmd == "rollback":
-            from router_tasks.publish import rollback_champion
-
-            return emit(rollback_champion(root))
-        if cmd == "score":
-            from router_tasks.scoring import score_prompts
-
-            out = score_prompts(args.router, args.input, args.output, artifact_root=root)
-            print(f"scored {len(out)} prompts -> {args.output}")
-            return 0
-        if cmd == "pipeline":
-            from router_tasks.pipeline import run_pipeline
-
-            result = run_pipeline(
-                args.source,
-                sample=args.sample,
-                router_type=args.router_type,
-                include_routellm=not args.no_routellm,
-                max_tokens=args.max_tokens,
-                routellm_max_prompts=args.routellm_max_prompts,
-                eval_max_prompts=args.eval_max_prompts,
-                min_rows_per_model=args.min_rows_per_model,
-                artifact_root=root,
-            )
-            if args.json:
-                return emit({k: result[k] for k in ("stages", "decision")})
-            print(result["summary"])
-            return 0
-        if cmd == "summary":
-            print(store.read_bytes("runs/latest.md").decode())
-            return 0
+        return COMMANDS[args.command].run(args, ctx)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         # Known failure modes (bad input, data quality, missing artifact): a clear line, no traceback.
         print(f"tela {args.command}: error: {err}", file=sys.stderr)
         return 2
-    raise AssertionError(f"unhandled command {args.command}")
-
-
-def _file_mode(args, root: str | None) -> int:
-    from router_tasks import label_files
-
-    flag = "--model" if args.command == "generate" else "--judge-model"
-    missing = [f for f, v in ((flag, args.model), ("--output", args.output)) if not v]
-    if missing:
-        raise ValueError(f"--input needs {' and '.join(missing)}")
-    common = dict(base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency, artifact_root=root)
-    if args.command == "generate":
-        out, stats = label_files.generate_file(args.input, args.output, model=args.model, max_tokens=args.max_tokens, **common)
-        done = int(out["error"].isna().sum())
-        print(f"answered {done} of {len(out)} prompts -> {args.output}")
-    else:
-        out, stats = label_files.judge_file(args.input, args.output, judge_model=args.model, **common)
-        print(f"graded {int(out['failure_reason'].isna().sum())} of {len(out)} answers -> {args.output}")
-    print(json.dumps({k: stats[k] for k in ("requests", "cached", "calls", "retries", "failures", "input_tokens",
-                                            "output_tokens") if k in stats}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,18 +3,18 @@
 
 from __future__ import annotations
 
-from router_tasks import defaults
-from router_tasks.evaluate import evaluate_router
-from router_tasks.generate import generate_answers
-from router_tasks.ingest import ingest_prompts
-from router_tasks.judge import judge_answers
-from router_tasks.labels import build_labels
-from router_tasks.ledger import cost_ledger
-from router_tasks.publish import publish_router
-from router_tasks.references import generate_references
-from router_tasks.summary import summarize_run
-from router_tasks.train import train_router
-from router_tasks.validate import validate_labels
+from router_tasks.core import defaults
+from router_tasks.evaluation.evaluate import evaluate_router
+from router_tasks.labeling.generate import generate_answers
+from router_tasks.data.ingest import ingest_prompts
+from router_tasks.labeling.judge import judge_answers
+from router_tasks.data.labels import build_labels
+from router_tasks.labeling.ledger import cost_ledger
+from router_tasks.lifecycle.publish import publish_router
+from router_tasks.labeling.references import generate_references
+from router_tasks.lifecycle.summary import summarize_run
+from router_tasks.routers.train import train_router
+from router_tasks.data.validate import validate_labels
 
 
 def run_pipeline(

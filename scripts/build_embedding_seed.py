@@ -1,4 +1,4 @@
-"""Build router_tasks/data/embeddings/seed.parquet: MiniLM vectors of every bundled
+"""Build router_tasks/data/files/embeddings/seed.parquet: MiniLM vectors of every bundled
 benchmark prompt, so the offline demo does not spend minutes re-embedding them.
 
     .venv/bin/python scripts/build_embedding_seed.py [--from-store DIR]
@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from router_tasks import benchmarks as bm
-from router_tasks import embeddings as emb
-from router_tasks.store import ArtifactStore
+from router_tasks.data import routellm as bm
+from router_tasks.routers import embeddings as emb
+from router_tasks.core.store import ArtifactStore
 
 
 def benchmark_prompts() -> list[str]:

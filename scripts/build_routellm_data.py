@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the compact RouteLLM data copy bundled in `router_tasks/data/routellm/`.
+"""Build the compact RouteLLM data copy bundled in `router_tasks/data/files/routellm/`.
 
     python scripts/build_routellm_data.py [--source DIR] [--out DIR]
 
@@ -7,7 +7,7 @@ Reads a raw RouteLLM release folder (default /work/shared/benchmarks/routellm, o
 $ROUTELLM_SOURCE) and writes zstd Parquet tables, the licence, SOURCE.md and
 MANIFEST.json (rows, bytes and sha256 of each table). Any set of MMLU subject files in
 the source works: the tables are built from whatever `mmlu_<subject>.csv` files exist.
-The parsing lives in `router_tasks.benchmarks.read_raw_release`, so the loaders can read a
+The parsing lives in `router_tasks.data.routellm.read_raw_release`, so the loaders can read a
 raw folder directly with exactly the same result.
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router_tasks.benchmarks import TABLES, read_raw_release, write_compact  # noqa: E402
+from router_tasks.data.routellm import TABLES, read_raw_release, write_compact  # noqa: E402
 
 DEFAULT_SOURCE = os.environ.get("ROUTELLM_SOURCE", "/work/shared/benchmarks/routellm")
-DEFAULT_OUT = ROOT / "router_tasks" / "data" / "routellm"
+DEFAULT_OUT = ROOT / "router_tasks" / "data" / "files" / "routellm"
 
 SOURCE_MD = """\
 # RouteLLM benchmark results (compact copy)
@@ -45,7 +45,7 @@ Models in these files: {models}.
 {table_rows}
 
 - MMLU: {n_subjects} subject files, {n_mmlu} rows. `row` keeps the file order (subject
-  files sorted by name); `prompt_id` = `router_tasks.prompts.prompt_id(prompt)`.
+  files sorted by name); `prompt_id` = `router_tasks.core.prompts.prompt_id(prompt)`.
 - GSM8K: {n_gsm} test prompts with each model's correctness, and the gold number from
   `test.jsonl` (matched on the normalised question text; {n_gold_missing} unmatched);
   `gsm8k_train` holds the {n_train} `train.jsonl` questions with their gold number.

@@ -125,7 +125,7 @@ ROUTER_HARD_QUERY = "Prove the Stone-Weierstrass theorem rigorously for compact 
 @pytest.fixture(scope="session")
 def minilm():
     """The MiniLM encoder, loaded once per test session (~5-10 s on 2 cores)."""
-    from router_tasks.embeddings import get_encoder
+    from router_tasks.routers.embeddings import get_encoder
 
     return get_encoder()
 
@@ -135,7 +135,7 @@ def router_toy_labels(minilm):
     """Labels table (prompt_id, prompt, model, score, correct, quality, source, benchmark)."""
     import pandas as pd
 
-    from router_tasks.prompts import prompt_id
+    from router_tasks.core.prompts import prompt_id
 
     rows = []
     for i, text in enumerate(ROUTER_EASY + ROUTER_HARD):
@@ -154,8 +154,8 @@ def router_toy_labels(minilm):
 @pytest.fixture
 def router_labels_artifact():
     """`make(df, root) -> ref`: store a labels table as a (validate-like) stage artifact."""
-    from router_tasks.stage import run_stage, stable_hash
-    from router_tasks.store import ArtifactStore
+    from router_tasks.core.stage import run_stage, stable_hash
+    from router_tasks.core.store import ArtifactStore
 
     def make(df, root):
         content = df.to_json(orient="records")  # key by content: different tables never collide

@@ -571,9 +571,9 @@ FAST_RETRY = {"retry-after-ms": "5"}
 
 def write_prompts(artifact_root: str, rows: list[dict]) -> dict:
     """A prompts artifact (ingest schema) through the real stage contract, for tests."""
-    from router_tasks.prompts import prompt_id
-    from router_tasks.stage import run_stage
-    from router_tasks.store import ArtifactStore
+    from router_tasks.core.prompts import prompt_id
+    from router_tasks.core.stage import run_stage
+    from router_tasks.core.store import ArtifactStore
 
     cols = ["prompt_id", "prompt", "dataset", "gold_answer", "gold_type", "reference_answer", "category", "shard"]
     full = []

@@ -8,15 +8,15 @@ import pandas as pd
 import pytest
 
 from router_tasks.cli import main
-from router_tasks.store import ArtifactStore
+from router_tasks.core.store import ArtifactStore
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A random router trained on a slice of the bundled RouteLLM labels, as champion."""
-    from router_tasks.benchmarks import routellm_training_labels
-    from router_tasks.stage import run_stage
-    from router_tasks.train import train_router
+    from router_tasks.data.routellm import routellm_training_labels
+    from router_tasks.core.stage import run_stage
+    from router_tasks.routers.train import train_router
 
     root = str(tmp_path_factory.mktemp("cli") / "artifacts")
     labels = routellm_training_labels().groupby("benchmark").head(200).reset_index(drop=True)

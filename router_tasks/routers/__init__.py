@@ -129,8 +129,8 @@ def save_router(router: Router, ctx, *, training: dict | None = None, metrics: d
 
 def resolve_router_key(ref, store=None):
     """(store, key) of a train artifact named by a ref dict, key, URI, path or "champion"."""
-    from router_tasks.stage import ArtifactRef
-    from router_tasks.store import ArtifactStore
+    from router_tasks.core.stage import ArtifactRef
+    from router_tasks.core.store import ArtifactStore
 
     store = store or ArtifactStore()
     if isinstance(ref, str) and ref.strip().startswith("{"):
@@ -183,7 +183,7 @@ def load_router(ref, store=None) -> Router:
 
     Embedding routers get an embedder that caches in the router's artifact store.
     """
-    from router_tasks.stage import find_complete
+    from router_tasks.core.stage import find_complete
 
     store, key = resolve_router_key(ref, store)
     if find_complete(store, key) is None:
@@ -195,7 +195,7 @@ def load_router(ref, store=None) -> Router:
     cls = router_class(meta.get("kind", "<missing>"))
     router = cls.load(lambda name: store.read_bytes(f"{key}/{name}"), meta)
     if isinstance(router, EmbeddingRouter):
-        from router_tasks.embeddings import MODEL_ID, Embedder
+        from router_tasks.routers.embeddings import MODEL_ID, Embedder
 
         if meta.get("embedding_model") not in (None, MODEL_ID):
             log.warning(

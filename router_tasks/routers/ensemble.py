@@ -24,7 +24,7 @@ safetensors file of plain arrays: the trees are stored as flattened node tables 
 evaluated in numpy (no pickle), all trees of a model at once, so single-prompt calls stay
 cheap. scikit-learn is used for fitting only.
 
-5-fold cross-validated APGR on the bundled RouteLLM labels: see benchmarks/router_quality.py.
+5-fold cross-validated APGR on the bundled RouteLLM labels: see benchmark_scripts/router_quality.py.
 """
 
 from __future__ import annotations

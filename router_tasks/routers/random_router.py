@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.prompts import normalize_prompt
+from router_tasks.core.prompts import normalize_prompt
 from router_tasks.routers.base import Router
 from router_tasks.routers.common import check_labels, resolve_params
 

@@ -28,7 +28,7 @@ def test_labeling_is_mapped_over_parts_and_shares_the_llm_pool(airflow_db):
     from airflow.models import DagBag
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
-    from router_tasks import defaults
+    from router_tasks.core import defaults
 
     dag = DagBag(dag_folder=str(REPO / "dags" / "router_pipeline.py")).get_dag("router_pipeline")
     for mapped, plan, combine in (("generate_part", "plan_generation", "generate_answers"),
@@ -55,7 +55,7 @@ def test_gpu_routers_train_on_the_gpu_queue_and_pool(airflow_db):
 
     from airflow.models import DagBag
 
-    from router_tasks import defaults
+    from router_tasks.core import defaults
 
     dag = DagBag(dag_folder=str(REPO / "dags" / "router_pipeline.py")).get_dag("router_pipeline")
     gpu, cpu = dag.get_task("train_router_gpu"), dag.get_task("train_router_cpu")
@@ -70,7 +70,7 @@ def test_pools_exist_in_the_airflow_db(airflow_db):
     the DB set-up (make airflow-db, this fixture, docker-compose) must create the pools."""
     from airflow.models.pool import Pool
 
-    from router_tasks import defaults
+    from router_tasks.core import defaults
 
     gpu, llm = Pool.get_pool(defaults.GPU_POOL), Pool.get_pool(defaults.LLM_POOL)
     assert (gpu.pool, gpu.slots) == ("tela_gpu", 1)

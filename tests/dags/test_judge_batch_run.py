@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 def test_batch_mode_dag_run_judges_through_the_batch_api(airflow_db, tmp_path, monkeypatch):
     from airflow.models import DagBag
 
-    from router_tasks.stage import load_table, read_manifest
-    from router_tasks.store import ArtifactStore
+    from router_tasks.core.stage import load_table, read_manifest
+    from router_tasks.core.store import ArtifactStore
     from tests.openai_test_server import ScriptedOpenAIServer, last_user_text
 
     source = tmp_path / "prompts.jsonl"

@@ -87,9 +87,9 @@ def first_run(pipeline_dag, tiny_source, s3_pipeline_root):
 
 
 def test_first_run_succeeds_and_stores_everything_on_s3(first_run, s3_pipeline_root):
-    from router_tasks.publish import read_champion
-    from router_tasks.stage import read_manifest
-    from router_tasks.store import ArtifactStore
+    from router_tasks.lifecycle.publish import read_champion
+    from router_tasks.core.stage import read_manifest
+    from router_tasks.core.store import ArtifactStore
 
     dr, states, refs = first_run
     assert dr.state == "success", states
@@ -114,7 +114,7 @@ def test_first_run_succeeds_and_stores_everything_on_s3(first_run, s3_pipeline_r
 
 
 def test_rerun_reuses_every_stage_and_calls_no_model(first_run, pipeline_dag, tiny_source, s3_pipeline_root, monkeypatch):
-    from router_tasks.store import ArtifactStore
+    from router_tasks.core.store import ArtifactStore
 
     _, _, first_refs = first_run
     store = ArtifactStore(s3_pipeline_root)
@@ -141,7 +141,7 @@ def test_rerun_reuses_every_stage_and_calls_no_model(first_run, pipeline_dag, ti
 def test_failed_stage_then_fixed_run_loses_and_duplicates_nothing(first_run, pipeline_dag, tiny_source, s3_pipeline_root, monkeypatch):
     """A run that fails at validation stores nothing for it; the fixed re-run reuses the
     stages before it and completes, with one artifact per stage."""
-    from router_tasks.store import ArtifactStore
+    from router_tasks.core.store import ArtifactStore
 
     store = ArtifactStore(s3_pipeline_root)
     conf = _quick_conf(tiny_source, routellm_max_prompts=45)  # new labels -> validate/train/evaluate anew

@@ -26,7 +26,7 @@ def retraining_dag(airflow_db):
 def test_schedule_assets_and_wiring(retraining_dag):
     from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 
-    from router_tasks import defaults
+    from router_tasks.core import defaults
 
     dag = retraining_dag
     tt = dag.timetable
@@ -46,7 +46,7 @@ def test_schedule_assets_and_wiring(retraining_dag):
 def test_gpu_routers_train_on_the_gpu_queue_and_pool(retraining_dag):
     from datetime import timedelta
 
-    from router_tasks import defaults
+    from router_tasks.core import defaults
 
     gpu, cpu = retraining_dag.get_task("train_router_gpu"), retraining_dag.get_task("train_router_cpu")
     assert (gpu.queue, gpu.pool) == ("gpu", "tela_gpu") == (defaults.GPU_QUEUE, defaults.GPU_POOL)
@@ -56,8 +56,8 @@ def test_gpu_routers_train_on_the_gpu_queue_and_pool(retraining_dag):
 
 
 def _labels() -> pd.DataFrame:
-    from router_tasks import benchmarks as bm
-    from router_tasks.prompts import prompt_id
+    from router_tasks.data import routellm as bm
+    from router_tasks.core.prompts import prompt_id
 
     texts = [f"retraining prompt {i}" for i in range(6)]
     return pd.DataFrame({
@@ -77,9 +77,9 @@ def test_real_run_promotes_then_keeps(retraining_dag, tmp_path, monkeypatch):
     CPU, and dag.test ignores queues and pools), results kept in the param's order."""
     from airflow.utils.state import TaskInstanceState
 
-    from router_tasks.retraining import record_labels
-    from router_tasks.stage import run_stage
-    from router_tasks.store import ArtifactStore
+    from router_tasks.lifecycle.retraining import record_labels
+    from router_tasks.core.stage import run_stage
+    from router_tasks.core.store import ArtifactStore
 
     root = str(tmp_path / "artifacts")
     store = ArtifactStore(root)
@@ -106,7 +106,7 @@ def test_real_run_promotes_then_keeps(retraining_dag, tmp_path, monkeypatch):
     assert kinds(dr) == ["random", "causal_llm", "knn"]  # the param's order: publish breaks ties by it
     champion = json.loads((Path(root) / "champion" / "CHAMPION.json").read_text())
     assert champion["router"]["stage"] == "train"
-    from router_tasks.stage import load_table
+    from router_tasks.core.stage import load_table
 
     compared = load_table(dr.get_task_instance("compare_routers").xcom_pull(task_ids="compare_routers"), store)
     assert sorted(compared["kind"]) == ["causal_llm", "knn", "random"]  # every router on one plot and table

@@ -62,8 +62,8 @@ def populated_root(tmp_path, monkeypatch):
     """An artifact store that already holds an artifact and a champion pointer."""
     import pandas as pd
 
-    from router_tasks.stage import run_stage
-    from router_tasks.store import ArtifactStore
+    from router_tasks.core.stage import run_stage
+    from router_tasks.core.store import ArtifactStore
 
     root = tmp_path / "artifacts"
     table = pd.DataFrame({"prompt_id": ["a1"], "prompt": ["What is 2 + 2?"], "dataset": ["earlier"]})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from router_tasks.generate import generate_answers
-from router_tasks.llm_client import Endpoint
+from router_tasks.labeling.generate import generate_answers
+from router_tasks.labeling.llm_client import Endpoint
 from tests.openai_test_server import ScriptedOpenAIServer, write_prompts
 
 SECRET = "sk-from-an-airflow-connection-1234"

@@ -8,8 +8,8 @@ from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER
 
 from router_tasks.routers import ROUTERS, load_router, save_router
 from router_tasks.routers.bert import WEIGHTS_FILE, BertRouter
-from router_tasks.stage import run_stage
-from router_tasks.store import ArtifactStore
+from router_tasks.core.stage import run_stage
+from router_tasks.core.store import ArtifactStore
 
 MODELS = [ROUTER_STRONG, ROUTER_WEAK, "smollm2"]
 QUERIES = [ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, "Write a haiku about routers."]
@@ -59,7 +59,7 @@ def test_save_load_identical_predictions(trained, local_root):
 
 
 def test_train_router_end_to_end(router_toy_labels, router_labels_artifact, local_root):
-    from router_tasks.train import train_router
+    from router_tasks.routers.train import train_router
 
     labels_ref = router_labels_artifact(router_toy_labels, local_root)
     ref = train_router(labels_ref, router_type="bert", strong_model=ROUTER_STRONG, weak_model=ROUTER_WEAK,

@@ -9,8 +9,8 @@ import pytest
 from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
 
 from router_tasks.routers import ROUTERS, load_router, make_router, save_router
-from router_tasks.stage import MANIFEST, run_stage
-from router_tasks.store import ArtifactStore
+from router_tasks.core.stage import MANIFEST, run_stage
+from router_tasks.core.store import ArtifactStore
 
 MODELS = [ROUTER_STRONG, ROUTER_WEAK, "smollm2"]
 QUERIES = [ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, "Write a haiku about routers."]
@@ -95,7 +95,7 @@ def test_random_router_is_per_prompt_deterministic():
 
 def test_gpu_routers_and_where_each_kind_trains():
     from router_tasks.routers import GPU_ROUTERS, ROUTERS, needs_gpu
-    from router_tasks.train import train_device
+    from router_tasks.routers.train import train_device
 
     assert GPU_ROUTERS == {"causal_llm"} == {k for k in ROUTERS if needs_gpu(k)}
     assert {k: train_device(k) for k in ROUTERS} == {k: "gpu" if k == "causal_llm" else "cpu" for k in ROUTERS}

@@ -1,0 +1,49 @@
+"""Defaults of the offline demo: every value here can be overridden by DAG params / CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STRONG_MODEL = "gpt-4-1106-preview"
+WEAK_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+DEMO_PROMPTS = str(Path(__file__).parent.parent / "data" / "files" / "demo" / "prompts.jsonl")
+
+# base_url "local" starts the bundled OpenAI-compatible server over SmolLM2-135M-Instruct,
+# so the offline demo goes through the same HTTP client path as a paid endpoint.
+LOCAL_MODEL = {"name": "smollm2", "model": "smollm2", "base_url": "local"}
+DEMO_MODELS = [LOCAL_MODEL]
+DEMO_JUDGE = {"name": "smollm2-judge", "model": "smollm2", "base_url": "local"}
+# Writes the reference answers the data lacks; in production the strong model (GPT-4o class).
+DEMO_REFERENCE = {"name": "smollm2-reference", "model": "smollm2", "base_url": "local", "max_tokens": 128}
+JUDGE_BATCH_CONN_ID = "tela_judge_batch"  # an Airflow `openai` connection: host = base URL, password = key
+BATCH_POLL_SECONDS = 60.0  # how often a deferred batch wait asks for status; env TELA_BATCH_POLL_SECONDS
+ROUTER_TYPE = "knn"  # the demo's router: trains in seconds
+# Scheduled retraining trains these and publishes the best: the ensemble has the best
+# cross-validated APGR (README), kNN is the cheap fallback it must beat.
+RETRAIN_ROUTER_TYPES = ["knn", "ensemble"]
+BENCHMARKS = ["mmlu", "gsm8k", "mt-bench"]
+
+# Airflow Asset identities, as plain strings: the library never imports Airflow, the DAGs
+# build `Asset(name=..., uri=...)` from these. New validated labels -> retraining; a newly
+# promoted champion -> whatever serves routers.
+LABELS_ASSET_NAME = "tela_labels"
+LABELS_ASSET_URI = "tela://labels/validated"
+ROUTER_ASSET_NAME = "tela_champion_router"
+ROUTER_ASSET_URI = "tela://routers/champion"
+RETRAIN_CRON = "0 3 * * 1"  # weekly, Monday 03:00 UTC
+PUBLISH_METRIC = "mean_apgr"
+
+# Where the DAGs run which task (names only: the DAGs set them on tasks, and
+# `plugins/tela_pools.py` creates the pools in the Airflow DB). Routers that need a GPU
+# (`routers.GPU_ROUTERS`) train on the GPU queue, in the GPU pool, bounded by the timeout;
+# tasks calling paid LLM endpoints share the LLM pool.
+GPU_QUEUE = "gpu"  # a Celery worker started with `airflow celery worker --queues gpu`
+GPU_POOL = "tela_gpu"
+LLM_POOL = "tela_llm"
+TRAIN_TIMEOUT_HOURS = 12  # a causal-LLM fine-tune can run for hours: a hung one frees its worker
+# Airflow's `airflow pools import` JSON shape; the slots are the defaults for a new DB
+# (resize with `airflow pools set NAME SLOTS DESCRIPTION`: existing pools are left alone).
+POOLS = {
+    GPU_POOL: {"slots": 1, "description": "GPU training: router fine-tunes at once (one per GPU)", "include_deferred": False},
+    LLM_POOL: {"slots": 4, "description": "LLM API calls: tasks calling paid endpoints at once", "include_deferred": False},
+}

@@ -1,0 +1,593 @@
+"""RouteLLM's public benchmark results, bundled, and the loaders every stage uses.
+
+The data are per-prompt results published by RouteLLM (lm-sys/RouteLLM, arXiv
+2406.18665, Apache-2.0) for gpt-4-1106-preview vs Mixtral-8x7B-Instruct: MMLU and GSM8K
+correctness, MT-Bench GPT-4 judge scores, the commercial routers' MT-Bench scores and
+the decontamination lists. `scripts/build_routellm_data.py` turns the raw release into
+the compact Parquet files under `router_tasks/data/files/routellm/` (see SOURCE.md there).
+
+Benchmarks live behind one class, `Benchmark`, as in RouteLLM's `routellm/evals/
+benchmarks.py`: each subclass turns the tables into one row per prompt with the strong
+and the weak model's quality, for whatever pair of models the files hold.
+
+Where the data come from: the bundled folder by default; `TELA_ROUTELLM_DATA` or a
+`data_dir` argument may name another compact folder *or* a raw RouteLLM release folder
+(`mmlu/responses/mmlu_<subject>.csv`, ...): both layouts are read by the same code, so a
+different set of MMLU subject files works without rebuilding anything.
+
+Protocols: MMLU and GSM8K are split by a hash of the prompt id into a fixed ~20%
+evaluation holdout (`is_eval_holdout`) and the rest, which `routellm_training_labels`
+offers as training labels; evaluation uses only the holdout ("holdout" protocol).
+MT-Bench is never trained on here and is evaluated whole ("transfer" protocol).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from abc import ABC, abstractmethod
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from router_tasks.core.prompts import normalize_prompt, prompt_id
+
+log = logging.getLogger(__name__)
+
+BENCHMARKS = ("mmlu", "gsm8k", "mt-bench")
+BUNDLED_DIR = Path(__file__).parent / "files" / "routellm"
+DATA_ENV = "TELA_ROUTELLM_DATA"
+STRONG_MODEL = "gpt-4-1106-preview"
+WEAK_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+
+#: share of MMLU/GSM8K prompts held out for evaluation; the salt makes the split
+#: independent of the bits that form the prompt id itself. Changing either changes
+#: which prompts are training labels, so it is part of `HOLDOUT_VERSION`.
+HOLDOUT_FRACTION = 0.20
+HOLDOUT_SALT = "tela-eval-holdout-v1"
+HOLDOUT_VERSION = f"{HOLDOUT_SALT}:{HOLDOUT_FRACTION}"
+
+#: compact file name -> what it holds (the build script writes exactly these)
+TABLES = {
+    "mmlu_prompts": "row, subject, prompt_id, prompt (one row per CSV row, file order)",
+    "mmlu_results": "row, model, correct (long format: one row per prompt row and model)",
+    "gsm8k_prompts": "row, prompt_id, prompt, gold_answer (number from test.jsonl)",
+    "gsm8k_results": "row, model, correct",
+    "gsm8k_train": "prompt_id, question, gold_answer (train.jsonl, solutions dropped)",
+    "mt_bench_questions": "question_id, prompt_id, category, turns, reference",
+    "mt_bench_judgements": "question_id, model, turn, score (GPT-4 1-10; null = no rating)",
+    "commercial_judgements": "router, question_id, turn, score",
+    "commercial_routes": "router, question_id, answered_by (model id the router reported)",
+    "contaminated": "benchmark, eval_prompt, train_prompt",
+}
+
+
+# --------------------------------------------------------------------------------------
+# holdout split
+# --------------------------------------------------------------------------------------
+def is_eval_holdout(pid: str) -> bool:
+    """True for the ~20% of prompt ids reserved for evaluation (same answer forever)."""
+    digest = hashlib.sha256(f"{HOLDOUT_SALT}:{pid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < HOLDOUT_FRACTION
+
+
+# --------------------------------------------------------------------------------------
+# reading the raw release and the compact copy
+# --------------------------------------------------------------------------------------
+_GOLD_RE = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+def gold_number(solution: str) -> str:
+    """The final answer of a GSM8K solution ('... #### 1,234' -> '1234')."""
+    m = _GOLD_RE.search(solution or "")
+    if not m:
+        raise ValueError(f"GSM8K solution has no '#### <number>' line: {solution[-80:]!r}")
+    return m.group(1).replace(",", "").strip()
+
+
+def _bool_column(values: pd.Series, where: str) -> pd.Series:
+    mapping = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+    text = values.astype(str).str.strip().str.lower()
+    bad = ~text.isin(list(mapping))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{where}: row {i} has {values.iloc[i]!r}, expected True/False")
+    return text.map(mapping).astype(bool)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _score(value) -> float:
+    """A judge score; RouteLLM's files write a missing rating as -1."""
+    if value is None:
+        return np.nan
+    value = float(value)
+    return np.nan if value < 0 else value
+
+
+def _correctness(df: pd.DataFrame, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a responses CSV into (prompt rows, long results): model columns are the
+    boolean columns; `<model>_response` text columns are dropped on purpose (size)."""
+    models = [c for c in df.columns if c not in ("prompt", "row") and not c.endswith("_response")]
+    if "prompt" not in df.columns or not models:
+        raise ValueError(f"{where}: expected a 'prompt' column and one column per model, got {list(df.columns)}")
+    long = []
+    for m in models:
+        long.append(pd.DataFrame({"row": df["row"], "model": m, "correct": _bool_column(df[m], f"{where} column {m!r}")}))
+    return df[["row", "prompt"]], pd.concat(long, ignore_index=True)
+
+
+def read_raw_release(source: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """Parse a raw RouteLLM release folder into the compact tables (see `TABLES`)."""
+    src = Path(source)
+    tables: dict[str, pd.DataFrame] = {}
+
+    # MMLU: whatever subject files are present; rows keep file order, subject files sorted
+    files = sorted((src / "mmlu" / "responses").glob("mmlu_*.csv"))
+    if not files:
+        raise FileNotFoundError(f"{src}/mmlu/responses/ has no mmlu_<subject>.csv files")
+    prompts, results, offset = [], [], 0
+    for f in files:
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+        df.insert(0, "row", np.arange(offset, offset + len(df), dtype=np.int64))
+        offset += len(df)
+        p, r = _correctness(df, str(f))
+        p = p.assign(subject=f.stem.removeprefix("mmlu_"))
+        prompts.append(p)
+        results.append(r)
+    mmlu = pd.concat(prompts, ignore_index=True)
+    mmlu["prompt_id"] = mmlu["prompt"].map(prompt_id)
+    tables["mmlu_prompts"] = mmlu[["row", "subject", "prompt_id", "prompt"]]
+    tables["mmlu_results"] = pd.concat(results, ignore_index=True)
+
+    # GSM8K: correctness + the gold number of the matching test question
+    g = pd.read_csv(src / "gsm8k" / "gsm8k_responses.csv", dtype=str, keep_default_na=False)
+    g.insert(0, "row", np.arange(len(g), dtype=np.int64))
+    gp, gr = _correctness(g, "gsm8k/gsm8k_responses.csv")
+    gold = {normalize_prompt(r["question"]): gold_number(r["answer"]) for r in _read_jsonl(src / "gsm8k" / "test.jsonl")}
+    gp = gp.assign(prompt_id=gp["prompt"].map(prompt_id), gold_answer=gp["prompt"].map(lambda t: gold.get(normalize_prompt(t))))
+    tables["gsm8k_prompts"] = gp[["row", "prompt_id", "prompt", "gold_answer"]]
+    tables["gsm8k_results"] = gr
+    train = _read_jsonl(src / "gsm8k" / "train.jsonl")
+    tables["gsm8k_train"] = pd.DataFrame(
+        {
+            "prompt_id": [prompt_id(r["question"]) for r in train],
+            "question": [r["question"] for r in train],
+            "gold_answer": [gold_number(r["answer"]) for r in train],
+        }
+    )
+
+    # MT-Bench: questions, and only the numbers of the judgements (the texts are large)
+    qs = _read_jsonl(src / "mt_bench" / "question.jsonl")
+    tables["mt_bench_questions"] = pd.DataFrame(
+        {
+            "question_id": [int(q["question_id"]) for q in qs],
+            "prompt_id": [prompt_id(q["turns"][0]) for q in qs],
+            "category": [q.get("category") for q in qs],
+            "turns": [list(q["turns"]) for q in qs],
+            "reference": [list(q["reference"]) if q.get("reference") else None for q in qs],
+        }
+    )
+    js = _read_jsonl(src / "mt_bench" / "judgements.jsonl")
+    tables["mt_bench_judgements"] = pd.DataFrame(
+        {
+            "question_id": [int(j["question_id"]) for j in js],
+            "model": [j["model"] for j in js],
+            "turn": [int(j["turn"]) for j in js],
+            "score": [_score(j.get("score")) for j in js],
+        }
+    )
+
+    # commercial routers (optional in a release)
+    cdir = src / "commercial_routers"
+    if (cdir / "gpt-4_single.jsonl").exists():
+        cj = _read_jsonl(cdir / "gpt-4_single.jsonl")
+        tables["commercial_judgements"] = pd.DataFrame(
+            {
+                "router": [j["model"] for j in cj],
+                "question_id": [int(j["question_id"]) for j in cj],
+                "turn": [int(j["turn"]) for j in cj],
+                "score": [_score(j.get("score")) for j in cj],
+            }
+        )
+        routes = []
+        for f in sorted(cdir.glob("*.jsonl")):
+            if f.name == "gpt-4_single.jsonl":
+                continue
+            for r in _read_jsonl(f):
+                routes.append({"router": f.stem, "question_id": int(r["question_id"]), "answered_by": r.get("model_id")})
+        tables["commercial_routes"] = pd.DataFrame(routes, columns=["router", "question_id", "answered_by"])
+    else:
+        tables["commercial_judgements"] = pd.DataFrame(columns=["router", "question_id", "turn", "score"])
+        tables["commercial_routes"] = pd.DataFrame(columns=["router", "question_id", "answered_by"])
+
+    cont = []
+    for bench, folder in (("mmlu", "mmlu"), ("gsm8k", "gsm8k"), ("mt-bench", "mt_bench")):
+        path = src / folder / "contaminated_prompts.jsonl"
+        if path.exists():
+            for r in _read_jsonl(path):
+                cont.append({"benchmark": bench, "eval_prompt": r["eval_prompt"], "train_prompt": r.get("train_prompt")})
+    tables["contaminated"] = pd.DataFrame(cont, columns=["benchmark", "eval_prompt", "train_prompt"])
+    return tables
+
+
+def _is_raw(folder: Path) -> bool:
+    return (folder / "mmlu" / "responses").is_dir()
+
+
+def data_dir(path: str | os.PathLike | None = None) -> Path:
+    """The folder to read: argument, else $TELA_ROUTELLM_DATA, else the bundled copy."""
+    return Path(path or os.environ.get(DATA_ENV) or BUNDLED_DIR).resolve()
+
+
+@lru_cache(maxsize=4)
+def _load_tables(folder: str) -> dict[str, pd.DataFrame]:
+    path = Path(folder)
+    if _is_raw(path):
+        return read_raw_release(path)
+    missing = [n for n in TABLES if not (path / f"{n}.parquet").exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"RouteLLM data folder {path} lacks {', '.join(f'{n}.parquet' for n in missing)}; "
+            f"rebuild it with scripts/build_routellm_data.py or point {DATA_ENV} at a raw release"
+        )
+    return {n: pd.read_parquet(path / f"{n}.parquet") for n in TABLES}
+
+
+def load_tables(path: str | os.PathLike | None = None) -> dict[str, pd.DataFrame]:
+    """All tables, cached per folder; callers get copies so they cannot corrupt the cache."""
+    return {k: v.copy() for k, v in _load_tables(str(data_dir(path))).items()}
+
+
+def data_fingerprint(path: str | os.PathLike | None = None) -> str:
+    """Hash of the data files: goes into stage configs so new data gives new artifacts."""
+    folder = data_dir(path)
+    h = hashlib.sha256()
+    pattern = "**/*" if _is_raw(folder) else "*.parquet"
+    for f in sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix in (".parquet", ".csv", ".jsonl")):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def _contaminated(tables: dict, bench: str) -> set[str]:
+    c = tables["contaminated"]
+    return set(c.loc[c["benchmark"] == bench, "eval_prompt"])
+
+
+# --------------------------------------------------------------------------------------
+# the benchmarks
+# --------------------------------------------------------------------------------------
+class Benchmark(ABC):
+    """One benchmark: per-prompt quality of each model it has results for.
+
+    `table(strong, weak)` is the one thing evaluation needs: prompt_id, prompt (the text
+    the router scores), strong_quality, weak_quality, category, holdout.
+    """
+
+    name: str = ""
+    #: "holdout": evaluate only `is_eval_holdout` prompts (the rest may be training
+    #: labels); "transfer": never trained on, evaluated whole
+    protocol: str = "holdout"
+
+    def __init__(self, tables: dict[str, pd.DataFrame]):
+        self.tables = tables
+
+    @abstractmethod
+    def models(self) -> list[str]:
+        """Models this benchmark has results for."""
+
+    @abstractmethod
+    def quality(self, decontaminate: bool = True) -> pd.DataFrame:
+        """Long table: prompt_id, prompt, category, model, quality (+ correct where binary)."""
+
+    def _check_models(self, *models: str) -> None:
+        have = self.models()
+        for m in models:
+            if m not in have:
+                raise KeyError(f"benchmark {self.name!r} has no results for model {m!r}; it has {have}")
+
+    def table(self, strong_model: str, weak_model: str, *, decontaminate: bool = True, split: str = "all") -> pd.DataFrame:
+        """One row per prompt; `split` is "all", "eval" (holdout) or "train" (the rest)."""
+        if strong_model == weak_model:
+            raise ValueError(f"strong and weak model are the same ({strong_model!r})")
+        self._check_models(strong_model, weak_model)
+        long = self.quality(decontaminate)
+        long = long[long["model"].isin([strong_model, weak_model])]
+        wide = long.groupby(["prompt_id", "model"], sort=False)["quality"].first().unstack("model")
+        wide = wide.reindex(columns=[strong_model, weak_model])
+        # join from `meta` keeps the files' prompt order (stable output, easy to audit)
+        meta = long.drop_duplicates("prompt_id").set_index("prompt_id")[["prompt", "category"]]
+        df = meta.join(wide, how="left")
+        df = df.rename(columns={strong_model: "strong_quality", weak_model: "weak_quality"})
+        before = len(df)
+        df = df.dropna(subset=["strong_quality", "weak_quality"])
+        if len(df) < before:
+            log.info("%s: dropped %d prompts without a rating for both models", self.name, before - len(df))
+        df = df.reset_index()
+        df["holdout"] = df["prompt_id"].map(is_eval_holdout).astype(bool)
+        if split == "eval":
+            df = df[df["holdout"]]
+        elif split == "train":
+            df = df[~df["holdout"]]
+        elif split != "all":
+            raise ValueError(f"split must be 'all', 'eval' or 'train', got {split!r}")
+        cols = ["prompt_id", "prompt", "strong_quality", "weak_quality", "category", "holdout"]
+        return df[cols].reset_index(drop=True).astype({"strong_quality": float, "weak_quality": float})
+
+    def eval_table(self, strong_model: str, weak_model: str, *, decontaminate: bool = True) -> pd.DataFrame:
+        """The prompts evaluation may score, following this benchmark's protocol."""
+        split = "eval" if self.protocol == "holdout" else "all"
+        return self.table(strong_model, weak_model, decontaminate=decontaminate, split=split)
+
+
+class _CorrectnessBenchmark(Benchmark):
+    """Per-prompt 0/1 correctness from a responses CSV (MMLU, GSM8K)."""
+
+    prompts_table = results_table = ""
+
+    def models(self) -> list[str]:
+        return sorted(self.tables[self.results_table]["model"].unique())
+
+    def _category(self, prompts: pd.DataFrame) -> pd.Series:
+        return pd.Series(None, index=prompts.index, dtype=object)
+
+    def quality(self, decontaminate: bool = True) -> pd.DataFrame:
+        prompts = self.tables[self.prompts_table]
+        if decontaminate:
+            prompts = prompts[~prompts["prompt"].isin(_contaminated(self.tables, self.name))]
+        prompts = prompts.assign(category=self._category(prompts))
+        # The same question can appear twice in the files (16 times in MMLU, always with
+        # the same results): a prompt id is one prompt, so the first occurrence counts.
+        prompts = prompts.drop_duplicates("prompt_id", keep="first")
+        res = self.tables[self.results_table]
+        long = prompts[["row", "prompt_id", "prompt", "category"]].merge(res, on="row", how="inner", validate="one_to_many")
+        long["correct"] = long["correct"].astype(bool)
+        long["quality"] = long["correct"].astype(float)
+        return long.drop(columns="row")
+
+
+class MMLU(_CorrectnessBenchmark):
+    name = "mmlu"
+    prompts_table, results_table = "mmlu_prompts", "mmlu_results"
+
+    def _category(self, prompts: pd.DataFrame) -> pd.Series:
+        return prompts["subject"]
+
+
+class GSM8K(_CorrectnessBenchmark):
+    name = "gsm8k"
+    prompts_table, results_table = "gsm8k_prompts", "gsm8k_results"
+
+
+class MTBench(Benchmark):
+    """GPT-4 single-answer grades (1-10) of both turns.
+
+    As in RouteLLM, the router sees only the first turn and the routed model answers both,
+    so a prompt's quality is the mean of its two turn scores (RouteLLM averages over all
+    turn rows, which is the same mean when both turns are rated). A question missing a
+    rating for either model is left out, as RouteLLM leaves out unrated rows.
+    """
+
+    name = "mt-bench"
+    protocol = "transfer"
+
+    def models(self) -> list[str]:
+        return sorted(self.tables["mt_bench_judgements"]["model"].unique())
+
+    def questions(self, decontaminate: bool = True) -> pd.DataFrame:
+        q = self.tables["mt_bench_questions"].copy()
+        if decontaminate:
+            # RouteLLM drops a question if either turn overlaps its training data
+            bad = _contaminated(self.tables, self.name)
+            q = q[~q["turns"].map(lambda t: any(x in bad for x in t))]
+        q["prompt"] = q["turns"].map(lambda t: t[0])
+        return q.reset_index(drop=True)
+
+    def quality(self, decontaminate: bool = True) -> pd.DataFrame:
+        q = self.questions(decontaminate)
+        j = self.tables["mt_bench_judgements"]
+        per_turn = j.groupby(["question_id", "model", "turn"], as_index=False)["score"].mean()
+        n_turns = q.set_index("question_id")["turns"].map(len)
+        # mean over the question's turns; NaN when any turn lacks a rating
+        agg = per_turn.groupby(["question_id", "model"]).agg(score=("score", "mean"), rated=("score", "count"))
+        agg = agg.reset_index()
+        agg["score"] = agg["score"].where(agg["rated"] == agg["question_id"].map(n_turns))
+        long = q[["question_id", "prompt_id", "prompt", "category"]].merge(agg, on="question_id", how="inner")
+        long["quality"] = long["score"]
+        return long[["prompt_id", "prompt", "category", "model", "quality", "question_id"]]
+
+
+BENCHMARK_CLASSES: dict[str, type[Benchmark]] = {"mmlu": MMLU, "gsm8k": GSM8K, "mt-bench": MTBench}
+
+
+def get_benchmark(name: str, data: str | os.PathLike | None = None) -> Benchmark:
+    if name not in BENCHMARK_CLASSES:
+        raise KeyError(f"unknown benchmark {name!r}; known: {list(BENCHMARK_CLASSES)}")
+    return BENCHMARK_CLASSES[name](_load_tables(str(data_dir(data))))
+
+
+# --------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------
+def load_benchmark(
+    name: str,
+    strong_model: str = STRONG_MODEL,
+    weak_model: str = WEAK_MODEL,
+    *,
+    decontaminate: bool = True,
+    split: str = "all",
+    data: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Per-prompt quality of two models on a benchmark.
+
+    Columns: prompt_id, prompt, strong_quality, weak_quality (MMLU/GSM8K correctness 0/1;
+    MT-Bench mean GPT-4 score 1-10 of both turns, `prompt` = first turn), category (MMLU
+    subject / MT-Bench category / None), holdout (`is_eval_holdout(prompt_id)`).
+    """
+    return get_benchmark(name, data).table(strong_model, weak_model, decontaminate=decontaminate, split=split)
+
+
+def routellm_training_labels(
+    models: Sequence[str] | None = None, *, data: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """Labels-schema rows from MMLU + GSM8K prompts outside the eval holdout, decontaminated.
+
+    `models`: which models' results to include (default: every model in the files).
+    """
+    parts = []
+    for name in ("mmlu", "gsm8k"):
+        bench = get_benchmark(name, data)
+        have = bench.models()
+        wanted = list(models) if models is not None else have
+        unknown = [m for m in wanted if m not in have]
+        if unknown:
+            raise KeyError(f"routellm_training_labels: benchmark {name!r} has no results for {unknown}; it has {have}")
+        long = bench.quality(decontaminate=True)
+        long = long[long["model"].isin(wanted) & ~long["prompt_id"].map(is_eval_holdout)]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "prompt_id": long["prompt_id"].astype(str),
+                    "prompt": long["prompt"].astype(str),
+                    "model": long["model"].astype(str),
+                    "score": pd.array([pd.NA] * len(long), dtype="Int64"),
+                    "correct": long["correct"].astype("boolean"),
+                    "quality": long["quality"].astype("Float64"),
+                    "source": f"routellm:{name}",
+                    "benchmark": pd.array([name] * len(long), dtype="string"),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def gsm8k_train_questions(*, data: str | os.PathLike | None = None) -> pd.DataFrame:
+    """GSM8K train split: prompt_id, question, gold_answer (the final number, as text)."""
+    return load_tables(data)["gsm8k_train"].reset_index(drop=True)
+
+
+def gsm8k_test_questions(*, decontaminate: bool = True, data: str | os.PathLike | None = None) -> pd.DataFrame:
+    """GSM8K test prompts RouteLLM evaluated: prompt_id, question, gold_answer, holdout."""
+    t = load_tables(data)
+    p = t["gsm8k_prompts"]
+    if decontaminate:
+        p = p[~p["prompt"].isin(_contaminated(t, "gsm8k"))]
+    p = p.drop_duplicates("prompt_id")
+    return pd.DataFrame(
+        {
+            "prompt_id": p["prompt_id"],
+            "question": p["prompt"],
+            "gold_answer": p["gold_answer"],
+            "holdout": p["prompt_id"].map(is_eval_holdout).astype(bool),
+        }
+    ).reset_index(drop=True)
+
+
+def mt_bench_questions(*, decontaminate: bool = True, data: str | os.PathLike | None = None) -> pd.DataFrame:
+    """MT-Bench: question_id, prompt_id (of turn 1), prompt (turn 1), turns, category, reference."""
+    q = MTBench(_load_tables(str(data_dir(data)))).questions(decontaminate)
+    return q[["question_id", "prompt_id", "prompt", "turns", "category", "reference"]].copy()
+
+
+def _route_side(answered_by, strong_model: str, weak_model: str) -> str | None:
+    """Which side of the pair a commercial router's reported model is, if it says.
+
+    The files name provider models ('gpt-4-turbo@openai', 'mixtral-8x7b-instruct-
+    v0.1@fireworks-ai'), not the exact ids of the pair, so match on model family.
+    """
+    if not isinstance(answered_by, str):
+        return None
+    name = answered_by.lower()
+
+    def family(model: str) -> str:
+        base = model.lower().split("/")[-1]
+        return "gpt-4" if base.startswith("gpt-4") else re.split(r"[-_.]", base)[0]
+
+    fs, fw = family(strong_model), family(weak_model)
+    hits = [(len(f), side) for f, side in ((fs, "strong"), (fw, "weak")) if name.startswith(f)]
+    if not hits or fs == fw:
+        return None  # unknown model, or a pair from one family: cannot tell
+    return max(hits)[1]  # the more specific family wins ("gpt-4o..." over "gpt-4")
+
+
+def commercial_router_points(
+    *,
+    decontaminate: bool = True,
+    strong_model: str = STRONG_MODEL,
+    weak_model: str = WEAK_MODEL,
+    data: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """MT-Bench results of the commercial routers RouteLLM compared against.
+
+    Columns: router, score (mean GPT-4 grade over rated turns, RouteLLM-style: unrated
+    rows left out), n_judgements, n_questions, strong_share (fraction of questions the
+    router sent to the strong model's family, NaN where the router did not say: Martian
+    reports only 'router').
+    On all 80 questions this gives Martian 8.3125 and Unify 8.7579 (one Unify turn is
+    unrated); `decontaminate=True` restricts to the questions evaluation uses.
+    """
+    t = _load_tables(str(data_dir(data)))
+    q = MTBench(t).questions(decontaminate)
+    keep = set(q["question_id"])
+    j = t["commercial_judgements"]
+    j = j[j["question_id"].isin(keep)]
+    routes = t["commercial_routes"]
+    routes = routes[routes["question_id"].isin(keep)]
+    rows = []
+    for router, g in j.groupby("router", sort=True):
+        rated = g["score"].dropna()
+        sides = routes.loc[routes["router"] == router, "answered_by"].map(lambda m: _route_side(m, strong_model, weak_model))
+        share = float((sides == "strong").mean()) if len(sides) and sides.notna().all() else np.nan
+        rows.append(
+            {
+                "router": router,
+                "score": float(rated.mean()) if len(rated) else np.nan,
+                "n_judgements": int(len(rated)),
+                "n_questions": int(g["question_id"].nunique()),
+                "strong_share": share,
+            }
+        )
+    return pd.DataFrame(rows, columns=["router", "score", "n_judgements", "n_questions", "strong_share"])
+
+
+def write_compact(tables: dict[str, pd.DataFrame], out: str | os.PathLike) -> dict[str, dict]:
+    """Write the compact Parquet copy (zstd); returns {file: {rows, bytes, sha256}}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {}
+    for name in TABLES:
+        df = tables[name].reset_index(drop=True)
+        buf = io.BytesIO()
+        pq.write_table(
+            pa.Table.from_pandas(df, preserve_index=False),
+            buf,
+            compression="zstd",
+            compression_level=19,
+            use_dictionary=True,
+        )
+        data = buf.getvalue()
+        (out / f"{name}.parquet").write_bytes(data)
+        info[f"{name}.parquet"] = {"rows": int(len(df)), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return info
+
+
+def iter_benchmarks(names: Iterable[str] | None = None) -> list[str]:
+    names = list(BENCHMARKS if names is None else names)
+    for n in names:
+        if n not in BENCHMARK_CLASSES:
+            raise KeyError(f"unknown benchmark {n!r}; known: {list(BENCHMARK_CLASSES)}")
+    return names

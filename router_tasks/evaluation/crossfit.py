@@ -1,0 +1,276 @@
+"""Cross-fit evaluation: every benchmark prompt scored by a router that never saw it.
+
+For a benchmark whose labels are (or could be) training data, a "transfer" score of a
+router trained on them is meaningless and a fixed holdout wastes most of the benchmark.
+Cross-fitting (the issue's "crossfit" protocol) uses all of it:
+
+1. split the benchmark's decontaminated prompts into k folds by prompt (balanced and
+   deterministic: prompt ids ordered by a salted hash, dealt round-robin);
+2. for each fold, retrain the *named router's recipe* (kind, params, strong/weak from its
+   router.json) on its own training labels (the `labels` input recorded in its train
+   manifest) minus every held-out prompt, plus the benchmark labels of the other folds;
+3. score the held-out fold with that fold's router, stitch the k folds into one score
+   per prompt and compute the usual metrics (`metrics.summarize`, both curve modes).
+
+Leakage is asserted, not assumed: each fold router's `train_prompts.parquet` must be
+disjoint from the prompts it scores, and every benchmark prompt is scored exactly once.
+
+Each fold's labels and router are ordinary artifacts (`crossfit_labels`, `train`), so a
+re-run reuses them; the whole evaluation is one `crossfit` artifact laid out like an
+evaluate artifact (data.parquet row with `apgr`, metrics.json, scores_/curves_/plot_
+<bench>) plus `folds.parquet`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from router_tasks.data import routellm as bm
+from router_tasks.evaluation import metrics as mx
+from router_tasks.evaluation.evaluate import (
+    QUALITY_UNITS,
+    LeakageError,
+    strong_win_scores,
+    check_no_leakage,
+    commercial_points,
+    scored_table,
+    train_prompt_ids,
+    write_benchmark_outputs,
+)
+from router_tasks.core.stage import ArtifactRef, read_manifest, resolve_ref, run_stage
+from router_tasks.core.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+STAGE = "crossfit"
+LABELS_STAGE = "crossfit_labels"
+STAGE_VERSION = "1"
+PROTOCOL = "crossfit"
+LABEL_COLUMNS = ["prompt_id", "prompt", "model", "score", "correct", "quality", "source", "benchmark"]
+
+#: benchmark quality -> label quality in [0, 1]. MT-Bench grades are 1-10 (GPT-4 judge),
+#: mapped linearly like the 1-5 judge scores of the labels stage ((s - 1) / 4).
+_QUALITY_RANGE = {"mt-bench": (1.0, 10.0)}
+
+
+def assign_folds(prompt_ids, folds: int, seed: int = 0) -> pd.Series:
+    """Fold number (0..folds-1) per prompt id, indexed by prompt id.
+
+    Ordering by a salted hash and dealing round-robin gives folds whose sizes differ by at
+    most one, and the same prompts always land in the same fold for a given seed.
+    """
+    ids = pd.Index(pd.unique(pd.Series(list(prompt_ids), dtype=str)))
+    if folds < 2:
+        raise ValueError(f"cross-fit needs at least 2 folds, got {folds}")
+    if len(ids) < folds:
+        raise ValueError(f"cross-fit: {len(ids)} prompts cannot fill {folds} folds")
+    order = sorted(ids, key=lambda p: hashlib.sha256(f"tela-crossfit:{seed}:{p}".encode()).hexdigest())
+    return pd.Series(np.arange(len(order)) % folds, index=pd.Index(order, name="prompt_id"), name="fold").reindex(ids)
+
+
+def benchmark_labels(bench: str, prompt_ids, models) -> pd.DataFrame:
+    """Labels-schema rows for `prompt_ids` of benchmark `bench`, for those of `models` it has."""
+    b = bm.get_benchmark(bench)
+    long = b.quality(decontaminate=True)
+    long = long[long["prompt_id"].isin(set(prompt_ids)) & long["model"].isin(list(models))]
+    long = long.drop_duplicates(["prompt_id", "model"]).dropna(subset=["quality"])
+    lo, hi = _QUALITY_RANGE.get(bench, (0.0, 1.0))
+    quality = (long["quality"].astype(float) - lo) / (hi - lo)
+    correct = long["correct"].astype("boolean") if "correct" in long else pd.array([pd.NA] * len(long), dtype="boolean")
+    return pd.DataFrame(
+        {
+            "prompt_id": long["prompt_id"].astype(str).to_numpy(),
+            "prompt": long["prompt"].astype(str).to_numpy(),
+            "model": long["model"].astype(str).to_numpy(),
+            "score": pd.array([pd.NA] * len(long), dtype="Int64"),
+            "correct": pd.array(correct, dtype="boolean"),
+            "quality": pd.array(quality.to_numpy(), dtype="Float64"),
+            "source": f"routellm:{bench}",
+            "benchmark": pd.array([bench] * len(long), dtype="string"),
+        }
+    )
+
+
+def fold_labels(train_labels: pd.DataFrame, bench_labels: pd.DataFrame, heldout: set[str]) -> pd.DataFrame:
+    """The training labels minus every held-out prompt, plus the benchmark labels of the
+    other folds' prompts that the training labels do not already cover."""
+    keep = train_labels[~train_labels["prompt_id"].astype(str).isin(heldout)]
+    have = set(keep["prompt_id"].astype(str))
+    extra = bench_labels[~bench_labels["prompt_id"].isin(heldout) & ~bench_labels["prompt_id"].isin(have)]
+    cols = list(keep.columns)
+    extra = extra.reindex(columns=cols)
+    out = pd.concat([keep, extra], ignore_index=True) if len(extra) else keep.reset_index(drop=True)
+    return out
+
+
+def check_fold_disjoint(bench: str, fold: int, scored: pd.DataFrame, trained: set[str]) -> None:
+    """Raise LeakageError if fold `fold`'s router trained on a prompt it is about to score."""
+    try:
+        check_no_leakage(bench, scored, trained)
+    except LeakageError as e:
+        raise LeakageError(f"cross-fit fold {fold}: {e}") from None
+
+
+def training_labels_ref(store: ArtifactStore, router_ref: ArtifactRef) -> dict:
+    """The labels artifact the router was trained on, from its train manifest."""
+    manifest = read_manifest(store, router_ref)
+    recorded = (manifest.get("inputs") or {}).get("labels")
+    if not recorded:
+        raise ValueError(
+            f"router artifact {store.uri(router_ref.key)} records no 'labels' input in its manifest: "
+            "cannot retrain it for cross-fit (was it made by router_tasks.routers.train.train_router?)"
+        )
+    ref = resolve_ref(recorded["key"], store)
+    if ref["fingerprint"] != recorded["fingerprint"]:
+        raise ValueError(
+            f"training labels at {store.uri(recorded['key'])} changed since the router was trained "
+            f"(fingerprint {ref['fingerprint']} != recorded {recorded['fingerprint']})"
+        )
+    return ref
+
+
+def crossfit_evaluate(
+    router: dict | str,
+    benchmark: str,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    labels: dict | None = None,
+    num_results: int = 10,
+    random_seeds: int = 10,
+    max_prompts: int | None = None,
+    artifact_root: str | None = None,
+) -> dict:
+    """Cross-fit the recipe of train artifact `router` on `benchmark`; returns the crossfit ref.
+
+    `router`: a train ref dict, key/URI or "champion". `labels`: the training labels to
+    retrain on (default: the ones the router was trained on, from its manifest).
+    `max_prompts`: cross-fit only the first N benchmark prompts by id (quick runs; the
+    report says n). The returned artifact's data.parquet has the evaluate stage's columns,
+    so `publish_router` can read it.
+    """
+    from router_tasks.routers import ROUTER_FILE, resolve_router_key
+
+    store = ArtifactStore(artifact_root)
+    bm.iter_benchmarks([benchmark])  # unknown names fail before any work
+    rstore, rkey = resolve_router_key(router, store)
+    if rstore.root != store.root:
+        store = rstore  # fold artifacts live beside the router they retrain
+    router_ref = ArtifactRef.of(resolve_ref(rkey, store))
+    labels_ref = ArtifactRef.of(labels) if labels is not None else ArtifactRef.of(training_labels_ref(store, router_ref))
+    meta = store.read_json(f"{router_ref.key}/{ROUTER_FILE}")
+    strong, weak = meta["strong_model"], meta["weak_model"]
+
+    config = {
+        "benchmark": benchmark,
+        "folds": folds,
+        "seed": seed,
+        "num_results": num_results,
+        "random_seeds": random_seeds,
+        "max_prompts": max_prompts,
+        "data": bm.data_fingerprint(),
+    }
+
+    def compute(ctx) -> None:
+        from router_tasks.routers import load_router
+        from router_tasks.routers.train import train_router
+
+        started = time.time()
+        table = bm.get_benchmark(benchmark).table(strong, weak, split="all")
+        if max_prompts is not None and len(table) > max_prompts:
+            table = table.sort_values("prompt_id").head(max_prompts).reset_index(drop=True)
+        fold_of = assign_folds(table["prompt_id"], folds, seed)
+        table["fold"] = table["prompt_id"].map(fold_of).astype(int)
+        train_labels = ctx.read_input("labels")
+        bench_labels = benchmark_labels(benchmark, table["prompt_id"], meta["models"])
+
+        parts, fold_rows = [], []
+        for f in range(folds):
+            heldout_table = table[table["fold"] == f]
+            heldout = set(heldout_table["prompt_id"])
+            fl = fold_labels(train_labels, bench_labels, heldout)
+            fl_ref = run_stage(
+                LABELS_STAGE,
+                STAGE_VERSION,
+                lambda c, fl=fl: c.write_table(fl),
+                inputs={"labels": labels_ref},
+                config={**{k: config[k] for k in ("benchmark", "folds", "seed", "max_prompts", "data")},
+                        "fold": f, "models": sorted(meta["models"])},
+                store=ctx.store,
+            )
+            fold_ref = train_router(
+                fl_ref,
+                router_type=meta["kind"],
+                strong_model=strong,
+                weak_model=weak,
+                router_params=meta.get("params"),
+                artifact_root=ctx.store.root,
+            )
+            trained = train_prompt_ids(ctx.store, ArtifactRef.of(fold_ref))
+            check_fold_disjoint(benchmark, f, heldout_table, trained)
+            fold_router = load_router(fold_ref, ctx.store)
+            scores = strong_win_scores(fold_router, benchmark, heldout_table["prompt"].tolist())
+            parts.append(pd.Series(scores, index=heldout_table.index))
+            fold_rows.append(
+                {
+                    "fold": f,
+                    "n_scored": int(len(heldout_table)),
+                    "n_train_labels": int(len(fl)),
+                    "n_train_prompts": len(trained),
+                    "n_benchmark_train_prompts": int(len(trained & set(table["prompt_id"]))),
+                    "labels_key": fl_ref["key"],
+                    "train_key": fold_ref["key"],
+                    "train_fingerprint": fold_ref["fingerprint"],
+                }
+            )
+            log.info("%s cross-fit fold %d/%d: %d scored, router trained on %d prompts",
+                     benchmark, f + 1, folds, len(heldout_table), len(trained))
+
+        scores = pd.concat(parts).sort_index()
+        # stitched: every prompt scored once, by the fold that held it out
+        if len(scores) != len(table) or not scores.index.equals(table.index):
+            raise LeakageError(f"cross-fit {benchmark}: stitched {len(scores)} scores for {len(table)} prompts")
+        s = mx.summarize(scores.to_numpy(), table["strong_quality"], table["weak_quality"],
+                         num_results=num_results, random_seeds=random_seeds)
+        s["protocol"] = PROTOCOL
+        scored = scored_table(table, scores.to_numpy(), extra=("fold",))
+        entry, row = write_benchmark_outputs(ctx, benchmark, scored, s, strong, weak,
+                                             commercial_points(benchmark, strong, weak))
+        entry["folds"] = fold_rows
+        ctx.write_table(pd.DataFrame(fold_rows), "folds.parquet")
+        report = {
+            "protocol": PROTOCOL,
+            "router": {
+                "key": router_ref.key,
+                "fingerprint": router_ref.fingerprint,
+                "kind": meta["kind"],
+                "params": meta.get("params"),
+                "strong_model": strong,
+                "weak_model": weak,
+            },
+            "training_labels": {"key": labels_ref.key, "fingerprint": labels_ref.fingerprint},
+            "strong_model": strong,
+            "weak_model": weak,
+            "folds": folds,
+            "seed": seed,
+            "num_results": num_results,
+            "random_seeds": random_seeds,
+            "label_quality": f"benchmark quality mapped to [0, 1] from {_QUALITY_RANGE.get(benchmark, (0.0, 1.0))}",
+            "quality_unit": QUALITY_UNITS.get(benchmark),
+            "benchmarks": {benchmark: entry},
+        }
+        ctx.write_file("metrics.json", json.dumps(report, indent=2, sort_keys=True, allow_nan=False).encode())
+        ctx.write_table(pd.DataFrame([row]))
+        ctx.stats.update(prompts_scored={benchmark: int(len(table))}, folds=folds,
+                         seconds=round(time.time() - started, 3))
+        log.info("%s cross-fit (n=%d, k=%d): APGR %.3f (exact %.3f), random %.3f, oracle %.3f",
+                 benchmark, s["n"], folds, row["apgr"], row["apgr_exact"], row["random_apgr"], row["oracle_apgr"])
+
+    return run_stage(STAGE, STAGE_VERSION, compute, inputs={"router": router_ref, "labels": labels_ref},
+                     config=config, store=store)

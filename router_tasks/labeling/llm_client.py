@@ -1,0 +1,478 @@
+"""Chat calls to OpenAI-compatible endpoints, shared by the generate and judge stages.
+
+An `Endpoint` is plain config (a dict in DAG params / CLI files): which model to call
+where, with what decoding settings. API keys never enter it: `api_key_env` names the
+environment variable that holds the key, read only when a client is built, never logged
+or stored. The special base_url "local" starts the bundled SmolLM2 server
+(`router_tasks.labeling.llm_server`) for the duration of the calls.
+
+Calls go through the official `openai` client, which retries connection errors, 408,
+409, 429 and 5xx with exponential backoff (honouring Retry-After) and enforces the
+timeout; a thread pool caps the requests in flight per endpoint. A request that still
+fails comes back as a `ChatResult` with `error` set, so a caller records it instead of
+losing the row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+LOCAL_API_KEY = "local-no-key"  # the local server checks no key; the client needs one
+NO_KEY = "no-key"  # for OpenAI-compatible servers that take none
+
+# Settings that change what a model answers: the part of an endpoint that belongs in an
+# artifact's config (and so its cache key). Timeouts, retries, concurrency and the key's
+# variable name do not change answers and stay out, so tuning them reuses artifacts.
+OUTPUT_FIELDS = ("name", "model", "base_url", "max_tokens", "temperature", "system_prompt")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str  # the label in answer/judgement tables, e.g. "gpt-4-1106-preview"
+    model: str  # the model id the API expects (a deployment name, "smollm2", ...)
+    base_url: str | None = None  # None: api.openai.com; "local": the bundled server
+    api_key_env: str | None = None  # env var holding the key; None: OPENAI_API_KEY for OpenAI
+    # In Airflow: a connection whose password plugins/tela_connections.py puts into
+    # `api_key_env` before the task runs. The library only reads the variable.
+    conn_id: str | None = None
+    max_tokens: int = 128
+    temperature: float = 0.0
+    system_prompt: str | None = None
+    timeout_s: float | None = None  # per request; default 120 s (900 s for the local CPU server)
+    max_retries: int = 3
+    concurrency: int | None = None  # requests in flight; default 4 (8 for local: one full batch)
+    # Dollars per 1M tokens, for the cost ledger. They do not change answers, so they stay
+    # out of artifact keys: a price update re-prices, it does not re-ask.
+    price_input_per_m: float = 0.0
+    price_output_per_m: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping, *, defaults: Mapping | None = None, where: str = "endpoint") -> "Endpoint":
+        """Build from config; `defaults` fill fields the dict leaves out.
+
+        Raises ValueError naming the offending field: unknown keys are rejected (a typo
+        would otherwise silently fall back to a default) and so is any literal API key.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        if "api_key" in data:
+            raise ValueError(
+                f"{where}: do not put an API key in config; set it in an environment variable "
+                f"and name that variable in 'api_key_env'"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        merged = {k: v for k, v in (defaults or {}).items() if k in known and v is not None}
+        merged.update({k: v for k, v in data.items() if v is not None})
+        if "name" not in merged and "model" in merged:
+            merged["name"] = merged["model"]
+        for req in ("name", "model"):
+            if not isinstance(merged.get(req), str) or not merged[req].strip():
+                raise ValueError(f"{where}: field {req!r} is required and must be a non-empty string")
+        where = f"{where} {merged['name']!r}"
+        if not isinstance(merged.get("max_tokens", 1), int) or merged.get("max_tokens", 1) < 1:
+            raise ValueError(f"{where}: max_tokens must be a positive integer, got {merged.get('max_tokens')!r}")
+        if not isinstance(merged.get("temperature", 0.0), (int, float)) or merged.get("temperature", 0.0) < 0:
+            raise ValueError(f"{where}: temperature must be a number >= 0, got {merged.get('temperature')!r}")
+        if merged.get("concurrency") is not None and int(merged["concurrency"]) < 1:
+            raise ValueError(f"{where}: concurrency must be >= 1")
+        for price in ("price_input_per_m", "price_output_per_m"):
+            value = merged.get(price, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{where}: {price} must be a number >= 0 (dollars per 1M tokens), got {value!r}")
+            merged[price] = float(value)
+        base = merged.get("base_url")
+        if base is not None and base != LOCAL and urlsplit(base).scheme not in ("http", "https"):
+            raise ValueError(f"{where}: base_url must be an http(s) URL or 'local', got {base!r}")
+        merged["temperature"] = float(merged.get("temperature", 0.0))
+        return cls(**merged)
+
+    @property
+    def is_local(self) -> bool:
+        return self.base_url == LOCAL
+
+    def output_config(self) -> dict:
+        """JSON-able settings that determine the answers; safe to store (no secrets)."""
+        cfg = {k: getattr(self, k) for k in OUTPUT_FIELDS}
+        cfg["base_url"] = _redact_url(self.base_url)
+        return cfg
+
+    def public_dict(self) -> dict:
+        """Every field, with credentials stripped from the URL: for logs and manifests."""
+        d = asdict(self)
+        d["base_url"] = _redact_url(self.base_url)
+        return d
+
+    def api_key(self) -> str:
+        """The key for this endpoint, from the environment; never logged."""
+        if self.is_local:
+            return LOCAL_API_KEY
+        var = self.api_key_env or ("OPENAI_API_KEY" if self.base_url is None else None)
+        if var is None:
+            return NO_KEY
+        key = os.environ.get(var)
+        if not key:
+            raise RuntimeError(
+                f"endpoint {self.name!r}: environment variable {var} (api_key_env) is not set or empty"
+            )
+        return key
+
+    def with_system_prompt(self, messages: list[dict]) -> list[dict]:
+        """The messages as sent: the endpoint's system prompt first, unless they have one."""
+        if self.system_prompt and not any(m.get("role") == "system" for m in messages):
+            return [{"role": "system", "content": self.system_prompt}, *messages]
+        return list(messages)
+
+    def dollars(self, input_tokens: int, output_tokens: int, factor: float = 1.0) -> float:
+        return factor * (input_tokens * self.price_input_per_m + output_tokens * self.price_output_per_m) / 1e6
+
+    def workers(self) -> int:
+        if self.concurrency is not None:
+            return int(self.concurrency)
+        return 8 if self.is_local else 4
+
+    def request_timeout(self) -> float:
+        if self.timeout_s is not None:
+            return float(self.timeout_s)
+        # CPU generation queues behind other batches: minutes, not seconds.
+        return 900.0 if self.is_local else 120.0
+
+
+def _redact_url(url: str | None) -> str | None:
+    """Drop user:password@ and the query string (where some gateways put keys)."""
+    if url is None or url == LOCAL:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def _reject_malformed_json(response) -> None:
+    """A 200 whose JSON body is cut off (a flaky proxy) would reach the openai client's
+    parser as a bare JSONDecodeError, which it does not retry. Raised here as a transport
+    error instead, the client retries it like a dropped connection, with its own backoff."""
+    import httpx2  # the openai client's HTTP library
+
+    if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
+        return
+    response.read()
+    try:
+        json.loads(response.content)
+    except ValueError as err:
+        why = f"{err.msg} at char {err.pos}" if isinstance(err, json.JSONDecodeError) else str(err)
+        raise httpx2.DecodingError(f"malformed response: the body is not valid JSON ({why})",
+                                   request=response.request) from None
+
+
+@dataclass
+class ChatResult:
+    answer: str | None
+    finish_reason: str | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+    cached: bool = False  # served from the request cache: no call made, nothing paid
+
+
+def _describe_error(err: Exception) -> str:
+    """A short, key-free description of a failed call for the `error` column."""
+    import openai
+
+    if isinstance(err, openai.APIStatusError):
+        msg = err.message if isinstance(err.message, str) else str(err)
+        text = f"HTTP {err.status_code} {type(err).__name__}: {msg}"
+    elif isinstance(err, openai.APITimeoutError):
+        text = "timeout: no response within the request timeout"
+    elif isinstance(err, openai.APIConnectionError):
+        cause = err.__cause__ or err
+        # a malformed body (see _reject_malformed_json) names itself
+        text = str(cause) if str(cause).startswith("malformed response") else f"connection error: {type(cause).__name__}: {cause}"
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return " ".join(text.split())[:500]
+
+
+class ChatClient:
+    """One endpoint, bound to a concrete base URL (the local server's, if 'local')."""
+
+    def __init__(self, endpoint: Endpoint, base_url: str | None = None):
+        import openai
+
+        self.endpoint = endpoint
+        self.base_url = base_url if base_url is not None else (None if endpoint.is_local else endpoint.base_url)
+        self._lock = threading.Lock()
+        self.requests = 0  # calls asked of the client
+        self.attempts = 0  # HTTP requests it sent for them: retries included
+        self._client = openai.OpenAI(
+            api_key=endpoint.api_key(),
+            base_url=self.base_url,
+            timeout=endpoint.request_timeout(),
+            max_retries=endpoint.max_retries,
+            # The client retries inside one create() call; an httpx hook sees every attempt.
+            http_client=openai.DefaultHttpxClient(
+                event_hooks={"request": [self._count_attempt], "response": [_reject_malformed_json]}
+            ),
+        )
+
+    def _count_attempt(self, request) -> None:
+        with self._lock:
+            self.attempts += 1
+
+    def chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None) -> ChatResult:
+        ep = self.endpoint
+        messages = ep.with_system_prompt(messages)
+        with self._lock:
+            self.requests += 1
+        started = time.monotonic()
+        try:
+            resp = self._client.chat.completions.create(
+                model=ep.model,
+                messages=messages,
+                max_tokens=max_tokens or ep.max_tokens,
+                temperature=ep.temperature if temperature is None else temperature,
+            )
+        except Exception as err:  # noqa: BLE001 - recorded per row, never raised
+            return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3))
+        latency = round(time.monotonic() - started, 3)
+        usage = resp.usage
+        tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
+        tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+        if not resp.choices:
+            return ChatResult(None, None, "empty response: no choices", tokens_in, tokens_out, latency)
+        choice = resp.choices[0]
+        content = choice.message.content if choice.message else None
+        if content is None:  # e.g. a content filter or a refusal-only reply
+            refusal = getattr(choice.message, "refusal", None) if choice.message else None
+            why = f"refusal: {refusal}" if refusal else f"no content (finish_reason={choice.finish_reason})"
+            return ChatResult(None, choice.finish_reason, why[:500], tokens_in, tokens_out, latency)
+        return ChatResult(content, choice.finish_reason, None, tokens_in, tokens_out, latency)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@contextlib.contextmanager
+def open_endpoint(endpoint: Endpoint) -> Iterator[ChatClient]:
+    """A client for `endpoint`; for base_url 'local', a server that lives as long as it."""
+    _quiet_http_logs()
+    if endpoint.is_local:
+        from router_tasks.labeling.llm_server import local_llm_server
+
+        with local_llm_server() as url:
+            client = ChatClient(endpoint, base_url=url)
+            try:
+                yield client
+            finally:
+                client.close()
+        return
+    client = ChatClient(endpoint)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def chat_many(
+    client: ChatClient,
+    conversations: Sequence[list[dict]],
+    *,
+    max_tokens: int | None = None,
+    on_result: Callable[[int, ChatResult], None] | None = None,
+) -> list[ChatResult]:
+    """Run every conversation, `endpoint.workers()` at a time; results in input order.
+
+    `on_result(index, result)` is called in the calling thread as each one finishes
+    (progress logging, checkpoints).
+    """
+    results: list[ChatResult | None] = [None] * len(conversations)
+    if not conversations:
+        return []
+    with ThreadPoolExecutor(max_workers=client.endpoint.workers(), thread_name_prefix="chat") as pool:
+        futures = {pool.submit(client.chat, conv, max_tokens=max_tokens): i for i, conv in enumerate(conversations)}
+        try:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_result is not None:
+                    on_result(i, results[i])
+        except BaseException:
+            for fut in futures:  # don't start queued requests after a failure or a stop signal
+                fut.cancel()
+            # ...but the requests already on the wire will be paid for: hand their replies
+            # to on_result (the request cache) before giving up, so no re-run pays twice.
+            for fut, i in futures.items():
+                if fut.cancelled() or results[i] is not None:
+                    continue
+                try:
+                    results[i] = fut.result()
+                    if on_result is not None:
+                        on_result(i, results[i])
+                except BaseException:  # noqa: BLE001 - best effort while unwinding
+                    pass
+            raise
+    return results  # type: ignore[return-value]
+
+
+@dataclass
+class CallStats:
+    """What a batch of requests to one endpoint cost: the cost ledger's raw numbers."""
+
+    requests: int = 0  # rows that needed a reply
+    cached: int = 0  # of those, served from the request cache (no call, no cost)
+    calls: int = 0  # calls made to the endpoint now
+    attempts: int = 0  # HTTP requests those calls took: retries included
+    failures: int = 0  # calls that still failed after the client's retries
+    input_tokens: int = 0  # tokens billed now (successful calls only)
+    output_tokens: int = 0
+    dollars: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.attempts - self.calls)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "retries": self.retries, "dollars": round(self.dollars, 6)}
+
+
+def endpoint_cache(endpoint: Endpoint, store, *, flush_every: int = 50):
+    """The request cache of `endpoint` in `store`."""
+    from router_tasks.labeling.request_cache import RequestCache
+
+    return RequestCache(store, base_url=endpoint.output_config()["base_url"], model=endpoint.model,
+                        flush_every=flush_every)
+
+
+def request_keys(endpoint: Endpoint, conversations: Sequence[list[dict]], *, prompt_version: str,
+                 max_tokens: int | None = None) -> tuple[list[list[dict]], list[str]]:
+    """The messages as they will be sent, and their request-cache keys."""
+    from router_tasks.labeling.request_cache import request_key
+
+    max_tokens = max_tokens or endpoint.max_tokens
+    sent = [endpoint.with_system_prompt(c) for c in conversations]
+    base = endpoint.output_config()["base_url"]
+    keys = [request_key(base_url=base, model=endpoint.model, messages=m, max_tokens=max_tokens,
+                        temperature=endpoint.temperature, prompt_version=prompt_version) for m in sent]
+    return sent, keys
+
+
+def ask_all(
+    endpoint: Endpoint,
+    conversations: Sequence[list[dict]],
+    *,
+    store,
+    prompt_version: str,
+    label: str,
+    role: str = "model",
+    max_failure_rate: float = 1.0,
+    max_tokens: int | None = None,
+    flush_every: int = 50,
+) -> tuple[list[ChatResult], CallStats]:
+    """Every conversation answered by `endpoint`, through the request cache.
+
+    Replies cached from any earlier run (same endpoint, messages, sampling and
+    `prompt_version`) come back with `cached=True` and cost nothing; the rest are asked,
+    `endpoint.workers()` at a time, and each success is cached as it arrives. The
+    endpoint (or the local server) is not even opened when everything is cached.
+
+    If more than `max_failure_rate` of the calls made fail, raises RuntimeError: an artifact of errors (a bad key, a wrong URL)
+    must not be stored and reused. What succeeded is cached for the re-run.
+    """
+    started = time.monotonic()
+    max_tokens = max_tokens or endpoint.max_tokens
+    cache = endpoint_cache(endpoint, store, flush_every=flush_every)
+    sent, keys = request_keys(endpoint, conversations, prompt_version=prompt_version, max_tokens=max_tokens)
+    stats = CallStats(requests=len(sent))
+    results: list[ChatResult | None] = [None] * len(sent)
+    todo: dict[str, list[int]] = {}  # key -> the rows that need it: identical requests are sent once
+    for i, key in enumerate(keys):
+        hit = cache.get(key)
+        if hit is None:
+            todo.setdefault(key, []).append(i)
+            continue
+        results[i] = ChatResult(hit.answer, hit.finish_reason, None, hit.input_tokens, hit.output_tokens, 0.0, cached=True)
+        stats.cached += 1
+    unique = list(todo)
+    progress = Progress(f"{label} {endpoint.name}", len(unique))
+
+    def got(j: int, res: ChatResult) -> None:
+        key = unique[j]
+        progress.update(res)
+        if res.error is None and res.answer is not None:
+            cache.put(key, answer=res.answer, finish_reason=res.finish_reason,
+                      input_tokens=res.input_tokens, output_tokens=res.output_tokens)
+            stats.input_tokens += res.input_tokens
+            stats.output_tokens += res.output_tokens
+        else:
+            stats.failures += 1
+        for n, i in enumerate(todo[key]):
+            # a repeat of the same request in this batch: the same reply, not paid again
+            repeat = n > 0
+            results[i] = res if not repeat else ChatResult(res.answer, res.finish_reason, res.error, res.input_tokens,
+                                                           res.output_tokens, 0.0, cached=res.error is None)
+            if repeat and res.error is None:
+                stats.cached += 1
+
+    if stats.cached:
+        log.info("%s: %s: %d replies from the request cache", label, endpoint.name, stats.cached)
+    if unique:
+        log.info("%s: asking %s (%s) for %d replies", label, endpoint.name, endpoint.public_dict()["base_url"], len(unique))
+        with open_endpoint(endpoint) as client:
+            try:
+                chat_many(client, [sent[todo[k][0]] for k in unique], max_tokens=max_tokens, on_result=got)
+            finally:
+                cache.flush()  # however the calls end, what succeeded is kept
+                stats.calls, stats.attempts = client.requests, client.attempts
+    stats.dollars = endpoint.dollars(stats.input_tokens, stats.output_tokens)
+    stats.seconds = round(time.monotonic() - started, 3)
+    if stats.calls and stats.failures / stats.calls > max_failure_rate:
+        first = next(r.error for r in results if r is not None and r.error is not None)
+        raise RuntimeError(
+            f"{label}: {stats.failures}/{stats.calls} calls to {role} {endpoint.name!r} failed "
+            f"(over max_failure_rate={max_failure_rate}); first error: {first}. "
+            f"Successful replies are cached; fix the endpoint and re-run."
+        )
+    return results, stats  # type: ignore[return-value]
+
+
+class Progress:
+    """Logs a line every `every` results: done/total, errors, rate."""
+
+    def __init__(self, label: str, total: int, every: int | None = None):
+        self.label, self.total = label, total
+        self.every = every or max(1, min(100, total // 10 or 1))
+        self.done = self.errors = 0
+        self.started = time.monotonic()
+
+    def update(self, result: ChatResult) -> None:
+        self.done += 1
+        self.errors += result.error is not None
+        if self.done % self.every == 0 or self.done == self.total:
+            rate = self.done / max(time.monotonic() - self.started, 1e-9)
+            log.info("%s: %d/%d done, %d errors, %.2f/s", self.label, self.done, self.total, self.errors, rate)
+
+
+def _quiet_http_logs() -> None:
+    # The openai client logs every request at INFO through httpx: thousands of lines in a
+    # task log. Raise them to WARNING unless someone configured those loggers already.
+    for name in ("httpx", "httpx2", "httpcore"):
+        lg = logging.getLogger(name)
+        if lg.level == logging.NOTSET:
+            lg.setLevel(logging.WARNING)

@@ -1,0 +1,121 @@
+"""The retraining loop's library side: which labels to retrain on, and which of several
+freshly trained routers to put up against the champion.
+
+`dags/router_retraining.py` runs train -> evaluate -> publish whenever new labels arrive
+(the labels Asset) or on a weekly cron, whichever comes first. A run learns its labels from,
+in order: the `labels` DAG param (a ref, key or URI), the newest triggering labels-Asset
+event (its extra carries `{"labels": ref}`, written by whoever emits it with
+`record_labels`), or the `labels/LATEST.json` pointer `record_labels` keeps in the store
+(the cron case: no event, retrain on the newest labels known).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timezone
+from typing import Iterable, Mapping, Sequence
+
+from router_tasks.core.stage import ArtifactRef, load_table, resolve_ref
+from router_tasks.core.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+LATEST_LABELS_KEY = "labels/LATEST.json"
+
+
+def split_by_device(router_types: Sequence[str], use_gpu: bool = True) -> dict:
+    """The `router_types` param split by where each type trains (`train.train_device`).
+
+    Returns `{"cpu": [...], "gpu": [...], "order": ["cpu"|"gpu", ...]}`: one train task is
+    mapped over each list, `order` lets `in_type_order` put their results back in the
+    param's order. Unknown types fail here, before anything trains.
+    """
+    from router_tasks.routers.train import train_device
+
+    types = list(router_types or [])
+    if not types:
+        raise ValueError("router_types is empty: nothing to train")
+    order = [train_device(t, use_gpu) for t in types]
+    return {
+        "cpu": [t for t, d in zip(types, order) if d == "cpu"],
+        "gpu": [t for t, d in zip(types, order) if d == "gpu"],
+        "order": order,
+    }
+
+
+def in_type_order(split: Mapping, cpu_results: Sequence, gpu_results: Sequence) -> list:
+    """The two train tasks' results as one list in the `router_types` order (`split` is
+    `split_by_device`'s answer); publishing breaks ties by that order."""
+    cpu, gpu = list(cpu_results), list(gpu_results)
+    if (len(cpu), len(gpu)) != (len(split["cpu"]), len(split["gpu"])):
+        raise ValueError(f"expected {len(split['cpu'])} CPU and {len(split['gpu'])} GPU results, "
+                         f"got {len(cpu)} and {len(gpu)}")
+    it = {"cpu": iter(cpu), "gpu": iter(gpu)}
+    return [next(it[d]) for d in split["order"]]
+
+
+def record_labels(labels: dict, *, artifact_root: str | None = None) -> dict:
+    """Make `labels` (a labels/validate ref) the newest labels; returns the Asset event extra.
+
+    Call it from the task that emits the labels Asset and attach the returned dict as the
+    event's extra, so an asset-triggered retraining run knows exactly which labels.
+    """
+    store = ArtifactStore(artifact_root)
+    ref = ArtifactRef.of(labels).to_dict()
+    store.write_json(LATEST_LABELS_KEY, {"labels": ref, "recorded_at": datetime.now(timezone.utc).isoformat()})
+    return {"labels": ref}
+
+
+def resolve_labels(
+    labels: str | Mapping | None = None,
+    event_extras: Iterable[Mapping | None] = (),
+    *,
+    artifact_root: str | None = None,
+) -> dict:
+    """The labels ref a retraining run should train on (see the module docstring)."""
+    store = ArtifactStore(artifact_root)
+    if labels not in (None, "", {}):
+        return resolve_ref(labels, store)
+    with_labels = [e["labels"] for e in event_extras if isinstance(e, Mapping) and e.get("labels")]
+    if with_labels:
+        return resolve_ref(with_labels[-1], store)  # events come oldest first: the newest wins
+    if store.exists(LATEST_LABELS_KEY):
+        return resolve_ref(store.read_json(LATEST_LABELS_KEY)["labels"], store)
+    raise FileNotFoundError(
+        f"no labels to retrain on: no 'labels' param, no labels Asset event carrying one, and no "
+        f"{store.uri(LATEST_LABELS_KEY)} (written by router_tasks.lifecycle.retraining.record_labels)"
+    )
+
+
+def publish_best(
+    routers: Sequence[dict],
+    evaluations: Sequence[dict],
+    *,
+    metric: str = "mean_apgr",
+    margin: float = 0.0,
+    artifact_root: str | None = None,
+) -> dict:
+    """Put the best of several candidates (by `metric`) up against the champion.
+
+    One candidate, one decision: comparing candidates among themselves first keeps the
+    decision log to one entry per run. Returns `publish_router`'s decision, plus
+    `candidates` (router key and score of each).
+    """
+    from router_tasks.lifecycle.publish import headline_score, publish_router
+
+    routers, evaluations = list(routers), list(evaluations)
+    if not routers or len(routers) != len(evaluations):
+        raise ValueError(f"publish_best: {len(routers)} routers and {len(evaluations)} evaluations")
+    store = ArtifactStore(artifact_root)
+    candidates = []
+    for r, e in zip(routers, evaluations):
+        score = headline_score(load_table(e, store), metric)
+        candidates.append({"router": ArtifactRef.of(r).key, "evaluation": ArtifactRef.of(e).key, "score": score})
+    # max() keeps the first of equal scores: the order of the router_types param breaks ties
+    # (a NaN score, e.g. a benchmark the router could not be scored on, never wins)
+    best = max(range(len(candidates)), key=lambda i: -math.inf if math.isnan(candidates[i]["score"]) else candidates[i]["score"])
+    log.info("candidates: %s; best %s", [(c["router"], round(c["score"], 4)) for c in candidates], candidates[best]["router"])
+    decision = publish_router(routers[best], evaluations[best], metric=metric, margin=margin, artifact_root=artifact_root)
+    decision["candidates"] = candidates
+    return decision

@@ -1,0 +1,94 @@
+"""Run summary: per stage rows in/out, computed vs reused, time, and the champion's metrics.
+
+Built from the manifests the stages wrote, so it tells the truth about what was stored.
+"""
+
+from __future__ import annotations
+
+from router_tasks.core.stage import ArtifactRef, read_manifest
+from router_tasks.core.store import ArtifactStore
+
+STAT_KEYS = ("requests", "api_calls", "failures", "parse_failures", "duplicates_dropped", "judgements_without_verdict", "quarantined")
+
+
+def _rows_in(manifest: dict) -> str:
+    # The largest input is the one the stage works through (e.g. the prompts a judge
+    # grades, not the same rows again as answers).
+    counts = [v for v in manifest.get("rows_in", {}).values() if v is not None]
+    return str(max(counts)) if counts else "-"
+
+
+def _seconds(manifest: dict) -> float:
+    """A stage's own time plus that of the parts it computed this time (generate does its
+    work in one `generate_model` artifact per shard and model, often as mapped tasks)."""
+    return manifest["seconds"] + float(manifest.get("stats", {}).get("part_seconds", 0.0))
+
+
+def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "manual", artifact_root: str | None = None) -> str:
+    """Markdown summary of a run; also stored at `runs/<run_id>/summary.md` and `runs/latest.md`."""
+    store = ArtifactStore(artifact_root)
+    lines = [
+        f"# Tela Wizard run `{run_id}`",
+        "",
+        f"Artifacts: `{store.root}`",
+        "",
+        "| stage | rows in | rows out | work | seconds | notes |",
+        "|---|---:|---:|---|---:|---|",
+    ]
+    quality_lines = []
+    stages = dict(stages)
+    ledger = stages.pop("ledger", None)  # not a row of the stage table: its own section below
+    seen: dict[str, str] = {}  # artifact key -> the stage row that showed it
+    for name, ref in stages.items():
+        if ref is None:
+            continue
+        ref = ArtifactRef.of(ref)
+        if ref.key in seen:  # a stage with nothing to do hands its input on (references)
+            lines.append(f"| {name} | - | - | nothing to do | - | passed on the {seen[ref.key]} artifact |")
+            continue
+        seen[ref.key] = name
+        m = read_manifest(store, ref)
+        stats = m.get("stats", {})
+        for kind, q in (stats.get("quality") or {}).items():  # written by router_tasks.data.quality.enforce
+            line = f"- {name} / {kind}: {q.get('rules_checked')} rules, {q.get('rows_kept')} of {q.get('rows_checked')} rows kept"
+            if q.get("quarantine"):
+                line += f", {q.get('rows_quarantined')} quarantined (`{q['quarantine']}`)"
+            quality_lines.append(line + f"; Data Docs: `{q.get('data_docs')}`")
+        notes = ", ".join(f"{k}={stats[k]}" for k in STAT_KEYS if k in stats and not isinstance(stats[k], dict))
+        if ref.reused:  # nothing ran now: the time and counters are those of the run that computed it
+            work, seconds = "reused", "-"
+            notes = f"when computed ({_seconds(m):.1f} s): {notes}" if notes else f"computed in {_seconds(m):.1f} s"
+        else:
+            work, seconds = "computed", f"{_seconds(m):.1f}"
+        lines.append(f"| {name} | {_rows_in(m)} | {m.get('rows_out', '-')} | {work} | {seconds} | {notes} |")
+    lines.append("")
+    if quality_lines:
+        lines += ["Data quality:", *quality_lines, ""]
+    if ledger is not None:
+        ledger = ArtifactRef.of(ledger)
+        lines += ["Cost ledger (LLM calls; `now` = spent by this run, the rest = when the artifact was computed):", "",
+                  store.read_bytes(f"{ledger.key}/ledger.md").decode().rstrip(), ""]
+    if decision:
+        verdict = "promoted to champion" if decision["promoted"] else "not promoted"
+        lines += [f"Router `{decision['router']['key']}`: {verdict} ({decision['reason']}).", ""]
+        lines += ["| benchmark | protocol | prompts | APGR | CPT(50%) | CPT(80%) |", "|---|---|---:|---:|---:|---:|"]
+        for row in decision.get("per_benchmark", []):
+            lines.append(
+                f"| {row.get('benchmark')} | {row.get('protocol', '-')} | {row.get('n_prompts', '-')} | "
+                f"{_fmt(row.get('apgr'))} | {_fmt(row.get('cpt50'), pct=True)} | {_fmt(row.get('cpt80'), pct=True)} |"
+            )
+        lines.append("")
+        lines.append(f"Champion score ({decision['metric']}): {decision['score']:.4f}")
+        eval_ref = decision.get("evaluation")
+        if eval_ref:
+            lines.append(f"Evaluation report (tables, plots, protocol, fingerprints): `{ArtifactRef.of(eval_ref).uri}/report.md`")
+    text = "\n".join(lines) + "\n"
+    store.write_bytes(f"runs/{run_id.replace(':', '-').replace('+', '_')}/summary.md", text.encode())
+    store.write_bytes("runs/latest.md", text.encode())
+    return text
+
+
+def _fmt(value, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if pct else f"{value:.3f}"

@@ -1,0 +1,184 @@
+"""The evaluate stage on the bundled benchmarks, with real train artifacts.
+
+`LengthRouter` is a test double of the Router *interface* (scores by prompt length, no
+model), registered like any router kind and saved with the real `save_router`; the
+evaluate code, the metrics and the stores are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from router_tasks.data import routellm as bm
+from router_tasks.evaluation import metrics as mx
+from router_tasks.evaluation.evaluate import LeakageError, evaluate_router
+from router_tasks.routers import ROUTERS, save_router
+from router_tasks.routers.base import Router
+from router_tasks.core.stage import ArtifactRef, load_table, read_manifest, run_stage
+from router_tasks.core.store import ArtifactStore
+
+STRONG, WEAK = bm.STRONG_MODEL, bm.WEAK_MODEL
+
+
+class LengthRouter(Router):
+    """Longer prompt -> more need for the strong model."""
+
+    kind = "by_length"
+
+    def fit(self, labels):
+        return self
+
+    def predict_quality(self, prompts: Sequence[str]) -> pd.DataFrame:
+        n = np.array([len(p) for p in prompts], dtype=float)
+        return pd.DataFrame({self.strong_model: np.minimum(n / 2000.0, 1.0), self.weak_model: 0.0})
+
+    def save(self, write_file) -> None:
+        write_file("length.json", b"{}")
+
+    @classmethod
+    def load(cls, read_file, meta):
+        json.loads(read_file("length.json"))
+        return cls(meta["models"], meta["strong_model"], meta["weak_model"], meta.get("params"))
+
+
+@pytest.fixture(autouse=True)
+def _register(monkeypatch):
+    monkeypatch.setitem(ROUTERS, LengthRouter.kind, LengthRouter)
+
+
+def make_train_artifact(root: str, train_ids: list[str] | None, tag: str = "") -> dict:
+    """A complete train artifact as the train stage lays it out."""
+
+    def compute(ctx):
+        save_router(LengthRouter([STRONG, WEAK], STRONG, WEAK), ctx, training={"tag": tag})
+        if train_ids is not None:
+            ctx.write_table(pd.DataFrame({"prompt_id": train_ids}), "train_prompts.parquet")
+        ctx.write_table(pd.DataFrame({"model": [STRONG, WEAK]}))
+
+    return run_stage("train", "test", compute, config={"tag": tag, "n": len(train_ids or [])}, store=ArtifactStore(root))
+
+
+def test_evaluate_all_benchmarks(local_root):
+    train_ids = sorted(bm.routellm_training_labels([STRONG, WEAK])["prompt_id"].unique())
+    router = make_train_artifact(local_root, train_ids)
+    ref = evaluate_router(router, random_seeds=2, artifact_root=local_root)
+    store = ArtifactStore(local_root)
+    key = ArtifactRef.of(ref).key
+    assert ref["stage"] == "evaluate" and not ref["reused"]
+
+    table = load_table(ref, store)
+    assert list(table["benchmark"]) == ["mmlu", "gsm8k", "mt-bench"]
+    assert list(table["protocol"]) == ["holdout", "holdout", "transfer"]
+    for col in ("apgr", "auc", "cpt20", "cpt50", "cpt80", "random_apgr", "oracle_apgr", "apgr_exact", "cpt50_exact"):
+        assert table[col].notna().all(), col
+
+    report = json.loads(store.read_bytes(f"{key}/metrics.json"))
+    assert report["router"]["n_train_prompts"] == len(train_ids)
+    for bench in bm.BENCHMARKS:
+        scores = store.read_parquet(f"{key}/scores_{bench}.parquet")
+        expected = bm.get_benchmark(bench).eval_table(STRONG, WEAK)
+        assert list(scores["prompt_id"]) == list(expected["prompt_id"])
+        assert not scores["prompt_id"].isin(train_ids).any()
+        # the scores are the router's, the metrics follow from them
+        lengths = scores["prompt"].str.len().to_numpy(float)
+        assert np.allclose(scores["strong_win_rate"], (np.minimum(lengths / 2000, 1) + 1) / 2)
+        again = mx.summarize(scores["strong_win_rate"], scores["strong_quality"], scores["weak_quality"], random_seeds=2)
+        row = table.set_index("benchmark").loc[bench]
+        assert row["apgr"] == pytest.approx(again["routellm"]["apgr"])
+        assert row["cpt80_exact"] == pytest.approx(again["exact"]["cpt80"])
+        assert report["benchmarks"][bench]["n_prompts"] == len(scores) == row["n_prompts"]
+        png = store.read_bytes(f"{key}/plot_{bench}.png")
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+        curves = store.read_parquet(f"{key}/curves_{bench}.parquet")
+        assert set(zip(curves["mode"], curves["method"])) == {(m, k) for m in mx.MODES for k in ("router", "random", "oracle")}
+    md = store.read_bytes(f"{key}/report.md").decode()
+    for bench in table["benchmark"]:
+        row = table.set_index("benchmark").loc[bench]
+        assert f"| {bench} | {row['protocol']} | {row['n_prompts']} | {row['apgr']:.3f} |" in md
+        assert f"](plot_{bench}.png)" in md
+    assert "fingerprint" in md
+    assert table.set_index("benchmark").loc["mmlu", "n_prompts"] > 2000  # the ~20% holdout
+    assert table.set_index("benchmark").loc["mt-bench", "n_prompts"] == 72
+    routers = {c["router"]: c for c in report["benchmarks"]["mt-bench"]["commercial_routers"]}
+    assert routers["unify"]["strong_share"] == pytest.approx(0.5) and routers["martian"]["strong_share"] is None
+    assert "commercial_routers" not in report["benchmarks"]["mmlu"]
+
+    manifest = read_manifest(store, ref)
+    assert manifest["stats"]["prompts_scored"]["mt-bench"] == 72
+    # same router, same config: reused, no recomputation
+    assert evaluate_router(router, random_seeds=2, artifact_root=local_root)["reused"] is True
+
+
+def test_leaked_prompt_is_refused(local_root):
+    held = bm.load_benchmark("gsm8k", split="eval")
+    router = make_train_artifact(local_root, ["other-id", held["prompt_id"].iloc[3]], tag="leaky")
+    with pytest.raises(LeakageError, match=f"'gsm8k'.*prompt_id {held['prompt_id'].iloc[3]}"):
+        evaluate_router(router, benchmarks=["gsm8k"], random_seeds=1, artifact_root=local_root)
+    assert ArtifactStore(local_root).list("stages/evaluate") == []  # nothing half-written passes as done
+    # MT-Bench is checked too, on its first-turn prompt ids
+    mt = bm.load_benchmark("mt-bench")
+    router = make_train_artifact(local_root, [mt["prompt_id"].iloc[0]], tag="mt")
+    with pytest.raises(LeakageError, match="'mt-bench'"):
+        evaluate_router(router, benchmarks=["mt-bench"], random_seeds=1, artifact_root=local_root)
+
+
+def test_router_without_training_ids_is_refused(local_root):
+    router = make_train_artifact(local_root, None, tag="no-ids")
+    with pytest.raises(LeakageError, match="train_prompts.parquet"):
+        evaluate_router(router, benchmarks=["mt-bench"], random_seeds=1, artifact_root=local_root)
+
+
+def test_unknown_benchmark_fails_before_work(local_root):
+    router = make_train_artifact(local_root, [], tag="x")
+    with pytest.raises(KeyError, match="arena"):
+        evaluate_router(router, benchmarks=["arena"], artifact_root=local_root)
+
+
+def test_random_router_trained_on_routellm_labels_on_s3(s3_root):
+    """End to end with the real train stage and the real random router, on the S3 API:
+    RouteLLM training labels never collide with the evaluation holdout."""
+    from router_tasks.routers.train import train_router
+
+    store = ArtifactStore(s3_root)
+    labels = bm.routellm_training_labels([STRONG, WEAK])
+    labels_ref = run_stage("labels", "test", lambda ctx: ctx.write_table(labels), config={"t": 1}, store=store)
+    router = train_router(labels_ref, router_type="random", artifact_root=s3_root)
+    ref = evaluate_router(router, benchmarks=["gsm8k", "mt-bench"], random_seeds=3, artifact_root=s3_root)
+    table = load_table(ref, store).set_index("benchmark")
+    assert list(table.index) == ["gsm8k", "mt-bench"]
+    # a random router is no better than chance, and nothing beats the oracle
+    assert -0.5 < table.loc["gsm8k", "apgr"] < 1.5
+    assert (table["oracle_apgr"] > table[["apgr", "random_apgr"]].max(axis=1)).all()
+    assert (table["oracle_apgr_exact"] >= table["apgr_exact"]).all()
+
+
+def test_evaluate_to_dir_transfer_and_holdout(local_root, tmp_path):
+    from router_tasks.evaluation.evaluate import evaluate_to_dir
+
+    gsm_train = sorted(bm.load_benchmark("gsm8k", split="train")["prompt_id"])
+    router = make_train_artifact(local_root, gsm_train, tag="to-dir")
+    out = tmp_path / "out"
+    res = evaluate_to_dir(router["key"], "mt-bench", "transfer", str(out), artifact_root=local_root, random_seeds=1)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "plot.png", "scores.parquet"]
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert list(scores.columns[:2]) == ["prompt", "strong_win_rate"] and len(scores) == 72
+    lengths = scores["prompt"].str.len().to_numpy(float)
+    assert np.allclose(scores["strong_win_rate"], (np.minimum(lengths / 2000, 1) + 1) / 2)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["protocol"] == "transfer" and report["benchmark"] == "mt-bench"
+    assert report["benchmarks"]["mt-bench"]["n_prompts"] == 72 == res["metrics"]["n_prompts"]
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+    # GSM8K: the router trained on its non-holdout prompts, so only the holdout is honest
+    held = evaluate_to_dir(router, "gsm8k", "holdout", str(tmp_path / "h"), artifact_root=local_root, random_seeds=1)
+    assert held["metrics"]["protocol"] == "holdout"
+    assert held["metrics"]["n_prompts"] == len(bm.load_benchmark("gsm8k", split="eval"))
+    with pytest.raises(LeakageError, match="crossfit"):
+        evaluate_to_dir(router, "gsm8k", "transfer", str(tmp_path / "t"), artifact_root=local_root, random_seeds=1)
+    with pytest.raises(ValueError, match="no holdout protocol"):
+        evaluate_to_dir(router, "mt-bench", "holdout", str(tmp_path / "x"), artifact_root=local_root)

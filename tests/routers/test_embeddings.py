@@ -1,0 +1,102 @@
+"""Embeddings: real MiniLM vectors, and the persistent cache in the artifact store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router_tasks.routers import embeddings
+from router_tasks.routers.embeddings import EMBED_DIM, Embedder, clear_memory_cache, embed_texts
+from router_tasks.core.store import ArtifactStore
+
+
+def test_vectors_are_unit_length_and_semantic(minilm):
+    v = embed_texts(["What is 2 + 2?", "What  is 2 +\n2?", "How much is two plus two?",
+                     "Prove the spectral theorem for compact operators."])
+    assert v.shape == (4, EMBED_DIM) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(v[0], v[1], atol=1e-6)  # whitespace variants: one prompt
+    assert v[0] @ v[2] > v[0] @ v[3] + 0.2  # paraphrase much closer than an unrelated prompt
+
+
+def test_matches_plain_transformers_mean_pooling(minilm):
+    """The vectors are MiniLM's (mean pooling + L2 norm), not some other pooling."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = ["Name a fruit that is yellow.", "Derive the Black-Scholes equation from Ito's lemma."]
+    path = embeddings.model_path()
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    np.testing.assert_allclose(embeddings.encode(texts), ref, atol=1e-5)
+
+
+def test_empty_and_bad_input(minilm):
+    assert embed_texts([]).shape == (0, EMBED_DIM)
+    with pytest.raises(TypeError, match="prompt #1"):
+        embed_texts(["fine", None])
+
+
+def test_store_cache_serves_vectors_without_the_model(minilm, any_root):
+    clear_memory_cache()  # other tests may have embedded these texts in this process
+    store = ArtifactStore(any_root)
+    texts = ["cache me if you can", "and me too", "cache me if you can"]
+    first = Embedder(store)
+    a = first(texts)
+    assert first.stats == {"embedded": 2, "cache_hits": 0}
+    shards = store.list(f"{embeddings.CACHE_PREFIX}/{embeddings.MODEL_ID}/")
+    assert len(shards) == 1 and shards[0].endswith(".parquet")
+
+    clear_memory_cache()  # as in a fresh process: only the store has the vectors
+    second = Embedder(store)
+    b = second(list(reversed(texts)))
+    assert second.stats == {"embedded": 0, "cache_hits": 2}
+    np.testing.assert_array_equal(b, a[::-1])
+
+    third = Embedder(store)
+    third(["and me too", "a brand new prompt"])
+    assert third.stats == {"embedded": 1, "cache_hits": 1}
+    assert len(store.list(f"{embeddings.CACHE_PREFIX}/{embeddings.MODEL_ID}/")) == 2  # one new shard
+
+
+def test_vectors_in_memory_are_still_written_to_a_new_store(minilm, tmp_path):
+    embed_texts(["already embedded in this process"])
+    store = ArtifactStore(str(tmp_path / "fresh"))
+    Embedder(store)(["already embedded in this process"])
+    clear_memory_cache()
+    e = Embedder(store)
+    e(["already embedded in this process"])
+    assert e.stats["embedded"] == 0
+
+
+def test_unreadable_shard_is_ignored(minilm, tmp_path, caplog):
+    store = ArtifactStore(str(tmp_path / "a"))
+    store.write_bytes(f"{embeddings.CACHE_PREFIX}/{embeddings.MODEL_ID}/broken.parquet", b"not parquet")
+    clear_memory_cache()
+    e = Embedder(store)
+    v = e(["still works"])
+    assert v.shape == (1, EMBED_DIM) and e.stats["embedded"] == 1
+    assert "unreadable embedding cache shard" in caplog.text
+
+
+def test_packaged_seed_matches_the_model_and_is_not_copied_into_stores(local_root):
+    """The shipped benchmark vectors must be what the model computes today."""
+    import numpy as np
+
+    from router_tasks.data import routellm as bm
+    from router_tasks.routers import embeddings as emb
+    from router_tasks.core.store import ArtifactStore
+
+    texts = bm.load_benchmark("mmlu", bm.STRONG_MODEL, bm.WEAK_MODEL)["prompt"].sample(4, random_state=3).tolist()
+    texts += bm.load_benchmark("mt-bench", bm.STRONG_MODEL, bm.WEAK_MODEL)["prompt"].head(2).tolist()
+    emb.clear_memory_cache()
+    embedder = emb.Embedder(ArtifactStore(local_root))
+    served = embedder(texts)
+    assert embedder.stats == {"embedded": 0, "cache_hits": len(texts)}
+    fresh = emb.encode(texts)
+    assert np.all((served * fresh).sum(axis=1) > 0.999)
+    assert ArtifactStore(local_root).list("cache/") == []
