@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from router_tasks.labeling.generate import generate_answers
-from router_tasks.labeling.llm_server import REUSE_ENV, SERVED_MODEL, local_llm_server
+from router_tasks.labeling.llm_server import REUSE_ENV, SERVED_MODEL, auto_dtype, local_llm_server
 from router_tasks.core.stage import load_table
 from router_tasks.core.store import ArtifactStore
 from tests.openai_test_server import write_prompts
@@ -29,11 +29,14 @@ def _get(url):
 @pytest.mark.timeout(900)
 def test_smollm2_server_answers_over_http(local_root, monkeypatch):
     monkeypatch.delenv(REUSE_ENV, raising=False)  # really start one
-    with local_llm_server() as base_url:
+    # float32 everywhere: the greedy answer below must not depend on whether this CPU takes
+    # the bfloat16 path (a 135M model's bf16 reply to the capital question differs).
+    assert auto_dtype() in ("bfloat16", "float32")  # "auto" resolves by the CPU's features
+    with local_llm_server(dtype="float32") as base_url:
         root = base_url.removesuffix("/v1")
         status, health = _get(f"{root}/health")
         assert status == 200 and health["status"] == "ok" and health["model"] == SERVED_MODEL
-        assert health["dtype"] in ("bfloat16", "float32")  # "auto" resolved by the CPU's features
+        assert health["dtype"] == "float32"
         assert [m["id"] for m in _get(f"{base_url}/models")[1]["data"]] == [SERVED_MODEL]
 
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
