@@ -534,6 +534,11 @@ class CausalLLMRouter(Router):
         #: the values the "auto" params took (saved: a loaded router reads inputs the same way)
         self.effective: dict = {}
 
+    @classmethod
+    def key_identity(cls, params: dict) -> dict:
+        """What beyond the params decides the trained router: the base model's weights."""
+        return {"base_model": base_model_identity(params["base_model"])}
+
     # --- setup ------------------------------------------------------------------------
 
     def _use_cuda(self) -> bool:
@@ -707,7 +712,12 @@ class CausalLLMRouter(Router):
             bias="none",
             task_type="CAUSAL_LM",
         )
-        self.model = get_peft_model(model, config)
+        import torch
+
+        # LoRA's A matrices start random: seeded, so every process (and every rerun) starts alike
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.params["seed"]))
+            self.model = get_peft_model(model, config)
 
     # --- prompts ----------------------------------------------------------------------
 
