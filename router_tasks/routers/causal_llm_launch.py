@@ -11,7 +11,7 @@ was started with one), optionally narrowed by the router's `gpus` param.
 
 Multi-process fits. With `num_processes` > 1 the calling process (the train task) claims
 that many GPUs, writes the labels and params to a scratch folder and runs
-`python -m torch.distributed.run --nproc_per_node N -m router_tasks.routers.causal_llm_launch
+`python -m torch.distributed.run --nproc_per_node N -m router_tasks.routers.causal_llm_worker
 FOLDER` with `CUDA_VISIBLE_DEVICES` set to the claimed GPUs (empty on a CPU host: N gloo
 processes). Each worker's `Accelerator` sees the torchrun environment and wraps the model
 in DDP (nccl on GPUs, gloo on CPUs); rank 0 saves the trained files into the folder; the
@@ -176,10 +176,10 @@ def free_port() -> int:
 
 
 def launch_command(n: int, job_dir: str, port: int) -> list[str]:
-    """torchrun, one node, `n` workers running this module's `main` on `job_dir`."""
+    """torchrun, one node, `n` workers running `main` (via causal_llm_worker) on `job_dir`."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={n}",
-        "--master_addr=127.0.0.1", f"--master_port={port}", "-m", __name__, job_dir,
+        "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "router_tasks.routers.causal_llm_worker", job_dir,
     ]
 
 
@@ -245,6 +245,3 @@ def main(argv=None) -> None:
         dist.barrier()  # nobody tears the group down while rank 0 still saves
         dist.destroy_process_group()
 
-
-if __name__ == "__main__":
-    main()

@@ -205,7 +205,7 @@ def test_gpu_candidates_claims_and_launch_env(tmp_path):
     with pytest.raises(ValueError, match="2 processes but 1 GPU"):
         launch.launch_env(base, 2, ["5"])
     cmd = launch.launch_command(2, "/job", 29999)
-    assert "--nproc_per_node=2" in cmd and cmd[-3:] == ["-m", "router_tasks.routers.causal_llm_launch", "/job"]
+    assert "--nproc_per_node=2" in cmd and cmd[-3:] == ["-m", "router_tasks.routers.causal_llm_worker", "/job"]
     assert "--master_addr=127.0.0.1" in cmd
 
 
@@ -221,7 +221,7 @@ def test_two_process_fit_matches_one_process(router_labels_artifact, local_root)
                        router_params={**params, "num_processes": 2}, artifact_root=local_root)
     store = ArtifactStore(local_root)
     train_dirs = [p for p in (Path(local_root) / "stages" / "train").iterdir() if p.is_dir()]
-    assert len(train_dirs) == 1 and (train_dirs[0] / "manifest.json").exists()  # written once, by the caller
+    assert len(train_dirs) == 1 and (train_dirs[0] / "_MANIFEST.json").exists()  # written once, by the caller
     router = load_router(ref, store)
     stats = router.train_stats
     assert stats["world_size"] == 2 and stats["backend"] == "gloo" and stats["distributed"] == "MULTI_CPU"
