@@ -378,8 +378,11 @@ def build_tokenizer(vocab_size: int = 512):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def build_random_model(layout: str, vocab_size: int, seed: int):
-    """Random-weight Llama of a named layout (seeded without touching the global RNG)."""
+def build_random_model(layout: str, vocab_size: int, seed: int, device=None):
+    """Random-weight Llama of a named layout (seeded without touching the global RNG).
+
+    `device`: where to build it (a 1B layout initialises in seconds on a GPU, ~a minute on a CPU).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -388,7 +391,8 @@ def build_random_model(layout: str, vocab_size: int, seed: int):
     kwargs = dict(LAYOUTS[layout])
     kwargs["vocab_size"] = max(vocab_size, kwargs.get("vocab_size", 0))
     config = LlamaConfig(tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2, **kwargs)
-    with torch.random.fork_rng(devices=[]):
+    devices = [device] if device is not None and torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.device(device or "cpu"):
         torch.manual_seed(seed)
         return LlamaForCausalLM(config)
 
@@ -397,19 +401,59 @@ def _random_layout(spec: str) -> str | None:
     if spec == "tiny":
         return "tiny"
     if spec.startswith("random:"):
-        return spec.split(":", 1)[1]
+        return spec.split(":", 2)[1]
     return None
 
 
-def load_base(spec: str, dtype, seed: int = 0):
+def _random_tokenizer_source(spec: str) -> str | None:
+    """"random:<layout>:<folder or .gguf>": a real tokenizer for a random-weight layout."""
+    parts = spec.split(":", 2)
+    return parts[2] if spec.startswith("random:") and len(parts) == 3 and parts[2] else None
+
+
+def load_tokenizer(source: str):
+    """A HF tokenizer from a folder, a .gguf file or "smollm2-gguf" (through the plain-copy cache)."""
+    from transformers import AutoTokenizer
+
+    if source == SMOLLM2_GGUF or source.endswith(".gguf"):
+        source = gguf_plain_copy(source)
+    return AutoTokenizer.from_pretrained(source)
+
+
+def gguf_plain_copy(spec: str = SMOLLM2_GGUF) -> str:
+    """Folder of the dequantised, save_pretrained copy of a GGUF base (made once, cached).
+
+    It is an ordinary HF folder: `base_model` can name it, which loads in about a second.
+    """
+    folder, name = smollm2_gguf_path() if spec == SMOLLM2_GGUF else os.path.split(os.path.abspath(spec))
+    cached = _gguf_cache_path(folder, name)
+    if not os.path.exists(os.path.join(cached, "COMPLETE")):
+        _load_gguf(folder, name)
+    if not os.path.exists(os.path.join(cached, "COMPLETE")):
+        raise RuntimeError(f"could not write the plain copy of {name} to {cached} (set TELA_MODEL_CACHE)")
+    return cached
+
+
+def _gguf_cache_path(folder: str, name: str) -> str:
+    import hashlib
+
+    import transformers
+
+    path = os.path.join(folder, name)
+    key = hashlib.sha256(f"{name}\0{os.path.getsize(path)}\0{transformers.__version__}".encode()).hexdigest()[:16]
+    return os.path.join(gguf_cache_dir(), f"{os.path.splitext(name)[0]}-{key}")
+
+
+def load_base(spec: str, dtype, seed: int = 0, device=None):
     """(model, tokenizer, identity dict) for a `base_model` spec, before label tokens."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     layout = _random_layout(spec)
     if layout is not None:
-        tok = build_tokenizer()
-        model = build_random_model(layout, len(tok), seed).to(dtype)
+        source = _random_tokenizer_source(spec)
+        tok = load_tokenizer(source) if source else build_tokenizer()
+        model = build_random_model(layout, len(tok), seed, device=device).to(dtype)
         return model, tok, {"base_model": spec, **base_model_identity(spec)}
 
     if spec == SMOLLM2_GGUF or spec.endswith(".gguf"):
@@ -437,17 +481,13 @@ def _load_gguf(folder: str, name: str):
     file's name and size and the transformers version that dequantised it. A cache that
     cannot be written (read-only home) only costs the slow path.
     """
-    import hashlib
     import shutil
     import tempfile
 
     import torch
-    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = os.path.join(folder, name)
-    key = hashlib.sha256(f"{name}\0{os.path.getsize(path)}\0{transformers.__version__}".encode()).hexdigest()[:16]
-    cached = os.path.join(gguf_cache_dir(), f"{os.path.splitext(name)[0]}-{key}")
+    cached = _gguf_cache_path(folder, name)
     if os.path.exists(os.path.join(cached, "COMPLETE")):
         try:
             tok = AutoTokenizer.from_pretrained(cached)
@@ -591,7 +631,7 @@ class CausalLLMRouter(Router):
             model, tok = self._load_random_base(read_file, saved, dtype)
             identity = dict(saved.get("base_identity", {}))
         else:
-            model, tok, identity = load_base(spec, dtype, int(self.params["seed"]))
+            model, tok, identity = load_base(spec, dtype, int(self.params["seed"]), device=self._device)
             tok.add_tokens(list(LABEL_TOKENS), special_tokens=True)
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
@@ -749,6 +789,10 @@ class CausalLLMRouter(Router):
                 ids = ids[-max_len:]
             out.append(ids)
         return out
+
+    def input_lengths(self, queries: Sequence[str], model_names: Sequence[str]) -> list[int]:
+        """Tokens per (query, model) example as the router feeds them (benchmarks' projections)."""
+        return [len(ids) for ids in self._encode(queries, model_names)]
 
     def _batch(self, seqs: list[list[int]]):
         """Left-padded tensors (input_ids, attention_mask, position_ids) on the device."""
