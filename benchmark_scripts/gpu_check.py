@@ -333,7 +333,9 @@ def main(argv=None) -> dict:
     folder = None
     if not args.tiny:
         t0 = time.time()
-        folder = gguf_plain_copy(find_gguf(args.gguf))  # dequantised once, then an ordinary HF folder
+        gguf = find_gguf(args.gguf)
+        out["gguf"] = {"file": Path(gguf).name, "sha256": _sha256(Path(gguf))}
+        folder = gguf_plain_copy(gguf)  # dequantised once, then an ordinary HF folder
         out["gguf_to_folder_s"] = round(time.time() - t0, 1)
     if not args.skip_speed:
         out.update(speed(args, folder, on_gpu))
