@@ -61,7 +61,9 @@ Base model (`base_model`):
     "tiny"             random 2-layer Llama (hidden 64) with a BPE tokenizer trained in
                        code: unit tests, no hub, no download
     "random:<layout>"  random weights in a named layout ("llama-3.2-1b", "smollm2-135m",
-                       "tiny") with the in-code tokenizer: speed benchmarks only
+                       "tiny") with the in-code tokenizer: speed benchmarks only;
+                       "random:<layout>:<folder or .gguf>" with that model's real
+                       tokenizer, so token counts are a real model's
 
 Saved files: `causal_llm.json` (label token ids, template version, base identity,
 training history), the LoRA adapter + label rows (`causal_llm_adapter.safetensors`, a

@@ -82,21 +82,38 @@ def candidate_gpus(spec, count: int, env=None) -> list[tuple[int, str]]:
     return [(i, ids[i]) for i in wanted]
 
 
+#: locks this process holds: device id -> [open lock file, number of claims on it]
+_HELD: dict[str, list] = {}
+
+
 @dataclass
 class GpuClaim:
     """GPUs held by this process: `local` indices for torch, `ids` for CUDA_VISIBLE_DEVICES."""
 
     local: list[int]
     ids: list[str]
-    _files: list = field(default_factory=list, repr=False)
+    _owned: list = field(default_factory=list, repr=False)
 
     def release(self) -> None:
-        for f in self._files:
-            f.close()  # closing the file drops its flock
-        self._files = []
+        for gid in self._owned:
+            entry = _HELD.get(gid)
+            if entry is None:
+                continue
+            entry[1] -= 1
+            if entry[1] <= 0:
+                entry[0].close()  # closing the file drops its flock
+                del _HELD[gid]
+        self._owned = []
 
     def __del__(self):
         self.release()
+
+
+def _take(held: GpuClaim, local: int, gid: str) -> None:
+    _HELD[gid][1] += 1
+    held.local.append(local)
+    held.ids.append(gid)
+    held._owned.append(gid)
 
 
 def claim_gpus(n: int, candidates, *, lock_dir: str | None = None, wait_s: float | None = None,
@@ -107,6 +124,10 @@ def claim_gpus(n: int, candidates, *, lock_dir: str | None = None, wait_s: float
     execution_timeout bounds it). The pool should make waiting rare: it only happens
     when more GPU tasks run than GPUs are free (a pool larger than the GPU count, or
     someone else's job on the GPU).
+
+    Within one process claims share: a GPU this process already holds is taken only when
+    no other is free, and then shared instead of waited for (a train task that scores
+    with a second router object must not wait for itself).
     """
     import fcntl
 
@@ -121,6 +142,8 @@ def claim_gpus(n: int, candidates, *, lock_dir: str | None = None, wait_s: float
     while True:
         held = GpuClaim([], [])
         for local, gid in candidates:
+            if gid in _HELD:
+                continue
             f = open(os.path.join(folder, f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', gid)}.lock"), "a+")
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -131,12 +154,18 @@ def claim_gpus(n: int, candidates, *, lock_dir: str | None = None, wait_s: float
             f.truncate()
             f.write(f"{os.getpid()}\n")
             f.flush()
-            held.local.append(local)
-            held.ids.append(gid)
-            held._files.append(f)
+            _HELD[gid] = [f, 0]
+            _take(held, local, gid)
             if len(held.local) == n:
-                log.info("claimed GPU(s) %s (CUDA ids %s) in %s", held.local, held.ids, folder)
-                return held
+                break
+        for local, gid in candidates:  # not enough free ones: share what this process holds
+            if len(held.local) == n:
+                break
+            if gid in _HELD and gid not in held.ids:
+                _take(held, local, gid)
+        if len(held.local) == n:
+            log.info("claimed GPU(s) %s (CUDA ids %s) in %s", held.local, held.ids, folder)
+            return held
         held.release()
         now = time.monotonic()
         if wait_s is not None and now - started >= wait_s:
@@ -190,6 +219,9 @@ def fit_distributed(router, labels):
     n = int(router.params["num_processes"])
     gpu_ids = None
     if router._use_cuda():
+        if router._claim is not None and len(router._claim.ids) != n:
+            router._claim.release()
+            router._claim = None
         if router._claim is None:
             router._claim = claim_gpus(n, candidate_gpus(router.params["gpus"], torch.cuda.device_count()))
         gpu_ids = router._claim.ids

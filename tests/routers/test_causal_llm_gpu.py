@@ -178,20 +178,34 @@ def test_gpu_candidates_claims_and_launch_env(tmp_path):
     with pytest.raises(ValueError, match="asks for GPU"):
         launch.candidate_gpus("5", 4, env)
 
-    # one task per pool slot: each claim takes a different GPU, a claim beyond them waits
+    # one task per pool slot: a GPU another process holds is skipped, a claim beyond them waits
+    import fcntl
+
     cands = launch.candidate_gpus("auto", 2, {"CUDA_VISIBLE_DEVICES": "GPU-aa,GPU-bb"})
-    first = launch.claim_gpus(1, cands, lock_dir=str(tmp_path))
-    second = launch.claim_gpus(1, cands, lock_dir=str(tmp_path))
-    assert {first.ids[0], second.ids[0]} == {"GPU-aa", "GPU-bb"} and first.local != second.local
+
+    def other_task_holds(gid):  # another open file description: exactly what another process's lock is
+        f = open(tmp_path / f"gpu-{gid}.lock", "a+")
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return f
+
+    other = other_task_holds("GPU-aa")
+    mine = launch.claim_gpus(1, cands, lock_dir=str(tmp_path))
+    assert (mine.local, mine.ids) == ([1], ["GPU-bb"])
+    # a second router in the same task shares its GPU instead of waiting for itself
+    again = launch.claim_gpus(1, cands, lock_dir=str(tmp_path), wait_s=0)
+    assert again.ids == ["GPU-bb"]
+    mine.release(), again.release()
+    other2 = other_task_holds("GPU-bb")  # both held elsewhere: wait, here give up at once
     with pytest.raises(TimeoutError, match="no 1 free GPU"):
         launch.claim_gpus(1, cands, lock_dir=str(tmp_path), wait_s=0)
-    freed = first.ids[0]
-    first.release()
-    third = launch.claim_gpus(1, cands, lock_dir=str(tmp_path), wait_s=0)
-    assert third.ids == [freed]
+    other.close()  # that task ended: its GPU is free
+    assert launch.claim_gpus(1, cands, lock_dir=str(tmp_path), wait_s=0).ids == ["GPU-aa"]
+    other2.close()
+    both = launch.claim_gpus(2, cands, lock_dir=str(tmp_path), wait_s=0)
+    assert sorted(both.ids) == ["GPU-aa", "GPU-bb"]
+    both.release()
     with pytest.raises(ValueError, match="2 GPU\\(s\\) wanted, only 1"):
         launch.claim_gpus(2, cands[:1], lock_dir=str(tmp_path))
-    second.release(), third.release()
 
     # what a launched fit's workers get: their GPUs, none of the caller's distributed state
     base = {"CUDA_VISIBLE_DEVICES": "4,5,6,7", "RANK": "3", "MASTER_PORT": "1234", "PYTHONPATH": "/x", "HOME": "/h"}
