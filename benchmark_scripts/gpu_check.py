@@ -231,7 +231,7 @@ def quality(args, base: str, on_gpu: bool, deadline: float) -> dict:
         params.update(lr=0.005)
     # a short probe times a step, so the real run fits the time budget
     probe_steps = 2 if small else 6
-    probe_labels = labels.head(2000)  # enough for the probe's steps; encoding all of them twice costs time
+    probe_labels = labels.sample(n=min(2000, len(labels)), random_state=0)  # a mix like the whole; encoding all twice costs time
     probe = CausalLLMRouter([STRONG, WEAK], STRONG, WEAK, {**params, "max_steps": probe_steps}).fit(probe_labels)
     step_s = probe.train_stats["step_s_median"]
     bs = int(probe.effective["batch_size"])
