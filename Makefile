@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TELA_ARTIFACT_ROOT ?= $(CURDIR)/artifacts
 
-.PHONY: install demo test benchmark lock clean airflow-db
+.PHONY: install demo test benchmark lock clean airflow-db gpu-assets gpu-check
 
 install: $(VENV)/.installed
 
@@ -69,3 +69,13 @@ lock:
 
 clean:
 	rm -rf $(AIRFLOW_HOME) artifacts
+
+# The GPU check (benchmark_scripts/gpu_check.py; README "GPU check"). gpu-assets runs here and
+# packs the SmolLM2 GGUF in carryable parts plus the gguf package into gpu_assets/; gpu-check
+# runs on the GPU host with its own python (no .venv there): GPU_PY=python make gpu-check.
+GPU_PY ?= python3
+gpu-assets: $(VENV)/.installed
+	$(PY) benchmark_scripts/gpu_assets.py
+
+gpu-check:
+	$(GPU_PY) benchmark_scripts/gpu_check.py $(GPU_CHECK_ARGS)

@@ -96,6 +96,22 @@ def trained_router(router_type: str, use_gpu: bool) -> dict:
     return get_current_context()["ti"].xcom_pull(task_ids=f"train_router_{train_device(router_type, use_gpu)}")
 
 
+@task.branch
+def evaluate_on(router_type: str, use_gpu: bool) -> str:
+    """The evaluate task to run: a GPU router is scored where it trained (gpu queue and pool)."""
+    from router_tasks.routers.train import train_device
+
+    return f"evaluate_router_{train_device(router_type, use_gpu)}"
+
+
+@task(task_id="evaluate_router", trigger_rule="none_failed_min_one_success")
+def evaluated_router(router_type: str, use_gpu: bool) -> dict:
+    """The ref of the evaluate task `evaluate_on` chose (see `trained_router`)."""
+    from router_tasks.routers.train import train_device
+
+    return get_current_context()["ti"].xcom_pull(task_ids=f"evaluate_router_{train_device(router_type, use_gpu)}")
+
+
 @task
 def summary(stages: dict, decision: dict) -> str:
     text = summarize_run(stages, decision, run_id=get_current_context()["run_id"])
@@ -206,9 +222,20 @@ def router_pipeline():
     valid >> device >> [on_cpu, on_gpu]
     router = trained_router(**placement)
     [on_cpu, on_gpu] >> router
-    evaluation = stage(evaluate_router)(
-        router, benchmarks="{{ params.benchmarks }}", max_prompts="{{ params.eval_max_prompts }}"
+    # Scoring a GPU router runs every benchmark prompt through the LLM: like its training,
+    # on the gpu queue and pool (batched by the router), bounded by a timeout.
+    eval_args = dict(benchmarks="{{ params.benchmarks }}", max_prompts="{{ params.eval_max_prompts }}")
+    eval_timeout = timedelta(hours=defaults.EVALUATE_TIMEOUT_HOURS)
+    eval_device = evaluate_on(**placement)
+    ev_cpu = stage(evaluate_router).override(task_id="evaluate_router_cpu", execution_timeout=eval_timeout)(
+        router, **eval_args
     )
+    ev_gpu = stage(evaluate_router).override(
+        task_id="evaluate_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL, execution_timeout=eval_timeout
+    )(router, **eval_args)
+    router >> eval_device >> [ev_cpu, ev_gpu]
+    evaluation = evaluated_router(**placement)
+    [ev_cpu, ev_gpu] >> evaluation
     decision = stage(publish_router)(router, evaluation)
     summary(
         {

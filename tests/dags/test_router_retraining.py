@@ -33,8 +33,9 @@ def test_schedule_assets_and_wiring(retraining_dag):
     assert isinstance(tt, AssetOrTimeSchedule)
     assert isinstance(tt.timetable, CronTriggerTimetable) and tt.timetable.expression == defaults.RETRAIN_CRON
     assert [a.uri for a in tt.asset_condition.objects] == [defaults.LABELS_ASSET_URI]
-    for order in (["resolve_labels", "train_router_cpu", "trained_routers", "evaluate_router", "publish"],
-                  ["resolve_labels", "train_router_gpu", "trained_routers"]):
+    for order in (["resolve_labels", "train_router_cpu", "evaluate_router_cpu", "evaluate_router", "publish"],
+                  ["resolve_labels", "train_router_gpu", "evaluate_router_gpu", "evaluate_router"],
+                  ["train_router_gpu", "trained_routers", "publish"]):
         for up, down in zip(order, order[1:]):
             assert up in dag.get_task(down).upstream_task_ids, f"{up} -> {down} missing"
     assert "cpu_types" in dag.get_task("train_router_cpu").upstream_task_ids
@@ -53,6 +54,10 @@ def test_gpu_routers_train_on_the_gpu_queue_and_pool(retraining_dag):
     assert gpu.execution_timeout == timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
     assert (cpu.queue, cpu.pool) == ("default", "default_pool")  # the normal queue and pool
     assert cpu.execution_timeout == gpu.execution_timeout
+    egpu, ecpu = retraining_dag.get_task("evaluate_router_gpu"), retraining_dag.get_task("evaluate_router_cpu")
+    assert (egpu.queue, egpu.pool) == (defaults.GPU_QUEUE, defaults.GPU_POOL)
+    assert (ecpu.queue, ecpu.pool) == ("default", "default_pool")
+    assert egpu.execution_timeout == ecpu.execution_timeout == timedelta(hours=defaults.EVALUATE_TIMEOUT_HOURS)
 
 
 def _labels() -> pd.DataFrame:
@@ -120,7 +125,8 @@ def test_real_run_promotes_then_keeps(retraining_dag, tmp_path, monkeypatch):
     dr = retraining_dag.test(run_conf={**conf, "router_types": ["causal_llm"], "use_gpu": False})
     s = states(dr)
     assert s[("train_router_gpu", -1)] == TaskInstanceState.SKIPPED  # mapped over no type
-    assert s[("train_router_cpu", 0)] == s[("trained_routers", -1)] == s[("evaluate_router", 0)] == TaskInstanceState.SUCCESS, s
+    assert s[("train_router_cpu", 0)] == s[("trained_routers", -1)] == s[("evaluate_router_cpu", 0)] == TaskInstanceState.SUCCESS, s
+    assert s[("evaluate_router_gpu", -1)] == TaskInstanceState.SKIPPED and s[("evaluate_router", -1)] == TaskInstanceState.SUCCESS
     assert dr.state == "success"
     ref = dr.get_task_instance("trained_routers").xcom_pull(task_ids="trained_routers")[0]
     assert store.read_json(f"{ref['key']}/router.json")["params"]["device"] == "cpu"
