@@ -336,3 +336,43 @@ def recalibrate_on_traffic(traffic: pd.DataFrame, router: str | dict = "champion
     if not texts:
         raise ValueError("no prompt text in the traffic window to recalibrate on")
     return calibrate_router(key, texts, target_share, artifact_root=store.root)
+
+
+# ---- what the DAG calls -------------------------------------------------------------------
+
+DRIFT_ASSET_NAME = "tela_traffic_drift"
+DRIFT_ASSET_URI = "tela://traffic/drift"
+
+
+def check_latest_window(
+    *,
+    window_end=None,
+    hours: float = 1.0,
+    router: str | dict = "champion",
+    settings: dict | None = None,
+    artifact_root: str | None = None,
+) -> dict:
+    """Report on the traffic of the `hours` before `window_end` (default now) and decide;
+    returns the decision (see `drift_decision`) with the report ref and window in it."""
+    from router_tasks.serving.traffic import latest_window, read_window
+
+    store = ArtifactStore(artifact_root)
+    start, end = latest_window(store, hours, window_end)
+    traffic = read_window(store, start, end)
+    ref = drift_report(traffic, router=router, window=(start.isoformat(), end.isoformat()), settings=settings,
+                       artifact_root=artifact_root)
+    decision = drift_decision(ref, artifact_root=artifact_root, now=end)
+    decision["window"] = [start.isoformat(), end.isoformat()]
+    return decision
+
+
+def relabel_request(evidence: dict, *, sample: int = 200, seed: int = 0, artifact_root: str | None = None) -> dict:
+    """The labeling run a drift event asks for: the window's prompts exported as a prompts
+    file (the `source` router_pipeline ingests), and the evidence it answers."""
+    from router_tasks.serving.traffic import export_window
+
+    window = evidence.get("window")
+    if not window or len(window) != 2:
+        raise ValueError(f"drift evidence has no traffic window: {sorted(evidence)}")
+    source = export_window(ArtifactStore(artifact_root), window[0], window[1], sample=sample, seed=seed)
+    return {"source": source, "window": window, "report": evidence.get("report"), "sample": sample}

@@ -36,9 +36,9 @@ SCHEME = "traffic://"
 COLUMNS = {
     "time": "datetime64[us, UTC]", "request_id": "string", "prompt_id": "string", "prompt": "string",
     "policy": "string", "router_key": "string", "score": "float64", "threshold": "float64",
-    "model": "string", "fallback": "bool", "fallback_from": "string", "status": "int64",
+    "model": "string", "fallback": "boolean", "fallback_from": "string", "status": "Int64",
     "error": "string", "decision_ms": "float64", "upstream_latency_s": "float64",
-    "input_tokens": "int64", "output_tokens": "int64", "cost_usd": "float64", "stream": "bool",
+    "input_tokens": "Int64", "output_tokens": "Int64", "cost_usd": "float64", "stream": "boolean",
 }
 
 
@@ -47,7 +47,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     df["time"] = pd.to_datetime(df["time"], utc=True)
     for col, typ in COLUMNS.items():
         if col != "time":
-            df[col] = df[col].astype(typ) if typ != "string" else df[col].astype("string")
+            df[col] = df[col].astype(typ)
     return df
 
 
@@ -89,18 +89,27 @@ class TrafficLog:
             rows, self._rows = self._rows, []
         if not rows:
             return None
-        now = datetime.now(timezone.utc)
-        key = f"{PREFIX}/{now:%Y-%m-%d}/{now:%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
         try:
-            self.store.write_parquet(key, _frame(rows))
-        except Exception as err:  # losing the log must not take the gateway down; keep the rows
-            log.warning("could not write traffic segment %s: %s; keeping %d rows for the next flush",
-                        self.store.uri(key), err, len(rows))
-            with self._lock:
-                self._rows[:0] = rows
+            df = _frame(rows)
+        except (ValueError, TypeError) as err:  # a bad row must not stop the log: drop this batch, say so
+            log.error("dropping %d traffic rows that do not fit the log's schema: %s", len(rows), err)
             return None
-        self.segments_written += 1
-        return key
+        # partitioned by the rows' own date, so a window reads only its days
+        written = None
+        for day, part in df.groupby(df["time"].dt.strftime("%Y-%m-%d"), sort=True):
+            now = datetime.now(timezone.utc)
+            key = f"{PREFIX}/{day}/{now:%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
+            try:
+                self.store.write_parquet(key, part.reset_index(drop=True))
+            except Exception as err:  # losing the log must not take the gateway down; keep the rows
+                log.warning("could not write traffic segment %s: %s; keeping %d rows for the next flush",
+                            self.store.uri(key), err, len(part))
+                with self._lock:
+                    self._rows[:0] = [rows[i] for i in part.index]
+                continue
+            self.segments_written += 1
+            written = key
+        return written
 
     def close(self) -> None:
         self._stop = True
