@@ -56,6 +56,7 @@ DEFAULTS = {
     "far_min_share": 0.15,  # a far-share flag also needs at least this share
     "share_tolerance": 0.10,  # strong share may move this much before it counts
     "seed": 0,
+    "plot": True,  # drift.png beside report.json (off: report only, for many-window studies)
 }
 
 
@@ -212,7 +213,8 @@ def drift_report(
         report["clear"] = report["verdict"] == "ok" and all(
             c.get("p_value", 1.0) > cfg["alpha_clear"] for c in checks.values())
         ctx.write_file(REPORT_FILE, json.dumps(report, indent=2, sort_keys=True, default=float).encode())
-        ctx.write_file(PLOT_FILE, _plot(report, plot))
+        if cfg["plot"]:
+            ctx.write_file(PLOT_FILE, _plot(report, plot))
         ctx.write_table(per_prompt)
         ctx.stats.update(verdict=report["verdict"], n_prompts=len(texts))
         log.info("drift report for %s over %s: %s %s", router_key, window, report["verdict"],
@@ -259,7 +261,7 @@ def _plot(report: dict, data: dict) -> bytes:
     else:
         ax.text(0.5, 0.5, "no calibration / too few scores", ha="center")
     fig.suptitle(f"drift: {report['verdict']}  window {report.get('window')}", fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.12, top=0.82, wspace=0.25)  # tight_layout costs ~1 s
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
