@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+from tela_assets import DRIFT_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
 
 from router_tasks.serving import drift
-
-DRIFT_ASSET = Asset(name=drift.DRIFT_ASSET_NAME, uri=drift.DRIFT_ASSET_URI)
 
 
 @task

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 
+from router_tasks.core import defaults
 from router_tasks.core.stage import resolve_ref, run_stage, stable_hash
 from router_tasks.core.store import ArtifactStore
 
@@ -342,8 +343,8 @@ def recalibrate_on_traffic(traffic: pd.DataFrame, router: str | dict = "champion
 
 # ---- what the DAG calls -------------------------------------------------------------------
 
-DRIFT_ASSET_NAME = "tela_traffic_drift"
-DRIFT_ASSET_URI = "tela://traffic/drift"
+DRIFT_ASSET_NAME = defaults.DRIFT_ASSET_NAME  # the Asset router_drift emits (plugins/tela_assets.py)
+DRIFT_ASSET_URI = defaults.DRIFT_ASSET_URI
 
 
 def check_latest_window(
