@@ -96,6 +96,10 @@ class GatewayConfig:
     cooldown_s: float = 30.0
     max_batch: int = 64
     traffic_flush_s: float = 10.0
+    # torch intra-op threads for routing. One: a single-prompt embedding gains nothing from
+    # more, and OpenMP workers spinning against the event loop and the upstream I/O made
+    # one-prompt embeddings ~10x slower on a busy 2-core machine. None: torch's default.
+    torch_threads: int | None = 1
 
 
 # ---- routers ------------------------------------------------------------------------------
@@ -143,10 +147,15 @@ def latest_calibration(store: ArtifactStore, router_key: str) -> tuple[str, dict
 
 
 def load_serving_router(ref: str, store: ArtifactStore) -> LoadedRouter:
-    from router_tasks.routers import load_router, resolve_router_key
+    from router_tasks.routers import EmbeddingRouter, load_router, resolve_router_key
+    from router_tasks.routers.embeddings import Embedder
 
     rstore, key = resolve_router_key(ref, store)
     router = load_router(key, rstore)
+    if isinstance(router, EmbeddingRouter):
+        # In memory only: the store-backed cache lists and writes a shard per call, which
+        # costs far more than embedding one prompt (the packaged seed still serves).
+        router.embedder = Embedder(None)
     found = latest_calibration(rstore, key)
     if found is None:
         log.warning("router %s has no stored calibration: tela-auto uses threshold %.2f, tela-auto@<share> is off",
@@ -353,6 +362,10 @@ class Gateway:
 
     # -- lifecycle
     async def start(self) -> None:
+        if self.config.torch_threads:
+            import torch
+
+            torch.set_num_threads(int(self.config.torch_threads))
         if self.config.log_traffic:
             self.traffic = TrafficLog(self.store, keep_prompts=self.config.keep_prompts,
                                       flush_s=self.config.traffic_flush_s)
