@@ -129,20 +129,25 @@ def main() -> int:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--requests", type=int, default=0, help="requests per concurrency level (default 4 x clients, >= 32)")
     ap.add_argument("--throughput-requests", type=int, default=1000)
+    ap.add_argument("--serve-kind", default="knn",
+                    help="router kind the gateway serves (random: the gateway's own overhead, no embedding)")
     args = ap.parse_args()
 
     from openai_test_server import Faults, Reply, ScriptedOpenAIServer
 
     from router_tasks.core.store import ArtifactStore
 
-    result = {"latency_s": args.latency}
+    if args.serve_kind not in args.kinds:
+        args.kinds.append(args.serve_kind)
+    result = {"latency_s": args.latency, "load_average_at_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         root = f"{tmp}/artifacts"
         started = time.time()
         refs = train(root, args.kinds)
         print(f"trained {list(refs)} in {time.time() - started:.1f} s", flush=True)
         result["decision"] = decision_times(root, refs, args.decisions)
-        ArtifactStore(root).write_json("champion/CHAMPION.json", {"router": refs.get("knn", next(iter(refs.values())))})
+        ArtifactStore(root).write_json("champion/CHAMPION.json", {"router": refs[args.serve_kind]})
+        result["serve_kind"] = args.serve_kind
 
         reply = lambda body: Reply(content="ok", prompt_tokens=20, completion_tokens=1)  # noqa: E731
         with ScriptedOpenAIServer(reply, faults=Faults(latency_s=args.latency)) as up:
@@ -178,6 +183,8 @@ def main() -> int:
         rows = sum(len(ArtifactStore(root).read_parquet(k)) for k in segs)
         result["traffic_rows_logged"] = rows
         print(f"traffic log: {rows} rows in {len(segs)} segments", flush=True)
+    result["load_average_at_end"] = os.getloadavg()[0]
+    print(f"load average: {result['load_average_at_start']:.1f} at start, {result['load_average_at_end']:.1f} at end")
     print(json.dumps(result))
     return 0
 
