@@ -105,3 +105,17 @@ def test_shifted_traffic_emits_the_drift_event_that_starts_labeling(bag, tmp_pat
     # the next hour, still drifting: hysteresis + cooldown, no second event
     dr = bag.get_dag("router_drift").test(run_conf={**conf, "window_end": (end + timedelta(minutes=30)).isoformat()})
     assert states(dr)["announce_drift"] == TaskInstanceState.SKIPPED
+
+
+def test_dag_file_does_not_import_heavy_libraries():
+    """Parsing runs often in the DAG processor: torch, openai, matplotlib stay in tasks."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy; sys.path[:0]=['{r}', '{r}/plugins']; runpy.run_path('{r}/dags/router_drift.py');"
+        "heavy=[m for m in ('torch','transformers','sentence_transformers','openai','matplotlib','starlette')"
+        " if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+    ).format(r=REPO)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
