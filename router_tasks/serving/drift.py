@@ -254,13 +254,15 @@ def _plot(report: dict, data: dict) -> bytes:
         ax.set_title("similarity to nearest training prompt"), ax.legend(fontsize=8)
     else:
         axes[0].text(0.5, 0.5, report.get("reason", "no data"), ha="center", wrap=True)
+        axes[0].axis("off"), axes[1].axis("off")
     ax = axes[2]
     if "strong_share" in checks:
         s = checks["strong_share"]
         ax.bar(["target", "window"], [s["target"], s["share"]], color=["#888", "#36c"])
         ax.set_ylim(0, 1), ax.set_title(f"strong share (p={s['p_value']:.3g})")
     else:
-        ax.text(0.5, 0.5, "no calibration / too few scores", ha="center")
+        ax.text(0.5, 0.5, "strong share: no calibration\nor too few scored prompts", ha="center")
+        ax.axis("off")
     fig.suptitle(f"drift: {report['verdict']}  window {report.get('window')}", fontsize=10)
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.12, top=0.82, wspace=0.25)  # tight_layout costs ~1 s
     buf = io.BytesIO()
