@@ -311,3 +311,16 @@ def test_hot_reload_keeps_in_flight_requests(gateway, world, upstreams, tmp_path
     assert slow.status_code == 200 and slow.headers["x-tela-router"] == first_key
     assert after.headers["x-tela-router"] == ref2["key"]
     assert gw.gateway.holder.reloads == 1
+
+
+def test_retries_honour_retry_after_before_falling_back(gateway, upstreams):
+    models = _models(upstreams)
+    for m in models:
+        m["max_retries"] = 2
+    gw = gateway(models=models)
+    # the first attempt of every body gets a 429 with retry-after-ms: the same upstream answers on retry
+    upstreams["large"].faults = Faults(fail_first=1, fail_first_with=429, retry_after_ms=20)
+    r = _client(gw).chat.completions.with_raw_response.create(model="tela-auto",
+                                                              messages=[{"role": "user", "content": HARD_Q}])
+    assert r.headers["x-tela-model"] == LARGE and r.headers["x-tela-fallback"] == "false"
+    assert upstreams["large"].statuses() == {429: 1, 200: 1} and upstreams["small"].count() == 0
