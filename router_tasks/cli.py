@@ -313,6 +313,50 @@ def score(args, ctx: Context) -> int:
     return 0
 
 
+# ---- serving -----------------------------------------------------------------------------
+
+
+def _serve_args(s):
+    s.add_argument("--router", default="champion", help="'champion' (followed: hot reload when it moves) or a router key/URI")
+    s.add_argument("--models", required=True,
+                   help="upstream endpoints: a JSON list or a .json file of one, as the pipeline's `models` param")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--no-prompt-log", action="store_true", help="traffic log keeps prompt ids, not prompt text")
+    s.add_argument("--no-traffic-log", action="store_true", help="write no traffic log at all")
+    s.add_argument("--reload-s", type=float, default=10.0, help="how often to look for a new champion/calibration")
+    s.add_argument("--cooldown-fails", type=int, default=3, help="failures in a row that cool an upstream down")
+    s.add_argument("--cooldown-s", type=float, default=30.0, help="how long an upstream stays cooled down")
+    s.add_argument("--access-log", action="store_true", help="log every HTTP request (uvicorn's access log)")
+
+
+@command("serve", "OpenAI-compatible routing gateway over the champion router", _serve_args)
+def serve(args, ctx: Context) -> int:
+    from router_tasks.serving.gateway import GatewayConfig, parse_models_arg, serve as run_gateway
+
+    config = GatewayConfig(parse_models_arg(args.models), router=args.router, artifact_root=ctx.root,
+                           keep_prompts=not args.no_prompt_log, log_traffic=not args.no_traffic_log,
+                           reload_s=args.reload_s, cooldown_fails=args.cooldown_fails, cooldown_s=args.cooldown_s)
+    logging.getLogger("router_tasks").setLevel(logging.INFO)
+    run_gateway(config, host=args.host, port=args.port, access_log=args.access_log)
+    return 0
+
+
+def _drift_args(s):
+    s.add_argument("--router", default="champion")
+    s.add_argument("--hours", type=float, default=1.0, help="window length, ending now (or at --end)")
+    s.add_argument("--end", help="window end, ISO time (default: now)")
+    s.add_argument("--settings", type=_json_arg, default={}, help='JSON drift settings, e.g. {"alpha": 0.001}')
+
+
+@command("drift", "compare the latest traffic window with the router's training prompts", _drift_args)
+def drift(args, ctx: Context) -> int:
+    from router_tasks.serving.drift import check_latest_window
+
+    return ctx.emit(check_latest_window(window_end=args.end, hours=args.hours, router=args.router,
+                                        settings=args.settings, artifact_root=ctx.root))
+
+
 # ---- the whole run -----------------------------------------------------------------------
 
 

@@ -141,6 +141,20 @@ def _completion(body: dict, reply: Reply) -> dict:
     }
 
 
+def _sse(body: dict, reply: Reply) -> bytes:
+    """A streamed reply: one chunk per word, then a usage chunk (if asked) and [DONE]."""
+    done = _completion(body, reply)
+    base = {"id": done["id"], "object": "chat.completion.chunk", "created": done["created"], "model": done["model"]}
+    words = (reply.content or "").split(" ")
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    chunks += [{**base, "choices": [{"index": 0, "delta": {"content": w if i == 0 else " " + w}, "finish_reason": None}]}
+               for i, w in enumerate(words)]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append({**base, "choices": [], "usage": done["usage"]})
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
 def _error(message: str, type_: str = "server_error", code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
@@ -375,6 +389,9 @@ class ScriptedOpenAIServer:
                             reply = Reply(**{**reply.__dict__, "content": _VERDICT.sub("", reply.content)})
                         else:
                             fault = None
+                    if body.get("stream"):  # Server-Sent Events, as the real API streams
+                        book(200, fault, complete=True)
+                        return self._send_bytes(200, _sse(body, reply), reply.headers, "text/event-stream")
                     data = json.dumps(_completion(body, reply)).encode()
                     if fault == "truncated":
                         data = data[: len(data) // 2]

@@ -30,6 +30,9 @@ LABELS_ASSET_NAME = "tela_labels"
 LABELS_ASSET_URI = "tela://labels/validated"
 ROUTER_ASSET_NAME = "tela_champion_router"
 ROUTER_ASSET_URI = "tela://routers/champion"
+# Drift in the gateway's traffic (router_drift) -> labeling a sample of it (router_drift_relabel).
+DRIFT_ASSET_NAME = "tela_traffic_drift"
+DRIFT_ASSET_URI = "tela://traffic/drift"
 RETRAIN_CRON = "0 3 * * 1"  # weekly, Monday 03:00 UTC
 PUBLISH_METRIC = "mean_apgr"
 

@@ -1,0 +1,190 @@
+"""The traffic log: every routed request, appended to Parquet segments in the artifact store.
+
+    traffic/<YYYY-MM-DD>/<HHMMSS>-<uuid>.parquet
+
+A segment is written whole (the store's writes are atomic), by a background thread,
+every `flush_rows` rows or `flush_s` seconds, and at shutdown; a reader never sees half a
+segment. Rows hold what was decided and what it cost, never a header or a key: the
+gateway builds them from the request body and the upstream's usage only. The prompt text
+is kept by default (it is what the next labeling run learns from); `keep_prompts=False`
+stores the prompt id alone, for teams that may not keep user text.
+
+A window of traffic becomes the next labeling run's `source` through
+`export_window` (a prompts JSON Lines file ingest reads as is) or the form
+`traffic://<from>/<to>` resolved by `resolve_source`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+
+from router_tasks.core.prompts import prompt_id
+from router_tasks.core.stage import stable_hash
+from router_tasks.core.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+PREFIX = "traffic"
+EXPORT_PREFIX = "traffic-exports"  # outside PREFIX: exports are not traffic
+SCHEME = "traffic://"
+COLUMNS = {
+    "time": "datetime64[us, UTC]", "request_id": "string", "prompt_id": "string", "prompt": "string",
+    "policy": "string", "router_key": "string", "score": "float64", "threshold": "float64",
+    "model": "string", "fallback": "boolean", "fallback_from": "string", "status": "Int64",
+    "error": "string", "decision_ms": "float64", "upstream_latency_s": "float64",
+    "input_tokens": "Int64", "output_tokens": "Int64", "cost_usd": "float64", "stream": "boolean",
+}
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df["time"] = pd.to_datetime(df["time"], utc=True)
+    for col, typ in COLUMNS.items():
+        if col != "time":
+            df[col] = df[col].astype(typ)
+    return df
+
+
+class TrafficLog:
+    def __init__(self, store: ArtifactStore, *, keep_prompts: bool = True, flush_rows: int = 500,
+                 flush_s: float = 10.0):
+        self.store = store
+        self.keep_prompts = keep_prompts
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
+        self._rows: list[dict] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self.segments_written = 0
+        self._thread = threading.Thread(target=self._loop, name="tela-traffic-log", daemon=True)
+        self._thread.start()
+
+    def append(self, row: dict) -> None:
+        row = dict(row)
+        text = row.get("prompt") or ""
+        row.setdefault("prompt_id", prompt_id(text) if text else None)
+        if not self.keep_prompts:
+            row["prompt"] = None
+        row.setdefault("time", datetime.now(timezone.utc))
+        with self._lock:
+            self._rows.append(row)
+            if len(self._rows) >= self.flush_rows:
+                self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop:
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> str | None:
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if not rows:
+            return None
+        try:
+            df = _frame(rows)
+        except (ValueError, TypeError) as err:  # a bad row must not stop the log: drop this batch, say so
+            log.error("dropping %d traffic rows that do not fit the log's schema: %s", len(rows), err)
+            return None
+        # partitioned by the rows' own date, so a window reads only its days
+        written = None
+        for day, part in df.groupby(df["time"].dt.strftime("%Y-%m-%d"), sort=True):
+            now = datetime.now(timezone.utc)
+            key = f"{PREFIX}/{day}/{now:%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
+            try:
+                self.store.write_parquet(key, part.reset_index(drop=True))
+            except Exception as err:  # losing the log must not take the gateway down; keep the rows
+                log.warning("could not write traffic segment %s: %s; keeping %d rows for the next flush",
+                            self.store.uri(key), err, len(part))
+                with self._lock:
+                    self._rows[:0] = [rows[i] for i in part.index]
+                continue
+            self.segments_written += 1
+            written = key
+        return written
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self.flush()
+
+
+def _utc(value) -> datetime:
+    ts = pd.Timestamp(value)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+
+
+def read_window(store: ArtifactStore, start, end) -> pd.DataFrame:
+    """Every logged request with start <= time < end (UTC), oldest first."""
+    start, end = _utc(start), _utc(end)
+    if end <= start:
+        raise ValueError(f"traffic window: end {end.isoformat()} is not after start {start.isoformat()}")
+    frames = []
+    day = start.date()
+    while day <= end.date():
+        for key in store.list(f"{PREFIX}/{day:%Y-%m-%d}/"):
+            if key.endswith(".parquet"):
+                frames.append(store.read_parquet(key))
+        day += timedelta(days=1)
+    if not frames:
+        return _frame([])
+    df = pd.concat(frames, ignore_index=True)
+    df = df[(df["time"] >= start) & (df["time"] < end)]
+    return df.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def latest_window(store: ArtifactStore, hours: float = 1.0, now=None) -> tuple[datetime, datetime]:
+    end = _utc(now) if now is not None else datetime.now(timezone.utc)
+    return end - timedelta(hours=hours), end
+
+
+def export_window(store: ArtifactStore, start, end, *, sample: int | None = None, seed: int = 0) -> str:
+    """Write the window's distinct prompts (a seeded sample of `sample`) as a prompts JSON
+    Lines file in the store; returns its URI, which `ingest_prompts` reads as a source.
+
+    The file is named by its content, so exporting the same window twice writes one file.
+    Raises ValueError when the window holds no prompt text (e.g. logged with prompts off).
+    """
+    df = read_window(store, start, end)
+    df = df[df["prompt"].notna()].drop_duplicates("prompt_id")
+    if df.empty:
+        raise ValueError(f"traffic window {_utc(start).isoformat()} .. {_utc(end).isoformat()} holds no prompt "
+                         "text (no traffic, or it was logged with prompts off)")
+    if sample is not None and len(df) > sample:
+        df = df.sample(n=sample, random_state=seed).sort_values("time", kind="stable")
+    out = pd.DataFrame({"prompt": df["prompt"].astype(str).to_numpy(), "category": "traffic"})
+    buf = io.StringIO()
+    out.to_json(buf, orient="records", lines=True, force_ascii=False)
+    data = buf.getvalue().encode()
+    key = f"{EXPORT_PREFIX}/{stable_hash(data.decode(), length=20)}.jsonl"
+    if not store.exists(key):
+        store.write_bytes(key, data)
+    return store.uri(key)
+
+
+def resolve_source(source: str, store: ArtifactStore | None = None, *, sample: int | None = None) -> str:
+    """`traffic://<from>/<to>` (ISO times, UTC unless they say otherwise; `<to>` may be
+    `now`) -> the URI of an exported prompts file; any other source comes back unchanged.
+    The hook ingest needs: call this on `source` before reading it."""
+    if not isinstance(source, str) or not source.startswith(SCHEME):
+        return source
+    body = source[len(SCHEME):]
+    try:
+        start, end = body.split("/", 1) if body.count("/") == 1 else body.split("..", 1)
+        end_t = datetime.now(timezone.utc) if end.strip() == "now" else _utc(end)
+        return export_window(store or ArtifactStore(), _utc(start), end_t, sample=sample)
+    except (ValueError, TypeError) as err:
+        if "holds no prompt" in str(err):
+            raise
+        raise ValueError(f"source {source!r}: expected traffic://<from>/<to> with ISO times, e.g. "
+                         f"traffic://2026-12-01T00:00/2026-12-01T06:00 ({err})") from None
+
