@@ -227,7 +227,8 @@ def _evaluate_args(s):
 
 @command("evaluate", "evaluate a router on the bundled benchmarks", _evaluate_args)
 def evaluate(args, ctx: Context) -> int:
-    from router_tasks.evaluation.evaluate import evaluate_router, evaluate_to_dir
+    from router_tasks.evaluation.evaluate import evaluate_router
+    from router_tasks.evaluation.export import evaluate_to_dir
     from router_tasks.lifecycle.publish import read_champion
 
     if args.output:

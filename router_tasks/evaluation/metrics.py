@@ -54,6 +54,11 @@ CURVE_COLUMNS = ["threshold", "strong_share", "quality"]
 RANDOM_BASELINE_ENTROPY = 0x7E1A5EED
 
 
+
+class LeakageError(RuntimeError):
+    """A prompt the router was trained on was about to be scored."""
+
+
 def _trapz(y, x) -> float:
     # numpy 2 renamed trapz to trapezoid; same rule either way
     fn = getattr(np, "trapezoid", None) or np.trapz
