@@ -62,12 +62,12 @@ PRICES = {STRONG: (10.0, 30.0), "open-small": (0.1, 0.2), "open-math": (0.4, 0.8
 
 
 def make_prompts(n: int, seed: int = 7) -> list[dict]:
-    """`n` distinct prompts (half hard), each with its domain as category."""
+    """`n` distinct prompts (about 30% hard), each with its domain as category."""
     rng = random.Random(seed)
     out, seen = [], set()
     while len(out) < n:
         domain = rng.choice(sorted(DOMAINS))
-        hard = rng.random() < 0.5
+        hard = rng.random() < 0.3  # a minority of hard prompts, as in real traffic
         topic = rng.choice(DOMAINS[domain][1 if hard else 0])
         form = rng.choice(HARD_FORMS if hard else EASY_FORMS)
         text = form.format(t=topic) + f" (case {rng.randint(1, 40)})"

@@ -58,7 +58,7 @@ def test_tela_pipeline_on_own_endpoints_ends_with_a_champion(tmp_path):
     row = load_table(first["stages"]["evaluate"], store).set_index("benchmark").loc["own-labels"]
     assert row["protocol"] == "crossfit"
     assert row["n_prompts"] >= 90  # every prompt labelled for both models is scored once
-    assert row["apgr"] > row["random_apgr"] + 0.2, (row["apgr"], row["random_apgr"])
+    assert row["apgr"] > row["random_apgr"] + 0.15, (row["apgr"], row["random_apgr"])
     metrics = store.read_json(f"{first['stages']['evaluate']['key']}/metrics.json")
     assert set(metrics["skipped"]) == {"mmlu", "gsm8k", "mt-bench"}  # they know neither of our models
     assert all("frontier-xl" in why for why in metrics["skipped"].values())

@@ -78,8 +78,12 @@ def own_eval_plan(labels: pd.DataFrame, strong_model: str, weak_model: str) -> d
     from router_tasks.data.routellm import HOLDOUT_VERSION, is_eval_holdout
 
     own = labels[is_own_source(labels["source"]) & labels["quality"].notna()]
-    by_model = own.groupby("prompt_id")["model"].agg(set)
-    pair = sorted(pid for pid, ms in by_model.items() if {strong_model, weak_model} <= ms)
+    labelled = own.groupby(["prompt_id", "model"]).size().unstack("model")
+    if {strong_model, weak_model} <= set(labelled.columns):
+        both = labelled[strong_model].notna() & labelled[weak_model].notna()
+        pair = sorted(str(p) for p in labelled.index[both])
+    else:
+        pair = []
     plan: dict = {"n_pair_prompts": len(pair), "strong_model": strong_model, "weak_model": weak_model,
                   "heldout": [], "folds": None, "split": HOLDOUT_VERSION}
     if len(pair) >= OWN_HOLDOUT_MIN_PROMPTS:

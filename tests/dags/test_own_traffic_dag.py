@@ -53,7 +53,7 @@ def test_dag_on_own_endpoints_ends_with_a_champion(airflow_db, s3_root, tmp_path
     row = table.loc["own-labels"]
     assert row["protocol"] == "holdout"
     assert 20 <= row["n_prompts"] <= 70  # the ~20% fixed hash holdout of 200 prompts
-    assert row["apgr"] > row["random_apgr"] + 0.2, (row["apgr"], row["random_apgr"])
+    assert row["apgr"] > row["random_apgr"] + 0.15, (row["apgr"], row["random_apgr"])
     metrics = store.read_json(f"{refs['evaluate_router']['key']}/metrics.json")
     own = metrics["benchmarks"]["own-labels"]
     assert {c["model"] for c in own["calibration"]} == {STRONG, *OPEN_MODELS}
