@@ -52,3 +52,79 @@ def test_nan_metric_is_never_promoted(local_root):
     d = publish_router(_router(store, "n"), _evaluation(store, {"mmlu": 0.9, "gsm8k": float("nan")}), artifact_root=local_root)
     assert not d["promoted"] and "NaN" in d["reason"]
     assert read_champion(store) is None
+
+
+def _spec_evaluation(store, apgr, spec):
+    """An evaluate-like artifact with a data.parquet row and a metrics.json spec."""
+    import json
+
+    df = pd.DataFrame({"benchmark": ["own-labels"], "apgr": [apgr]})
+
+    def compute(ctx):
+        ctx.write_table(df)
+        ctx.write_file("metrics.json", json.dumps({"spec": spec}).encode())
+
+    return run_stage("evaluate", "test", compute, config={"apgr": apgr, "spec": spec}, store=store)
+
+
+def test_concurrent_publishers_lose_no_decision(any_root):
+    """Publishers racing on one champion pointer: whatever the interleaving, the best router
+    ends as champion and every promotion's `previous` is the champion it really replaced."""
+    import threading
+
+    store = ArtifactStore(any_root)
+    scores = [0.31, 0.72, 0.55, 0.64, 0.47, 0.69]
+    jobs = [(_router(store, f"c{i}"), _evaluation(store, {"mmlu": s})) for i, s in enumerate(scores)]
+    start = threading.Barrier(len(jobs))
+    decisions, errors = [None] * len(jobs), []
+
+    def publish(i):
+        try:
+            start.wait()
+            decisions[i] = publish_router(*jobs[i], artifact_root=any_root)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    best = jobs[scores.index(max(scores))][0]["key"]
+    assert read_champion(store)["router"]["key"] == best
+    # the promotions form one chain: each replaced exactly the champion before it
+    history = [store.read_json(k) for k in store.list("champion/history/")]
+    promoted = [d for d in decisions if d["promoted"]]
+    assert len(history) == len(promoted)
+    replaced = [h["previous"]["key"] if h["previous"] else None for h in history]
+    assert len(set(replaced)) == len(replaced)  # no champion was replaced twice (a lost update)
+    chain, key = [], best
+    by_router = {h["router"]["key"]: h for h in history}
+    while key is not None:
+        chain.append(key)
+        prev = by_router[key]["previous"]
+        key = prev["key"] if prev else None
+    assert len(chain) == len(history)
+    chain_scores = [by_router[k]["score"] for k in chain]
+    assert chain_scores == sorted(chain_scores, reverse=True)
+
+
+def test_champion_on_another_spec_is_not_compared_blindly(local_root):
+    """A champion crowned on a quick spec is re-scored on the challenger's spec, or the
+    challenger is refused with the reason; never are unlike scores compared."""
+    store = ArtifactStore(local_root)
+    quick = {"benchmarks": ["mmlu"], "max_prompts": 10, "num_results": 10, "random_seeds": 1, "protocol": None,
+             "own": False, "own_labels": None, "scored": ["mmlu"]}
+    full = {**quick, "max_prompts": None}
+    champion = _router(store, "quick-champion")  # not a loadable router: it cannot be re-scored
+    assert publish_router(champion, _spec_evaluation(store, 0.9, quick), artifact_root=local_root)["promoted"]
+
+    d = publish_router(_router(store, "challenger"), _spec_evaluation(store, 0.6, full), artifact_root=local_root)
+    assert not d["promoted"]
+    assert "another evaluation spec" in d["reason"] and "cannot be re-scored" in d["reason"]
+    assert read_champion(store)["router"]["key"] == champion["key"]
+
+    # on the same spec the usual comparison applies
+    d = publish_router(_router(store, "same-spec"), _spec_evaluation(store, 0.95, quick), artifact_root=local_root)
+    assert d["promoted"] and d["champion_rescored"] is None
