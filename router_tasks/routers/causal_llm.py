@@ -121,9 +121,9 @@ _TOKENIZER_CORPUS = [
     "0 1 2 3 4 5 6 7 8 9 10 100 + - * / = ( ) [ ] { } . , ; : ? ! ' \"",
 ]
 
-# Defaults are the CPU demo setting (SmolLM2-135M, LoRA on the top 8 layers, 160 tokens):
-# 200 labels x 1 epoch took 220 s on one busy core of this 2-core machine (see the
-# report). Production GPU runs set base_model, lora_layers=0, max_length, batch_size.
+# Defaults are the CPU demo setting (SmolLM2-135M, LoRA on the top 8 layers, 160 tokens),
+# small enough to fine-tune on a CPU. Production GPU runs
+# set base_model, lora_layers=0, max_length, batch_size.
 DEFAULTS = {
     "base_model": SMOLLM2_GGUF,
     "finetune": "lora",  # "lora" | "full"
@@ -153,8 +153,8 @@ DEFAULTS = {
     "prompt_format": "auto",  # "auto" (chat template when the tokenizer has one) | "chat" | "plain"
     # CPU threads for torch while this router trains/scores. 0 = auto: the cores the
     # 1-minute load average leaves idle (at least 1), and 1 for the "tiny" base. On a busy
-    # 2-core machine a second thread spin-waits for a core someone else holds: a tiny-model
-    # step went from 0.07 s to 3 s, a SmolLM2 step from 12 s to minutes.
+    # machine an extra thread spin-waits for a core someone else holds, which slows every
+    # step by orders of magnitude.
     "cpu_threads": 0,
     "seed": 0,
 }
@@ -394,8 +394,8 @@ class CausalLLMRouter(Router):
         if device.type == "cuda":
             # full fine-tuning keeps fp32 master weights and autocasts to bf16
             return torch.float32 if self.params["finetune"] == "full" else torch.bfloat16
-        # CPU: fp32. Without AVX512-BF16/AMX (this machine's CPU), bf16 is emulated: one
-        # SmolLM2 LoRA step took 256 s in bf16 against 12 s in fp32.
+        # CPU: fp32. Without AVX512-BF16/AMX, bf16 is emulated in software and many times
+        # slower than fp32.
         return torch.float32
 
     def _prepare_base(self, read_file=None, saved: dict | None = None) -> None:

@@ -72,3 +72,19 @@ def test_a_drifted_dag_is_caught(dag):
     finally:
         op.op_kwargs.clear()
         op.op_kwargs.update(saved)
+
+
+def test_every_task_retries_with_backoff_sized_per_kind(airflow_db, dag):
+    import tela_retries as retry
+    from airflow.models import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    for d in bag.dags.values():
+        for t in d.tasks:
+            if t.task_id == "judge_batch_run":
+                assert t.retries == 0, "re-submitting a Batch API job would pay for it twice"
+                continue
+            assert t.retries >= 1 and t.retry_exponential_backoff > 0, f"{d.dag_id}.{t.task_id}"
+    llm_tasks = ["generate_references", "generate_part", "judge_part"]
+    assert all(dag.task_dict[t].retries == retry.LLM["retries"] for t in llm_tasks)
+    assert dag.task_dict["train_router_gpu"].retries == retry.TRAIN["retries"] < retry.LLM["retries"]

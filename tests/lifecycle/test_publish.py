@@ -128,3 +128,28 @@ def test_champion_on_another_spec_is_not_compared_blindly(local_root):
     # on the same spec the usual comparison applies
     d = publish_router(_router(store, "same-spec"), _spec_evaluation(store, 0.95, quick), artifact_root=local_root)
     assert d["promoted"] and d["champion_rescored"] is None
+
+
+def test_quick_champion_is_rescored_on_the_challengers_full_spec(local_root):
+    """A champion crowned by a quick run (`max_prompts`) is scored again on the challenger's
+    spec before the two are compared; the decision records both of its scores."""
+    from router_tasks.data.routellm import routellm_training_labels
+    from router_tasks.evaluation.evaluate import evaluate_router
+    from router_tasks.routers.train import train_router
+
+    labels = routellm_training_labels().groupby("benchmark").head(150).reset_index(drop=True)
+    labels_ref = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(labels), store=ArtifactStore(local_root))
+    champion = train_router(labels_ref, router_type="random", router_params={"seed": 1}, artifact_root=local_root)
+    challenger = train_router(labels_ref, router_type="random", router_params={"seed": 2}, artifact_root=local_root)
+    quick = evaluate_router(champion, benchmarks=["mmlu"], max_prompts=25, random_seeds=1, artifact_root=local_root)
+    assert publish_router(champion, quick, artifact_root=local_root)["promoted"]
+
+    full = evaluate_router(challenger, benchmarks=["mmlu"], max_prompts=120, random_seeds=1, artifact_root=local_root)
+    d = publish_router(challenger, full, artifact_root=local_root)
+    rescored = d["champion_rescored"]
+    assert rescored is not None and rescored["score_on_own_spec"] == d["champion_before"]["score"]
+    store = ArtifactStore(local_root)
+    assert store.read_json(f"{rescored['evaluation']['key']}/metrics.json")["spec"] == \
+        store.read_json(f"{full['key']}/metrics.json")["spec"]
+    assert f"{rescored['score']:.4f}" in d["reason"] and "re-scored" in d["reason"]
+    assert d["promoted"] == (d["score"] > rescored["score"])
