@@ -290,10 +290,16 @@ def skip_reason(bench: str, strong: str, weak: str) -> str | None:
     return None
 
 
-def evaluation_spec(config: dict, scored: list[str], own_plan: dict | None) -> dict:
-    """What a score depends on besides the router: two routers compare only on equal specs."""
+def evaluation_spec(config: dict, scored: list[str], own_plan: dict | None, own_used: ArtifactRef | None) -> dict:
+    """What a score depends on besides the router: two routers compare only on equal specs.
+
+    `own_labels` is the labels artifact the own-labels benchmark was taken from (whether
+    given or the router's training labels): re-scoring another router on this spec passes
+    it explicitly, so both are scored on the same prompts."""
     spec = {k: config.get(k) for k in ("benchmarks", "protocol", "max_prompts", "num_results", "random_seeds",
-                                       "holdout", "data", "own", "own_labels")}
+                                       "holdout", "data", "own")}
+    spec["own_labels"] = None if own_used is None else {"stage": own_used.stage, "key": own_used.key,
+                                                         "fingerprint": own_used.fingerprint}
     spec["scored"] = list(scored)
     spec["own_plan"] = None if own_plan is None else {
         k: own_plan.get(k) for k in ("protocol", "folds", "split", "n_heldout", "heldout_sha256")}
@@ -388,7 +394,7 @@ def evaluate_router(
             )
         trained = train_prompt_ids(ctx.store, ref)
         rows, per_bench, timings, skipped = [], {}, {}, {}
-        own_plan = None
+        own_plan = own_used = None
         if own:
             started = time.time()
             try:
@@ -399,7 +405,7 @@ def evaluate_router(
             except (OwnLabelsSkipped, ValueError) as e:
                 skipped[OWN_BENCHMARK] = str(e)
             else:
-                own_plan = s["plan"]
+                own_plan, own_used = s["plan"], labels_ref
                 per_bench[OWN_BENCHMARK], row = _own_outputs(ctx, s, r.strong_model, r.weak_model, scored)
                 rows.append(row)
                 timings[OWN_BENCHMARK] = round(time.time() - started, 3)
@@ -426,7 +432,7 @@ def evaluate_router(
         if not rows:
             raise ValueError("nothing to evaluate this router on: " + "; ".join(f"{b}: {why}" for b, why in skipped.items()))
 
-        spec = evaluation_spec(config, [row["benchmark"] for row in rows], own_plan)
+        spec = evaluation_spec(config, [row["benchmark"] for row in rows], own_plan, own_used)
         training = r.meta.get("training_data") or {}
         report = {
             "router": {
