@@ -58,6 +58,8 @@ def test_tela_pipeline_on_own_endpoints_ends_with_a_champion(tmp_path):
     row = load_table(first["stages"]["evaluate"], store).set_index("benchmark").loc["own-labels"]
     assert row["protocol"] == "crossfit"
     assert row["n_prompts"] >= 90  # every prompt labelled for both models is scored once
+    print(f"own-labels {row['protocol']}: n={row['n_prompts']} APGR {row['apgr']:.3f} "
+          f"random {row['random_apgr']:.3f} oracle {row['oracle_apgr']:.3f}")
     assert row["apgr"] > row["random_apgr"] + 0.15, (row["apgr"], row["random_apgr"])
     metrics = store.read_json(f"{first['stages']['evaluate']['key']}/metrics.json")
     assert set(metrics["skipped"]) == {"mmlu", "gsm8k", "mt-bench"}  # they know neither of our models

@@ -53,6 +53,8 @@ def test_dag_on_own_endpoints_ends_with_a_champion(airflow_db, s3_root, tmp_path
     row = table.loc["own-labels"]
     assert row["protocol"] == "holdout"
     assert 15 <= row["n_prompts"] <= 60  # the ~20% fixed hash holdout of 170 prompts
+    print(f"own-labels {row['protocol']}: n={row['n_prompts']} APGR {row['apgr']:.3f} "
+          f"random {row['random_apgr']:.3f} oracle {row['oracle_apgr']:.3f}")
     assert row["apgr"] > row["random_apgr"] + 0.15, (row["apgr"], row["random_apgr"])
     metrics = store.read_json(f"{refs['evaluate_router']['key']}/metrics.json")
     own = metrics["benchmarks"]["own-labels"]
