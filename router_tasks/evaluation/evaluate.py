@@ -324,6 +324,18 @@ def _own_outputs(ctx, s: dict, strong: str, weak: str, scored: pd.DataFrame) -> 
     return entry, row
 
 
+def _labels_ref(value, store: ArtifactStore) -> ArtifactRef:
+    """A labels artifact from a ref dict, key or URI; a {key, fingerprint} record (an
+    evaluation spec's) must still have that fingerprint."""
+    if isinstance(value, dict) and "uri" not in value and "key" in value:
+        ref = ArtifactRef.of(resolve_ref(value["key"], store))
+        if value.get("fingerprint") not in (None, ref.fingerprint):
+            raise ValueError(f"labels {store.uri(ref.key)} changed: fingerprint {ref.fingerprint}, "
+                             f"the spec names {value['fingerprint']}")
+        return ref
+    return ArtifactRef.of(resolve_ref(value, store))
+
+
 def evaluate_router(
     router: dict,
     *,
@@ -359,7 +371,7 @@ def evaluate_router(
     if not names and not own:
         raise ValueError("no benchmarks to evaluate")
     router_ref = ArtifactRef.of(router)
-    own_ref = ArtifactRef.of(resolve_ref(own_labels, store)) if own_labels is not None else None
+    own_ref = _labels_ref(own_labels, store) if own_labels is not None else None
     prices = prices_of(models)
     config = {
         "benchmarks": names,

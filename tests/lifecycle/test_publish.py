@@ -153,3 +153,38 @@ def test_quick_champion_is_rescored_on_the_challengers_full_spec(local_root):
         store.read_json(f"{full['key']}/metrics.json")["spec"]
     assert f"{rescored['score']:.4f}" in d["reason"] and "re-scored" in d["reason"]
     assert d["promoted"] == (d["score"] > rescored["score"])
+
+
+def test_champion_is_rescored_on_the_challengers_own_labels(local_root):
+    """Own-labels evaluations on different label sets are different specs: the champion is
+    scored again on the challenger's labels (the fixed hash holdout keeps both routers off
+    those prompts), then compared."""
+    from router_tasks.core.prompts import prompt_id
+    from router_tasks.evaluation.evaluate import evaluate_router
+    from router_tasks.routers.train import train_router
+
+    def own_labels(n):
+        rows = []
+        for i in range(n):
+            text = f"own prompt number {i}"
+            for model, q in (("big", 1.0), ("small", float(i % 3 == 0))):
+                rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=None,
+                                 quality=q, source="generated:team", benchmark="own"))
+        df = pd.DataFrame(rows)
+        return run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"n": n},
+                         store=ArtifactStore(local_root))
+
+    first, more = own_labels(180), own_labels(240)
+    kw = dict(router_type="random", strong_model="big", weak_model="small", artifact_root=local_root)
+    champion, challenger = train_router(first, **kw), train_router(more, **kw, router_params={"seed": 3})
+    ev = dict(benchmarks=[], random_seeds=1, artifact_root=local_root)
+    assert publish_router(champion, evaluate_router(champion, **ev), artifact_root=local_root)["promoted"]
+    full = evaluate_router(challenger, **ev)
+    d = publish_router(challenger, full, artifact_root=local_root)
+    rescored = d["champion_rescored"]
+    assert rescored is not None, d["reason"]
+    store = ArtifactStore(local_root)
+    spec = store.read_json(f"{full['key']}/metrics.json")["spec"]
+    assert spec["own_labels"]["key"] == more["key"] and spec["own_plan"]["protocol"] == "holdout"
+    assert store.read_json(f"{rescored['evaluation']['key']}/metrics.json")["spec"] == spec
+    assert d["promoted"] == (d["score"] > rescored["score"])
