@@ -20,11 +20,15 @@ trained on; the train stage applies it, the evaluate stage scores it.
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 
 from router_tasks.core.schemas import LABEL_COLUMNS, OWN_SOURCE_PREFIXES, check_strong_quality, is_own_source
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
+
+log = logging.getLogger(__name__)
 
 STAGE = "labels"
 STAGE_VERSION = "2"  # 2: strong_quality
@@ -147,6 +151,10 @@ def build_labels(
         own = judgements_to_labels(ctx.read_input("prompts"), judged, f"generated:{source_name}")
         if strong_quality == "assume_perfect":
             # its judged rows (if it was also listed as an endpoint) give way to the assumption
+            if (own["model"] == strong_model).any():
+                log.warning("strong_quality is assume_perfect but %s was also labelled (%d rows): those calls "
+                            "were not needed; leave it out of `models`", strong_model,
+                            int((own["model"] == strong_model).sum()))
             own = own[own["model"] != strong_model]
             own = pd.concat([own, assumed_strong_labels(ctx.read_input("prompts"), strong_model, source_name)],
                             ignore_index=True)
