@@ -44,6 +44,17 @@ def cell_text(value) -> str | None:
     return text if text.strip() else None
 
 
+def finite_or_none(value):
+    """A number for JSON: None for None, NaN and infinities; numpy scalars as Python ones."""
+    if value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def check_strong_quality(mode: str) -> str:
     if mode not in STRONG_QUALITY_MODES:
         raise ValueError(f"strong_quality must be one of {list(STRONG_QUALITY_MODES)}, got {mode!r}")

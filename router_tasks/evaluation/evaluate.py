@@ -49,7 +49,7 @@ import pandas as pd
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.metrics import LeakageError
-from router_tasks.core.schemas import OWN_BENCHMARK
+from router_tasks.core.schemas import OWN_BENCHMARK, finite_or_none
 from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
 from router_tasks.core.store import ArtifactStore
 
@@ -237,10 +237,6 @@ def _curves_table(summary: dict) -> pd.DataFrame:
     return out[["mode", "method", "threshold", "strong_share", "quality"]]
 
 
-def _finite(v):
-    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
-
-
 def benchmark_report(bench: str, s: dict, strong: str, weak: str, commercial: pd.DataFrame | None) -> tuple[dict, dict]:
     """(metrics.json entry, data.parquet row) of one benchmark's summary."""
     entry = {
@@ -254,7 +250,7 @@ def benchmark_report(bench: str, s: dict, strong: str, weak: str, commercial: pd
     }
     if commercial is not None:
         entry["commercial_routers"] = [
-            {k: _finite(v) for k, v in rec.items()} for rec in commercial.to_dict(orient="records")
+            {k: finite_or_none(v) for k, v in rec.items()} for rec in commercial.to_dict(orient="records")
         ]
     row = {
         "benchmark": bench,
@@ -318,7 +314,7 @@ def _own_outputs(ctx, s: dict, strong: str, weak: str, scored: pd.DataFrame) -> 
     entry.update(
         plan=s["plan"],
         calibration=calibration.to_dict(orient="records"),
-        cost_curve=[{k: _finite(v) for k, v in r.items()} for r in curve.to_dict(orient="records")],
+        cost_curve=[{k: finite_or_none(v) for k, v in r.items()} for r in curve.to_dict(orient="records")],
         prices=s["prices"],
     )
     return entry, row

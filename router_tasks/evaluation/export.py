@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
+from router_tasks.core.schemas import finite_or_none
 from router_tasks.core.stage import ArtifactRef
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data import routellm as bm
@@ -73,6 +73,5 @@ def evaluate_to_dir(
     out.write_bytes("plot.png", store.read_bytes(f"{akey}/plot_{benchmark}.png"))
     files = {name: out.uri(name) for name in ("metrics.json", "scores.parquet", "plot.png")}
     log.info("%s on %s (%s): APGR %.3f -> %s", benchmark, router_ref["key"], protocol_used, row["apgr"], out.uri(""))
-    metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else (v.item() if hasattr(v, "item") else v))
-               for k, v in row.to_dict().items()}
+    metrics = {k: finite_or_none(v) for k, v in row.to_dict().items()}
     return {"output_dir": out.uri(""), "files": files, "artifact": ref, "metrics": metrics}
