@@ -39,8 +39,9 @@ from router_tasks.data.validate import validate_labels
 
 
 def stage(fn):
-    """A library entry function as one task; its artifact ref travels as a single XCom."""
-    return task(fn, multiple_outputs=False)
+    """A library entry function as one task; its artifact ref travels as a single XCom.
+    Bad input or a data-quality verdict fails it at once; other errors are retried."""
+    return task(retry.fail_fast(fn), multiple_outputs=False)
 
 
 def args(step: str) -> dict:

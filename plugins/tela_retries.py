@@ -36,3 +36,30 @@ TRAIN = {
     "max_retry_delay": timedelta(minutes=10),
 }
 BATCH_SUBMIT = {"retries": 0}
+
+
+def permanent_errors() -> tuple[type[BaseException], ...]:
+    """Errors a retry cannot fix: bad input or config (ValueError, TypeError, LookupError:
+    the library's clear-error types), a data-quality verdict, a leakage refusal."""
+    from router_tasks.data.quality import DataQualityError
+    from router_tasks.evaluation.metrics import LeakageError
+
+    return (ValueError, TypeError, LookupError, DataQualityError, LeakageError)
+
+
+def fail_fast(fn):
+    """`fn` for a task: a permanent error fails the task at once (AirflowFailException, no
+    retries spent on it; the original is its __cause__, which the failure alert reads),
+    anything else (network, S3, a lost worker) goes to the task's retries."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except permanent_errors() as err:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+
+    return run
