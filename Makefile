@@ -65,7 +65,9 @@ benchmark: $(VENV)/.installed
 lock:
 	rm -rf /tmp/tela-lock && $(PY_SYS) -m venv /tmp/tela-lock
 	/tmp/tela-lock/bin/pip install --quiet -r requirements.txt
-	/tmp/tela-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+	# local version labels (torch's +cpu from a local wheel folder) are not on plain PyPI:
+	# pin the public version, which also matches the local build
+	/tmp/tela-lock/bin/pip freeze --exclude-editable | grep -v '^-e' | sed -E 's/^([^=]+==[^+]+)\+.*/\1/' > constraints.txt
 
 clean:
 	rm -rf $(AIRFLOW_HOME) artifacts

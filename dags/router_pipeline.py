@@ -2,9 +2,11 @@
 [judge batch] -> judge (mapped over shards) -> ledger, labels -> validate -> train ->
 evaluate -> publish -> summary.
 
-Thin wiring only: each task is a `router_tasks` entry function; artifact references (small
-dicts) travel through XCom, the data stays in the artifact store. The defaults run the
-offline demo; trigger from the UI with other params to point it at real data/endpoints.
+Wiring only: the stages, their order and each one's arguments come from
+`router_tasks.pipeline.STEPS` (the list `tela pipeline` runs), so the two cannot drift
+(tests/dags/test_pipeline_drift.py). Artifact references (small dicts) travel through
+XCom, the data stays in the artifact store. The defaults run the offline demo; trigger
+from the UI with other params to point it at real data and endpoints.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from datetime import timedelta
 
 import pendulum
+import tela_retries as retry
 from airflow.providers.openai.operators.openai import OpenAITriggerBatchOperator
 from airflow.sdk import Param, dag, get_current_context, task
 from tela_alerts import dag_failure_alert, record_task_failure
@@ -30,43 +33,43 @@ from router_tasks.labeling.references import generate_references
 from router_tasks.data.labels import build_labels
 from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
+from router_tasks.pipeline import STEP, SUMMARY_STAGES
 from router_tasks.routers.train import train_router
 from router_tasks.data.validate import validate_labels
 
 
 def stage(fn):
-    """A library entry function as one task; its artifact ref travels as a single XCom."""
-    return task(fn, multiple_outputs=False)
+    """A library entry function as one task; its artifact ref travels as a single XCom.
+    Bad input or a data-quality verdict fails it at once; other errors are retried."""
+    return task(retry.fail_fast(fn), multiple_outputs=False)
+
+
+def args(step: str) -> dict:
+    """The step's keyword arguments, as templates of this DAG's params."""
+    return STEP[step].templated()
 
 
 @task
-def prepare_judge_batch(prompts: dict, answers: dict) -> str:
+def prepare_judge_batch(prompts: dict, answers: dict, judge: dict, judge_mode: str) -> str:
     """Batch mode: upload the judge calls not yet cached; skipped in online mode or when none are left."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from router_tasks.labeling import judge_batch
 
-    params = get_current_context()["params"]
-    if params["judge_mode"] != "batch":
+    if judge_mode != "batch":
         raise AirflowSkipException("judge_mode is online")
-    file_id = judge_batch.prepare_judge_batch(prompts, answers, judge=params["judge"])
+    file_id = judge_batch.prepare_judge_batch(prompts, answers, judge=judge)
     if file_id is None:
         raise AirflowSkipException("every judge call is already in the request cache")
     return file_id
 
 
 @task(trigger_rule="none_failed")
-def collect_judge_batch() -> dict | None:
+def collect_judge_batch(batch_id: str | None, judge: dict) -> dict | None:
     """The finished batch's replies into the request cache (None when the batch was skipped)."""
     from router_tasks.labeling import judge_batch
 
-    ctx = get_current_context()
-    if ctx["params"]["judge_mode"] != "batch":
-        return None  # (pulling the skipped operator's XCom would log a not-found error)
-    batch_id = ctx["ti"].xcom_pull(task_ids="judge_batch_run")
-    if not batch_id:
-        return None
-    return judge_batch.collect_judge_batch(batch_id, judge=ctx["params"]["judge"])
+    return judge_batch.collect_judge_batch(batch_id, judge=judge) if batch_id else None
 
 
 @task(outlets=[LABELS_ASSET])
@@ -88,12 +91,9 @@ def train_on(router_type: str, use_gpu: bool) -> str:
 
 
 @task(task_id="train_router", trigger_rule="none_failed_min_one_success")
-def trained_router(router_type: str, use_gpu: bool) -> dict:
-    """The ref of the train task `train_on` chose (a branch pushes no XCom of its own, and
-    pulling the skipped task would log an XCom-not-found error)."""
-    from router_tasks.routers.train import train_device
-
-    return get_current_context()["ti"].xcom_pull(task_ids=f"train_router_{train_device(router_type, use_gpu)}")
+def trained_router(on_cpu: dict | None, on_gpu: dict | None) -> dict:
+    """The ref of whichever train task ran (the other was skipped: its value is None)."""
+    return on_cpu or on_gpu
 
 
 @task.branch
@@ -105,11 +105,9 @@ def evaluate_on(router_type: str, use_gpu: bool) -> str:
 
 
 @task(task_id="evaluate_router", trigger_rule="none_failed_min_one_success")
-def evaluated_router(router_type: str, use_gpu: bool) -> dict:
-    """The ref of the evaluate task `evaluate_on` chose (see `trained_router`)."""
-    from router_tasks.routers.train import train_device
-
-    return get_current_context()["ti"].xcom_pull(task_ids=f"evaluate_router_{train_device(router_type, use_gpu)}")
+def evaluated_router(on_cpu: dict | None, on_gpu: dict | None) -> dict:
+    """The ref of whichever evaluate task ran (see `trained_router`)."""
+    return on_cpu or on_gpu
 
 
 @task
@@ -127,7 +125,9 @@ def summary(stages: dict, decision: dict) -> str:
     render_template_as_native_obj=True,  # list/dict params reach the functions as objects
     tags=["tela-wizard"],
     # Secrets reach the library as env vars of the task process, from Airflow connections.
-    default_args={"on_execute_callback": export_connections, "on_failure_callback": record_task_failure},
+    # Every task retries with backoff (plugins/tela_retries.py); LLM and train tasks override it.
+    default_args={"on_execute_callback": export_connections, "on_failure_callback": record_task_failure,
+                  **retry.DEFAULT},
     on_failure_callback=dag_failure_alert,  # data-quality alert (plugins/tela_alerts.py)
     params={
         "source": Param(defaults.DEMO_PROMPTS, type="string", description="jsonl/csv/parquet path or s3:// URI"),
@@ -151,25 +151,29 @@ def summary(stages: dict, decision: dict) -> str:
         "weak_model": Param(defaults.WEAK_MODEL, type="string"),
         "benchmarks": Param(defaults.BENCHMARKS, type="array"),
         "eval_max_prompts": Param(None, type=["null", "integer"], description="cap evaluated prompts per benchmark (quick runs)"),
+        "strong_quality": Param("labeled", enum=["labeled", "assume_perfect"],
+                                description="labeled: the strong model is one of `models`, judged like the others; "
+                                            "assume_perfect: never asked for labels, counts as 5/5 (its answer is the reference)"),
     },
 )
 def router_pipeline():
-    prompts = stage(ingest_prompts)(source="{{ params.source }}", sample="{{ params.sample }}")
-    referenced = stage(generate_references).override(pool=defaults.LLM_POOL)(
-        prompts, reference="{{ params.reference_model }}"
-    )
+    llm = dict(pool=defaults.LLM_POOL, **retry.LLM)
+    prompts = stage(ingest_prompts)(**args("ingest"))
+    referenced = stage(generate_references).override(**llm)(prompts, **args("references"))
     # One mapped task per (shard, model): workers share the work, the pool caps how many
     # call endpoints at once, and a failed part retries alone.
+    gen = args("generate")
     parts = (
         stage(generate_part)
-        .override(pool=defaults.LLM_POOL)
-        .partial(prompts=prompts, max_tokens="{{ params.max_tokens }}")
-        .expand_kwargs(task(plan_generation)(prompts, models="{{ params.models }}"))
+        .override(**llm)
+        .partial(prompts=prompts, max_tokens=gen["max_tokens"])
+        .expand_kwargs(task(plan_generation)(prompts, models=gen["models"]))
     )
-    answers = stage(combine_answers).override(task_id="generate_answers")(prompts, parts, models="{{ params.models }}")
+    answers = stage(combine_answers).override(task_id="generate_answers")(prompts, parts, models=gen["models"])
     # Batch mode buys the verdicts through the OpenAI Batch API (deferrable wait) into the
     # request cache; the judge parts below then find them there. Online mode skips it.
-    batch_file = prepare_judge_batch(referenced, answers)
+    judging = args("judge")
+    batch_file = prepare_judge_batch(referenced, answers, judge=judging["judge"], judge_mode="{{ params.judge_mode }}")
     batch_run = OpenAITriggerBatchOperator(
         task_id="judge_batch_run",
         file_id=batch_file,
@@ -178,79 +182,51 @@ def router_pipeline():
         deferrable=True,
         poll_interval=float(os.environ.get("TELA_BATCH_POLL_SECONDS", defaults.BATCH_POLL_SECONDS)),
         execution_timeout=timedelta(hours=25),  # the Batch API's window is 24 h
+        **retry.BATCH_SUBMIT,
     )
-    batch = collect_judge_batch()
-    batch_run >> batch
+    batch = collect_judge_batch(batch_run.output, **args("judge_batch"))
     judge_parts = (
         stage(judge_part)
-        .override(pool=defaults.LLM_POOL)
-        .partial(prompts=referenced, answers=answers, judge="{{ params.judge }}")
+        .override(**llm)
+        .partial(prompts=referenced, answers=answers, judge=judging["judge"])
         .expand_kwargs(task(plan_judging)(referenced))
     )
     batch >> judge_parts
-    judgements = stage(combine_judgements).override(task_id="judge_answers")(
-        referenced, answers, judge_parts, judge="{{ params.judge }}"
-    )
-    ledger = stage(cost_ledger)(
-        {"references": referenced, "generate": answers, "judge_batch": batch, "judge": judgements}
-    )
-    labels = stage(build_labels)(
-        referenced,
-        judgements,
-        include_routellm="{{ params.include_routellm }}",
-        routellm_max_prompts="{{ params.routellm_max_prompts }}",
-    )
-    valid = stage(validate_labels)(labels, min_rows_per_model="{{ params.min_rows_per_model }}")
+    judgements = stage(combine_judgements).override(task_id="judge_answers")(referenced, answers, judge_parts, **judging)
+    ledger = stage(cost_ledger)({"references": referenced, "generate": answers, "judge_batch": batch, "judge": judgements})
+    labels = stage(build_labels)(referenced, judgements, **args("labels"))
+    valid = stage(validate_labels)(labels, **args("validate"))
     announce_labels(valid)
     # Routers that need a GPU (causal_llm) train in train_router_gpu (gpu queue, tela_gpu
-    # pool), the others in train_router_cpu; exactly one runs, train_router passes its ref on.
+    # pool), the others in train_router_cpu: exactly one runs, train_router passes its ref on.
     # A fine-tune can run for hours: the timeout frees a worker from a hung one.
-    train_args = dict(
-        router_params="{{ params.router_params }}",
-        use_gpu="{{ params.use_gpu }}",
-        router_type="{{ params.router_type }}",
-        strong_model="{{ params.strong_model }}",
-        weak_model="{{ params.weak_model }}",
-    )
+    training = args("train")
     timeout = timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
-    placement = dict(router_type="{{ params.router_type }}", use_gpu="{{ params.use_gpu }}")
-    device = train_on(**placement)
-    on_cpu = stage(train_router).override(task_id="train_router_cpu", execution_timeout=timeout)(valid, **train_args)
+    device = train_on(router_type=training["router_type"], use_gpu=training["use_gpu"])
+    on_cpu = stage(train_router).override(task_id="train_router_cpu", execution_timeout=timeout, **retry.TRAIN)(
+        valid, **training)
     on_gpu = stage(train_router).override(
-        task_id="train_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL, execution_timeout=timeout
-    )(valid, **train_args)
+        task_id="train_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL, execution_timeout=timeout,
+        **retry.TRAIN,
+    )(valid, **training)
     valid >> device >> [on_cpu, on_gpu]
-    router = trained_router(**placement)
-    [on_cpu, on_gpu] >> router
+    router = trained_router(on_cpu, on_gpu)
     # Scoring a GPU router runs every benchmark prompt through the LLM: like its training,
     # on the gpu queue and pool (batched by the router), bounded by a timeout.
-    eval_args = dict(benchmarks="{{ params.benchmarks }}", max_prompts="{{ params.eval_max_prompts }}")
+    evaluating = args("evaluate")
     eval_timeout = timedelta(hours=defaults.EVALUATE_TIMEOUT_HOURS)
-    eval_device = evaluate_on(**placement)
+    eval_device = evaluate_on(router_type=training["router_type"], use_gpu=training["use_gpu"])
     ev_cpu = stage(evaluate_router).override(task_id="evaluate_router_cpu", execution_timeout=eval_timeout)(
-        router, **eval_args
-    )
+        router, **evaluating)
     ev_gpu = stage(evaluate_router).override(
         task_id="evaluate_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL, execution_timeout=eval_timeout
-    )(router, **eval_args)
+    )(router, **evaluating)
     router >> eval_device >> [ev_cpu, ev_gpu]
-    evaluation = evaluated_router(**placement)
-    [ev_cpu, ev_gpu] >> evaluation
+    evaluation = evaluated_router(ev_cpu, ev_gpu)
     decision = stage(publish_router)(router, evaluation)
-    summary(
-        {
-            "ingest": prompts,
-            "references": referenced,
-            "generate": answers,
-            "judge": judgements,
-            "labels": labels,
-            "validate": valid,
-            "train": router,
-            "evaluate": evaluation,
-            "ledger": ledger,
-        },
-        decision,
-    )
+    refs = {"ingest": prompts, "references": referenced, "generate": answers, "judge": judgements, "labels": labels,
+            "validate": valid, "train": router, "evaluate": evaluation, "ledger": ledger}
+    summary({name: refs[name] for name in SUMMARY_STAGES}, decision)
 
 
 router_pipeline()

@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+import tela_retries as retry
 from airflow.sdk import (
     AssetOrTimeSchedule,
     CronTriggerTimetable,
@@ -72,9 +73,9 @@ def train(labels: dict, router_type: str, strong_model: str, weak_model: str) ->
 
 
 _TIMEOUT = timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
-train_on_cpu = task(train, task_id="train_router_cpu", execution_timeout=_TIMEOUT)
+train_on_cpu = task(train, task_id="train_router_cpu", execution_timeout=_TIMEOUT, **retry.TRAIN)
 train_on_gpu = task(train, task_id="train_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL,
-                    execution_timeout=_TIMEOUT)
+                    execution_timeout=_TIMEOUT, **retry.TRAIN)
 
 
 @task(trigger_rule="none_failed")  # a train task mapped over no type is skipped, not failed
@@ -131,7 +132,8 @@ def publish(routers, evaluations) -> dict:
     max_active_runs=1,  # two retrainings at once would race for the champion pointer
     render_template_as_native_obj=True,
     tags=["tela-wizard"],
-    default_args={"on_execute_callback": export_connections},
+    # every task retries with backoff (plugins/tela_retries.py); training overrides it
+    default_args={"on_execute_callback": export_connections, **retry.DEFAULT},
     params={
         "labels": Param(None, type=["null", "string"],
                         description="labels artifact (ref JSON, key or URI); empty: the triggering or newest labels"),

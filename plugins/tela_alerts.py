@@ -47,6 +47,8 @@ def failure_record(exc: BaseException | None) -> dict:
     """What the alert needs from an exception; JSON-able and small enough for an XCom."""
     if exc is None:
         return {"error_type": None, "message": None, "failures": [], "data_docs": None}
+    if type(exc).__name__ == "AirflowFailException" and exc.__cause__ is not None:
+        exc = exc.__cause__  # tela_retries.fail_fast: the library's own error is the cause
     failures = getattr(exc, "failures", None) or []
     return {
         "error_type": type(exc).__name__,

@@ -227,7 +227,8 @@ def _evaluate_args(s):
 
 @command("evaluate", "evaluate a router on the bundled benchmarks", _evaluate_args)
 def evaluate(args, ctx: Context) -> int:
-    from router_tasks.evaluation.evaluate import evaluate_router, evaluate_to_dir
+    from router_tasks.evaluation.evaluate import evaluate_router
+    from router_tasks.evaluation.export import evaluate_to_dir
     from router_tasks.lifecycle.publish import read_champion
 
     if args.output:
@@ -360,32 +361,76 @@ def drift(args, ctx: Context) -> int:
 # ---- the whole run -----------------------------------------------------------------------
 
 
+def _json_or_file(text: str):
+    """JSON text, or the path of a .json file holding it."""
+    from pathlib import Path
+
+    stripped = text.strip()
+    if stripped[:1] not in ("[", "{", '"') and Path(stripped).is_file():
+        try:
+            return json.loads(Path(stripped).read_text())
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"{stripped}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    return _json_arg(text)
+
+
 def _pipeline_args(s):
-    d = _defaults()
-    s.add_argument("--source", default=d.DEMO_PROMPTS)
+    PARAMS = _defaults().PIPELINE_PARAMS  # = router_tasks.pipeline.PARAMS, without importing every stage
+
+    s.add_argument("--source", default=PARAMS["source"], help="prompts: jsonl/json/csv/parquet path or s3:// URI")
     s.add_argument("--sample", type=int)
-    s.add_argument("--router-type", default=d.ROUTER_TYPE)
-    s.add_argument("--no-routellm", action="store_true")
-    s.add_argument("--max-tokens", type=int, default=96)
+    s.add_argument("--models", type=_json_or_file, default=PARAMS["models"],
+                   help="endpoints to label: a JSON list (or a .json file), as the DAG's `models` param")
+    s.add_argument("--judge", type=_json_or_file, default=PARAMS["judge"], help="judge endpoint: JSON object or file")
+    s.add_argument("--reference", type=_json_or_file, default=PARAMS["reference_model"],
+                   help="endpoint that writes missing reference answers (JSON object or file; 'null': none)")
+    s.add_argument("--strong-model", default=PARAMS["strong_model"], help="name of the strong (costly) model")
+    s.add_argument("--weak-model", default=PARAMS["weak_model"], help="name of the weak (cheap) model")
+    s.add_argument("--strong-quality", choices=["labeled", "assume_perfect"], default=PARAMS["strong_quality"],
+                   help="labeled: the strong model is an endpoint, judged like the others; "
+                        "assume_perfect: never asked for labels, counts as 5/5")
+    s.add_argument("--router-type", default=PARAMS["router_type"])
+    s.add_argument("--router-params", type=_json_or_file, default=PARAMS["router_params"], help='e.g. {"k": 20}')
+    s.add_argument("--no-routellm", action="store_true", help="train on the run's own labels only")
+    s.add_argument("--judge-mode", choices=["online", "batch"], default=PARAMS["judge_mode"])
+    s.add_argument("--max-tokens", type=int, default=PARAMS["max_tokens"])
     s.add_argument("--routellm-max-prompts", type=int, help="cap bundled prompts per benchmark (quick runs)")
+    s.add_argument("--benchmarks", nargs="*", default=PARAMS["benchmarks"],
+                   help="RouteLLM benchmarks to score besides the run's own labels")
     s.add_argument("--eval-max-prompts", type=int, help="cap evaluated prompts per benchmark (quick runs)")
-    s.add_argument("--min-rows-per-model", type=int, default=5, help="labels needed per model to train")
+    s.add_argument("--min-rows-per-model", type=int, default=PARAMS["min_rows_per_model"],
+                   help="labels needed per model to train")
+    s.add_argument("--cpu", action="store_true", help="train GPU routers on the CPU")
     s.add_argument("--json", action="store_true", help="print the stage refs and decision as JSON")
 
 
-@command("pipeline", "run every stage in order, without Airflow", _pipeline_args)
+@command("pipeline", "run every stage in order, without Airflow (the DAG's stages)", _pipeline_args)
 def pipeline(args, ctx: Context) -> int:
+    from router_tasks.data import routellm
     from router_tasks.pipeline import run_pipeline
 
+    routellm.iter_benchmarks(args.benchmarks)  # an unknown name fails before any model call
     result = run_pipeline(
-        args.source,
-        sample=args.sample,
-        router_type=args.router_type,
-        include_routellm=not args.no_routellm,
-        max_tokens=args.max_tokens,
-        routellm_max_prompts=args.routellm_max_prompts,
-        eval_max_prompts=args.eval_max_prompts,
-        min_rows_per_model=args.min_rows_per_model,
+        {
+            "source": args.source,
+            "sample": args.sample,
+            "models": args.models,
+            "judge": args.judge,
+            "judge_mode": args.judge_mode,
+            "reference_model": args.reference,
+            "strong_model": args.strong_model,
+            "weak_model": args.weak_model,
+            "strong_quality": args.strong_quality,
+            "router_type": args.router_type,
+            "router_params": args.router_params,
+            "use_gpu": not args.cpu,
+            "include_routellm": not args.no_routellm,
+            "max_tokens": args.max_tokens,
+            "routellm_max_prompts": args.routellm_max_prompts,
+            "benchmarks": args.benchmarks,
+            "eval_max_prompts": args.eval_max_prompts,
+            "min_rows_per_model": args.min_rows_per_model,
+        },
         artifact_root=ctx.root,
     )
     if args.json:

@@ -1,63 +1,131 @@
-"""The whole pipeline as plain function calls: what the DAG wires, runnable without Airflow
-(`tela pipeline`), e.g. in a notebook or a container job."""
+"""The pipeline's one description: its parameters and its stages, in order.
+
+`STEPS` is the stage graph both entry points follow: `dags/router_pipeline.py` wires one
+task (or one mapped group of tasks) per step and takes each task's arguments from
+`Step.templated()`, and `run_pipeline` (`tela pipeline`) calls the same functions in the
+same order with the same arguments (`Step.kwargs`). A stage, an argument or a parameter
+added here reaches both; `tests/dags/test_pipeline_drift.py` fails when the DAG's tasks,
+dependencies, arguments or parameter defaults stop matching this list.
+
+`PARAMS` holds every pipeline parameter with its default (the DAG's `params` carry the same
+names and defaults).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
 from router_tasks.core import defaults
+from router_tasks.data.ingest import ingest_prompts
+from router_tasks.data.labels import build_labels
+from router_tasks.data.validate import validate_labels
 from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.labeling.generate import generate_answers
-from router_tasks.data.ingest import ingest_prompts
 from router_tasks.labeling.judge import judge_answers
-from router_tasks.data.labels import build_labels
+from router_tasks.labeling.judge_batch import run_judge_batch
 from router_tasks.labeling.ledger import cost_ledger
-from router_tasks.lifecycle.publish import publish_router
 from router_tasks.labeling.references import generate_references
+from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
 from router_tasks.routers.train import train_router
-from router_tasks.data.validate import validate_labels
+
+#: every parameter of a pipeline run, with its default (the offline demo)
+PARAMS: dict = defaults.PIPELINE_PARAMS
 
 
-def run_pipeline(
-    source: str = defaults.DEMO_PROMPTS,
-    *,
-    sample: int | None = None,
-    models: list[dict] | None = None,
-    judge: dict | None = None,
-    reference_model: dict | None = defaults.DEMO_REFERENCE,
-    max_tokens: int = 96,
-    include_routellm: bool = True,
-    routellm_max_prompts: int | None = None,
-    min_rows_per_model: int = 5,
-    router_type: str = defaults.ROUTER_TYPE,
-    strong_model: str = defaults.STRONG_MODEL,
-    weak_model: str = defaults.WEAK_MODEL,
-    benchmarks: list[str] | None = None,
-    eval_max_prompts: int | None = None,
-    run_id: str = "cli",
-    artifact_root: str | None = None,
-) -> dict:
-    """Run every stage in order; returns {"stages": refs, "decision": ..., "summary": markdown}."""
+@dataclass(frozen=True)
+class Step:
+    """One stage of the pipeline.
+
+    `name`: its key in the run's stage refs (the summary's rows). `task_id`: the DAG task
+    whose return value is the step's ref. `fn`: the library function `tela pipeline` calls
+    (the DAG may split it into plan/part/combine tasks, listed in `dag_tasks`). `inputs`:
+    earlier steps whose refs are passed positionally (or, with `inputs_as_mapping`, as one
+    {name: ref} dict). `params`: fn keyword -> pipeline parameter. `when`: a parameter
+    that must hold `when_value` for the step to run (the DAG skips the task otherwise).
+    """
+
+    name: str
+    task_id: str
+    fn: Callable
+    inputs: tuple[str, ...] = ()
+    params: Mapping[str, str] = field(default_factory=dict)
+    dag_tasks: tuple[str, ...] = ()
+    inputs_as_mapping: bool = False
+    when: tuple[str, object] | None = None
+
+    def kwargs(self, params: Mapping) -> dict:
+        """The keyword arguments of `fn` for a run with `params`."""
+        return {kw: params[p] for kw, p in self.params.items()}
+
+    def templated(self) -> dict:
+        """The same arguments as Airflow templates of the DAG's params."""
+        return {kw: "{{ params.%s }}" % p for kw, p in self.params.items()}
+
+    def runs(self, params: Mapping) -> bool:
+        return self.when is None or params[self.when[0]] == self.when[1]
+
+
+STEPS: tuple[Step, ...] = (
+    Step("ingest", "ingest_prompts", ingest_prompts, (), {"source": "source", "sample": "sample"}),
+    Step("references", "generate_references", generate_references, ("ingest",), {"reference": "reference_model"}),
+    Step("generate", "generate_answers", generate_answers, ("ingest",),
+         {"models": "models", "max_tokens": "max_tokens"},
+         dag_tasks=("plan_generation", "generate_part", "generate_answers")),
+    # batch mode: buy the verdicts through the OpenAI Batch API into the request cache first
+    Step("judge_batch", "collect_judge_batch", run_judge_batch, ("references", "generate"), {"judge": "judge"},
+         dag_tasks=("prepare_judge_batch", "judge_batch_run", "collect_judge_batch"), when=("judge_mode", "batch")),
+    Step("judge", "judge_answers", judge_answers, ("references", "generate"), {"judge": "judge"},
+         dag_tasks=("plan_judging", "judge_part", "judge_answers")),
+    Step("ledger", "cost_ledger", cost_ledger, ("references", "generate", "judge_batch", "judge"),
+         inputs_as_mapping=True),
+    Step("labels", "build_labels", build_labels, ("references", "judge"),
+         {"include_routellm": "include_routellm", "routellm_max_prompts": "routellm_max_prompts",
+          "strong_quality": "strong_quality", "strong_model": "strong_model"}),
+    Step("validate", "validate_labels", validate_labels, ("labels",), {"min_rows_per_model": "min_rows_per_model"}),
+    Step("train", "train_router", train_router, ("validate",),
+         {"router_type": "router_type", "strong_model": "strong_model", "weak_model": "weak_model",
+          "router_params": "router_params", "use_gpu": "use_gpu", "strong_quality": "strong_quality"},
+         dag_tasks=("train_router_cpu", "train_router_gpu", "train_router")),
+    Step("evaluate", "evaluate_router", evaluate_router, ("train",),
+         {"benchmarks": "benchmarks", "max_prompts": "eval_max_prompts", "models": "models"},
+         dag_tasks=("evaluate_router_cpu", "evaluate_router_gpu", "evaluate_router")),
+    Step("publish", "publish_router", publish_router, ("train", "evaluate")),
+)
+STEP = {s.name: s for s in STEPS}
+#: the steps whose refs the run summary lists (publish is the decision, not a stage row)
+SUMMARY_STAGES = ("ingest", "references", "generate", "judge", "labels", "validate", "train", "evaluate", "ledger")
+
+
+def resolve_params(overrides: Mapping | None = None) -> dict:
+    """PARAMS with `overrides` (unknown names are an error, None values keep the default
+    only for parameters whose default is not None)."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(PARAMS))
+    if unknown:
+        raise ValueError(f"unknown pipeline parameter(s) {unknown}; known: {sorted(PARAMS)}")
+    return {**PARAMS, **overrides}
+
+
+def run_pipeline(params: Mapping | None = None, *, run_id: str = "cli", artifact_root: str | None = None, **kw) -> dict:
+    """Run every step of `STEPS` in order; returns {"stages": refs, "decision", "summary"}.
+
+    `params` (or keyword arguments) override `PARAMS`, e.g. `run_pipeline(source=...,
+    models=[...], judge={...}, strong_model=..., weak_model=...)`.
+    """
+    p = resolve_params({**dict(params or {}), **kw})
     root = {"artifact_root": artifact_root}
-    prompts = ingest_prompts(source, sample=sample, **root)
-    referenced = generate_references(prompts, reference=reference_model, **root)
-    answers = generate_answers(prompts, models=models or defaults.DEMO_MODELS, max_tokens=max_tokens, **root)
-    judgements = judge_answers(referenced, answers, judge=judge or defaults.DEMO_JUDGE, **root)
-    ledger = cost_ledger({"references": referenced, "generate": answers, "judge": judgements}, **root)
-    labels = build_labels(referenced, judgements, include_routellm=include_routellm, routellm_max_prompts=routellm_max_prompts, **root)
-    valid = validate_labels(labels, min_rows_per_model=min_rows_per_model, **root)
-    router = train_router(valid, router_type=router_type, strong_model=strong_model, weak_model=weak_model, **root)
-    evaluation = evaluate_router(router, benchmarks=benchmarks or defaults.BENCHMARKS, max_prompts=eval_max_prompts, **root)
-    decision = publish_router(router, evaluation, **root)
-    stages = {
-        "ingest": prompts,
-        "references": referenced,
-        "generate": answers,
-        "judge": judgements,
-        "labels": labels,
-        "validate": valid,
-        "train": router,
-        "evaluate": evaluation,
-        "ledger": ledger,
-    }
+    refs: dict = {}
+    for step in STEPS:
+        if not step.runs(p):
+            refs[step.name] = None
+            continue
+        args = [refs[i] for i in step.inputs]
+        if step.inputs_as_mapping:
+            args = [{i: refs[i] for i in step.inputs}]
+        refs[step.name] = step.fn(*args, **step.kwargs(p), **root)
+    stages = {name: refs[name] for name in SUMMARY_STAGES}
+    decision = refs["publish"]
     summary = summarize_run(stages, decision, run_id=run_id, **root)
     return {"stages": stages, "decision": decision, "summary": summary}

@@ -65,3 +65,14 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     bad.write_text('{"text": "no prompt column"}\n')
     assert main(["--artifact-root", root, "ingest", str(bad)]) == 2
     assert "missing 'prompt' column" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--router", "champion", "--benchmarks", "arena"],
+    ["pipeline", "--benchmarks", "arena"],
+])
+def test_unknown_benchmark_is_one_clean_error_line(trained, argv, capsys):
+    root, _ = trained
+    assert main(["--artifact-root", root, *argv]) == 2
+    err = capsys.readouterr().err
+    assert "unknown benchmark 'arena'" in err and "Traceback" not in err

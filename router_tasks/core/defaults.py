@@ -53,3 +53,27 @@ POOLS = {
     GPU_POOL: {"slots": 1, "description": "GPU training: router fine-tunes at once (one per GPU)", "include_deferred": False},
     LLM_POOL: {"slots": 4, "description": "LLM API calls: tasks calling paid endpoints at once", "include_deferred": False},
 }
+
+# Every parameter of a pipeline run and its default: `router_tasks.pipeline.PARAMS`, the
+# DAG's params and `tela pipeline`'s flags all start from these.
+PIPELINE_PARAMS = {
+    "source": DEMO_PROMPTS,
+    "sample": None,
+    "models": DEMO_MODELS,
+    "judge": DEMO_JUDGE,
+    "judge_mode": "online",
+    "judge_batch_conn_id": JUDGE_BATCH_CONN_ID,
+    "reference_model": DEMO_REFERENCE,
+    "max_tokens": 96,
+    "include_routellm": True,
+    "routellm_max_prompts": None,
+    "min_rows_per_model": 5,
+    "router_params": {},
+    "use_gpu": True,
+    "router_type": ROUTER_TYPE,
+    "strong_model": STRONG_MODEL,
+    "weak_model": WEAK_MODEL,
+    "benchmarks": BENCHMARKS,
+    "eval_max_prompts": None,
+    "strong_quality": "labeled",  # or "assume_perfect" (router_tasks.core.schemas.STRONG_QUALITY_MODES)
+}

@@ -8,10 +8,18 @@ keys) through environment variables, so MinIO, moto and AWS are all reached the 
 Writes are whole-object: S3 PUT is atomic per object, and local writes go to a temporary
 file that is renamed into place, so a reader never sees half a file. Completeness of a
 *set* of files is the stage contract's job (a manifest written last, see `stage.py`).
+
+A pointer that several writers move (the champion) needs more than atomic writes: two
+writers that both read version A must not both replace it. `read_versioned` returns the
+object with a version token and `write_if` replaces it only if it still has that version
+(compare-and-swap): on S3 a conditional PUT (`If-Match: <ETag>`, or `If-None-Match: *`
+for "must not exist yet"), which S3 evaluates atomically on the server; locally an
+exclusive `flock` on a lock file beside the object around the compare and the rename.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -106,6 +114,54 @@ class ArtifactStore:
             return obj["Body"].read()
         return (self.local_dir / key).read_bytes()
 
+    # -- conditional writes (compare-and-swap) ----------------------------------------
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """(bytes, version token) of `key`, or (None, None) when it does not exist."""
+        if self.is_s3:
+            try:
+                obj = self.s3.get_object(Bucket=self.bucket, Key=self._s3_key(key))
+            except self.s3.exceptions.NoSuchKey:
+                return None, None
+            return obj["Body"].read(), obj["ETag"]
+        path = self.local_dir / key
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None, None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> bool:
+        """Write `data` only if `key` still has `version` (from `read_versioned`; None:
+        only if `key` does not exist). True if written, False if someone else wrote first."""
+        if self.is_s3:
+            from botocore.exceptions import ClientError
+
+            cond = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=self._s3_key(key), Body=data, **cond)
+                return True
+            except ClientError as err:
+                code = err.response.get("Error", {}).get("Code")
+                status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                # 412: the condition failed; 409: a concurrent conditional write is in flight;
+                # NoSuchKey: If-Match on an object deleted meanwhile
+                if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey") or status in (409, 412):
+                    return False
+                raise
+        import fcntl
+
+        path = self.local_dir / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}.lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                if self.read_versioned(key)[1] != version:
+                    return False
+                self.write_bytes(key, data)
+                return True
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
     def exists(self, key: str) -> bool:
         if self.is_s3:
             from botocore.exceptions import ClientError
@@ -143,7 +199,7 @@ class ArtifactStore:
         return sorted(
             str(p.relative_to(self.local_dir))
             for p in base.rglob("*")
-            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+            if p.is_file() and not (p.name.startswith(".") and p.name.endswith((".tmp", ".lock")))
         )
 
     def delete(self, key: str) -> None:

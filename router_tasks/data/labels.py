@@ -8,18 +8,39 @@ Sources, each tagged in `source`:
 
 Judgements without a usable verdict (failure_reason set) are not labels; they are counted
 in the manifest stats so a rising failure rate is visible.
+
+`strong_quality` says how the strong model's quality is known: "labeled" (it is one of
+the endpoints, answered and judged like the others) or "assume_perfect" (it is never
+called for labels: every own prompt gets a 5/5 row for it, source "assumed:<name>"; its
+answer is what the references stage wrote as the reference).
+
+`own_eval_plan` decides how a run's own labels are evaluated on prompts the router never
+trained on; the train stage applies it, the evaluate stage scores it.
 """
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 
+from router_tasks.core.schemas import LABEL_COLUMNS, OWN_SOURCE_PREFIXES, check_strong_quality, is_own_source
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 
+log = logging.getLogger(__name__)
+
 STAGE = "labels"
-STAGE_VERSION = "1"
-LABEL_COLUMNS = ["prompt_id", "prompt", "model", "score", "correct", "quality", "source", "benchmark"]
+STAGE_VERSION = "2"  # 2: strong_quality
+
+#: Own-labels evaluation. With at least this many prompts labelled for both the strong and
+#: the weak model, a fixed hash holdout (the RouteLLM split's salt and fraction, by prompt
+#: id: the same prompt is held out in every run, so routers trained on different label sets
+#: can be compared on it) is big enough to score; below it the held-out share would be a
+#: handful of prompts, so every prompt is scored by k-fold cross-fit instead (retraining
+#: the router's recipe k times, which is cheap exactly when labels are few).
+OWN_HOLDOUT_MIN_PROMPTS = 150
+OWN_CROSSFIT_FOLDS = 5
 
 
 def quality_of(score: pd.Series, correct: pd.Series) -> pd.Series:
@@ -52,6 +73,54 @@ def judgements_to_labels(prompts: pd.DataFrame, judged: pd.DataFrame, source: st
     )
 
 
+def own_eval_plan(labels: pd.DataFrame, strong_model: str, weak_model: str) -> dict:
+    """How the run's own labels in `labels` are evaluated for the strong/weak pair.
+
+    {"protocol": "holdout" | "crossfit" | None, "n_pair_prompts", "heldout": sorted prompt
+    ids the router must not train on (holdout only), "folds", "reason" (protocol None)}.
+    """
+    from router_tasks.data.routellm import HOLDOUT_VERSION, is_eval_holdout
+
+    own = labels[is_own_source(labels["source"]) & labels["quality"].notna()]
+    labelled = own.groupby(["prompt_id", "model"]).size().unstack("model")
+    if {strong_model, weak_model} <= set(labelled.columns):
+        both = labelled[strong_model].notna() & labelled[weak_model].notna()
+        pair = sorted(str(p) for p in labelled.index[both])
+    else:
+        pair = []
+    plan: dict = {"n_pair_prompts": len(pair), "strong_model": strong_model, "weak_model": weak_model,
+                  "heldout": [], "folds": None, "split": HOLDOUT_VERSION}
+    if len(pair) >= OWN_HOLDOUT_MIN_PROMPTS:
+        heldout = sorted({str(p) for p in own["prompt_id"] if is_eval_holdout(str(p))})
+        return {**plan, "protocol": "holdout", "heldout": heldout,
+                "why": f"{len(pair)} prompts labelled for both models (>= {OWN_HOLDOUT_MIN_PROMPTS}): fixed hash holdout"}
+    if len(pair) >= 2 * OWN_CROSSFIT_FOLDS:
+        return {**plan, "protocol": "crossfit", "folds": OWN_CROSSFIT_FOLDS,
+                "why": f"{len(pair)} prompts labelled for both models (< {OWN_HOLDOUT_MIN_PROMPTS}): "
+                       f"{OWN_CROSSFIT_FOLDS}-fold cross-fit by prompt"}
+    have = sorted(set(own["model"]))
+    return {**plan, "protocol": None,
+            "reason": f"own labels have {len(pair)} prompts labelled for both {strong_model} and {weak_model} "
+                      f"(need >= {2 * OWN_CROSSFIT_FOLDS}; own labels cover models {have})"}
+
+
+def assumed_strong_labels(prompts: pd.DataFrame, strong_model: str, source_name: str) -> pd.DataFrame:
+    """`strong_quality: assume_perfect`: a 5/5 row for the strong model on every prompt."""
+    n = len(prompts)
+    return pd.DataFrame(
+        {
+            "prompt_id": prompts["prompt_id"].astype(str).to_numpy(),
+            "prompt": prompts["prompt"].astype(str).to_numpy(),
+            "model": strong_model,
+            "score": pd.array([5] * n, dtype="Int64"),
+            "correct": pd.array([pd.NA] * n, dtype="boolean"),
+            "quality": pd.array([1.0] * n, dtype="Float64"),
+            "source": f"{OWN_SOURCE_PREFIXES[1]}{source_name}",
+            "benchmark": prompts["dataset"].astype("string").to_numpy() if "dataset" in prompts else pd.NA,
+        }
+    )
+
+
 def build_labels(
     prompts: dict,
     judgements: dict,
@@ -60,10 +129,17 @@ def build_labels(
     routellm_models: list[str] | None = None,
     routellm_max_prompts: int | None = None,
     source_name: str = "generated",
+    strong_quality: str = "labeled",
+    strong_model: str | None = None,
     artifact_root: str | None = None,
 ) -> dict:
     store = ArtifactStore(artifact_root)
+    check_strong_quality(strong_quality)
+    if strong_quality == "assume_perfect" and not strong_model:
+        raise ValueError("strong_quality 'assume_perfect' needs strong_model: the model that counts as 5/5")
     config = {
+        "strong_quality": strong_quality,
+        "strong_model": strong_model if strong_quality == "assume_perfect" else None,
         "include_routellm": include_routellm,
         "routellm_models": routellm_models,
         "routellm_max_prompts": routellm_max_prompts,
@@ -73,6 +149,15 @@ def build_labels(
     def compute(ctx):
         judged = ctx.read_input("judgements")
         own = judgements_to_labels(ctx.read_input("prompts"), judged, f"generated:{source_name}")
+        if strong_quality == "assume_perfect":
+            # its judged rows (if it was also listed as an endpoint) give way to the assumption
+            if (own["model"] == strong_model).any():
+                log.warning("strong_quality is assume_perfect but %s was also labelled (%d rows): those calls "
+                            "were not needed; leave it out of `models`", strong_model,
+                            int((own["model"] == strong_model).sum()))
+            own = own[own["model"] != strong_model]
+            own = pd.concat([own, assumed_strong_labels(ctx.read_input("prompts"), strong_model, source_name)],
+                            ignore_index=True)
         parts = [own]
         if include_routellm:
             from router_tasks.data.routellm import routellm_training_labels
@@ -95,6 +180,7 @@ def build_labels(
             judgements_without_verdict=int(judged["failure_reason"].notna().sum()),
             rows_by_source=labels.groupby("source").size().to_dict(),
             rows_by_model=labels.groupby("model").size().to_dict(),
+            strong_quality=strong_quality,
         )
         ctx.write_table(labels)
 

@@ -34,6 +34,8 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
+from router_tasks.core.schemas import LABEL_COLUMNS
+
 log = logging.getLogger(__name__)
 
 THRESHOLDS_ENV = "TELA_DQ_THRESHOLDS"
@@ -228,9 +230,6 @@ def judgements_suite(th: Mapping) -> Suite:
         ],
         derive=derive,
     )
-
-
-LABEL_COLUMNS = ["prompt_id", "prompt", "model", "score", "correct", "quality", "source", "benchmark"]
 
 
 def check_rows_per_model(df: pd.DataFrame, min_rows: int) -> list[dict]:

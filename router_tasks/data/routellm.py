@@ -69,6 +69,16 @@ TABLES = {
 }
 
 
+class BenchmarkLookupError(KeyError, ValueError):
+    """An unknown benchmark, or a model a benchmark has no results for.
+
+    A KeyError (a lookup that missed) and a ValueError (bad input: the CLI reports it as
+    one clean line); its text is the plain message, not KeyError's quoted repr."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 # --------------------------------------------------------------------------------------
 # holdout split
 # --------------------------------------------------------------------------------------
@@ -295,7 +305,7 @@ class Benchmark(ABC):
         have = self.models()
         for m in models:
             if m not in have:
-                raise KeyError(f"benchmark {self.name!r} has no results for model {m!r}; it has {have}")
+                raise BenchmarkLookupError(f"benchmark {self.name!r} has no results for model {m!r}; it has {have}")
 
     def table(self, strong_model: str, weak_model: str, *, decontaminate: bool = True, split: str = "all") -> pd.DataFrame:
         """One row per prompt; `split` is "all", "eval" (holdout) or "train" (the rest)."""
@@ -413,7 +423,7 @@ BENCHMARK_CLASSES: dict[str, type[Benchmark]] = {"mmlu": MMLU, "gsm8k": GSM8K, "
 
 def get_benchmark(name: str, data: str | os.PathLike | None = None) -> Benchmark:
     if name not in BENCHMARK_CLASSES:
-        raise KeyError(f"unknown benchmark {name!r}; known: {list(BENCHMARK_CLASSES)}")
+        raise BenchmarkLookupError(f"unknown benchmark {name!r}; known: {list(BENCHMARK_CLASSES)}")
     return BENCHMARK_CLASSES[name](_load_tables(str(data_dir(data))))
 
 
@@ -452,7 +462,7 @@ def routellm_training_labels(
         wanted = list(models) if models is not None else have
         unknown = [m for m in wanted if m not in have]
         if unknown:
-            raise KeyError(f"routellm_training_labels: benchmark {name!r} has no results for {unknown}; it has {have}")
+            raise BenchmarkLookupError(f"routellm_training_labels: benchmark {name!r} has no results for {unknown}; it has {have}")
         long = bench.quality(decontaminate=True)
         long = long[long["model"].isin(wanted) & ~long["prompt_id"].map(is_eval_holdout)]
         parts.append(
@@ -589,5 +599,5 @@ def iter_benchmarks(names: Iterable[str] | None = None) -> list[str]:
     names = list(BENCHMARKS if names is None else names)
     for n in names:
         if n not in BENCHMARK_CLASSES:
-            raise KeyError(f"unknown benchmark {n!r}; known: {list(BENCHMARK_CLASSES)}")
+            raise BenchmarkLookupError(f"unknown benchmark {n!r}; known: {list(BENCHMARK_CLASSES)}")
     return names

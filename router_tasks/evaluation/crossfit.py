@@ -43,7 +43,8 @@ from router_tasks.evaluation.evaluate import (
     train_prompt_ids,
     write_benchmark_outputs,
 )
-from router_tasks.core.stage import ArtifactRef, read_manifest, resolve_ref, run_stage
+from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
+from router_tasks.routers.train import training_labels_ref
 from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ STAGE = "crossfit"
 LABELS_STAGE = "crossfit_labels"
 STAGE_VERSION = "1"
 PROTOCOL = "crossfit"
-LABEL_COLUMNS = ["prompt_id", "prompt", "model", "score", "correct", "quality", "source", "benchmark"]
 
 #: benchmark quality -> label quality in [0, 1]. MT-Bench grades are 1-10 (GPT-4 judge),
 #: mapped linearly like the 1-5 judge scores of the labels stage ((s - 1) / 4).
@@ -115,24 +115,6 @@ def check_fold_disjoint(bench: str, fold: int, scored: pd.DataFrame, trained: se
         check_no_leakage(bench, scored, trained)
     except LeakageError as e:
         raise LeakageError(f"cross-fit fold {fold}: {e}") from None
-
-
-def training_labels_ref(store: ArtifactStore, router_ref: ArtifactRef) -> dict:
-    """The labels artifact the router was trained on, from its train manifest."""
-    manifest = read_manifest(store, router_ref)
-    recorded = (manifest.get("inputs") or {}).get("labels")
-    if not recorded:
-        raise ValueError(
-            f"router artifact {store.uri(router_ref.key)} records no 'labels' input in its manifest: "
-            "cannot retrain it for cross-fit (was it made by router_tasks.routers.train.train_router?)"
-        )
-    ref = resolve_ref(recorded["key"], store)
-    if ref["fingerprint"] != recorded["fingerprint"]:
-        raise ValueError(
-            f"training labels at {store.uri(recorded['key'])} changed since the router was trained "
-            f"(fingerprint {ref['fingerprint']} != recorded {recorded['fingerprint']})"
-        )
-    return ref
 
 
 def crossfit_evaluate(
@@ -210,6 +192,7 @@ def crossfit_evaluate(
                 strong_model=strong,
                 weak_model=weak,
                 router_params=meta.get("params"),
+                own_holdout=False,  # the fold's labels already lack what it scores
                 artifact_root=ctx.store.root,
             )
             trained = train_prompt_ids(ctx.store, ArtifactRef.of(fold_ref))

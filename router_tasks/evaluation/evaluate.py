@@ -1,4 +1,11 @@
-"""Evaluate: score a trained router on the bundled RouteLLM benchmarks.
+"""Evaluate: score a trained router on the run's own labels and the bundled RouteLLM benchmarks.
+
+First benchmark, "own-labels" (`router_tasks.evaluation.own_labels`): the run's own
+prompts, endpoints and judge, scored on prompts the router never trained on (a fixed hash
+holdout, or k-fold cross-fit when labels are few), with per-model calibration and a
+quality-vs-cost curve over every priced model. A RouteLLM benchmark is scored only when it
+has results for both of the router's models; otherwise it is skipped with a one-line
+reason in metrics.json and the report.
 
 For each benchmark the router scores every evaluation prompt once (`strong_win_rate`);
 sweeping a threshold over those scores gives quality against the share of strong-model
@@ -13,7 +20,11 @@ trained on must not be scored: the train artifact lists its prompt ids in
 `train_prompts.parquet`, and evaluation refuses to run if any benchmark prompt is in it.
 `protocol="transfer"` scores every decontaminated prompt of any benchmark (the same check
 then proves none was trained on); "crossfit" retrains per fold (`router_tasks.evaluation.crossfit`).
-`evaluate_to_dir` is `tela evaluate --output DIR`: one benchmark, any protocol, plain files.
+`router_tasks.evaluation.export.evaluate_to_dir` is `tela evaluate --output DIR`.
+
+metrics.json's `spec` is what a score depends on besides the router (benchmarks, protocol,
+prompt caps, holdout and data fingerprints, the own-labels set): publish compares a
+challenger with the champion only on the same spec.
 
 Outputs (stages/evaluate/<key>/):
     data.parquet             one row per benchmark, headline metrics (publish reads `apgr`)
@@ -37,21 +48,20 @@ import pandas as pd
 
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
-from router_tasks.core.stage import ArtifactRef, run_stage
+from router_tasks.evaluation.metrics import LeakageError
+from router_tasks.core.schemas import OWN_BENCHMARK, finite_or_none
+from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
 from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-STAGE_VERSION = "2"  # 2: report.md
+STAGE_VERSION = "3"  # 2: report.md; 3: own labels, skipped benchmarks, spec
 TRAIN_PROMPTS_FILE = "train_prompts.parquet"
 
 #: how each benchmark's quality reads (the metrics keep the benchmark's own units)
-QUALITY_UNITS = {"mmlu": "accuracy", "gsm8k": "accuracy", "mt-bench": "GPT-4 score (1-10)"}
-
-
-class LeakageError(RuntimeError):
-    """A benchmark prompt the router was trained on was about to be scored."""
+QUALITY_UNITS = {"mmlu": "accuracy", "gsm8k": "accuracy", "mt-bench": "GPT-4 score (1-10)",
+                 OWN_BENCHMARK: "judged quality (0-1)"}
 
 
 def train_prompt_ids(store: ArtifactStore, router_ref: ArtifactRef) -> set[str]:
@@ -227,10 +237,6 @@ def _curves_table(summary: dict) -> pd.DataFrame:
     return out[["mode", "method", "threshold", "strong_share", "quality"]]
 
 
-def _finite(v):
-    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
-
-
 def benchmark_report(bench: str, s: dict, strong: str, weak: str, commercial: pd.DataFrame | None) -> tuple[dict, dict]:
     """(metrics.json entry, data.parquet row) of one benchmark's summary."""
     entry = {
@@ -244,7 +250,7 @@ def benchmark_report(bench: str, s: dict, strong: str, weak: str, commercial: pd
     }
     if commercial is not None:
         entry["commercial_routers"] = [
-            {k: _finite(v) for k, v in rec.items()} for rec in commercial.to_dict(orient="records")
+            {k: finite_or_none(v) for k, v in rec.items()} for rec in commercial.to_dict(orient="records")
         ]
     row = {
         "benchmark": bench,
@@ -271,6 +277,61 @@ def write_benchmark_outputs(
     return benchmark_report(bench, s, strong, weak, commercial)
 
 
+def skip_reason(bench: str, strong: str, weak: str) -> str | None:
+    """Why RouteLLM benchmark `bench` cannot score a strong/weak router, or None if it can."""
+    have = bm.get_benchmark(bench).models()
+    missing = [m for m in (strong, weak) if m not in have]
+    if missing:
+        return f"no results for {', '.join(missing)} in the bundled {bench} data (it has {len(have)} models, e.g. {have[0]})"
+    return None
+
+
+def evaluation_spec(config: dict, scored: list[str], own_plan: dict | None, own_used: ArtifactRef | None) -> dict:
+    """What a score depends on besides the router: two routers compare only on equal specs.
+
+    `own_labels` is the labels artifact the own-labels benchmark was taken from (whether
+    given or the router's training labels): re-scoring another router on this spec passes
+    it explicitly, so both are scored on the same prompts."""
+    spec = {k: config.get(k) for k in ("benchmarks", "protocol", "max_prompts", "num_results", "random_seeds",
+                                       "holdout", "data", "own")}
+    spec["own_labels"] = None if own_used is None else {"stage": own_used.stage, "key": own_used.key,
+                                                         "fingerprint": own_used.fingerprint}
+    spec["scored"] = list(scored)
+    spec["own_plan"] = None if own_plan is None else {
+        k: own_plan.get(k) for k in ("protocol", "folds", "split", "n_heldout", "heldout_sha256")}
+    return spec
+
+
+def _own_outputs(ctx, s: dict, strong: str, weak: str, scored: pd.DataFrame) -> tuple[dict, dict]:
+    from router_tasks.evaluation.own_labels import cost_plot
+
+    entry, row = write_benchmark_outputs(ctx, OWN_BENCHMARK, scored, s, strong, weak, None)
+    calibration, curve = s["calibration"], s["cost_curve"]
+    ctx.write_table(calibration, f"calibration_{OWN_BENCHMARK}.parquet")
+    ctx.write_table(curve, f"cost_curve_{OWN_BENCHMARK}.parquet")
+    if len(curve):
+        ctx.write_file(f"plot_cost_{OWN_BENCHMARK}.png", cost_plot(curve, int(len(scored))))
+    entry.update(
+        plan=s["plan"],
+        calibration=calibration.to_dict(orient="records"),
+        cost_curve=[{k: finite_or_none(v) for k, v in r.items()} for r in curve.to_dict(orient="records")],
+        prices=s["prices"],
+    )
+    return entry, row
+
+
+def _labels_ref(value, store: ArtifactStore) -> ArtifactRef:
+    """A labels artifact from a ref dict, key or URI; a {key, fingerprint} record (an
+    evaluation spec's) must still have that fingerprint."""
+    if isinstance(value, dict) and "uri" not in value and "key" in value:
+        ref = ArtifactRef.of(resolve_ref(value["key"], store))
+        if value.get("fingerprint") not in (None, ref.fingerprint):
+            raise ValueError(f"labels {store.uri(ref.key)} changed: fingerprint {ref.fingerprint}, "
+                             f"the spec names {value['fingerprint']}")
+        return ref
+    return ArtifactRef.of(resolve_ref(value, store))
+
+
 def evaluate_router(
     router: dict,
     *,
@@ -282,21 +343,32 @@ def evaluate_router(
     max_prompts: int | None = None,
     artifact_root: str | None = None,
     protocol: str | None = None,
+    own: bool = True,
+    own_labels: dict | None = None,
+    models: list[dict] | None = None,
 ) -> dict:
-    """Evaluate the train artifact `router` (a ref dict) on `benchmarks`; returns the ref.
+    """Evaluate the train artifact `router` (a ref dict); returns the evaluate ref.
 
-    `strong_model` / `weak_model`: the benchmark pair to compare; default the router's own
-    pair (they must have results in the benchmark files). `protocol`: None = each
-    benchmark's own ("holdout" for MMLU/GSM8K, "transfer" for MT-Bench), or "transfer" /
-    "holdout" for all of them (see `protocol_table`).
+    Scores the run's own labels first (`own`; `own_labels`: the labels artifact to take
+    them from, default the router's training labels), then each of `benchmarks` that has
+    results for the router's two models (the others are skipped, with the reason).
+    `strong_model` / `weak_model`: the RouteLLM pair to compare; default the router's own.
+    `protocol`: None = each benchmark's own ("holdout" for MMLU/GSM8K, "transfer" for
+    MT-Bench), or "transfer" / "holdout" for all of them (see `protocol_table`).
+    `models`: the endpoint list (as the DAG's `models` param); their prices draw the
+    own-labels quality-vs-cost curve. Raises ValueError when nothing could be scored.
     """
+    from router_tasks.evaluation.own_labels import prices_of
+
     if protocol is not None and protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (cross-fit: router_tasks.evaluation.crossfit)")
     store = ArtifactStore(artifact_root)
     names = bm.iter_benchmarks(benchmarks)
-    if not names:
+    if not names and not own:
         raise ValueError("no benchmarks to evaluate")
     router_ref = ArtifactRef.of(router)
+    own_ref = _labels_ref(own_labels, store) if own_labels is not None else None
+    prices = prices_of(models)
     config = {
         "benchmarks": names,
         "strong_model": strong_model,
@@ -307,12 +379,17 @@ def evaluate_router(
         # what decides the evaluated prompts and their quality: new data, new artifact
         "holdout": bm.HOLDOUT_VERSION,
         "data": bm.data_fingerprint(),
+        "protocol": protocol,
+        "own": own,
+        "own_labels": None if own_ref is None else {"key": own_ref.key, "fingerprint": own_ref.fingerprint},
+        "prices": prices,
     }
-    if protocol is not None:  # only when set: artifacts of the default protocol keep their keys
-        config["protocol"] = protocol
+    inputs = {"router": router_ref} | ({"own_labels": own_ref} if own_ref is not None else {})
 
     def compute(ctx) -> None:
+        from router_tasks.evaluation.own_labels import OwnLabelsSkipped, evaluate_own_labels
         from router_tasks.routers import load_router
+        from router_tasks.routers.train import training_labels_ref
 
         ref = ctx.inputs["router"]
         r = load_router(ref.to_dict(), ctx.store)
@@ -324,8 +401,28 @@ def evaluate_router(
                 strong, weak, r.strong_model, r.weak_model,
             )
         trained = train_prompt_ids(ctx.store, ref)
-        rows, per_bench, timings = [], {}, {}
+        rows, per_bench, timings, skipped = [], {}, {}, {}
+        own_plan = own_used = None
+        if own:
+            started = time.time()
+            try:
+                labels_ref = own_ref or ArtifactRef.of(training_labels_ref(ctx.store, ref))
+                scored, s = evaluate_own_labels(r, labels_ref, ctx.store, trained, prices=prices,
+                                                num_results=num_results, random_seeds=random_seeds,
+                                                max_prompts=max_prompts)
+            except (OwnLabelsSkipped, ValueError) as e:
+                skipped[OWN_BENCHMARK] = str(e)
+            else:
+                own_plan, own_used = s["plan"], labels_ref
+                per_bench[OWN_BENCHMARK], row = _own_outputs(ctx, s, r.strong_model, r.weak_model, scored)
+                rows.append(row)
+                timings[OWN_BENCHMARK] = round(time.time() - started, 3)
         for bench in names:
+            reason = skip_reason(bench, strong, weak)
+            if reason:
+                skipped[bench] = reason
+                log.info("%s skipped: %s", bench, reason)
+                continue
             started = time.time()
             scored, s, commercial = evaluate_benchmark(
                 r, bench, strong, weak, trained, num_results=num_results, random_seeds=random_seeds,
@@ -334,12 +431,17 @@ def evaluate_router(
             timings[bench] = round(time.time() - started, 3)
             per_bench[bench], row = write_benchmark_outputs(ctx, bench, scored, s, strong, weak, commercial)
             rows.append(row)
+        for row in rows:
             log.info(
-                "%s (%s, n=%d): APGR %.3f (exact %.3f), CPT50 %.3f, random %.3f, oracle %.3f",
-                bench, s["protocol"], s["n"], row["apgr"], row["apgr_exact"], row["cpt50"],
+                "%s (%s, n=%d): APGR %s (exact %s), CPT50 %s, random %s, oracle %s",
+                row["benchmark"], row["protocol"], row["n_prompts"], row["apgr"], row["apgr_exact"], row["cpt50"],
                 row["random_apgr"], row["oracle_apgr"],
             )
+        if not rows:
+            raise ValueError("nothing to evaluate this router on: " + "; ".join(f"{b}: {why}" for b, why in skipped.items()))
 
+        spec = evaluation_spec(config, [row["benchmark"] for row in rows], own_plan, own_used)
+        training = r.meta.get("training_data") or {}
         report = {
             "router": {
                 "key": ref.key,
@@ -351,6 +453,7 @@ def evaluate_router(
             },
             "strong_model": strong,
             "weak_model": weak,
+            "strong_quality": training.get("strong_quality", "labeled"),
             "holdout": {"fraction": bm.HOLDOUT_FRACTION, "salt": bm.HOLDOUT_SALT},
             "num_results": num_results,
             "random_seeds": random_seeds,
@@ -360,18 +463,21 @@ def evaluate_router(
                 "exact": "every distinct score as a threshold (ties enter together), CPT at the first crossing",
             },
             "benchmarks": per_bench,
+            "skipped": skipped,
+            "spec": spec,
         }
-        ctx.write_file("metrics.json", json.dumps(report, indent=2, sort_keys=True, allow_nan=False).encode())
+        ctx.write_file("metrics.json", json.dumps(report, indent=2, sort_keys=True, allow_nan=False, default=str).encode())
         ctx.write_file("report.md", render_report(report, rows, data_fingerprint=config["data"],
-                                                  labels=r.meta.get("training_data") or {}).encode())
+                                                  labels=training).encode())
         ctx.write_table(pd.DataFrame(rows))
         ctx.stats.update(
-            prompts_scored={b: per_bench[b]["n_prompts"] for b in names},
+            prompts_scored={b: per_bench[b]["n_prompts"] for b in per_bench},
+            skipped=skipped,
             seconds_per_benchmark=timings,
             train_prompts=len(trained),
         )
 
-    return run_stage(STAGE, STAGE_VERSION, compute, inputs={"router": router_ref}, config=config, store=store)
+    return run_stage(STAGE, STAGE_VERSION, compute, inputs=inputs, config=config, store=store)
 
 
 def render_report(report: dict, rows: list[dict], *, data_fingerprint: str, labels: dict) -> str:
@@ -388,11 +494,14 @@ def render_report(report: dict, rows: list[dict], *, data_fingerprint: str, labe
         "",
         f"- router: {router['kind']} for {report['strong_model']} (strong) vs {report['weak_model']} (weak), "
         f"fingerprint `{router['fingerprint']}`",
+        f"- strong model quality: **{report.get('strong_quality', 'labeled')}** "
+        "(labeled: judged like every endpoint; assume_perfect: never asked for labels, counted 5/5)",
         f"- trained on labels `{labels.get('labels_key', '?')}` (fingerprint `{labels.get('labels_fingerprint', '?')}`), "
         f"{router['n_train_prompts']} prompts; none of them is scored below (checked)",
         f"- benchmark data fingerprint `{data_fingerprint}`; holdout: {report['holdout']}",
-        "- protocols: *holdout* = the fixed evaluation split the labels stage never trains on; "
-        "*transfer* = a benchmark the router never trains on (decontaminated)",
+        "- protocols: *holdout* = a fixed split by prompt id that training never sees; *crossfit* = k folds by "
+        "prompt, each scored by the router's recipe retrained without it; *transfer* = a benchmark the router "
+        "never trains on (decontaminated)",
         "",
         "| benchmark | protocol | prompts | APGR | AUC | CPT(20%) | CPT(50%) | CPT(80%) | random APGR | oracle APGR | APGR exact |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -406,68 +515,39 @@ def render_report(report: dict, rows: list[dict], *, data_fingerprint: str, labe
         )
     out += ["", "Metrics in RouteLLM's repo mode unless marked *exact*; CPT is the share of strong-model calls "
             "needed to reach that share of the strong-weak quality gap.", ""]
+    for bench, why in (report.get("skipped") or {}).items():
+        out.append(f"- skipped {bench}: {why}")
+    if report.get("skipped"):
+        out.append("")
+    own = report["benchmarks"].get(OWN_BENCHMARK)
+    if own:
+        plan = own["plan"]
+        out += [f"## {OWN_BENCHMARK}", "",
+                f"The run's own prompts, endpoints and judge. Protocol **{plan['protocol']}**: {plan.get('why', '')}.", "",
+                f"![{OWN_BENCHMARK}](plot_{OWN_BENCHMARK}.png)", "",
+                "Predicted vs observed quality per model (held-out prompts):", "",
+                "| model | prompts | observed | predicted | Brier | calibration error (ECE) |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for c in own["calibration"]:
+            out.append(f"| {c['model']} | {c['n_prompts']} | {num(c['mean_observed'])} | {num(c['mean_predicted'])} | "
+                       f"{num(c['brier'])} | {num(c['ece'])} |")
+        curve = [c for c in own["cost_curve"] if c["method"] != "router"]
+        if curve:
+            out += ["", "Quality vs cost over every priced model (price = $ per 1M tokens, input + output):", "",
+                    "| choice | mean price | observed quality |", "|---|---:|---:|"]
+            for c in curve:
+                out.append(f"| {c['label']} | {num(c['mean_price'])} | {num(c['quality'])} |")
+            router_pts = [c for c in own["cost_curve"] if c["method"] == "router"]
+            best = max(router_pts, key=lambda c: (c["quality"], -c["mean_price"]))
+            cheap = min(router_pts, key=lambda c: (c["mean_price"], -c["quality"]))
+            out += [f"| router, best quality | {num(best['mean_price'])} | {num(best['quality'])} |",
+                    f"| router, cheapest | {num(cheap['mean_price'])} | {num(cheap['quality'])} |",
+                    "", f"![cost](plot_cost_{OWN_BENCHMARK}.png)"]
+        else:
+            out += ["", "No quality-vs-cost curve: fewer than two models have a price (endpoint "
+                    "`price_input_per_m` / `price_output_per_m`) and labels on the same prompts."]
+        out.append("")
     for row in rows:
-        out += [f"## {row['benchmark']}", "", f"![{row['benchmark']}](plot_{row['benchmark']}.png)", ""]
+        if row["benchmark"] != OWN_BENCHMARK:
+            out += [f"## {row['benchmark']}", "", f"![{row['benchmark']}](plot_{row['benchmark']}.png)", ""]
     return "\n".join(out) + "\n"
-
-
-def evaluate_to_dir(
-    router: str | dict,
-    benchmark: str,
-    protocol: str | None,
-    output_dir: str,
-    artifact_root: str | None = None,
-    *,
-    folds: int = 5,
-    num_results: int = 10,
-    random_seeds: int = 10,
-    max_prompts: int | None = None,
-) -> dict:
-    """`tela evaluate --router R --benchmark B --protocol P --output DIR`, as a function.
-
-    Runs (or reuses) the evaluate / crossfit artifact for one benchmark, then writes into
-    `output_dir` (a folder or s3:// prefix): `metrics.json` (the artifact's report plus
-    benchmark, protocol and artifact ref), `scores.parquet` (prompt, strong_win_rate, then
-    prompt_id, both models' quality and, for cross-fit, fold) and `plot.png`.
-    `router`: "champion", a train ref dict (or its JSON), key or URI. `protocol`:
-    "transfer", "holdout", "crossfit", or None for the benchmark's own. Returns
-    {"output_dir", "files", "artifact", "metrics"} (metrics: the data.parquet row).
-    """
-    from router_tasks.routers import resolve_router_key
-    from router_tasks.core.stage import load_table, resolve_ref
-
-    bm.iter_benchmarks([benchmark])
-    if protocol not in (None, "crossfit", *PROTOCOLS):
-        raise ValueError(f"unknown protocol {protocol!r}; expected 'transfer', 'holdout' or 'crossfit'")
-    store, key = resolve_router_key(router, ArtifactStore(artifact_root))
-    router_ref = resolve_ref(key, store)  # artifacts go beside the router they evaluate
-    if protocol == "crossfit":
-        from router_tasks.evaluation.crossfit import crossfit_evaluate
-
-        ref = crossfit_evaluate(router_ref, benchmark, folds=folds, num_results=num_results,
-                                random_seeds=random_seeds, max_prompts=max_prompts, artifact_root=store.root)
-    else:
-        try:
-            ref = evaluate_router(router_ref, benchmarks=[benchmark], num_results=num_results,
-                                  random_seeds=random_seeds, max_prompts=max_prompts,
-                                  artifact_root=store.root, protocol=protocol)
-        except LeakageError as e:
-            raise LeakageError(f"{e} (protocol 'crossfit' retrains the router without each scored prompt)") from None
-    akey = ArtifactRef.of(ref).key
-    report = store.read_json(f"{akey}/metrics.json")
-    row = load_table(ref, store).iloc[0]
-    protocol_used = str(row["protocol"])
-    report.update(benchmark=benchmark, protocol=protocol_used, artifact=ref)
-
-    scores = store.read_parquet(f"{akey}/scores_{benchmark}.parquet")
-    first = ["prompt", "strong_win_rate"]
-    scores = scores[first + [c for c in scores.columns if c not in first]]
-    out = ArtifactStore(output_dir)
-    out.write_bytes("metrics.json", json.dumps(report, indent=2, sort_keys=True, allow_nan=False).encode())
-    out.write_parquet("scores.parquet", scores)
-    out.write_bytes("plot.png", store.read_bytes(f"{akey}/plot_{benchmark}.png"))
-    files = {name: out.uri(name) for name in ("metrics.json", "scores.parquet", "plot.png")}
-    log.info("%s on %s (%s): APGR %.3f -> %s", benchmark, router_ref["key"], protocol_used, row["apgr"], out.uri(""))
-    metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else (v.item() if hasattr(v, "item") else v))
-               for k, v in row.to_dict().items()}
-    return {"output_dir": out.uri(""), "files": files, "artifact": ref, "metrics": metrics}

@@ -48,10 +48,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from router_tasks.core.schemas import finite_or_none
+
 MODES = ("routellm", "exact")
 CPT_LEVELS = (0.2, 0.5, 0.8)
 CURVE_COLUMNS = ["threshold", "strong_share", "quality"]
 RANDOM_BASELINE_ENTROPY = 0x7E1A5EED
+
+
+class LeakageError(RuntimeError):
+    """A prompt the router was trained on was about to be scored."""
 
 
 def _trapz(y, x) -> float:
@@ -192,10 +198,6 @@ def random_curves(
     return mean, apgrs
 
 
-def _nan_to_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
 def summarize(
     scores,
     strong_quality,
@@ -223,7 +225,7 @@ def summarize(
             m[f"cpt{round(level * 100)}"] = cpt(c, sm, wm, level, mode)
         m["random_apgr"] = float(np.mean(rnd_apgrs)) if not all(math.isnan(v) for v in rnd_apgrs) else math.nan
         m["oracle_apgr"] = apgr(orc, sm, wm)
-        out[mode] = {k: _nan_to_none(v) for k, v in m.items()}
+        out[mode] = {k: finite_or_none(v) for k, v in m.items()}
         out["curves"][(mode, "router")] = c
         out["curves"][(mode, "random")] = rnd_curve
         out["curves"][(mode, "oracle")] = orc

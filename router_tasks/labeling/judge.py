@@ -29,7 +29,6 @@ failure_reason, rubric_version; one row per answer row, always.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from decimal import Decimal, InvalidOperation
@@ -41,6 +40,7 @@ from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.labeling.llm_client import ChatResult, Endpoint, ask_all
 from router_tasks.data.quality import resolve_thresholds
 from router_tasks.core.stage import StageContext, load_table, part_inputs, run_stage, stable_hash
+from router_tasks.core.schemas import cell_text
 from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -203,14 +203,6 @@ def parse_verdict(text: str | None) -> int | None:
 # --------------------------------------------------------------------------------------
 # Stage
 # --------------------------------------------------------------------------------------
-
-
-def cell_text(value) -> str | None:
-    """A table cell as text; None for null/NaN/NA and blank strings."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    text = str(value)
-    return text if text.strip() else None
 
 
 def _judgement(pid, model, method, *, score=None, correct=None, judge_model=None, raw=None, failure=None,

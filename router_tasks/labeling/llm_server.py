@@ -17,12 +17,11 @@ Design choices:
   Batching raises throughput several-fold on CPU. Padding changes the order of
   floating-point sums, so a batched reply can now and then differ from an unbatched one;
   both are the model's greedy answer within rounding.
-- CPU threads default to half the cores (1 on a 2-core machine) with passive OpenMP
-  waiting: when other tasks share the CPU (Airflow runs several at once), spinning
-  OpenMP threads stall each other. Measured on 2 busy cores, batch of 8: 1 thread
-  17-19 tok/s, 2 passive threads 11, 2 spinning threads 2-4. `--threads` overrides.
-- Loading the GGUF de-quantises every tensor (13 s on 2 idle cores, far more on a busy
-  one). The first start saves a plain copy in the serving dtype under the model cache
+- CPU threads default to half the cores with passive OpenMP waiting: when other tasks
+  share the CPU (Airflow runs several at once), spinning OpenMP threads stall each other
+  (several-fold slower). `--threads` overrides.
+- Loading the GGUF de-quantises every tensor, which takes a while (far longer on a busy
+  machine). The first start saves a plain copy in the serving dtype under the model cache
   (`TELA_MODEL_CACHE`, default `~/.cache/tela/models`); later starts load it in about a
   second. `--no-cache` skips it.
 

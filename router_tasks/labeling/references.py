@@ -19,8 +19,8 @@ import time
 import pandas as pd
 
 from router_tasks.labeling.generate import answer_prompts, parse_endpoints
-from router_tasks.labeling.judge import cell_text
 from router_tasks.labeling.ledger import ledger_entry
+from router_tasks.core.schemas import cell_text
 from router_tasks.core.stage import StageContext, load_table, run_stage
 from router_tasks.core.store import ArtifactStore
 

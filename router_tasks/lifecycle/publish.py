@@ -1,25 +1,36 @@
 """Publish: move the `champion` pointer to a new router only when it beats the current one.
 
 The router artifact itself is already immutable in the store (the train stage wrote it);
-publishing only rewrites one small object, `champion/CHAMPION.json`, in a single PUT, so
-a crash leaves either the old or the new champion, never a mix. Every decision is kept
-under `champion/decisions/`, and each champion ever promoted under `champion/history/`,
-so a rollback is `rollback_champion()` away.
+publishing only rewrites one small object, `champion/CHAMPION.json`, so a crash leaves
+either the old or the new champion, never a mix. Every decision is kept under
+`champion/decisions/`, and each champion ever promoted under `champion/history/`, so a
+rollback is `rollback_champion()` away.
+
+Like with like: both routers are scored on the same evaluation spec (benchmarks,
+protocol, prompt caps, holdout and data fingerprints, the own-labels set: the `spec` in
+the evaluate artifact's metrics.json). When the champion's spec differs from the
+challenger's, the champion is re-scored on the challenger's spec first (the evaluate stage
+is idempotent, so this costs one evaluation at most once); if it cannot be (e.g. it trained
+on prompts that spec holds out), the challenger is not promoted and the decision says why.
+
+Two publishers at once cannot lose a decision: the pointer moves by compare-and-swap on
+the version each one read (`ArtifactStore.write_if`); the one that loses the race reads
+the new champion and decides again against it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 
 import pandas as pd
 
+from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.core.stage import ArtifactRef, load_table, stable_hash
 from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
-
-CHAMPION_KEY = "champion/CHAMPION.json"
 
 
 def read_champion(store: ArtifactStore) -> dict | None:
@@ -41,6 +52,58 @@ def headline_score(evaluation: pd.DataFrame, metric: str) -> float:
     raise ValueError(f"unknown publish metric {metric!r}; expected 'mean_apgr' or 'apgr:<benchmark>'")
 
 
+def evaluation_spec_of(store: ArtifactStore, evaluation: ArtifactRef) -> dict | None:
+    """The `spec` an evaluate artifact was scored on (None for artifacts without one)."""
+    key = f"{evaluation.key}/metrics.json"
+    if not store.exists(key):
+        return None
+    return store.read_json(key).get("spec")
+
+
+def _rescore_champion(store: ArtifactStore, current: dict, spec: dict, metric: str) -> tuple[float, dict]:
+    """(score, evaluation ref) of the champion on the challenger's `spec`; raises when it cannot be."""
+    from router_tasks.evaluation.evaluate import evaluate_router
+
+    ref = evaluate_router(
+        current["router"], benchmarks=spec["benchmarks"], protocol=spec.get("protocol"),
+        max_prompts=spec.get("max_prompts"), num_results=spec["num_results"], random_seeds=spec["random_seeds"],
+        own=spec.get("own", True), own_labels=spec.get("own_labels"), artifact_root=store.root,
+    )
+    got = evaluation_spec_of(store, ArtifactRef.of(ref))
+    if got != spec:
+        diff = sorted(k for k in set(got or {}) | set(spec) if (got or {}).get(k) != spec.get(k))
+        raise ValueError(f"re-scored on the challenger's spec, the champion's spec still differs in {diff}")
+    return headline_score(load_table(ref, store), metric), ref
+
+
+def _decide(store, router_ref, score, spec, current, metric, margin) -> tuple[bool, str, dict | None]:
+    """(promote, reason, champion re-score record or None) against the `current` champion record."""
+    if score != score:  # NaN
+        return False, f"{metric} is undefined (NaN) for this router; not promotable", None
+    if current is None:
+        return True, "no champion yet", None
+    if current["router"]["key"] == router_ref.key:
+        return False, "this router is already the champion", None
+    champion_score, rescored = current["score"], None
+    if current.get("spec") != spec:
+        try:
+            champion_score, ref = _rescore_champion(store, current, spec, metric)
+        except Exception as e:  # noqa: BLE001 - any failure means "cannot compare": say so, keep the champion
+            return False, (f"champion was scored on another evaluation spec and cannot be re-scored on this one "
+                           f"({type(e).__name__}: {e}); not comparing unlike scores, champion kept"), None
+        rescored = {"evaluation": ref, "score": champion_score, "score_on_own_spec": current["score"]}
+    if champion_score != champion_score:
+        return False, f"champion's {metric} on this spec is undefined (NaN); not comparing, champion kept", rescored
+    on = " (champion re-scored on this spec)" if rescored else ""
+    if score > champion_score + margin:
+        return True, f"{metric} {score:.4f} beats champion {champion_score:.4f}{on} by more than {margin}", rescored
+    return False, f"{metric} {score:.4f} does not beat champion {champion_score:.4f}{on} by more than {margin}", rescored
+
+
+#: compare-and-swap attempts before giving up (each lost race means another publisher won)
+MAX_PUBLISH_ATTEMPTS = 20
+
+
 def publish_router(
     router: dict,
     evaluation: dict,
@@ -49,7 +112,7 @@ def publish_router(
     margin: float = 0.0,
     artifact_root: str | None = None,
 ) -> dict:
-    """Promote `router` if its score beats the champion's by more than `margin`.
+    """Promote `router` if its score beats the champion's (on the same spec) by more than `margin`.
 
     Returns the decision record (also stored). Re-running with the same router and
     evaluation decides the same way and changes nothing.
@@ -58,56 +121,62 @@ def publish_router(
     router_ref, eval_ref = ArtifactRef.of(router), ArtifactRef.of(evaluation)
     evaluation_table = load_table(eval_ref, store)
     score = headline_score(evaluation_table, metric)
-    current = read_champion(store)
+    spec = evaluation_spec_of(store, eval_ref)
 
-    if score != score:  # NaN
-        promote, reason = False, f"{metric} is undefined (NaN) for this router; not promotable"
-    elif current is None:
-        promote, reason = True, "no champion yet"
-    elif current["router"]["key"] == router_ref.key:
-        promote, reason = False, "this router is already the champion"
-    elif score > current["score"] + margin:
-        promote, reason = True, f"{metric} {score:.4f} beats champion {current['score']:.4f} by more than {margin}"
+    for attempt in range(MAX_PUBLISH_ATTEMPTS):
+        data, version = store.read_versioned(CHAMPION_KEY)
+        current = None if data is None else json.loads(data)
+        promote, reason, rescored = _decide(store, router_ref, score, spec, current, metric, margin)
+        now = datetime.now(timezone.utc).isoformat()
+        if not promote:
+            break
+        record = {"router": router_ref.to_dict(), "evaluation": eval_ref.to_dict(), "metric": metric, "score": score,
+                  "per_benchmark": evaluation_table.to_dict(orient="records"), "spec": spec, "promoted_at": now,
+                  "previous": None if current is None else current["router"]}
+        body = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
+        if store.write_if(CHAMPION_KEY, body, version):  # the single write that switches champions
+            store.write_json(f"champion/history/{now.replace(':', '-')}-{router_ref.fingerprint[:12]}.json", record)
+            log.info("promoted %s: %s", router_ref.uri, reason)
+            break
+        log.info("champion changed while deciding (another publisher); deciding again against it")
     else:
-        promote, reason = False, f"{metric} {score:.4f} does not beat champion {current['score']:.4f} by more than {margin}"
+        raise RuntimeError(f"could not move the champion pointer after {MAX_PUBLISH_ATTEMPTS} attempts: "
+                           "other publishers keep replacing it")
 
-    now = datetime.now(timezone.utc).isoformat()
     decision = {
         "router": router_ref.to_dict(),
         "evaluation": eval_ref.to_dict(),
         "metric": metric,
         "margin": margin,
         "score": score,
+        "spec": spec,
         "champion_before": None if current is None else {"router": current["router"], "score": current["score"]},
+        "champion_rescored": rescored,
         "promoted": promote,
         "reason": reason,
         "decided_at": now,
+        "attempts": attempt + 1,
         "per_benchmark": evaluation_table.to_dict(orient="records"),
     }
+    if not promote:
+        log.info("kept champion: %s", reason)
     # A log, not a cache: every decision is kept, re-runs included.
     decision_key = f"champion/decisions/{now.replace(':', '-')}-{stable_hash([router_ref.fingerprint, eval_ref.fingerprint])}.json"
-    if promote:
-        record = {k: decision[k] for k in ("router", "evaluation", "metric", "score", "per_benchmark")}
-        record["promoted_at"] = now
-        record["previous"] = None if current is None else current["router"]
-        store.write_json(f"champion/history/{now.replace(':', '-')}.json", record)
-        store.write_json(CHAMPION_KEY, record)  # the single write that switches champions
-        log.info("promoted %s: %s", router_ref.uri, reason)
-    else:
-        log.info("kept champion: %s", reason)
     store.write_json(decision_key, decision)
     return decision
 
 
 def rollback_champion(artifact_root: str | None = None) -> dict:
-    """Point `champion` back at the router it replaced."""
+    """Point `champion` back at the router it replaced (a conditional write, like publishing)."""
     store = ArtifactStore(artifact_root)
-    current = read_champion(store)
+    data, version = store.read_versioned(CHAMPION_KEY)
+    current = None if data is None else json.loads(data)
     if current is None or current.get("previous") is None:
         raise RuntimeError("no earlier champion to roll back to")
     for key in reversed(store.list("champion/history/")):
         record = store.read_json(key)
         if record["router"]["key"] == current["previous"]["key"]:
-            store.write_json(CHAMPION_KEY, record)
+            if not store.write_if(CHAMPION_KEY, json.dumps(record, indent=2, sort_keys=True, default=str).encode(), version):
+                raise RuntimeError("the champion changed during the rollback (another publisher); run it again")
             return record
     raise RuntimeError(f"history has no record for previous champion {current['previous']['key']}")

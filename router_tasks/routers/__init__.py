@@ -27,6 +27,7 @@ import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Mapping
 
+from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.routers.base import Router
 from router_tasks.routers.bert import BertRouter
 from router_tasks.routers.causal_llm import CausalLLMRouter
@@ -51,7 +52,6 @@ ROUTERS: dict[str, type[Router]] = {
 GPU_ROUTERS: frozenset[str] = frozenset(k for k, cls in ROUTERS.items() if cls.needs_gpu)
 
 ROUTER_FILE = "router.json"
-CHAMPION_KEY = "champion/CHAMPION.json"
 FORMAT_VERSION = 1
 _VERSIONED = (
     "numpy", "pandas", "torch", "safetensors", "sentence-transformers", "transformers",

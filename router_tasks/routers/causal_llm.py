@@ -145,8 +145,8 @@ _TOKENIZER_CORPUS = [
 ]
 
 # "auto" params resolve by device when the base model is loaded (`device_defaults`):
-# CPU_DEFAULTS keep the CPU demo short (SmolLM2-135M, 200 labels x 1 epoch took 220 s on
-# one busy core of this 2-core machine); GPU_DEFAULTS are the production setting.
+# CPU_DEFAULTS keep the CPU demo short enough to fine-tune on a CPU; GPU_DEFAULTS are the
+# production setting.
 CPU_DEFAULTS = {"lora_layers": 8, "max_length": 160, "batch_size": 8, "predict_batch_size": 16}
 GPU_DEFAULTS = {"lora_layers": 0, "max_length": 512}  # batch sizes: from the free GPU memory
 AUTO_INT_PARAMS = ("lora_layers", "max_length", "batch_size", "predict_batch_size")
@@ -184,8 +184,8 @@ DEFAULTS = {
     "gpus": "auto",
     # CPU threads for torch while this router trains/scores. 0 = auto: the cores the
     # 1-minute load average leaves idle (at least 1), and 1 for the "tiny" base. On a busy
-    # 2-core machine a second thread spin-waits for a core someone else holds: a tiny-model
-    # step went from 0.07 s to 3 s, a SmolLM2 step from 12 s to minutes.
+    # machine an extra thread spin-waits for a core someone else holds, which slows every
+    # step by orders of magnitude.
     "cpu_threads": 0,
     "seed": 0,
 }
@@ -617,8 +617,8 @@ class CausalLLMRouter(Router):
         if device.type == "cuda":
             # full fine-tuning keeps fp32 master weights and autocasts to bf16
             return torch.float32 if self.params["finetune"] == "full" else torch.bfloat16
-        # CPU: fp32. Without AVX512-BF16/AMX (this machine's CPU), bf16 is emulated: one
-        # SmolLM2 LoRA step took 256 s in bf16 against 12 s in fp32.
+        # CPU: fp32. Without AVX512-BF16/AMX, bf16 is emulated in software and many times
+        # slower than fp32.
         return torch.float32
 
     def _prepare_base(self, read_file=None, saved: dict | None = None) -> None:

@@ -7,9 +7,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from router_tasks.core.schemas import ROUTER_LABEL_COLUMNS as LABEL_COLUMNS
 from router_tasks.routers.base import Router
 
-LABEL_COLUMNS = ("prompt_id", "prompt", "model", "quality")
 
 
 def check_labels(labels: pd.DataFrame, models: Sequence[str] | None = None) -> pd.DataFrame:

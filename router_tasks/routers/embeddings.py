@@ -5,8 +5,8 @@ Apache-2.0, and embeds ~300 short prompts/s on two CPU cores, which is what the 
 routers need. Vectors are mean-pooled and L2-normalised, so a dot product is the cosine
 similarity.
 
-Why a persistent cache: embedding the ~12k RouteLLM prompts costs ~40 s on the demo
-machine, and training, evaluation and scoring all embed the same prompts again. Vectors
+Why a persistent cache: embedding the bundled RouteLLM prompts is the slowest part of a
+CPU training run, and training, evaluation and scoring all embed the same prompts again. Vectors
 are cached under the artifact store as
 
     cache/embeddings/<model id>/<content hash>.parquet
@@ -77,7 +77,7 @@ def model_path() -> str:
 
 
 def get_encoder():
-    """The SentenceTransformer, loaded once per process (~5 s on the demo machine)."""
+    """The SentenceTransformer, loaded once per process (loading it costs seconds)."""
     global _encoder
     with _lock:
         if _encoder is None:

@@ -81,7 +81,7 @@ class MFRouter(EmbeddingRouter):
 
         threads = torch.get_num_threads()
         # The matrices are tiny: one thread is as fast, and OpenMP threads spinning on a
-        # busy 2-core machine made epochs up to 10x slower (measured). fork_rng: seeding
+        # busy machine make epochs many times slower. fork_rng: seeding
         # must not change the caller's global torch RNG.
         torch.set_num_threads(1)
         try:

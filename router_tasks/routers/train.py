@@ -7,6 +7,11 @@ Outputs (stages/train/<key>/):
     data.parquet            training metrics, one row per model (in-sample: optimistic,
                             the held-out numbers come from the evaluate stage)
 
+The run's own labels (`data.labels.own_eval_plan`): with enough of them a fixed hash
+holdout of prompts is kept out of training so the evaluate stage can score the router on
+them; with few, the router trains on all of them and evaluation cross-fits. The plan (and
+`strong_quality`) is recorded in router.json's `training_data.own_eval`.
+
 Prompt embeddings are cached in the artifact store (`cache/embeddings/...`), so
 retraining with other params and evaluating on the same prompts skip the model.
 """
@@ -22,13 +27,15 @@ import pandas as pd
 
 from router_tasks.routers import EmbeddingRouter, make_router, needs_gpu, router_class, save_router
 from router_tasks.routers.common import check_labels, resolve_params
-from router_tasks.core.stage import run_stage
+from router_tasks.core.schemas import check_strong_quality
+from router_tasks.core.stage import ArtifactRef, read_manifest, resolve_ref, run_stage
+from router_tasks.data.labels import own_eval_plan
 from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 STAGE = "train"
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: own-labels holdout kept out of training
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
@@ -84,6 +91,25 @@ def train_device(router_type: str, use_gpu: bool = True) -> str:
     return "gpu" if use_gpu and needs_gpu(router_type) else "cpu"
 
 
+def training_labels_ref(store: ArtifactStore, router_ref: ArtifactRef) -> dict:
+    """The labels artifact a train artifact was trained on, from its manifest (checked
+    unchanged since)."""
+    manifest = read_manifest(store, router_ref)
+    recorded = (manifest.get("inputs") or {}).get("labels")
+    if not recorded:
+        raise ValueError(
+            f"router artifact {store.uri(router_ref.key)} records no 'labels' input in its manifest: "
+            "cannot retrain it (was it made by router_tasks.routers.train.train_router?)"
+        )
+    ref = resolve_ref(recorded["key"], store)
+    if ref["fingerprint"] != recorded["fingerprint"]:
+        raise ValueError(
+            f"training labels at {store.uri(recorded['key'])} changed since the router was trained "
+            f"(fingerprint {ref['fingerprint']} != recorded {recorded['fingerprint']})"
+        )
+    return ref
+
+
 def train_router(
     labels: dict,
     *,
@@ -92,13 +118,19 @@ def train_router(
     weak_model: str = "mistralai/Mixtral-8x7B-Instruct-v0.1",
     router_params: dict | None = None,
     use_gpu: bool = True,
+    strong_quality: str = "labeled",
+    own_holdout: bool = True,
     artifact_root: str | None = None,
 ) -> dict:
     """Train a `router_type` router on the labels artifact `labels`; returns its ref dict.
 
     `use_gpu=False` pins routers that can use a GPU (those with a `device` param) to the
     CPU; with True they take a GPU when one is present and fall back to the CPU.
+    `strong_quality` ("labeled" / "assume_perfect", as the labels were built) is recorded
+    in the router's metadata. `own_holdout=False` trains on every label (cross-fit folds:
+    the fold's labels already lack the prompts it scores).
     """
+    check_strong_quality(strong_quality)
     store = ArtifactStore(artifact_root)
     cls = router_class(router_type)  # fail before any work on an unknown type or param
     router_params = dict(router_params or {})
@@ -111,7 +143,8 @@ def train_router(
 
     def compute(ctx) -> None:
         started = time.time()
-        table = check_labels(ctx.read_input("labels"))
+        full = ctx.read_input("labels")
+        table = check_labels(full)
         models = sorted(table["model"].unique())
         for role, name in (("strong", strong_model), ("weak", weak_model)):
             if name not in models:
@@ -120,6 +153,11 @@ def train_router(
             "training %s router on %d labels, %d prompts, models %s",
             router_type, len(table), table["prompt_id"].nunique(), models,
         )
+        plan = own_eval_plan(full, strong_model, weak_model) if own_holdout and "source" in full else {"protocol": None}
+        if plan["protocol"] == "holdout":
+            held = set(plan["heldout"])
+            table = table[~table["prompt_id"].astype(str).isin(held)]
+            log.info("own labels: %s; %d prompts kept out of training for evaluation", plan["why"], len(held))
         router = make_router(router_type, models, strong_model, weak_model, resolved)
         if isinstance(router, EmbeddingRouter):
             from router_tasks.routers.embeddings import Embedder
@@ -150,6 +188,10 @@ def train_router(
             "n_prompts": len(prompt_ids),
             "prompt_ids_sha256": hashlib.sha256("\n".join(prompt_ids).encode()).hexdigest(),
             "labels_per_model": {m: int(n) for m, n in table["model"].value_counts().sort_index().items()},
+            "strong_quality": strong_quality,
+            "own_eval": {k: v for k, v in plan.items() if k != "heldout"}
+            | {"n_heldout": len(plan.get("heldout") or []),
+               "heldout_sha256": hashlib.sha256("\n".join(plan.get("heldout") or []).encode()).hexdigest()},
         }
         save_router(router, ctx, training=training, metrics=metrics)
         ctx.write_table(pd.DataFrame({"prompt_id": prompt_ids}), "train_prompts.parquet")
@@ -174,6 +216,8 @@ def train_router(
             "params": resolved,
             # e.g. the causal-LLM base model's weights hash: new weights, new artifact
             **({"identity": cls.key_identity(resolved)} if hasattr(cls, "key_identity") else {}),
+            "strong_quality": strong_quality,
+            "own_holdout": own_holdout,
         },
         store=store,
     )

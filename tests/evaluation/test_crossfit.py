@@ -154,7 +154,7 @@ def test_crossfit_needs_recorded_training_labels(local_root):
 
 
 def test_evaluate_to_dir_crossfit(local_root, trained, tmp_path):
-    from router_tasks.evaluation.evaluate import evaluate_to_dir
+    from router_tasks.evaluation.export import evaluate_to_dir
 
     router = trained[0]
     res = evaluate_to_dir(router, "mt-bench", "crossfit", str(tmp_path / "cf"), artifact_root=local_root,

@@ -158,7 +158,7 @@ def test_random_router_trained_on_routellm_labels_on_s3(s3_root):
 
 
 def test_evaluate_to_dir_transfer_and_holdout(local_root, tmp_path):
-    from router_tasks.evaluation.evaluate import evaluate_to_dir
+    from router_tasks.evaluation.export import evaluate_to_dir
 
     gsm_train = sorted(bm.load_benchmark("gsm8k", split="train")["prompt_id"])
     router = make_train_artifact(local_root, gsm_train, tag="to-dir")

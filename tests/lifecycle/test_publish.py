@@ -52,3 +52,139 @@ def test_nan_metric_is_never_promoted(local_root):
     d = publish_router(_router(store, "n"), _evaluation(store, {"mmlu": 0.9, "gsm8k": float("nan")}), artifact_root=local_root)
     assert not d["promoted"] and "NaN" in d["reason"]
     assert read_champion(store) is None
+
+
+def _spec_evaluation(store, apgr, spec):
+    """An evaluate-like artifact with a data.parquet row and a metrics.json spec."""
+    import json
+
+    df = pd.DataFrame({"benchmark": ["own-labels"], "apgr": [apgr]})
+
+    def compute(ctx):
+        ctx.write_table(df)
+        ctx.write_file("metrics.json", json.dumps({"spec": spec}).encode())
+
+    return run_stage("evaluate", "test", compute, config={"apgr": apgr, "spec": spec}, store=store)
+
+
+def test_concurrent_publishers_lose_no_decision(any_root):
+    """Publishers racing on one champion pointer: whatever the interleaving, the best router
+    ends as champion and every promotion's `previous` is the champion it really replaced."""
+    import threading
+
+    store = ArtifactStore(any_root)
+    scores = [0.31, 0.72, 0.55, 0.64, 0.47, 0.69]
+    jobs = [(_router(store, f"c{i}"), _evaluation(store, {"mmlu": s})) for i, s in enumerate(scores)]
+    start = threading.Barrier(len(jobs))
+    decisions, errors = [None] * len(jobs), []
+
+    def publish(i):
+        try:
+            start.wait()
+            decisions[i] = publish_router(*jobs[i], artifact_root=any_root)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    best = jobs[scores.index(max(scores))][0]["key"]
+    assert read_champion(store)["router"]["key"] == best
+    # the promotions form one chain: each replaced exactly the champion before it
+    history = [store.read_json(k) for k in store.list("champion/history/")]
+    promoted = [d for d in decisions if d["promoted"]]
+    assert len(history) == len(promoted)
+    replaced = [h["previous"]["key"] if h["previous"] else None for h in history]
+    assert len(set(replaced)) == len(replaced)  # no champion was replaced twice (a lost update)
+    chain, key = [], best
+    by_router = {h["router"]["key"]: h for h in history}
+    while key is not None:
+        chain.append(key)
+        prev = by_router[key]["previous"]
+        key = prev["key"] if prev else None
+    assert len(chain) == len(history)
+    chain_scores = [by_router[k]["score"] for k in chain]
+    assert chain_scores == sorted(chain_scores, reverse=True)
+
+
+def test_champion_on_another_spec_is_not_compared_blindly(local_root):
+    """A champion crowned on a quick spec is re-scored on the challenger's spec, or the
+    challenger is refused with the reason; never are unlike scores compared."""
+    store = ArtifactStore(local_root)
+    quick = {"benchmarks": ["mmlu"], "max_prompts": 10, "num_results": 10, "random_seeds": 1, "protocol": None,
+             "own": False, "own_labels": None, "scored": ["mmlu"]}
+    full = {**quick, "max_prompts": None}
+    champion = _router(store, "quick-champion")  # not a loadable router: it cannot be re-scored
+    assert publish_router(champion, _spec_evaluation(store, 0.9, quick), artifact_root=local_root)["promoted"]
+
+    d = publish_router(_router(store, "challenger"), _spec_evaluation(store, 0.6, full), artifact_root=local_root)
+    assert not d["promoted"]
+    assert "another evaluation spec" in d["reason"] and "cannot be re-scored" in d["reason"]
+    assert read_champion(store)["router"]["key"] == champion["key"]
+
+    # on the same spec the usual comparison applies
+    d = publish_router(_router(store, "same-spec"), _spec_evaluation(store, 0.95, quick), artifact_root=local_root)
+    assert d["promoted"] and d["champion_rescored"] is None
+
+
+def test_quick_champion_is_rescored_on_the_challengers_full_spec(local_root):
+    """A champion crowned by a quick run (`max_prompts`) is scored again on the challenger's
+    spec before the two are compared; the decision records both of its scores."""
+    from router_tasks.data.routellm import routellm_training_labels
+    from router_tasks.evaluation.evaluate import evaluate_router
+    from router_tasks.routers.train import train_router
+
+    labels = routellm_training_labels().groupby("benchmark").head(150).reset_index(drop=True)
+    labels_ref = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(labels), store=ArtifactStore(local_root))
+    champion = train_router(labels_ref, router_type="random", router_params={"seed": 1}, artifact_root=local_root)
+    challenger = train_router(labels_ref, router_type="random", router_params={"seed": 2}, artifact_root=local_root)
+    quick = evaluate_router(champion, benchmarks=["mmlu"], max_prompts=25, random_seeds=1, artifact_root=local_root)
+    assert publish_router(champion, quick, artifact_root=local_root)["promoted"]
+
+    full = evaluate_router(challenger, benchmarks=["mmlu"], max_prompts=120, random_seeds=1, artifact_root=local_root)
+    d = publish_router(challenger, full, artifact_root=local_root)
+    rescored = d["champion_rescored"]
+    assert rescored is not None and rescored["score_on_own_spec"] == d["champion_before"]["score"]
+    store = ArtifactStore(local_root)
+    assert store.read_json(f"{rescored['evaluation']['key']}/metrics.json")["spec"] == \
+        store.read_json(f"{full['key']}/metrics.json")["spec"]
+    assert f"{rescored['score']:.4f}" in d["reason"] and "re-scored" in d["reason"]
+    assert d["promoted"] == (d["score"] > rescored["score"])
+
+
+def test_champion_is_rescored_on_the_challengers_own_labels(local_root):
+    """Own-labels evaluations on different label sets are different specs: the champion is
+    scored again on the challenger's labels (the fixed hash holdout keeps both routers off
+    those prompts), then compared."""
+    from router_tasks.core.prompts import prompt_id
+    from router_tasks.evaluation.evaluate import evaluate_router
+    from router_tasks.routers.train import train_router
+
+    def own_labels(n):
+        rows = []
+        for i in range(n):
+            text = f"own prompt number {i}"
+            for model, q in (("big", 1.0), ("small", float(i % 3 == 0))):
+                rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=None,
+                                 quality=q, source="generated:team", benchmark="own"))
+        df = pd.DataFrame(rows)
+        return run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"n": n},
+                         store=ArtifactStore(local_root))
+
+    first, more = own_labels(180), own_labels(240)
+    kw = dict(router_type="random", strong_model="big", weak_model="small", artifact_root=local_root)
+    champion, challenger = train_router(first, **kw), train_router(more, **kw, router_params={"seed": 3})
+    ev = dict(benchmarks=[], random_seeds=1, artifact_root=local_root)
+    assert publish_router(champion, evaluate_router(champion, **ev), artifact_root=local_root)["promoted"]
+    full = evaluate_router(challenger, **ev)
+    d = publish_router(challenger, full, artifact_root=local_root)
+    rescored = d["champion_rescored"]
+    assert rescored is not None, d["reason"]
+    store = ArtifactStore(local_root)
+    spec = store.read_json(f"{full['key']}/metrics.json")["spec"]
+    assert spec["own_labels"]["key"] == more["key"] and spec["own_plan"]["protocol"] == "holdout"
+    assert store.read_json(f"{rescored['evaluation']['key']}/metrics.json")["spec"] == spec
+    assert d["promoted"] == (d["score"] > rescored["score"])

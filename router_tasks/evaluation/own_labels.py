@@ -1,0 +1,233 @@
+"""The run's own labels as the first benchmark: its prompts, its endpoints, its judge.
+
+The prompts scored are ones the router never trained on (`data.labels.own_eval_plan`):
+- "holdout": the fixed hash holdout by prompt id that the train stage kept out of
+  training (enough labels: one router, scored once);
+- "crossfit": k folds by prompt; per fold the router's recipe (kind, params, strong/weak)
+  is retrained on the labels minus that fold and scores it (few labels: every prompt is
+  scored once, by a router that did not see it).
+
+Besides APGR/AUC/CPT for the strong/weak pair (`metrics.summarize`, as for the RouteLLM
+benchmarks) it reports every model's predicted-vs-observed quality (Brier score and
+expected calibration error) and a quality-vs-cost curve over all models with a price:
+per prompt the model maximising predicted quality minus lambda x price, swept over lambda,
+next to each model alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import pandas as pd
+
+from router_tasks.core.schemas import OWN_BENCHMARK, is_own_source
+from router_tasks.core.stage import ArtifactRef, run_stage
+from router_tasks.data.labels import own_eval_plan
+from router_tasks.evaluation import metrics as mx
+from router_tasks.evaluation.metrics import LeakageError
+
+log = logging.getLogger(__name__)
+
+FOLDS_STAGE = "own_crossfit_labels"
+FOLDS_VERSION = "1"
+CALIBRATION_BINS = 10
+#: how many lambda values the quality-vs-cost sweep tries (log-spaced, plus 0)
+COST_SWEEP_POINTS = 24
+
+
+class OwnLabelsSkipped(Exception):
+    """The own-labels benchmark cannot be scored for this router (the reason is the text)."""
+
+
+def own_quality(labels: pd.DataFrame) -> pd.DataFrame:
+    """Observed quality of the own labels: one row per prompt id, one column per model."""
+    own = labels[is_own_source(labels["source"]) & labels["quality"].notna()]
+    q = own.groupby(["prompt_id", "model"])["quality"].mean().astype(float).unstack("model")
+    q.index = q.index.astype(str)
+    prompts = own.drop_duplicates("prompt_id").set_index(own.drop_duplicates("prompt_id")["prompt_id"].astype(str))
+    q.insert(0, "_prompt", prompts.loc[q.index, "prompt"].astype(str))
+    return q
+
+
+def prices_of(models: list[dict] | None) -> dict[str, float]:
+    """{endpoint name: $ per 1M tokens, input + output} for endpoints that state a price."""
+    out = {}
+    for m in models or []:
+        if not isinstance(m, dict) or "name" not in m:
+            continue
+        price = float(m.get("price_input_per_m") or 0.0) + float(m.get("price_output_per_m") or 0.0)
+        if "price_input_per_m" in m or "price_output_per_m" in m:
+            out[str(m["name"])] = price
+    return out
+
+
+def calibration_table(pred: pd.DataFrame, observed: pd.DataFrame, models) -> pd.DataFrame:
+    """Per model: n, mean observed and predicted quality, Brier score, expected calibration error."""
+    rows = []
+    for m in models:
+        if m not in observed.columns or m not in pred.columns:
+            continue
+        both = pd.DataFrame({"p": pred[m].astype(float), "y": observed[m]}).dropna()
+        if both.empty:
+            continue
+        p, y = both["p"].to_numpy(), both["y"].to_numpy(float)
+        bins = np.minimum((p * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+        ece = sum(abs(p[bins == b].mean() - y[bins == b].mean()) * (bins == b).sum() for b in np.unique(bins)) / len(p)
+        rows.append({"model": m, "n_prompts": int(len(p)), "mean_observed": float(y.mean()),
+                     "mean_predicted": float(p.mean()), "brier": float(((p - y) ** 2).mean()), "ece": float(ece)})
+    return pd.DataFrame(rows, columns=["model", "n_prompts", "mean_observed", "mean_predicted", "brier", "ece"])
+
+
+def cost_curve(pred: pd.DataFrame, observed: pd.DataFrame, prices: dict[str, float]) -> pd.DataFrame:
+    """Quality vs mean price over the models that have a price and labels on every prompt.
+
+    Rows: method "router" (one per lambda), "model" (one model for every prompt) and
+    "oracle" (the best observed model per prompt, cheapest on ties)."""
+    models = [m for m in prices if m in observed.columns and m in pred.columns]
+    cols = ["method", "label", "lambda", "mean_price", "quality"]
+    if len(models) < 2:
+        return pd.DataFrame(columns=cols)
+    obs = observed[models].dropna()
+    if obs.empty:
+        return pd.DataFrame(columns=cols)
+    p = pred.loc[obs.index, models].to_numpy(float)
+    y = obs.to_numpy(float)
+    price = np.array([prices[m] for m in models])
+    scale = price.max() if price.max() > 0 else 1.0
+    rows = []
+    for lam in np.concatenate([[0.0], np.logspace(-3, 2, COST_SWEEP_POINTS - 1)]):
+        # ties (equal utility) go to the cheaper model
+        util = p - lam * price[None, :] / scale - 1e-9 * price[None, :]
+        pick = util.argmax(axis=1)
+        rows.append({"method": "router", "label": "router", "lambda": float(lam),
+                     "mean_price": float(price[pick].mean()), "quality": float(y[np.arange(len(y)), pick].mean())})
+    for j, m in enumerate(models):
+        rows.append({"method": "model", "label": m, "lambda": np.nan, "mean_price": float(price[j]),
+                     "quality": float(y[:, j].mean())})
+    best = np.array([np.lexsort((price, -y[i]))[0] for i in range(len(y))])  # best observed, then cheapest
+    rows.append({"method": "oracle", "label": "oracle", "lambda": np.nan, "mean_price": float(price[best].mean()),
+                 "quality": float(y[np.arange(len(y)), best].mean())})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def cost_plot(curve: pd.DataFrame, n: int) -> bytes:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 5))  # no pyplot global state (safe in a worker without a display)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    r = curve[curve["method"] == "router"].sort_values("mean_price")
+    ax.plot(r["mean_price"], 100 * r["quality"], marker="o", color="tab:blue", label="router (quality - lambda x price)")
+    for _, row in curve[curve["method"] == "model"].iterrows():
+        ax.scatter([row["mean_price"]], [100 * row["quality"]], s=60, zorder=5, label=f"{row['label']} alone")
+    o = curve[curve["method"] == "oracle"]
+    if len(o):
+        ax.scatter(o["mean_price"], 100 * o["quality"], marker="*", s=160, color="tab:green", label="oracle")
+    ax.set_xlabel("mean price of the chosen model ($ per 1M tokens, input + output)")
+    ax.set_ylabel("observed quality (%)")
+    ax.set_title(f"{OWN_BENCHMARK}: quality vs cost, {n} held-out prompts")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _holdout_predictions(router, observed: pd.DataFrame, plan: dict, trained: set[str]):
+    held = observed[[pid in set(plan["heldout"]) for pid in observed.index]]
+    leaked = held.index.intersection(pd.Index(sorted(trained)))
+    if len(leaked):
+        raise LeakageError(
+            f"{OWN_BENCHMARK}: {len(leaked)} held-out prompts are in the router's training prompts "
+            f"(e.g. prompt_id {leaked[0]}): it was not trained with this holdout, so it cannot be scored on it"
+        )
+    pred = router.predict_quality(held["_prompt"].tolist())
+    pred.index = held.index
+    return held, pred, pd.Series(-1, index=held.index, name="fold")
+
+
+def _crossfit_predictions(router, labels_ref: ArtifactRef, labels: pd.DataFrame, observed: pd.DataFrame,
+                          plan: dict, store):
+    from router_tasks.routers import load_router
+    from router_tasks.routers.train import train_router
+
+    pair = observed[[router.strong_model, router.weak_model]].dropna().index
+    scored = observed.loc[pair]
+    order = sorted(scored.index, key=lambda p: hashlib.sha256(f"tela-own-crossfit:{p}".encode()).hexdigest())
+    fold_of = pd.Series(np.arange(len(order)) % plan["folds"], index=order).reindex(scored.index)
+    preds = []
+    for f in range(plan["folds"]):
+        held = set(fold_of.index[fold_of == f])
+        fl = labels[~labels["prompt_id"].astype(str).isin(held)].reset_index(drop=True)
+        fl_ref = run_stage(FOLDS_STAGE, FOLDS_VERSION, lambda c, fl=fl: c.write_table(fl),
+                           inputs={"labels": labels_ref}, config={"fold": f, "folds": plan["folds"],
+                                                                  "heldout": sorted(held)}, store=store)
+        fold_ref = train_router(fl_ref, router_type=router.kind, strong_model=router.strong_model,
+                                weak_model=router.weak_model, router_params=router.params,
+                                use_gpu=False, own_holdout=False, artifact_root=store.root)
+        fold_router = load_router(fold_ref, store)
+        texts = scored.loc[fold_of == f, "_prompt"].tolist()
+        p = fold_router.predict_quality(texts)
+        p.index = fold_of.index[fold_of == f]
+        preds.append(p)
+    pred = pd.concat(preds).loc[scored.index]
+    return scored, pred, fold_of.rename("fold")
+
+
+def evaluate_own_labels(router, labels_ref: ArtifactRef, store, trained: set[str], *, prices: dict[str, float],
+                        num_results: int, random_seeds: int, max_prompts: int | None):
+    """(scores table, `metrics.summarize` summary + "calibration"/"cost_curve"/"plan") for the
+    run's own labels, or raise OwnLabelsSkipped with the reason."""
+    labels = store.read_parquet(f"{labels_ref.key}/data.parquet")
+    strong, weak = router.strong_model, router.weak_model
+    if "source" not in labels or not is_own_source(labels["source"]).any():
+        raise OwnLabelsSkipped("the router's labels hold no labels of the run's own (only bundled ones)")
+    plan = own_eval_plan(labels, strong, weak)
+    if plan["protocol"] is None:
+        raise OwnLabelsSkipped(plan["reason"])
+    observed = own_quality(labels)
+    if max_prompts is not None:
+        # a deterministic subset (smallest prompt ids), like the RouteLLM benchmarks' cap
+        keep = sorted(observed.index)[: max(max_prompts, 2 * (plan["folds"] or 1))]
+        observed = observed.loc[keep] if plan["protocol"] == "crossfit" else observed
+        if plan["protocol"] == "holdout":
+            plan = {**plan, "heldout": sorted(set(plan["heldout"]) & set(observed.index))[:max_prompts]}
+    if plan["protocol"] == "holdout":
+        scored, pred, fold = _holdout_predictions(router, observed, plan, trained)
+    else:
+        scored, pred, fold = _crossfit_predictions(router, labels_ref, labels, observed, plan, store)
+    pair = scored[[strong, weak]].dropna().index
+    if len(pair) < 2:
+        raise OwnLabelsSkipped(f"only {len(pair)} held-out prompts are labelled for both {strong} and {weak}")
+    gap = pred.loc[pair, strong].to_numpy(float) - pred.loc[pair, weak].to_numpy(float)
+    scores = np.clip((gap + 1.0) / 2.0, 0.0, 1.0)  # Router.strong_win_rate on the same predictions
+    s = mx.summarize(scores, scored.loc[pair, strong], scored.loc[pair, weak],
+                     num_results=num_results, random_seeds=random_seeds)
+    s["protocol"] = plan["protocol"]
+    s["plan"] = {k: v for k, v in plan.items() if k != "heldout"} | {
+        "n_heldout": len(plan["heldout"]) if plan["protocol"] == "holdout" else int(len(scored)),
+        "heldout_sha256": hashlib.sha256("\n".join(sorted(scored.index)).encode()).hexdigest(),
+    }
+    s["calibration"] = calibration_table(pred, scored, router.models)
+    s["cost_curve"] = cost_curve(pred, scored, prices)
+    s["prices"] = dict(prices)
+    table = pd.DataFrame(
+        {
+            "prompt_id": pair.astype(str),
+            "prompt": scored.loc[pair, "_prompt"].to_numpy(),
+            "strong_win_rate": scores,
+            "strong_quality": scored.loc[pair, strong].to_numpy(float),
+            "weak_quality": scored.loc[pair, weak].to_numpy(float),
+            "category": pd.array([OWN_BENCHMARK] * len(pair), dtype="string"),
+            "fold": fold.loc[pair].to_numpy(),
+        }
+    )
+    log.info("%s (%s, n=%d): %s", OWN_BENCHMARK, plan["protocol"], len(pair), plan["why"])
+    return table, s
+
+

@@ -1,0 +1,43 @@
+"""Task retries: permanent errors fail at once, transient ones go to Airflow's retries."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import tela_retries as retry
+from airflow.sdk.exceptions import AirflowFailException
+from tela_alerts import failure_record
+
+from router_tasks.data.quality import DataQualityError
+
+
+def _stage(x: int, *, source: str = "a") -> dict:
+    if source == "bad":
+        raise ValueError("row 3: prompt is blank")
+    if source == "dq":
+        raise DataQualityError("labels failed 1 rule", [{"rule": "label_columns"}])
+    if source == "net":
+        raise ConnectionError("connection reset by peer")
+    return {"x": x}
+
+
+def test_fail_fast_keeps_the_signature_and_the_result():
+    wrapped = retry.fail_fast(_stage)
+    assert wrapped.__name__ == "_stage" and inspect.signature(wrapped) == inspect.signature(_stage)
+    assert wrapped(1) == {"x": 1}
+
+
+def test_permanent_errors_fail_at_once_and_the_alert_still_sees_them():
+    with pytest.raises(AirflowFailException, match="row 3: prompt is blank") as bad:
+        retry.fail_fast(_stage)(1, source="bad")
+    assert isinstance(bad.value.__cause__, ValueError)
+    with pytest.raises(AirflowFailException) as dq:
+        retry.fail_fast(_stage)(1, source="dq")
+    record = failure_record(dq.value)
+    assert record["error_type"] == "DataQualityError" and record["failures"] == [{"rule": "label_columns"}]
+
+
+def test_transient_errors_are_left_to_the_retries():
+    with pytest.raises(ConnectionError):
+        retry.fail_fast(_stage)(1, source="net")
