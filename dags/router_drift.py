@@ -10,6 +10,7 @@ Thin wiring only: the logic is `router_tasks.serving.drift` and `.traffic`.
 from __future__ import annotations
 
 import pendulum
+import tela_retries as retry
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 from tela_assets import DRIFT_ASSET
@@ -61,7 +62,7 @@ def announce_drift(decision: dict) -> dict:
     catchup=False,
     max_active_runs=1,  # the hysteresis state is read and written by one run at a time
     tags=["tela-wizard"],
-    default_args={"on_execute_callback": export_connections},
+    default_args={"on_execute_callback": export_connections, **retry.DEFAULT},
     params={
         "router": Param("champion", type="string", description="router whose training prompts are the reference"),
         "window_hours": Param(1.0, type="number", description="traffic window length, ending at the run's interval end"),
@@ -101,6 +102,7 @@ def pipeline_conf() -> dict:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["tela-wizard"],
+    default_args=retry.DEFAULT,
     params={"pipeline_conf": Param({}, type="object",
                                    description="router_pipeline params for labeling traffic (models, judge, ...)")},
 )

@@ -248,32 +248,3 @@ def fit_distributed(router, labels):
             "wall_s": round(time.time() - started, 3),
         }
     return router
-
-
-def main(argv=None) -> None:
-    """A launched worker: fit on the job folder's labels; rank 0 writes the router files."""
-    import pandas as pd
-
-    args = sys.argv[1:] if argv is None else argv
-    job = Path(args[0])
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
-    from router_tasks.routers.causal_llm import CausalLLMRouter
-
-    spec = json.loads((job / "job.json").read_text())
-    labels = pd.read_parquet(job / "labels.parquet")
-    router = CausalLLMRouter(spec["models"], spec["strong_model"], spec["weak_model"], spec["params"]).fit(labels)
-    if rank == 0:
-        router.train_stats["worker_env"] = {
-            k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "LOCAL_RANK", "OMP_NUM_THREADS")
-        }
-        out = job / "out"
-        out.mkdir()
-        router.save(lambda name, data: (out / name).write_bytes(data))
-        (out / "DONE").write_text("ok\n")
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # nobody tears the group down while rank 0 still saves
-        dist.destroy_process_group()
-
