@@ -25,7 +25,6 @@ from tela_connections import export_connections  # plugins/ is on sys.path
 from router_tasks.core import defaults
 from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.labeling.generate import combine_answers, generate_part, plan_generation
-from router_tasks.data.ingest import ingest_prompts
 from router_tasks.labeling.judge import combine_judgements, judge_part, plan_judging
 from router_tasks.labeling.judge_batch import BATCH_ENDPOINT
 from router_tasks.labeling.ledger import cost_ledger
@@ -33,7 +32,7 @@ from router_tasks.labeling.references import generate_references
 from router_tasks.data.labels import build_labels
 from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
-from router_tasks.pipeline import STEP, SUMMARY_STAGES
+from router_tasks.pipeline import STEP, SUMMARY_STAGES, ingest_source
 from router_tasks.routers.train import train_router
 from router_tasks.data.validate import validate_labels
 
@@ -158,7 +157,7 @@ def summary(stages: dict, decision: dict) -> str:
 )
 def router_pipeline():
     llm = dict(pool=defaults.LLM_POOL, **retry.LLM)
-    prompts = stage(ingest_prompts)(**args("ingest"))
+    prompts = stage(ingest_source).override(task_id="ingest_prompts")(**args("ingest"))
     referenced = stage(generate_references).override(**llm)(prompts, **args("references"))
     # One mapped task per (shard, model): workers share the work, the pool caps how many
     # call endpoints at once, and a failed part retries alone.

@@ -29,6 +29,17 @@ from router_tasks.labeling.references import generate_references
 from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
 from router_tasks.routers.train import train_router
+from router_tasks.serving.traffic import resolve_source
+
+def ingest_source(source: str, *, sample: int | None = None, artifact_root: str | None = None, **kw) -> dict:
+    """Ingest `source`, where a traffic window (`traffic://<from>/<to>`, the gateway's
+    traffic log) is first exported to a prompts file: the next router learns from what
+    users actually sent. Any other source goes to ingest unchanged."""
+    from router_tasks.core.store import ArtifactStore
+
+    resolved = resolve_source(source, ArtifactStore(artifact_root))
+    return ingest_prompts(resolved, sample=sample, artifact_root=artifact_root, **kw)
+
 
 #: every parameter of a pipeline run, with its default (the offline demo)
 PARAMS: dict = defaults.PIPELINE_PARAMS
@@ -68,7 +79,7 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("ingest", "ingest_prompts", ingest_prompts, (), {"source": "source", "sample": "sample"}),
+    Step("ingest", "ingest_prompts", ingest_source, (), {"source": "source", "sample": "sample"}),
     Step("references", "generate_references", generate_references, ("ingest",), {"reference": "reference_model"}),
     Step("generate", "generate_answers", generate_answers, ("ingest",),
          {"models": "models", "max_tokens": "max_tokens"},

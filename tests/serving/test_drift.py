@@ -160,3 +160,23 @@ def test_mmd_permutation_test_has_its_nominal_size():
     assert np.mean(np.array(p) < 0.05) <= 0.15  # ~5% under the null
     shifted = drift.mmd_permutation_test(rng.normal(size=(40, 8)), rng.normal(0.8, 1, size=(50, 8)), 200)
     assert shifted["p_value"] < 0.01
+
+
+def test_a_traffic_window_is_a_pipeline_source(tmp_path):
+    """`router_pipeline`'s source may be a window of the gateway's traffic log: ingest reads
+    the window's distinct prompts, and a window with nothing in it is a clear error."""
+    from router_tasks.core.stage import load_table
+    from router_tasks.pipeline import ingest_source
+
+    root = str(tmp_path / "artifacts")
+    log = TrafficLog(ArtifactStore(root))
+    for i, text in enumerate(["What is 2 + 2?", "Name a prime above 10.", "What is 2 + 2?"]):
+        log.append({"time": T0 + timedelta(minutes=i), "prompt": text, "model": "m", "status": 200})
+    log.close()
+    ref = ingest_source(f"traffic://{(T0 - timedelta(minutes=1)).isoformat()}/{(T0 + timedelta(minutes=5)).isoformat()}",
+                        artifact_root=root)
+    prompts = load_table(ref, ArtifactStore(root))
+    assert sorted(prompts["prompt"]) == ["Name a prime above 10.", "What is 2 + 2?"]
+    with pytest.raises(ValueError, match="holds no prompt"):
+        ingest_source(f"traffic://{(T0 + timedelta(hours=5)).isoformat()}/{(T0 + timedelta(hours=6)).isoformat()}",
+                      artifact_root=root)
