@@ -17,7 +17,7 @@ yields identical data still lets downstream stages reuse.
 Two runs computing one key at once (a scheduled retrain and a pipeline run, a retried
 task whose first try still runs): one holds the key's lock and computes, the other waits
 for the manifest and reuses it. The lock is `fcntl.flock` on a file under
-`<root>/locks/` for a local store (the kernel frees it when the holder dies) and a lease
+`<root>/.locks/` for a local store (the kernel frees it when the holder dies) and a lease
 object `locks/<key>.json` on S3, created with a conditional PUT (If-None-Match), renewed
 by the holder every `LEASE_S / 3` seconds with If-Match, and taken over with If-Match
 once expired; a holder that lost its lease does not write the manifest.
@@ -248,7 +248,7 @@ class _StageLock:
         if not self.store.is_s3:
             import fcntl
 
-            path = self.store.local_dir / LOCKS / f"{self.key}.lock"
+            path = self.store.local_dir / f".{LOCKS}" / f"{self.key}.lock"
             path.parent.mkdir(parents=True, exist_ok=True)
             fh = open(path, "a+b")
             try:

@@ -278,6 +278,7 @@ class ArtifactStore:
             str(p.relative_to(self.local_dir))
             for p in base.rglob("*")
             if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+            and not p.relative_to(self.local_dir).parts[0].startswith(".")  # .locks/: not artifacts
         )
 
     def list_dirs(self, prefix: str) -> list[str]:
