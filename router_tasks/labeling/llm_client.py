@@ -534,7 +534,7 @@ def ask_all(
                 session.close()
     stats.dollars = endpoint.dollars(stats.input_tokens, stats.output_tokens)
     stats.seconds = round(time.monotonic() - started, 3)
-    if stats.calls and stats.failures / stats.calls > max_failure_rate:
+    if stats.calls and stats.failures / max(stats.requests, 1) > max_failure_rate:
         first = next(r.error for r in results if r is not None and r.error is not None)
         raise RuntimeError(
             f"{label}: {stats.failures}/{stats.calls} calls to {role} {endpoint.name!r} failed "

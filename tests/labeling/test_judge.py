@@ -221,9 +221,12 @@ def test_judge_stage_grades_every_answer(local_root):
         assert stats["no_answer"] == 1 and stats["no_reference"] == 1 and stats["exact_match"] == 3
         assert stats["by_model"]["weak"]["accuracy"] == pytest.approx(2 / 3, abs=1e-3)
 
-        # Re-run: reused, not a single judge call.
+        # Re-run: the failed verdict is asked again (it is never frozen), nothing else is.
         again = judge_answers(prompts, answers, judge=judge, artifact_root=local_root)
-        assert again["reused"] is True and judge_srv.count() == 4
+        assert judge_srv.count() == 5
+        answer = judge_srv.user_texts()[4].split("[Assistant's answer]")[1]
+        assert not any(m in answer for m in ("GOOD:", "BAD:", "RAMBLING:"))  # the one that had failed
+        assert read_manifest(store, again)["stats"]["requests"] == 1
 
 
 def test_judge_without_endpoint_marks_reference_rows(local_root):
