@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 STRONG_MODEL = "gpt-4-1106-preview"
@@ -47,3 +48,16 @@ POOLS = {
     GPU_POOL: {"slots": 1, "description": "GPU training: router fine-tunes at once (one per GPU)", "include_deferred": False},
     LLM_POOL: {"slots": 4, "description": "LLM API calls: tasks calling paid endpoints at once", "include_deferred": False},
 }
+
+
+MODEL_CACHE_ENV = "TELA_MODEL_CACHE"
+
+
+def model_cache_dir() -> Path:
+    """The one folder for converted local models (the dequantised SmolLM2 GGUF), shared by
+    the bundled LLM server and the causal-LLM router: $TELA_MODEL_CACHE, else
+    $XDG_CACHE_HOME/tela/models, else ~/.cache/tela/models."""
+    if os.environ.get(MODEL_CACHE_ENV):
+        return Path(os.environ[MODEL_CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tela" / "models"

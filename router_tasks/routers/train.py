@@ -170,6 +170,8 @@ def train_router(
             "strong_model": strong_model,
             "weak_model": weak_model,
             "params": resolved,
+            # embedding model id, base model identity: what the router builds on (Router.identity)
+            "identity": cls.identity(resolved),
         },
         store=store,
     )
