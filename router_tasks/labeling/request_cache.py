@@ -224,26 +224,31 @@ class RequestCache:
         index, token = self._read_index(folder)
         files = self._files(folder)
         loose = [f for f in files if f.startswith("seg-") and f not in index["covers"]]
-        if not loose and len(index["merged"]) <= 1:
-            return False
-        merged_entries: dict[str, CachedReply] = {}
-        try:
-            for f in list(index["merged"]) + loose:
-                self._read_file(f"{folder}/{f}", merged_entries)
-        except FileNotFoundError:
-            return False  # another compactor moved on; next time
-        if entries is not None:  # what the caller read may hold segments listed later: keep them too
-            for k, v in entries.items():
-                merged_entries.setdefault(k, v)
         now = time.time()
-        rows = [{"key": k, "answer": v.answer, "finish_reason": v.finish_reason, "input_tokens": v.input_tokens,
-                 "output_tokens": v.output_tokens, "created_at": None} for k, v in merged_entries.items()]
-        merged_name = self._write(f"{folder}", rows, kind="merged")  # first the whole...
         covers = {**index["covers"], **{f: now for f in loose}}
-        retired = {**index.get("retired", {}), **{m: now for m in index["merged"]}}
-        expired = sorted(f for f, at in {**covers, **retired}.items() if now - at > self.grace_s)
+        retired = dict(index.get("retired", {}))
+        merged = list(index["merged"])
+        merged_name = None
+        if loose or len(merged) > 1:
+            merged_entries: dict[str, CachedReply] = {}
+            try:
+                for f in merged + loose:
+                    self._read_file(f"{folder}/{f}", merged_entries)
+            except FileNotFoundError:
+                return False  # another compactor moved on; next time
+            if entries is not None:  # what the caller read may hold segments listed later: keep them too
+                for k, v in entries.items():
+                    merged_entries.setdefault(k, v)
+            rows = [{"key": k, "answer": v.answer, "finish_reason": v.finish_reason, "input_tokens": v.input_tokens,
+                     "output_tokens": v.output_tokens, "created_at": None} for k, v in merged_entries.items()]
+            merged_name = self._write(folder, rows, kind="merged")  # first the whole...
+            retired.update({m: now for m in merged})
+            merged = [merged_name]
+        expired = sorted(f for f, at in {**covers, **retired}.items() if now - at >= self.grace_s)
+        if merged_name is None and not expired:
+            return False
         new_index = {
-            "merged": [merged_name],
+            "merged": merged,
             "covers": {f: at for f, at in covers.items() if f not in expired},
             "retired": {f: at for f, at in retired.items() if f not in expired},
             "written_at": now,
@@ -252,12 +257,13 @@ class RequestCache:
         ok = (self.store.replace_if(f"{folder}/{INDEX}", data, token) if token is not None
               else self.store.create_exclusive(f"{folder}/{INDEX}", data))
         if not ok:  # another compactor's index stands; ours is referenced by nothing
-            self.store.delete(f"{folder}/{merged_name}")
+            if merged_name:
+                self.store.delete(f"{folder}/{merged_name}")
             return False
         for f in expired:  # ...then, a grace period after they became redundant, the parts
             self.store.delete(f"{folder}/{f}")
-        log.info("request cache: compacted %s: %d loose segments into %s (%d replies), %d old files removed",
-                 self.store.uri(folder), len(loose), merged_name, len(rows), len(expired))
+        log.info("request cache: compacted %s: %d loose segments into %s, %d old files removed",
+                 self.store.uri(folder), len(loose), merged_name or "the same merged file", len(expired))
         return True
 
     # -- writing ----------------------------------------------------------------------
