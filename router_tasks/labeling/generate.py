@@ -190,6 +190,7 @@ def generate_part(
 
         with EndpointSession(ep) as session:
             ctx.write_table_batches(batches(session))
+        totals.update(cache_files_read=cache.files_read, cache_bytes_read=cache.bytes_read)
         check_failure_rate(totals, max_failure_rate=max_failure_rate, label=label, who=f"model {ep.name!r}")
         ctx.mark_incomplete(totals.get("failed_calls", 0), "calls failed after retries; asked again on the next run")
         ctx.stats.update({**totals, "model": ep.name, "shard": shard, "seconds": round(time.monotonic() - started, 2)})

@@ -417,6 +417,8 @@ def judge_part(
 
         with EndpointSession(endpoint) if endpoint else _no_session() as session:
             ctx.write_table_batches(batches(session))
+        if cache is not None:
+            totals.update(cache_files_read=cache.files_read, cache_bytes_read=cache.bytes_read)
         check_failure_rate(totals, max_failure_rate=max_failure_rate, label=label,
                            who=f"judge {endpoint.name!r}" if endpoint else "the judge")
         judged = totals.get("llm_judge", 0) - totals.get("request_errors", 0)
