@@ -199,18 +199,14 @@ def find_complete(store: ArtifactStore, key: str, *, accept_incomplete: bool = T
     for file, meta in manifest.get("files", {}).items():
         fkey = f"{key}/{file}"
         try:
-            if store.size(fkey) != meta["bytes"] or (verify and store.sha256(fkey) != meta["sha256"]):
-                log.warning("artifact %s lists %s but its content changed; recomputing", key, file)
-                return None
-        except (FileNotFoundError, OSError) as err:
-            if store.is_s3 and not _is_missing(err):
-                raise
-            log.warning("artifact %s lists %s but it is missing; recomputing", key, file)
-            return None
-        except Exception as err:  # botocore's 404 on head_object
+            changed = store.size(fkey) != meta["bytes"] or (verify and store.sha256(fkey) != meta["sha256"])
+        except Exception as err:  # FileNotFoundError locally, botocore's 404 on S3
             if not _is_missing(err):
                 raise
             log.warning("artifact %s lists %s but it is missing; recomputing", key, file)
+            return None
+        if changed:
+            log.warning("artifact %s lists %s but its content changed; recomputing", key, file)
             return None
     if manifest.get("incomplete") and not accept_incomplete:
         log.info("artifact %s is marked incomplete (%s); recomputing", key, manifest["incomplete"])

@@ -179,3 +179,16 @@ def test_one_model_cache_folder(monkeypatch, tmp_path):
     assert str(_default_cache_dir()) == gguf_cache_dir() == str(tmp_path / "tela" / "models")
     monkeypatch.setenv("TELA_MODEL_CACHE", str(tmp_path / "m"))
     assert str(_default_cache_dir()) == gguf_cache_dir() == str(tmp_path / "m")
+
+
+def test_tela_judge_batch_with_the_local_server_is_refused_clearly(local_root, capsys):
+    import json
+
+    from router_tasks.cli import main
+
+    prompts = write_prompts(local_root, [{"prompt": "q", "reference_answer": "a"}])
+    args = ["--artifact-root", local_root, "judge", "--prompts", json.dumps(prompts), "--answers", json.dumps(prompts),
+            "--judge", json.dumps({"name": "j", "model": "smollm2", "base_url": "local"}), "--batch"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tela judge: error: ") and "base_url 'local'" in err and "Batch API" in err
