@@ -192,3 +192,17 @@ def test_tela_judge_batch_with_the_local_server_is_refused_clearly(local_root, c
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("tela judge: error: ") and "base_url 'local'" in err and "Batch API" in err
+
+
+def test_a_part_writes_its_answers_in_batches(local_root):
+    import io
+
+    import pyarrow.parquet as pq
+
+    prompts = write_prompts(local_root, [{"prompt": t} for t in TEXTS])
+    with ScriptedOpenAIServer(lambda b: "a") as srv:
+        ref = generate_part(prompts, model=_model(srv), shard=0, artifact_root=local_root, batch_rows=2)
+    store = ArtifactStore(local_root)
+    meta = pq.ParquetFile(io.BytesIO(store.read_bytes(f"{ref['key']}/data.parquet"))).metadata
+    assert meta.num_row_groups == 3 and meta.num_rows == 6  # three batches of two, never the table at once
+    assert read_manifest(store, ref)["files"]["data.parquet"]["rows"] == 6
