@@ -167,7 +167,7 @@ class RequestCache:
         folder = f"{self.prefix}/{name}"
         for attempt in range(READ_ATTEMPTS):
             files = self._files(folder)
-            index, _ = self._read_index(folder)
+            index, token = self._read_index(folder)
             loose = [f for f in files if f.startswith("seg-") and f not in index["covers"]]
             wanted = list(index["merged"]) + loose
             entries: dict[str, CachedReply] = {}
@@ -179,7 +179,7 @@ class RequestCache:
                 log.info("request cache: %s changed while reading (attempt %d); reading again", folder, attempt + 1)
                 continue
             if len(loose) > self.compact_after:
-                self._compact(name, entries=entries)
+                self._compact(name, read=(index, token, loose, entries))
             return entries
         raise RuntimeError(f"request cache: {self.store.uri(folder)} kept changing over {READ_ATTEMPTS} reads; "
                            f"is grace_s ({self.grace_s} s) shorter than a read?")
@@ -222,11 +222,16 @@ class RequestCache:
         name = partition_name(partition)
         return self._compact(name)
 
-    def _compact(self, name: str, entries: dict[str, CachedReply] | None = None) -> bool:
+    def _compact(self, name: str, read: tuple | None = None) -> bool:
+        """`read`: (index, token, loose, entries) a reader just read: merged without reading
+        again; the compare-and-swap on `token` fails if the index moved on meanwhile."""
         folder = f"{self.prefix}/{name}"
-        index, token = self._read_index(folder)
-        files = self._files(folder)
-        loose = [f for f in files if f.startswith("seg-") and f not in index["covers"]]
+        if read is not None:
+            index, token, loose, entries = read
+        else:
+            index, token = self._read_index(folder)
+            loose = [f for f in self._files(folder) if f.startswith("seg-") and f not in index["covers"]]
+            entries = None
         now = time.time()
         covers = {**index["covers"], **{f: now for f in loose}}
         retired = dict(index.get("retired", {}))
@@ -234,14 +239,14 @@ class RequestCache:
         merged_name = None
         if loose or len(merged) > 1:
             merged_entries: dict[str, CachedReply] = {}
-            try:
-                for f in merged + loose:
-                    self._read_file(f"{folder}/{f}", merged_entries)
-            except FileNotFoundError:
-                return False  # another compactor moved on; next time
-            if entries is not None:  # what the caller read may hold segments listed later: keep them too
-                for k, v in entries.items():
-                    merged_entries.setdefault(k, v)
+            if entries is not None:
+                merged_entries = entries
+            else:
+                try:
+                    for f in merged + loose:
+                        self._read_file(f"{folder}/{f}", merged_entries)
+                except FileNotFoundError:
+                    return False  # another compactor moved on; next time
             rows = [{"key": k, "answer": v.answer, "finish_reason": v.finish_reason, "input_tokens": v.input_tokens,
                      "output_tokens": v.output_tokens, "created_at": None} for k, v in merged_entries.items()]
             merged_name = self._write(folder, rows, kind="merged")  # first the whole...

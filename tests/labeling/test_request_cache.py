@@ -121,3 +121,14 @@ def test_two_parts_run_while_a_third_compacts_and_nothing_is_asked_twice(any_roo
         for shard in (1, 2):
             stats = read_manifest(store, refs[shard])["stats"]
             assert stats["calls"] == 0 and stats["cached"] == stats["requests"] > 0
+
+
+def test_a_reader_past_the_threshold_compacts_and_the_next_reads_one_file(local_root):
+    keys = _fill(local_root, (1, 0), 40, "c")  # 40 segments > COMPACT_AFTER
+    first = RequestCache(ArtifactStore(local_root), base_url="http://x/v1", model="m")
+    assert first.entries((1, 0)) == 40 and first.files_read == 40
+    second_store = ArtifactStore(local_root)
+    second = RequestCache(second_store, base_url="http://x/v1", model="m")
+    assert all(second.get(k) is not None for k in keys)
+    assert second.files_read == 1  # the merged file; the covered segments wait out their grace period
+    assert len([k for k in second_store.list(second.prefix) if "/seg-" in k]) == 40
