@@ -17,7 +17,7 @@ yields identical data still lets downstream stages reuse.
 Two runs computing one key at once (a scheduled retrain and a pipeline run, a retried
 task whose first try still runs): one holds the key's lock and computes, the other waits
 for the manifest and reuses it. The lock is `fcntl.flock` on a file under
-`<root>/.locks/` for a local store (the kernel frees it when the holder dies) and a lease
+`<root>/.locks/` for a local store (the kernel frees it when the holder dies; the holder removes the file when done) and a lease
 object `locks/<key>.json` on S3, created with a conditional PUT (If-None-Match), renewed
 by the holder every `LEASE_S / 3` seconds with If-Match, and taken over with If-Match
 once expired; a holder that lost its lease does not write the manifest.
@@ -228,6 +228,7 @@ class _StageLock:
         self.store, self.key, self.lease_s = store, key, float(lease_s)
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._fh = None
+        self._path = None
         self._token = None
         self._stop = threading.Event()
         self._thread = None
@@ -252,7 +253,14 @@ class _StageLock:
             except BlockingIOError:
                 fh.close()
                 return False
-            self._fh = fh
+            try:  # the holder unlinks the file on release: a lock on an unlinked inode is no lock
+                same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                fh.close()
+                return False  # the caller polls again and opens the new file
+            self._fh, self._path = fh, path
             return True
         data = self._lease()
         if self.store.create_exclusive(self._s3_key, data):
@@ -292,7 +300,10 @@ class _StageLock:
 
     def release(self) -> None:
         if self._fh is not None:
-            self._fh.close()  # closing drops the flock
+            # Unlinked while held, then closed: a waiter that opened the old file sees its
+            # inode is gone and opens a new one, so no lock file outlives the run.
+            self._path.unlink(missing_ok=True)
+            self._fh.close()
             self._fh = None
             return
         self._stop.set()
