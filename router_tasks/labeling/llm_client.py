@@ -472,7 +472,7 @@ def ask_all(
     `endpoint.workers()` at a time, and each success is cached as it arrives. The
     endpoint (or the local server) is not even opened when everything is cached.
 
-    If more than `max_failure_rate` of the calls made fail, raises RuntimeError: an artifact of errors (a bad key, a wrong URL)
+    If more than `max_failure_rate` of the requests (cached ones included) fail, raises RuntimeError: an artifact of errors (a bad key, a wrong URL)
     must not be stored and reused. What succeeded is cached for the re-run. The circuit
     breaker raises `EndpointDown` at once on a failure no retry mends.
 

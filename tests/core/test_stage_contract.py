@@ -116,3 +116,37 @@ def test_an_incomplete_output_is_recomputed_not_reused(local_root):
     second = run_stage("partial", "1", compute, store=store)
     assert not second["reused"] and second["fingerprint"] != first["fingerprint"]
     assert run_stage("partial", "1", compute, store=store)["reused"]
+
+
+_WORKER = """
+import sys, time
+from router_tasks.core import stage
+from router_tasks.core.stage import run_stage
+from router_tasks.core.store import ArtifactStore
+stage.WAIT_POLL_S = 0.05
+root, log = sys.argv[1], sys.argv[2]
+
+def compute(ctx):
+    with open(log, "a") as fh:
+        fh.write("computed\\n")
+    time.sleep(3.0)  # longer than the other process's start-up spread, so they overlap
+    ctx.write_file("out.bin", b"x")
+
+print(run_stage("two_procs", "1", compute, config={}, store=ArtifactStore(root))["reused"])
+"""
+
+
+def test_two_processes_computing_one_key_compute_once(any_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[2])
+    log = tmp_path / "computed.log"
+    env = {**os.environ, "PYTHONPATH": repo}
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, any_root, str(log)], stdout=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert all(p.returncode == 0 for p in procs)
+    assert log.read_text().count("computed") == 1 and outs == ["False", "True"]
