@@ -171,7 +171,8 @@ class ScriptedOpenAIServer:
         self.api_key = api_key  # if set, requests must carry "Authorization: Bearer <key>"
         self.faults = faults or NO_FAULTS  # read per request: may be swapped while running
         # GET /batches/{id} answers "in_progress" this many times before the batch finishes;
-        # then its status becomes `batch_outcome` ("completed", "failed" or "expired").
+        # then its status becomes `batch_outcome` ("completed", "failed" or "expired"; "expired_partial":
+        # expired after the first half of its lines ran, their replies in the output file).
         self.batch_polls = batch_polls
         self.batch_outcome = batch_outcome
         self.requests: list[dict] = []  # chat request bodies, in arrival order
@@ -495,6 +496,8 @@ class ScriptedOpenAIServer:
                 batch.update(status="in_progress", in_progress_at=batch["in_progress_at"] or now)
             elif self.batch_outcome == "expired":
                 batch.update(status="expired", expired_at=now)
+            elif self.batch_outcome == "expired_partial":  # the window closed after half the lines ran
+                batch["status"] = "finalizing"
             elif self.batch_outcome == "failed":
                 batch.update(status="failed", failed_at=now, errors={"object": "list", "data": [
                     {"code": "scripted_failure", "line": None, "param": None, "message": "scripted batch failure"}]})
@@ -506,6 +509,9 @@ class ScriptedOpenAIServer:
 
     def _finish_batch(self, bid: str, lines: list[dict]) -> dict:
         out, err = [], []
+        partial = self.batch_outcome == "expired_partial"
+        if partial:
+            lines = lines[: len(lines) // 2]
         for line in lines:
             body = line["body"]
             reply = self._reply(body)
@@ -527,7 +533,7 @@ class ScriptedOpenAIServer:
         now = int(time.time())
         with self._lock:
             batch = self.batches[bid]
-            batch.update(status="completed", output_file_id=out_id, error_file_id=err_id,
+            batch.update(status="expired" if partial else "completed", output_file_id=out_id, error_file_id=err_id,
                          in_progress_at=batch["in_progress_at"] or now, finalizing_at=now, completed_at=now,
                          request_counts={"total": len(lines), "completed": len(out), "failed": len(err)})
             return dict(batch)

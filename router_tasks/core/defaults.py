@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 STRONG_MODEL = "gpt-4-1106-preview"
@@ -77,3 +78,15 @@ PIPELINE_PARAMS = {
     "eval_max_prompts": None,
     "strong_quality": "labeled",  # or "assume_perfect" (router_tasks.core.schemas.STRONG_QUALITY_MODES)
 }
+
+MODEL_CACHE_ENV = "TELA_MODEL_CACHE"
+
+
+def model_cache_dir() -> Path:
+    """The one folder for converted local models (the dequantised SmolLM2 GGUF), shared by
+    the bundled LLM server and the causal-LLM router: $TELA_MODEL_CACHE, else
+    $XDG_CACHE_HOME/tela/models, else ~/.cache/tela/models."""
+    if os.environ.get(MODEL_CACHE_ENV):
+        return Path(os.environ[MODEL_CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tela" / "models"

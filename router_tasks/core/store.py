@@ -19,11 +19,13 @@ exclusive `flock` on a lock file beside the object around the compare and the re
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -59,6 +61,17 @@ class ArtifactStore:
             raise ValueError(
                 f"artifact root {root!r}: expected a local path, file:// or s3:// URI"
             )
+
+        # What this store object read: object GETs per key and bytes. Tests and benchmarks
+        # use them to show a part reads only its own partitions.
+        self.reads: collections.Counter = collections.Counter()
+        self.bytes_read = 0
+        self._count_lock = threading.Lock()
+
+    def _count_read(self, key: str, n: int) -> None:
+        with self._count_lock:
+            self.reads[key] += 1
+            self.bytes_read += n
 
     # -- addressing -------------------------------------------------------------------
     @property
@@ -111,10 +124,53 @@ class ArtifactStore:
                 obj = self.s3.get_object(Bucket=self.bucket, Key=self._s3_key(key))
             except self.s3.exceptions.NoSuchKey:
                 raise FileNotFoundError(self.uri(key)) from None
-            return obj["Body"].read()
-        return (self.local_dir / key).read_bytes()
+            data = obj["Body"].read()
+        else:
+            data = (self.local_dir / key).read_bytes()
+        self._count_read(key, len(data))
+        return data
 
-    # -- conditional writes (compare-and-swap) ----------------------------------------
+    def sha256(self, key: str) -> str:
+        """The SHA-256 of an object, streamed (a big file is never held in memory whole)."""
+        h = hashlib.sha256()
+        n = 0
+        if self.is_s3:
+            try:
+                body = self.s3.get_object(Bucket=self.bucket, Key=self._s3_key(key))["Body"]
+            except self.s3.exceptions.NoSuchKey:
+                raise FileNotFoundError(self.uri(key)) from None
+            for chunk in body.iter_chunks(1 << 20):
+                h.update(chunk)
+                n += len(chunk)
+        else:
+            with open(self.local_dir / key, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+                    n += len(chunk)
+        self._count_read(key, n)
+        return h.hexdigest()
+
+    def write_from_file(self, key: str, path: str | os.PathLike) -> None:
+        """Put a local file's content at `key` (multipart on S3): for outputs written in
+        batches to a spool file, never held in memory whole."""
+        if self.is_s3:
+            self.s3.upload_file(str(path), self.bucket, self._s3_key(key))
+            return
+        dest = self.local_dir / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            import shutil
+
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    # -- conditional writes: the champion pointer, stage leases, cache indexes ---------
     def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
         """(bytes, version token) of `key`, or (None, None) when it does not exist."""
         if self.is_s3:
@@ -122,12 +178,15 @@ class ArtifactStore:
                 obj = self.s3.get_object(Bucket=self.bucket, Key=self._s3_key(key))
             except self.s3.exceptions.NoSuchKey:
                 return None, None
-            return obj["Body"].read(), obj["ETag"]
+            data = obj["Body"].read()
+            self._count_read(key, len(data))
+            return data, obj["ETag"]
         path = self.local_dir / key
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None, None
+        self._count_read(key, len(data))
         return data, hashlib.sha256(data).hexdigest()
 
     def write_if(self, key: str, data: bytes, version: str | None) -> bool:
@@ -200,7 +259,23 @@ class ArtifactStore:
             str(p.relative_to(self.local_dir))
             for p in base.rglob("*")
             if p.is_file() and not (p.name.startswith(".") and p.name.endswith((".tmp", ".lock")))
+            and not p.relative_to(self.local_dir).parts[0].startswith(".")  # .locks/: not artifacts
         )
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """The names of the 'folders' directly below `prefix` (one LIST, not a full walk)."""
+        prefix = prefix.rstrip("/") + "/"
+        if self.is_s3:
+            names = []
+            for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._s3_key(prefix), Delimiter="/"
+            ):
+                names += [p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for p in page.get("CommonPrefixes", [])]
+            return sorted(names)
+        base = self.local_dir / prefix
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir())
 
     def delete(self, key: str) -> None:
         if self.is_s3:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from router_tasks.core.prompts import normalize_prompt, prompt_id
+from router_tasks.data.table_files import FORMATS, InputDataError, read_source_bytes, read_table_bytes  # noqa: F401
 from router_tasks.data.quality import enforce, prompts_suite, resolve_thresholds
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
@@ -29,105 +30,15 @@ from router_tasks.core.store import ArtifactStore
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
-STAGE_VERSION = "2"  # 2: prompts suite (quarantine + Data Docs)
+STAGE_VERSION = "3"  # 3: one file per shard, bad rows quarantined. 2: prompts suite (quarantine + Data Docs)
+SHARD_FILE = "shards/{:05d}.parquet"  # one per shard, beside data.parquet (the whole table)
+INPUT_QUARANTINE = "quarantine_input.parquet"  # rows the reader set aside: row, field, reason, value
 MAX_PROMPT_CHARS_DEFAULT = 100_000
-FORMATS = ("jsonl", "json", "csv", "parquet")
 
 
-class InputDataError(ValueError):
-    """Bad input data: the message names the file, the row and the field."""
-
-
-def _read_source_bytes(source: str) -> bytes:
-    parsed = urlparse(source)
-    if parsed.scheme == "s3":
-        store = ArtifactStore(f"s3://{parsed.netloc}")
-        try:
-            return store.read_bytes(parsed.path.lstrip("/"))
-        except FileNotFoundError:
-            raise InputDataError(f"{source}: no such object") from None
-    path = parsed.path if parsed.scheme == "file" else source
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        raise InputDataError(f"{source}: no such file") from None
-
-
-def _format_of(source: str, fmt: str | None) -> str:
-    if fmt:
-        return fmt
-    name = urlparse(source).path.lower()
-    for ext in FORMATS:
-        if name.endswith("." + ext):
-            return "jsonl" if ext == "json" else ext
-    raise InputDataError(f"{source}: cannot tell the format from the name; expected one of {FORMATS}")
-
-
-def read_prompt_file(source: str, fmt: str | None = None, data: bytes | None = None) -> pd.DataFrame:
-    """Parse a dataset file into a DataFrame, with errors that name the line or field."""
-    fmt = _format_of(source, fmt)
-    if data is None:  # callers that already hold the bytes pass them: one download per source
-        data = _read_source_bytes(source)
-    if not data.strip():
-        raise InputDataError(f"{source}: the file is empty; expected {fmt} rows with a 'prompt' column")
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(io.BytesIO(data))
-        except Exception as err:  # pyarrow raises several types for corrupt files
-            raise InputDataError(f"{source}: not a readable Parquet file ({err})") from None
-        _check_parquet_schema(source, table.schema)
-        return table.to_pandas()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise InputDataError(
-            f"{source}: line {line}: invalid UTF-8 byte at offset {err.start}; expected UTF-8 text"
-        ) from None
-    if fmt == "csv":
-        try:
-            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-        except pd.errors.ParserError as err:
-            raise InputDataError(f"{source}: malformed CSV ({err})") from None
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputDataError(f"{source}: line {lineno}: malformed JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise InputDataError(f"{source}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-        for name, value in row.items():  # a "\udce9" escape decodes to text UTF-8 cannot hold
-            if isinstance(value, str):
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError as err:
-                    raise InputDataError(
-                        f"{source}: line {lineno}: field '{name}' is not valid UTF-8 text "
-                        f"(unpaired surrogate escape at character {err.start})"
-                    ) from None
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _check_parquet_schema(source: str, schema) -> None:
-    """Parquet carries types: name a wrong one for the whole column, not row by row."""
-    import pyarrow as pa
-
-    col = next((n for n in ("prompt", "question", "turns") if n in schema.names), None)
-    if col is None:
-        return  # normalize_prompt_table names the missing column
-    typ = schema.field(col).type
-    text = pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
-    listed = (pa.types.is_list(typ) or pa.types.is_large_list(typ)) and pa.types.is_string(typ.value_type)
-    if not (text or (col == "turns" and listed)) and not pa.types.is_null(typ):
-        expected = "string (or list<string> for 'turns')" if col == "turns" else "string"
-        raise InputDataError(f"{source}: wrong Parquet schema: column '{col}' has type {typ}; expected {expected}")
+# One reader for every command that takes a prompt file (see table_files).
+read_prompt_file = read_table_bytes
+_read_source_bytes = read_source_bytes
 
 
 _GSM8K_GOLD = re.compile(r"####\s*(-?[\d,\.]+)\s*$")
@@ -137,8 +48,13 @@ def _first(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
     return next((n for n in names if n in df.columns), None)
 
 
-def normalize_prompt_table(raw: pd.DataFrame, source: str, dataset: str, max_chars: int) -> pd.DataFrame:
-    """Map a raw dataset to the prompt table schema; raise on a bad row naming it."""
+def normalize_prompt_table(raw: pd.DataFrame, source: str, dataset: str, max_chars: int,
+                           rejected: list[dict] | None = None) -> pd.DataFrame:
+    """Map a raw dataset to the prompt table schema.
+
+    A bad row (null, non-text, blank or oversized prompt; text UTF-8 cannot hold; a gold
+    answer that does not fit its type) is left out; with `rejected` given it is appended
+    there as {row, field, reason, value}, else the first one raises InputDataError."""
     col = _first(raw, ("prompt", "question", "turns"))
     if col is None:
         raise InputDataError(
@@ -150,30 +66,36 @@ def normalize_prompt_table(raw: pd.DataFrame, source: str, dataset: str, max_cha
     # concatenated): a row's prompt is the first of the two it has.
     if col == "prompt" and "question" in raw.columns:
         values = values.where(values.notna(), raw["question"])
-    prompts = []
+
+    def reject(i: int, field: str, reason: str, value) -> None:
+        item = {"row": i + 1, "field": field, "reason": reason, "value": f"{value!r:.80}"}
+        if rejected is None:
+            raise InputDataError(f"{source}: row {i + 1}: {reason}")
+        rejected.append(item)
+
+    prompts: list[str | None] = []
     for i, value in enumerate(values.tolist()):
+        prompts.append(None)
         if col == "turns" and isinstance(value, (list, tuple, np.ndarray)) and len(value):
             value = value[0]
         if not isinstance(value, str):
-            raise InputDataError(
-                f"{source}: row {i + 1}: field '{col}' must be text, got {type(value).__name__} {value!r:.60}"
-            )
+            reject(i, col, f"field '{col}' must be text, got {type(value).__name__} {value!r:.60}", value)
+            continue
         text = normalize_prompt(value)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as err:  # a lone surrogate, e.g. a JSON "\udc80" escape
-            raise InputDataError(
-                f"{source}: row {i + 1}: field '{col}' is not valid UTF-8 text "
-                f"(unpaired surrogate {text[err.start]!r} at character {err.start})"
-            ) from None
+            reject(i, col, f"field '{col}' is not valid UTF-8 text (unpaired surrogate {text[err.start]!r} "
+                           f"at character {err.start})", value)
+            continue
         if not text:
-            raise InputDataError(f"{source}: row {i + 1}: field '{col}' is empty after normalising whitespace")
+            reject(i, col, f"field '{col}' is empty after normalising whitespace", value)
+            continue
         if len(text) > max_chars:
-            raise InputDataError(
-                f"{source}: row {i + 1}: field '{col}' has {len(text):,} characters; "
-                f"the limit is {max_chars:,} (set max_prompt_chars to raise it)"
-            )
-        prompts.append(text)
+            reject(i, col, f"field '{col}' has {len(text):,} characters; the limit is {max_chars:,} "
+                           f"(set max_prompt_chars to raise it)", value[:80])
+            continue
+        prompts[i] = text
 
     gold = [None] * len(raw)
     gold_type = [None] * len(raw)
@@ -200,18 +122,77 @@ def normalize_prompt_table(raw: pd.DataFrame, source: str, dataset: str, max_cha
                 v = v[0] if len(v) else None
             refs[i] = v if isinstance(v, str) and v.strip() else None
     cats = raw["category"].astype("string").tolist() if "category" in raw.columns else [None] * len(raw)
+    for i, (g, t) in enumerate(zip(gold, gold_type)):
+        if prompts[i] is None or g is None:
+            continue
+        why = _bad_gold(g, t)
+        if why:
+            reject(i, "gold_answer", why, g)
+            prompts[i] = None
 
+    keep = [i for i, p in enumerate(prompts) if p is not None]
+    pick = lambda seq: [seq[i] for i in keep]  # noqa: E731
     return pd.DataFrame(
         {
-            "prompt_id": [prompt_id(p) for p in prompts],
-            "prompt": prompts,
+            "prompt_id": [prompt_id(prompts[i]) for i in keep],
+            "prompt": pick(prompts),
             "dataset": dataset,
-            "gold_answer": pd.array(gold, dtype="string"),
-            "gold_type": pd.array(gold_type, dtype="string"),
-            "reference_answer": pd.array(refs, dtype="string"),
-            "category": pd.array(cats, dtype="string"),
+            "gold_answer": pd.array(pick(gold), dtype="string"),
+            "gold_type": pd.array(pick(gold_type), dtype="string"),
+            "reference_answer": pd.array(pick(refs), dtype="string"),
+            "category": pd.array(pick(cats), dtype="string"),
         }
     )
+
+
+_NUMBER = re.compile(r"^\s*-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?\s*%?\s*$")
+
+
+def _bad_gold(gold: str, gold_type: str | None) -> str | None:
+    """Why a gold answer cannot be graded against, or None if it can."""
+    if gold_type not in ("number", "letter"):
+        return f"gold_type {gold_type!r} is not 'number' or 'letter'"
+    if gold_type == "number" and not _NUMBER.match(gold):
+        return f"gold answer {gold!r:.40} is not a number (gold_type 'number')"
+    if gold_type == "letter" and not re.fullmatch(r"\s*\(?[A-Ja-j]\)?\.?\s*", gold):
+        return f"gold answer {gold!r:.40} is not a single letter A-J (gold_type 'letter')"
+    return None
+
+
+def shard_of(pid: str, shards: int) -> int:
+    """A prompt's shard: by id hash, not position, so it keeps its shard when the file grows
+    (the request cache's partitions rely on the same rule, see labeling.request_cache)."""
+    return int(pid[:8], 16) % shards
+
+
+def prompt_shards(prompts, store: ArtifactStore) -> tuple[int, list[int]]:
+    """(shard count, shards present) of a prompts artifact, from its manifest alone."""
+    from router_tasks.core.stage import ArtifactRef, read_manifest
+
+    manifest = read_manifest(store, prompts)
+    files = manifest.get("files", {})
+    present = sorted(int(f.split("/")[-1].split(".")[0]) for f in files if f.startswith("shards/"))
+    count = manifest.get("stats", {}).get("shards")
+    if count is None or not present:  # an artifact made before per-shard files, or not by ingest
+        df = store.read_parquet(f"{ArtifactRef.of(prompts).key}/data.parquet")
+        present = sorted(int(s) for s in df["shard"].dropna().unique()) if "shard" in df.columns else [0]
+        return (max(present) + 1 if present else 1), present or [0]
+    return int(count), present
+
+
+def read_prompt_shard(prompts, shard: int | None, store: ArtifactStore) -> pd.DataFrame:
+    """One shard of a prompts artifact (the whole table for None): reads that shard's file only."""
+    from router_tasks.core.stage import ArtifactRef, read_manifest
+
+    key = ArtifactRef.of(prompts).key
+    if shard is not None:
+        name = SHARD_FILE.format(int(shard))
+        if name in read_manifest(store, prompts).get("files", {}):
+            return store.read_parquet(f"{key}/{name}")
+    df = store.read_parquet(f"{key}/data.parquet")
+    if shard is not None and "shard" in df.columns:
+        df = df[df["shard"] == int(shard)].reset_index(drop=True)
+    return df
 
 
 def ingest_prompts(
@@ -253,7 +234,20 @@ def ingest_prompts(
 
     def compute(ctx):
         raw = read_prompt_file(source, fmt, raw_bytes)
-        table = normalize_prompt_table(raw, source, dataset, max_prompt_chars)
+        rejected: list[dict] = []
+        table = normalize_prompt_table(raw, source, dataset, max_prompt_chars, rejected)
+        min_kept = float(th["min_kept_share"])
+        if len(raw) and len(table) / len(raw) < min_kept:
+            shown = "; ".join(f"row {r['row']}: {r['reason']}" for r in rejected[:5])
+            more = f" (and {len(rejected) - 5} more)" if len(rejected) > 5 else ""
+            raise InputDataError(
+                f"{source}: {len(rejected)} of {len(raw)} rows set aside, kept share "
+                f"{len(table) / len(raw):.2f} is under min_kept_share {min_kept}: {shown}{more}")
+        if rejected:
+            log.warning("ingest %s: %d bad rows quarantined, e.g. row %d: %s", source, len(rejected),
+                        rejected[0]["row"], rejected[0]["reason"])
+            ctx.write_table(pd.DataFrame(rejected, columns=["row", "field", "reason", "value"]).astype(
+                {"field": "string", "reason": "string", "value": "string"}), INPUT_QUARANTINE)
         before = len(table)
         table = table.drop_duplicates("prompt_id", keep="first").reset_index(drop=True)
         deduped = len(table)
@@ -262,10 +256,15 @@ def ingest_prompts(
         if sample is not None and sample < len(table):
             table = table.sample(n=sample, random_state=seed).sort_index().reset_index(drop=True)
         # Shard by id hash, not position: a prompt keeps its shard when the file grows.
-        table["shard"] = [int(pid[:8], 16) % shards for pid in table["prompt_id"]]
+        table["shard"] = [shard_of(pid, shards) for pid in table["prompt_id"]]
         ctx.stats.update(rows_read=len(raw), duplicates_dropped=before - deduped, rows_out=len(table),
-                         quarantined=ctx.stats["quality"]["prompts"]["rows_quarantined"])
+                         quarantined=ctx.stats["quality"]["prompts"]["rows_quarantined"],
+                         input_rows_rejected=len(rejected),
+                         input_rejections=rejected[:20], shards=shards)
         log.info("ingest %s: %d rows read, %d kept", source, len(raw), len(table))
         ctx.write_table(table)
+        # One file per shard, so a labeling part reads its shard and nothing else.
+        for shard, part in table.groupby("shard", sort=True):
+            ctx.write_table(part.reset_index(drop=True), SHARD_FILE.format(int(shard)))
 
     return run_stage(STAGE, STAGE_VERSION, compute, config=config, store=store)

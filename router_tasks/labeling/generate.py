@@ -19,7 +19,13 @@ Cost control:
   or a shard re-planned: the next run re-asks only what has no reply yet.
 - If more than `max_failure_rate` of a part's calls fail, it raises instead of
   completing: an artifact of errors (a bad key, a wrong URL) would otherwise be reused
-  forever. The replies that succeeded are in the cache.
+  forever. The replies that succeeded are in the cache. A part with fewer failures is
+  stored but marked incomplete (`StageContext.mark_incomplete`): the next run recomputes
+  it, asking exactly the rows that have no successful reply and paying for none that did.
+  The client's circuit breaker stops a part at once on 401/403/404 or a run of failures.
+- A part reads only its shard's file of the prompts artifact, looks replies up only in
+  its shard's request-cache partitions, and writes its answers in batches of
+  `batch_rows` (a Parquet row group each): memory follows the shard and the batch.
 - Each part's manifest records its calls, retries, cached replies, billed tokens and
   dollars (from the endpoint's prices): the run's cost ledger reads them.
 """
@@ -32,7 +38,8 @@ import time
 import pandas as pd
 
 from router_tasks.labeling.ledger import ledger_entry
-from router_tasks.labeling.llm_client import ChatResult, Endpoint, ask_all
+from router_tasks.data.ingest import prompt_shards, read_prompt_shard
+from router_tasks.labeling.llm_client import ChatResult, Endpoint, EndpointSession, ask_all, endpoint_cache
 from router_tasks.data.quality import resolve_thresholds
 from router_tasks.core.stage import StageContext, load_table, part_inputs, run_stage
 from router_tasks.core.store import ArtifactStore
@@ -41,9 +48,11 @@ log = logging.getLogger(__name__)
 
 STAGE = "generate"
 MODEL_STAGE = "generate_model"  # one artifact per (shard, model); STAGE combines them
-STAGE_VERSION = "3"  # 3: parts per shard x model, replies through the request cache
-PROMPT_VERSION = "answer-v1"  # how a prompt becomes messages: the user turn, as is
+STAGE_VERSION = "4"  # 4: shard files, batches, PROMPT_VERSION in the key. 3: parts per shard x model, replies through the request cache
+PROMPT_VERSION = "answer-v1"  # how a prompt becomes messages: the user turn, as is (in every key it decides)
+BATCH_ROWS = 2000
 
+ANSWERS_SHARD_FILE = "shards/{:05d}.parquet"
 ANSWER_COLUMNS = ["prompt_id", "model", "answer", "finish_reason", "error", "input_tokens", "output_tokens", "latency_s"]
 
 
@@ -90,7 +99,8 @@ def check_prompts(df: pd.DataFrame) -> pd.DataFrame:
 
 def answer_prompts(
     df: pd.DataFrame, ep: Endpoint, *, store: ArtifactStore, max_failure_rate: float = 1.0,
-    flush_every: int = 50, label: str = STAGE,
+    flush_every: int = 50, label: str = STAGE, partition: tuple[int, int] | None = None,
+    session: EndpointSession | None = None, cache=None,
 ) -> tuple[pd.DataFrame, dict]:
     """Answers of `ep` to every row of `df` (prompt_id, prompt), through the request cache.
 
@@ -107,24 +117,41 @@ def answer_prompts(
         todo.append(pid)
         convs.append([{"role": "user", "content": text}])
     results, calls = ask_all(ep, convs, store=store, prompt_version=PROMPT_VERSION, label=label, role="model",
-                             max_failure_rate=max_failure_rate, flush_every=flush_every)
+                             max_failure_rate=max_failure_rate, flush_every=flush_every, partition=partition,
+                             session=session, cache=cache)
     for pid, res in zip(todo, results):
         rows[pid] = _row(pid, ep.name, res)
     ordered = [rows[pid] for pid in pids]
     stats = {
         **calls.to_dict(),
         "failures": sum(r["error"] is not None for r in ordered),
+        "failed_calls": calls.failures,
         "truncated": sum(r["finish_reason"] == "length" for r in ordered),
     }
     return _answers_frame(ordered), stats
 
 
+def sum_stats(total: dict, part: dict) -> dict:
+    for k, v in part.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def check_failure_rate(stats: dict, *, max_failure_rate: float, label: str, who: str) -> None:
+    # Over the rows that need a reply (cached ones included): a re-run that asks only the
+    # rows still failing must not count them as 100% of its work.
+    if stats.get("requests") and stats.get("failed_calls", 0) / stats["requests"] > max_failure_rate:
+        raise RuntimeError(f"{label}: {stats['failed_calls']}/{stats['requests']} calls to {who} failed (over "
+                           f"max_failure_rate={max_failure_rate}); first error: {stats.get('first_error')}. "
+                           f"Successful replies are cached; fix the endpoint and re-run.")
+
+
 def plan_generation(prompts: dict, *, models: list[dict], artifact_root: str | None = None) -> list[dict]:
     """The parts to generate, one per (shard, model), as kwargs for `generate_part`."""
     endpoints = parse_endpoints(models)
-    df = check_prompts(load_table(prompts, ArtifactStore(artifact_root)))
-    shards = sorted(int(s) for s in df["shard"].dropna().unique()) or [0]
-    return [{"model": m, "shard": shard} for shard in shards for m, _ in zip(models, endpoints)]
+    _, shards = prompt_shards(prompts, ArtifactStore(artifact_root))  # from the manifest: no table read
+    return [{"model": m, "shard": shard} for shard in shards or [0] for m, _ in zip(models, endpoints)]
 
 
 def generate_part(
@@ -137,24 +164,41 @@ def generate_part(
     artifact_root: str | None = None,
     max_failure_rate: float = 0.5,
     flush_every: int = 50,
+    batch_rows: int = BATCH_ROWS,
 ) -> dict:
     """One model's answers to one shard of `prompts` (all of them if `shard` is None)."""
     ep = parse_endpoints([model], defaults={"max_tokens": max_tokens, "temperature": temperature})[0]
     ep.api_key()  # fail now, naming the missing variable, before any work
 
     def compute(ctx: StageContext) -> None:
-        df = check_prompts(ctx.read_input("prompts"))
-        if shard is not None:
-            df = df[df["shard"] == int(shard)]
         started = time.monotonic()
-        table, stats = answer_prompts(df, ep, store=ctx.store, max_failure_rate=max_failure_rate,
-                                      flush_every=flush_every, label=f"{STAGE} shard {shard}")
-        ctx.write_table(table)
-        ctx.stats.update({**stats, "model": ep.name, "shard": shard, "seconds": round(time.monotonic() - started, 2)})
+        label = f"{STAGE} shard {shard}"
+        n_shards, _ = prompt_shards(ctx.inputs["prompts"], ctx.store)
+        partition = (n_shards, int(shard)) if shard is not None else None
+        df = check_prompts(read_prompt_shard(ctx.inputs["prompts"], shard, ctx.store))
+        cache = endpoint_cache(ep, ctx.store, flush_every=flush_every)
+        totals: dict = {}
+
+        def batches(session):
+            for lo in range(0, max(len(df), 1), max(1, int(batch_rows))):
+                table, stats = answer_prompts(df.iloc[lo:lo + batch_rows], ep, store=ctx.store, flush_every=flush_every,
+                                              label=label, partition=partition, session=session, cache=cache)
+                if stats.get("failed_calls") and "first_error" not in totals:
+                    totals["first_error"] = next(e for e in table["error"].dropna() if e != "empty prompt")
+                sum_stats(totals, stats)
+                yield table
+
+        with EndpointSession(ep) as session:
+            ctx.write_table_batches(batches(session))
+        totals.update(cache_files_read=cache.files_read, cache_bytes_read=cache.bytes_read)
+        check_failure_rate(totals, max_failure_rate=max_failure_rate, label=label, who=f"model {ep.name!r}")
+        ctx.mark_incomplete(totals.get("failed_calls", 0), "calls failed after retries; asked again on the next run")
+        ctx.stats.update({**totals, "model": ep.name, "shard": shard, "seconds": round(time.monotonic() - started, 2)})
         log.info("%s: %s shard %s finished: %s", STAGE, ep.name, shard, ctx.stats)
 
     return run_stage(MODEL_STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts},
-                     config={"model": ep.output_config(), "shard": shard}, store=ArtifactStore(artifact_root))
+                     config={"model": ep.output_config(), "shard": shard, "prompt_version": PROMPT_VERSION},
+                     store=ArtifactStore(artifact_root))
 
 
 def combine_answers(
@@ -189,8 +233,18 @@ def combine_answers(
         if len(answers) != expected or answers.duplicated(["prompt_id", "model"]).any():
             raise ValueError(f"combine_answers: {len(answers)} answer rows for {len(total)} prompts x "
                              f"{len(endpoints)} models (expected {expected}, one per pair): a part is missing or repeated")
+        unknown = sorted(set(answers["prompt_id"]) - set(total["prompt_id"]))
+        if unknown:
+            raise ValueError(f"combine_answers: {len(unknown)} prompt_id(s) not in the prompts table, e.g. {unknown[:5]}")
         th = ctx.config["quality"]
-        ctx.write_table(enforce(ctx, answers, answers_suite(th), min_kept_share=th["min_kept_share"]))
+        kept = enforce(ctx, answers, answers_suite(th), min_kept_share=th["min_kept_share"])
+        ctx.write_table(kept)
+        # One file per prompt shard too, so each judge part reads its shard's answers only.
+        shard_of = dict(zip(total["prompt_id"], total["shard"]))
+        for s_, part in kept.groupby(kept["prompt_id"].map(shard_of), sort=True):
+            ctx.write_table(part.reset_index(drop=True), ANSWERS_SHARD_FILE.format(int(s_)))
+        failed = sum(p.get("failed_calls", 0) for p in per_part)
+        ctx.mark_incomplete(failed, "parts hold rows whose calls failed; asked again on the next run")
         by_model: dict[str, list[dict]] = {}
         for part in per_part:
             by_model.setdefault(part.get("model", "?"), []).append(part)
@@ -215,7 +269,8 @@ def combine_answers(
 
     inputs = {"prompts": prompts, **names}
     return run_stage(STAGE, STAGE_VERSION, combine, inputs=inputs,
-                     config={"models": [ep.name for ep in endpoints], "quality": resolve_thresholds(thresholds)},
+                     config={"models": [ep.name for ep in endpoints], "quality": resolve_thresholds(thresholds),
+                             "prompt_version": PROMPT_VERSION},
                      store=store)
 
 

@@ -35,9 +35,11 @@ from decimal import Decimal, InvalidOperation
 
 import pandas as pd
 
-from router_tasks.labeling.generate import check_prompts, parse_endpoints
+from router_tasks.data.ingest import prompt_shards, read_prompt_shard
+from router_tasks.labeling.generate import (ANSWERS_SHARD_FILE, BATCH_ROWS, check_failure_rate, check_prompts,
+                                            parse_endpoints, sum_stats)
 from router_tasks.labeling.ledger import ledger_entry
-from router_tasks.labeling.llm_client import ChatResult, Endpoint, ask_all
+from router_tasks.labeling.llm_client import ChatResult, Endpoint, EndpointSession, ask_all, endpoint_cache
 from router_tasks.data.quality import resolve_thresholds
 from router_tasks.core.stage import StageContext, load_table, part_inputs, run_stage, stable_hash
 from router_tasks.core.schemas import cell_text
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "judge"
 PART_STAGE = "judge_part"  # one artifact per shard; STAGE combines them
-STAGE_VERSION = "3"  # 3: parts per shard, verdicts through the request cache. 2: judgements suite. Bump when grading logic (extraction, parsing) changes: old artifacts go stale
+STAGE_VERSION = "4"  # 4: shard files, batches, failed verdicts re-asked. 3: parts per shard, verdicts through the request cache. 2: judgements suite. Bump when grading logic (extraction, parsing) changes: old artifacts go stale
 RUBRIC_VERSION = "ref-guided-1to5-v1"
 LETTERS = "ABCD"
 
@@ -312,6 +314,7 @@ def plan_rows(pdf: pd.DataFrame, adf: pd.DataFrame, endpoint: Endpoint | None):
 def grade_answers(
     pdf: pd.DataFrame, adf: pd.DataFrame, endpoint: Endpoint | None, *, store: ArtifactStore,
     max_failure_rate: float = 0.5, flush_every: int = 50, label: str = STAGE,
+    partition: tuple[int, int] | None = None, session: EndpointSession | None = None, cache=None,
 ) -> tuple[pd.DataFrame, dict]:
     """The judgements of every row of `adf` and the counters (cost ledger fields included)."""
     pdf, adf = checked_tables(pdf, adf)
@@ -333,7 +336,8 @@ def grade_answers(
     stats: dict = {}
     if pending:
         results, calls = ask_all(endpoint, [conv for _, conv in pending], store=store, prompt_version=RUBRIC_VERSION,
-                                 label=label, role="judge", max_failure_rate=max_failure_rate, flush_every=flush_every)
+                                 label=label, role="judge", max_failure_rate=max_failure_rate, flush_every=flush_every,
+                                 partition=partition, session=session, cache=cache)
         for (idx, _), res in zip(pending, results):
             rows[idx] = verdict_row(idx, res)
         stats = calls.to_dict()
@@ -351,8 +355,7 @@ def grade_answers(
 
 def plan_judging(prompts: dict, *, artifact_root: str | None = None) -> list[dict]:
     """The judge's parts, one per shard of the prompts: kwargs for `judge_part`."""
-    df = load_table(prompts, ArtifactStore(artifact_root))
-    shards = sorted(int(s) for s in df["shard"].dropna().unique()) if "shard" in df.columns else []
+    _, shards = prompt_shards(prompts, ArtifactStore(artifact_root))  # from the manifest: no table read
     return [{"shard": s} for s in shards or [0]]
 
 
@@ -365,26 +368,68 @@ def judge_part(
     artifact_root: str | None = None,
     max_failure_rate: float = 0.5,
     flush_every: int = 50,
+    batch_rows: int = BATCH_ROWS,
 ) -> dict:
-    """Judgements of the answers to one shard of the prompts (all of them if `shard` is None)."""
+    """Judgements of the answers to one shard of the prompts (all of them if `shard` is None).
+
+    Reads that shard's files of the prompts and answers artifacts only (combine_answers
+    checked every answer's prompt_id against the prompts), and writes in batches."""
     endpoint = judge_endpoint(judge)
 
     def compute(ctx: StageContext) -> None:
         started = time.monotonic()
-        # checked whole, before the shard is cut out: an unknown prompt_id must not vanish
-        pdf, adf = checked_tables(ctx.read_input("prompts"), ctx.read_input("answers"))
-        if shard is not None:
-            pdf = pdf[pdf["shard"] == int(shard)]
-            adf = adf[adf["prompt_id"].isin(pdf["prompt_id"])]
-        df, stats = grade_answers(pdf, adf, endpoint, store=ctx.store, max_failure_rate=max_failure_rate,
-                                  flush_every=flush_every, label=f"{STAGE} shard {shard}")
-        ctx.write_table(df)
-        ctx.stats.update({**stats, "model": endpoint.name if endpoint else None, "shard": shard,
+        label = f"{STAGE} shard {shard}"
+        store = ctx.store
+        n_shards, _ = prompt_shards(ctx.inputs["prompts"], store)
+        partition = (n_shards, int(shard)) if shard is not None else None
+        pdf = read_prompt_shard(ctx.inputs["prompts"], shard, store)
+        answers_files = ctx.input_manifest("answers").get("files", {})
+        if shard is not None and ANSWERS_SHARD_FILE.format(int(shard)) in answers_files:
+            adf = ctx.read_input("answers", ANSWERS_SHARD_FILE.format(int(shard)))
+        else:
+            adf = ctx.read_input("answers")
+            if shard is not None:
+                checked_tables(read_prompt_shard(ctx.inputs["prompts"], None, store), adf)  # unknown ids must not vanish
+                adf = adf[adf["prompt_id"].isin(pdf["prompt_id"])]
+        cache = endpoint_cache(endpoint, store, flush_every=flush_every) if endpoint else None
+        totals: dict = {}
+
+        def batches(session):
+            for lo in range(0, max(len(adf), 1), max(1, int(batch_rows))):
+                df, stats = grade_answers(pdf, adf.iloc[lo:lo + batch_rows], endpoint, store=store,
+                                          max_failure_rate=1.0, flush_every=flush_every, label=label,
+                                          partition=partition, session=session, cache=cache)
+                errs = df["failure_reason"].dropna()
+                errs = errs[errs.str.startswith("judge error")]
+                if len(errs) and "first_error" not in totals:
+                    totals["first_error"] = errs.iloc[0]
+                stats["failed_calls"] = stats.get("failures", 0)
+                sum_stats(totals, stats)
+                yield df
+
+        with EndpointSession(endpoint) if endpoint else _no_session() as session:
+            ctx.write_table_batches(batches(session))
+        if cache is not None:
+            totals.update(cache_files_read=cache.files_read, cache_bytes_read=cache.bytes_read)
+        check_failure_rate(totals, max_failure_rate=max_failure_rate, label=label,
+                           who=f"judge {endpoint.name!r}" if endpoint else "the judge")
+        judged = totals.get("llm_judge", 0) - totals.get("request_errors", 0)
+        totals["parse_failure_rate"] = round(totals.get("parse_failures", 0) / judged, 4) if judged else 0.0
+        ctx.mark_incomplete(totals.get("request_errors", 0), "judge calls failed; asked again on the next run")
+        ctx.stats.update({**totals, "model": endpoint.name if endpoint else None, "shard": shard,
                           "seconds": round(time.monotonic() - started, 2)})
         log.info("%s: shard %s: %s", STAGE, shard, ctx.stats)
 
     return run_stage(PART_STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers},
                      config={**_judge_config(endpoint), "shard": shard}, store=ArtifactStore(artifact_root))
+
+
+class _no_session:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
 
 
 SUMMED = ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens", "output_tokens",
@@ -422,6 +467,7 @@ def combine_judgements(
         th = ctx.config["quality"]
         df = enforce(ctx, df, judgements_suite(th), min_kept_share=th["min_kept_share"])
         ctx.write_table(df)
+        ctx.mark_incomplete(totals["request_errors"], "judge calls failed; asked again on the next run")
         judged = totals["llm_judge"] - totals["request_errors"]
         ctx.stats.update({
             **totals,

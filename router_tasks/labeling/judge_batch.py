@@ -28,7 +28,7 @@ import time
 from router_tasks.core import defaults
 from router_tasks.labeling.judge import RUBRIC_VERSION, checked_tables, judge_endpoint, plan_rows
 from router_tasks.labeling.ledger import ledger_entry
-from router_tasks.labeling.llm_client import endpoint_cache, request_keys
+from router_tasks.labeling.llm_client import endpoint_cache, redact_secrets, request_keys
 from router_tasks.core.stage import StageContext, load_table, run_stage
 from router_tasks.core.store import ArtifactStore
 
@@ -40,6 +40,22 @@ BATCH_ENDPOINT = "/v1/chat/completions"
 BATCH_PRICE_FACTOR = 0.5  # the Batch API bills half the online price
 
 
+def batch_endpoint(judge: dict):
+    """The judge's endpoint for the Batch API; refuses what has no Batch API."""
+    endpoint = judge_endpoint(judge)
+    if endpoint is None:
+        raise ValueError("judge batch mode needs a judge endpoint")
+    if endpoint.is_local:
+        raise ValueError(f"judge {endpoint.name!r}: batch mode needs an OpenAI-compatible Batch API, and "
+                         f"base_url 'local' (the bundled SmolLM2 server) has none; judge it online "
+                         f"(without --batch) or give the judge an http(s) base_url")
+    return endpoint
+
+
+# A batch that ended this way may still hold replies (paid for): they are collected too.
+FINISHED = ("completed", "expired", "cancelled", "failed")
+
+
 def _client(endpoint):
     import openai
 
@@ -49,9 +65,7 @@ def _client(endpoint):
 
 def batch_lines(prompts: dict, answers: dict, *, judge: dict, artifact_root: str | None = None) -> list[dict]:
     """The Batch API request lines for every judge call not yet in the request cache."""
-    endpoint = judge_endpoint(judge)
-    if endpoint is None:
-        raise ValueError("judge batch mode needs a judge endpoint")
+    endpoint = batch_endpoint(judge)
     store = ArtifactStore(artifact_root)
     pdf, adf = checked_tables(load_table(prompts, store), load_table(answers, store))
     _, pending, _ = plan_rows(pdf, adf, endpoint)
@@ -75,7 +89,7 @@ def prepare_judge_batch(prompts: dict, answers: dict, *, judge: dict, artifact_r
         log.info("%s: every judge call is already cached; no batch needed", STAGE)
         return None
     data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    endpoint = judge_endpoint(judge)
+    endpoint = batch_endpoint(judge)
     with _client(endpoint) as client:
         uploaded = client.files.create(file=("tela-judge-batch.jsonl", io.BytesIO(data)), purpose="batch")
     log.info("%s: uploaded %d judge requests as %s", STAGE, len(lines), uploaded.id)
@@ -83,16 +97,23 @@ def prepare_judge_batch(prompts: dict, answers: dict, *, judge: dict, artifact_r
 
 
 def collect_judge_batch(batch_id: str, *, judge: dict, artifact_root: str | None = None) -> dict:
-    """Put a finished batch's replies into the request cache; an artifact with its costs."""
-    endpoint = judge_endpoint(judge)
+    """Put a finished batch's replies into the request cache; an artifact with its costs.
+
+    An expired, cancelled or failed batch keeps the replies it did produce (they were paid
+    for): they are cached like a completed batch's, and the online judge that follows asks
+    only the rest."""
+    endpoint = batch_endpoint(judge)
     store = ArtifactStore(artifact_root)
 
     def compute(ctx: StageContext) -> None:
         with _client(endpoint) as client:
             batch = client.batches.retrieve(batch_id)
-            if batch.status != "completed":
-                raise RuntimeError(f"{STAGE}: batch {batch_id} is {batch.status!r}, not 'completed'; "
+            if batch.status not in FINISHED:
+                raise RuntimeError(f"{STAGE}: batch {batch_id} is {batch.status!r}, not 'completed' (nor ended with replies to keep); "
                                    f"errors: {getattr(batch, 'errors', None)}")
+            if batch.status != "completed":
+                log.warning("%s: batch %s ended %r; keeping the replies it produced, the rest are asked online",
+                            STAGE, batch_id, batch.status)
             output = client.files.content(batch.output_file_id).text if batch.output_file_id else ""
             error_text = client.files.content(batch.error_file_id).text if batch.error_file_id else ""
         cache = endpoint_cache(endpoint, ctx.store, flush_every=10_000)
@@ -109,7 +130,9 @@ def collect_judge_batch(batch_id: str, *, judge: dict, artifact_root: str | None
             content = (choices[0].get("message") or {}).get("content") if choices else None
             if response.get("status_code") != 200 or content is None:
                 failed += 1
-                why = (item.get("error") or {}).get("message") or f"status {response.get('status_code')}"
+                why = redact_secrets((item.get("error") or {}).get("message")
+                                     or ((body.get("error") or {}).get("message") if isinstance(body, dict) else None)
+                                     or f"status {response.get('status_code')}")
                 reasons[why[:120]] = reasons.get(why[:120], 0) + 1
                 continue
             usage = body.get("usage") or {}
@@ -120,7 +143,8 @@ def collect_judge_batch(batch_id: str, *, judge: dict, artifact_root: str | None
             tokens_in += int(usage.get("prompt_tokens") or 0)
             tokens_out += int(usage.get("completion_tokens") or 0)
         cache.flush()
-        summary = {"batch_id": batch_id, "replies": ok, "failed": failed, "failure_reasons": reasons}
+        summary = {"batch_id": batch_id, "status": batch.status, "replies": ok, "failed": failed,
+                   "failure_reasons": reasons}
         ctx.write_file("batch.json", json.dumps(summary, indent=2).encode())
         calls = {
             "requests": ok + failed, "cached": 0, "calls": ok + failed, "attempts": ok + failed, "retries": 0,
@@ -145,11 +169,11 @@ def run_judge_batch(prompts: dict, answers: dict, *, judge: dict, artifact_root:
     file_id = prepare_judge_batch(prompts, answers, judge=judge, artifact_root=artifact_root)
     if file_id is None:
         return None
-    endpoint = judge_endpoint(judge)
+    endpoint = batch_endpoint(judge)
     with _client(endpoint) as client:
         batch = client.batches.create(input_file_id=file_id, endpoint=BATCH_ENDPOINT, completion_window="24h")
         deadline = time.monotonic() + timeout_s
-        while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        while batch.status not in FINISHED:
             if time.monotonic() > deadline:
                 client.batches.cancel(batch.id)
                 raise TimeoutError(f"{STAGE}: batch {batch.id} not done after {timeout_s} s; cancelled")

@@ -10,7 +10,12 @@ Calls go through the official `openai` client, which retries connection errors, 
 409, 429 and 5xx with exponential backoff (honouring Retry-After) and enforces the
 timeout; a thread pool caps the requests in flight per endpoint. A request that still
 fails comes back as a `ChatResult` with `error` set, so a caller records it instead of
-losing the row.
+losing the row. Error texts are redacted (`redact_secrets`) before they are stored or logged.
+
+A circuit breaker stops an endpoint's calls at once (`EndpointDown`, naming the endpoint
+and the HTTP status) on 401/403, on 404 (a model or path that does not exist), or after
+`max_consecutive_failures` failures in a row: a bad key or a dead URL fails a part in a
+few requests instead of retrying every row with backoff for hours.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -57,6 +63,8 @@ class Endpoint:
     # out of artifact keys: a price update re-prices, it does not re-ask.
     price_input_per_m: float = 0.0
     price_output_per_m: float = 0.0
+    # The circuit breaker: this many failed calls in a row stop the endpoint's part.
+    max_consecutive_failures: int = 8
 
     @classmethod
     def from_dict(cls, data: Mapping, *, defaults: Mapping | None = None, where: str = "endpoint") -> "Endpoint":
@@ -88,6 +96,9 @@ class Endpoint:
             raise ValueError(f"{where}: max_tokens must be a positive integer, got {merged.get('max_tokens')!r}")
         if not isinstance(merged.get("temperature", 0.0), (int, float)) or merged.get("temperature", 0.0) < 0:
             raise ValueError(f"{where}: temperature must be a number >= 0, got {merged.get('temperature')!r}")
+        mcf = merged.get("max_consecutive_failures", 8)
+        if isinstance(mcf, bool) or not isinstance(mcf, int) or mcf < 1:
+            raise ValueError(f"{where}: max_consecutive_failures must be a positive integer, got {mcf!r}")
         if merged.get("concurrency") is not None and int(merged["concurrency"]) < 1:
             raise ValueError(f"{where}: concurrency must be >= 1")
         for price in ("price_input_per_m", "price_output_per_m"):
@@ -180,6 +191,26 @@ def _reject_malformed_json(response) -> None:
                                    request=response.request) from None
 
 
+# What a credential looks like in an error text: provider keys ("sk-...", "sk-proj-..."),
+# bearer tokens, key=value pairs naming a secret, and long opaque tokens.
+_SECRET_PATTERNS = [
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]+"), "Bearer [REDACTED]"),
+    (re.compile(r"\b(?:sk|pk|rk|ak)-[A-Za-z0-9_\-]{6,}"), "[REDACTED]"),
+    (re.compile(r"(?i)\b((?:api[_-]?key|access[_-]?key|secret|token|password|passwd|authorization|key)"
+                r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',&;}]+"), r"\1[REDACTED]"),
+    (re.compile(r"\b[A-Za-z0-9_\-]{32,}\b"), "[REDACTED]"),
+]
+
+
+def redact_secrets(text: str | None) -> str | None:
+    """`text` with anything that looks like a key or token replaced by [REDACTED]."""
+    if text is None:
+        return None
+    for pattern, repl in _SECRET_PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
 @dataclass
 class ChatResult:
     answer: str | None
@@ -189,10 +220,27 @@ class ChatResult:
     output_tokens: int
     latency_s: float
     cached: bool = False  # served from the request cache: no call made, nothing paid
+    status: int | None = None  # the HTTP status of a failed call, when there was one
+
+
+class EndpointDown(RuntimeError):
+    """The circuit breaker stopped an endpoint (bad key, unknown model, dead URL)."""
+
+    def __init__(self, message: str, status: int | None):
+        super().__init__(message)
+        self.status = status
+
+
+def _status_of(err: Exception) -> int | None:
+    return getattr(err, "status_code", None)
 
 
 def _describe_error(err: Exception) -> str:
     """A short, key-free description of a failed call for the `error` column."""
+    return redact_secrets(_describe_error_raw(err))
+
+
+def _describe_error_raw(err: Exception) -> str:
     import openai
 
     if isinstance(err, openai.APIStatusError):
@@ -249,7 +297,8 @@ class ChatClient:
                 temperature=ep.temperature if temperature is None else temperature,
             )
         except Exception as err:  # noqa: BLE001 - recorded per row, never raised
-            return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3))
+            return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3),
+                              status=_status_of(err))
         latency = round(time.monotonic() - started, 3)
         usage = resp.usage
         tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -261,7 +310,7 @@ class ChatClient:
         if content is None:  # e.g. a content filter or a refusal-only reply
             refusal = getattr(choice.message, "refusal", None) if choice.message else None
             why = f"refusal: {refusal}" if refusal else f"no content (finish_reason={choice.finish_reason})"
-            return ChatResult(None, choice.finish_reason, why[:500], tokens_in, tokens_out, latency)
+            return ChatResult(None, choice.finish_reason, redact_secrets(why[:500]), tokens_in, tokens_out, latency)
         return ChatResult(content, choice.finish_reason, None, tokens_in, tokens_out, latency)
 
     def close(self) -> None:
@@ -287,6 +336,34 @@ def open_endpoint(endpoint: Endpoint) -> Iterator[ChatClient]:
         yield client
     finally:
         client.close()
+
+
+class EndpointSession:
+    """An endpoint opened on first use and kept open until `close()`: a part that asks in
+    batches starts the local server (or a connection pool) once, and not at all when every
+    reply is cached."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self._cm = None
+        self._client: ChatClient | None = None
+
+    def client(self) -> ChatClient:
+        if self._client is None:
+            self._cm = open_endpoint(self.endpoint)
+            self._client = self._cm.__enter__()
+        return self._client
+
+    def close(self) -> None:
+        if self._cm is not None:
+            cm, self._cm, self._client = self._cm, None, None
+            cm.__exit__(None, None, None)
+
+    def __enter__(self) -> "EndpointSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def chat_many(
@@ -384,6 +461,9 @@ def ask_all(
     max_failure_rate: float = 1.0,
     max_tokens: int | None = None,
     flush_every: int = 50,
+    partition: tuple[int, int] | None = None,
+    session: "EndpointSession | None" = None,
+    cache=None,
 ) -> tuple[list[ChatResult], CallStats]:
     """Every conversation answered by `endpoint`, through the request cache.
 
@@ -392,18 +472,23 @@ def ask_all(
     `endpoint.workers()` at a time, and each success is cached as it arrives. The
     endpoint (or the local server) is not even opened when everything is cached.
 
-    If more than `max_failure_rate` of the calls made fail, raises RuntimeError: an artifact of errors (a bad key, a wrong URL)
-    must not be stored and reused. What succeeded is cached for the re-run.
+    If more than `max_failure_rate` of the requests (cached ones included) fail, raises RuntimeError: an artifact of errors (a bad key, a wrong URL)
+    must not be stored and reused. What succeeded is cached for the re-run. The circuit
+    breaker raises `EndpointDown` at once on a failure no retry mends.
+
+    `partition` (shards, shard) is the request-cache partition of the rows asked (see
+    `request_cache`); `session` keeps one client (one local server) open across calls
+    made batch by batch; `cache` reuses a `RequestCache` already loaded.
     """
     started = time.monotonic()
     max_tokens = max_tokens or endpoint.max_tokens
-    cache = endpoint_cache(endpoint, store, flush_every=flush_every)
+    cache = cache if cache is not None else endpoint_cache(endpoint, store, flush_every=flush_every)
     sent, keys = request_keys(endpoint, conversations, prompt_version=prompt_version, max_tokens=max_tokens)
     stats = CallStats(requests=len(sent))
     results: list[ChatResult | None] = [None] * len(sent)
     todo: dict[str, list[int]] = {}  # key -> the rows that need it: identical requests are sent once
     for i, key in enumerate(keys):
-        hit = cache.get(key)
+        hit = cache.get(key, partition)
         if hit is None:
             todo.setdefault(key, []).append(i)
             continue
@@ -411,13 +496,14 @@ def ask_all(
         stats.cached += 1
     unique = list(todo)
     progress = Progress(f"{label} {endpoint.name}", len(unique))
+    breaker = CircuitBreaker(endpoint, label=label, role=role)
 
     def got(j: int, res: ChatResult) -> None:
         key = unique[j]
         progress.update(res)
         if res.error is None and res.answer is not None:
             cache.put(key, answer=res.answer, finish_reason=res.finish_reason,
-                      input_tokens=res.input_tokens, output_tokens=res.output_tokens)
+                      input_tokens=res.input_tokens, output_tokens=res.output_tokens, partition=partition)
             stats.input_tokens += res.input_tokens
             stats.output_tokens += res.output_tokens
         else:
@@ -429,20 +515,26 @@ def ask_all(
                                                            res.output_tokens, 0.0, cached=res.error is None)
             if repeat and res.error is None:
                 stats.cached += 1
+        breaker.record(res)  # raises EndpointDown: chat_many stops sending, the cache keeps what came
 
     if stats.cached:
         log.info("%s: %s: %d replies from the request cache", label, endpoint.name, stats.cached)
     if unique:
         log.info("%s: asking %s (%s) for %d replies", label, endpoint.name, endpoint.public_dict()["base_url"], len(unique))
-        with open_endpoint(endpoint) as client:
-            try:
-                chat_many(client, [sent[todo[k][0]] for k in unique], max_tokens=max_tokens, on_result=got)
-            finally:
-                cache.flush()  # however the calls end, what succeeded is kept
-                stats.calls, stats.attempts = client.requests, client.attempts
+        own = session is None
+        session = session or EndpointSession(endpoint)
+        client = session.client()
+        calls0, attempts0 = client.requests, client.attempts
+        try:
+            chat_many(client, [sent[todo[k][0]] for k in unique], max_tokens=max_tokens, on_result=got)
+        finally:
+            cache.flush()  # however the calls end, what succeeded is kept
+            stats.calls, stats.attempts = client.requests - calls0, client.attempts - attempts0
+            if own:
+                session.close()
     stats.dollars = endpoint.dollars(stats.input_tokens, stats.output_tokens)
     stats.seconds = round(time.monotonic() - started, 3)
-    if stats.calls and stats.failures / stats.calls > max_failure_rate:
+    if stats.calls and stats.failures / max(stats.requests, 1) > max_failure_rate:
         first = next(r.error for r in results if r is not None and r.error is not None)
         raise RuntimeError(
             f"{label}: {stats.failures}/{stats.calls} calls to {role} {endpoint.name!r} failed "
@@ -450,6 +542,34 @@ def ask_all(
             f"Successful replies are cached; fix the endpoint and re-run."
         )
     return results, stats  # type: ignore[return-value]
+
+
+class CircuitBreaker:
+    """Stops an endpoint on a failure no retry can mend, or on a run of failures."""
+
+    FATAL = {401: "the key was refused", 403: "access denied", 404: "no such model or path"}
+
+    def __init__(self, endpoint: Endpoint, *, label: str, role: str):
+        self.endpoint, self.label, self.role = endpoint, label, role
+        self.consecutive = 0
+        self.lock = threading.Lock()
+
+    def record(self, res: ChatResult) -> None:
+        with self.lock:
+            if res.error is None:
+                self.consecutive = 0
+                return
+            self.consecutive += 1
+            fatal = res.status in self.FATAL
+            if not fatal and self.consecutive < self.endpoint.max_consecutive_failures:
+                return
+        ep = self.endpoint
+        where = f"{self.role} endpoint {ep.name!r} (model {ep.model!r} at {ep.public_dict()['base_url'] or 'api.openai.com'})"
+        status = f"HTTP {res.status}" if res.status else "no HTTP status"
+        why = (f"{status}: {self.FATAL[res.status]}" if fatal
+               else f"{self.consecutive} failed calls in a row, the last with {status}")
+        raise EndpointDown(f"{self.label}: circuit breaker stopped {where}: {why}. Last error: {res.error}. "
+                           f"Successful replies are cached; fix the endpoint and re-run.", res.status)
 
 
 class Progress:

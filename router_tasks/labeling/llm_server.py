@@ -94,10 +94,9 @@ def default_threads() -> int:
 
 
 def _default_cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tela" / "models"
+    from router_tasks.core.defaults import model_cache_dir
+
+    return model_cache_dir()  # one place, shared with the causal-LLM router
 
 
 # --------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ import time
 
 import pandas as pd
 
-from router_tasks.labeling.generate import answer_prompts, parse_endpoints
+from router_tasks.data.ingest import SHARD_FILE, prompt_shards
+from router_tasks.labeling.generate import answer_prompts, check_failure_rate, parse_endpoints, sum_stats
+from router_tasks.labeling.llm_client import EndpointSession, endpoint_cache
 from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.core.schemas import cell_text
 from router_tasks.core.stage import StageContext, load_table, run_stage
@@ -27,7 +29,7 @@ from router_tasks.core.store import ArtifactStore
 log = logging.getLogger(__name__)
 
 STAGE = "references"
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: per-shard files and cache partitions
 
 # The strong model answers the prompt as a careful expert would: this is the standard
 # cheaper models are graded against, so we ask for completeness over brevity.
@@ -74,8 +76,22 @@ def generate_references(
             df["reference_answer"] = None
         source = pd.Series(None, index=df.index, dtype="object")
         source[df["reference_answer"].map(lambda v: cell_text(v) is not None)] = "data"
-        answers, stats = answer_prompts(df.loc[todo, ["prompt_id", "prompt"]], ep, store=ctx.store,
-                                        max_failure_rate=max_failure_rate, label=STAGE)
+        # Asked shard by shard, so each reply lands in its shard's request-cache partition:
+        # the reference endpoint is often a generate endpoint too, whose parts then read
+        # only their own shard's references, not all of them.
+        n_shards, _ = prompt_shards(ctx.inputs["prompts"], ctx.store)
+        shard_col = df["shard"] if "shard" in df.columns else pd.Series(0, index=df.index)
+        cache = endpoint_cache(ep, ctx.store)
+        frames, stats = [], {}
+        with EndpointSession(ep) as session:
+            for shard, idx in df[todo].groupby(shard_col[todo], sort=True).groups.items():
+                part, st = answer_prompts(df.loc[idx, ["prompt_id", "prompt"]], ep, store=ctx.store, label=STAGE,
+                                          partition=(n_shards, int(shard)) if "shard" in df.columns else None,
+                                          session=session, cache=cache)
+                frames.append(part)
+                sum_stats(stats, st)
+        answers = pd.concat(frames, ignore_index=True)  # todo is never empty here (see `need` above)
+        check_failure_rate(stats, max_failure_rate=max_failure_rate, label=STAGE, who=f"reference {ep.name!r}")
         written = answers.set_index("prompt_id")["answer"]
         ok = written.notna() & answers.set_index("prompt_id")["finish_reason"].fillna("").ne("length")
         # A reference cut off by max_tokens is no standard to grade against: left out.
@@ -86,7 +102,11 @@ def generate_references(
         df["reference_answer"] = df["reference_answer"].astype("string")
         df["reference_source"] = source.astype("string")
         ctx.write_table(df)
-        ctx.stats.update({**stats, "model": ep.name, "ledger": {ep.name: ledger_entry([(stats, False)])},
+        if "shard" in df.columns:  # keep one file per shard, as ingest made them
+            for shard, part in df.groupby("shard", sort=True):
+                ctx.write_table(part.reset_index(drop=True), SHARD_FILE.format(int(shard)))
+        ctx.mark_incomplete(stats.get("failed_calls", 0), "reference calls failed; asked again on the next run")
+        ctx.stats.update({**stats, "shards": n_shards, "model": ep.name, "ledger": {ep.name: ledger_entry([(stats, False)])},
                           "needed": int(todo.sum()), "written": int(mask.sum()),
                           "cut_off": int((written.notna() & ~ok).sum()), "seconds": round(time.monotonic() - started, 2)})
         log.info("%s: %s", STAGE, ctx.stats)

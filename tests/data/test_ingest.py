@@ -5,7 +5,7 @@ import pytest
 
 from router_tasks.data.ingest import InputDataError, ingest_prompts
 from router_tasks.core.prompts import prompt_id
-from router_tasks.core.stage import load_table
+from router_tasks.core.stage import load_table, read_manifest
 from router_tasks.core.store import ArtifactStore
 
 
@@ -148,3 +148,56 @@ def test_rows_may_mix_prompt_and_question(tmp_path, local_root):
     table = load_table(ingest_prompts(src, artifact_root=local_root), ArtifactStore(local_root))
     assert table["prompt"].tolist() == ["Q one?", "P two?"]
     assert table["gold_answer"].tolist()[0] == "1"
+
+
+def test_bad_rows_are_quarantined_with_row_and_reason(tmp_path, local_root):
+    good = [{"prompt": f"Good question {i}?"} for i in range(60)]
+    bad = [{"prompt": "   "}, {"prompt": None}, {"prompt": 7}, {"prompt": "y" * 200},
+           {"prompt": "Sum?", "gold_answer": "seven", "gold_type": "number"},
+           {"prompt": "Pick?", "gold_answer": "Q", "gold_type": "letter"}]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in good[:30] + bad + good[30:]))
+    ref = ingest_prompts(str(path), max_prompt_chars=100, thresholds={"min_kept_share": 0.8},
+                         artifact_root=local_root)
+    store = ArtifactStore(local_root)
+    assert load_table(ref, store)["prompt"].tolist() == [r["prompt"] for r in good]
+    q = load_table(ref, store, "quarantine_input.parquet")
+    assert q["row"].tolist() == [31, 32, 33, 34, 35, 36]  # 1-based rows of the file
+    reasons = q["reason"].tolist()
+    assert "empty after normalising" in reasons[0] and "must be text, got NoneType" in reasons[1]
+    assert "must be text, got int" in reasons[2] and "200 characters; the limit is 100" in reasons[3]
+    assert "'seven' is not a number" in reasons[4] and "'Q' is not a single letter" in reasons[5]
+    assert read_manifest(store, ref)["stats"]["input_rows_rejected"] == 6
+
+
+def test_a_file_mostly_bad_is_refused_naming_rows(tmp_path, local_root):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "ok"}\n{"prompt": ""}\n{"prompt": null}\n')
+    with pytest.raises(InputDataError, match=r"2 of 3 rows set aside.*min_kept_share.*row 2: .*row 3: "):
+        ingest_prompts(str(path), artifact_root=local_root)
+    assert ArtifactStore(local_root).list() == []
+
+
+def test_one_file_per_shard(tmp_path, local_root):
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": f"Prompt {i}"} for i in range(40)])
+    ref = ingest_prompts(path, shards=4, artifact_root=local_root)
+    store = ArtifactStore(local_root)
+    from router_tasks.data.ingest import prompt_shards, read_prompt_shard
+
+    assert prompt_shards(ref, store) == (4, [0, 1, 2, 3])
+    whole = load_table(ref, store)
+    for s in range(4):
+        store.reads.clear()
+        part = read_prompt_shard(ref, s, store)
+        assert list(store.reads) == [f"{ref['key']}/shards/{s:05d}.parquet"] or set(store.reads) == {
+            f"{ref['key']}/_MANIFEST.json", f"{ref['key']}/shards/{s:05d}.parquet"}
+        assert sorted(part["prompt_id"]) == sorted(whole.loc[whole["shard"] == s, "prompt_id"])
+
+
+def test_a_json_array_is_read_by_ingest_and_score_alike(tmp_path, local_root):
+    from router_tasks.data.table_files import read_prompts
+
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps([{"prompt": "First?"}, {"prompt": "Second?"}]))
+    table = load_table(ingest_prompts(str(path), artifact_root=local_root), ArtifactStore(local_root))
+    assert table["prompt"].tolist() == ["First?", "Second?"] == read_prompts(str(path))

@@ -39,8 +39,9 @@ def test_missing_references_are_written_by_the_strong_model_and_judged(local_roo
         assert ref["key"] != prompts["key"] and strong.count() == 4  # only the four that lack both
         assert all(b["messages"][0] == {"role": "system", "content": REFERENCE_SYSTEM} for b in strong.requests)
         assert {b["max_tokens"] for b in strong.requests} == {512}
-        again = generate_references(prompts, reference=endpoint, artifact_root=local_root, max_failure_rate=1.0)
-        assert again["reused"] is True and strong.count() == 4
+        # the failed reference is never frozen: a re-run asks it (and only it) again
+        generate_references(prompts, reference=endpoint, artifact_root=local_root, max_failure_rate=1.0)
+        assert strong.count() == 5 and "fails" in strong.user_texts()[4]
 
     df = load_table(ref, store).set_index("prompt")
     assert df.loc["Why is the sea salty?", "reference_source"] == "data"
