@@ -197,19 +197,66 @@ def validate(args, ctx: Context) -> int:
 
 def _train_args(s):
     d = _defaults()
-    s.add_argument("--labels", required=True)
+    s.add_argument("--labels", required=True,
+                   help="labels artifact, or a parquet/csv/jsonl file with prompt, model and quality (0-1) | "
+                        "correct (0/1) | score (1-5), optionally output_tokens (validated first)")
     s.add_argument("--router-type", default=d.ROUTER_TYPE)
-    s.add_argument("--strong-model", default=d.STRONG_MODEL)
-    s.add_argument("--weak-model", default=d.WEAK_MODEL)
+    s.add_argument("--strong-model", default=None, help=f"default {d.STRONG_MODEL} if labelled, else the best-scoring model")
+    s.add_argument("--weak-model", default=None, help=f"default {d.WEAK_MODEL} if labelled, else the worst-scoring model")
     s.add_argument("--params", type=_json_arg, default=None)
+    s.add_argument("--prices", help="prices.json-shaped file {model: [input, output] $ per 1M tokens}, stored with the router")
+    s.add_argument("--min-rows-per-model", type=int, default=5, help="with a labels file: labels needed per model")
 
 
 @command("train", "train a router on validated labels", _train_args)
 def train(args, ctx: Context) -> int:
     from router_tasks.routers.train import train_router
 
-    return ctx.emit(train_router(ctx.ref(args.labels), router_type=args.router_type, strong_model=args.strong_model,
-                                 weak_model=args.weak_model, router_params=args.params, artifact_root=ctx.root))
+    labels, strong, weak = _train_labels(args, ctx)
+    prices = _read_prices(args.prices) if getattr(args, "prices", None) else None
+    return ctx.emit(train_router(labels, router_type=args.router_type, strong_model=strong,
+                                 weak_model=weak, router_params=args.params, artifact_root=ctx.root, prices=prices))
+
+
+def _is_table_file(value: str) -> bool:
+    from pathlib import Path
+
+    return Path(str(value)).suffix.lower() in (".parquet", ".csv", ".jsonl", ".json") and Path(str(value)).is_file()
+
+
+def _read_prices(value):
+    from router_tasks.data.zeroeval import read_prices
+
+    return {m: list(p) for m, p in read_prices(value).items()}
+
+
+def _train_labels(args, ctx: Context):
+    """(labels ref, strong, weak) for `tela train`: a labels file is imported and validated
+    first (the same suite as every labels table); strong/weak default to the configured
+    pair when both are labelled, else to the best and worst mean quality."""
+    from router_tasks.core.stage import load_table
+
+    if _is_table_file(args.labels):
+        from router_tasks.data.labels import labels_from_file
+        from router_tasks.data.validate import validate_labels
+
+        raw = labels_from_file(args.labels, artifact_root=ctx.root)
+        ref = validate_labels(raw, min_rows_per_model=args.min_rows_per_model, artifact_root=ctx.root)
+    else:
+        ref = ctx.ref(args.labels)
+    strong, weak = args.strong_model, args.weak_model
+    if strong is None or weak is None:
+        d = _defaults()
+        table = load_table(ref, ctx.store)
+        means = table.dropna(subset=["quality"]).groupby("model")["quality"].mean().sort_values()
+        if len(means) < 2:
+            raise ValueError(f"labels name {len(means)} model(s); a router needs at least two")
+        if d.STRONG_MODEL in means.index and d.WEAK_MODEL in means.index:
+            strong, weak = strong or d.STRONG_MODEL, weak or d.WEAK_MODEL
+        else:
+            strong = strong or str(means.index[-1])
+            weak = weak or str(means.index[0] if means.index[0] != strong else means.index[1])
+    return ref, strong, weak
 
 
 # ---- evaluation and publishing -----------------------------------------------------------
@@ -302,15 +349,47 @@ def _score_args(s):
     s.add_argument("--router", default="champion", help="'champion' or a router artifact key/URI")
     s.add_argument("--input", required=True, help="jsonl/csv/parquet with a 'prompt' column")
     s.add_argument("--output", required=True, help="output Parquet path")
+    s.add_argument("--prices", help="prices.json-shaped file: adds cost::<model> (predicted $ per prompt)")
 
 
 @command("score", "score prompts with a router", _score_args)
 def score(args, ctx: Context) -> int:
     from router_tasks.routers.scoring import score_prompts
 
-    out = score_prompts(args.router, args.input, args.output, artifact_root=ctx.root)
+    out = score_prompts(args.router, args.input, args.output, artifact_root=ctx.root,
+                        **({"prices": args.prices} if getattr(args, "prices", None) else {}))
     print(f"scored {len(out)} prompts -> {args.output}")
     return 0
+
+
+def _route_args(s):
+    s.add_argument("--router", default="champion", help="'champion' or a router artifact key/URI")
+    s.add_argument("--input", required=True, help="jsonl/csv/parquet with a 'prompt' column")
+    s.add_argument("--prices", help="prices.json-shaped file (default: the prices stored with the router)")
+    s.add_argument("--pool", help="comma-separated models to route among (default: every model the router knows)")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-quality", type=float, help="mean predicted quality to reach, as cheaply as possible")
+    g.add_argument("--budget-per-1k", type=float, help="dollars per 1,000 prompts to spend at most")
+    g.add_argument("--share", help="MODEL=SHARE: send at most this share of calls to MODEL")
+    s.add_argument("--output", required=True, help="output .parquet/.csv/.jsonl: prompt, prompt_id, model, ...")
+
+
+@command("route", "choose a model per prompt among a pool, by predicted quality and cost", _route_args)
+def route(args, ctx: Context) -> int:
+    from router_tasks.routers.scoring import route_prompts
+
+    share = None
+    if args.share:
+        name, _, value = args.share.rpartition("=")
+        if not name:
+            raise ValueError(f"--share wants MODEL=SHARE, got {args.share!r}")
+        share = (name, float(value))
+    pool = [m.strip() for m in args.pool.split(",") if m.strip()] if args.pool else None
+    out, summary = route_prompts(args.router, args.input, args.output, prices=args.prices, pool=pool,
+                                 target_quality=args.target_quality, budget_per_1k=args.budget_per_1k,
+                                 model_share=share, artifact_root=ctx.root)
+    print(f"routed {len(out)} prompts -> {args.output}", file=sys.stderr)
+    return ctx.emit(summary)
 
 
 # ---- the whole run -----------------------------------------------------------------------

@@ -118,25 +118,31 @@ class Router(ABC):
                 out[m] = np.expm1(p["a"] + p["b"] * x + p["s2"] / 2.0).clip(min=0.0)
         return n_in + float(cm.get("input_offset", 0.0)), pd.DataFrame(out, columns=list(self.models))
 
-    def predict_cost(self, prompts: Sequence[str], prices: dict | None = None) -> pd.DataFrame:
+    def predict_cost(self, prompts: Sequence[str], prices: dict | None = None,
+                     models: Sequence[str] | None = None) -> pd.DataFrame:
         """Predicted dollars of sending each prompt to each model (one row per prompt).
 
         `prices` (or the router's stored `prices`): {model: (input, output) $ per 1M
         tokens}, or one number for both; a model without a price raises, naming it.
+        `models`: only these columns (a routing pool), default all the router knows.
         """
         prices = prices if prices is not None else self.prices
         if not prices:
             raise ValueError("no prices: pass prices ({model: [input, output] $ per 1M tokens}) or train with --prices")
-        missing = [m for m in self.models if m not in prices]
+        wanted = list(models) if models is not None else list(self.models)
+        unknown = [m for m in wanted if m not in self.models]
+        if unknown:
+            raise ValueError(f"model(s) {unknown} unknown to this router; it knows {self.models}")
+        missing = [m for m in wanted if m not in prices]
         if missing:
             raise ValueError(f"no price for model(s) {missing}; prices given for {sorted(prices)}")
         n_in, n_out = self.predict_tokens(prompts)
         cols = {}
-        for m in self.models:
+        for m in wanted:
             p = prices[m]
             pin, pout = (float(p), float(p)) if isinstance(p, (int, float)) else (float(p[0]), float(p[1]))
             cols[m] = (n_in * pin + n_out[m].to_numpy(np.float64) * pout) / 1e6
-        return pd.DataFrame(cols, columns=list(self.models))
+        return pd.DataFrame(cols, columns=wanted)
 
 
 #: reply length assumed when the labels carry no output_tokens
