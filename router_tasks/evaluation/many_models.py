@@ -253,23 +253,119 @@ def crossfit_router(kind: str, data: TaskData, *, embedder=None, params: dict | 
     n, m = data.n, len(data.pool)
     q, c = np.zeros((n, m)), np.zeros((n, m))
     nested_q: dict[int, np.ndarray] = {}
+    nested_c: dict[int, np.ndarray] = {}
     for k in np.unique(data.folds):
         test = data.folds == k
         router = _fit(kind, data, ~test, embedder, params)
         q[test], c[test] = _predict(router, data, test)
         if nested:
-            qk = np.zeros((n, m))
-            qk[test] = q[test]
+            qk, ck = np.zeros((n, m)), np.zeros((n, m))
+            qk[test], ck[test] = q[test], c[test]
             for j in np.unique(data.folds):
                 if j == k:
                     continue
                 inner = data.folds == j
-                qk[inner] = _predict(_fit(kind, data, ~test & ~inner, embedder, params), data, inner)[0]
-            nested_q[int(k)] = qk
+                qk[inner], ck[inner] = _predict(_fit(kind, data, ~test & ~inner, embedder, params), data, inner)
+            nested_q[int(k)], nested_c[int(k)] = qk, ck
     out = {"quality": q, "cost": c}
     if nested:
-        out["nested_quality"] = nested_q
+        out["nested_quality"], out["nested_cost"] = nested_q, nested_c
     return out
+
+
+#: shrinkage of predicted quality toward each model's training mean, chosen per outer fold
+#: on inner cross-fit predictions (1 = the router as is; 0 = every prompt alike, so the
+#: policy mixes the hull's models, spending where the predicted cost is lowest)
+SHRINK_GRID = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+#: cost the policy sees: the router's per-prompt prediction, or its mean per model over the
+#: prompts being routed (the ranking then follows predicted quality alone)
+COST_MODES = ("predicted", "mean")
+
+
+def _mean_cost(c: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    out = c.copy()
+    out[rows] = c[rows].mean(axis=0, keepdims=True)
+    return out
+
+
+def _shrunk(q: np.ndarray, mean: np.ndarray, alpha: float) -> np.ndarray:
+    return mean[None, :] + float(alpha) * (q - mean[None, :])
+
+
+def _frontier_outcome(data: TaskData, rows: np.ndarray, q: np.ndarray, c: np.ndarray, b: float,
+                      pool: Sequence[str] | None = None):
+    from router_tasks.routers.routing import route_frontier
+
+    dec = route_frontier(pd.DataFrame(q[rows], columns=data.pool), pd.DataFrame(c[rows], columns=data.pool),
+                         budget_per_prompt=float(b), pool=pool)
+    idx = np.array([data.pool.index(x) for x in dec.choice])
+    r = np.flatnonzero(rows)
+    return idx, data.correct[r, idx], data.cost[r, idx], dec
+
+
+def one_call_nested_curve(data: TaskData, preds: dict, budgets: Sequence[float], policy: str,
+                          shrink_grid: Sequence[float] = SHRINK_GRID) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frontier policy with its shrinkage chosen per outer fold on inner cross-fit
+    predictions of the training folds (the area over their own zero-router hull), then
+    applied to the held-out fold, whose budget is met by bisection on predicted cost."""
+    n = data.n
+    nb = len(budgets)
+    ok_all = np.zeros((nb, n), dtype=bool)
+    cost_all = np.zeros((nb, n))
+    chosen_idx = np.zeros((nb, n), dtype=np.int64)
+    settings: dict[int, list] = {i: [] for i in range(nb)}
+    fold_alpha = {}
+    for k in np.unique(data.folds):
+        test = data.folds == k
+        train = ~test
+        mean = data.correct[train].mean(axis=0).astype(float)
+        qi, ci = preds["nested_quality"][int(k)], preds["nested_cost"][int(k)]
+        tr_cost = 1000 * data.cost[train].mean(axis=0)
+        tr_acc = data.correct[train].mean(axis=0)
+        hull = upper_hull(tr_cost, tr_acc)
+        oracle = oracle_points(data.correct[train], data.cost[train])
+        oracle = (oracle[0] * 1000, oracle[1])
+        grid = np.geomspace(tr_cost.min(), tr_cost.max(), 200)
+        # candidate pools: all models, or only those on the training folds' hull
+        hull_pool = [m for j, m in enumerate(data.pool)
+                     if (np.isclose(tr_cost[j], hull[0]) & np.isclose(tr_acc[j], hull[1])).any()]
+        pools = {"all": list(data.pool), "hull": hull_pool}
+        best_area, best = -np.inf, ("all", 1.0, "predicted")
+        for pool_name, pool in pools.items():
+            for cost_mode in COST_MODES:
+                cc = ci if cost_mode == "predicted" else _mean_cost(ci, train)
+                for alpha in shrink_grid:
+                    qa = _shrunk(qi, mean, alpha)
+                    px, py = [], []
+                    for b in budgets:
+                        _, ok, c, _ = _frontier_outcome(data, train, qa, cc, b, pool)
+                        px.append(1000 * c.mean())
+                        py.append(ok.mean())
+                    area = curve_metrics(px, py, hull=hull, oracle=oracle, grid=grid, best=(1.0, 1.0),
+                                         cheapest_cost=float(tr_cost.min()))["area_vs_hull"]
+                    if area > best_area + 1e-12:
+                        best_area, best = area, (pool_name, float(alpha), cost_mode)
+        pool_name, alpha, cost_mode = best
+        fold_alpha[int(k)] = (*best, round(best_area, 4))
+        qa = _shrunk(preds["quality"], mean, alpha)
+        cc = preds["cost"] if cost_mode == "predicted" else _mean_cost(preds["cost"], test)
+        for i, b in enumerate(budgets):
+            idx, ok, c, dec = _frontier_outcome(data, test, qa, cc, b, pools[pool_name])
+            ok_all[i, test], cost_all[i, test], chosen_idx[i, test] = ok, c, idx
+            settings[i].append(f"pool={pool_name},alpha={alpha:g},cost={cost_mode},lambda={dec.lam:.4g}")
+    rows, decisions = [], []
+    names = np.asarray(data.pool, dtype=object)
+    for i, b in enumerate(budgets):
+        rows.append({"policy": policy, "budget_per_1k": 1000 * b, "cost_per_1k": 1000 * cost_all[i].mean(),
+                     "accuracy": ok_all[i].mean(), "settings": " | ".join(settings[i])})
+        setting = np.array(settings[i], dtype=object)[data.folds]
+        decisions.append(pd.DataFrame({"prompt_index": np.arange(n), "fold": data.folds, "budget_per_1k": 1000 * b,
+                                       "setting": setting, "models_called": names[chosen_idx[i]],
+                                       "answered_by": names[chosen_idx[i]], "correct": ok_all[i], "cost": cost_all[i]}))
+    log.info("%s %s: shrinkage per fold %s", data.task, policy, fold_alpha)
+    return pd.DataFrame(rows), pd.concat(decisions, ignore_index=True).assign(policy=policy)
 
 
 def one_call_curve(data: TaskData, quality: np.ndarray, cost_pred: np.ndarray, budgets: Sequence[float],
@@ -407,7 +503,9 @@ def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds:
     grid = np.geomspace(lo, hi, 400)
     best_row = singles.sort_values(["accuracy", "cost_per_1k"], ascending=[False, True]).iloc[0]
     best = (float(best_row["accuracy"]), float(best_row["cost_per_1k"]))
-    budgets = np.geomspace(lo * 0.6, hi * 1.05, N_BUDGETS) / 1000.0
+    # a log grid plus every single model's cost: the hull's kinks are where curves are read
+    budgets = np.unique(np.concatenate([np.geomspace(lo * 0.6, hi * 1.05, N_BUDGETS),
+                                        singles["cost_per_1k"].to_numpy()])) / 1000.0
 
     embedder = None
     if any(k != "random" for k in router_kinds):
@@ -423,8 +521,11 @@ def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds:
     for kind in router_kinds:
         t0 = time.time()
         preds[kind] = crossfit_router(kind, data, embedder=embedder, params=(router_params or {}).get(kind),
-                                      nested=cascades and kind == "knn")
-        curve, dec = one_call_curve(data, preds[kind]["quality"], preds[kind]["cost"], budgets, f"router-{kind}")
+                                      nested=True)
+        curve, dec = one_call_curve(data, preds[kind]["quality"], preds[kind]["cost"], budgets, f"router-{kind}-raw")
+        curves.append(curve)
+        decisions.append(dec)
+        curve, dec = one_call_nested_curve(data, preds[kind], budgets, f"router-{kind}")
         curves.append(curve)
         decisions.append(dec)
         log.info("%s %s router cross-fit in %.1f s", data.task, kind, time.time() - t0)

@@ -179,7 +179,8 @@ def route_frontier(
     model_share: tuple[str, float] | None = None,
     lam: float | None = None,
     pool: Sequence[str] | None = None,
-    iterations: int = 100,
+    iterations: int = 60,
+    fill: bool = True,
 ) -> FrontierRoute:
     """Route every prompt to argmax_m (quality_m - lambda * cost_m) over `pool`.
 
@@ -258,12 +259,42 @@ def route_frontier(
                     mid = (a + b) / 2
                     a, b = (a, mid) if ok(at(np.exp(mid))) else (mid, b)
                 chosen, met = float(np.exp(b)), True
+                if fill and budget_per_prompt is not None:
+                    idx = _fill(q, c, at(chosen)[0], at(float(np.exp(a)))[0], float(budget_per_prompt))
+                    return _route(quality, models, q, c, idx, chosen, target, met)
     idx, mq, mc = at(chosen)
     names = np.asarray(models, dtype=object)[idx]
     choice = pd.Series(names, index=quality.index, name="model")
     share = {m: float((idx == j).mean()) for j, m in enumerate(models)}
     return FrontierRoute(choice=choice, lam=float(chosen), mean_quality=mq, mean_cost=mc, share=share,
                          target=target, met=bool(met))
+
+
+def _fill(q: np.ndarray, c: np.ndarray, cheap: np.ndarray, dear: np.ndarray, budget: float) -> np.ndarray:
+    """Upgrade prompts from `cheap` to `dear` choices while the mean cost stays <= budget."""
+    rows = np.arange(len(q))
+    idx = cheap.copy()
+    moved = np.flatnonzero(cheap != dear)
+    if not len(moved):
+        return idx
+    extra = c[moved, dear[moved]] - c[moved, cheap[moved]]
+    gain = q[moved, dear[moved]] - q[moved, cheap[moved]]
+    ratio = np.where(extra > 0, gain / np.where(extra > 0, extra, 1.0), np.inf)
+    tie = np.random.default_rng(12345).permutation(len(q))[moved]  # fixed order among equal ratios
+    order = np.lexsort((tie, -np.round(ratio, 12)))
+    room = budget * len(q) - c[rows, cheap].sum()
+    spent = np.cumsum(extra[order])
+    take = order[spent <= room + 1e-15]
+    idx[moved[take]] = dear[moved[take]]
+    return idx
+
+
+def _route(quality, models, q, c, idx, lam, target, met) -> FrontierRoute:
+    rows = np.arange(len(q))
+    choice = pd.Series(np.asarray(models, dtype=object)[idx], index=quality.index, name="model")
+    share = {m: float((idx == j).mean()) for j, m in enumerate(models)}
+    return FrontierRoute(choice=choice, lam=float(lam), mean_quality=float(q[rows, idx].mean()),
+                         mean_cost=float(c[rows, idx].mean()), share=share, target=target, met=bool(met))
 
 
 def frontier_path(quality: pd.DataFrame, cost: pd.DataFrame, *, pool: Sequence[str] | None = None,
