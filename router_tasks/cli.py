@@ -263,9 +263,14 @@ def _train_labels(args, ctx: Context):
 
 
 def _evaluate_args(s):
-    s.add_argument("--router", required=True, help="train artifact or 'champion'")
+    s.add_argument("--router", help="train artifact or 'champion' (not for the zeroeval-* many-model benchmarks)")
     s.add_argument("--benchmarks", nargs="+", default=_defaults().BENCHMARKS, help="without --output: all of these")
-    s.add_argument("--benchmark", choices=["mt-bench", "mmlu", "gsm8k"], help="with --output: this one")
+    s.add_argument("--benchmark", choices=["mt-bench", "mmlu", "gsm8k", "zeroeval-gsm8k", "zeroeval-crux"],
+                   help="with --output: this one (zeroeval-*: many real models, cost-quality curves)")
+    s.add_argument("--pool", help="zeroeval-*: comma-separated models (default: a built-in pool of 10)")
+    s.add_argument("--router-types", default="knn,mf,ensemble", help="zeroeval-*: router kinds to cross-fit")
+    s.add_argument("--prices", help="zeroeval-*: prices.json-shaped file (default: the bundled one)")
+    s.add_argument("--no-cascades", action="store_true", help="zeroeval-*: one call per prompt only")
     s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit"], help="default: the benchmark's own")
     s.add_argument("--folds", type=int, default=5, help="cross-fit folds")
     s.add_argument("--max-prompts", type=int, help="cap evaluated prompts (quick runs)")
@@ -277,6 +282,10 @@ def evaluate(args, ctx: Context) -> int:
     from router_tasks.evaluation.evaluate import evaluate_router, evaluate_to_dir
     from router_tasks.lifecycle.publish import read_champion
 
+    if (args.benchmark or "").startswith("zeroeval-"):
+        return _evaluate_many_models(args, ctx)
+    if not args.router:
+        raise ValueError("--router is required (a train artifact or 'champion')")
     if args.output:
         if not args.benchmark:
             raise ValueError("--output needs --benchmark (one of mt-bench, mmlu, gsm8k)")
@@ -292,6 +301,22 @@ def evaluate(args, ctx: Context) -> int:
         router = ctx.ref(args.router)
     return ctx.emit(evaluate_router(router, benchmarks=args.benchmarks, protocol=args.protocol,
                                     max_prompts=args.max_prompts, artifact_root=ctx.root))
+
+
+def _evaluate_many_models(args, ctx: Context) -> int:
+    """`tela evaluate --benchmark zeroeval-gsm8k|zeroeval-crux --pool ... --output DIR`."""
+    from router_tasks.evaluation.many_models import evaluate_to_dir as many_to_dir
+
+    if not args.output:
+        raise ValueError(f"--benchmark {args.benchmark} needs --output DIR")
+    if args.router:
+        raise ValueError(f"--benchmark {args.benchmark} cross-fits its own routers (--router-types); drop --router")
+    pool = [m.strip() for m in args.pool.split(",") if m.strip()] if args.pool else None
+    kinds = [k.strip() for k in args.router_types.split(",") if k.strip()]
+    result = many_to_dir(args.benchmark, args.output, pool=pool, protocol=args.protocol or "crossfit",
+                         folds=args.folds, router_kinds=kinds, prices=args.prices, cascades=not args.no_cascades,
+                         artifact_root=ctx.root)
+    return ctx.emit({"output_dir": result["output_dir"], "files": result["files"], "metrics": result["metrics"]})
 
 
 def _calibrate_args(s):

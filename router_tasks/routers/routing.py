@@ -286,6 +286,23 @@ def _fill(q: np.ndarray, c: np.ndarray, cheap: np.ndarray, dear: np.ndarray, bud
     spent = np.cumsum(extra[order])
     take = order[spent <= room + 1e-15]
     idx[moved[take]] = dear[moved[take]]
+    # what is left (less than the next such upgrade) may still buy a smaller one, to a model
+    # off the convex frontier: one greedy pass by quality gained per extra dollar
+    room -= float(extra[take].sum())
+    if room > 0:
+        cur_q, cur_c = q[rows, idx], c[rows, idx]
+        gain = q - cur_q[:, None]
+        more = c - cur_c[:, None]
+        ok = (gain > 0) & (more > 0) & (more <= room)
+        if ok.any():
+            ratio = np.where(ok, gain / np.where(more > 0, more, 1.0), -np.inf)
+            best = ratio.argmax(axis=1)
+            cand = np.flatnonzero(np.isfinite(ratio[rows, best]))
+            for i in cand[np.argsort(-ratio[cand, best[cand]], kind="stable")]:
+                step = more[i, best[i]]
+                if step <= room:
+                    idx[i] = best[i]
+                    room -= step
     return idx
 
 
