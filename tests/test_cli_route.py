@@ -55,12 +55,14 @@ def world(tmp_path_factory):
     return d, labels, [t for t, _ in test]
 
 
-def _train(root, labels, capsys, *extra):
-    assert main(["--artifact-root", root, "train", "--labels", str(labels), "--router-type", "knn",
-                 "--params", '{"k": 20}', *extra]) == 0
+def _train(root, labels, capsys, *extra, kind="knn"):
+    params = ["--params", '{"k": 20}'] if kind == "knn" else []
+    assert main(["--artifact-root", root, "train", "--labels", str(labels), "--router-type", kind, *params,
+                 *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow  # a real MiniLM embeds the prompts
 def test_train_score_route_on_a_labels_file(world, tmp_path, capsys):
     d, labels, topics = world
     root = str(tmp_path / "art")
@@ -89,8 +91,9 @@ def test_train_score_route_on_a_labels_file(world, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["mean_cost_per_1k"] <= tiny_cost * 6 + 1e-9 and summary["met"]
     r = pd.read_csv(routed)
-    assert (r.loc[~math, "model"] == "tiny/fast").mean() > 0.9
-    assert (r.loc[math, "model"] != "tiny/fast").mean() > 0.5
+    assert (r.loc[math, "model"] != "tiny/fast").mean() > 0.5  # the arithmetic prompts get the money
+    assert (r.loc[math, "model"] != "tiny/fast").mean() > (r.loc[~math, "model"] != "tiny/fast").mean() + 0.3
+    assert not (r.loc[~math, "model"] == "big/slow").any()
     # a quality target, and a pool that leaves the dear model out (no retraining)
     assert main(["--artifact-root", root, "route", "--router", ref["key"], "--input", str(d / "prompts.jsonl"),
                  "--pool", "tiny/fast,mid/ok", "--target-quality", "0.7", "--output", str(routed)]) == 0
@@ -100,12 +103,14 @@ def test_train_score_route_on_a_labels_file(world, tmp_path, capsys):
 
 def test_bad_labels_rows_are_quarantined_and_missing_prices_named(world, tmp_path, capsys):
     d, labels, _ = world
-    df = pd.read_csv(labels)
+    df = pd.read_csv(labels).astype({"correct": str})
     df.loc[3, "correct"] = "maybe"  # one unreadable verdict: set aside, not fatal
     bad = tmp_path / "labels.parquet"
-    df.astype({"correct": str}).to_parquet(bad)
+    df.to_parquet(bad)
     root = str(tmp_path / "art")
-    ref = _train(root, bad, capsys)  # no --prices stored
+    ref = _train(root, bad, capsys, kind="random")  # no --prices stored
+    manifest = json.loads((tmp_path / "art" / ref["key"] / "router.json").read_text())
+    assert manifest["training_data"]["n_labels"] == 360 - 1  # the unreadable row was set aside
     rc = main(["--artifact-root", root, "route", "--router", ref["key"], "--input", str(d / "prompts.jsonl"),
                "--budget-per-1k", "1", "--output", str(tmp_path / "r.csv")])
     assert rc == 2 and "needs prices" in capsys.readouterr().err
