@@ -133,6 +133,32 @@ def threshold_candidates(family: str, models: Sequence[str], score: np.ndarray, 
     return out
 
 
+def agreement_router_candidates(models: Sequence[str], answers: np.ndarray, correct: np.ndarray, cost: np.ndarray,
+                                cheap: Sequence[int], finals: Sequence[int], quality: np.ndarray,
+                                cost_pred: np.ndarray, lams: Sequence[float]) -> list[Candidate]:
+    """Cheap pairs checked by agreement; on disagreement the router picks the final model
+    among `finals` by argmax (predicted quality - lambda * predicted cost)."""
+    out = []
+    finals = [f for f in finals]
+    for a, b in itertools.combinations(cheap, 2):
+        agree = _agree(answers, a, b)
+        fin = [f for f in finals if f not in (a, b)]
+        if not fin:
+            continue
+        for lam in lams:
+            pick = np.asarray(fin)[np.argmax(quality[:, fin] - float(lam) * cost_pred[:, fin], axis=1)]
+            rows = np.arange(len(pick))
+            ok = np.where(agree, correct[:, a], correct[rows, pick])
+            c = cost[:, a] + cost[:, b] + np.where(agree, 0.0, cost[rows, pick])
+            branch = np.where(agree, 0, 1 + np.searchsorted(fin, pick)).astype(np.int8)
+            branches = [(f"{models[a]}+{models[b]}", models[a])] + [
+                (f"{models[a]}+{models[b]}+{models[f]}", models[f]) for f in fin]
+            out.append(Candidate("agreement+router", f"agree({models[a]},{models[b]})->router(lambda={lam:g})", ok, c,
+                                 branch, branches, {"cheap": [models[a], models[b]], "finals": [models[f] for f in fin],
+                                                    "lambda": float(lam)}))
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # the verifier: a trained scorer over recorded replies
 # --------------------------------------------------------------------------------------

@@ -55,6 +55,8 @@ N_BUDGETS = 24
 #: most CHEAP_SHARE of the most accurate model
 N_CHEAP = 4
 CHEAP_SHARE = 0.1
+#: lambdas ($^-1) the router may use to pick the last-resort model of an agreement cascade
+ROUTER_LAMBDAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -276,7 +278,7 @@ def crossfit_router(kind: str, data: TaskData, *, embedder=None, params: dict | 
 #: shrinkage of predicted quality toward each model's training mean, chosen per outer fold
 #: on inner cross-fit predictions (1 = the router as is; 0 = every prompt alike, so the
 #: policy mixes the hull's models, spending where the predicted cost is lowest)
-SHRINK_GRID = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+SHRINK_GRID = (0.0, 0.1, 0.3, 0.6, 1.0)
 
 
 #: cost the policy sees: the router's per-prompt prediction, or its mean per model over the
@@ -467,6 +469,15 @@ def cascade_curves(data: TaskData, budgets: Sequence[float], confidence: dict | 
                                                first_always=False)
         return out
 
+    def agreement_router_for(k: int):
+        if confidence is None:
+            return []
+        cheap, finals = sets[k]
+        finals = sorted(finals)
+        return cz.agreement_router_candidates(data.pool, data.answers, data.correct, data.cost, cheap, finals,
+                                              confidence["nested_quality"][k], confidence["nested_cost"][k],
+                                              ROUTER_LAMBDAS)
+
     families = {
         "cascade-agreement": agreement_for,
         "cascade-verifier": verifier_for,
@@ -474,7 +485,9 @@ def cascade_curves(data: TaskData, budgets: Sequence[float], confidence: dict | 
     }
     if confidence is not None:
         families["cascade-confidence"] = confidence_for
-    families["cascade-any"] = lambda k: agreement_for(k) + verifier_for(k) + verifier2_for(k) + confidence_for(k)
+        families["cascade-agreement+router"] = agreement_router_for
+    families["cascade-any"] = lambda k: (agreement_for(k) + verifier_for(k) + verifier2_for(k) + confidence_for(k)
+                                         + agreement_router_for(k))
     curves, decisions = [], []
     for name, fn in families.items():
         t0 = time.time()
