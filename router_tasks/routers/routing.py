@@ -10,6 +10,13 @@ tokens or per call. Given `tokens_per_prompt` (a number, or one per prompt), pri
 read as $ per 1M tokens and turned into dollars per prompt; without it they are read as
 the cost of one call. Policies only compare costs, so the unit matters only for
 `best_under_budget`, whose budget must be in the same unit as the per-prompt cost.
+
+Many models: `route_frontier` takes per-prompt predicted quality *and* predicted cost
+(`Router.predict_cost`, dollars) and chooses argmax_m (quality_m - lambda * cost_m) per
+prompt, lambda set by bisection to meet a mean-quality target, a budget ($ per prompt or
+per 1k prompts) or a share of calls to a named model; `pool` routes among any subset of
+the models without retraining. `best_under_budget` is that policy with a mean budget.
+Cascades (several calls, answer-checked) are in `routers.cascade`.
 """
 
 from __future__ import annotations
