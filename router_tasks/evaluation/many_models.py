@@ -51,10 +51,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ROUTER_KINDS = ("knn", "mf", "ensemble")
 N_BUDGETS = 24
-#: cascades call first the N_CHEAP most accurate models (on training prompts) that cost at
-#: most CHEAP_SHARE of the most accurate model
+#: cascades call first the most accurate models (on training prompts) that cost at most
+#: each of CHEAP_SHARES of the most accurate model (N_CHEAP for the first share)
 N_CHEAP = 4
-CHEAP_SHARE = 0.1
+CHEAP_SHARES = (0.1, 0.25)
 #: lambdas ($^-1) the router may use to pick the last-resort model of an agreement cascade
 ROUTER_LAMBDAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 
@@ -398,14 +398,18 @@ def one_call_curve(data: TaskData, quality: np.ndarray, cost_pred: np.ndarray, b
 # --------------------------------------------------------------------------------------
 def cascade_sets(data: TaskData, train: np.ndarray, n_cheap: int = N_CHEAP, n_final: int = 4) -> tuple[list, list]:
     """(cheap, finals) pool indices for cascades, chosen on the training prompts only:
-    cheap = the `n_cheap` most accurate models costing <= CHEAP_SHARE of the most
-    accurate model's cost; finals = the `n_final` most accurate models plus the
-    zero-router hull's vertices above the cheap ones (all on training prompts)."""
+    cheap = for each share s in CHEAP_SHARES, the most accurate models costing <= s of the
+    most accurate model's cost (`n_cheap` for the first share, one fewer for each next),
+    most accurate first; finals = the `n_final` most accurate models plus the zero-router
+    hull's vertices above the cheap ones (all on training prompts)."""
     acc = data.correct[train].mean(axis=0)
     cost = data.cost[train].mean(axis=0)
     top = int(np.lexsort((cost, -acc))[0])
-    cheap_ok = np.flatnonzero(cost <= CHEAP_SHARE * cost[top])
-    cheap = [int(j) for j in cheap_ok[np.lexsort((cost[cheap_ok], -acc[cheap_ok]))][:n_cheap]]
+    cheap: list[int] = []
+    for i, share in enumerate(CHEAP_SHARES):
+        ok = np.flatnonzero(cost <= share * cost[top])
+        cheap += [int(j) for j in ok[np.lexsort((cost[ok], -acc[ok]))][: max(1, n_cheap - i)] if int(j) != top]
+    cheap = sorted(dict.fromkeys(cheap), key=lambda j: (-acc[j], cost[j]))
     hx, _ = upper_hull(cost, acc)
     on_hull = [int(j) for j in range(len(cost)) if np.isclose(cost[j], hx).any() and j not in cheap]
     ranked = [int(j) for j in np.lexsort((cost, -acc)) if j not in cheap]
