@@ -268,7 +268,7 @@ def _evaluate_args(s):
     s.add_argument("--benchmark", choices=["mt-bench", "mmlu", "gsm8k", "zeroeval-gsm8k", "zeroeval-crux"],
                    help="with --output: this one (zeroeval-*: many real models, cost-quality curves)")
     s.add_argument("--pool", help="zeroeval-*: comma-separated models (default: a built-in pool of 10)")
-    s.add_argument("--router-types", default="knn,mf,ensemble", help="zeroeval-*: router kinds to cross-fit")
+    s.add_argument("--router-types", default="knn", help="zeroeval-*: router kinds to cross-fit, e.g. knn,mf,ensemble")
     s.add_argument("--prices", help="zeroeval-*: prices.json-shaped file (default: the bundled one)")
     s.add_argument("--no-cascades", action="store_true", help="zeroeval-*: one call per prompt only")
     s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit"], help="default: the benchmark's own")
