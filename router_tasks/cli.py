@@ -197,28 +197,80 @@ def validate(args, ctx: Context) -> int:
 
 def _train_args(s):
     d = _defaults()
-    s.add_argument("--labels", required=True)
+    s.add_argument("--labels", required=True,
+                   help="labels artifact, or a parquet/csv/jsonl file with prompt, model and quality (0-1) | "
+                        "correct (0/1) | score (1-5), optionally output_tokens (validated first)")
     s.add_argument("--router-type", default=d.ROUTER_TYPE)
-    s.add_argument("--strong-model", default=d.STRONG_MODEL)
-    s.add_argument("--weak-model", default=d.WEAK_MODEL)
+    s.add_argument("--strong-model", default=None, help=f"default {d.STRONG_MODEL} if labelled, else the best-scoring model")
+    s.add_argument("--weak-model", default=None, help=f"default {d.WEAK_MODEL} if labelled, else the worst-scoring model")
     s.add_argument("--params", type=_json_arg, default=None)
+    s.add_argument("--prices", help="prices.json-shaped file {model: [input, output] $ per 1M tokens}, stored with the router")
+    s.add_argument("--min-rows-per-model", type=int, default=5, help="with a labels file: labels needed per model")
 
 
 @command("train", "train a router on validated labels", _train_args)
 def train(args, ctx: Context) -> int:
     from router_tasks.routers.train import train_router
 
-    return ctx.emit(train_router(ctx.ref(args.labels), router_type=args.router_type, strong_model=args.strong_model,
-                                 weak_model=args.weak_model, router_params=args.params, artifact_root=ctx.root))
+    labels, strong, weak = _train_labels(args, ctx)
+    prices = _read_prices(args.prices) if getattr(args, "prices", None) else None
+    return ctx.emit(train_router(labels, router_type=args.router_type, strong_model=strong,
+                                 weak_model=weak, router_params=args.params, artifact_root=ctx.root, prices=prices))
+
+
+def _is_table_file(value: str) -> bool:
+    from pathlib import Path
+
+    return Path(str(value)).suffix.lower() in (".parquet", ".csv", ".jsonl", ".json") and Path(str(value)).is_file()
+
+
+def _read_prices(value):
+    from router_tasks.data.zeroeval import read_prices
+
+    return {m: list(p) for m, p in read_prices(value).items()}
+
+
+def _train_labels(args, ctx: Context):
+    """(labels ref, strong, weak) for `tela train`: a labels file is imported and validated
+    first (the same suite as every labels table); strong/weak default to the configured
+    pair when both are labelled, else to the best and worst mean quality."""
+    from router_tasks.core.stage import load_table
+
+    if _is_table_file(args.labels):
+        from router_tasks.data.labels import labels_from_file
+        from router_tasks.data.validate import validate_labels
+
+        raw = labels_from_file(args.labels, artifact_root=ctx.root)
+        ref = validate_labels(raw, min_rows_per_model=args.min_rows_per_model, artifact_root=ctx.root)
+    else:
+        ref = ctx.ref(args.labels)
+    strong, weak = args.strong_model, args.weak_model
+    if strong is None or weak is None:
+        d = _defaults()
+        table = load_table(ref, ctx.store)
+        means = table.dropna(subset=["quality"]).groupby("model")["quality"].mean().sort_values()
+        if len(means) < 2:
+            raise ValueError(f"labels name {len(means)} model(s); a router needs at least two")
+        if d.STRONG_MODEL in means.index and d.WEAK_MODEL in means.index:
+            strong, weak = strong or d.STRONG_MODEL, weak or d.WEAK_MODEL
+        else:
+            strong = strong or str(means.index[-1])
+            weak = weak or str(means.index[0] if means.index[0] != strong else means.index[1])
+    return ref, strong, weak
 
 
 # ---- evaluation and publishing -----------------------------------------------------------
 
 
 def _evaluate_args(s):
-    s.add_argument("--router", required=True, help="train artifact or 'champion'")
+    s.add_argument("--router", help="train artifact or 'champion' (not for the zeroeval-* many-model benchmarks)")
     s.add_argument("--benchmarks", nargs="+", default=_defaults().BENCHMARKS, help="without --output: all of these")
-    s.add_argument("--benchmark", choices=["mt-bench", "mmlu", "gsm8k"], help="with --output: this one")
+    s.add_argument("--benchmark", choices=["mt-bench", "mmlu", "gsm8k", "zeroeval-gsm8k", "zeroeval-crux"],
+                   help="with --output: this one (zeroeval-*: many real models, cost-quality curves)")
+    s.add_argument("--pool", help="zeroeval-*: comma-separated models (default: a built-in pool of 10)")
+    s.add_argument("--router-types", default="knn", help="zeroeval-*: router kinds to cross-fit, e.g. knn,mf,ensemble")
+    s.add_argument("--prices", help="zeroeval-*: prices.json-shaped file (default: the bundled one)")
+    s.add_argument("--no-cascades", action="store_true", help="zeroeval-*: one call per prompt only")
     s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit"], help="default: the benchmark's own")
     s.add_argument("--folds", type=int, default=5, help="cross-fit folds")
     s.add_argument("--max-prompts", type=int, help="cap evaluated prompts (quick runs)")
@@ -231,6 +283,10 @@ def evaluate(args, ctx: Context) -> int:
     from router_tasks.evaluation.export import evaluate_to_dir
     from router_tasks.lifecycle.publish import read_champion
 
+    if (args.benchmark or "").startswith("zeroeval-"):
+        return _evaluate_many_models(args, ctx)
+    if not args.router:
+        raise ValueError("--router is required (a train artifact or 'champion')")
     if args.output:
         if not args.benchmark:
             raise ValueError("--output needs --benchmark (one of mt-bench, mmlu, gsm8k)")
@@ -246,6 +302,22 @@ def evaluate(args, ctx: Context) -> int:
         router = ctx.ref(args.router)
     return ctx.emit(evaluate_router(router, benchmarks=args.benchmarks, protocol=args.protocol,
                                     max_prompts=args.max_prompts, artifact_root=ctx.root))
+
+
+def _evaluate_many_models(args, ctx: Context) -> int:
+    """`tela evaluate --benchmark zeroeval-gsm8k|zeroeval-crux --pool ... --output DIR`."""
+    from router_tasks.evaluation.many_models import evaluate_to_dir as many_to_dir
+
+    if not args.output:
+        raise ValueError(f"--benchmark {args.benchmark} needs --output DIR")
+    if args.router:
+        raise ValueError(f"--benchmark {args.benchmark} cross-fits its own routers (--router-types); drop --router")
+    pool = [m.strip() for m in args.pool.split(",") if m.strip()] if args.pool else None
+    kinds = [k.strip() for k in args.router_types.split(",") if k.strip()]
+    result = many_to_dir(args.benchmark, args.output, pool=pool, protocol=args.protocol or "crossfit",
+                         folds=args.folds, router_kinds=kinds, prices=args.prices, cascades=not args.no_cascades,
+                         artifact_root=ctx.root)
+    return ctx.emit({"output_dir": result["output_dir"], "files": result["files"], "metrics": result["metrics"]})
 
 
 def _calibrate_args(s):
@@ -303,15 +375,47 @@ def _score_args(s):
     s.add_argument("--router", default="champion", help="'champion' or a router artifact key/URI")
     s.add_argument("--input", required=True, help="jsonl/csv/parquet with a 'prompt' column")
     s.add_argument("--output", required=True, help="output Parquet path")
+    s.add_argument("--prices", help="prices.json-shaped file: adds cost::<model> (predicted $ per prompt)")
 
 
 @command("score", "score prompts with a router", _score_args)
 def score(args, ctx: Context) -> int:
     from router_tasks.routers.scoring import score_prompts
 
-    out = score_prompts(args.router, args.input, args.output, artifact_root=ctx.root)
+    out = score_prompts(args.router, args.input, args.output, artifact_root=ctx.root,
+                        **({"prices": args.prices} if getattr(args, "prices", None) else {}))
     print(f"scored {len(out)} prompts -> {args.output}")
     return 0
+
+
+def _route_args(s):
+    s.add_argument("--router", default="champion", help="'champion' or a router artifact key/URI")
+    s.add_argument("--input", required=True, help="jsonl/csv/parquet with a 'prompt' column")
+    s.add_argument("--prices", help="prices.json-shaped file (default: the prices stored with the router)")
+    s.add_argument("--pool", help="comma-separated models to route among (default: every model the router knows)")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-quality", type=float, help="mean predicted quality to reach, as cheaply as possible")
+    g.add_argument("--budget-per-1k", type=float, help="dollars per 1,000 prompts to spend at most")
+    g.add_argument("--share", help="MODEL=SHARE: send at most this share of calls to MODEL")
+    s.add_argument("--output", required=True, help="output .parquet/.csv/.jsonl: prompt, prompt_id, model, ...")
+
+
+@command("route", "choose a model per prompt among a pool, by predicted quality and cost", _route_args)
+def route(args, ctx: Context) -> int:
+    from router_tasks.routers.scoring import route_prompts
+
+    share = None
+    if args.share:
+        name, _, value = args.share.rpartition("=")
+        if not name:
+            raise ValueError(f"--share wants MODEL=SHARE, got {args.share!r}")
+        share = (name, float(value))
+    pool = [m.strip() for m in args.pool.split(",") if m.strip()] if args.pool else None
+    out, summary = route_prompts(args.router, args.input, args.output, prices=args.prices, pool=pool,
+                                 target_quality=args.target_quality, budget_per_1k=args.budget_per_1k,
+                                 model_share=share, artifact_root=ctx.root)
+    print(f"routed {len(out)} prompts -> {args.output}", file=sys.stderr)
+    return ctx.emit(summary)
 
 
 # ---- serving -----------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import pandas as pd
 
 #: the labels table (labels stage -> validate -> train, cross-fit folds)
 LABEL_COLUMNS = ["prompt_id", "prompt", "model", "score", "correct", "quality", "source", "benchmark"]
+#: columns a labels table may add (token counts, for learning each model's reply cost)
+OPTIONAL_LABEL_COLUMNS = ["output_tokens", "input_tokens"]
 #: what a router needs of the labels table to train
 ROUTER_LABEL_COLUMNS = ("prompt_id", "prompt", "model", "quality")
 

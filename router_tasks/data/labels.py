@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 
+from router_tasks.core.prompts import prompt_id
 from router_tasks.core.schemas import LABEL_COLUMNS, OWN_SOURCE_PREFIXES, check_strong_quality, is_own_source
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
@@ -187,3 +189,108 @@ def build_labels(
     return run_stage(
         STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "judgements": judgements}, config=config, store=store
     )
+
+
+# --------------------------------------------------------------------------------------
+# labels from a user's file, and from the bundled ZeroEval results
+# --------------------------------------------------------------------------------------
+FILE_STAGE = "labels_file"
+FILE_STAGE_VERSION = "1"
+ZEROEVAL_STAGE = "labels_zeroeval"
+ZEROEVAL_STAGE_VERSION = "1"
+TOKEN_COLUMNS = ["output_tokens", "input_tokens"]
+
+
+def _number(series: pd.Series) -> pd.Series:
+    return pd.to_numeric(series.astype("string").str.strip().replace({"": None}), errors="coerce")
+
+
+def labels_from_table(df: pd.DataFrame, source: str = "file", where: str = "labels") -> pd.DataFrame:
+    """A labels table (LABEL_COLUMNS, plus output_tokens/input_tokens if given) from a
+    user's table with `prompt`, `model` and one of `quality` in [0, 1], `correct` (0/1,
+    true/false) or `score` (1-5); optional `prompt_id`, `benchmark`, token counts.
+
+    A value that does not parse becomes null, so the validate stage quarantines that row
+    (naming the rule) instead of failing the file; a missing column raises here.
+    """
+    missing = [c for c in ("prompt", "model") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: no column(s) {missing}; a labels file needs prompt, model and one of "
+                         f"quality (0-1), correct (0/1) or score (1-5); it has {list(df.columns)}")
+    if not {"quality", "correct", "score"} & set(df.columns):
+        raise ValueError(f"{where}: needs one of the columns quality (0-1), correct (0/1) or score (1-5); "
+                         f"it has {list(df.columns)}")
+    n = len(df)
+    prompt = df["prompt"].astype("string")
+    score = _number(df["score"]) if "score" in df.columns else pd.Series([np.nan] * n, index=df.index)
+    score = score.where(score.isin([1, 2, 3, 4, 5]) | score.isna(), np.nan)
+    if "correct" in df.columns:
+        text = df["correct"].astype("string").str.strip().str.lower()
+        correct = text.map({"1": True, "0": False, "true": True, "false": False, "1.0": True, "0.0": False})
+        correct = correct.astype("boolean")
+    else:
+        correct = pd.Series([pd.NA] * n, index=df.index, dtype="boolean")
+    quality = (_number(df["quality"]) if "quality" in df.columns else pd.Series([np.nan] * n, index=df.index))
+    derived = quality_of(score.astype("Float64").round().astype("Int64"), correct)
+    quality = quality.astype("Float64").fillna(derived)
+    pid = (df["prompt_id"].astype("string") if "prompt_id" in df.columns
+           else prompt.map(lambda p: prompt_id(p) if isinstance(p, str) and p.strip() else None).astype("string"))
+    out = pd.DataFrame(
+        {
+            "prompt_id": pid,
+            "prompt": prompt,
+            "model": df["model"].astype("string"),
+            "score": score.round().astype("Int64"),
+            "correct": correct,
+            "quality": quality,
+            "source": source,
+            "benchmark": df["benchmark"].astype("string") if "benchmark" in df.columns else pd.NA,
+        }
+    )
+    out["benchmark"] = out["benchmark"].astype("string")
+    for col in TOKEN_COLUMNS:
+        if col in df.columns:
+            out[col] = _number(df[col]).astype("Float64")
+    return out.reset_index(drop=True)
+
+
+def labels_from_file(path: str, *, source: str | None = None, artifact_root: str | None = None) -> dict:
+    """A labels artifact from a parquet/csv/jsonl file (see `labels_from_table`); its key
+    depends on the file's bytes, so the same file is imported once."""
+    import hashlib
+    from pathlib import Path
+
+    from router_tasks.data.table_files import read_table_file
+
+    data = Path(path).read_bytes() if "://" not in str(path) else None
+    df = read_table_file(path, what="labels")
+    digest = hashlib.sha256(data).hexdigest() if data is not None else hashlib.sha256(
+        pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()
+    src = source or f"file:{Path(str(path)).name}"
+
+    def compute(ctx):
+        labels = labels_from_table(df, src, where=str(path))
+        ctx.stats.update(rows_in=len(df), rows_by_model=labels.groupby("model").size().to_dict())
+        ctx.write_table(labels)
+
+    return run_stage(FILE_STAGE, FILE_STAGE_VERSION, compute, config={"sha256": digest, "source": src},
+                     store=ArtifactStore(artifact_root))
+
+
+def zeroeval_labels(task: str, *, models: list[str] | None = None, prompt_ids: list[str] | None = None,
+                    artifact_root: str | None = None) -> dict:
+    """A labels artifact from the bundled ZeroEval results of `task` ("gsm"/"crux" or
+    "zeroeval-gsm8k"/"zeroeval-crux"), optionally only `models` and `prompt_ids`."""
+    from router_tasks.data import zeroeval
+
+    def compute(ctx):
+        labels = zeroeval.labels(task, models=models)
+        if prompt_ids is not None:
+            labels = labels[labels["prompt_id"].isin(set(prompt_ids))]
+        ctx.stats.update(rows_by_model=labels.groupby("model").size().to_dict())
+        ctx.write_table(labels.reset_index(drop=True))
+
+    config = {"task": task, "models": sorted(models) if models else None,
+              "prompt_ids": sorted(prompt_ids) if prompt_ids is not None else None,
+              "data": zeroeval.data_fingerprint()}
+    return run_stage(ZEROEVAL_STAGE, ZEROEVAL_STAGE_VERSION, compute, config=config, store=ArtifactStore(artifact_root))

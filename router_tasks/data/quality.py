@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from router_tasks.core.schemas import LABEL_COLUMNS
+from router_tasks.core.schemas import LABEL_COLUMNS, OPTIONAL_LABEL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -253,10 +253,17 @@ def check_class_share(df: pd.DataFrame, max_share: float, column: str = "quality
              "observed": {"class": top, "share": round(share, 4), "rows": int(len(values))}}]
 
 
-def labels_suite(th: Mapping, required_models: list[str] | None = None) -> Suite:
+def labels_suite(th: Mapping, required_models: list[str] | None = None,
+                 optional_columns: list[str] | tuple = ()) -> Suite:
+    """`optional_columns`: those of `OPTIONAL_LABEL_COLUMNS` the table has (token counts);
+    they must then be non-negative integers where present."""
     E = _E()
+    unknown = sorted(set(optional_columns) - set(OPTIONAL_LABEL_COLUMNS))
+    if unknown:
+        raise ValueError(f"labels: unknown optional column(s) {unknown}; known: {OPTIONAL_LABEL_COLUMNS}")
+    extra = [c for c in OPTIONAL_LABEL_COLUMNS if c in set(optional_columns)]
     table = [
-        _named(E.ExpectTableColumnsToMatchSet(column_set=LABEL_COLUMNS, exact_match=True), "label_columns"),
+        _named(E.ExpectTableColumnsToMatchSet(column_set=LABEL_COLUMNS + extra, exact_match=True), "label_columns"),
         _named(E.ExpectTableRowCountToBeBetween(min_value=1), "table_not_empty"),
         _named(E.ExpectCompoundColumnsToBeUnique(column_list=["prompt_id", "model", "source"]), "one_label_per_prompt_model_source"),
     ]
@@ -271,6 +278,9 @@ def labels_suite(th: Mapping, required_models: list[str] | None = None) -> Suite
             _named(E.ExpectColumnValuesToNotBeNull(column="quality"), "quality_present"),
             _named(E.ExpectColumnValuesToBeBetween(column="quality", min_value=0.0, max_value=1.0), "quality_in_0_1"),
             _named(E.ExpectColumnValuesToBeInSet(column="score", value_set=[1, 2, 3, 4, 5]), "score_integer_1_to_5"),
+        ] + [
+            _named(E.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=10_000_000), f"{c}_non_negative")
+            for c in extra
         ],
         table=table,
         checks=[

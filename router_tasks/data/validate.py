@@ -48,7 +48,10 @@ def validate_labels(
 
     def compute(ctx):
         df = ctx.read_input("labels")
-        suite = labels_suite(th, config["required_models"])
+        from router_tasks.core.schemas import OPTIONAL_LABEL_COLUMNS
+
+        suite = labels_suite(th, config["required_models"],
+                             optional_columns=[c for c in OPTIONAL_LABEL_COLUMNS if c in df.columns])
         kept = enforce(ctx, df, suite, min_kept_share=float(th["min_kept_share"]))
         ctx.stats["rules_checked"] = len(suite)
         log.info("labels passed %d rules: %d of %d rows kept", len(suite), len(kept), len(df))

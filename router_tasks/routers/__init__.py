@@ -123,6 +123,10 @@ def save_router(router: Router, ctx, *, training: dict | None = None, metrics: d
         "training_data": dict(training or {}),
         "metrics": dict(metrics or {}),
     }
+    if router.cost_model is not None:
+        meta["cost_model"] = router.cost_model
+    if router.prices:
+        meta["prices"] = {m: list(p) if isinstance(p, (list, tuple)) else p for m, p in router.prices.items()}
     ctx.write_file(ROUTER_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
     return meta
 
@@ -203,6 +207,8 @@ def load_router(ref, store=None) -> Router:
                 key, meta.get("embedding_model"), MODEL_ID,
             )
         router.embedder = Embedder(store)
+    router.cost_model = meta.get("cost_model")
+    router.prices = meta.get("prices")
     router.meta = meta
     router.artifact_key = key
     router.artifact_uri = store.uri(key)

@@ -62,3 +62,96 @@ class Router(ABC):
         q = self.predict_quality(prompts) if quality is None else quality
         gap = q[self.strong_model].to_numpy(float) - q[self.weak_model].to_numpy(float)
         return np.clip((gap + 1.0) / 2.0, 0.0, 1.0)
+
+    # ---- cost: every model's predicted dollars on a prompt (reply length varies) ------
+    #: fitted by `fit_costs` (train stage), saved in router.json as "cost_model"
+    cost_model: dict | None = None
+    #: {model: (input, output) $ per 1M tokens} stored with the router (train --prices)
+    prices: dict | None = None
+
+    def fit_costs(self, labels: pd.DataFrame) -> dict:
+        """Learn each model's reply length from the labels' `output_tokens` (if present).
+
+        Per model, log(1 + output tokens) is fitted linearly on log(1 + prompt tokens)
+        (least squares), and the predicted mean is the log-normal mean exp(mu + s^2/2) - 1;
+        a model with fewer than 3 labelled replies gets the mean of the others. Input tokens
+        billed = prompt tokens + the labels' median template overhead (`input_tokens` minus
+        the prompt's own count). Without `output_tokens` every model is assumed to write
+        `DEFAULT_OUTPUT_TOKENS` (and the cost model says so).
+        """
+        from router_tasks.data.tokens import TOKENIZER_NAME, count_tokens
+
+        model = {"tokenizer": TOKENIZER_NAME, "input_offset": 0.0, "per_model": {}, "assumed": True,
+                 "default_output_tokens": float(DEFAULT_OUTPUT_TOKENS)}
+        if "output_tokens" in labels.columns and labels["output_tokens"].notna().any():
+            df = labels.loc[labels["output_tokens"].notna() & labels["model"].isin(self.models)]
+            prompts = df.drop_duplicates("prompt_id")[["prompt_id", "prompt"]]
+            n_in = pd.Series(count_tokens(prompts["prompt"].tolist()), index=prompts["prompt_id"].to_numpy())
+            x = np.log1p(n_in.reindex(df["prompt_id"]).to_numpy(np.float64))
+            y = np.log1p(df["output_tokens"].to_numpy(np.float64).clip(min=0))
+            if "input_tokens" in df.columns and df["input_tokens"].notna().any():
+                diff = df["input_tokens"].to_numpy(np.float64) - n_in.reindex(df["prompt_id"]).to_numpy(np.float64)
+                model["input_offset"] = float(np.nanmedian(diff))
+            names = df["model"].to_numpy()
+            for m in self.models:
+                sel = names == m
+                if sel.sum() < 3:
+                    continue
+                xs, ys = x[sel], y[sel]
+                if np.ptp(xs) > 0:
+                    b, a = np.polyfit(xs, ys, 1)
+                else:
+                    a, b = float(ys.mean()), 0.0
+                resid = ys - (a + b * xs)
+                model["per_model"][m] = {"a": float(a), "b": float(b), "s2": float(resid.var()), "n": int(sel.sum())}
+            if model["per_model"]:
+                model["assumed"] = False
+                model["default_output_tokens"] = float(df["output_tokens"].mean())
+        self.cost_model = model
+        return model
+
+    def predict_tokens(self, prompts: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
+        """(billed input tokens per prompt, predicted output tokens per prompt and model)."""
+        from router_tasks.data.tokens import count_tokens
+
+        cm = self.cost_model or {"input_offset": 0.0, "per_model": {}, "default_output_tokens": DEFAULT_OUTPUT_TOKENS}
+        n_in = count_tokens(list(prompts)).astype(np.float64)
+        x = np.log1p(n_in)
+        out = {}
+        for m in self.models:
+            p = cm["per_model"].get(m)
+            if p is None:
+                out[m] = np.full(len(n_in), float(cm["default_output_tokens"]))
+            else:
+                out[m] = np.expm1(p["a"] + p["b"] * x + p["s2"] / 2.0).clip(min=0.0)
+        return n_in + float(cm.get("input_offset", 0.0)), pd.DataFrame(out, columns=list(self.models))
+
+    def predict_cost(self, prompts: Sequence[str], prices: dict | None = None,
+                     models: Sequence[str] | None = None) -> pd.DataFrame:
+        """Predicted dollars of sending each prompt to each model (one row per prompt).
+
+        `prices` (or the router's stored `prices`): {model: (input, output) $ per 1M
+        tokens}, or one number for both; a model without a price raises, naming it.
+        `models`: only these columns (a routing pool), default all the router knows.
+        """
+        prices = prices if prices is not None else self.prices
+        if not prices:
+            raise ValueError("no prices: pass prices ({model: [input, output] $ per 1M tokens}) or train with --prices")
+        wanted = list(models) if models is not None else list(self.models)
+        unknown = [m for m in wanted if m not in self.models]
+        if unknown:
+            raise ValueError(f"model(s) {unknown} unknown to this router; it knows {self.models}")
+        missing = [m for m in wanted if m not in prices]
+        if missing:
+            raise ValueError(f"no price for model(s) {missing}; prices given for {sorted(prices)}")
+        n_in, n_out = self.predict_tokens(prompts)
+        cols = {}
+        for m in wanted:
+            p = prices[m]
+            pin, pout = (float(p), float(p)) if isinstance(p, (int, float)) else (float(p[0]), float(p[1]))
+            cols[m] = (n_in * pin + n_out[m].to_numpy(np.float64) * pout) / 1e6
+        return pd.DataFrame(cols, columns=wanted)
+
+
+#: reply length assumed when the labels carry no output_tokens
+DEFAULT_OUTPUT_TOKENS = 256

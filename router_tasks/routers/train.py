@@ -121,6 +121,7 @@ def train_router(
     strong_quality: str = "labeled",
     own_holdout: bool = True,
     artifact_root: str | None = None,
+    prices: dict | None = None,
 ) -> dict:
     """Train a `router_type` router on the labels artifact `labels`; returns its ref dict.
 
@@ -129,6 +130,9 @@ def train_router(
     `strong_quality` ("labeled" / "assume_perfect", as the labels were built) is recorded
     in the router's metadata. `own_holdout=False` trains on every label (cross-fit folds:
     the fold's labels already lack the prompts it scores).
+    Every router also learns each model's reply length (`Router.fit_costs`, from the
+    labels' `output_tokens` when present); `prices` ({model: [input, output] $ per 1M
+    tokens}) are stored with it so `tela score` / `tela route` can price calls.
     """
     check_strong_quality(strong_quality)
     store = ArtifactStore(artifact_root)
@@ -164,6 +168,9 @@ def train_router(
 
             router.embedder = Embedder(store)
         router.fit(table)
+        router.fit_costs(full[full["quality"].notna()])
+        if prices:
+            router.prices = {m: prices[m] for m in models if m in prices}
         fit_s = time.time() - started
 
         metrics_table, metrics = training_metrics(router, table)
@@ -218,6 +225,7 @@ def train_router(
             "identity": cls.identity(resolved),
             "strong_quality": strong_quality,
             "own_holdout": own_holdout,
+            **({"prices": {m: prices[m] for m in sorted(prices)}} if prices else {}),
         },
         store=store,
     )

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router_tasks.routers.routing import best_under_budget, cheapest_adequate, route_two, routing_cost
+from router_tasks.routers.routing import (
+    best_under_budget,
+    cheapest_adequate,
+    route_frontier,
+    route_two,
+    routing_cost,
+)
 
 PRICES = {"gpt-4": 30.0, "mixtral": 0.6, "llama-8b": 0.2, "local": 0.0}
 
@@ -51,24 +57,97 @@ def test_cheapest_adequate_ties_and_token_prices():
     assert cheapest_adequate(q, {"a": 1.0, "b": 2.0}, 0.8, tokens_per_prompt=[500, 2000]).tolist() == ["a", "a"]
 
 
-def test_best_under_budget_maximises_quality_per_dollar_within_budget():
+def test_best_under_budget_spends_the_mean_budget_where_quality_gains_most():
     q = quality([
-        [0.95, 0.90, 0.50, 0.00],  # local is free but useless; per $: mixtral 1.5, llama 2.5
-        [0.95, 0.90, 0.10, 0.00],  # per $: llama 0.5 < mixtral 1.5
-        [0.95, 0.90, 0.50, 0.40],  # a free model with quality > 0 is best per dollar
+        [0.95, 0.90, 0.50, 0.00],  # the free model is useless here: paying buys 0.5-0.95
+        [0.95, 0.90, 0.85, 0.80],  # everything is fine: the free model is nearly as good
+        [0.95, 0.90, 0.50, 0.40],
     ])
-    choice = best_under_budget(q, PRICES, budget_per_prompt=1.0)
-    assert choice.tolist() == ["llama-8b", "mixtral", "local"]
-    # gpt-4 is never within a $1 budget; a huge budget still prefers value over raw quality
-    assert "gpt-4" not in best_under_budget(q, PRICES, 1e9).tolist()
+    # the old quality-per-dollar rule sent all three to the free model; now a mean budget of
+    # $0.2 per prompt ($0.6 in all) buys the most quality: mixtral on prompt 0 (+0.9) beats
+    # llama-8b on all three (+0.5 +0.05 +0.1)
+    choice = best_under_budget(q, PRICES, budget_per_prompt=0.2)
+    assert routing_cost(choice, PRICES) / 3 <= 0.2 + 1e-12
+    assert choice.tolist() == ["mixtral", "local", "local"]
+    # half that: llama-8b where it gains most per dollar
+    assert best_under_budget(q, PRICES, budget_per_prompt=0.2 / 3).tolist() == ["llama-8b", "local", "local"]
+    # a bigger budget buys mixtral where it helps most, still never overspending
+    richer = best_under_budget(q, PRICES, budget_per_prompt=0.5)
+    assert routing_cost(richer, PRICES) / 3 <= 0.5 + 1e-12
+    assert richer.tolist().count("mixtral") >= 1 and richer.iloc[1] in ("local", "llama-8b")
+    # a huge budget buys the best predicted model everywhere
+    assert best_under_budget(q, PRICES, 1e9).tolist() == ["gpt-4"] * 3
     # nothing fits: the cheapest model
     dear = {"gpt-4": 30.0, "mixtral": 5.0, "llama-8b": 4.0, "local": 3.0}
     assert best_under_budget(q, dear, 1.0).tolist() == ["local"] * 3
     # tokens: $/1M tokens x 100k tokens -> gpt-4 costs $3, mixtral $0.06, llama $0.02
-    only_paid = quality([[0.9, 0.4, 0.1, 0.0]])  # per $: 0.3, 6.7, 5, 0
+    only_paid = quality([[0.9, 0.4, 0.1, 0.0]])
     assert best_under_budget(only_paid, PRICES, 0.1, tokens_per_prompt=100_000).tolist() == ["mixtral"]
     assert best_under_budget(only_paid, PRICES, 0.05, tokens_per_prompt=100_000).tolist() == ["llama-8b"]
     assert routing_cost(pd.Series(["gpt-4", "mixtral"]), PRICES, tokens_per_prompt=100_000) == pytest.approx(3.06)
+
+
+def _world(n=400, seed=3):
+    """Three models; the dear one is right more often, and which prompts the cheap ones get
+    wrong is known to the 'router' with noise."""
+    rng = np.random.default_rng(seed)
+    q = pd.DataFrame({
+        "tiny": rng.uniform(0.1, 0.9, n),
+        "mid": rng.uniform(0.5, 0.95, n),
+        "big": rng.uniform(0.85, 1.0, n),
+    })
+    cost = pd.DataFrame({
+        "tiny": rng.uniform(0.5, 1.5, n) * 1e-5,
+        "mid": rng.uniform(0.5, 1.5, n) * 1e-4,
+        "big": rng.uniform(0.5, 1.5, n) * 1e-3,
+    })
+    return q, cost
+
+
+def test_route_frontier_meets_each_kind_of_target():
+    q, cost = _world()
+    # budgets: never over, and nearly all of it spent; more money never buys less quality
+    last = -1.0
+    for per_1k in (0.01, 0.05, 0.2, 0.6):
+        r = route_frontier(q, cost, budget_per_1k=per_1k)
+        assert r.met and r.mean_cost * 1000 <= per_1k + 1e-9
+        assert r.mean_cost * 1000 >= 0.97 * per_1k
+        assert r.mean_quality >= last - 1e-12
+        last = r.mean_quality
+    # quality target: reached, and as cheaply as the bisection can (a bit less misses it)
+    r = route_frontier(q, cost, target_quality=0.85)
+    assert r.met and r.mean_quality >= 0.85
+    cheaper = route_frontier(q, cost, lam=r.lam * 1.5)
+    assert cheaper.mean_quality < 0.85 and cheaper.mean_cost <= r.mean_cost
+    # share of calls to a named model
+    r = route_frontier(q, cost, model_share=("big", 0.25))
+    assert r.share["big"] <= 0.25 + 1e-12 and r.share["big"] >= 0.15
+    # unreachable target: the best one can do, flagged
+    r = route_frontier(q, cost, target_quality=0.999)
+    assert not r.met and r.choice.eq(q.idxmax(axis=1)).mean() > 0.9
+
+
+def test_route_frontier_pool_is_a_choice_not_a_retrain():
+    q, cost = _world()
+    r = route_frontier(q, cost, budget_per_1k=0.05, pool=["tiny", "mid"])
+    assert set(r.choice) <= {"tiny", "mid"} and r.mean_cost * 1000 <= 0.05 + 1e-9
+    with pytest.raises(ValueError, match=r"pool model\(s\) \['huge'\]"):
+        route_frontier(q, cost, budget_per_1k=0.05, pool=["tiny", "huge"])
+    with pytest.raises(ValueError, match="exactly one of"):
+        route_frontier(q, cost, budget_per_1k=0.05, target_quality=0.5)
+    with pytest.raises(ValueError, match="cost row 1, model 'mid' is not a finite number"):
+        route_frontier(q, cost.assign(mid=cost["mid"].where(cost.index != 1)), budget_per_1k=0.05)
+
+
+def test_frontier_with_no_prompt_signal_mixes_like_the_zero_router():
+    # every prompt predicted alike: the policy can only mix two models; the budget is
+    # spent exactly, so the mean predicted quality lies on the line between them
+    n = 1000
+    q = pd.DataFrame({"cheap": np.full(n, 0.6), "dear": np.full(n, 0.9)})
+    cost = pd.DataFrame({"cheap": np.full(n, 1e-4), "dear": np.full(n, 1e-3)})
+    r = route_frontier(q, cost, budget_per_prompt=5.5e-4)
+    assert r.share["dear"] == pytest.approx(0.5, abs=0.002)
+    assert r.mean_quality == pytest.approx(0.75, abs=0.001)
 
 
 def test_policies_name_bad_inputs():
