@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TELA_ARTIFACT_ROOT ?= $(CURDIR)/artifacts
 
-.PHONY: install demo test benchmark lock clean airflow-db
+.PHONY: install demo test benchmark lock clean airflow-db cluster cluster-down cluster-status
 
 install: $(VENV)/.installed
 
@@ -66,6 +66,17 @@ lock:
 	rm -rf /tmp/tela-lock && $(PY_SYS) -m venv /tmp/tela-lock
 	/tmp/tela-lock/bin/pip install --quiet -r requirements.txt
 	/tmp/tela-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+# A production-shaped Airflow (CeleryExecutor on Postgres + Redis, two Celery workers, moto
+# S3) on this machine, no Docker: returns once healthy, writes cluster.env. See README.
+cluster: $(VENV)/.installed
+	$(PY) scripts/cluster.py up $(CLUSTER_ARGS)
+
+cluster-down:
+	$(PY) scripts/cluster.py down
+
+cluster-status:
+	$(PY) scripts/cluster.py status
 
 clean:
 	rm -rf $(AIRFLOW_HOME) artifacts
