@@ -341,6 +341,14 @@ def _pg_bin(tool: str) -> str:
     return str(found[-1])
 
 
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, capture_output=True, **kw)
+    if res.returncode:
+        out = (res.stdout or b"") + (res.stderr or b"")
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({res.returncode}):\n{out.decode(errors='replace')[-2000:]}")
+    return res
+
+
 def _as_postgres(cmd: list[str]) -> list[str]:
     # Postgres refuses to run as root: run its tools as the `postgres` user the package made.
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
@@ -359,22 +367,21 @@ def start_postgres(cfg: Config) -> None:
             shutil.chown(cfg.state / "pg", "postgres", "postgres")
             for p in (data, sock, pwfile):
                 shutil.chown(p, "postgres", "postgres")
-        subprocess.run(_as_postgres([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-                                     "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"]),
-                       check=True, capture_output=True)
+        _run(_as_postgres([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
+                           "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"]))
         pwfile.unlink()
     opts = (f"-p {cfg.pg_port} -k {sock} -c listen_addresses=127.0.0.1 -c shared_buffers=32MB "
             "-c max_connections=100 -c fsync=off -c synchronous_commit=off")
     # pg_ctl daemonises the server: record the postmaster's pid from postmaster.pid
-    subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(cfg.state / "pg" / "server.log"),
-                                 "-w", "-t", "60", "start"]), check=True, capture_output=True)
+    _run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(cfg.state / "pg" / "server.log"),
+                       "-w", "-t", "60", "start"]))
     cfg.pids.mkdir(parents=True, exist_ok=True)
     (cfg.pids / "postgres.pid").write_text((data / "postmaster.pid").read_text().split()[0])
     if fresh:
         psql = _as_postgres([_pg_bin("psql"), "-h", str(sock), "-p", str(cfg.pg_port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"])
         sql = (f"CREATE ROLE airflow LOGIN PASSWORD '{s['pg_password']}';\n"
                "CREATE DATABASE airflow OWNER airflow;\n")
-        subprocess.run(psql, input=sql.encode(), check=True, capture_output=True)
+        _run(psql, input=sql.encode())
 
 
 def stop_postgres(cfg: Config) -> None:
@@ -454,13 +461,18 @@ def api_token(cfg: Config) -> str:
         "access_token"]
 
 
+def start_component(cfg: Config, name: str) -> int:
+    """Start one Airflow component of AIRFLOW_COMPONENTS (also: bring back a lost worker)."""
+    worker = name.split("-", 1)[1] if name.startswith("worker-") else None
+    cmd = [str(BIN / "airflow"), *AIRFLOW_COMPONENTS[name]]
+    if worker:
+        cmd += ["--concurrency", str(cfg.concurrency[worker]), "--celery-hostname", f"{worker}@%h"]
+    return spawn(cfg, name, cmd, env=cfg.airflow_env(worker))
+
+
 def start_airflow(cfg: Config) -> None:
-    for name, args in AIRFLOW_COMPONENTS.items():
-        worker = name.split("-", 1)[1] if name.startswith("worker-") else None
-        cmd = [str(BIN / "airflow"), *args]
-        if worker:
-            cmd += ["--concurrency", str(cfg.concurrency[worker]), "--celery-hostname", f"{worker}@%h"]
-        spawn(cfg, name, cmd, env=cfg.airflow_env(worker))
+    for name in AIRFLOW_COMPONENTS:
+        start_component(cfg, name)
         if name == "api-server":  # the others report their health through it
             wait_for("api-server", lambda: _http_json(f"{cfg.api_url}/api/v2/monitor/health"), 180, interval=2,
                      proc_name=name, cfg=cfg)
@@ -612,12 +624,19 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--no-local-llm", action="store_true", help="no shared SmolLM2 server (endpoints use their own URLs)")
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("status", help="pid, liveness and memory of each component")
+    st = sub.add_parser("start", help="start one Airflow component again (e.g. a worker that was lost)")
+    st.add_argument("component", choices=sorted(AIRFLOW_COMPONENTS))
     a = p.parse_args(argv)
     cfg = Config()
     if a.cmd == "up":
         up(cfg, local_llm=not a.no_local_llm)
     elif a.cmd == "down":
         down(cfg)
+    elif a.cmd == "start":
+        pid = _read_pid(cfg, a.component)
+        if pid is not None and _pid_alive(pid):
+            raise SystemExit(f"{a.component} is running (pid {pid})")
+        print(start_component(cfg, a.component))
     else:
         st = status(cfg)
         for name, row in st.items():
