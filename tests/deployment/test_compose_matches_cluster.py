@@ -89,3 +89,16 @@ def test_app_credentials_are_not_minio_root_and_images_are_pinned(compose):
     for name, svc in compose.items():
         image = svc.get("image")
         assert image and ":" in image and not image.endswith(":latest"), f"{name}: unpinned image {image!r}"
+
+
+def test_the_shared_local_model_server_reaches_every_component(cluster_script, tmp_path):
+    """`up` starts one SmolLM2 server; every Airflow process (so every labeling task) gets
+    its URL, and `local_llm_server()` then reuses it instead of starting its own."""
+    from router_tasks.labeling.llm_server import REUSE_ENV
+
+    cfg = cluster_script.Config(state=tmp_path / "state")
+    assert REUSE_ENV not in cfg.airflow_env("default")
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "local_llm_url").write_text("http://127.0.0.1:1234/v1\n")
+    for worker in (None, "default", "gpu"):
+        assert cfg.airflow_env(worker)[REUSE_ENV] == "http://127.0.0.1:1234/v1"

@@ -2,8 +2,8 @@
 
 Test infrastructure for test_cluster_live.py. JSON params (`models`, `judge`,
 `reference_model`) are Monaco editors: their text is replaced by selecting all and
-inserting the new JSON as one input event (typing it key by key would let the editor's
-auto-closing of brackets and quotes mangle it).
+pasting the new JSON (typing it key by key would let the editor's auto-closing of
+brackets and quotes mangle it). Text fields get their text as one input event, checked.
 """
 
 from __future__ import annotations
@@ -62,18 +62,41 @@ def _plain(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
+def field(driver, name: str):
+    """The form element of param `name` (ids sit on the input or on its widget's root)."""
+    from selenium.webdriver.common.by import By
+
+    for how, what in ((By.ID, f"element_{name}"), (By.NAME, f"element_{name}"),
+                      (By.CSS_SELECTOR, f"[id*='element_{name}']")):
+        found = driver.find_elements(how, what)
+        if found:
+            return found[0]
+    return None
+
+
 def set_json_editor(driver, name: str, value) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    box = driver.find_element(By.ID, f"element_{name}")
+    box = field(driver, name)
     target = box.find_elements(By.CSS_SELECTOR, ".view-lines") or [box]
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", target[0])
     target[0].click()
-    ActionChains(driver).key_down(Keys.CONTROL).send_keys("a").key_up(Keys.CONTROL).send_keys(Keys.BACKSPACE).perform()
-    if value is not None:
-        driver.execute_cdp_cmd("Input.insertText", {"text": json.dumps(value)})
+    select_all = ActionChains(driver).key_down(Keys.CONTROL).send_keys("a").key_up(Keys.CONTROL)
+    if value is None:  # an empty editor is a null param
+        select_all.send_keys(Keys.BACKSPACE).perform()
+    else:
+        # replace the selection in one input event: emptying the editor first would make
+        # the form put an empty "[]"/"{}" back in, around the text inserted next
+        select_all.perform()
+        # a paste, as a user pasting the JSON: typed text would meet the editor's
+        # auto-closing of brackets and quotes
+        area = box.find_element(By.CSS_SELECTOR, "textarea")
+        driver.execute_script(
+            "const dt = new DataTransfer(); dt.setData('text/plain', arguments[1]);"
+            "arguments[0].dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));",
+            area, json.dumps(value))
     time.sleep(0.5)
 
 
@@ -81,12 +104,16 @@ def set_text(driver, name: str, value) -> None:
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.common.by import By
 
-    el = driver.find_element(By.ID, f"element_{name}")
+    el = field(driver, name)
+    if el.tag_name not in ("input", "textarea"):
+        el = el.find_element(By.CSS_SELECTOR, "input, textarea")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
     el.click()
     el.send_keys(Keys.CONTROL, "a")
-    el.send_keys(Keys.BACKSPACE)
-    el.send_keys(str(value))
+    driver.execute_cdp_cmd("Input.insertText", {"text": str(value)})  # replaces the selection
+    time.sleep(0.3)
+    if el.get_attribute("value") != str(value):
+        raise AssertionError(f"{name}: the form holds {el.get_attribute('value')!r}, not {value!r}")
 
 
 def drive_trigger_form(cluster: dict, *, source: str, sample: int, models: list, judge: dict, outputs: Path) -> dict:
@@ -108,12 +135,11 @@ def drive_trigger_form(cluster: dict, *, source: str, sample: int, models: list,
               what="Trigger button")[0].click()
         _wait(lambda: driver.find_element(By.ID, "element_source"), what="trigger form")
         time.sleep(2)  # the Monaco editors load after the form
-        dialog = driver.find_element(By.CSS_SELECTOR, "[role=dialog]")
         driver.save_screenshot(str(outputs / "trigger-form-initial.png"))
-        shown = _plain(dialog.text)
+        shown = _plain(driver.find_element(By.TAG_NAME, "body").text)
         params = {}
         for name, desc in declared.items():
-            present = driver.find_elements(By.ID, f"element_{name}")
+            present = field(driver, name) is not None
             head = " ".join(_plain(desc).split()[:6])
             params[name] = desc if present and head and head in shown else ""
         set_text(driver, "source", source)
@@ -123,7 +149,10 @@ def drive_trigger_form(cluster: dict, *, source: str, sample: int, models: list,
         set_json_editor(driver, "reference_model", None)
         time.sleep(1)
         driver.save_screenshot(str(outputs / "trigger-form.png"))
-        buttons = [b for b in dialog.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger"]
+        buttons = [b for b in driver.find_elements(By.XPATH, "//*[@role='dialog']//button")
+                   if b.text.strip() == "Trigger" and b.is_enabled()]
+        assert buttons, "no enabled Trigger button in the form (see trigger-form.png)"
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", buttons[-1])
         buttons[-1].click()
         time.sleep(3)
         driver.save_screenshot(str(outputs / "after-trigger.png"))
@@ -140,6 +169,6 @@ def drive_trigger_form(cluster: dict, *, source: str, sample: int, models: list,
         driver.get(f"{url}/dags/router_pipeline/runs/{urllib.parse.quote(run['dag_run_id'], safe='')}")
         time.sleep(5)
         driver.save_screenshot(str(outputs / "run-finished.png"))
-        return {"params": params, "run_id": run["dag_run_id"], "shown_text": dialog.text}
+        return {"params": params, "run_id": run["dag_run_id"], "shown_text": shown}
     finally:
         driver.quit()
