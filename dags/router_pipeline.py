@@ -115,7 +115,7 @@ def summary(stages: dict, decision: dict) -> str:
     # LLM calls and S3 see transient faults, and a lost worker (heartbeat timeout) fails
     # its task: retries rerun it, and the request cache keeps what was already paid for.
     default_args={"on_execute_callback": export_connections, "on_failure_callback": record_task_failure,
-                  "retries": 2, "retry_delay": timedelta(seconds=20)},
+                  "retries": 2, "retry_delay": timedelta(seconds=10)},
     on_failure_callback=dag_failure_alert,  # data-quality alert (plugins/tela_alerts.py)
     params={
         "source": Param(defaults.DEMO_PROMPTS, type="string",
