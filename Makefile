@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TELA_ARTIFACT_ROOT ?= $(CURDIR)/artifacts
 
-.PHONY: install demo test benchmark lock clean airflow-db gpu-assets gpu-check
+.PHONY: install demo test benchmark lock clean airflow-db gpu-assets gpu-check cluster cluster-down cluster-status
 
 install: $(VENV)/.installed
 
@@ -68,6 +68,17 @@ lock:
 	# local version labels (torch's +cpu from a local wheel folder) are not on plain PyPI:
 	# pin the public version, which also matches the local build
 	/tmp/tela-lock/bin/pip freeze --exclude-editable | grep -v '^-e' | sed -E 's/^([^=]+==[^+]+)\+.*/\1/' > constraints.txt
+
+# A production-shaped Airflow (CeleryExecutor on Postgres + Redis, two Celery workers, moto
+# S3) on this machine, no Docker: returns once healthy, writes cluster.env. See README.
+cluster: $(VENV)/.installed
+	$(PY) scripts/cluster.py up $(CLUSTER_ARGS)
+
+cluster-down:
+	$(PY) scripts/cluster.py down
+
+cluster-status:
+	$(PY) scripts/cluster.py status
 
 clean:
 	rm -rf $(AIRFLOW_HOME) artifacts

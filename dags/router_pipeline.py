@@ -33,6 +33,7 @@ from router_tasks.data.labels import build_labels
 from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
 from router_tasks.pipeline import STEP, SUMMARY_STAGES, ingest_source
+from router_tasks.routers import ROUTERS
 from router_tasks.routers.train import train_router
 from router_tasks.data.validate import validate_labels
 
@@ -129,26 +130,38 @@ def summary(stages: dict, decision: dict) -> str:
                   **retry.DEFAULT},
     on_failure_callback=dag_failure_alert,  # data-quality alert (plugins/tela_alerts.py)
     params={
-        "source": Param(defaults.DEMO_PROMPTS, type="string", description="jsonl/csv/parquet path or s3:// URI"),
-        "sample": Param(None, type=["null", "integer"], description="keep at most this many prompts"),
-        "models": Param(defaults.DEMO_MODELS, type="array", description="OSS endpoints to label"),
-        "judge": Param(defaults.DEMO_JUDGE, type="object", description="judge endpoint"),
+        "source": Param(defaults.DEMO_PROMPTS, type="string",
+                        description="the prompts to label: a jsonl/csv/parquet path on the workers, or an s3:// URI"),
+        "sample": Param(None, type=["null", "integer"], description="keep at most this many prompts (empty: all)"),
+        # `items` with type object: the trigger form gives a JSON editor (a plain list would
+        # be a textarea showing "[object Object]" that breaks the conf on any edit).
+        "models": Param(defaults.DEMO_MODELS, type="array", items={"type": "object"},
+                        description='OSS endpoints to label, each {"name", "model", "base_url", optional "conn_id" + '
+                                    '"api_key_env" (the key from an Airflow connection), "max_tokens", "concurrency", '
+                                    'prices}; base_url "local" is the bundled SmolLM2 server'),
+        "judge": Param(defaults.DEMO_JUDGE, type="object",
+                       description="the judge endpoint that scores every answer (same fields as a models entry)"),
         "judge_mode": Param("online", enum=["online", "batch"],
                             description="batch: the OpenAI Batch API (half price, up to 24 h) through judge_batch_conn_id"),
         "judge_batch_conn_id": Param(defaults.JUDGE_BATCH_CONN_ID, type="string",
                                      description="Airflow OpenAI connection for batch mode (host = the judge's base URL)"),
         "reference_model": Param(defaults.DEMO_REFERENCE, type=["null", "object"],
                                  description="endpoint (the strong model) that writes missing reference answers; null: none"),
-        "max_tokens": Param(96, type="integer"),
+        "max_tokens": Param(96, type="integer", minimum=1,
+                            description="answer length limit per generated reply (an endpoint's own max_tokens wins)"),
         "include_routellm": Param(True, type="boolean", description="add the bundled RouteLLM labels"),
         "routellm_max_prompts": Param(None, type=["null", "integer"], description="cap bundled prompts per benchmark (quick runs)"),
         "min_rows_per_model": Param(5, type="integer", description="labels needed per model to train"),
         "router_params": Param({}, type="object", description='router settings, e.g. {"k": 50} or, for causal_llm, {"base_model": "/models/Llama-3.2-1B", "device": "cuda"}'),
         "use_gpu": Param(True, type="boolean", description="GPU routers (causal_llm) use a GPU when present; off pins them to the CPU"),
-        "router_type": Param(defaults.ROUTER_TYPE, type="string"),
-        "strong_model": Param(defaults.STRONG_MODEL, type="string"),
-        "weak_model": Param(defaults.WEAK_MODEL, type="string"),
-        "benchmarks": Param(defaults.BENCHMARKS, type="array"),
+        "router_type": Param(defaults.ROUTER_TYPE, type="string", enum=sorted(ROUTERS),
+                             description="the router to train (causal_llm trains on the gpu queue)"),
+        "strong_model": Param(defaults.STRONG_MODEL, type="string",
+                              description="the costly model the router falls back to: a model name in the labels"),
+        "weak_model": Param(defaults.WEAK_MODEL, type="string",
+                            description="the cheap model the router sends easy prompts to: a model name in the labels"),
+        "benchmarks": Param(defaults.BENCHMARKS, type="array", items={"type": "string"},
+                            description="bundled benchmarks the router is evaluated on (one per line): mmlu, gsm8k, mt-bench"),
         "eval_max_prompts": Param(None, type=["null", "integer"], description="cap evaluated prompts per benchmark (quick runs)"),
         "strong_quality": Param("labeled", enum=["labeled", "assume_perfect"],
                                 description="labeled: the strong model is one of `models`, judged like the others; "

@@ -27,6 +27,7 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
+from tela_alerts import dag_failure_alert, record_task_failure
 from tela_assets import LABELS_ASSET, ROUTER_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
 
@@ -39,15 +40,24 @@ from router_tasks.routers.train import train_router
 
 @task
 def resolve_labels() -> dict:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from router_tasks.core.store import ArtifactStore
+    from router_tasks.lifecycle.retraining import LATEST_LABELS_KEY
     from router_tasks.lifecycle.retraining import resolve_labels as resolve
 
     ctx = get_current_context()
     extras = [e.extra for events in (ctx.get("triggering_asset_events") or {}).values() for e in events]
+    given = ctx["params"]["labels"] not in (None, "", {}) or any((x or {}).get("labels") for x in extras)
+    if not given and not ArtifactStore().exists(LATEST_LABELS_KEY):
+        # A cron (or first unpause) run before router_pipeline ever published labels:
+        # nothing to retrain on is not a failure. Everything downstream is skipped too.
+        raise AirflowSkipException("no labels yet: router_pipeline has not produced any")
     return resolve(ctx["params"]["labels"], extras)
 
 
 @task
-def router_types() -> dict:
+def router_types(labels: dict) -> dict:  # after resolve_labels: skipped with it
     from router_tasks.lifecycle.retraining import split_by_device
 
     params = get_current_context()["params"]
@@ -78,7 +88,9 @@ train_on_gpu = task(train, task_id="train_router_gpu", queue=defaults.GPU_QUEUE,
                     execution_timeout=_TIMEOUT, **retry.TRAIN)
 
 
-@task(trigger_rule="none_failed")  # a train task mapped over no type is skipped, not failed
+# a train task mapped over no type is skipped, not failed; with no labels at all every
+# upstream is skipped, and so is this
+@task(trigger_rule="none_failed_min_one_success")
 def trained_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
     from router_tasks.lifecycle.retraining import in_type_order
 
@@ -132,26 +144,33 @@ def publish(routers, evaluations) -> dict:
     max_active_runs=1,  # two retrainings at once would race for the champion pointer
     render_template_as_native_obj=True,
     tags=["tela-wizard"],
-    # every task retries with backoff (plugins/tela_retries.py); training overrides it
-    default_args={"on_execute_callback": export_connections, **retry.DEFAULT},
+    # every task retries with backoff (plugins/tela_retries.py); training overrides it; the
+    # same failure alert as router_pipeline (plugins/tela_alerts.py)
+    default_args={"on_execute_callback": export_connections, "on_failure_callback": record_task_failure,
+                  **retry.DEFAULT},
+    on_failure_callback=dag_failure_alert,
     params={
         "labels": Param(None, type=["null", "string"],
                         description="labels artifact (ref JSON, key or URI); empty: the triggering or newest labels"),
-        "router_types": Param(defaults.RETRAIN_ROUTER_TYPES, type="array", description="one router trained per type"),
+        "router_types": Param(defaults.RETRAIN_ROUTER_TYPES, type="array", items={"type": "string"},
+                              description="one router trained per type (one per line), e.g. knn, ensemble, causal_llm"),
         "use_gpu": Param(True, type="boolean",
                          description="GPU routers (causal_llm) train on the gpu queue; off: on the CPU, normal queue"),
         "router_params": Param({}, type="object",
                                description='per router type, e.g. {"knn": {"k": 20}}; defaults otherwise'),
-        "strong_model": Param(defaults.STRONG_MODEL, type="string"),
-        "weak_model": Param(defaults.WEAK_MODEL, type="string"),
-        "benchmarks": Param(defaults.BENCHMARKS, type="array"),
+        "strong_model": Param(defaults.STRONG_MODEL, type="string",
+                              description="the costly model the router falls back to: a model name in the labels"),
+        "weak_model": Param(defaults.WEAK_MODEL, type="string",
+                            description="the cheap model the router sends easy prompts to: a model name in the labels"),
+        "benchmarks": Param(defaults.BENCHMARKS, type="array", items={"type": "string"},
+                            description="bundled benchmarks each router is evaluated on (one per line): mmlu, gsm8k, mt-bench"),
         "metric": Param(defaults.PUBLISH_METRIC, type="string", description="'mean_apgr' or 'apgr:<benchmark>'"),
         "margin": Param(0.0, type="number", description="how much the challenger must beat the champion by"),
     },
 )
 def router_retraining():
     labels = resolve_labels()
-    split = router_types()
+    split = router_types(labels)
     common = dict(labels=labels, strong_model="{{ params.strong_model }}", weak_model="{{ params.weak_model }}")
     on_cpu = train_on_cpu.partial(**common).expand(router_type=cpu_types(split))
     on_gpu = train_on_gpu.partial(**common).expand(router_type=gpu_types(split))

@@ -15,26 +15,26 @@ retry redoes only what had not finished.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
-DEFAULT = {
-    "retries": 2,
-    "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=5),
-}
-LLM = {
-    "retries": 4,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=30),
-}
-TRAIN = {
-    "retries": 1,
-    "retry_delay": timedelta(minutes=2),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-}
+#: multiplies every delay below (read when the DAG file is parsed): a test deployment sets
+#: it low so that a retry after an injected fault comes back in seconds, not minutes
+DELAY_SCALE = float(os.environ.get("TELA_RETRY_DELAY_SCALE", "1"))
+
+
+def _kind(retries: int, delay: timedelta, max_delay: timedelta) -> dict:
+    return {
+        "retries": retries,
+        "retry_delay": delay * DELAY_SCALE,
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": max_delay * DELAY_SCALE,
+    }
+
+
+DEFAULT = _kind(2, timedelta(seconds=20), timedelta(minutes=5))
+LLM = _kind(4, timedelta(minutes=1), timedelta(minutes=30))
+TRAIN = _kind(1, timedelta(minutes=2), timedelta(minutes=10))
 BATCH_SUBMIT = {"retries": 0}
 
 
