@@ -219,7 +219,8 @@ def _evaluate_args(s):
     s.add_argument("--router", required=True, help="train artifact or 'champion'")
     s.add_argument("--benchmarks", nargs="+", default=_defaults().BENCHMARKS, help="without --output: all of these")
     s.add_argument("--benchmark", choices=["mt-bench", "mmlu", "gsm8k"], help="with --output: this one")
-    s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit"], help="default: the benchmark's own")
+    s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit", "leave-group-out"],
+                   help="default: the benchmark's own; leave-group-out: folds by MMLU subject, other benchmarks held out whole")
     s.add_argument("--folds", type=int, default=5, help="cross-fit folds")
     s.add_argument("--max-prompts", type=int, help="cap evaluated prompts (quick runs)")
     s.add_argument("--output", help="folder (or s3:// prefix) for metrics.json, scores.parquet, plot.png")

@@ -392,7 +392,10 @@ def render_report(report: dict, rows: list[dict], *, data_fingerprint: str, labe
         f"{router['n_train_prompts']} prompts; none of them is scored below (checked)",
         f"- benchmark data fingerprint `{data_fingerprint}`; holdout: {report['holdout']}",
         "- protocols: *holdout* = the fixed evaluation split the labels stage never trains on; "
-        "*transfer* = a benchmark the router never trains on (decontaminated)",
+        "*transfer* = a benchmark the router never trains on (decontaminated); "
+        "*crossfit* = k folds by prompt, the router's recipe retrained without each scored fold; "
+        "*leave-group-out* = folds by group (MMLU subject, task), no group both trained on and scored "
+        "(`tela evaluate --protocol crossfit|leave-group-out --output DIR`)",
         "",
         "| benchmark | protocol | prompts | APGR | AUC | CPT(20%) | CPT(50%) | CPT(80%) | random APGR | oracle APGR | APGR exact |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -437,15 +440,16 @@ def evaluate_to_dir(
     from router_tasks.core.stage import load_table, resolve_ref
 
     bm.iter_benchmarks([benchmark])
-    if protocol not in (None, "crossfit", *PROTOCOLS):
-        raise ValueError(f"unknown protocol {protocol!r}; expected 'transfer', 'holdout' or 'crossfit'")
+    if protocol not in (None, "crossfit", "leave-group-out", *PROTOCOLS):
+        raise ValueError(f"unknown protocol {protocol!r}; expected 'transfer', 'holdout', 'crossfit' or 'leave-group-out'")
     store, key = resolve_router_key(router, ArtifactStore(artifact_root))
     router_ref = resolve_ref(key, store)  # artifacts go beside the router they evaluate
-    if protocol == "crossfit":
+    if protocol in ("crossfit", "leave-group-out"):
         from router_tasks.evaluation.crossfit import crossfit_evaluate
 
         ref = crossfit_evaluate(router_ref, benchmark, folds=folds, num_results=num_results,
-                                random_seeds=random_seeds, max_prompts=max_prompts, artifact_root=store.root)
+                                random_seeds=random_seeds, max_prompts=max_prompts, artifact_root=store.root,
+                                protocol=protocol)
     else:
         try:
             ref = evaluate_router(router_ref, benchmarks=[benchmark], num_results=num_results,
