@@ -21,7 +21,8 @@ The predicted quality of a model is a weighted mean of the components' predictio
 weights are chosen inside `fit`, on a validation split carved from the training labels
 only (`router_tasks.routers.selection`: whole k-means clusters of prompts held out, so a
 blend wins by generalising to topics it did not see), from a grid of weights in steps of
-0.25; the components are then refit on all the labels. Under cross-fit that is nested
+0.25 (the mean exact APGR over `select_repeats` such splits decides); the components
+with weight are then refit on all the labels. Under cross-fit that is nested
 cross-validation: the weights never see the prompts they are scored on. With too few
 validation prompts (`selection.MIN_VALIDATION`) or `select` off, the fallback is the
 equal mean of knn, linear and gbt. The strong model is predicted like any other.
@@ -148,6 +149,13 @@ def _linear_inputs(emb: np.ndarray, feats: np.ndarray) -> np.ndarray:
     return np.hstack([emb.astype(np.float64), feats, feats * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
 
 
+def _style_inputs(prompts: Sequence[str], feats: np.ndarray) -> np.ndarray:
+    """[text features, style features x has-choices]: the question-form features speak
+    about multiple-choice questions only, so free-form prompts (chat, writing) are judged
+    on the plain text features alone."""
+    return np.hstack([feats, style_matrix(prompts) * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
+
+
 def _binary_rows(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row index, 0/1 target, weight): hard labels once, soft labels as two weighted rows."""
     idx = np.arange(len(y))
@@ -192,6 +200,10 @@ class EnsembleRouter(EmbeddingRouter):
         "select": True,
         "select_share": 0.25,
         "select_clusters": 20,
+        "select_repeats": 2,
+        # the trees are left out of the choice by default: slow to fit, and they never
+        # earned weight in trial runs; listing "gbt" puts them back
+        "select_components": ["knn", "linear", "style", "lexical"],
         "seed": 0,
     }
 
@@ -200,6 +212,9 @@ class EnsembleRouter(EmbeddingRouter):
         p = self.params
         if float(p["linear_c"]) <= 0:
             raise ValueError(f"ensemble router: linear_c must be > 0, got {p['linear_c']}")
+        unknown = set(p["select_components"]) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"ensemble router: unknown select_components {sorted(unknown)}; known: {list(COMPONENTS)}")
         if int(p["gbt_pca"]) < 0 or int(p["gbt_rounds"]) < 0:
             raise ValueError("ensemble router: gbt_pca and gbt_rounds must be >= 0")
         self.knn = KnnRouter(models, strong_model, weak_model, self._knn_params(), embedder=embedder)
@@ -233,22 +248,34 @@ class EnsembleRouter(EmbeddingRouter):
         blend = np.asarray(FALLBACK_BLEND)
         self.selection = {"selected": False}
         with threadpool_limits(1):
-            if self.params["select"]:
+            candidates = [c for c in COMPONENTS if c in self.params["select_components"]]
+            splits = []
+            for r in range(int(self.params["select_repeats"]) if self.params["select"] else 0):
+                # several cluster splits: one 25% split of a few topics is a noisy judge
                 val = selection.cluster_split(emb, float(self.params["select_share"]),
-                                              int(self.params["select_clusters"]), int(self.params["seed"]))
+                                              int(self.params["select_clusters"]), int(self.params["seed"]) + r)
                 both = val & ~np.isnan(quality[:, si]) & ~np.isnan(quality[:, wi])
-                if both.sum() >= selection.MIN_VALIDATION and (~val).sum() >= selection.MIN_VALIDATION:
-                    tr = np.flatnonzero(~val)
-                    knn, w = self._fit_parts([texts[i] for i in tr], emb[tr], quality[tr])
-                    vi = np.flatnonzero(both)
-                    parts = self._parts(knn, w, [texts[i] for i in vi], emb[vi].astype(np.float64), COMPONENTS)
-                    gaps = [parts[c][:, si] - parts[c][:, wi] for c in COMPONENTS]
-                    blend, val_apgr = selection.best_blend(gaps, quality[vi, si], quality[vi, wi])
-                    self.selection = {
-                        "selected": True, "n_validation": int(len(vi)), "validation_apgr": round(val_apgr, 4),
-                        "component_apgr": {c: round(selection.exact_apgr(g, quality[vi, si], quality[vi, wi]), 4)
-                                           for c, g in zip(COMPONENTS, gaps)},
-                    }
+                if both.sum() < selection.MIN_VALIDATION or (~val).sum() < selection.MIN_VALIDATION:
+                    continue
+                tr, vi = np.flatnonzero(~val), np.flatnonzero(both)
+                knn, w = self._fit_parts([texts[i] for i in tr], emb[tr], quality[tr], needed=candidates)
+                parts = self._parts(knn, w, [texts[i] for i in vi], emb[vi].astype(np.float64), candidates)
+                splits.append(([parts[c][:, si] - parts[c][:, wi] for c in candidates], quality[vi, si], quality[vi, wi]))
+            if splits and candidates:
+                grid = selection.simplex_grid(len(candidates))
+                score = np.mean([[selection.exact_apgr(g @ np.vstack(gaps), s_q, w_q) for g in grid]
+                                 for gaps, s_q, w_q in splits], axis=0)
+                best = int(np.argmax(score))  # ties: the grid's first
+                blend = np.zeros(len(COMPONENTS))
+                for c, b in zip(candidates, grid[best]):
+                    blend[COMPONENTS.index(c)] = b
+                self.selection = {
+                    "selected": True, "splits": len(splits), "n_validation": [int(len(sq)) for _, sq, _ in splits],
+                    "validation_apgr": round(float(score[best]), 4),
+                    "component_apgr": {c: round(float(np.mean([selection.exact_apgr(gaps[i], s_q, w_q)
+                                                                for gaps, s_q, w_q in splits])), 4)
+                                       for i, c in enumerate(candidates)},
+                }
             self.selection["blend"] = {c: float(b) for c, b in zip(COMPONENTS, blend)}
             knn, w = self._fit_parts(texts, emb, quality, needed=[c for c, b in zip(COMPONENTS, blend) if b > 0])
         self.knn = knn
@@ -292,7 +319,7 @@ class EnsembleRouter(EmbeddingRouter):
         if "linear" in needed:
             linear_part("lin", _linear_inputs(emb, feats), float(self.params["linear_c"]))
         if "style" in needed:
-            linear_part("sty", np.hstack([feats, style_matrix(texts)]), float(self.params["style_c"]))
+            linear_part("sty", _style_inputs(texts, feats), float(self.params["style_c"]))
         if "gbt" in needed:
             n_pc = min(int(self.params["gbt_pca"]), len(texts), emb.shape[1])
             if n_pc > 0:
@@ -420,7 +447,7 @@ class EnsembleRouter(EmbeddingRouter):
             tree_x = np.hstack([feats, (emb - w["pca_mean"]) @ w["pca_components"].T])
             out["gbt"] = _sigmoid(self._tree_logits_of(w, tree_x, len(self.models)))
         if "style" in which and "sty_coef" in w:
-            out["style"] = lin("sty", np.hstack([feats, style_matrix(prompts)]))
+            out["style"] = lin("sty", _style_inputs(prompts, feats))
         if "lexical" in which and "lex_coef" in w:
             x = _tfidf(_hashed_counts(prompts, len(w["lex_idf"])), w["lex_idf"])
             out["lexical"] = _sigmoid(np.asarray(x @ w["lex_coef"].T.astype(np.float64)) + w["lex_intercept"])
