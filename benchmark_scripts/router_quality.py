@@ -87,10 +87,11 @@ def labels_artifact(store: ArtifactStore, max_prompts: int | None) -> tuple[dict
     return ref, labels
 
 
-def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed: int, max_prompts: int | None) -> dict:
+def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed: int, max_prompts: int | None,
+            runs=RUNS) -> dict:
     router = train_router(labels_ref, router_type=kind, artifact_root=store.root)
     out = {"train_key": router["key"]}
-    for title, bench, protocol in RUNS:
+    for title, bench, protocol in runs:
         t0 = time.perf_counter()
         cf = crossfit_evaluate(router, bench, folds=folds, seed=seed, protocol=protocol,
                                max_prompts=max_prompts, artifact_root=store.root)
@@ -159,6 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-prompts", type=int, default=None, help="per benchmark: the first N prompts by id (quick check)")
     ap.add_argument("--seed", type=int, default=0, help="fold assignment salt")
     ap.add_argument("--artifact-root", help="keep (and reuse) the artifacts here; default: a temporary folder")
+    ap.add_argument("--runs", nargs="+", type=int, help="only these columns (0-based, in table order); separate "
+                    "processes on one --artifact-root can split a long run and a last plain run prints it all")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -179,13 +182,14 @@ def main(argv=None) -> int:
           + ", ".join(f"{b} {n}" for b, n in labels.drop_duplicates("prompt_id")["benchmark"].value_counts().items())
           + f"; {args.folds} folds (seed {args.seed}); artifacts in {store.root}")
 
+    runs = [RUNS[i] for i in args.runs] if args.runs else list(RUNS)
     results = {}
     for kind in args.routers:
         t0 = time.perf_counter()
-        results[kind] = quality(kind, labels_ref, store, args.folds, args.seed, args.max_prompts)
+        results[kind] = quality(kind, labels_ref, store, args.folds, args.seed, args.max_prompts, runs)
         print(f"  {kind}: {time.perf_counter() - t0:.0f} s (train artifact {results[kind]['train_key']})", flush=True)
 
-    titles = [t for t, _, _ in RUNS]
+    titles = [t for t, _, _ in runs]
     print()
     print("## Routing quality, APGR (RouteLLM mode; exact curve in brackets; GPT-4-1106 vs Mixtral-8x7B)")
     print()

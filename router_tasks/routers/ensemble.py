@@ -149,11 +149,12 @@ def _linear_inputs(emb: np.ndarray, feats: np.ndarray) -> np.ndarray:
     return np.hstack([emb.astype(np.float64), feats, feats * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
 
 
-def _style_inputs(prompts: Sequence[str], feats: np.ndarray) -> np.ndarray:
+def _style_inputs(prompts: Sequence[str], feats: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
     """[text features, style features x has-choices]: the question-form features speak
     about multiple-choice questions only, so free-form prompts (chat, writing) are judged
     on the plain text features alone."""
-    return np.hstack([feats, style_matrix(prompts) * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
+    style = style_matrix(prompts) if style is None else style
+    return np.hstack([feats, style * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
 
 
 def _binary_rows(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -201,9 +202,10 @@ class EnsembleRouter(EmbeddingRouter):
         "select_share": 0.25,
         "select_clusters": 20,
         "select_repeats": 2,
-        # the trees are left out of the choice by default: slow to fit, and they never
-        # earned weight in trial runs; listing "gbt" puts them back
-        "select_components": ["knn", "linear", "style", "lexical"],
+        # the trees and the TF-IDF part are left out of the choice by default: they are the
+        # slow ones to fit (several minutes per fit on two busy cores with the TF-IDF part),
+        # and neither earned weight in small trial runs; listing them puts them back
+        "select_components": ["knn", "linear", "style"],
         "seed": 0,
     }
 
@@ -244,6 +246,7 @@ class EnsembleRouter(EmbeddingRouter):
         self.knn.embedder = self.embedder
         texts = prompts["prompt"].tolist()
         emb = self.embed(texts)
+        cache = {"feats": feature_matrix(texts), "style": style_matrix(texts)}  # computed once per fit
         si, wi = self.models.index(self.strong_model), self.models.index(self.weak_model)
         blend = np.asarray(FALLBACK_BLEND)
         self.selection = {"selected": False}
@@ -258,8 +261,10 @@ class EnsembleRouter(EmbeddingRouter):
                 if both.sum() < selection.MIN_VALIDATION or (~val).sum() < selection.MIN_VALIDATION:
                     continue
                 tr, vi = np.flatnonzero(~val), np.flatnonzero(both)
-                knn, w = self._fit_parts([texts[i] for i in tr], emb[tr], quality[tr], needed=candidates)
-                parts = self._parts(knn, w, [texts[i] for i in vi], emb[vi].astype(np.float64), candidates)
+                knn, w = self._fit_parts([texts[i] for i in tr], emb[tr], quality[tr], needed=candidates,
+                                         cache={k: v[tr] for k, v in cache.items()})
+                parts = self._parts(knn, w, [texts[i] for i in vi], emb[vi].astype(np.float64), candidates,
+                                    cache={k: v[vi] for k, v in cache.items()})
                 splits.append(([parts[c][:, si] - parts[c][:, wi] for c in candidates], quality[vi, si], quality[vi, wi]))
             if splits and candidates:
                 grid = selection.simplex_grid(len(candidates))
@@ -277,21 +282,23 @@ class EnsembleRouter(EmbeddingRouter):
                                        for i, c in enumerate(candidates)},
                 }
             self.selection["blend"] = {c: float(b) for c, b in zip(COMPONENTS, blend)}
-            knn, w = self._fit_parts(texts, emb, quality, needed=[c for c, b in zip(COMPONENTS, blend) if b > 0])
+            knn, w = self._fit_parts(texts, emb, quality, needed=[c for c, b in zip(COMPONENTS, blend) if b > 0],
+                                     cache=cache)
         self.knn = knn
         w["blend"] = blend
         self.w = w
         return self
 
     def _fit_parts(self, texts: list[str], emb: np.ndarray, quality: np.ndarray,
-                   needed: Sequence[str] = COMPONENTS) -> tuple[KnnRouter, dict]:
+                   needed: Sequence[str] = COMPONENTS, cache: dict | None = None) -> tuple[KnnRouter, dict]:
         """Fit the components in `needed` (the kNN part always: it is cheap) on one set of
         prompts; returns (knn router, arrays of the others)."""
         from sklearn.decomposition import PCA
 
         knn = KnnRouter(self.models, self.strong_model, self.weak_model, self._knn_params(), embedder=self.embedder)
         knn.use_weights(emb.astype(np.float32), quality.astype(np.float32))
-        feats = feature_matrix(texts)
+        cache = cache or {}
+        feats = cache["feats"] if "feats" in cache else feature_matrix(texts)
         n_models = len(self.models)
         w: dict[str, np.ndarray] = {}
         targets = []
@@ -319,7 +326,7 @@ class EnsembleRouter(EmbeddingRouter):
         if "linear" in needed:
             linear_part("lin", _linear_inputs(emb, feats), float(self.params["linear_c"]))
         if "style" in needed:
-            linear_part("sty", _style_inputs(texts, feats), float(self.params["style_c"]))
+            linear_part("sty", _style_inputs(texts, feats, cache.get("style")), float(self.params["style_c"]))
         if "gbt" in needed:
             n_pc = min(int(self.params["gbt_pca"]), len(texts), emb.shape[1])
             if n_pc > 0:
@@ -430,10 +437,11 @@ class EnsembleRouter(EmbeddingRouter):
         return self._tree_logits_of(self.w, x, len(self.models))
 
     def _parts(self, knn: KnnRouter, w: dict, prompts: list[str], emb: np.ndarray,
-               which: Sequence[str]) -> dict[str, np.ndarray]:
+               which: Sequence[str], cache: dict | None = None) -> dict[str, np.ndarray]:
         """Each component in `which` (and fitted)'s (n_prompts, n_models) predicted quality."""
         out: dict[str, np.ndarray] = {}
-        feats = feature_matrix(prompts)
+        cache = cache or {}
+        feats = cache["feats"] if "feats" in cache else feature_matrix(prompts)
 
         def lin(prefix, x):
             return _sigmoid(((x - w[f"{prefix}_mean"]) / w[f"{prefix}_scale"]) @ w[f"{prefix}_coef"].T
@@ -447,7 +455,7 @@ class EnsembleRouter(EmbeddingRouter):
             tree_x = np.hstack([feats, (emb - w["pca_mean"]) @ w["pca_components"].T])
             out["gbt"] = _sigmoid(self._tree_logits_of(w, tree_x, len(self.models)))
         if "style" in which and "sty_coef" in w:
-            out["style"] = lin("sty", _style_inputs(prompts, feats))
+            out["style"] = lin("sty", _style_inputs(prompts, feats, cache.get("style")))
         if "lexical" in which and "lex_coef" in w:
             x = _tfidf(_hashed_counts(prompts, len(w["lex_idf"])), w["lex_idf"])
             out["lexical"] = _sigmoid(np.asarray(x @ w["lex_coef"].T.astype(np.float64)) + w["lex_intercept"])
