@@ -1,7 +1,8 @@
-"""Ensemble router: kNN + logistic regression + gradient-boosted trees, averaged.
+"""Ensemble router: a weighted mean of per-model quality predictors, weights chosen in fit.
 
-Three per-model quality predictors over the MiniLM prompt embedding and a few cheap
-features of the prompt text (`prompt_features`), each trained on every label a model has:
+Five per-model quality predictors over the MiniLM prompt embedding and cheap features of
+the prompt text (`prompt_features`, `style_features`), each trained on every label a
+model has (by default `select_components` lets only knn, linear and style compete):
 
 * ``knn``: the kNN router (`KnnRouter`, its default params), unchanged;
 * ``linear``: L2-regularised logistic regression on [standardised embedding, text
@@ -9,8 +10,7 @@ features of the prompt text (`prompt_features`), each trained on every label a m
   length/number-count signal differ between multiple-choice questions and free-form
   problems such as math word problems, where more numbers and sentences mean more steps);
 * ``gbt``: histogram gradient-boosted trees on [text features, first `gbt_pca` principal
-  components of the embedding].
-
+  components of the embedding];
 * ``style``: logistic regression on question-form features that carry across topics
   (`style_features`: "NOT/EXCEPT", "Statement 1 | Statement 2", "which of the
   following", computation verbs, maths notation, option lengths, digits in the options);
@@ -37,7 +37,8 @@ safetensors file of plain arrays: the trees are stored as flattened node tables 
 evaluated in numpy (no pickle), all trees of a model at once, so single-prompt calls stay
 cheap. scikit-learn is used for fitting only.
 
-5-fold cross-validated APGR on the bundled RouteLLM labels: see benchmark_scripts/router_quality.py.
+Cross-fit and leave-subject-out APGR on the bundled RouteLLM labels: README and
+benchmark_scripts/router_quality.py.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 class EnsembleRouter(EmbeddingRouter):
     kind = "ensemble"
     # Component settings are fixed, conventional values (C=0.01 for ~400 standardised
-    # dense inputs, C=1 for unit-norm TF-IDF rows; few large leaves, shrinkage 0.05, 200
+    # dense inputs, C=0.1 for the few style inputs, C=1 for unit-norm TF-IDF rows; few large leaves, shrinkage 0.05, 200
     # rounds for the trees); what is chosen from data is the blend, inside fit, on a
     # validation split of the training labels only (see the module docstring).
     DEFAULT_PARAMS = {

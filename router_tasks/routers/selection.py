@@ -76,18 +76,3 @@ def simplex_grid(n: int, step: float = 0.25) -> np.ndarray:
 
     rec([], m, n)
     return np.asarray(out, dtype=np.float64) / m
-
-
-def best_blend(parts: list[np.ndarray], strong_q: np.ndarray, weak_q: np.ndarray,
-               step: float = 0.25) -> tuple[np.ndarray, float]:
-    """(weights, validation APGR) of the simplex-grid blend of `parts` (each the predicted
-    strong-weak gap per validation prompt) with the best exact APGR; ties go to the
-    grid's first (the earlier components' weight highest)."""
-    grid = simplex_grid(len(parts), step)
-    stack = np.vstack(parts)
-    best_w, best = grid[0], -np.inf
-    for w in grid:
-        a = exact_apgr(w @ stack, strong_q, weak_q)
-        if a > best + 1e-9:
-            best_w, best = w, a
-    return best_w, float(best)
