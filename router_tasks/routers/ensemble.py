@@ -248,13 +248,15 @@ class EnsembleRouter(EmbeddingRouter):
         texts = prompts["prompt"].tolist()
         emb = self.embed(texts)
         cache = {"feats": feature_matrix(texts), "style": style_matrix(texts)}  # computed once per fit
-        si, wi = self.models.index(self.strong_model), self.models.index(self.weak_model)
+        can_select = bool(self.params["select"]) and {self.strong_model, self.weak_model} <= set(self.models) \
+            and self.strong_model != self.weak_model
+        si, wi = (self.models.index(self.strong_model), self.models.index(self.weak_model)) if can_select else (0, 0)
         blend = np.asarray(FALLBACK_BLEND)
         self.selection = {"selected": False}
         with threadpool_limits(1):
             candidates = [c for c in COMPONENTS if c in self.params["select_components"]]
             splits = []
-            for r in range(int(self.params["select_repeats"]) if self.params["select"] else 0):
+            for r in range(int(self.params["select_repeats"]) if can_select else 0):
                 # several cluster splits: one 25% split of a few topics is a noisy judge
                 val = selection.cluster_split(emb, float(self.params["select_share"]),
                                               int(self.params["select_clusters"]), int(self.params["seed"]) + r)
