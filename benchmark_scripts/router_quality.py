@@ -1,39 +1,43 @@
-"""Router quality (5-fold cross-validated APGR / CPT) and speed on the bundled RouteLLM data.
+"""Router quality (cross-fit and leave-group-out APGR / CPT) and speed on the bundled RouteLLM data.
 
-    .venv/bin/python benchmark_scripts/router_quality.py                      # the full run (~1 min on 2 cores)
+    .venv/bin/python benchmark_scripts/router_quality.py                      # the full run
     .venv/bin/python benchmark_scripts/router_quality.py --max-prompts 1000   # quick check
-    .venv/bin/python benchmark_scripts/router_quality.py --routers knn mf --folds 10
-    .venv/bin/python benchmark_scripts/router_quality.py --routers ensemble
+    .venv/bin/python benchmark_scripts/router_quality.py --routers knn ensemble --artifact-root /tmp/rq
 
-`ensemble` (kNN + logistic regression + gradient-boosted trees on MiniLM embeddings and
-prompt-text features, `router_tasks.routers.ensemble`) is registered here if the registry
-does not list it yet.
+Quality is measured by the product's own cross-fit (`router_tasks.evaluation.crossfit`,
+the code behind `tela evaluate --protocol crossfit|leave-group-out`), not by a copy of it:
 
-Quality (issue 5): every decontaminated MMLU and GSM8K prompt is dealt into k folds by
-prompt id (`crossfit.assign_folds`, over the union of both benchmarks' prompts). For each
-fold a fresh router (`make_router` with its default params) is fit in-process on the
-labels of BOTH benchmarks' other folds (gpt-4-1106-preview and Mixtral-8x7B correctness,
-all decontaminated prompts: the folds replace the fixed 20% evaluation holdout) and
-scores the held-out fold with `strong_win_rate`. The per-prompt scores of the k folds
-are stitched into one score per prompt and `metrics.summarize` gives APGR and CPT(50%)
-per benchmark in RouteLLM's mode (10 quantile thresholds, trapezoid AUC, np.interp).
+1. one labels artifact: GPT-4-1106 and Mixtral-8x7B correctness on every decontaminated
+   MMLU and GSM8K prompt (`crossfit.benchmark_labels`);
+2. per router kind, the train stage fits its default recipe on those labels;
+3. `crossfit_evaluate` retrains that recipe per fold and scores what each fold held out:
+   - *cross-fit* (MMLU, GSM8K): 5 folds by prompt;
+   - *leave-group-out*: MMLU 5 folds by subject (no subject both trained on and scored),
+     GSM8K held out whole (trained on MMLU only), MT-Bench held out whole (transfer).
+   Settings a router chooses from data (the ensemble's blend) are chosen inside each
+   fold's training labels (`router_tasks.routers.selection`): nested, never on the scored
+   prompts.
 
-Speed: each router is fit once on all labels (training time, embeddings served from the
-packaged seed cache, so no MiniLM forward pass is timed), then scores prompts with their
-embeddings precomputed (a dict lookup stands in for the embedder): one batch of 2,000
-prompts (median of 5 runs), and 200 calls of one prompt each. Speed figures move with
-the machine's load: the load average is printed with them.
+Every stage is an artifact under --artifact-root (a temporary folder by default), so a
+re-run with the same root reuses all of it; the same figures come from the CLI with
+`tela evaluate --router <train artifact> --benchmark mmlu --protocol leave-group-out
+--output DIR` on a router trained on the same labels (the script prints its keys).
 
-Nothing is written to disk; the script prints two Markdown tables.
+Speed: each router is fit once on all labels in-process (training time, embeddings
+served from the packaged seed cache), then scores prompts with their embeddings
+precomputed: one batch of 2,000 prompts (median of 5 runs), and 200 calls of one prompt
+each. Speed figures move with the machine's load: the load average is printed with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,43 +48,62 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import pandas as pd
 
+from router_tasks.core.stage import ArtifactRef, load_table, run_stage
+from router_tasks.core.store import ArtifactStore
 from router_tasks.data import routellm as bm
-from router_tasks.evaluation import metrics as mx
-from router_tasks.evaluation.crossfit import assign_folds
-from router_tasks.routers.embeddings import Embedder
+from router_tasks.evaluation.crossfit import benchmark_labels, crossfit_evaluate
 from router_tasks.routers import EmbeddingRouter, make_router
+from router_tasks.routers.embeddings import Embedder
+from router_tasks.routers.train import train_router
 
-BENCHES = ("mmlu", "gsm8k")
+TRAIN_BENCHES = ("mmlu", "gsm8k")
+#: (column title, benchmark, protocol)
+RUNS = (
+    ("MMLU cross-fit", "mmlu", "crossfit"),
+    ("GSM8K cross-fit", "gsm8k", "crossfit"),
+    ("MMLU leave-subject-out", "mmlu", "leave-group-out"),
+    ("GSM8K held out", "gsm8k", "leave-group-out"),
+    ("MT-Bench transfer", "mt-bench", "leave-group-out"),
+)
 ROUTER_TYPES = ("random", "knn", "mf", "ensemble")
 #: RouteLLM paper's best APGR (GPT-4 vs Mixtral), for reference only: not measured here
 PUBLISHED_APGR = {"mmlu": 0.603, "gsm8k": 0.622}
 BATCH_N, SINGLE_N = 2000, 200
 
 
-def all_labels(max_prompts: int | None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(long labels of both benchmarks over all decontaminated prompts, per-benchmark tables)."""
-    tables, parts = {}, []
-    for name in BENCHES:
-        b = bm.get_benchmark(name)
-        table = b.table(bm.STRONG_MODEL, bm.WEAK_MODEL, split="all")
+def labels_artifact(store: ArtifactStore, max_prompts: int | None) -> tuple[dict, pd.DataFrame]:
+    """The labels artifact every router trains on, and its table."""
+    models = [bm.STRONG_MODEL, bm.WEAK_MODEL]
+    parts = []
+    for name in TRAIN_BENCHES:
+        table = bm.get_benchmark(name).table(*models, split="all")
         if max_prompts is not None and len(table) > max_prompts:
-            table = table.sort_values("prompt_id").head(max_prompts).reset_index(drop=True)
-        tables[name] = table
-        long = b.quality(decontaminate=True)
-        long = long[long["prompt_id"].isin(set(table["prompt_id"]))]
-        parts.append(
-            pd.DataFrame(
-                {
-                    "prompt_id": long["prompt_id"].astype(str),
-                    "prompt": long["prompt"].astype(str),
-                    "model": long["model"].astype(str),
-                    "quality": long["quality"].astype(float),
-                    "benchmark": name,
-                }
-            )
-        )
+            table = table.sort_values("prompt_id").head(max_prompts)
+        parts.append(benchmark_labels(name, table["prompt_id"], models))
     labels = pd.concat(parts, ignore_index=True)
-    return labels, tables
+    ref = run_stage("benchmark_labels", "1", lambda ctx: ctx.write_table(labels),
+                    config={"benchmarks": list(TRAIN_BENCHES), "max_prompts": max_prompts,
+                            "data": bm.data_fingerprint()}, store=store)
+    return ref, labels
+
+
+def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed: int, max_prompts: int | None,
+            runs=RUNS) -> dict:
+    router = train_router(labels_ref, router_type=kind, artifact_root=store.root)
+    out = {"train_key": router["key"]}
+    for title, bench, protocol in runs:
+        t0 = time.perf_counter()
+        cf = crossfit_evaluate(router, bench, folds=folds, seed=seed, protocol=protocol,
+                               max_prompts=max_prompts, artifact_root=store.root)
+        row = load_table(cf, store).iloc[0].to_dict()
+        row["seconds"] = time.perf_counter() - t0
+        row["key"] = cf["key"]
+        if kind == "ensemble":  # what each fold's nested selection chose
+            fkeys = store.read_parquet(f"{ArtifactRef.of(cf).key}/folds.parquet")["train_key"]
+            row["blends"] = [json.loads(store.read_bytes(f"{k}/ensemble_selection.json")) for k in fkeys]
+        out[title] = row
+        logging.info("%s %s: APGR %.3f (%.0f s)", kind, title, row["apgr"], row["seconds"])
+    return out
 
 
 def new_router(kind: str, models: list[str]):
@@ -88,38 +111,6 @@ def new_router(kind: str, models: list[str]):
     if isinstance(router, EmbeddingRouter):
         router.embedder = Embedder()  # in-memory cache, seeded with the packaged benchmark vectors
     return router
-
-
-def crossval(kind: str, labels: pd.DataFrame, tables: dict, fold_of: pd.Series, folds: int) -> dict:
-    """Stitched out-of-fold scores per benchmark -> summarize() per benchmark."""
-    models = sorted(labels["model"].unique())
-    label_fold = labels["prompt_id"].map(fold_of).to_numpy()
-    scores = {name: np.full(len(t), np.nan) for name, t in tables.items()}
-    table_fold = {name: t["prompt_id"].map(fold_of).to_numpy() for name, t in tables.items()}
-    fit_s = score_s = 0.0
-    for f in range(folds):
-        train = labels[label_fold != f]
-        router = new_router(kind, models)
-        t0 = time.perf_counter()
-        router.fit(train)
-        fit_s += time.perf_counter() - t0
-        trained = set(train["prompt_id"])
-        for name, t in tables.items():
-            idx = np.flatnonzero(table_fold[name] == f)
-            held = t.iloc[idx]
-            leak = trained & set(held["prompt_id"])
-            if leak:  # cannot happen with a correct split; asserted, not assumed
-                raise RuntimeError(f"{kind} fold {f}: trained on {len(leak)} prompts it scores ({name})")
-            t0 = time.perf_counter()
-            scores[name][idx] = router.strong_win_rate(held["prompt"].tolist())
-            score_s += time.perf_counter() - t0
-    out = {"fit_s": fit_s, "score_s": score_s}
-    for name, t in tables.items():
-        if np.isnan(scores[name]).any():
-            raise RuntimeError(f"{kind}: {int(np.isnan(scores[name]).sum())} {name} prompts were never scored")
-        s = mx.summarize(scores[name], t["strong_quality"], t["weak_quality"])
-        out[name] = {"n": s["n"], **s["routellm"], "exact_apgr": s["exact"]["apgr"]}
-    return out
 
 
 class PrecomputedEmbedder:
@@ -168,6 +159,9 @@ def main(argv=None) -> int:
     ap.add_argument("--routers", nargs="+", default=list(ROUTER_TYPES), choices=list(ROUTER_TYPES))
     ap.add_argument("--max-prompts", type=int, default=None, help="per benchmark: the first N prompts by id (quick check)")
     ap.add_argument("--seed", type=int, default=0, help="fold assignment salt")
+    ap.add_argument("--artifact-root", help="keep (and reuse) the artifacts here; default: a temporary folder")
+    ap.add_argument("--runs", nargs="+", type=int, help="only these columns (0-based, in table order); separate "
+                    "processes on one --artifact-root can split a long run and a last plain run prints it all")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -176,52 +170,56 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     cpus = os.cpu_count()
     started = time.perf_counter()
-    labels, tables = all_labels(args.max_prompts)
-    all_ids = pd.unique(pd.concat([t["prompt_id"] for t in tables.values()]))
-    fold_of = assign_folds(all_ids, args.folds, args.seed)
-    # warm the packaged-vector cache once so no router pays for reading it
-    t0 = time.perf_counter()
-    Embedder()(tables[BENCHES[0]]["prompt"].head(1).tolist())
-    seed_s = time.perf_counter() - t0
+    tmp = None
+    if args.artifact_root is None:
+        tmp = tempfile.TemporaryDirectory(prefix="tela-router-quality-")
+        args.artifact_root = tmp.name
+    store = ArtifactStore(args.artifact_root)
+    labels_ref, labels = labels_artifact(store, args.max_prompts)
     print(f"# Router quality and speed ({platform.node()}, {cpus} CPUs, load average at start "
           f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f})")
     print(f"labels: {len(labels)} rows, {labels['prompt_id'].nunique()} prompts "
-          + ", ".join(f"{n} {len(t)}" for n, t in tables.items())
-          + f"; {args.folds} folds by prompt (seed {args.seed}); packaged vectors loaded in {seed_s:.1f} s")
+          + ", ".join(f"{b} {n}" for b, n in labels.drop_duplicates("prompt_id")["benchmark"].value_counts().items())
+          + f"; {args.folds} folds (seed {args.seed}); artifacts in {store.root}")
 
+    runs = [RUNS[i] for i in args.runs] if args.runs else list(RUNS)
     results = {}
     for kind in args.routers:
         t0 = time.perf_counter()
-        results[kind] = crossval(kind, labels, tables, fold_of, args.folds)
-        r = results[kind]
-        print(f"  {kind}: cross-validated in {time.perf_counter() - t0:.1f} s "
-              f"(fit {r['fit_s']:.1f} s, score {r['score_s']:.1f} s)", flush=True)
+        results[kind] = quality(kind, labels_ref, store, args.folds, args.seed, args.max_prompts, runs)
+        print(f"  {kind}: {time.perf_counter() - t0:.0f} s (train artifact {results[kind]['train_key']})", flush=True)
 
+    titles = [t for t, _, _ in runs]
     print()
-    print(f"## {args.folds}-fold cross-validated routing quality (RouteLLM mode; GPT-4-1106 vs Mixtral-8x7B)")
+    print("## Routing quality, APGR (RouteLLM mode; exact curve in brackets; GPT-4-1106 vs Mixtral-8x7B)")
     print()
-    print("| router | MMLU APGR | MMLU CPT50 | GSM8K APGR | GSM8K CPT50 |")
-    print("|---|---|---|---|---|")
+    print("| router | " + " | ".join(titles) + " |")
+    print("|---|" + "---|" * len(titles))
     for kind, r in results.items():
-        cells = []
-        for name in BENCHES:
-            cells += [f"{r[name]['apgr']:.3f}", f"{r[name]['cpt50']:.1%}"]
-        print(f"| {kind} | " + " | ".join(cells) + " |")
-    print(f"| RouteLLM best (published, not measured here) | {PUBLISHED_APGR['mmlu']:.3f} | - | "
-          f"{PUBLISHED_APGR['gsm8k']:.3f} | - |")
+        print(f"| {kind} | " + " | ".join(f"{r[t]['apgr']:.3f} ({r[t]['apgr_exact']:.3f})" for t in titles) + " |")
     print()
+    print("| router | " + " | ".join(f"{t} CPT50" for t in titles) + " |")
+    print("|---|" + "---|" * len(titles))
+    for kind, r in results.items():
+        print(f"| {kind} | " + " | ".join(f"{r[t]['cpt50']:.1%}" for t in titles) + " |")
     any_r = next(iter(results.values()), None)
     if any_r:
-        for name in BENCHES:
-            s = any_r[name]
-            print(f"- {name}: n={s['n']}, random baseline APGR {s['random_apgr']:.3f} (10 seeds), "
-                  f"oracle APGR {s['oracle_apgr']:.3f}")
-        print("- exact-curve APGR: " + "; ".join(
-            f"{k} " + " / ".join(f"{r[n]['exact_apgr']:.3f}" for n in BENCHES) for k, r in results.items()
-        ) + " (MMLU / GSM8K)")
+        print()
+        for t in titles:
+            s = any_r[t]
+            print(f"- {t}: n={s['n_prompts']}, random APGR {s['random_apgr']:.3f} (10 seeds), oracle {s['oracle_apgr']:.3f}")
+        print(f"- RouteLLM best (published, per-prompt splits, not measured here): MMLU {PUBLISHED_APGR['mmlu']:.3f}, "
+              f"GSM8K {PUBLISHED_APGR['gsm8k']:.3f}")
+    if "ensemble" in results:
+        print()
+        print("Ensemble blend chosen inside each fold (knn / linear / gbt / style / lexical):")
+        for t in titles:
+            blends = ["/".join(f"{b['blend'][c]:.2f}" for c in ("knn", "linear", "gbt", "style", "lexical"))
+                      + ("" if b.get("selected") else " (fallback)") for b in results["ensemble"][t]["blends"]]
+            print(f"- {t}: " + "; ".join(blends))
 
     if not args.skip_speed:
-        prompts = pd.concat([t["prompt"] for t in tables.values()]).drop_duplicates()
+        prompts = labels.drop_duplicates("prompt_id")["prompt"]
         prompts = prompts.sample(frac=1.0, random_state=0).tolist()  # mix MMLU and GSM8K
         pre = PrecomputedEmbedder(prompts, Embedder()(prompts))
         rows = {kind: speed(kind, labels, prompts, pre) for kind in args.routers}
@@ -239,6 +237,8 @@ def main(argv=None) -> int:
     print()
     print(f"total {time.perf_counter() - started:.0f} s; load average at end {end_load[0]:.2f} / "
           f"{end_load[1]:.2f} / {end_load[2]:.2f}")
+    if tmp is not None:
+        tmp.cleanup()
     return 0
 
 

@@ -271,7 +271,8 @@ def _evaluate_args(s):
     s.add_argument("--router-types", default="knn", help="zeroeval-*: router kinds to cross-fit, e.g. knn,mf,ensemble")
     s.add_argument("--prices", help="zeroeval-*: prices.json-shaped file (default: the bundled one)")
     s.add_argument("--no-cascades", action="store_true", help="zeroeval-*: one call per prompt only")
-    s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit"], help="default: the benchmark's own")
+    s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit", "leave-group-out"],
+                   help="default: the benchmark's own; leave-group-out: folds by MMLU subject, other benchmarks held out whole")
     s.add_argument("--folds", type=int, default=5, help="cross-fit folds")
     s.add_argument("--max-prompts", type=int, help="cap evaluated prompts (quick runs)")
     s.add_argument("--output", help="folder (or s3:// prefix) for metrics.json, scores.parquet, plot.png")

@@ -499,9 +499,11 @@ def render_report(report: dict, rows: list[dict], *, data_fingerprint: str, labe
         f"- trained on labels `{labels.get('labels_key', '?')}` (fingerprint `{labels.get('labels_fingerprint', '?')}`), "
         f"{router['n_train_prompts']} prompts; none of them is scored below (checked)",
         f"- benchmark data fingerprint `{data_fingerprint}`; holdout: {report['holdout']}",
-        "- protocols: *holdout* = a fixed split by prompt id that training never sees; *crossfit* = k folds by "
-        "prompt, each scored by the router's recipe retrained without it; *transfer* = a benchmark the router "
-        "never trains on (decontaminated)",
+        "- protocols: *holdout* = the fixed evaluation split the labels stage never trains on; "
+        "*transfer* = a benchmark the router never trains on (decontaminated); "
+        "*crossfit* = k folds by prompt, the router's recipe retrained without each scored fold; "
+        "*leave-group-out* = folds by group (MMLU subject, task), no group both trained on and scored "
+        "(`tela evaluate --protocol crossfit|leave-group-out --output DIR`)",
         "",
         "| benchmark | protocol | prompts | APGR | AUC | CPT(20%) | CPT(50%) | CPT(80%) | random APGR | oracle APGR | APGR exact |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -35,22 +35,23 @@ def evaluate_to_dir(
     benchmark, protocol and artifact ref), `scores.parquet` (prompt, strong_win_rate, then
     prompt_id, both models' quality and, for cross-fit, fold) and `plot.png`.
     `router`: "champion", a train ref dict (or its JSON), key or URI. `protocol`:
-    "transfer", "holdout", "crossfit", or None for the benchmark's own. Returns
+    "transfer", "holdout", "crossfit", "leave-group-out", or None for the benchmark's own. Returns
     {"output_dir", "files", "artifact", "metrics"} (metrics: the data.parquet row).
     """
     from router_tasks.routers import resolve_router_key
     from router_tasks.core.stage import load_table, resolve_ref
 
     bm.iter_benchmarks([benchmark])
-    if protocol not in (None, "crossfit", *PROTOCOLS):
-        raise ValueError(f"unknown protocol {protocol!r}; expected 'transfer', 'holdout' or 'crossfit'")
+    if protocol not in (None, "crossfit", "leave-group-out", *PROTOCOLS):
+        raise ValueError(f"unknown protocol {protocol!r}; expected 'transfer', 'holdout', 'crossfit' or 'leave-group-out'")
     store, key = resolve_router_key(router, ArtifactStore(artifact_root))
     router_ref = resolve_ref(key, store)  # artifacts go beside the router they evaluate
-    if protocol == "crossfit":
+    if protocol in ("crossfit", "leave-group-out"):
         from router_tasks.evaluation.crossfit import crossfit_evaluate
 
         ref = crossfit_evaluate(router_ref, benchmark, folds=folds, num_results=num_results,
-                                random_seeds=random_seeds, max_prompts=max_prompts, artifact_root=store.root)
+                                random_seeds=random_seeds, max_prompts=max_prompts, artifact_root=store.root,
+                                protocol=protocol)
     else:
         try:
             ref = evaluate_router(router_ref, benchmarks=[benchmark], num_results=num_results,

@@ -1,7 +1,8 @@
-"""Ensemble router: kNN + logistic regression + gradient-boosted trees, averaged.
+"""Ensemble router: a weighted mean of per-model quality predictors, weights chosen in fit.
 
-Three per-model quality predictors over the MiniLM prompt embedding and a few cheap
-features of the prompt text (`prompt_features`), each trained on every label a model has:
+Five per-model quality predictors over the MiniLM prompt embedding and cheap features of
+the prompt text (`prompt_features`, `style_features`), each trained on every label a
+model has (by default `select_components` lets only knn, linear and style compete):
 
 * ``knn``: the kNN router (`KnnRouter`, its default params), unchanged;
 * ``linear``: L2-regularised logistic regression on [standardised embedding, text
@@ -9,26 +10,40 @@ features of the prompt text (`prompt_features`), each trained on every label a m
   length/number-count signal differ between multiple-choice questions and free-form
   problems such as math word problems, where more numbers and sentences mean more steps);
 * ``gbt``: histogram gradient-boosted trees on [text features, first `gbt_pca` principal
-  components of the embedding].
+  components of the embedding];
+* ``style``: logistic regression on question-form features that carry across topics
+  (`style_features`: "NOT/EXCEPT", "Statement 1 | Statement 2", "which of the
+  following", computation verbs, maths notation, option lengths, digits in the options);
+* ``lexical``: logistic regression on TF-IDF of word 1-2-grams (hashed, so the weights
+  are plain arrays and no vocabulary is stored).
 
-The predicted quality of a model is the plain mean of the three predictions (equal
-weights, not tuned), so the routing score is the mean of the three predicted gaps.
-The strong model is predicted like any other.
+The predicted quality of a model is a weighted mean of the components' predictions. The
+weights are chosen inside `fit`, on a validation split carved from the training labels
+only (`router_tasks.routers.selection`: whole k-means clusters of prompts held out, so a
+blend wins by generalising to topics it did not see), from a grid of weights in steps of
+0.25 (the mean exact APGR over `select_repeats` such splits decides); the components
+with weight are then refit on all the labels. Under cross-fit that is nested
+cross-validation: the weights never see the prompts they are scored on. With too few
+validation prompts (`selection.MIN_VALIDATION`) or `select` off, the fallback is the
+equal mean of knn, linear and gbt. The strong model is predicted like any other.
 
 Soft labels (judge scores mapped to [0, 1]) are fitted as two weighted rows (label 1 with
 weight q, label 0 with weight 1 - q); a model whose labels are all one class gets a
 constant prediction (its smoothed base rate) from the linear and tree parts.
 
-Everything is deterministic (lbfgs, fixed tree seed, no early stopping). Weights are one
+Everything is deterministic (lbfgs, fixed tree and k-means seeds, no early stopping);
+fitting runs with one BLAS/OpenMP thread (many threads on a busy machine thrash). Weights are one
 safetensors file of plain arrays: the trees are stored as flattened node tables and
 evaluated in numpy (no pickle), all trees of a model at once, so single-prompt calls stay
 cheap. scikit-learn is used for fitting only.
 
-5-fold cross-validated APGR on the bundled RouteLLM labels: see benchmark_scripts/router_quality.py.
+Cross-fit and leave-subject-out APGR on the bundled RouteLLM labels: README and
+benchmark_scripts/router_quality.py.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Sequence
 
@@ -39,7 +54,10 @@ from router_tasks.routers.common import EmbeddingRouter, label_matrix
 from router_tasks.routers.knn import KnnRouter
 
 WEIGHTS_FILE = "ensemble.safetensors"
-COMPONENTS = ("knn", "linear", "gbt")
+SELECTION_FILE = "ensemble_selection.json"
+COMPONENTS = ("knn", "linear", "gbt", "style", "lexical")
+#: blend when nothing is selected (and for weights saved before selection existed)
+FALLBACK_BLEND = (1 / 3, 1 / 3, 1 / 3, 0.0, 0.0)
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _SENTENCE_END = re.compile(r"[.?!]+(?:\s|$)")
@@ -79,12 +97,65 @@ def prompt_features(prompt: str) -> list[float]:
     ]
 
 
+_STYLE = [re.compile(p, re.I) for p in (
+    r"\b(?:NOT|EXCEPT|LEAST|FALSE)\b", r"Statement 1", r"which of the following", r"\\\w|\$\$|\^\d",
+    r"\b(?:calculate|compute|how many|how much|what is the value|find the|solve)\b",
+    r"\b(?:True|False)\b", r"\b(?:because|therefore|since)\b",
+)]
+STYLE_NAMES = (
+    "has_negation", "has_statement_pair", "has_which_following", "has_math_notation", "has_computation",
+    "has_true_false", "has_reasoning_word", "log_option_chars", "option_digit_share", "log_digits",
+    "log_capitals", "log_lines",
+)
+_OPTION = re.compile(r"^\s*[A-D][.)]\s")
+
+
+def style_features(prompt: str) -> list[float]:
+    """Question-form features that do not name a topic (see the module docstring)."""
+    lines = [ln for ln in prompt.split("\n") if ln.strip()]
+    options = [ln for ln in lines if _OPTION.match(ln)]
+    return [float(bool(p.search(prompt))) for p in _STYLE] + [
+        float(np.log1p(np.mean([len(o) for o in options]))) if options else 0.0,
+        float(np.mean([any(c.isdigit() for c in o) for o in options])) if options else 0.0,
+        float(np.log1p(sum(c.isdigit() for c in prompt))),
+        float(np.log1p(sum(c.isupper() for c in prompt))),
+        float(np.log1p(len(lines))),
+    ]
+
+
+def style_matrix(prompts: Sequence[str]) -> np.ndarray:
+    return np.asarray([style_features(p) for p in prompts], dtype=np.float64).reshape(len(prompts), len(STYLE_NAMES))
+
+
+def _hashed_counts(prompts: Sequence[str], n_features: int):
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    hv = HashingVectorizer(n_features=int(n_features), ngram_range=(1, 2), alternate_sign=False, norm=None)
+    x = hv.transform(list(prompts)).tocsr().astype(np.float64)
+    x.data = 1.0 + np.log(x.data)  # sublinear term frequency
+    return x
+
+
+def _tfidf(x, idf: np.ndarray):
+    from sklearn.preprocessing import normalize
+
+    return normalize(x.multiply(idf.reshape(1, -1)).tocsr())
+
+
 def feature_matrix(prompts: Sequence[str]) -> np.ndarray:
     return np.asarray([prompt_features(p) for p in prompts], dtype=np.float64).reshape(len(prompts), len(FEATURE_NAMES))
 
 
 def _linear_inputs(emb: np.ndarray, feats: np.ndarray) -> np.ndarray:
     return np.hstack([emb.astype(np.float64), feats, feats * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
+
+
+def _style_inputs(prompts: Sequence[str], feats: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
+    """[text features, style features x has-choices]: the question-form features speak
+    about multiple-choice questions only, so free-form prompts (chat, writing) are judged
+    on the plain text features alone."""
+    style = style_matrix(prompts) if style is None else style
+    return np.hstack([feats, style * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
 
 
 def _binary_rows(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,11 +181,10 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 class EnsembleRouter(EmbeddingRouter):
     kind = "ensemble"
-    # The kNN part uses KnnRouter's defaults; C=0.01 and the tree settings are common
-    # conservative defaults for ~10k rows (few leaves, large leaves, shrinkage 0.05, 200
-    # rounds). Not tuned per fold, but picked after comparing about a dozen variants on the
-    # benchmark's seed-0 folds (no nested CV): the result held on fold seeds 1 and 2, which
-    # played no part in the choice. Expect some selection optimism in the reported APGR.
+    # Component settings are fixed, conventional values (C=0.01 for ~400 standardised
+    # dense inputs, C=0.1 for the few style inputs, C=1 for unit-norm TF-IDF rows; few large leaves, shrinkage 0.05, 200
+    # rounds for the trees); what is chosen from data is the blend, inside fit, on a
+    # validation split of the training labels only (see the module docstring).
     DEFAULT_PARAMS = {
         "knn_k": 200,
         "knn_temperature": 0.2,
@@ -126,6 +196,17 @@ class EnsembleRouter(EmbeddingRouter):
         "gbt_max_leaf_nodes": 15,
         "gbt_min_samples_leaf": 40,
         "gbt_l2": 1.0,
+        "style_c": 0.1,
+        "lexical_features": 2**17,
+        "lexical_c": 1.0,
+        "select": True,
+        "select_share": 0.25,
+        "select_clusters": 20,
+        "select_repeats": 2,
+        # the trees and the TF-IDF part are left out of the choice by default: they are the
+        # slow ones to fit (several minutes per fit on two busy cores with the TF-IDF part),
+        # and neither earned weight in small trial runs; listing them puts them back
+        "select_components": ["knn", "linear", "style"],
         "seed": 0,
     }
 
@@ -134,10 +215,14 @@ class EnsembleRouter(EmbeddingRouter):
         p = self.params
         if float(p["linear_c"]) <= 0:
             raise ValueError(f"ensemble router: linear_c must be > 0, got {p['linear_c']}")
+        unknown = set(p["select_components"]) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"ensemble router: unknown select_components {sorted(unknown)}; known: {list(COMPONENTS)}")
         if int(p["gbt_pca"]) < 0 or int(p["gbt_rounds"]) < 0:
             raise ValueError("ensemble router: gbt_pca and gbt_rounds must be >= 0")
         self.knn = KnnRouter(models, strong_model, weak_model, self._knn_params(), embedder=embedder)
-        self.w: dict[str, np.ndarray] | None = None  # linear + tree weights, see fit()
+        self.w: dict[str, np.ndarray] | None = None  # component weights and the blend, see fit()
+        self.selection: dict = {}  # what fit chose, on which validation split
 
     def _knn_params(self) -> dict:
         return {"k": self.params["knn_k"], "temperature": self.params["knn_temperature"],
@@ -152,58 +237,130 @@ class EnsembleRouter(EmbeddingRouter):
     # ---- training ---------------------------------------------------------------
 
     def fit(self, labels: pd.DataFrame) -> "EnsembleRouter":
-        from sklearn.decomposition import PCA
+        from threadpoolctl import threadpool_limits
+
+        from router_tasks.routers import selection
 
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
             raise ValueError("ensemble router: no labelled prompts to train on")
         self.knn.embedder = self.embedder
-        self.knn.fit(labels)
         texts = prompts["prompt"].tolist()
         emb = self.embed(texts)
-        feats = feature_matrix(texts)
+        cache = {"feats": feature_matrix(texts), "style": style_matrix(texts)}  # computed once per fit
+        can_select = bool(self.params["select"]) and {self.strong_model, self.weak_model} <= set(self.models) \
+            and self.strong_model != self.weak_model
+        si, wi = (self.models.index(self.strong_model), self.models.index(self.weak_model)) if can_select else (0, 0)
+        blend = np.asarray(FALLBACK_BLEND)
+        self.selection = {"selected": False}
+        with threadpool_limits(1):
+            candidates = [c for c in COMPONENTS if c in self.params["select_components"]]
+            splits = []
+            for r in range(int(self.params["select_repeats"]) if can_select else 0):
+                # several cluster splits: one 25% split of a few topics is a noisy judge
+                val = selection.cluster_split(emb, float(self.params["select_share"]),
+                                              int(self.params["select_clusters"]), int(self.params["seed"]) + r)
+                both = val & ~np.isnan(quality[:, si]) & ~np.isnan(quality[:, wi])
+                if both.sum() < selection.MIN_VALIDATION or (~val).sum() < selection.MIN_VALIDATION:
+                    continue
+                tr, vi = np.flatnonzero(~val), np.flatnonzero(both)
+                knn, w = self._fit_parts([texts[i] for i in tr], emb[tr], quality[tr], needed=candidates,
+                                         cache={k: v[tr] for k, v in cache.items()})
+                parts = self._parts(knn, w, [texts[i] for i in vi], emb[vi].astype(np.float64), candidates,
+                                    cache={k: v[vi] for k, v in cache.items()})
+                splits.append(([parts[c][:, si] - parts[c][:, wi] for c in candidates], quality[vi, si], quality[vi, wi]))
+            if splits and candidates:
+                grid = selection.simplex_grid(len(candidates))
+                score = np.mean([[selection.exact_apgr(g @ np.vstack(gaps), s_q, w_q) for g in grid]
+                                 for gaps, s_q, w_q in splits], axis=0)
+                best = int(np.argmax(score))  # ties: the grid's first
+                blend = np.zeros(len(COMPONENTS))
+                for c, b in zip(candidates, grid[best]):
+                    blend[COMPONENTS.index(c)] = b
+                self.selection = {
+                    "selected": True, "splits": len(splits), "n_validation": [int(len(sq)) for _, sq, _ in splits],
+                    "validation_apgr": round(float(score[best]), 4),
+                    "component_apgr": {c: round(float(np.mean([selection.exact_apgr(gaps[i], s_q, w_q)
+                                                                for gaps, s_q, w_q in splits])), 4)
+                                       for i, c in enumerate(candidates)},
+                }
+            self.selection["blend"] = {c: float(b) for c, b in zip(COMPONENTS, blend)}
+            knn, w = self._fit_parts(texts, emb, quality, needed=[c for c, b in zip(COMPONENTS, blend) if b > 0],
+                                     cache=cache)
+        self.knn = knn
+        w["blend"] = blend
+        self.w = w
+        return self
+
+    def _fit_parts(self, texts: list[str], emb: np.ndarray, quality: np.ndarray,
+                   needed: Sequence[str] = COMPONENTS, cache: dict | None = None) -> tuple[KnnRouter, dict]:
+        """Fit the components in `needed` (the kNN part always: it is cheap) on one set of
+        prompts; returns (knn router, arrays of the others)."""
+        from sklearn.decomposition import PCA
+
+        knn = KnnRouter(self.models, self.strong_model, self.weak_model, self._knn_params(), embedder=self.embedder)
+        knn.use_weights(emb.astype(np.float32), quality.astype(np.float32))
+        cache = cache or {}
+        feats = cache["feats"] if "feats" in cache else feature_matrix(texts)
         n_models = len(self.models)
-
-        lin_x = _linear_inputs(emb, feats)
-        mean = lin_x.mean(axis=0)
-        scale = lin_x.std(axis=0)
-        scale = np.where(scale > 1e-12, scale, 1.0)
-        lin_x = (lin_x - mean) / scale
-
-        n_pc = min(int(self.params["gbt_pca"]), len(texts), emb.shape[1])
-        if n_pc > 0:
-            pca = PCA(n_pc, random_state=int(self.params["seed"])).fit(emb)
-            pca_mean, pca_comp = pca.mean_.astype(np.float64), pca.components_.astype(np.float64)
-        else:
-            pca_mean, pca_comp = np.zeros(emb.shape[1]), np.zeros((0, emb.shape[1]))
-        tree_x = np.hstack([feats, (emb - pca_mean) @ pca_comp.T])
-
-        coef = np.zeros((n_models, lin_x.shape[1]))
-        intercept = np.zeros(n_models)
-        trees = []
+        w: dict[str, np.ndarray] = {}
+        targets = []
         for j in range(n_models):
             has = np.flatnonzero(~np.isnan(quality[:, j]))
             y = quality[has, j]
             rows, target, weight = _binary_rows(y)
             base = _logit(float((y.sum() + 1.0) / (len(y) + 2.0))) if len(y) else 0.0
-            if len(np.unique(target)) < 2:  # nothing to separate: the smoothed base rate
-                intercept[j] = base
-                trees.append(self._constant_tree(base))
-                continue
-            coef[j], intercept[j] = self._fit_linear(lin_x[has][rows], target, weight)
-            trees.append(self._fit_trees(tree_x[has][rows], target, weight))
+            targets.append((has, rows, target, weight, base, len(np.unique(target)) >= 2))
 
-        self.w = {
-            "lin_mean": mean, "lin_scale": scale, "lin_coef": coef, "lin_intercept": intercept,
-            "pca_mean": pca_mean, "pca_components": pca_comp,
-            **self._pack_trees(trees),
-        }
-        return self
+        def linear_part(prefix: str, x: np.ndarray, c: float) -> None:
+            mean = x.mean(axis=0)
+            scale = x.std(axis=0)
+            scale = np.where(scale > 1e-12, scale, 1.0)
+            x = (x - mean) / scale
+            coef, intercept = np.zeros((n_models, x.shape[1])), np.zeros(n_models)
+            for j, (has, rows, target, weight, base, ok) in enumerate(targets):
+                if ok:
+                    coef[j], intercept[j] = self._fit_linear(x[has][rows], target, weight, c)
+                else:  # nothing to separate: the smoothed base rate
+                    intercept[j] = base
+            w.update({f"{prefix}_mean": mean, f"{prefix}_scale": scale, f"{prefix}_coef": coef,
+                      f"{prefix}_intercept": intercept})
 
-    def _fit_linear(self, x, y, w) -> tuple[np.ndarray, float]:
+        if "linear" in needed:
+            linear_part("lin", _linear_inputs(emb, feats), float(self.params["linear_c"]))
+        if "style" in needed:
+            linear_part("sty", _style_inputs(texts, feats, cache.get("style")), float(self.params["style_c"]))
+        if "gbt" in needed:
+            n_pc = min(int(self.params["gbt_pca"]), len(texts), emb.shape[1])
+            if n_pc > 0:
+                pca = PCA(n_pc, random_state=int(self.params["seed"])).fit(emb)
+                pca_mean, pca_comp = pca.mean_.astype(np.float64), pca.components_.astype(np.float64)
+            else:
+                pca_mean, pca_comp = np.zeros(emb.shape[1]), np.zeros((0, emb.shape[1]))
+            tree_x = np.hstack([feats, (emb - pca_mean) @ pca_comp.T])
+            trees = [self._fit_trees(tree_x[has][rows], target, weight) if ok else self._constant_tree(base)
+                     for has, rows, target, weight, base, ok in targets]
+            w.update({"pca_mean": pca_mean, "pca_components": pca_comp, **self._pack_trees(trees)})
+        if "lexical" in needed:
+            counts = _hashed_counts(texts, int(self.params["lexical_features"]))
+            df = np.bincount(counts.indices, minlength=counts.shape[1])
+            idf = np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0  # scikit-learn's smoothed idf
+            x = _tfidf(counts, idf)
+            coef, intercept = np.zeros((n_models, x.shape[1]), np.float32), np.zeros(n_models)
+            for j, (has, rows, target, weight, base, ok) in enumerate(targets):
+                if ok:
+                    cj, intercept[j] = self._fit_linear(x[has][rows], target, weight, float(self.params["lexical_c"]))
+                    coef[j] = cj
+                else:
+                    intercept[j] = base
+            w.update({"lex_idf": idf, "lex_coef": coef, "lex_intercept": intercept})
+        return knn, w
+
+    @staticmethod
+    def _fit_linear(x, y, w, c: float) -> tuple[np.ndarray, float]:
         from sklearn.linear_model import LogisticRegression
 
-        lr = LogisticRegression(C=float(self.params["linear_c"]), max_iter=2000).fit(x, y, sample_weight=w)
+        lr = LogisticRegression(C=c, max_iter=2000).fit(x, y, sample_weight=w)
         return lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
 
     def _fit_trees(self, x, y, w) -> dict:
@@ -263,9 +420,8 @@ class EnsembleRouter(EmbeddingRouter):
 
     # ---- scoring ----------------------------------------------------------------
 
-    def _tree_logits(self, x: np.ndarray) -> np.ndarray:
-        w = self.w
-        n_models = len(self.models)
+    @staticmethod
+    def _tree_logits_of(w: dict, x: np.ndarray, n_models: int) -> np.ndarray:
         out = np.tile(w["tree_base"], (len(x), 1))
         if not len(w["tree_root"]):
             return out
@@ -280,21 +436,41 @@ class EnsembleRouter(EmbeddingRouter):
             out[:, j] += leaf[:, w["tree_model"] == j].sum(axis=1)
         return out
 
+    def _tree_logits(self, x: np.ndarray) -> np.ndarray:
+        return self._tree_logits_of(self.w, x, len(self.models))
+
+    def _parts(self, knn: KnnRouter, w: dict, prompts: list[str], emb: np.ndarray,
+               which: Sequence[str], cache: dict | None = None) -> dict[str, np.ndarray]:
+        """Each component in `which` (and fitted)'s (n_prompts, n_models) predicted quality."""
+        out: dict[str, np.ndarray] = {}
+        cache = cache or {}
+        feats = cache["feats"] if "feats" in cache else feature_matrix(prompts)
+
+        def lin(prefix, x):
+            return _sigmoid(((x - w[f"{prefix}_mean"]) / w[f"{prefix}_scale"]) @ w[f"{prefix}_coef"].T
+                            + w[f"{prefix}_intercept"])
+
+        if "knn" in which:
+            out["knn"] = knn.predict_embedded(emb.astype(np.float32)).astype(np.float64)
+        if "linear" in which and "lin_coef" in w:
+            out["linear"] = lin("lin", _linear_inputs(emb, feats))
+        if "gbt" in which and "tree_root" in w:
+            tree_x = np.hstack([feats, (emb - w["pca_mean"]) @ w["pca_components"].T])
+            out["gbt"] = _sigmoid(self._tree_logits_of(w, tree_x, len(self.models)))
+        if "style" in which and "sty_coef" in w:
+            out["style"] = lin("sty", _style_inputs(prompts, feats, cache.get("style")))
+        if "lexical" in which and "lex_coef" in w:
+            x = _tfidf(_hashed_counts(prompts, len(w["lex_idf"])), w["lex_idf"])
+            out["lexical"] = _sigmoid(np.asarray(x @ w["lex_coef"].T.astype(np.float64)) + w["lex_intercept"])
+        return out
+
     def component_quality(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Each component's (n_prompts, n_models) predicted quality."""
+        """Each fitted component's (n_prompts, n_models) predicted quality (those with
+        blend weight 0 are not refit on all labels, so they are absent)."""
         if self.w is None or self.knn.embeddings is None:
             raise RuntimeError("ensemble router: predict_quality before fit/load")
         prompts = list(prompts)
-        w = self.w
-        emb = self.embed(prompts).astype(np.float64)
-        feats = feature_matrix(prompts)
-        lin_x = (_linear_inputs(emb, feats) - w["lin_mean"]) / w["lin_scale"]
-        tree_x = np.hstack([feats, (emb - w["pca_mean"]) @ w["pca_components"].T])
-        return {
-            "knn": self.knn.predict_quality(prompts).to_numpy(np.float64),
-            "linear": _sigmoid(lin_x @ w["lin_coef"].T + w["lin_intercept"]),
-            "gbt": _sigmoid(self._tree_logits(tree_x)),
-        }
+        return self._parts(self.knn, self.w, prompts, self.embed(prompts).astype(np.float64), COMPONENTS)
 
     def predict_quality(self, prompts: Sequence[str]) -> pd.DataFrame:
         if self.w is None:
@@ -302,8 +478,10 @@ class EnsembleRouter(EmbeddingRouter):
         prompts = list(prompts)
         if not prompts:
             return self._frame(np.zeros((0, len(self.models))))
-        parts = self.component_quality(prompts)
-        return self._frame(np.mean([parts[c] for c in COMPONENTS], axis=0))
+        blend = dict(zip(COMPONENTS, self.w.get("blend", FALLBACK_BLEND)))
+        used = [c for c in COMPONENTS if blend[c] > 0]
+        parts = self._parts(self.knn, self.w, prompts, self.embed(prompts).astype(np.float64), used)
+        return self._frame(sum(blend[c] * parts[c] for c in used) / sum(blend[c] for c in used))
 
     # ---- persistence ------------------------------------------------------------
 
@@ -315,7 +493,11 @@ class EnsembleRouter(EmbeddingRouter):
         tensors = {k: np.ascontiguousarray(v) for k, v in self.w.items()}
         tensors["knn_embeddings"] = np.ascontiguousarray(self.knn.embeddings)
         tensors["knn_quality"] = np.ascontiguousarray(self.knn.quality)
+        tensors["blend"] = np.asarray(self.w["blend"], np.float64)
         write_file(WEIGHTS_FILE, save(tensors))
+        # what fit chose and on what (validation APGR per component): read by people and
+        # by benchmark_scripts/router_quality.py, never needed to load the router
+        write_file(SELECTION_FILE, json.dumps(self.selection, indent=2, sort_keys=True).encode())
 
     @classmethod
     def load(cls, read_file, meta: dict) -> "EnsembleRouter":
@@ -325,7 +507,8 @@ class EnsembleRouter(EmbeddingRouter):
         tensors = load(read_file(WEIGHTS_FILE))
         router.knn.use_weights(tensors.pop("knn_embeddings"), tensors.pop("knn_quality"))
         n_models = len(router.models)
-        if tensors["lin_coef"].shape[0] != n_models:
+        if any(v.shape[0] != n_models for k, v in tensors.items() if k.endswith("_coef")):
             raise ValueError(f"ensemble weights do not match {n_models} models")
+        tensors.setdefault("blend", np.asarray(FALLBACK_BLEND))  # saved before selection existed
         router.w = tensors
         return router

@@ -27,9 +27,11 @@ _BLOCK = 512
 
 class KnnRouter(EmbeddingRouter):
     kind = "knn"
-    # Picked on a 20% prompt holdout of the RouteLLM MMLU labels (12.8k prompts): many
-    # softly weighted neighbours beat a few sharp ones (k=20, T=0.05: APGR 0.59;
-    # k=200, T=0.2: 0.64; random: 0.52). prior_weight barely matters at this k.
+    # Fixed starting values, not a measured optimum: many softly weighted neighbours (a
+    # smoothed local base rate) rather than a few sharp ones. The README's figures for
+    # these are cross-fit / leave-subject-out measurements (benchmark_scripts/
+    # router_quality.py), not the data they were picked on; the ensemble router chooses
+    # how much to trust this component on a validation split of its own training data.
     DEFAULT_PARAMS = {"k": 200, "temperature": 0.2, "prior_weight": 2.0}
 
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
@@ -84,7 +86,13 @@ class KnnRouter(EmbeddingRouter):
         prompts = list(prompts)
         if not prompts:
             return self._frame(np.zeros((0, len(self.models))))
-        queries = self.embed(prompts)
+        return self._frame(self.predict_embedded(self.embed(prompts)))
+
+    def predict_embedded(self, queries: np.ndarray) -> np.ndarray:
+        """(n, n_models) predicted quality for prompts already embedded (unit rows)."""
+        if self.embeddings is None:
+            raise RuntimeError("knn router: predict_quality before fit/load")
+        prompts = queries
         k = int(self.params["k"])
         tau = float(self.params["temperature"])
         alpha = float(self.params["prior_weight"])
@@ -107,7 +115,7 @@ class KnnRouter(EmbeddingRouter):
                 for n, j in enumerate(cols):
                     knn = (w * qual[n][top]).sum(axis=1)
                     out[start : start + len(q), j] = (kk * knn + alpha * means[j]) / (kk + alpha)
-        return self._frame(out)
+        return out
 
     def save(self, write_file) -> None:
         from safetensors.numpy import save

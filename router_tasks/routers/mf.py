@@ -50,8 +50,9 @@ def _build(n_models: int, in_dim: int, dim: int):
 
 class MFRouter(EmbeddingRouter):
     kind = "mf"
-    # On a 20% prompt holdout of the RouteLLM MMLU labels, 10 epochs beat 30 (APGR 0.642
-    # vs 0.632: more epochs overfit 10k prompts); dim 32/64/128 made no difference.
+    # Fixed, conventional settings (few epochs: more overfit ~10k prompts). They were not
+    # chosen on the data the README reports: those figures are cross-fit and
+    # leave-subject-out measurements (benchmark_scripts/router_quality.py).
     DEFAULT_PARAMS = {
         "dim": 64,
         "epochs": 10,

@@ -93,7 +93,7 @@ def test_first_run_succeeds_and_stores_everything_on_s3(first_run, s3_pipeline_r
 
     dr, states, refs = first_run
     assert dr.state == "success", states
-    assert states.pop("train_router_gpu") == "skipped"  # knn trains in train_router_cpu
+    assert states.pop("train_router_gpu") == "skipped"  # the default router (ensemble) trains in train_router_cpu
     assert states.pop("evaluate_router_gpu") == "skipped"  # and is scored in evaluate_router_cpu
     # online judge mode: the Batch API path is skipped
     assert states.pop("prepare_judge_batch") == states.pop("judge_batch_run") == "skipped"

@@ -18,6 +18,7 @@ from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.crossfit import (
     LeakageError,
     assign_folds,
+    assign_group_folds,
     benchmark_labels,
     check_fold_disjoint,
     crossfit_evaluate,
@@ -165,3 +166,57 @@ def test_evaluate_to_dir_crossfit(local_root, trained, tmp_path):
     report = json.loads((tmp_path / "cf" / "metrics.json").read_text())
     assert report["protocol"] == "crossfit" and res["artifact"]["stage"] == "crossfit"
     assert res["metrics"]["protocol"] == "crossfit" and res["metrics"]["n_prompts"] == 10
+
+
+def test_assign_group_folds_keeps_groups_whole_and_balanced():
+    groups = pd.Series(["a"] * 6 + ["b"] * 3 + ["c"] * 3 + ["d"] * 2 + ["e"] * 1, index=range(100, 115))
+    f = assign_group_folds(groups, 3, seed=0)
+    assert list(f.index) == list(groups.index)
+    assert (f.groupby(groups).nunique() == 1).all()  # a group never spans two folds
+    assert sorted(f.value_counts().tolist()) == [4, 5, 6]  # largest first, to the emptiest fold
+    assert f.equals(assign_group_folds(groups, 3, seed=0))
+    assert assign_group_folds(groups.head(9), 5).nunique() == 2  # fewer groups than folds: one fold each
+    with pytest.raises(ValueError, match="have no group"):
+        assign_group_folds(pd.Series(["a", None]), 2)
+
+
+def test_leave_group_out_mmlu_by_subject(local_root, trained):
+    """Every held-out subject leaves the fold's training labels whole (scored or not),
+    and the benchmark labels of the other subjects join it."""
+    router, labels_ref, own, _ = trained
+    store = ArtifactStore(local_root)
+    ref = crossfit_evaluate(router, "mmlu", folds=3, max_prompts=24, random_seeds=1, artifact_root=local_root,
+                            protocol="leave-group-out")
+    key = ArtifactRef.of(ref).key
+    scores = store.read_parquet(f"{key}/scores_mmlu.parquet")
+    assert len(scores) == 24 and scores["prompt_id"].is_unique
+    assert (scores.groupby("group")["fold"].nunique() == 1).all()
+    subject_of = bm.load_benchmark("mmlu", decontaminate=False).drop_duplicates("prompt_id").set_index("prompt_id")
+    folds = store.read_parquet(f"{key}/folds.parquet")
+    assert set(folds["fold"]) == set(scores["fold"])
+    for row in folds.itertuples():
+        trained_ids = set(store.read_parquet(f"{row.train_key}/train_prompts.parquet")["prompt_id"])
+        held = set(scores.loc[scores["fold"] == row.fold, "group"])
+        trained_subjects = set(subject_of.reindex(list(trained_ids))["category"].dropna())
+        assert not trained_subjects & held  # no subject both trained on and scored
+        others = set(scores.loc[scores["fold"] != row.fold, "prompt_id"])
+        assert others <= trained_ids and set(own["prompt_id"]) <= trained_ids
+    report = json.loads(store.read_bytes(f"{key}/metrics.json"))
+    assert report["protocol"] == "leave-group-out" and report["group_column"] == "category"
+    assert list(load_table(ref, store)["protocol"]) == ["leave-group-out"]
+
+
+def test_leave_group_out_holds_a_benchmark_out_whole(local_root, trained, tmp_path):
+    """GSM8K has no groups: one fold, the router retrained without any GSM8K prompt
+    (also the ones it had trained on and that the capped run does not score)."""
+    from router_tasks.evaluation.evaluate import evaluate_to_dir
+
+    router, _, own, gsm_in_train = trained
+    store = ArtifactStore(local_root)
+    res = evaluate_to_dir(router, "gsm8k", "leave-group-out", str(tmp_path / "lgo"), artifact_root=local_root,
+                          max_prompts=2, random_seeds=1)
+    folds = store.read_parquet(f"{ArtifactRef.of(res['artifact']).key}/folds.parquet")
+    assert len(folds) == 1 and folds["n_scored"].iloc[0] == 2
+    trained_ids = set(store.read_parquet(f"{folds['train_key'].iloc[0]}/train_prompts.parquet")["prompt_id"])
+    assert not trained_ids & gsm_in_train and trained_ids == set(own["prompt_id"]) - gsm_in_train
+    assert res["metrics"]["protocol"] == "leave-group-out"

@@ -94,7 +94,7 @@ def test_features_from_text_alone():
 
 def test_checks(router_toy_labels):
     assert fit(router_toy_labels).predict_quality([]).shape == (0, 3)
-    assert set(COMPONENTS) == {"knn", "linear", "gbt"}
+    assert set(COMPONENTS) == {"knn", "linear", "gbt", "style", "lexical"}
     with pytest.raises(RuntimeError, match="before fit"):
         EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK).predict_quality(["x"])
     with pytest.raises(ValueError, match="unknown param"):
