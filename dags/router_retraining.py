@@ -105,7 +105,7 @@ evaluate_on_gpu = task(evaluate_router, task_id="evaluate_router_gpu", queue=def
                        pool=defaults.GPU_POOL, execution_timeout=_EVAL_TIMEOUT)
 
 
-@task(task_id="evaluate_router", trigger_rule="none_failed")
+@task(task_id="evaluate_router", trigger_rule="none_failed_min_one_success")
 def evaluated_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
     from router_tasks.lifecycle.retraining import in_type_order
 

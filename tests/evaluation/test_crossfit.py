@@ -209,7 +209,7 @@ def test_leave_group_out_mmlu_by_subject(local_root, trained):
 def test_leave_group_out_holds_a_benchmark_out_whole(local_root, trained, tmp_path):
     """GSM8K has no groups: one fold, the router retrained without any GSM8K prompt
     (also the ones it had trained on and that the capped run does not score)."""
-    from router_tasks.evaluation.evaluate import evaluate_to_dir
+    from router_tasks.evaluation.export import evaluate_to_dir
 
     router, _, own, gsm_in_train = trained
     store = ArtifactStore(local_root)
