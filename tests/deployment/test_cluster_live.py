@@ -396,12 +396,15 @@ def test_pipeline_succeeds_on_celery_workers_with_artifacts_on_s3(main_run, s3):
 
 def test_gpu_training_runs_on_the_gpu_worker(main_run):
     by_id = {t["task_id"]: t for t in main_run["tis"] if t["map_index"] == -1}
-    gpu = by_id["train_router_gpu"]
-    assert gpu["state"] == "success" and gpu["queue"] == "gpu" and gpu["pool"] == "tela_gpu"
-    assert gpu["hostname"].startswith("tela-gpu-worker@"), gpu["hostname"]
-    assert by_id["train_router_cpu"]["state"] == "skipped"
+    # a GPU router trains, and is scored, on the gpu queue; its cpu twins are skipped
+    on_gpu = ("train_router_gpu", "evaluate_router_gpu")
+    for task_id in on_gpu:
+        gpu = by_id[task_id]
+        assert gpu["state"] == "success" and gpu["queue"] == "gpu" and gpu["pool"] == "tela_gpu", gpu
+        assert gpu["hostname"].startswith("tela-gpu-worker@"), gpu["hostname"]
+        assert by_id[task_id.replace("_gpu", "_cpu")]["state"] == "skipped"
     assert all(not t["hostname"].startswith("tela-gpu-worker") for t in main_run["tis"]
-               if t["task_id"] != "train_router_gpu" and t["hostname"])
+               if t["task_id"] not in on_gpu and t["hostname"])
 
 
 def test_llm_pool_of_two_slots_is_enforced(main_run, api):
