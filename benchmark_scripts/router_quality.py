@@ -51,9 +51,11 @@ import pandas as pd
 from router_tasks.core.stage import ArtifactRef, load_table, run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data import routellm as bm
+from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.crossfit import benchmark_labels, crossfit_evaluate
 from router_tasks.routers import EmbeddingRouter, make_router
 from router_tasks.routers.embeddings import Embedder
+from router_tasks.routers.ensemble import COMPONENTS
 from router_tasks.routers.train import train_router
 
 TRAIN_BENCHES = ("mmlu", "gsm8k")
@@ -97,6 +99,8 @@ def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed:
                                max_prompts=max_prompts, artifact_root=store.root)
         row = load_table(cf, store).iloc[0].to_dict()
         row["seconds"] = time.perf_counter() - t0
+        row["category_oracle_apgr"] = category_oracle_apgr(
+            store.read_parquet(f"{ArtifactRef.of(cf).key}/scores_{bench}.parquet"))
         row["key"] = cf["key"]
         if kind == "ensemble":  # what each fold's nested selection chose
             fkeys = store.read_parquet(f"{ArtifactRef.of(cf).key}/folds.parquet")["train_key"]
@@ -104,6 +108,21 @@ def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed:
         out[title] = row
         logging.info("%s %s: APGR %.3f (%.0f s)", kind, title, row["apgr"], row["seconds"])
     return out
+
+
+def category_oracle_apgr(scores: pd.DataFrame) -> float | None:
+    """Exact APGR of scoring every prompt by its category's true mean strong-weak gap (the
+    MMLU subject): the best a router can do that tells categories apart perfectly and
+    nothing within them. A ceiling, not a router: it reads the scored prompts' labels.
+    None without categories."""
+    cat = scores["category"]
+    if cat.isna().all() or cat.nunique() < 2:
+        return None
+    gap = scores["strong_quality"] - scores["weak_quality"]
+    s = gap.groupby(cat).transform("mean").to_numpy(float)
+    s = s + 1e-9 * np.arange(len(s)) / len(s)  # a fixed order inside a category, not one tie
+    curve = mx.exact_curve(s, scores["strong_quality"], scores["weak_quality"])
+    return mx.apgr(curve, float(scores["strong_quality"].mean()), float(scores["weak_quality"].mean()))
 
 
 def new_router(kind: str, models: list[str]):
@@ -207,14 +226,21 @@ def main(argv=None) -> int:
         print()
         for t in titles:
             s = any_r[t]
-            print(f"- {t}: n={s['n_prompts']}, random APGR {s['random_apgr']:.3f} (10 seeds), oracle {s['oracle_apgr']:.3f}")
+            ceiling = s.get("category_oracle_apgr")
+            print(f"- {t}: n={s['n_prompts']}, random APGR {s['random_apgr']:.3f} (10 seeds), oracle {s['oracle_apgr']:.3f}"
+                  + (f", category oracle {ceiling:.3f} (every prompt scored by its category's true mean gap: "
+                     "a router that knows each category perfectly and nothing within it)" if ceiling is not None else ""))
         print(f"- RouteLLM best (published, per-prompt splits, not measured here): MMLU {PUBLISHED_APGR['mmlu']:.3f}, "
               f"GSM8K {PUBLISHED_APGR['gsm8k']:.3f}")
     if "ensemble" in results:
         print()
-        print("Ensemble blend chosen inside each fold (knn / linear / gbt / style / lexical):")
+        print(f"Ensemble blend chosen inside each fold ({' / '.join(COMPONENTS)}):")
         for t in titles:
-            blends = ["/".join(f"{b['blend'][c]:.2f}" for c in ("knn", "linear", "gbt", "style", "lexical"))
+            def fmt(blend: dict) -> str:
+                return "/".join(f"{blend.get(c, 0.0):.2f}" for c in COMPONENTS)
+
+            blends = [", ".join(f"{form.replace('_', '-')} {fmt(b['by_form'][form]['blend'])}"
+                                for form in sorted(b.get("by_form", {}))) or f"shared {fmt(b['blend'])}"
                       + ("" if b.get("selected") else " (fallback)") for b in results["ensemble"][t]["blends"]]
             print(f"- {t}: " + "; ".join(blends))
 

@@ -15,14 +15,23 @@ model has (by default `select_components` lets only knn, linear and style compet
   (`style_features`: "NOT/EXCEPT", "Statement 1 | Statement 2", "which of the
   following", computation verbs, maths notation, option lengths, digits in the options);
 * ``lexical``: logistic regression on TF-IDF of word 1-2-grams (hashed, so the weights
-  are plain arrays and no vocabulary is stored).
+  are plain arrays and no vocabulary is stored);
+* ``form``: the linear part with separate embedding weights for multiple-choice and
+  free-form prompts (`_form_inputs`), more strongly regularised (``form_c``).
 
 The predicted quality of a model is a weighted mean of the components' predictions. The
 weights are chosen inside `fit`, on a validation split carved from the training labels
 only (`router_tasks.routers.selection`: whole k-means clusters of prompts held out, so a
 blend wins by generalising to topics it did not see), from a grid of weights in steps of
 0.25 (the mean exact APGR over `select_repeats` such splits decides); the components
-with weight are then refit on all the labels. Under cross-fit that is nested
+with weight are then refit on all the labels. With `blend_by_form` (default) multiple-choice questions and free-form
+prompts each get their own blend, chosen on that form's validation prompts alone (a form
+with too few of them keeps the shared one): what ranks multiple-choice questions across
+topics, the question-form features, says little about maths word problems or chat. Before
+the blend, on the same splits, a
+component whose ``<name>_c`` param is a list gets the C whose own validation APGR is
+best (the linear and form parts by default: how hard to regularise ~400-800 dense inputs
+depends on how far the held-out topics are from the rest). Under cross-fit that is nested
 cross-validation: the weights never see the prompts they are scored on. With too few
 validation prompts (`selection.MIN_VALIDATION`) or `select` off, the fallback is the
 equal mean of knn, linear and gbt. The strong model is predicted like any other.
@@ -55,9 +64,14 @@ from router_tasks.routers.knn import KnnRouter
 
 WEIGHTS_FILE = "ensemble.safetensors"
 SELECTION_FILE = "ensemble_selection.json"
-COMPONENTS = ("knn", "linear", "gbt", "style", "lexical")
+COMPONENTS = ("knn", "linear", "gbt", "style", "lexical", "form")
 #: blend when nothing is selected (and for weights saved before selection existed)
-FALLBACK_BLEND = (1 / 3, 1 / 3, 1 / 3, 0.0, 0.0)
+FALLBACK_BLEND = (1 / 3, 1 / 3, 1 / 3, 0.0, 0.0, 0.0)
+#: components whose inverse regularisation strength (param ``<name>_c``) may be a list:
+#: fit then chooses it on the same validation splits as the blend
+TUNED_C = ("linear", "style", "lexical", "form")
+#: prompt forms that may get their own blend (`blend_by_form`): has multiple-choice options or not
+FORMS = {"multiple_choice": True, "free_form": False}
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _SENTENCE_END = re.compile(r"[.?!]+(?:\s|$)")
@@ -150,12 +164,27 @@ def _linear_inputs(emb: np.ndarray, feats: np.ndarray) -> np.ndarray:
     return np.hstack([emb.astype(np.float64), feats, feats * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
 
 
+def _form_inputs(emb: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    """[embedding, embedding x has-choices, text features, text features x has-choices]:
+    multiple-choice questions and free-form prompts get their own embedding weights (on
+    top of shared ones), so what predicts a hard maths word problem is not averaged with
+    what predicts a hard multiple-choice question."""
+    choices = feats[:, _CHOICES_COL : _CHOICES_COL + 1]
+    emb = emb.astype(np.float64)
+    return np.hstack([emb, emb * choices, feats, feats * choices])
+
+
 def _style_inputs(prompts: Sequence[str], feats: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
     """[text features, style features x has-choices]: the question-form features speak
     about multiple-choice questions only, so free-form prompts (chat, writing) are judged
     on the plain text features alone."""
     style = style_matrix(prompts) if style is None else style
     return np.hstack([feats, style * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
+
+
+def _c_values(value) -> list[float]:
+    """A regularisation setting: one value, or the candidates fit chooses among."""
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
 
 
 def _binary_rows(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -181,15 +210,16 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 class EnsembleRouter(EmbeddingRouter):
     kind = "ensemble"
-    # Component settings are fixed, conventional values (C=0.01 for ~400 standardised
-    # dense inputs, C=0.1 for the few style inputs, C=1 for unit-norm TF-IDF rows; few large leaves, shrinkage 0.05, 200
-    # rounds for the trees); what is chosen from data is the blend, inside fit, on a
-    # validation split of the training labels only (see the module docstring).
+    # Chosen from data inside fit, on validation splits of the training labels only (see
+    # the module docstring): the blend, and C of the dense linear parts from the listed
+    # candidates. Fixed, conventional values: C=0.1 for the few style inputs, C=1 for
+    # unit-norm TF-IDF rows, the kNN settings, and few large leaves, shrinkage 0.05 and
+    # 200 rounds for the trees.
     DEFAULT_PARAMS = {
         "knn_k": 200,
         "knn_temperature": 0.2,
         "knn_prior_weight": 2.0,
-        "linear_c": 0.01,
+        "linear_c": [0.002, 0.01],
         "gbt_pca": 8,
         "gbt_rounds": 200,
         "gbt_learning_rate": 0.05,
@@ -197,24 +227,29 @@ class EnsembleRouter(EmbeddingRouter):
         "gbt_min_samples_leaf": 40,
         "gbt_l2": 1.0,
         "style_c": 0.1,
+        # twice the inputs of the linear part, half of them zero on any one prompt form
+        "form_c": [0.002, 0.01],
         "lexical_features": 2**17,
         "lexical_c": 1.0,
         "select": True,
+        "blend_by_form": True,
         "select_share": 0.25,
         "select_clusters": 20,
         "select_repeats": 2,
         # the trees and the TF-IDF part are left out of the choice by default: they are the
         # slow ones to fit (several minutes per fit on two busy cores with the TF-IDF part),
         # and neither earned weight in small trial runs; listing them puts them back
-        "select_components": ["knn", "linear", "style"],
+        "select_components": ["knn", "linear", "style", "form"],
         "seed": 0,
     }
 
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
         super().__init__(models, strong_model, weak_model, params, embedder)
         p = self.params
-        if float(p["linear_c"]) <= 0:
-            raise ValueError(f"ensemble router: linear_c must be > 0, got {p['linear_c']}")
+        for c in TUNED_C:
+            values = _c_values(p[f"{c}_c"])
+            if not values or min(values) <= 0:
+                raise ValueError(f"ensemble router: {c}_c must be a number > 0 or a list of them, got {p[f'{c}_c']!r}")
         unknown = set(p["select_components"]) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"ensemble router: unknown select_components {sorted(unknown)}; known: {list(COMPONENTS)}")
@@ -255,7 +290,10 @@ class EnsembleRouter(EmbeddingRouter):
         self.selection = {"selected": False}
         with threadpool_limits(1):
             candidates = [c for c in COMPONENTS if c in self.params["select_components"]]
-            splits = []
+            grids = {c: _c_values(self.params[f"{c}_c"]) for c in TUNED_C}
+            chosen_c = {c: grids[c][0] for c in TUNED_C}
+            # per split and component: {C value: that component's predicted strong-weak gap}
+            splits, tuned = [], []
             for r in range(int(self.params["select_repeats"]) if can_select else 0):
                 # several cluster splits: one 25% split of a few topics is a noisy judge
                 val = selection.cluster_split(emb, float(self.params["select_share"]),
@@ -263,39 +301,85 @@ class EnsembleRouter(EmbeddingRouter):
                 both = val & ~np.isnan(quality[:, si]) & ~np.isnan(quality[:, wi])
                 if both.sum() < selection.MIN_VALIDATION or (~val).sum() < selection.MIN_VALIDATION:
                     continue
+                if abs(np.nansum(quality[both, si]) - np.nansum(quality[both, wi])) < 1e-9:
+                    continue  # the models tie on these prompts: no gap for a ranking to recover
                 tr, vi = np.flatnonzero(~val), np.flatnonzero(both)
-                knn, w = self._fit_parts([texts[i] for i in tr], emb[tr], quality[tr], needed=candidates,
-                                         cache={k: v[tr] for k, v in cache.items()})
-                parts = self._parts(knn, w, [texts[i] for i in vi], emb[vi].astype(np.float64), candidates,
-                                    cache={k: v[vi] for k, v in cache.items()})
-                splits.append(([parts[c][:, si] - parts[c][:, wi] for c in candidates], quality[vi, si], quality[vi, wi]))
+                tr_texts, vi_texts = [texts[i] for i in tr], [texts[i] for i in vi]
+                tr_cache, vi_cache = {k: v[tr] for k, v in cache.items()}, {k: v[vi] for k, v in cache.items()}
+                gaps = {c: {} for c in candidates}
+                for i in range(max([len(grids[c]) for c in candidates if c in grids] + [1])):
+                    needed = [c for c in candidates if (c in grids and i < len(grids[c])) or (c not in grids and i == 0)]
+                    values = {c: grids[c][i] for c in needed if c in grids}
+                    knn, w = self._fit_parts(tr_texts, emb[tr], quality[tr], needed=needed, cache=tr_cache, c_values=values)
+                    parts = self._parts(knn, w, vi_texts, emb[vi].astype(np.float64), needed, cache=vi_cache)
+                    for c in needed:
+                        gaps[c][values.get(c)] = parts[c][:, si] - parts[c][:, wi]
+                tuned.append((gaps, quality[vi, si], quality[vi, wi], cache["feats"][vi, _CHOICES_COL] > 0.5))
+            for c in candidates:  # each tuned component's C first, by its own validation APGR
+                if c in grids and len(grids[c]) > 1 and tuned:
+                    by_value = [np.mean([selection.exact_apgr(g[c][v], s_q, w_q) for g, s_q, w_q, _ in tuned])
+                                for v in grids[c]]
+                    chosen_c[c] = grids[c][int(np.argmax(by_value))]  # ties: the list's first
+            for g, s_q, w_q, mc in tuned:
+                splits.append(([g[c][chosen_c[c] if c in grids else None] for c in candidates], s_q, w_q, mc))
+            by_form = {}
             if splits and candidates:
-                grid = selection.simplex_grid(len(candidates))
-                score = np.mean([[selection.exact_apgr(g @ np.vstack(gaps), s_q, w_q) for g in grid]
-                                 for gaps, s_q, w_q in splits], axis=0)
-                best = int(np.argmax(score))  # ties: the grid's first
-                blend = np.zeros(len(COMPONENTS))
-                for c, b in zip(candidates, grid[best]):
-                    blend[COMPONENTS.index(c)] = b
+                blend, score = self._choose_blend([sp[:3] for sp in splits], candidates)
                 self.selection = {
-                    "selected": True, "splits": len(splits), "n_validation": [int(len(sq)) for _, sq, _ in splits],
-                    "validation_apgr": round(float(score[best]), 4),
+                    "selected": True, "splits": len(splits), "n_validation": [int(len(sp[1])) for sp in splits],
+                    "validation_apgr": round(score, 4),
                     "component_apgr": {c: round(float(np.mean([selection.exact_apgr(gaps[i], s_q, w_q)
-                                                                for gaps, s_q, w_q in splits])), 4)
+                                                                for gaps, s_q, w_q, _ in splits])), 4)
                                        for i, c in enumerate(candidates)},
                 }
+                if self.params["blend_by_form"]:
+                    for form, want in FORMS.items():
+                        sub = [([x[mc == want] for x in gaps], s_q[mc == want], w_q[mc == want])
+                               for gaps, s_q, w_q, mc in splits]
+                        sub = [sp for sp in sub if len(sp[1]) >= selection.MIN_VALIDATION
+                               and abs(sp[1].sum() - sp[2].sum()) > 1e-9]
+                        if sub:  # else this form keeps the shared blend
+                            b, sc = self._choose_blend(sub, candidates)
+                            by_form[form] = b
+                            self.selection.setdefault("by_form", {})[form] = {
+                                "blend": {c: float(v) for c, v in zip(COMPONENTS, b)}, "splits": len(sub),
+                                "n_validation": [int(len(sp[1])) for sp in sub], "validation_apgr": round(sc, 4)}
             self.selection["blend"] = {c: float(b) for c, b in zip(COMPONENTS, blend)}
-            knn, w = self._fit_parts(texts, emb, quality, needed=[c for c, b in zip(COMPONENTS, blend) if b > 0],
-                                     cache=cache)
+            self.selection["c"] = chosen_c
+            blends = [blend, *by_form.values()]
+            knn, w = self._fit_parts(texts, emb, quality, needed=[c for i, c in enumerate(COMPONENTS)
+                                                                  if any(b[i] > 0 for b in blends)],
+                                     cache=cache, c_values=chosen_c)
+        for form in FORMS:
+            w[f"blend_{form}"] = by_form.get(form, blend)
         self.knn = knn
         w["blend"] = blend
         self.w = w
         return self
 
+    @staticmethod
+    def _choose_blend(splits: list, candidates: list[str]) -> tuple[np.ndarray, float]:
+        """(blend over COMPONENTS, its mean validation APGR): the grid point whose blend of
+        the candidates' predicted gaps ranks the validation prompts best, over `splits` of
+        (gaps per candidate, strong quality, weak quality)."""
+        from router_tasks.routers import selection
+
+        grid = selection.simplex_grid(len(candidates))
+        score = np.mean([[selection.exact_apgr(g @ np.vstack(gaps), s_q, w_q) for g in grid]
+                         for gaps, s_q, w_q in splits], axis=0)
+        best = int(np.argmax(score))  # ties: the grid's first
+        blend = np.zeros(len(COMPONENTS))
+        for c, b in zip(candidates, grid[best]):
+            blend[COMPONENTS.index(c)] = b
+        return blend, float(score[best])
+
     def _fit_parts(self, texts: list[str], emb: np.ndarray, quality: np.ndarray,
-                   needed: Sequence[str] = COMPONENTS, cache: dict | None = None) -> tuple[KnnRouter, dict]:
+                   needed: Sequence[str] = COMPONENTS, cache: dict | None = None,
+                   c_values: dict | None = None) -> tuple[KnnRouter, dict]:
         """Fit the components in `needed` (the kNN part always: it is cheap) on one set of
-        prompts; returns (knn router, arrays of the others)."""
+        prompts; returns (knn router, arrays of the others). `c_values` gives a component's
+        C (default: the first of its ``<name>_c`` param)."""
+        c_of = {c: _c_values(self.params[f"{c}_c"])[0] for c in TUNED_C} | dict(c_values or {})
         from sklearn.decomposition import PCA
 
         knn = KnnRouter(self.models, self.strong_model, self.weak_model, self._knn_params(), embedder=self.embedder)
@@ -327,9 +411,11 @@ class EnsembleRouter(EmbeddingRouter):
                       f"{prefix}_intercept": intercept})
 
         if "linear" in needed:
-            linear_part("lin", _linear_inputs(emb, feats), float(self.params["linear_c"]))
+            linear_part("lin", _linear_inputs(emb, feats), c_of["linear"])
+        if "form" in needed:
+            linear_part("frm", _form_inputs(emb, feats), c_of["form"])
         if "style" in needed:
-            linear_part("sty", _style_inputs(texts, feats, cache.get("style")), float(self.params["style_c"]))
+            linear_part("sty", _style_inputs(texts, feats, cache.get("style")), c_of["style"])
         if "gbt" in needed:
             n_pc = min(int(self.params["gbt_pca"]), len(texts), emb.shape[1])
             if n_pc > 0:
@@ -349,7 +435,7 @@ class EnsembleRouter(EmbeddingRouter):
             coef, intercept = np.zeros((n_models, x.shape[1]), np.float32), np.zeros(n_models)
             for j, (has, rows, target, weight, base, ok) in enumerate(targets):
                 if ok:
-                    cj, intercept[j] = self._fit_linear(x[has][rows], target, weight, float(self.params["lexical_c"]))
+                    cj, intercept[j] = self._fit_linear(x[has][rows], target, weight, c_of["lexical"])
                     coef[j] = cj
                 else:
                     intercept[j] = base
@@ -454,6 +540,8 @@ class EnsembleRouter(EmbeddingRouter):
             out["knn"] = knn.predict_embedded(emb.astype(np.float32)).astype(np.float64)
         if "linear" in which and "lin_coef" in w:
             out["linear"] = lin("lin", _linear_inputs(emb, feats))
+        if "form" in which and "frm_coef" in w:
+            out["form"] = lin("frm", _form_inputs(emb, feats))
         if "gbt" in which and "tree_root" in w:
             tree_x = np.hstack([feats, (emb - w["pca_mean"]) @ w["pca_components"].T])
             out["gbt"] = _sigmoid(self._tree_logits_of(w, tree_x, len(self.models)))
@@ -478,10 +566,15 @@ class EnsembleRouter(EmbeddingRouter):
         prompts = list(prompts)
         if not prompts:
             return self._frame(np.zeros((0, len(self.models))))
-        blend = dict(zip(COMPONENTS, self.w.get("blend", FALLBACK_BLEND)))
-        used = [c for c in COMPONENTS if blend[c] > 0]
-        parts = self._parts(self.knn, self.w, prompts, self.embed(prompts).astype(np.float64), used)
-        return self._frame(sum(blend[c] * parts[c] for c in used) / sum(blend[c] for c in used))
+        feats = feature_matrix(prompts)
+        mc = feats[:, _CHOICES_COL] > 0.5
+        # a blend per prompt form (see fit); rows of the (n_prompts, n_components) weights
+        weights = np.where(mc[:, None], self.w["blend_multiple_choice"], self.w["blend_free_form"])
+        weights = weights / weights.sum(axis=1, keepdims=True)
+        used = [c for i, c in enumerate(COMPONENTS) if weights[:, i].any()]
+        parts = self._parts(self.knn, self.w, prompts, self.embed(prompts).astype(np.float64), used,
+                            cache={"feats": feats})
+        return self._frame(sum(weights[:, [COMPONENTS.index(c)]] * parts[c] for c in used))
 
     # ---- persistence ------------------------------------------------------------
 
@@ -510,5 +603,9 @@ class EnsembleRouter(EmbeddingRouter):
         if any(v.shape[0] != n_models for k, v in tensors.items() if k.endswith("_coef")):
             raise ValueError(f"ensemble weights do not match {n_models} models")
         tensors.setdefault("blend", np.asarray(FALLBACK_BLEND))  # saved before selection existed
+        blend = tensors["blend"]  # saved before later components existed: they get no weight
+        tensors["blend"] = np.concatenate([blend, np.zeros(len(COMPONENTS) - len(blend))])
+        for form in FORMS:  # saved before blends by form existed: the one blend for both
+            tensors.setdefault(f"blend_{form}", tensors["blend"])
         router.w = tensors
         return router

@@ -94,10 +94,14 @@ def test_features_from_text_alone():
 
 def test_checks(router_toy_labels):
     assert fit(router_toy_labels).predict_quality([]).shape == (0, 3)
-    assert set(COMPONENTS) == {"knn", "linear", "gbt", "style", "lexical"}
+    assert set(COMPONENTS) == {"knn", "linear", "gbt", "style", "lexical", "form"}
     with pytest.raises(RuntimeError, match="before fit"):
         EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK).predict_quality(["x"])
     with pytest.raises(ValueError, match="unknown param"):
         EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK, {"k": 3})
     with pytest.raises(ValueError, match="k must be"):
         EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK, {"knn_k": 0})
+    with pytest.raises(ValueError, match="form_c must be a number > 0 or a list"):
+        EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK, {"form_c": [0.01, 0.0]})
+    with pytest.raises(ValueError, match="linear_c must be"):
+        EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK, {"linear_c": []})
