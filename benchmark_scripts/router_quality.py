@@ -90,8 +90,8 @@ def labels_artifact(store: ArtifactStore, max_prompts: int | None) -> tuple[dict
 
 
 def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed: int, max_prompts: int | None,
-            runs=RUNS) -> dict:
-    router = train_router(labels_ref, router_type=kind, artifact_root=store.root)
+            runs=RUNS, params: dict | None = None) -> dict:
+    router = train_router(labels_ref, router_type=kind, router_params=params, artifact_root=store.root)
     out = {"train_key": router["key"]}
     for title, bench, protocol in runs:
         t0 = time.perf_counter()
@@ -99,8 +99,9 @@ def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed:
                                max_prompts=max_prompts, artifact_root=store.root)
         row = load_table(cf, store).iloc[0].to_dict()
         row["seconds"] = time.perf_counter() - t0
-        row["category_oracle_apgr"] = category_oracle_apgr(
-            store.read_parquet(f"{ArtifactRef.of(cf).key}/scores_{bench}.parquet"))
+        scored = store.read_parquet(f"{ArtifactRef.of(cf).key}/scores_{bench}.parquet")
+        row["category_oracle_apgr"] = category_oracle_apgr(scored)
+        row["category_oracle_router_within_apgr"] = category_oracle_apgr(scored, within="router")
         row["key"] = cf["key"]
         if kind == "ensemble":  # what each fold's nested selection chose
             fkeys = store.read_parquet(f"{ArtifactRef.of(cf).key}/folds.parquet")["train_key"]
@@ -110,17 +111,23 @@ def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed:
     return out
 
 
-def category_oracle_apgr(scores: pd.DataFrame) -> float | None:
+def category_oracle_apgr(scores: pd.DataFrame, within: str = "fixed") -> float | None:
     """Exact APGR of scoring every prompt by its category's true mean strong-weak gap (the
     MMLU subject): the best a router can do that tells categories apart perfectly and
     nothing within them. A ceiling, not a router: it reads the scored prompts' labels.
+    `within="router"` orders the prompts inside a category by the router's own score (what
+    perfect category knowledge plus the router's within-category ranking would give).
     None without categories."""
     cat = scores["category"]
     if cat.isna().all() or cat.nunique() < 2:
         return None
     gap = scores["strong_quality"] - scores["weak_quality"]
     s = gap.groupby(cat).transform("mean").to_numpy(float)
-    s = s + 1e-9 * np.arange(len(s)) / len(s)  # a fixed order inside a category, not one tie
+    if within == "router":
+        rank = scores["strong_win_rate"].rank(method="average").to_numpy(float)
+        s = s + 1e-9 * rank / len(s)  # category means differ by far more than 1e-9
+    else:
+        s = s + 1e-9 * np.arange(len(s)) / len(s)  # a fixed order inside a category, not one tie
     curve = mx.exact_curve(s, scores["strong_quality"], scores["weak_quality"])
     return mx.apgr(curve, float(scores["strong_quality"].mean()), float(scores["weak_quality"].mean()))
 
@@ -181,6 +188,8 @@ def main(argv=None) -> int:
     ap.add_argument("--artifact-root", help="keep (and reuse) the artifacts here; default: a temporary folder")
     ap.add_argument("--runs", nargs="+", type=int, help="only these columns (0-based, in table order); separate "
                     "processes on one --artifact-root can split a long run and a last plain run prints it all")
+    ap.add_argument("--params", type=json.loads, default=None,
+                    help="router params as JSON, for every router kind run (default: each kind's defaults)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -205,7 +214,7 @@ def main(argv=None) -> int:
     results = {}
     for kind in args.routers:
         t0 = time.perf_counter()
-        results[kind] = quality(kind, labels_ref, store, args.folds, args.seed, args.max_prompts, runs)
+        results[kind] = quality(kind, labels_ref, store, args.folds, args.seed, args.max_prompts, runs, args.params)
         print(f"  {kind}: {time.perf_counter() - t0:.0f} s (train artifact {results[kind]['train_key']})", flush=True)
 
     titles = [t for t, _, _ in runs]
@@ -232,6 +241,12 @@ def main(argv=None) -> int:
                      "a router that knows each category perfectly and nothing within it)" if ceiling is not None else ""))
         print(f"- RouteLLM best (published, per-prompt splits, not measured here): MMLU {PUBLISHED_APGR['mmlu']:.3f}, "
               f"GSM8K {PUBLISHED_APGR['gsm8k']:.3f}")
+    print()
+    for kind, r in results.items():
+        cells = [f"{t} {r[t]['category_oracle_router_within_apgr']:.3f}" for t in titles
+                 if r[t].get("category_oracle_router_within_apgr") is not None]
+        if cells:
+            print(f"- category oracle with {kind}'s order inside each category: " + ", ".join(cells))
     if "ensemble" in results:
         print()
         print(f"Ensemble blend chosen inside each fold ({' / '.join(COMPONENTS)}):")
