@@ -372,24 +372,43 @@ def chat_many(
     *,
     max_tokens: int | None = None,
     on_result: Callable[[int, ChatResult], None] | None = None,
+    stop_if: Callable[[ChatResult], bool] | None = None,
 ) -> list[ChatResult]:
     """Run every conversation, `endpoint.workers()` at a time; results in input order.
 
     `on_result(index, result)` is called in the calling thread as each one finishes
-    (progress logging, checkpoints).
+    (progress logging, checkpoints). `stop_if(result)` is asked in the worker thread that
+    got the result: when true, no worker sends another request (the calling thread learns
+    of it a moment later, and by then a worker would already have sent the next one);
+    `on_result` is then expected to raise for that result.
     """
     results: list[ChatResult | None] = [None] * len(conversations)
     if not conversations:
         return []
+    stopping = threading.Event()
+
+    def call(conv: list[dict]) -> ChatResult | None:
+        if stopping.is_set():
+            return None  # never sent
+        res = client.chat(conv, max_tokens=max_tokens)
+        if stop_if is not None and stop_if(res):
+            stopping.set()
+        return res
+
     with ThreadPoolExecutor(max_workers=client.endpoint.workers(), thread_name_prefix="chat") as pool:
-        futures = {pool.submit(client.chat, conv, max_tokens=max_tokens): i for i, conv in enumerate(conversations)}
+        futures = {pool.submit(call, conv): i for i, conv in enumerate(conversations)}
         try:
             for fut in as_completed(futures):
                 i = futures[fut]
-                results[i] = fut.result()
+                if (res := fut.result()) is None:
+                    continue  # skipped after a stop: the result that stopped it raises in on_result
+                results[i] = res
                 if on_result is not None:
-                    on_result(i, results[i])
+                    on_result(i, res)
+            if stopping.is_set():
+                raise RuntimeError("chat_many: stopped by stop_if, but on_result did not raise")
         except BaseException:
+            stopping.set()
             for fut in futures:  # don't start queued requests after a failure or a stop signal
                 fut.cancel()
             # ...but the requests already on the wire will be paid for: hand their replies
@@ -398,9 +417,11 @@ def chat_many(
                 if fut.cancelled() or results[i] is not None:
                     continue
                 try:
-                    results[i] = fut.result()
+                    if (res := fut.result()) is None:
+                        continue
+                    results[i] = res
                     if on_result is not None:
-                        on_result(i, results[i])
+                        on_result(i, res)
                 except BaseException:  # noqa: BLE001 - best effort while unwinding
                     pass
             raise
@@ -526,7 +547,8 @@ def ask_all(
         client = session.client()
         calls0, attempts0 = client.requests, client.attempts
         try:
-            chat_many(client, [sent[todo[k][0]] for k in unique], max_tokens=max_tokens, on_result=got)
+            chat_many(client, [sent[todo[k][0]] for k in unique], max_tokens=max_tokens, on_result=got,
+                      stop_if=breaker.is_fatal)
         finally:
             cache.flush()  # however the calls end, what succeeded is kept
             stats.calls, stats.attempts = client.requests - calls0, client.attempts - attempts0
@@ -553,6 +575,10 @@ class CircuitBreaker:
         self.endpoint, self.label, self.role = endpoint, label, role
         self.consecutive = 0
         self.lock = threading.Lock()
+
+    def is_fatal(self, res: ChatResult) -> bool:
+        """A failure that stops the endpoint by itself (`record` raises for it)."""
+        return res.error is not None and res.status in self.FATAL
 
     def record(self, res: ChatResult) -> None:
         with self.lock:
