@@ -86,3 +86,28 @@ def test_a_truncated_reply_is_retried_like_an_http_error(local_root):
         assert srv.count() == 4 + 2 * 2  # each tried twice, then recorded
     errors = load_table(parts[0], ArtifactStore(local_root))["error"]
     assert errors.str.startswith("malformed response: the body is not valid JSON").all()
+
+
+def test_chat_many_stops_sending_once_a_worker_gets_a_fatal_reply(monkeypatch):
+    import pytest
+
+    from router_tasks.labeling.llm_client import Endpoint, EndpointSession, chat_many
+
+    monkeypatch.setenv("CM_WRONG_KEY", "sk-not-the-key")
+    with ScriptedOpenAIServer(lambda body: "fine", api_key="the-right-key") as srv:
+        ep = Endpoint.from_dict({"name": "m", "model": "m-1", "base_url": srv.base_url, "max_retries": 0,
+                                 "concurrency": 4, "api_key_env": "CM_WRONG_KEY"})
+        seen = []
+        with EndpointSession(ep) as session:
+            # an on_result that does not raise: chat_many says it was stopped rather than
+            # returning a list with holes
+            with pytest.raises(RuntimeError, match="stopped by stop_if"):
+                chat_many(session.client(), [[{"role": "user", "content": f"q{i}"}] for i in range(60)],
+                          on_result=lambda i, res: seen.append(res.status),
+                          stop_if=lambda res: res.status == 401)
+        assert srv.count() <= 4  # only what was on the wire when the first 401 came back
+        assert seen and set(seen) == {401}
+        # without stop_if every conversation is sent
+        with EndpointSession(ep) as session:
+            results = chat_many(session.client(), [[{"role": "user", "content": f"r{i}"}] for i in range(12)])
+        assert len(results) == 12 and all(r.status == 401 for r in results)
