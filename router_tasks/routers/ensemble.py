@@ -1,8 +1,8 @@
 """Ensemble router: a weighted mean of per-model quality predictors, weights chosen in fit.
 
-Five per-model quality predictors over the MiniLM prompt embedding and cheap features of
+Six per-model quality predictors over the MiniLM prompt embedding and cheap features of
 the prompt text (`prompt_features`, `style_features`), each trained on every label a
-model has (by default `select_components` lets only knn, linear and style compete):
+model has (by default `select_components` lets knn, linear, style and form compete):
 
 * ``knn``: the kNN router (`KnnRouter`, its default params), unchanged;
 * ``linear``: L2-regularised logistic regression on [standardised embedding, text
