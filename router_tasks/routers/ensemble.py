@@ -300,17 +300,17 @@ class EnsembleRouter(EmbeddingRouter):
                 val = selection.cluster_split(emb, float(self.params["select_share"]),
                                               int(self.params["select_clusters"]), int(self.params["seed"]) + r)
                 both = val & ~np.isnan(quality[:, si]) & ~np.isnan(quality[:, wi])
-                if both.sum() < selection.MIN_VALIDATION or (~val).sum() < selection.MIN_VALIDATION:
+                if (~val).sum() < selection.MIN_VALIDATION or not selection.can_judge(quality[both, si],
+                                                                                       quality[both, wi]):
                     continue
-                if abs(np.nansum(quality[both, si]) - np.nansum(quality[both, wi])) < 1e-9:
-                    continue  # the models tie on these prompts: no gap for a ranking to recover
                 tr, vi = np.flatnonzero(~val), np.flatnonzero(both)
                 tr_texts, vi_texts = [texts[i] for i in tr], [texts[i] for i in vi]
                 tr_cache, vi_cache = {k: v[tr] for k, v in cache.items()}, {k: v[vi] for k, v in cache.items()}
+                # every candidate at its first C, then each further C of a tuned one alone
+                fits = [(candidates, {c: grids[c][0] for c in candidates if c in grids})]
+                fits += [([c], {c: v}) for c in candidates if c in grids for v in grids[c][1:]]
                 gaps = {c: {} for c in candidates}
-                for i in range(max([len(grids[c]) for c in candidates if c in grids] + [1])):
-                    needed = [c for c in candidates if (c in grids and i < len(grids[c])) or (c not in grids and i == 0)]
-                    values = {c: grids[c][i] for c in needed if c in grids}
+                for needed, values in fits:
                     knn, w = self._fit_parts(tr_texts, emb[tr], quality[tr], needed=needed, cache=tr_cache, c_values=values)
                     parts = self._parts(knn, w, vi_texts, emb[vi].astype(np.float64), needed, cache=vi_cache)
                     for c in needed:
@@ -337,8 +337,7 @@ class EnsembleRouter(EmbeddingRouter):
                     for form, want in FORMS.items():
                         sub = [([x[mc == want] for x in gaps], s_q[mc == want], w_q[mc == want])
                                for gaps, s_q, w_q, mc in splits]
-                        sub = [sp for sp in sub if len(sp[1]) >= selection.MIN_VALIDATION
-                               and abs(sp[1].sum() - sp[2].sum()) > 1e-9]
+                        sub = [sp for sp in sub if selection.can_judge(sp[1], sp[2])]
                         if sub:  # else this form keeps the shared blend
                             b, sc = self._choose_blend(sub, candidates)
                             by_form[form] = b

@@ -244,31 +244,22 @@ def route_frontier(
             # one; bisect on "share <= target", which holds at the cost-only end
             # for any model that is not the cheapest.
             ok = lambda r: float((r[0] == j).mean()) <= float(share) + 1e-12  # noqa: E731
-        feasible_small = target_quality is not None
-        a, b = np.log(lo), np.log(hi)
-        if feasible_small:
-            if not ok(at(lo)):
-                chosen, met = lo, False
-            elif ok(at(hi)):
-                chosen, met = hi, True
-            else:
-                for _ in range(iterations):
-                    mid = (a + b) / 2
-                    a, b = (mid, b) if ok(at(np.exp(mid))) else (a, mid)
-                chosen, met = float(np.exp(a)), True
+        # `ok` holds at one end of [lo, hi] (small lambda for a quality target, large for
+        # a budget or share) and, being monotone, on one side of a single boundary
+        near, far = (lo, hi) if target_quality is not None else (hi, lo)
+        if not ok(at(near)):
+            chosen, met = near, False
+        elif ok(at(far)):
+            chosen, met = far, True
         else:
-            if not ok(at(hi)):
-                chosen, met = hi, False
-            elif ok(at(lo)):
-                chosen, met = lo, True
-            else:
-                for _ in range(iterations):
-                    mid = (a + b) / 2
-                    a, b = (a, mid) if ok(at(np.exp(mid))) else (mid, b)
-                chosen, met = float(np.exp(b)), True
-                if fill and budget_per_prompt is not None:
-                    idx = _fill(q, c, at(chosen)[0], at(float(np.exp(a)))[0], float(budget_per_prompt))
-                    return _route(quality, models, q, c, idx, chosen, target, met)
+            good, bad = np.log(near), np.log(far)  # bisect in log space, keeping `ok` at `good`
+            for _ in range(iterations):
+                mid = (good + bad) / 2
+                good, bad = (mid, bad) if ok(at(np.exp(mid))) else (good, mid)
+            chosen, met = float(np.exp(good)), True
+            if fill and budget_per_prompt is not None:
+                idx = _fill(q, c, at(chosen)[0], at(float(np.exp(bad)))[0], float(budget_per_prompt))
+                return _route(quality, models, q, c, idx, chosen, target, met)
     idx, mq, mc = at(chosen)
     names = np.asarray(models, dtype=object)[idx]
     choice = pd.Series(names, index=quality.index, name="model")

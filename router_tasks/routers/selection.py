@@ -45,6 +45,13 @@ def cluster_split(emb: np.ndarray, share: float = 0.25, clusters: int = 20, seed
     return val
 
 
+def can_judge(strong_q: np.ndarray, weak_q: np.ndarray) -> bool:
+    """Whether validation prompts can decide a choice: enough of them (`MIN_VALIDATION`)
+    and a strong-weak gap for a ranking to recover (with none, every APGR is NaN)."""
+    strong_q, weak_q = np.asarray(strong_q, np.float64), np.asarray(weak_q, np.float64)
+    return len(strong_q) >= MIN_VALIDATION and abs(np.nansum(strong_q) - np.nansum(weak_q)) > 1e-9
+
+
 def exact_apgr(score: np.ndarray, strong_q: np.ndarray, weak_q: np.ndarray) -> float:
     """Average performance gap recovered along the exact per-prompt curve.
 
