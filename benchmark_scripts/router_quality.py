@@ -123,11 +123,11 @@ def category_oracle_apgr(scores: pd.DataFrame, within: str = "fixed") -> float |
         return None
     gap = scores["strong_quality"] - scores["weak_quality"]
     s = gap.groupby(cat).transform("mean").to_numpy(float)
-    if within == "router":
-        rank = scores["strong_win_rate"].rank(method="average").to_numpy(float)
-        s = s + 1e-9 * rank / len(s)  # category means differ by far more than 1e-9
-    else:
-        s = s + 1e-9 * np.arange(len(s)) / len(s)  # a fixed order inside a category, not one tie
+    if within == "router":  # category means differ by far more than 1e-9
+        s = s + 1e-9 * scores["strong_win_rate"].rank(method="average").to_numpy(float) / len(s)
+    # otherwise a category is one tie group on the exact curve: its prompts enter together,
+    # which is the expected curve over random orders inside it (a fixed order, e.g. the
+    # rows', would move the figure: by 0.03 on MT-Bench's 72 prompts)
     curve = mx.exact_curve(s, scores["strong_quality"], scores["weak_quality"])
     return mx.apgr(curve, float(scores["strong_quality"].mean()), float(scores["weak_quality"].mean()))
 
