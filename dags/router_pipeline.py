@@ -21,6 +21,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from tela_alerts import dag_failure_alert, record_task_failure
 from tela_assets import LABELS_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
+from tela_params import model_pair_params
 
 from router_tasks.core import defaults
 from router_tasks.evaluation.evaluate import evaluate_router
@@ -156,12 +157,7 @@ def summary(stages: dict, decision: dict) -> str:
         "use_gpu": Param(True, type="boolean", description="GPU routers (causal_llm) use a GPU when present; off pins them to the CPU"),
         "router_type": Param(defaults.ROUTER_TYPE, type="string", enum=sorted(ROUTERS),
                              description="the router to train (causal_llm trains on the gpu queue)"),
-        "strong_model": Param(defaults.STRONG_MODEL, type="string",
-                              description="the costly model the router falls back to: a model name in the labels"),
-        "weak_model": Param(defaults.WEAK_MODEL, type="string",
-                            description="the cheap model the router sends easy prompts to: a model name in the labels"),
-        "benchmarks": Param(defaults.BENCHMARKS, type="array", items={"type": "string"},
-                            description="bundled benchmarks the router is evaluated on (one per line): mmlu, gsm8k, mt-bench"),
+        **model_pair_params(),
         "eval_max_prompts": Param(None, type=["null", "integer"], description="cap evaluated prompts per benchmark (quick runs)"),
         "strong_quality": Param("labeled", enum=["labeled", "assume_perfect"],
                                 description="labeled: the strong model is one of `models`, judged like the others; "

@@ -30,6 +30,7 @@ from airflow.sdk import (
 from tela_alerts import dag_failure_alert, record_task_failure
 from tela_assets import LABELS_ASSET, ROUTER_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
+from tela_params import model_pair_params
 
 from router_tasks.core import defaults
 from router_tasks.evaluation.compare import compare_routers
@@ -158,12 +159,7 @@ def publish(routers, evaluations) -> dict:
                          description="GPU routers (causal_llm) train on the gpu queue; off: on the CPU, normal queue"),
         "router_params": Param({}, type="object",
                                description='per router type, e.g. {"knn": {"k": 20}}; defaults otherwise'),
-        "strong_model": Param(defaults.STRONG_MODEL, type="string",
-                              description="the costly model the router falls back to: a model name in the labels"),
-        "weak_model": Param(defaults.WEAK_MODEL, type="string",
-                            description="the cheap model the router sends easy prompts to: a model name in the labels"),
-        "benchmarks": Param(defaults.BENCHMARKS, type="array", items={"type": "string"},
-                            description="bundled benchmarks each router is evaluated on (one per line): mmlu, gsm8k, mt-bench"),
+        **model_pair_params(),
         "metric": Param(defaults.PUBLISH_METRIC, type="string", description="'mean_apgr' or 'apgr:<benchmark>'"),
         "margin": Param(0.0, type="number", description="how much the challenger must beat the champion by"),
     },

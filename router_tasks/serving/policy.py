@@ -44,6 +44,13 @@ class Policy:
 _NUM = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 
+def _unit_value(text: str, model: str, what: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise PolicyError(f"model {model!r}: {what} must be in [0, 1]")
+    return value
+
+
 def parse_model_name(name: str) -> Policy:
     """The policy a request's `model` names; `direct` for any name that is not a policy."""
     if not isinstance(name, str) or not name.strip():
@@ -52,20 +59,12 @@ def parse_model_name(name: str) -> Policy:
     if n == AUTO:
         return Policy("auto", name=n)
     if m := re.fullmatch(rf"tela-auto@{_NUM}", n):
-        share = float(m.group(1))
-        if not 0.0 <= share <= 1.0:
-            raise PolicyError(f"model {n!r}: the strong share after '@' must be in [0, 1]")
-        return Policy("share", share, name=n)
+        return Policy("share", _unit_value(m.group(1), n, "the strong share after '@'"), name=n)
     if m := re.fullmatch(rf"router-([a-z_]+)-{_NUM}", n):
-        t = float(m.group(2))
-        if not 0.0 <= t <= 1.0:
-            raise PolicyError(f"model {n!r}: the threshold must be in [0, 1]")
+        t = _unit_value(m.group(2), n, "the threshold")
         return Policy("threshold", t, router_kind=m.group(1), name=n)
     if m := re.fullmatch(rf"tela-cheapest@{_NUM}", n):
-        q = float(m.group(1))
-        if not 0.0 <= q <= 1.0:
-            raise PolicyError(f"model {n!r}: the quality target after '@' must be in [0, 1]")
-        return Policy("cheapest", q, name=n)
+        return Policy("cheapest", _unit_value(m.group(1), n, "the quality target after '@'"), name=n)
     if m := re.fullmatch(rf"tela-budget@{_NUM}", n):
         return Policy("budget", float(m.group(1)), name=n)
     if n.startswith(("tela-", "router-")):
