@@ -3,7 +3,9 @@ and an isolated Airflow home for DAG tests."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Airflow reads its config on first import: give the test session its own home and
 # SQLite DB (never the demo's), with our dags/ and plugins/ folders.
 _AIRFLOW_HOME = Path(os.environ.get("TELA_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="tela-airflow-"))
+if not os.environ.get("TELA_TEST_AIRFLOW_HOME"):  # ours, not the caller's: gone with the session
+    atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)
 os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
