@@ -37,7 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
@@ -162,7 +163,8 @@ def single_prompt_latency(prompts: list[str], layers: int = 15) -> None:
             fn(p)
             times.append(time.perf_counter() - started)
         p50[name] = float(np.median(times))
-        print(f"one prompt, {name}: p50 {1000 * p50[name]:.0f} ms, p90 {1000 * np.percentile(times, 90):.0f} ms ({len(prompts)} prompts)")
+        p90 = np.percentile(times, 90)
+        print(f"one prompt, {name}: p50 {1000 * p50[name]:.0f} ms, p90 {1000 * p90:.0f} ms ({len(prompts)} prompts)")
     print(f"smollm2 / minilm per prompt: {p50[f'smollm2, {layers} layers'] / p50['minilm']:.1f}x")
 
 
@@ -172,7 +174,7 @@ def main() -> int:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parents[1] / "artifacts" / "cache" / "router_directions",
+    ap.add_argument("--cache", type=Path, default=REPO / "artifacts" / "cache" / "router_directions",
                     help="where the SmolLM2 features are kept between runs")
     ap.add_argument("--latency", type=int, default=0, metavar="N",
                     help="only time N single MMLU prompts through SmolLM2 and MiniLM, then stop")
@@ -193,8 +195,8 @@ def main() -> int:
     def sigmoid(z):
         return 1 / (1 + np.exp(-z))
 
-    def gap(x, tr, sc):
-        return sigmoid(logistic(x[tr], a[tr], x[sc])[0]) - sigmoid(logistic(x[tr], b[tr], x[sc])[0])
+    def gap(x, tr, sc, c=C):
+        return sigmoid(logistic(x[tr], a[tr], x[sc], c)[0]) - sigmoid(logistic(x[tr], b[tr], x[sc], c)[0])
 
     def shrunk(tau, width=0.05):
         def fn(tr, sc):
@@ -230,8 +232,8 @@ def main() -> int:
         fit_rows, val_rows = tr[~val], tr[val]
 
         def val_apgr(c):
-            g = sigmoid(logistic(x[fit_rows], a[fit_rows], x[val_rows], c)[0]) - sigmoid(logistic(x[fit_rows], b[fit_rows], x[val_rows], c)[0])
-            return mx.apgr(mx.exact_curve(g, a[val_rows], b[val_rows]), a[val_rows].mean(), b[val_rows].mean())
+            curve = mx.exact_curve(gap(x, fit_rows, val_rows, c), a[val_rows], b[val_rows])
+            return mx.apgr(curve, a[val_rows].mean(), b[val_rows].mean())
 
         return max(candidates, key=val_apgr)
 
@@ -239,10 +241,7 @@ def main() -> int:
         feats_smol = smollm2_features(t["prompt"].tolist(), args.cache)[layer]
         x = np.hstack([feats_smol, feats_smol * mc, feats, feats * mc])
 
-        def fn(tr, sc):
-            c = chosen_c(x, tr, SMOL_C)
-            return sigmoid(logistic(x[tr], a[tr], x[sc], c)[0]) - sigmoid(logistic(x[tr], b[tr], x[sc], c)[0])
-        return fn
+        return lambda tr, sc: gap(x, tr, sc, chosen_c(x, tr, SMOL_C))
 
     directions = {
         f"embedding (C={C})": lambda tr, sc: gap(x_plain, tr, sc),
