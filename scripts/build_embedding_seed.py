@@ -1,24 +1,25 @@
-"""Build router_tasks/data/files/embeddings/seed.parquet: MiniLM vectors of every bundled
-benchmark prompt, so the offline demo does not spend minutes re-embedding them.
+"""Build a packaged seed under router_tasks/data/files/embeddings/: one vector model's vectors
+of every bundled benchmark prompt, so the offline demo does not spend minutes computing them.
 
-    .venv/bin/python scripts/build_embedding_seed.py [--from-store DIR]
+    .venv/bin/python scripts/build_embedding_seed.py [--model minilm|smollm2-layer15] [--from-store DIR]
 
-`--from-store` reuses an artifact store's embedding cache (e.g. ./artifacts after a run).
-Vectors are stored as float16; keys are the embedding cache's text hashes.
+`--from-store` reuses an artifact store's embedding cache (e.g. ./artifacts after a run) and
+keeps what this run computes there (a killed run resumes). Vectors are stored as float16;
+keys are the embedding cache's text hashes; the file's metadata names the model id, and a
+seed of another id is ignored when read.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from router_tasks.core.store import ArtifactStore
 from router_tasks.data import routellm as bm
 from router_tasks.routers import embeddings as emb
-from router_tasks.core.store import ArtifactStore
 
 
 def benchmark_prompts() -> list[str]:
@@ -30,22 +31,22 @@ def benchmark_prompts() -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="minilm", choices=sorted(emb.EMBEDDING_MODELS))
     ap.add_argument("--from-store")
-    ap.add_argument("--out", default=emb.SEED_FILE)
+    ap.add_argument("--out", help="default: the model's packaged seed file")
     args = ap.parse_args()
-    emb._seed_loaded = True  # build from the model (and the given store), not from an old seed
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # progress of long builds
+    model = emb.embedding_model(args.model)
     texts = benchmark_prompts()
     store = ArtifactStore(args.from_store) if args.from_store else None
-    vectors = emb.Embedder(store)(texts)
-    keys = [emb.text_key(t) for t in texts]
-    flat = pa.array(vectors.astype(np.float16).reshape(-1))
-    table = pa.table(
-        {"text_sha256": pa.array(keys, pa.string()), "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.EMBED_DIM)},
-        metadata={"model_id": emb.MODEL_ID},
-    )
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    pq.write_table(table, args.out, compression="zstd")
-    print(f"{len(keys)} vectors -> {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB)")
+    # from the model (and the given store), not from an old seed
+    vectors = emb.Embedder(store, model=model, use_seed=False)(texts)
+    out = args.out or model.seed_file
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    data = emb.shard_bytes([emb.text_key(t) for t in texts], vectors, np.float16, {"model_id": model.model_id})
+    with open(out, "wb") as f:
+        f.write(data)
+    print(f"{len(texts)} vectors of {model.model_id} -> {out} ({len(data) / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

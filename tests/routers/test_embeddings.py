@@ -100,3 +100,54 @@ def test_packaged_seed_matches_the_model_and_is_not_copied_into_stores(local_roo
     fresh = emb.encode(texts)
     assert np.all((served * fresh).sum(axis=1) > 0.999)
     assert ArtifactStore(local_root).list("cache/") == []
+
+
+# --- SmolLM2's hidden states: a second vector model behind the same caches ----------------
+SMOL = "smollm2-layer15"
+
+
+def test_smollm2_vectors_are_the_full_models_layer_15_mean():
+    """The cut model (15 layers, no final norm, padded batches) gives what the whole model's
+    hidden_states[15] holds, mean-pooled over each prompt's own tokens."""
+    import torch
+
+    from router_tasks.core.prompts import normalize_prompt
+    from router_tasks.routers.causal_llm import SMOLLM2_GGUF, load_base
+
+    texts = ["Name a fruit that is yellow.", "hi",
+             "Derive the Black-Scholes equation from Ito's lemma, step by step, stating every assumption."]
+    got = embeddings.encode_smollm2(texts)  # one padded batch of three lengths
+    assert got.shape == (3, embeddings.SMOLLM2_DIM) and got.dtype == np.float32
+    model, tok, _ = load_base(SMOLLM2_GGUF, torch.float32)
+    for text, row in zip(texts, got):
+        with torch.no_grad():
+            hidden = model.model(**tok([normalize_prompt(text)], return_tensors="pt"),
+                                 output_hidden_states=True).hidden_states[embeddings.SMOLLM2_LAYER]
+        ref = hidden[0].mean(0).numpy()
+        np.testing.assert_allclose(row, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())  # float noise on huge units
+
+
+def test_each_model_has_its_own_store_cache(minilm, local_root):
+    clear_memory_cache()
+    store = ArtifactStore(local_root)
+    texts = ["a prompt only this test asks", "and a second one"]
+    mini = Embedder(store)
+    smol = mini.with_model(SMOL)
+    assert smol.store is store and smol.dim == embeddings.SMOLLM2_DIM and smol.model_id != mini.model_id
+    a = smol(texts)
+    assert a.shape == (2, embeddings.SMOLLM2_DIM) and smol.stats == {"embedded": 2, "cache_hits": 0}
+    assert len(store.list(f"{embeddings.CACHE_PREFIX}/{smol.model_id}/")) == 1
+    assert store.list(f"{embeddings.CACHE_PREFIX}/{mini.model_id}/") == []  # MiniLM was not asked
+
+    clear_memory_cache()  # a fresh process: the store serves SmolLM2's vectors, MiniLM computes its own
+    again = Embedder(store, model=SMOL)
+    np.testing.assert_array_equal(again(texts), a)
+    assert again.stats == {"embedded": 0, "cache_hits": 2}
+    fresh_mini = Embedder(store)
+    assert fresh_mini(texts).shape == (2, EMBED_DIM) and fresh_mini.stats["embedded"] == 2
+
+
+def test_unknown_embedding_model_is_named():
+    with pytest.raises(ValueError, match="unknown embedding model 'glove'.*minilm"):
+        Embedder(model="glove")
+

@@ -105,3 +105,57 @@ def test_checks(router_toy_labels):
         EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK, {"form_c": [0.01, 0.0]})
     with pytest.raises(ValueError, match="linear_c must be"):
         EnsembleRouter(MODELS, ROUTER_STRONG, ROUTER_WEAK, {"linear_c": []})
+
+
+# --- the form part on SmolLM2's hidden states (form_embedding) ----------------------------
+_FOODS = ["lasagne", "sourdough bread", "miso soup", "paella", "ratatouille", "dumplings", "risotto", "tiramisu",
+          "goulash", "falafel", "pho", "croissants", "kimchi", "pancakes", "guacamole", "moussaka"]
+_SPORTS = ["badminton", "water polo", "fencing", "curling", "rugby", "table tennis", "lacrosse", "rowing",
+           "volleyball", "cricket", "judo", "handball", "bobsleigh", "archery", "squash", "triathlon"]
+_TEMPLATES = ["Give me three tips about {}.", "What should a beginner know about {}?",
+              "Write a short paragraph on {}.", "Explain the history of {} briefly."]
+
+
+def _topic_world() -> "pd.DataFrame":
+    """Own model names; the weak model fails every cooking question and no sports one, in
+    the same wordings: only what the prompt is about tells them apart."""
+    import pandas as pd
+
+    rows = []
+    for topic_list, weak_ok in ((_FOODS, False), (_SPORTS, True)):
+        for item in topic_list:
+            for t in _TEMPLATES:
+                text = t.format(item)
+                for model, ok in (("acme-large", True), ("acme-mini", weak_ok)):
+                    rows.append(dict(prompt_id=f"{item}|{t}", prompt=text, model=model, quality=float(ok),
+                                     score=None, correct=ok, source="test:topics", benchmark=None))
+    return pd.DataFrame(rows)
+
+
+def test_form_part_on_smollm2_vectors_learns_topics_and_survives_the_train_stage(minilm, router_labels_artifact,
+                                                                                  local_root):
+    from router_tasks.core.stage import read_manifest
+    from router_tasks.core.store import ArtifactStore
+    from router_tasks.routers import load_router
+    from router_tasks.routers.embeddings import CACHE_PREFIX, EMBEDDING_MODELS, SMOLLM2_DIM
+    from router_tasks.routers.train import train_router
+
+    params = {"form_embedding": "smollm2-layer15", "select_components": ["form"], "knn_k": 10,
+              "select_clusters": 6, "select_share": 0.34}
+    ref = train_router(router_labels_artifact(_topic_world(), local_root), router_type="ensemble",
+                       strong_model="acme-large", weak_model="acme-mini", router_params=params,
+                       artifact_root=local_root)
+    router = load_router(ref, ArtifactStore(local_root))
+    assert router.w["frm_coef"].shape[1] == 2 * SMOLLM2_DIM + 2 * len(FEATURE_NAMES)  # SmolLM2's, not MiniLM's
+    assert router.w["blend"][COMPONENTS.index("form")] == 1.0
+    smol_id = EMBEDDING_MODELS["smollm2-layer15"].model_id
+    assert read_manifest(ArtifactStore(local_root), ref)["config"]["identity"]["form_embedding_model"] == smol_id
+    assert ArtifactStore(local_root).list(f"{CACHE_PREFIX}/{smol_id}/")  # its vectors cached like MiniLM's
+
+    unseen_food = [t.format(x) for x in ("couscous", "sushi", "gazpacho") for t in _TEMPLATES[:2]]
+    unseen_sport = [t.format(x) for x in ("snowboarding", "polo", "wrestling") for t in _TEMPLATES[:2]]
+    win = router.strong_win_rate(unseen_food + unseen_sport)
+    assert win[: len(unseen_food)].mean() > win[len(unseen_food):].mean() + 0.1
+
+    with pytest.raises(ValueError, match="form_embedding: unknown embedding model 'glove'"):
+        EnsembleRouter(["a", "b"], "a", "b", {"form_embedding": "glove"})
