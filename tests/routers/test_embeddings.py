@@ -151,3 +151,18 @@ def test_unknown_embedding_model_is_named():
     with pytest.raises(ValueError, match="unknown embedding model 'glove'.*minilm"):
         Embedder(model="glove")
 
+
+
+def test_packaged_smollm2_seed_matches_the_model(local_root):
+    from router_tasks.data import routellm as bm
+
+    texts = bm.load_benchmark("mmlu", bm.STRONG_MODEL, bm.WEAK_MODEL)["prompt"].sample(3, random_state=5).tolist()
+    texts += bm.load_benchmark("gsm8k", bm.STRONG_MODEL, bm.WEAK_MODEL)["prompt"].head(1).tolist()
+    clear_memory_cache()
+    embedder = Embedder(ArtifactStore(local_root), model=SMOL)
+    served = embedder(texts)
+    assert embedder.stats == {"embedded": 0, "cache_hits": len(texts)}
+    fresh = embeddings.encode_smollm2(texts)
+    cosine = (served * fresh).sum(axis=1) / np.linalg.norm(served, axis=1) / np.linalg.norm(fresh, axis=1)
+    assert np.all(cosine > 0.999)
+    assert ArtifactStore(local_root).list("cache/") == []
