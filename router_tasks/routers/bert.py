@@ -144,7 +144,7 @@ class BertRouter(Router):
 
     def _threads(self):
         """Torch's CPU thread count for this router's work (see `common.torch_threads`)."""
-        from router_tasks.routers.common import torch_threads
+        from router_tasks.routers.threads import torch_threads
 
         device = self._device or self._resolve_device()
         return torch_threads(int(self.params["cpu_threads"]), device.type == "cuda")

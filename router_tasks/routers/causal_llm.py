@@ -89,7 +89,7 @@ import pandas as pd
 
 from router_tasks.routers import causal_llm_launch as launch
 from router_tasks.routers.base import Router
-from router_tasks.routers.common import check_labels, resolve_params
+from router_tasks.routers.checks import check_labels, resolve_params
 
 log = logging.getLogger(__name__)
 
@@ -839,7 +839,7 @@ class CausalLLMRouter(Router):
 
     def _threads(self):
         """Torch's CPU thread count for this router's work (see `common.torch_threads`)."""
-        from router_tasks.routers.common import torch_threads
+        from router_tasks.routers.threads import torch_threads
 
         n = int(self.params["cpu_threads"])
         on_gpu = n <= 0 and self._resolve_device().type == "cuda"

@@ -7,36 +7,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.core.schemas import ROUTER_LABEL_COLUMNS as LABEL_COLUMNS
 from router_tasks.routers.base import Router
+# owned by checks (the causal-LLM router needs them without the embedding layer); re-exported
+from router_tasks.routers.checks import LABEL_COLUMNS, check_labels, resolve_params  # noqa: F401
+from router_tasks.routers.threads import torch_threads  # noqa: F401
 
-
-
-def check_labels(labels: pd.DataFrame, models: Sequence[str] | None = None) -> pd.DataFrame:
-    """Labels rows usable for training: required columns present, quality in [0, 1].
-
-    Rows whose quality is null (a failed judgement) carry no signal and are dropped;
-    anything else out of range is an upstream bug and raises, naming the row.
-    """
-    missing = [c for c in LABEL_COLUMNS if c not in labels.columns]
-    if missing:
-        raise ValueError(f"labels table lacks column(s) {missing}; has {list(labels.columns)}")
-    df = labels.loc[labels["quality"].notna(), list(LABEL_COLUMNS)].copy()
-    df["quality"] = df["quality"].astype(float)
-    bad = df[(df["quality"] < 0) | (df["quality"] > 1)]
-    if len(bad):
-        row = bad.iloc[0]
-        raise ValueError(
-            f"labels row {bad.index[0]} (prompt_id={row['prompt_id']}, model={row['model']}): "
-            f"quality {row['quality']} is outside [0, 1]"
-        )
-    for col in ("prompt_id", "prompt", "model"):
-        nulls = df[df[col].isna()]
-        if len(nulls):
-            raise ValueError(f"labels row {nulls.index[0]}: {col} is null")
-    if models is not None:
-        df = df[df["model"].isin(list(models))]
-    return df
 
 
 def label_matrix(labels: pd.DataFrame, models: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -51,21 +26,6 @@ def label_matrix(labels: pd.DataFrame, models: Sequence[str]) -> tuple[pd.DataFr
     prompts = df.drop_duplicates("prompt_id").set_index("prompt_id")["prompt"].reindex(q.index)
     table = pd.DataFrame({"prompt_id": q.index.astype(str), "prompt": prompts.to_numpy()})
     return table, q.to_numpy(dtype=np.float64)
-
-
-def resolve_params(router_cls, params: dict | None) -> dict:
-    """`router_cls.DEFAULT_PARAMS` overlaid with `params`; unknown names raise.
-
-    The train stage puts the resolved dict in its config, so changing a default in code
-    changes the artifact key instead of silently reusing a router trained the old way.
-    """
-    defaults = dict(getattr(router_cls, "DEFAULT_PARAMS", {}))
-    unknown = set(params or {}) - set(defaults)
-    if unknown:
-        raise ValueError(
-            f"{router_cls.kind} router: unknown param(s) {sorted(unknown)}; known: {sorted(defaults)}"
-        )
-    return {**defaults, **(params or {})}
 
 
 class EmbeddingRouter(Router):
@@ -105,36 +65,3 @@ class EmbeddingRouter(Router):
 
     def _frame(self, quality: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(np.clip(quality, 0.0, 1.0), columns=list(self.models))
-
-
-def torch_threads(cpu_threads: int, on_gpu: bool, minimum_only: bool = False):
-    """Context manager: torch's CPU thread count for a router's work, then restored.
-
-    `cpu_threads` > 0 is used as given. Otherwise, on a GPU nothing changes; on the CPU it
-    is the cores the 1-minute load average leaves idle (at least 1): two threads on two
-    shared cores thrash (a training step went from 0.07 s to 3 s). `minimum_only` forces
-    one thread (tiny test models, where threads cost more than they give).
-    """
-    import contextlib
-    import os
-
-    import torch
-
-    n = int(cpu_threads)
-    if n <= 0 and on_gpu:
-        return contextlib.nullcontext()
-    if n <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        n = 1 if minimum_only else max(1, min(torch.get_num_threads(), int(cores - busy + 0.5)))
-
-    @contextlib.contextmanager
-    def ctx():
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
-    return ctx()
