@@ -143,7 +143,7 @@ class BertRouter(Router):
         return torch.device("cuda") if use_cuda else torch.device("cpu")
 
     def _threads(self):
-        """Torch's CPU thread count for this router's work (see `common.torch_threads`)."""
+        """Torch's CPU thread count for this router's work (see `threads.torch_threads`)."""
         from router_tasks.routers.threads import torch_threads
 
         device = self._device or self._resolve_device()

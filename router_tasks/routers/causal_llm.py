@@ -838,7 +838,7 @@ class CausalLLMRouter(Router):
             return self._fit(labels)
 
     def _threads(self):
-        """Torch's CPU thread count for this router's work (see `common.torch_threads`)."""
+        """Torch's CPU thread count for this router's work (see `threads.torch_threads`)."""
         from router_tasks.routers.threads import torch_threads
 
         n = int(self.params["cpu_threads"])
