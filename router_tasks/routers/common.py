@@ -10,7 +10,6 @@ import pandas as pd
 from router_tasks.routers.base import Router
 # owned by checks (the causal-LLM router needs them without the embedding layer); re-exported
 from router_tasks.routers.checks import LABEL_COLUMNS, check_labels, resolve_params  # noqa: F401
-from router_tasks.routers.threads import torch_threads  # noqa: F401
 
 
 
