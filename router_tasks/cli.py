@@ -272,7 +272,8 @@ def _evaluate_args(s):
     s.add_argument("--prices", help="zeroeval-*: prices.json-shaped file (default: the bundled one)")
     s.add_argument("--no-cascades", action="store_true", help="zeroeval-*: one call per prompt only")
     s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit", "leave-group-out"],
-                   help="default: the benchmark's own; leave-group-out: folds by MMLU subject, other benchmarks held out whole")
+                   help="default: the benchmark's own; leave-group-out: folds by MMLU subject, other benchmarks held out "
+                        "whole; zeroeval-*: routers trained on the other ZeroEval task")
     s.add_argument("--folds", type=int, default=5, help="cross-fit folds")
     s.add_argument("--max-prompts", type=int, help="cap evaluated prompts (quick runs)")
     s.add_argument("--output", help="folder (or s3:// prefix) for metrics.json, scores.parquet, plot.png")

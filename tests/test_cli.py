@@ -76,3 +76,20 @@ def test_unknown_benchmark_is_one_clean_error_line(trained, argv, capsys):
     assert main(["--artifact-root", root, *argv]) == 2
     err = capsys.readouterr().err
     assert "unknown benchmark 'arena'" in err and "Traceback" not in err
+
+
+def test_many_model_leave_task_out_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "lto"
+    pool = "google/gemini-1.5-flash,openai/gpt-4o-mini-2024-07-18,openai/gpt-4o-2024-08-06"
+    assert main(["--artifact-root", str(tmp_path / "a"), "evaluate", "--benchmark", "zeroeval-gsm8k", "--pool", pool,
+                 "--protocol", "leave-group-out", "--router-types", "random", "--output", str(out)]) == 0
+    capsys.readouterr()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "leave-group-out" and metrics["trained_on"]["task"] == "crux"
+    assert "router-random" in metrics["metrics"]
+    # a pool model the other task has no replies from is one clear line, not a traceback
+    assert main(["--artifact-root", str(tmp_path / "a"), "evaluate", "--benchmark", "zeroeval-crux", "--pool",
+                 "Qwen/Qwen2.5-3B-Instruct,openai/gpt-4o-2024-08-06", "--protocol", "leave-group-out",
+                 "--router-types", "random", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Qwen/Qwen2.5-3B-Instruct" in err and "no replies in both" in err and "Traceback" not in err

@@ -25,10 +25,16 @@ oracle's area there (RouterBench's AIQ idea, normalised); the worst gap below th
 the cost at which it matches the best single model's accuracy (share of that model's
 cost); its accuracy at the cheapest model's cost.
 
+Protocols: `crossfit` (the above: folds by prompt, so a router has trained on other
+prompts of the same task) and `leave-group-out` (folds by task: every router is trained on
+all of the *other* bundled task's prompts with the same pool and scored on every prompt of
+this one, as a team's router meets a kind of work it has no labels for; cascades are left
+out there, because choosing one is done on the scored task's own training folds).
+
 `evaluate_to_dir` writes metrics.json, curve.csv, metrics.md (the table), plot.png and
 decisions.parquet (per prompt and policy setting: models called, the model whose answer
 is returned, correct, cost), the output of
-`tela evaluate --benchmark zeroeval-gsm8k|zeroeval-crux --pool A,B,... --protocol crossfit`.
+`tela evaluate --benchmark zeroeval-gsm8k|zeroeval-crux --pool A,B,... --protocol crossfit|leave-group-out`.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ N_CHEAP = 4
 CHEAP_SHARES = (0.1, 0.25)
 #: lambdas ($^-1) the router may use to pick the last-resort model of an agreement cascade
 ROUTER_LAMBDAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
+CROSSFIT, LEAVE_TASK_OUT = "crossfit", "leave-group-out"
+PROTOCOLS = (CROSSFIT, LEAVE_TASK_OUT)
 
 
 # --------------------------------------------------------------------------------------
@@ -273,6 +281,40 @@ def crossfit_router(kind: str, data: TaskData, *, embedder=None, params: dict | 
     if nested:
         out["nested_quality"], out["nested_cost"] = nested_q, nested_c
     return out
+
+
+def other_task(task: str) -> str:
+    """The bundled task a leave-task-out router trains on when it is scored on `task`."""
+    task = ze.BENCHMARKS.get(task, task)
+    others = [t for t in ze.BENCHMARKS.values() if t != task]
+    if len(others) != 1:
+        raise ValueError(f"leave-task-out needs exactly one other bundled task than {task!r}; have {others}")
+    return others[0]
+
+
+def transfer_pool(task: str, train_task: str, pool: Sequence[str] | None) -> list[str]:
+    """The pool for scoring `task` with routers trained on `train_task`: the given one
+    (every model must have replies in both), or `task`'s default pool less the models
+    `train_task` has no replies from."""
+    both = set(ze.results(train_task)["model"]) & set(ze.results(task)["model"])
+    if pool is not None:
+        missing = [m for m in pool if m not in both]
+        if missing:
+            raise ValueError(f"leave-task-out on {task!r}: pool model(s) {missing} have no replies in both "
+                             f"{task!r} and {train_task!r} (a router can only learn a model it has labels for)")
+        return list(pool)
+    return [m for m in ze.POOLS[task] if m in both]
+
+
+def transfer_router(kind: str, train: TaskData, data: TaskData, *, embedder=None,
+                    params: dict | None = None) -> dict:
+    """Predictions on every prompt of `data` by a `kind` router fitted on every prompt of
+    `train` (another task, the same pool): {"quality", "cost"} (n, m)."""
+    if train.pool != data.pool:
+        raise ValueError(f"transfer: the pools differ ({train.pool} vs {data.pool})")
+    router = _fit(kind, train, np.ones(train.n, dtype=bool), embedder, params)
+    q, c = _predict(router, data, np.ones(data.n, dtype=bool))
+    return {"quality": q, "cost": c}
 
 
 #: shrinkage of predicted quality toward each model's training mean, chosen per outer fold
@@ -507,9 +549,17 @@ def cascade_curves(data: TaskData, budgets: Sequence[float], confidence: dict | 
 # --------------------------------------------------------------------------------------
 def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds: Sequence[str] = DEFAULT_ROUTER_KINDS,
                   folds: int = 5, prices: dict | None = None, cascades: bool = True, artifact_root: str | None = None,
-                  router_params: dict | None = None, seed: int = 0) -> dict:
+                  router_params: dict | None = None, seed: int = 0, protocol: str = CROSSFIT) -> dict:
     """Every curve and figure for one task and pool (see the module docstring)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"many-model protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
     started = time.time()
+    train = None
+    if protocol == LEAVE_TASK_OUT:
+        train_task = other_task(task)
+        pool = transfer_pool(ze.BENCHMARKS.get(task, task), train_task, pool)
+        train = load_task(train_task, pool, prices, folds, seed)
+        cascades = False
     data = load_task(task, pool, prices, folds, seed)
     singles = pd.DataFrame({"model": data.pool, "cost_per_1k": 1000 * data.cost.mean(axis=0),
                             "accuracy": data.correct.mean(axis=0)})
@@ -537,6 +587,14 @@ def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds:
     curves, decisions, preds = [], [], {}
     for kind in router_kinds:
         t0 = time.time()
+        if train is not None:  # trained on the other task: no fold of this one to choose settings on
+            preds[kind] = transfer_router(kind, train, data, embedder=embedder, params=(router_params or {}).get(kind))
+            curve, dec = one_call_curve(data, preds[kind]["quality"], preds[kind]["cost"], budgets, f"router-{kind}")
+            curves.append(curve)
+            decisions.append(dec)
+            log.info("%s %s router trained on %s (%d prompts) in %.1f s", data.task, kind, train.task, train.n,
+                     time.time() - t0)
+            continue
         preds[kind] = crossfit_router(kind, data, embedder=embedder, params=(router_params or {}).get(kind),
                                       nested=True)
         curve, dec = one_call_curve(data, preds[kind]["quality"], preds[kind]["cost"], budgets, f"router-{kind}-raw")
@@ -569,8 +627,9 @@ def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds:
         "benchmark": {v: k for k, v in ze.BENCHMARKS.items()}[data.task],
         "pool": data.pool,
         "prompts": data.n,
-        "folds": int(folds),
-        "protocol": "crossfit",
+        "folds": int(folds) if train is None else 1,
+        "protocol": protocol,
+        "trained_on": None if train is None else {"task": train.task, "prompts": train.n},
         "router_kinds": list(router_kinds),
         "single_models": singles.to_dict(orient="records"),
         "best_single": {"model": str(best_row["model"]), "accuracy": best[0], "cost_per_1k": best[1]},
@@ -603,9 +662,11 @@ def metrics_table(result: dict) -> pd.DataFrame:
 
 def render_markdown(result: dict) -> str:
     b, c = result["best_single"], result["cheapest_single"]
+    how = (f"{result['folds']}-fold cross-fit by prompt" if result["protocol"] == CROSSFIT else
+           f"leave-task-out: routers trained on all {result['trained_on']['prompts']} prompts of "
+           f"{result['trained_on']['task']!r}, none of this task")
     lines = [
-        f"# {result['benchmark']}: {len(result['pool'])} models, {result['prompts']} prompts, "
-        f"{result['folds']}-fold cross-fit by prompt",
+        f"# {result['benchmark']}: {len(result['pool'])} models, {result['prompts']} prompts, {how}",
         "",
         f"Best single model: {b['model']} {100 * b['accuracy']:.2f}% at ${b['cost_per_1k']:.3f}/1k prompts; "
         f"cheapest: {c['model']} at ${c['cost_per_1k']:.4f}/1k. Oracle area over the hull = 1.",
@@ -639,10 +700,14 @@ def plot_png(result: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6), sharey=True)
     curve = result["curve"]
-    panels = [("one call per prompt", [p for p in curve["policy"].unique() if p.startswith("router-")]),
+    one_call = "one call per prompt" if result.get("protocol", CROSSFIT) == CROSSFIT else \
+        f"one call per prompt, routers trained on {result['trained_on']['task']!r} only"
+    panels = [(one_call, [p for p in curve["policy"].unique() if p.startswith("router-")]),
               ("cascades", [p for p in curve["policy"].unique() if p.startswith("cascade-")])]
+    panels = [panels[0]] + [pn for pn in panels[1:] if pn[1]]  # no empty cascades panel
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 6), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, (title, policies) in zip(axes, panels):
         for s in result["single_models"]:
             ax.scatter(s["cost_per_1k"], 100 * s["accuracy"], color="black", s=18, zorder=3)
@@ -675,13 +740,14 @@ def evaluate_to_dir(benchmark: str, output: str, *, pool: Sequence[str] | None =
                     cascades: bool = True, artifact_root: str | None = None) -> dict:
     """Run `evaluate_many` and write metrics.json, metrics.md, curve.csv, plot.png and
     decisions.parquet into the local folder `output`."""
-    if protocol not in (None, "crossfit"):
-        raise ValueError(f"{benchmark}: only the crossfit protocol applies (every prompt is also training data), "
-                         f"got {protocol!r}")
+    protocol = protocol or CROSSFIT
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"{benchmark}: many-model protocols are {list(PROTOCOLS)} (leave-group-out: trained on "
+                         f"the other task), got {protocol!r}")
     if benchmark not in ze.BENCHMARKS:
         raise ValueError(f"unknown many-model benchmark {benchmark!r}; known: {sorted(ze.BENCHMARKS)}")
     result = evaluate_many(benchmark, pool, router_kinds=router_kinds, folds=folds, prices=prices,
-                           cascades=cascades, artifact_root=artifact_root)
+                           cascades=cascades, artifact_root=artifact_root, protocol=protocol)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     files = {

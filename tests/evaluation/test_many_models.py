@@ -106,3 +106,39 @@ def test_evaluate_to_dir_on_real_replies(tmp_path):
     assert m["oracle"]["share_of_oracle_area"] == pytest.approx(1.0)
     assert m["router-random-raw"]["share_of_oracle_area"] < 0.05
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --- leave-task-out: routers trained on the other task -----------------------------------
+_TRANSFER_POOL = ["google/gemini-1.5-flash", "deepseek-v2.5-0908", "openai/gpt-4o-mini-2024-07-18",
+                  "openai/gpt-4o-2024-08-06"]
+
+
+def test_transfer_pool_keeps_models_with_replies_in_both_tasks_and_names_the_rest():
+    pool = mm.transfer_pool("crux", mm.other_task("zeroeval-crux"), None)
+    assert mm.other_task("crux") == "gsm" and mm.other_task("zeroeval-gsm8k") == "crux"
+    assert pool and "Qwen/Qwen2.5-3B-Instruct" not in pool  # CRUXEval's default pool has it; GSM8K has no replies
+    with pytest.raises(ValueError, match=r"Qwen/Qwen2.5-3B-Instruct.*no replies in both 'crux' and 'gsm'"):
+        mm.transfer_pool("crux", "gsm", ["openai/gpt-4o-2024-08-06", "Qwen/Qwen2.5-3B-Instruct"])
+    with pytest.raises(ValueError, match="many-model protocols are"):
+        mm.evaluate_to_dir("zeroeval-crux", "/nonexistent", protocol="holdout")
+
+
+@pytest.mark.slow
+def test_leave_task_out_routers_learn_only_the_other_task(tmp_path):
+    train, data = mm.load_task("gsm", _TRANSFER_POOL), mm.load_task("crux", _TRANSFER_POOL)
+    pred = mm.transfer_router("knn", train, data)
+    assert pred["quality"].shape == (data.n, len(_TRANSFER_POOL))
+    # no CRUXEval label reached the router: far from every training prompt, kNN falls back
+    # on what it learnt, each model's GSM8K standing, not its (different) CRUXEval one
+    mean_pred = pred["quality"].mean(axis=0)
+    gsm_acc, crux_acc = train.correct.mean(axis=0), data.correct.mean(axis=0)
+    assert np.abs(gsm_acc - crux_acc).max() > 0.05  # the two tasks do rank these models differently
+    assert np.abs(mean_pred - gsm_acc).mean() < np.abs(mean_pred - crux_acc).mean()
+
+    res = mm.evaluate_to_dir("zeroeval-crux", str(tmp_path), pool=_TRANSFER_POOL, protocol="leave-group-out",
+                             router_kinds=["random", "knn"])
+    assert res["protocol"] == "leave-group-out" and res["trained_on"] == {"task": "gsm", "prompts": train.n}
+    assert not [p for p in res["metrics"] if p.startswith("cascade-")]  # a cascade's choice needs this task's folds
+    dec = pd.read_parquet(tmp_path / "decisions.parquet")
+    assert (dec.groupby(["policy", "budget_per_1k"]).size() == data.n).all()  # every CRUXEval prompt scored
+    assert "leave-task-out: routers trained on all" in (tmp_path / "metrics.md").read_text()
