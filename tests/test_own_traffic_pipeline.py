@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from openai_test_server import ScriptedOpenAIServer
-from own_traffic_world import STRONG, WEAK, endpoints, make_prompts, rule, write_prompts_file
+from own_traffic_world import DOMAINS, STRONG, WEAK, endpoints, make_prompts, rule, write_prompts_file
 
 pytestmark = pytest.mark.slow
 TELA = str(Path(sys.executable).parent / "tela")
@@ -66,3 +66,12 @@ def test_tela_pipeline_on_own_endpoints_ends_with_a_champion(tmp_path):
     assert all("frontier-xl" in why for why in metrics["skipped"].values())
     report = store.read_bytes(f"{first['stages']['evaluate']['key']}/report.md").decode()
     assert "skipped mmlu" in report and "Brier" in report and "plot_cost_own-labels.png" in report
+    # the prompt file's categories (the world's domains) reach the labels, and each domain is
+    # also scored by a router that never saw it
+    left_out = metrics["own_left_out"]
+    assert left_out["group_by"] == "category", left_out
+    assert set(left_out["per_group"]) <= set(DOMAINS) and len(left_out["per_group"]) >= 2
+    assert sum(v["n_prompts"] for v in left_out["per_group"].values()) >= 90 - 10 * len(left_out["left_in"])
+    print(f"own-labels, each domain left out: APGR {left_out['routellm']['apgr']:.3f} "
+          f"(per domain {({g: v['apgr'] for g, v in left_out['per_group'].items()})})")
+    assert "each category left out" in report

@@ -12,8 +12,11 @@ import pandas as pd
 
 #: the labels table (labels stage -> validate -> train, cross-fit folds)
 LABEL_COLUMNS = ["prompt_id", "prompt", "model", "score", "correct", "quality", "source", "benchmark"]
-#: columns a labels table may add (token counts, for learning each model's reply cost)
-OPTIONAL_LABEL_COLUMNS = ["output_tokens", "input_tokens"]
+#: columns a labels table may add: token counts (for learning each model's reply cost) and
+#: the prompt's `category` from the team's prompt file (its kind of traffic: the group the
+#: own-labels evaluation leaves out, `evaluation.own_labels.evaluate_own_left_out`)
+TOKEN_LABEL_COLUMNS = ["output_tokens", "input_tokens"]
+OPTIONAL_LABEL_COLUMNS = TOKEN_LABEL_COLUMNS + ["category"]
 #: what a router needs of the labels table to train
 ROUTER_LABEL_COLUMNS = ("prompt_id", "prompt", "model", "quality")
 

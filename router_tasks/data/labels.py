@@ -33,7 +33,7 @@ from router_tasks.core.store import ArtifactStore
 log = logging.getLogger(__name__)
 
 STAGE = "labels"
-STAGE_VERSION = "2"  # 2: strong_quality
+STAGE_VERSION = "3"  # 2: strong_quality; 3: the prompts' category, when they have one
 
 #: Own-labels evaluation. With at least this many prompts labelled for both the strong and
 #: the weak model, a fixed hash holdout (the RouteLLM split's salt and fraction, by prompt
@@ -54,14 +54,15 @@ def quality_of(score: pd.Series, correct: pd.Series) -> pd.Series:
 
 def judgements_to_labels(prompts: pd.DataFrame, judged: pd.DataFrame, source: str) -> pd.DataFrame:
     usable = judged[judged["failure_reason"].isna()]
-    merged = usable.merge(prompts[["prompt_id", "prompt", "dataset"]], on="prompt_id", how="left", validate="many_to_one")
+    cols = ["prompt_id", "prompt", "dataset"] + (["category"] if _has_category(prompts) else [])
+    merged = usable.merge(prompts[cols], on="prompt_id", how="left", validate="many_to_one")
     missing = merged["prompt"].isna()
     if missing.any():
         raise ValueError(
             f"{int(missing.sum())} judgements name prompt ids absent from the prompt table, "
             f"e.g. {merged.loc[missing, 'prompt_id'].iloc[0]}"
         )
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "prompt_id": merged["prompt_id"],
             "prompt": merged["prompt"],
@@ -73,6 +74,14 @@ def judgements_to_labels(prompts: pd.DataFrame, judged: pd.DataFrame, source: st
             "benchmark": merged["dataset"].astype("string"),
         }
     )
+    if "category" in merged:
+        out["category"] = merged["category"].astype("string")
+    return out
+
+
+def _has_category(prompts: pd.DataFrame) -> bool:
+    """Whether the team's prompt table tags its prompts with a category (kind of traffic)."""
+    return "category" in prompts and bool(prompts["category"].notna().any())
 
 
 def own_eval_plan(labels: pd.DataFrame, strong_model: str, weak_model: str) -> dict:
@@ -120,6 +129,7 @@ def assumed_strong_labels(prompts: pd.DataFrame, strong_model: str, source_name:
             "source": f"{OWN_SOURCE_PREFIXES[1]}{source_name}",
             "benchmark": prompts["dataset"].astype("string").to_numpy() if "dataset" in prompts else pd.NA,
         }
+        | ({"category": prompts["category"].astype("string").to_numpy()} if _has_category(prompts) else {})
     )
 
 
@@ -175,7 +185,8 @@ def build_labels(
                 )
                 bundled = bundled[bundled["prompt_id"].isin(set(keep))]
             parts.append(bundled)
-        labels = pd.concat(parts, ignore_index=True)[LABEL_COLUMNS]
+        keep = LABEL_COLUMNS + (["category"] if "category" in own else [])
+        labels = pd.concat(parts, ignore_index=True)[keep]
         labels = labels.drop_duplicates(["prompt_id", "model", "source"], keep="first").reset_index(drop=True)
         ctx.stats.update(
             judgements_in=len(judged),

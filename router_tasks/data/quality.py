@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from router_tasks.core.schemas import LABEL_COLUMNS, OPTIONAL_LABEL_COLUMNS
+from router_tasks.core.schemas import LABEL_COLUMNS, OPTIONAL_LABEL_COLUMNS, TOKEN_LABEL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +255,8 @@ def check_class_share(df: pd.DataFrame, max_share: float, column: str = "quality
 
 def labels_suite(th: Mapping, required_models: list[str] | None = None,
                  optional_columns: list[str] | tuple = ()) -> Suite:
-    """`optional_columns`: those of `OPTIONAL_LABEL_COLUMNS` the table has (token counts);
-    they must then be non-negative integers where present."""
+    """`optional_columns`: those of `OPTIONAL_LABEL_COLUMNS` the table has; token counts
+    must then be non-negative where present (a category is free text, or null)."""
     E = _E()
     unknown = sorted(set(optional_columns) - set(OPTIONAL_LABEL_COLUMNS))
     if unknown:
@@ -280,7 +280,7 @@ def labels_suite(th: Mapping, required_models: list[str] | None = None,
             _named(E.ExpectColumnValuesToBeInSet(column="score", value_set=[1, 2, 3, 4, 5]), "score_integer_1_to_5"),
         ] + [
             _named(E.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=10_000_000), f"{c}_non_negative")
-            for c in extra
+            for c in extra if c in TOKEN_LABEL_COLUMNS
         ],
         table=table,
         checks=[

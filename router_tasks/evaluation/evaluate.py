@@ -56,7 +56,9 @@ from router_tasks.core.store import ArtifactStore
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-STAGE_VERSION = "3"  # 2: report.md; 3: own labels, skipped benchmarks, spec
+#: the own labels, each category (or dataset) left out in turn (`own_labels.evaluate_own_left_out`)
+OWN_LEFT_OUT = f"{OWN_BENCHMARK}-left-out"
+STAGE_VERSION = "4"  # 2: report.md; 3: own labels, skipped benchmarks, spec; 4: own labels, each kind left out
 TRAIN_PROMPTS_FILE = "train_prompts.parquet"
 
 #: how each benchmark's quality reads (the metrics keep the benchmark's own units)
@@ -387,7 +389,7 @@ def evaluate_router(
     inputs = {"router": router_ref} | ({"own_labels": own_ref} if own_ref is not None else {})
 
     def compute(ctx) -> None:
-        from router_tasks.evaluation.own_labels import OwnLabelsSkipped, evaluate_own_labels
+        from router_tasks.evaluation.own_labels import OwnLabelsSkipped, evaluate_own_labels, evaluate_own_left_out
         from router_tasks.routers import load_router
         from router_tasks.routers.train import training_labels_ref
 
@@ -417,6 +419,20 @@ def evaluate_router(
                 per_bench[OWN_BENCHMARK], row = _own_outputs(ctx, s, r.strong_model, r.weak_model, scored)
                 rows.append(row)
                 timings[OWN_BENCHMARK] = round(time.time() - started, 3)
+        left_out = None
+        if own and own_used is not None:
+            # beside the own-labels figure, never in `rows`: the publish metric stays what it was
+            started = time.time()
+            try:
+                table, s = evaluate_own_left_out(r, own_used, ctx.store, num_results=num_results,
+                                                 random_seeds=random_seeds)
+            except (OwnLabelsSkipped, ValueError) as e:
+                left_out = {"skipped": str(e)}
+            else:
+                ctx.write_table(table, f"scores_{OWN_LEFT_OUT}.parquet")
+                left_out = {k: s[k] for k in ("protocol", "group_by", "per_group", "left_in", "strong_mean",
+                                              "weak_mean", "routellm", "exact")} | {"n_prompts": s["n"]}
+                timings[OWN_LEFT_OUT] = round(time.time() - started, 3)
         for bench in names:
             reason = skip_reason(bench, strong, weak)
             if reason:
@@ -463,6 +479,7 @@ def evaluate_router(
                 "exact": "every distinct score as a threshold (ties enter together), CPT at the first crossing",
             },
             "benchmarks": per_bench,
+            "own_left_out": left_out,
             "skipped": skipped,
             "spec": spec,
         }
@@ -549,6 +566,24 @@ def render_report(report: dict, rows: list[dict], *, data_fingerprint: str, labe
             out += ["", "No quality-vs-cost curve: fewer than two models have a price (endpoint "
                     "`price_input_per_m` / `price_output_per_m`) and labels on the same prompts."]
         out.append("")
+    left_out = report.get("own_left_out")
+    if left_out and "per_group" in left_out:
+        kind = "dataset" if left_out["group_by"] == "benchmark" else left_out["group_by"]
+        out += [f"## {OWN_BENCHMARK}, each {kind} left out ({left_out['protocol']})", "",
+                f"Each {kind} of the run's own prompts scored by a router retrained without any prompt of it: how "
+                "the router does on a kind of traffic it has no labels for. Not part of the publish metric.", "",
+                f"Pooled: {left_out['n_prompts']} prompts, APGR {num(left_out['routellm']['apgr'])} "
+                f"(exact {num(left_out['exact']['apgr'])}), random {num(left_out['routellm']['random_apgr'])}.",
+                "", f"| {kind} left out | prompts | strong mean | weak mean | APGR | APGR exact |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for g, v in left_out["per_group"].items():
+            out.append(f"| {g} | {v['n_prompts']} | {num(v['strong_mean'])} | {num(v['weak_mean'])} | "
+                       f"{num(v['apgr'])} | {num(v['apgr_exact'])} |")
+        if left_out.get("left_in"):
+            out += ["", f"Too small to score alone (always in training): {', '.join(left_out['left_in'])}."]
+        out.append("")
+    elif left_out and left_out.get("skipped"):
+        out += [f"- {OWN_BENCHMARK}, each kind left out: not scored ({left_out['skipped']})", ""]
     for row in rows:
         if row["benchmark"] != OWN_BENCHMARK:
             out += [f"## {row['benchmark']}", "", f"![{row['benchmark']}](plot_{row['benchmark']}.png)", ""]

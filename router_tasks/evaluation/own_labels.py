@@ -7,6 +7,13 @@ The prompts scored are ones the router never trained on (`data.labels.own_eval_p
   is retrained on the labels minus that fold and scores it (few labels: every prompt is
   scored once, by a router that did not see it).
 
+`evaluate_own_left_out` asks the question a team's next month asks: when the own prompts
+come in kinds (the prompt file's `category` column, carried into the labels; else the
+ingested dataset, the labels' `benchmark`), each kind with enough prompts is scored by a
+router retrained without any prompt of it, so the figure is how the router does on a kind
+of traffic it has no labels for (issue 15's leave-group-out, on the team's own data). It
+sits beside the own-labels figure in the report and never enters the publish metric.
+
 Besides APGR/AUC/CPT for the strong/weak pair (`metrics.summarize`, as for the RouteLLM
 benchmarks) it reports every model's predicted-vs-observed quality (Brier score and
 expected calibration error) and a quality-vs-cost curve over all models with a price:
@@ -33,6 +40,10 @@ log = logging.getLogger(__name__)
 FOLDS_STAGE = "own_crossfit_labels"
 FOLDS_VERSION = "1"
 CALIBRATION_BINS = 10
+#: prompts labelled for both models a group (category or dataset) needs to be left out and scored
+OWN_GROUP_MIN_PROMPTS = 10
+#: what the own prompts are grouped by, first that gives two groups: (labels column, protocol)
+OWN_GROUPINGS = (("category", "leave-category-out"), ("benchmark", "leave-dataset-out"))
 #: how many lambda values the quality-vs-cost sweep tries (log-spaced, plus 0)
 COST_SWEEP_POINTS = 24
 
@@ -153,20 +164,28 @@ def _holdout_predictions(router, observed: pd.DataFrame, plan: dict, trained: se
 
 def _crossfit_predictions(router, labels_ref: ArtifactRef, labels: pd.DataFrame, observed: pd.DataFrame,
                           plan: dict, store):
-    from router_tasks.routers import load_router
-    from router_tasks.routers.train import train_router
-
     pair = observed[[router.strong_model, router.weak_model]].dropna().index
     scored = observed.loc[pair]
     order = sorted(scored.index, key=lambda p: hashlib.sha256(f"tela-own-crossfit:{p}".encode()).hexdigest())
     fold_of = pd.Series(np.arange(len(order)) % plan["folds"], index=order).reindex(scored.index)
+    drop = {f: set(fold_of.index[fold_of == f]) for f in range(plan["folds"])}
+    pred = _fold_predictions(router, labels_ref, labels, scored, fold_of, drop, store,
+                             lambda f: {"fold": f, "folds": plan["folds"], "heldout": sorted(drop[f])})
+    return scored, pred, fold_of.rename("fold")
+
+
+def _fold_predictions(router, labels_ref: ArtifactRef, labels: pd.DataFrame, scored: pd.DataFrame,
+                      fold_of: pd.Series, drop: dict, store, fold_config) -> pd.DataFrame:
+    """Per fold f: retrain the router's recipe on `labels` minus every prompt id in
+    `drop[f]` (an artifact keyed by `fold_config(f)`), predict the scored prompts of fold f."""
+    from router_tasks.routers import load_router
+    from router_tasks.routers.train import train_router
+
     preds = []
-    for f in range(plan["folds"]):
-        held = set(fold_of.index[fold_of == f])
-        fl = labels[~labels["prompt_id"].astype(str).isin(held)].reset_index(drop=True)
+    for f in sorted(drop):
+        fl = labels[~labels["prompt_id"].astype(str).isin(drop[f])].reset_index(drop=True)
         fl_ref = run_stage(FOLDS_STAGE, FOLDS_VERSION, lambda c, fl=fl: c.write_table(fl),
-                           inputs={"labels": labels_ref}, config={"fold": f, "folds": plan["folds"],
-                                                                  "heldout": sorted(held)}, store=store)
+                           inputs={"labels": labels_ref}, config=fold_config(f), store=store)
         fold_ref = train_router(fl_ref, router_type=router.kind, strong_model=router.strong_model,
                                 weak_model=router.weak_model, router_params=router.params,
                                 use_gpu=False, own_holdout=False, artifact_root=store.root)
@@ -175,8 +194,76 @@ def _crossfit_predictions(router, labels_ref: ArtifactRef, labels: pd.DataFrame,
         p = fold_router.predict_quality(texts)
         p.index = fold_of.index[fold_of == f]
         preds.append(p)
-    pred = pd.concat(preds).loc[scored.index]
-    return scored, pred, fold_of.rename("fold")
+    return pd.concat(preds).loc[scored.index]
+
+
+def evaluate_own_left_out(router, labels_ref: ArtifactRef, store, *, num_results: int,
+                          random_seeds: int) -> tuple[pd.DataFrame, dict]:
+    """(scores table, summary) of the own labels scored leave-one-group-out, or raise
+    OwnLabelsSkipped with the reason (fewer than two groups big enough).
+
+    Groups: the prompts' `category` if it gives at least two groups of
+    `OWN_GROUP_MIN_PROMPTS` prompts labelled for both models, else the dataset. Each such
+    group is a fold: the router's recipe is retrained on the labels minus *every* own
+    prompt of that group and scores the group's prompts. The summary is the pooled figure
+    (`metrics.summarize` over all scored prompts) plus each group's own APGR.
+    """
+    labels = store.read_parquet(f"{labels_ref.key}/data.parquet")
+    strong, weak = router.strong_model, router.weak_model
+    if "source" not in labels or not is_own_source(labels["source"]).any():
+        raise OwnLabelsSkipped("the router's labels hold no labels of the run's own (only bundled ones)")
+    own = labels[is_own_source(labels["source"]) & labels["quality"].notna()]
+    observed = own_quality(labels)
+    pair = observed[[strong, weak]].dropna().index if {strong, weak} <= set(observed.columns) else pd.Index([])
+    tried = {}
+    for column, protocol in OWN_GROUPINGS:
+        if column not in own or own[column].isna().all():
+            tried[column] = "absent"
+            continue
+        # a prompt's group: its first non-null value (an assumed strong row may carry none)
+        group_of = own.assign(prompt_id=own["prompt_id"].astype(str)).groupby("prompt_id")[column].first()
+        group_of = group_of.astype("string").fillna("(none)")
+        sizes = group_of.reindex(pair).value_counts()
+        groups = sorted(str(g) for g in sizes.index[sizes >= OWN_GROUP_MIN_PROMPTS] if str(g) != "(none)")
+        if len(groups) >= 2:
+            break
+        tried[column] = {str(k): int(v) for k, v in sizes.items()}
+    else:
+        raise OwnLabelsSkipped(
+            f"leaving a kind of traffic out needs >= 2 categories (prompt file `category`) or groups with "
+            f">= {OWN_GROUP_MIN_PROMPTS} prompts labelled for both {strong} and {weak}; have {tried}")
+    scored_ids = [p for p in pair if group_of[p] in groups]
+    scored = observed.loc[scored_ids]
+    fold_of = pd.Series([groups.index(group_of[p]) for p in scored_ids], index=scored.index)
+    own_ids = group_of.index.to_series()
+    drop = {f: set(own_ids[group_of == g]) for f, g in enumerate(groups)}
+    pred = _fold_predictions(router, labels_ref, labels, scored, fold_of, drop, store,
+                             lambda f: {"left_out": {column: groups[f]}, "heldout": sorted(drop[f])})
+    gap = pred[strong].to_numpy(float) - pred[weak].to_numpy(float)
+    scores = np.clip((gap + 1.0) / 2.0, 0.0, 1.0)  # Router.strong_win_rate on the same predictions
+    s = mx.summarize(scores, scored[strong], scored[weak], num_results=num_results, random_seeds=random_seeds)
+    per = {}
+    for f, g in enumerate(groups):
+        rows = (fold_of == f).to_numpy()
+        one = mx.summarize(scores[rows], scored[strong][rows], scored[weak][rows], num_results=num_results,
+                           random_seeds=random_seeds)
+        per[g] = {"n_prompts": int(rows.sum()), "apgr": one["routellm"]["apgr"], "apgr_exact": one["exact"]["apgr"],
+                  "strong_mean": float(scored[strong][rows].mean()), "weak_mean": float(scored[weak][rows].mean())}
+    s["protocol"] = protocol
+    s["group_by"] = column
+    s["per_group"] = per
+    s["left_in"] = sorted(str(g) for g in sizes.index if str(g) not in groups)
+    table = pd.DataFrame({
+        "prompt_id": scored.index.astype(str),
+        "prompt": scored["_prompt"].to_numpy(),
+        "group": [groups[f] for f in fold_of],
+        "strong_win_rate": scores,
+        "strong_quality": scored[strong].to_numpy(float),
+        "weak_quality": scored[weak].to_numpy(float),
+    })
+    log.info("%s %s (n=%d, %d groups): %s", OWN_BENCHMARK, protocol, len(scored), len(groups),
+             {g: round(v["apgr_exact"], 3) if v["apgr_exact"] is not None else None for g, v in per.items()})
+    return table, s
 
 
 def evaluate_own_labels(router, labels_ref: ArtifactRef, store, trained: set[str], *, prices: dict[str, float],

@@ -182,3 +182,106 @@ def test_evaluate_to_dir_transfer_and_holdout(local_root, tmp_path):
         evaluate_to_dir(router, "gsm8k", "transfer", str(tmp_path / "t"), artifact_root=local_root, random_seeds=1)
     with pytest.raises(ValueError, match="no holdout protocol"):
         evaluate_to_dir(router, "mt-bench", "holdout", str(tmp_path / "x"), artifact_root=local_root)
+
+
+# --- own labels, each dataset left out ------------------------------------------------------
+_RECIPES = ["lasagne", "sourdough bread", "miso soup", "paella", "ratatouille", "dumplings", "risotto"]
+_MATCHES = ["badminton", "water polo", "fencing", "curling", "rugby", "table tennis", "lacrosse"]
+_ASKS = ["Give me three tips about {}.", "What should a beginner know about {}?"]
+
+
+def _two_dataset_labels(root, router_labels_artifact):
+    """Own labels from two ingested datasets (own model names): the small model is right on
+    every `recipes` prompt and wrong on every `matches` one, in the same wordings, so only a
+    router that has seen a dataset's topic can route it."""
+    from router_tasks.core.prompts import prompt_id
+
+    rows = []
+    for dataset, items, small_ok in (("recipes", _RECIPES, True), ("matches", _MATCHES, False)):
+        for item in items:
+            for ask in _ASKS:
+                text = ask.format(item)
+                for model, ok in (("team-large", True), ("team-small", small_ok)):
+                    rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=ok,
+                                     quality=float(ok), source="generated:team-traffic", benchmark=dataset))
+    return router_labels_artifact(pd.DataFrame(rows), root)
+
+
+def test_own_labels_left_out_by_dataset_show_what_does_not_transfer(minilm, local_root, router_labels_artifact):
+    from router_tasks.evaluation.evaluate import OWN_LEFT_OUT, evaluate_router
+    from router_tasks.routers.train import train_router
+
+    labels = _two_dataset_labels(local_root, router_labels_artifact)
+    router = train_router(labels, router_type="knn", strong_model="team-large", weak_model="team-small",
+                          router_params={"k": 5}, artifact_root=local_root)
+    ev = evaluate_router(router, benchmarks=[], random_seeds=2, artifact_root=local_root)
+    store = ArtifactStore(local_root)
+    report = store.read_json(f"{ev['key']}/metrics.json")
+    own, by_dataset = report["benchmarks"]["own-labels"], report["own_left_out"]
+    assert own["protocol"] == "crossfit"  # 28 prompts: k folds by prompt, both topics in every fold's training
+    assert by_dataset["protocol"] == "leave-dataset-out" and by_dataset["group_by"] == "benchmark"
+    assert by_dataset["n_prompts"] == 28
+    assert {d: v["n_prompts"] for d, v in by_dataset["per_group"].items()} == {"matches": 14, "recipes": 14}
+    # by prompt the router has seen each topic and routes as well as the oracle; a dataset
+    # it never saw, it routes by the other one's pattern: the exact opposite here
+    assert own["exact"]["apgr"] == pytest.approx(own["exact"]["oracle_apgr"])
+    assert by_dataset["exact"]["apgr"] < by_dataset["exact"]["random_apgr"] - 0.2
+    assert by_dataset["per_group"]["recipes"]["apgr_exact"] is None  # both models always right: no gap to rank
+    scores = store.read_parquet(f"{ev['key']}/scores_{OWN_LEFT_OUT}.parquet")
+    assert set(scores["group"]) == {"recipes", "matches"} and len(scores) == 28
+    # the router left without `matches` saw only prompts on which both models are right
+    assert scores.loc[scores["group"] == "recipes", "strong_win_rate"].mean() > \
+        scores.loc[scores["group"] == "matches", "strong_win_rate"].mean()
+    text = store.read_bytes(f"{ev['key']}/report.md").decode()
+    assert "own-labels, each dataset left out (leave-dataset-out)" in text and "| matches | 14 |" in text
+    # never part of what publish compares
+    assert list(store.read_parquet(f"{ev['key']}/data.parquet")["benchmark"]) == ["own-labels"]
+
+
+def test_one_own_dataset_is_a_stated_skip_not_a_figure(minilm, local_root, router_labels_artifact):
+    from router_tasks.evaluation.evaluate import evaluate_router
+    from router_tasks.routers.train import train_router
+
+    labels = _two_dataset_labels(local_root, router_labels_artifact)
+    df = ArtifactStore(local_root).read_parquet(f"{labels['key']}/data.parquet")
+    one = router_labels_artifact(df.assign(benchmark="all-traffic"), local_root)
+    router = train_router(one, router_type="knn", strong_model="team-large", weak_model="team-small",
+                          router_params={"k": 5}, artifact_root=local_root)
+    ev = evaluate_router(router, benchmarks=[], random_seeds=2, artifact_root=local_root)
+    by_dataset = ArtifactStore(local_root).read_json(f"{ev['key']}/metrics.json")["own_left_out"]
+    assert "needs >= 2 categories" in by_dataset["skipped"] and "'all-traffic': 28" in by_dataset["skipped"]
+
+
+def test_prompt_file_categories_reach_the_labels_and_are_left_out_in_turn(minilm, local_root):
+    """The team's prompt file tags each prompt with a category; the labels stage carries it
+    (next to the assumed strong rows, which carry it too), the data-quality suite accepts it,
+    and the evaluation leaves each category out in turn: one dataset, two kinds of traffic."""
+    from router_tasks.core.prompts import prompt_id
+    from router_tasks.core.stage import load_table, run_stage
+    from router_tasks.data.labels import build_labels
+    from router_tasks.data.validate import validate_labels
+    from router_tasks.routers.train import train_router
+
+    store = ArtifactStore(local_root)
+    texts = {cat: [ask.format(item) for item in items for ask in _ASKS]
+             for cat, items in (("cooking", _RECIPES), ("sport", _MATCHES))}
+    prompts = pd.DataFrame([{"prompt_id": prompt_id(t), "prompt": t, "dataset": "team-traffic", "category": cat}
+                            for cat, ts in texts.items() for t in ts])
+    judged = pd.DataFrame([{"prompt_id": prompt_id(t), "model": "team-small", "score": 5 if cat == "cooking" else 1,
+                            "correct": None, "failure_reason": None} for cat, ts in texts.items() for t in ts])
+    judged["score"], judged["correct"] = judged["score"].astype("Int64"), judged["correct"].astype("boolean")
+    put = lambda name, df: run_stage(name, "test", lambda ctx: ctx.write_table(df), config={"n": len(df)},  # noqa: E731
+                                     store=store)
+    labels = build_labels(put("ingest", prompts), put("judge", judged), include_routellm=False,
+                          strong_quality="assume_perfect", strong_model="team-large", artifact_root=local_root)
+    table = load_table(labels, store)
+    assert table.groupby("model")["category"].apply(lambda c: c.notna().all()).all()  # both models' rows
+    validated = validate_labels(labels, required_models=["team-large", "team-small"], artifact_root=local_root)
+    router = train_router(validated, router_type="knn", strong_model="team-large", weak_model="team-small",
+                          router_params={"k": 5}, artifact_root=local_root)
+    ev = evaluate_router(router, benchmarks=[], random_seeds=2, artifact_root=local_root)
+    left_out = store.read_json(f"{ev['key']}/metrics.json")["own_left_out"]
+    assert left_out["protocol"] == "leave-category-out" and left_out["group_by"] == "category"
+    assert {g: v["n_prompts"] for g, v in left_out["per_group"].items()} == {"cooking": 14, "sport": 14}
+    assert left_out["exact"]["apgr"] < left_out["exact"]["random_apgr"] - 0.2  # nothing transfers between them
+    assert "each category left out (leave-category-out)" in store.read_bytes(f"{ev['key']}/report.md").decode()
