@@ -701,7 +701,7 @@ def plot_png(result: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     curve = result["curve"]
-    one_call = "one call per prompt" if result.get("protocol", CROSSFIT) == CROSSFIT else \
+    one_call = "one call per prompt" if result["protocol"] == CROSSFIT else \
         f"one call per prompt, routers trained on {result['trained_on']['task']!r} only"
     panels = [(one_call, [p for p in curve["policy"].unique() if p.startswith("router-")]),
               ("cascades", [p for p in curve["policy"].unique() if p.startswith("cascade-")])]

@@ -149,6 +149,14 @@ def cost_plot(curve: pd.DataFrame, n: int) -> bytes:
     return buf.getvalue()
 
 
+def _read_own_labels(labels_ref: ArtifactRef, store) -> pd.DataFrame:
+    """The labels table, or OwnLabelsSkipped when it holds none of the run's own."""
+    labels = store.read_parquet(f"{labels_ref.key}/data.parquet")
+    if "source" not in labels or not is_own_source(labels["source"]).any():
+        raise OwnLabelsSkipped("the router's labels hold no labels of the run's own (only bundled ones)")
+    return labels
+
+
 def _holdout_predictions(router, observed: pd.DataFrame, plan: dict, trained: set[str]):
     held = observed[[pid in set(plan["heldout"]) for pid in observed.index]]
     leaked = held.index.intersection(pd.Index(sorted(trained)))
@@ -208,10 +216,8 @@ def evaluate_own_left_out(router, labels_ref: ArtifactRef, store, *, num_results
     prompt of that group and scores the group's prompts. The summary is the pooled figure
     (`metrics.summarize` over all scored prompts) plus each group's own APGR.
     """
-    labels = store.read_parquet(f"{labels_ref.key}/data.parquet")
+    labels = _read_own_labels(labels_ref, store)
     strong, weak = router.strong_model, router.weak_model
-    if "source" not in labels or not is_own_source(labels["source"]).any():
-        raise OwnLabelsSkipped("the router's labels hold no labels of the run's own (only bundled ones)")
     own = labels[is_own_source(labels["source"]) & labels["quality"].notna()]
     observed = own_quality(labels)
     pair = observed[[strong, weak]].dropna().index if {strong, weak} <= set(observed.columns) else pd.Index([])
@@ -230,7 +236,7 @@ def evaluate_own_left_out(router, labels_ref: ArtifactRef, store, *, num_results
         tried[column] = {str(k): int(v) for k, v in sizes.items()}
     else:
         raise OwnLabelsSkipped(
-            f"leaving a kind of traffic out needs >= 2 categories (prompt file `category`) or groups with "
+            f"leaving a kind of traffic out needs >= 2 categories (prompt file `category`) or datasets with "
             f">= {OWN_GROUP_MIN_PROMPTS} prompts labelled for both {strong} and {weak}; have {tried}")
     scored_ids = [p for p in pair if group_of[p] in groups]
     scored = observed.loc[scored_ids]
@@ -239,8 +245,7 @@ def evaluate_own_left_out(router, labels_ref: ArtifactRef, store, *, num_results
     drop = {f: set(own_ids[group_of == g]) for f, g in enumerate(groups)}
     pred = _fold_predictions(router, labels_ref, labels, scored, fold_of, drop, store,
                              lambda f: {"left_out": {column: groups[f]}, "heldout": sorted(drop[f])})
-    gap = pred[strong].to_numpy(float) - pred[weak].to_numpy(float)
-    scores = np.clip((gap + 1.0) / 2.0, 0.0, 1.0)  # Router.strong_win_rate on the same predictions
+    scores = router.strong_win_rate([], quality=pred)
     s = mx.summarize(scores, scored[strong], scored[weak], num_results=num_results, random_seeds=random_seeds)
     per = {}
     for f, g in enumerate(groups):
@@ -270,10 +275,8 @@ def evaluate_own_labels(router, labels_ref: ArtifactRef, store, trained: set[str
                         num_results: int, random_seeds: int, max_prompts: int | None):
     """(scores table, `metrics.summarize` summary + "calibration"/"cost_curve"/"plan") for the
     run's own labels, or raise OwnLabelsSkipped with the reason."""
-    labels = store.read_parquet(f"{labels_ref.key}/data.parquet")
+    labels = _read_own_labels(labels_ref, store)
     strong, weak = router.strong_model, router.weak_model
-    if "source" not in labels or not is_own_source(labels["source"]).any():
-        raise OwnLabelsSkipped("the router's labels hold no labels of the run's own (only bundled ones)")
     plan = own_eval_plan(labels, strong, weak)
     if plan["protocol"] is None:
         raise OwnLabelsSkipped(plan["reason"])
@@ -291,8 +294,7 @@ def evaluate_own_labels(router, labels_ref: ArtifactRef, store, trained: set[str
     pair = scored[[strong, weak]].dropna().index
     if len(pair) < 2:
         raise OwnLabelsSkipped(f"only {len(pair)} held-out prompts are labelled for both {strong} and {weak}")
-    gap = pred.loc[pair, strong].to_numpy(float) - pred.loc[pair, weak].to_numpy(float)
-    scores = np.clip((gap + 1.0) / 2.0, 0.0, 1.0)  # Router.strong_win_rate on the same predictions
+    scores = router.strong_win_rate([], quality=pred.loc[pair])
     s = mx.summarize(scores, scored.loc[pair, strong], scored.loc[pair, weak],
                      num_results=num_results, random_seeds=random_seeds)
     s["protocol"] = plan["protocol"]
