@@ -48,13 +48,13 @@ class Judged:
         several = len(names) > 1
         return {
             "score": None if v is None else v.score,
-            "score_expected": None if v is None else round(v.expected, 4),
-            "score_probs": None if v is None or v.probs is None else json.dumps([round(p, 4) for p in v.probs]),
+            "score_expected": None if v is None else v.expected,
+            "score_probs": None if v is None or v.probs is None else json.dumps([round(p, 6) for p in v.probs]),
             "verdict_method": "+".join(sorted(set(methods))) or None,
             "judge_raw": (json.dumps(dict(zip(names, self.raws))) if several else self.raws[0]),
             "judge_votes": (json.dumps({n: (x.score if x is not None else None) for n, x in zip(names, self.verdicts)})
                             if several else None),
-            "judge_disagreement": None if v is None or not several else round(v.disagreement, 4),
+            "judge_disagreement": None if v is None or not several else v.disagreement,
         }
 
 

@@ -94,12 +94,31 @@ def verdict_window(tokens: list | None) -> list | None:
     return None
 
 
+def _digit_mass(tokens: list, i: int, prefix: str) -> list[float]:
+    """P(each digit) at token i (the verdict position `prefix` characters into it); a
+    whitespace token chosen there weighs the digits of the token after it."""
+    tok = tokens[i]
+    alternatives = {a: lp for a, lp in tok.get("top") or []}
+    alternatives.setdefault(tok["token"], tok["logprob"])
+    mass = [0.0] * len(DIGITS)
+    for alt, lp in alternatives.items():
+        if not alt.startswith(prefix):
+            continue
+        rest = alt[len(prefix):].lstrip()
+        if rest[:1] in DIGITS and not rest[1:2].isdigit():
+            mass[DIGITS.index(rest[:1])] += math.exp(lp)
+    if not prefix and not tok["token"].strip() and i + 1 < len(tokens):
+        after = _digit_mass(tokens, i + 1, "")  # "[[ 4]]": the space first, then the digit
+        mass = [m + math.exp(tok["logprob"]) * a for m, a in zip(mass, after)]
+    return mass
+
+
 def distribution(tokens: list | None, *, after_open: bool = True) -> tuple[float, ...] | None:
     """P(1)..P(5) at the verdict position, renormalised over the five; None when no
     probability of a digit is there. The position is right after the last `[[` of the
     tokens (`after_open`), or the first token (a continuation's reply). A token holding
     text before the position ("[[4" as one token) counts by its alternatives with the same
-    text before it; a whitespace token there passes to the next one."""
+    text before it; a whitespace token there weighs the digits of the next one."""
     if not tokens:
         return None
     text = _text(tokens)
@@ -110,25 +129,11 @@ def distribution(tokens: list | None, *, after_open: bool = True) -> tuple[float
     start = 0
     for i, tok in enumerate(tokens):
         end = start + len(tok["token"])
-        if end <= pos:
-            start = end
-            continue
-        prefix = text[start:pos]
-        mass = [0.0] * len(DIGITS)
-        alternatives = {a: lp for a, lp in tok.get("top") or []}
-        alternatives.setdefault(tok["token"], tok["logprob"])
-        for alt, lp in alternatives.items():
-            if not alt.startswith(prefix):
-                continue
-            rest = alt[len(prefix):].lstrip()
-            if rest[:1] in DIGITS and not rest[1:2].isdigit():
-                mass[DIGITS.index(rest[:1])] += math.exp(lp)
-        total = sum(mass)
-        if total > 0:
-            return tuple(m / total for m in mass)
-        if prefix or tok["token"].strip():
-            return None
-        pos, start = end, end  # a space before the digit: the digit is the next token
+        if end > pos:
+            mass = _digit_mass(tokens, i, text[start:pos])
+            total = sum(mass)
+            return tuple(m / total for m in mass) if total > 0 else None
+        start = end
     return None
 
 
@@ -186,9 +191,10 @@ class Vote:
 def vote(verdicts: Sequence[Verdict], how: str = "majority") -> Vote | None:
     """One verdict from several (None if no judge gave one).
 
-    "majority": the most frequent score; a tie goes to the score the judges' summed
-    probabilities favour, then to the lower score. "mean": the judges' mean expected score,
-    rounded half up. With one judge both are that judge's verdict."""
+    "majority": the most frequent score; a tie goes to the tied score nearest the judges'
+    mean expected score (their probabilities count there), then to the lower one. "mean":
+    the judges' mean expected score, rounded half up. With one judge both are that judge's
+    verdict."""
     if how not in VOTES:
         raise ValueError(f"vote must be one of {list(VOTES)}, got {how!r}")
     have = [v for v in verdicts if v.score is not None]
@@ -201,7 +207,7 @@ def vote(verdicts: Sequence[Verdict], how: str = "majority") -> Vote | None:
         counts = Counter(v.score for v in have)
         top = max(counts.values())
         tied = [s for s in SCORES if counts.get(s) == top]
-        score = max(tied, key=lambda s: (mean_probs[s - 1], -s))
+        score = min(tied, key=lambda s: (abs(s - expected), s))
     else:
         score = min(max(int(math.floor(expected + 0.5)), SCORES[0]), SCORES[-1])
     disagreement = sum(v.score != score for v in have) / len(have)
