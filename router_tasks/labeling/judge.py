@@ -160,7 +160,7 @@ def check_vote(vote: str) -> str:
     return vote
 
 
-def _judge_config(endpoints: list[Endpoint], vote: str) -> dict:
+def judge_config(endpoints: list[Endpoint], vote: str) -> dict:
     from router_tasks.labeling.verdicts import resolve_path
 
     return {
@@ -362,7 +362,7 @@ def judge_part(
         log.info("%s: shard %s: %s", STAGE, shard, ctx.stats)
 
     return run_stage(PART_STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers},
-                     config={**_judge_config(endpoints, vote), "shard": shard}, store=ArtifactStore(artifact_root))
+                     config={**judge_config(endpoints, vote), "shard": shard}, store=ArtifactStore(artifact_root))
 
 
 SUMMED = ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens", "output_tokens",
@@ -433,7 +433,7 @@ def combine_judgements(
         log.info("%s: %s", STAGE, {k: v for k, v in ctx.stats.items() if k not in ("by_model", "by_judge")})
 
     return run_stage(STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers, **names},
-                     config={**_judge_config(endpoints, vote), "quality": resolve_thresholds(thresholds)},
+                     config={**judge_config(endpoints, vote), "quality": resolve_thresholds(thresholds)},
                      store=ArtifactStore(artifact_root))
 
 
