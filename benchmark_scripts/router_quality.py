@@ -95,13 +95,13 @@ def labels_artifact(store: ArtifactStore, max_prompts: int | None) -> tuple[dict
 
 
 def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed: int, max_prompts: int | None,
-            runs=RUNS, params: dict | None = None) -> dict:
+            runs=RUNS, params: dict | None = None, prices: dict | None = None) -> dict:
     router = train_router(labels_ref, router_type=kind, router_params=params, artifact_root=store.root)
     out = {"train_key": router["key"]}
     for title, bench, protocol in runs:
         t0 = time.perf_counter()
         cf = crossfit_evaluate(router, bench, folds=folds, seed=seed, protocol=protocol,
-                               max_prompts=max_prompts, artifact_root=store.root)
+                               max_prompts=max_prompts, artifact_root=store.root, prices=prices)
         row = load_table(cf, store).iloc[0].to_dict()
         row["seconds"] = time.perf_counter() - t0
         scored = store.read_parquet(f"{ArtifactRef.of(cf).key}/scores_{bench}.parquet")
@@ -195,6 +195,9 @@ def main(argv=None) -> int:
                     "processes on one --artifact-root can split a long run and a last plain run prints it all")
     ap.add_argument("--params", type=json.loads, default=None,
                     help="router params as JSON, for every router kind run (default: each kind's defaults)")
+    ap.add_argument("--prices", type=json.loads, default=None,
+                    help='JSON {"model": $ per 1M tokens, input + output} for the two models: prints the dollars '
+                         "saved at 95%% quality too")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -219,7 +222,8 @@ def main(argv=None) -> int:
     results = {}
     for kind in args.routers:
         t0 = time.perf_counter()
-        results[kind] = quality(kind, labels_ref, store, args.folds, args.seed, args.max_prompts, runs, args.params)
+        results[kind] = quality(kind, labels_ref, store, args.folds, args.seed, args.max_prompts, runs, args.params,
+                                args.prices)
         print(f"  {kind}: {time.perf_counter() - t0:.0f} s (train artifact {results[kind]['train_key']})", flush=True)
 
     titles = [t for t, _, _ in runs]
@@ -243,6 +247,10 @@ def main(argv=None) -> int:
     for kind, r in results.items():
         print(f"| {kind} | " + " | ".join(f"{r[t]['calls_saved_at_95']:.1%} ({r[t]['calls_saved_at_95_exact']:.1%})"
                                           for t in titles) + " |")
+        if args.prices:
+            print(f"| {kind}, dollars saved at prices {args.prices} | "
+                  + " | ".join(f"{r[t]['dollars_saved_at_95']:.1%} ({r[t]['dollars_saved_at_95_exact']:.1%})"
+                               for t in titles) + " |")
     bench_of = {t: b for t, b, _ in runs}
     for source, figures in PUBLISHED_SAVINGS.items():
         print(f"| {source} (published, not measured here) | "

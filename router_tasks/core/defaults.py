@@ -13,7 +13,9 @@ DEMO_PROMPTS = str(Path(__file__).parent.parent / "data" / "files" / "demo" / "p
 # so the offline demo goes through the same HTTP client path as a paid endpoint.
 LOCAL_MODEL = {"name": "smollm2", "model": "smollm2", "base_url": "local"}
 DEMO_MODELS = [LOCAL_MODEL]
-DEMO_JUDGE = {"name": "smollm2-judge", "model": "smollm2", "base_url": "local"}
+# A short explanation budget: the 135M judge's verdict comes from the probabilities of 1-5
+# after `[[` (a continued turn when it writes none), and a long ramble costs CPU minutes.
+DEMO_JUDGE = {"name": "smollm2-judge", "model": "smollm2", "base_url": "local", "max_tokens": 48}
 # Writes the reference answers the data lacks; in production the strong model (GPT-4o class).
 DEMO_REFERENCE = {"name": "smollm2-reference", "model": "smollm2", "base_url": "local", "max_tokens": 128}
 JUDGE_BATCH_CONN_ID = "tela_judge_batch"  # an Airflow `openai` connection: host = base URL, password = key

@@ -80,8 +80,8 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
     if decision:
         verdict = "promoted to champion" if decision["promoted"] else "not promoted"
         lines += [f"Router `{decision['router']['key']}`: {verdict} ({decision['reason']}).", ""]
-        lines += ["| benchmark | protocol | prompts | APGR | CPT(50%) | CPT(80%) | strong calls saved at 95% quality "
-                  "(exact curve) |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["| benchmark | protocol | prompts | APGR | CPT(50%) | CPT(80%) | strong-model calls saved at 95% of "
+                  "its quality (exact curve in brackets) |", "|---|---|---:|---:|---:|---:|---:|"]
         for row in decision.get("per_benchmark", []):
             lines.append(
                 f"| {row.get('benchmark')} | {row.get('protocol', '-')} | {row.get('n_prompts', '-')} | "

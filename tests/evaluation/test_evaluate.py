@@ -256,6 +256,9 @@ def test_own_labels_left_out_by_dataset_show_what_does_not_transfer(minilm, loca
     # by prompt the router has seen each topic and routes as well as the oracle; a dataset
     # it never saw, it routes by the other one's pattern: the exact opposite here
     assert own["exact"]["apgr"] == pytest.approx(own["exact"]["oracle_apgr"])
+    # and so saves as many strong-model calls at 95% of its quality as the oracle, more than chance
+    assert own["exact"]["calls_saved_at_95"] == pytest.approx(own["exact"]["oracle_calls_saved_at_95"])
+    assert own["exact"]["calls_saved_at_95"] > own["exact"]["random_calls_saved_at_95"]
     assert by_dataset["exact"]["apgr"] < by_dataset["exact"]["random_apgr"] - 0.2
     assert by_dataset["per_group"]["recipes"]["apgr_exact"] is None  # both models always right: no gap to rank
     scores = store.read_parquet(f"{ev['key']}/scores_{OWN_LEFT_OUT}.parquet")
