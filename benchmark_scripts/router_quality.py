@@ -1,4 +1,5 @@
-"""Router quality (cross-fit and leave-group-out APGR / CPT) and speed on the bundled RouteLLM data.
+"""Router quality (cross-fit and leave-group-out APGR / CPT / strong-model calls saved at 95% of
+its quality) and speed on the bundled RouteLLM data.
 
     .venv/bin/python benchmark_scripts/router_quality.py                      # the full run
     .venv/bin/python benchmark_scripts/router_quality.py --max-prompts 1000   # quick check
@@ -70,6 +71,10 @@ RUNS = (
 ROUTER_TYPES = ("random", "knn", "mf", "ensemble")
 #: RouteLLM paper's best APGR (GPT-4 vs Mixtral), for reference only: not measured here
 PUBLISHED_APGR = {"mmlu": 0.603, "gsm8k": 0.622}
+#: strong-model cost saved at 95% of its quality, published, for reference only (not measured here):
+#: the seed document's table and RouteLLM's paper (best router, "over 85%" on MT-Bench)
+PUBLISHED_SAVINGS = {"seed": {"mt-bench": 0.70, "mmlu": 0.30, "gsm8k": 0.40},
+                     "RouteLLM paper": {"mt-bench": 0.85, "mmlu": 0.45, "gsm8k": 0.35}}
 BATCH_N, SINGLE_N = 2000, 200
 
 
@@ -90,13 +95,13 @@ def labels_artifact(store: ArtifactStore, max_prompts: int | None) -> tuple[dict
 
 
 def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed: int, max_prompts: int | None,
-            runs=RUNS, params: dict | None = None) -> dict:
+            runs=RUNS, params: dict | None = None, prices: dict | None = None) -> dict:
     router = train_router(labels_ref, router_type=kind, router_params=params, artifact_root=store.root)
     out = {"train_key": router["key"]}
     for title, bench, protocol in runs:
         t0 = time.perf_counter()
         cf = crossfit_evaluate(router, bench, folds=folds, seed=seed, protocol=protocol,
-                               max_prompts=max_prompts, artifact_root=store.root)
+                               max_prompts=max_prompts, artifact_root=store.root, prices=prices)
         row = load_table(cf, store).iloc[0].to_dict()
         row["seconds"] = time.perf_counter() - t0
         scored = store.read_parquet(f"{ArtifactRef.of(cf).key}/scores_{bench}.parquet")
@@ -190,6 +195,9 @@ def main(argv=None) -> int:
                     "processes on one --artifact-root can split a long run and a last plain run prints it all")
     ap.add_argument("--params", type=json.loads, default=None,
                     help="router params as JSON, for every router kind run (default: each kind's defaults)")
+    ap.add_argument("--prices", type=json.loads, default=None,
+                    help='JSON {"model": $ per 1M tokens, input + output} for the two models: prints the dollars '
+                         "saved at 95%% quality too")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -214,7 +222,8 @@ def main(argv=None) -> int:
     results = {}
     for kind in args.routers:
         t0 = time.perf_counter()
-        results[kind] = quality(kind, labels_ref, store, args.folds, args.seed, args.max_prompts, runs, args.params)
+        results[kind] = quality(kind, labels_ref, store, args.folds, args.seed, args.max_prompts, runs, args.params,
+                                args.prices)
         print(f"  {kind}: {time.perf_counter() - t0:.0f} s (train artifact {results[kind]['train_key']})", flush=True)
 
     titles = [t for t, _, _ in runs]
@@ -230,13 +239,31 @@ def main(argv=None) -> int:
     print("|---|" + "---|" * len(titles))
     for kind, r in results.items():
         print(f"| {kind} | " + " | ".join(f"{r[t]['cpt50']:.1%}" for t in titles) + " |")
+    print()
+    print("## Strong-model calls saved at 95% of its quality (RouteLLM mode; exact curve in brackets)")
+    print()
+    print("| router | " + " | ".join(titles) + " |")
+    print("|---|" + "---|" * len(titles))
+    for kind, r in results.items():
+        print(f"| {kind} | " + " | ".join(f"{r[t]['calls_saved_at_95']:.1%} ({r[t]['calls_saved_at_95_exact']:.1%})"
+                                          for t in titles) + " |")
+        if args.prices:
+            print(f"| {kind}, dollars saved at prices {args.prices} | "
+                  + " | ".join(f"{r[t]['dollars_saved_at_95']:.1%} ({r[t]['dollars_saved_at_95_exact']:.1%})"
+                               for t in titles) + " |")
+    bench_of = {t: b for t, b, _ in runs}
+    for source, figures in PUBLISHED_SAVINGS.items():
+        print(f"| {source} (published, not measured here) | "
+              + " | ".join(f"{figures[bench_of[t]]:.0%}" for t in titles) + " |")
     any_r = next(iter(results.values()), None)
     if any_r:
         print()
         for t in titles:
             s = any_r[t]
             ceiling = s.get("category_oracle_apgr")
-            print(f"- {t}: n={s['n_prompts']}, random APGR {s['random_apgr']:.3f} (10 seeds), oracle {s['oracle_apgr']:.3f}"
+            print(f"- {t}: n={s['n_prompts']}, random APGR {s['random_apgr']:.3f} (10 seeds), oracle {s['oracle_apgr']:.3f}, "
+                  f"calls saved at 95%: random {s['random_calls_saved_at_95_exact']:.1%}, "
+                  f"oracle {s['oracle_calls_saved_at_95_exact']:.1%} (exact)"
                   + (f", category oracle {ceiling:.3f} (every prompt scored by its category's true mean gap: "
                      "a router that knows each category perfectly and nothing within it)" if ceiling is not None else ""))
         print(f"- RouteLLM best (published, per-prompt splits, not measured here): MMLU {PUBLISHED_APGR['mmlu']:.3f}, "

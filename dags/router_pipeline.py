@@ -1,6 +1,6 @@
 """The router pipeline: ingest -> references -> generate (mapped over shards x models) ->
-[judge batch] -> judge (mapped over shards) -> ledger, labels -> validate -> train ->
-evaluate -> publish -> summary.
+[judge batch] -> judge (mapped over shards) -> judge agreement -> ledger, labels -> validate
+-> train -> evaluate -> publish -> summary.
 
 Wiring only: the stages, their order and each one's arguments come from
 `router_tasks.pipeline.STEPS` (the list `tela pipeline` runs), so the two cannot drift
@@ -25,6 +25,7 @@ from tela_params import model_pair_params
 
 from router_tasks.core import defaults
 from router_tasks.evaluation.evaluate import evaluate_router
+from router_tasks.labeling.agreement import measure_judge_agreement
 from router_tasks.labeling.generate import combine_answers, generate_part, plan_generation
 from router_tasks.labeling.judge import combine_judgements, judge_part, plan_judging
 from router_tasks.labeling.judge_batch import BATCH_ENDPOINT
@@ -51,7 +52,7 @@ def args(step: str) -> dict:
 
 
 @task
-def prepare_judge_batch(prompts: dict, answers: dict, judge: dict, judge_mode: str) -> str:
+def prepare_judge_batch(prompts: dict, answers: dict, judge: dict, judges: list | None, judge_mode: str) -> str:
     """Batch mode: upload the judge calls not yet cached; skipped in online mode or when none are left."""
     from airflow.sdk.exceptions import AirflowSkipException
 
@@ -59,18 +60,18 @@ def prepare_judge_batch(prompts: dict, answers: dict, judge: dict, judge_mode: s
 
     if judge_mode != "batch":
         raise AirflowSkipException("judge_mode is online")
-    file_id = judge_batch.prepare_judge_batch(prompts, answers, judge=judge)
+    file_id = judge_batch.prepare_judge_batch(prompts, answers, judge=judge, judges=judges)
     if file_id is None:
         raise AirflowSkipException("every judge call is already in the request cache")
     return file_id
 
 
 @task(trigger_rule="none_failed")
-def collect_judge_batch(batch_id: str | None, judge: dict) -> dict | None:
+def collect_judge_batch(batch_id: str | None, judge: dict, judges: list | None) -> dict | None:
     """The finished batch's replies into the request cache (None when the batch was skipped)."""
     from router_tasks.labeling import judge_batch
 
-    return judge_batch.collect_judge_batch(batch_id, judge=judge) if batch_id else None
+    return judge_batch.collect_judge_batch(batch_id, judge=judge, judges=judges) if batch_id else None
 
 
 @task(outlets=[LABELS_ASSET])
@@ -141,7 +142,21 @@ def summary(stages: dict, decision: dict) -> str:
                                     '"api_key_env" (the key from an Airflow connection), "max_tokens", "concurrency", '
                                     'prices}; base_url "local" is the bundled SmolLM2 server'),
         "judge": Param(defaults.DEMO_JUDGE, type="object",
-                       description="the judge endpoint that scores every answer (same fields as a models entry)"),
+                       description="the judge endpoint that scores every answer (same fields as a models entry; "
+                                   '"verdict": auto | logprobs | continue | text, see docs/labeling.md)'),
+        "judges": Param(None, type=["null", "array"], items={"type": "object"},
+                        description="several judge endpoints instead of `judge`, each asked every answer, "
+                                    "their verdicts voted (judge_vote); empty: `judge` alone"),
+        "judge_vote": Param("majority", enum=["majority", "mean"],
+                            description="how several judges' verdicts combine: the most frequent score, or "
+                                        "the mean expected score rounded"),
+        "judge_agreement_sample": Param(50, type="integer", minimum=0,
+                                        description="gold-graded answers (a seeded sample) also asked of the judge, "
+                                                    "to measure its agreement with exact match; 0: none"),
+        "judge_min_agreement": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                                     description="stop the run when the judge agrees with exact match on fewer "
+                                                 "than this share of the sampled answers (empty: the configured "
+                                                 "data-quality threshold, off by default)"),
         "judge_mode": Param("online", enum=["online", "batch"],
                             description="batch: the OpenAI Batch API (half price, up to 24 h) through judge_batch_conn_id"),
         "judge_batch_conn_id": Param(defaults.JUDGE_BATCH_CONN_ID, type="string",
@@ -162,6 +177,9 @@ def summary(stages: dict, decision: dict) -> str:
         "strong_quality": Param("labeled", enum=["labeled", "assume_perfect"],
                                 description="labeled: the strong model is one of `models`, judged like the others; "
                                             "assume_perfect: never asked for labels, counts as 5/5 (its answer is the reference)"),
+        "quality_target": Param(defaults.PIPELINE_PARAMS["quality_target"], type="number", exclusiveMinimum=0,
+                                maximum=1, description="the evaluation also reports the strong-model calls saved "
+                                                       "at this share of the strong model's quality (beside 95%)"),
     },
 )
 def router_pipeline():
@@ -181,7 +199,8 @@ def router_pipeline():
     # Batch mode buys the verdicts through the OpenAI Batch API (deferrable wait) into the
     # request cache; the judge parts below then find them there. Online mode skips it.
     judging = args("judge")
-    batch_file = prepare_judge_batch(referenced, answers, judge=judging["judge"], judge_mode="{{ params.judge_mode }}")
+    batch_file = prepare_judge_batch(referenced, answers, judge=judging["judge"], judges=judging["judges"],
+                                     judge_mode="{{ params.judge_mode }}")
     batch_run = OpenAITriggerBatchOperator(
         task_id="judge_batch_run",
         file_id=batch_file,
@@ -196,13 +215,16 @@ def router_pipeline():
     judge_parts = (
         stage(judge_part)
         .override(**llm)
-        .partial(prompts=referenced, answers=answers, judge=judging["judge"])
+        .partial(prompts=referenced, answers=answers, **judging)
         .expand_kwargs(task(plan_judging)(referenced))
     )
     batch >> judge_parts
     judgements = stage(combine_judgements).override(task_id="judge_answers")(referenced, answers, judge_parts, **judging)
-    ledger = stage(cost_ledger)({"references": referenced, "generate": answers, "judge_batch": batch, "judge": judgements})
-    labels = stage(build_labels)(referenced, judgements, **args("labels"))
+    agreement = stage(measure_judge_agreement).override(task_id="judge_agreement", **llm)(
+        referenced, answers, judgements, **args("agreement"))
+    ledger = stage(cost_ledger)({"references": referenced, "generate": answers, "judge_batch": batch, "judge": judgements,
+                                 "agreement": agreement})
+    labels = stage(build_labels)(referenced, judgements, agreement, **args("labels"))
     valid = stage(validate_labels)(labels, **args("validate"))
     announce_labels(valid)
     # Routers that need a GPU (causal_llm) train in train_router_gpu (gpu queue, tela_gpu
@@ -232,7 +254,8 @@ def router_pipeline():
     router >> eval_device >> [ev_cpu, ev_gpu]
     evaluation = evaluated_router(ev_cpu, ev_gpu)
     decision = stage(publish_router)(router, evaluation)
-    refs = {"ingest": prompts, "references": referenced, "generate": answers, "judge": judgements, "labels": labels,
+    refs = {"ingest": prompts, "references": referenced, "generate": answers, "judge": judgements,
+            "agreement": agreement, "labels": labels,
             "validate": valid, "train": router, "evaluate": evaluation, "ledger": ledger}
     summary({name: refs[name] for name in SUMMARY_STAGES}, decision)
 

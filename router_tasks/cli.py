@@ -127,6 +127,9 @@ def _judge_args(s):
     s.add_argument("--prompts", help="ingest artifact (artifact mode)")
     s.add_argument("--answers", help="generate artifact (artifact mode)")
     s.add_argument("--judge", type=_json_arg, default=_defaults().DEMO_JUDGE, help="JSON endpoint of the judge")
+    s.add_argument("--judges", type=_json_or_file, help="several judges instead: a JSON list of endpoints (or a .json "
+                                                         "file), their verdicts voted (--vote)")
+    s.add_argument("--vote", choices=["majority", "mean"], default="majority", help="how several judges' verdicts combine")
     s.add_argument("--batch", action="store_true",
                    help="artifact mode: buy the verdicts through the OpenAI Batch API first (half price, waits for it)")
     _file_mode_args(s, model_flag="--judge-model")
@@ -144,8 +147,9 @@ def judge(args, ctx: Context) -> int:
     if args.batch:  # fills the request cache; the judge stage below then reads it
         from router_tasks.labeling.judge_batch import run_judge_batch
 
-        run_judge_batch(prompts, answers, judge=args.judge, artifact_root=ctx.root)
-    return ctx.emit(judge_answers(prompts, answers, judge=args.judge, artifact_root=ctx.root))
+        run_judge_batch(prompts, answers, judge=args.judge, judges=args.judges, artifact_root=ctx.root)
+    return ctx.emit(judge_answers(prompts, answers, judge=args.judge, judges=args.judges, vote=args.vote,
+                                  artifact_root=ctx.root))
 
 
 def _file_mode(args, root: str | None) -> int:
@@ -269,7 +273,10 @@ def _evaluate_args(s):
                    help="with --output: this one (zeroeval-*: many real models, cost-quality curves)")
     s.add_argument("--pool", help="zeroeval-*: comma-separated models (default: a built-in pool of 10)")
     s.add_argument("--router-types", default="knn", help="zeroeval-*: router kinds to cross-fit, e.g. knn,mf,ensemble")
-    s.add_argument("--prices", help="zeroeval-*: prices.json-shaped file (default: the bundled one)")
+    s.add_argument("--prices", help="zeroeval-*: prices.json-shaped file (default: the bundled one); otherwise JSON "
+                                    '{"model": $ per 1M tokens} (or a .json file): the dollars saved at 95%% quality')
+    s.add_argument("--quality-target", type=float, default=_defaults().PIPELINE_PARAMS["quality_target"],
+                   help="besides 95%%, report the strong-model calls saved at this share of its quality (0-1]")
     s.add_argument("--no-cascades", action="store_true", help="zeroeval-*: one call per prompt only")
     s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit", "leave-group-out"],
                    help="default: the benchmark's own; leave-group-out: folds by MMLU subject, other benchmarks held out "
@@ -289,11 +296,13 @@ def evaluate(args, ctx: Context) -> int:
         return _evaluate_many_models(args, ctx)
     if not args.router:
         raise ValueError("--router is required (a train artifact or 'champion')")
+    prices = _prices_arg(args.prices)
     if args.output:
         if not args.benchmark:
             raise ValueError("--output needs --benchmark (one of mt-bench, mmlu, gsm8k)")
         result = evaluate_to_dir(args.router, args.benchmark, args.protocol, args.output, ctx.root,
-                                 folds=args.folds, max_prompts=args.max_prompts)
+                                 folds=args.folds, max_prompts=args.max_prompts, quality_target=args.quality_target,
+                                 prices=prices)
         return ctx.emit({k: result[k] for k in ("output_dir", "files", "metrics")})
     if args.router == "champion":
         champion = read_champion(ctx.store)
@@ -303,7 +312,19 @@ def evaluate(args, ctx: Context) -> int:
     else:
         router = ctx.ref(args.router)
     return ctx.emit(evaluate_router(router, benchmarks=args.benchmarks, protocol=args.protocol,
-                                    max_prompts=args.max_prompts, artifact_root=ctx.root))
+                                    max_prompts=args.max_prompts, artifact_root=ctx.root,
+                                    quality_target=args.quality_target, prices=prices))
+
+
+def _prices_arg(text: str | None) -> dict[str, float] | None:
+    """`--prices` for the RouteLLM benchmarks: {model: $ per 1M tokens}, JSON or a .json file."""
+    if text is None:
+        return None
+    prices = _json_or_file(text)
+    if not isinstance(prices, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                                               for v in prices.values()):
+        raise ValueError(f'--prices: expected a JSON object {{"model": dollars per 1M tokens >= 0}}, got {prices!r:.200}')
+    return {str(k): float(v) for k, v in prices.items()}
 
 
 def _evaluate_many_models(args, ctx: Context) -> int:
@@ -488,6 +509,14 @@ def _pipeline_args(s):
     s.add_argument("--models", type=_json_or_file, default=PARAMS["models"],
                    help="endpoints to label: a JSON list (or a .json file), as the DAG's `models` param")
     s.add_argument("--judge", type=_json_or_file, default=PARAMS["judge"], help="judge endpoint: JSON object or file")
+    s.add_argument("--judges", type=_json_or_file, default=PARAMS["judges"],
+                   help="several judges instead of --judge: a JSON list of endpoints (or a .json file)")
+    s.add_argument("--judge-vote", choices=["majority", "mean"], default=PARAMS["judge_vote"],
+                   help="how several judges' verdicts combine")
+    s.add_argument("--judge-agreement-sample", type=int, default=PARAMS["judge_agreement_sample"],
+                   help="gold-graded answers (a seeded sample) also asked of the judge: its agreement with exact match")
+    s.add_argument("--judge-min-agreement", type=float, default=PARAMS["judge_min_agreement"],
+                   help="stop the run when the judge agrees with exact match on fewer than this share of them")
     s.add_argument("--reference", type=_json_or_file, default=PARAMS["reference_model"],
                    help="endpoint that writes missing reference answers (JSON object or file; 'null': none)")
     s.add_argument("--strong-model", default=PARAMS["strong_model"], help="name of the strong (costly) model")
@@ -504,6 +533,8 @@ def _pipeline_args(s):
     s.add_argument("--benchmarks", nargs="*", default=PARAMS["benchmarks"],
                    help="RouteLLM benchmarks to score besides the run's own labels")
     s.add_argument("--eval-max-prompts", type=int, help="cap evaluated prompts per benchmark (quick runs)")
+    s.add_argument("--quality-target", type=float, default=PARAMS["quality_target"],
+                   help="besides 95%%, report the strong-model calls saved at this share of its quality")
     s.add_argument("--min-rows-per-model", type=int, default=PARAMS["min_rows_per_model"],
                    help="labels needed per model to train")
     s.add_argument("--cpu", action="store_true", help="train GPU routers on the CPU")
@@ -522,6 +553,10 @@ def pipeline(args, ctx: Context) -> int:
             "sample": args.sample,
             "models": args.models,
             "judge": args.judge,
+            "judges": args.judges,
+            "judge_vote": args.judge_vote,
+            "judge_agreement_sample": args.judge_agreement_sample,
+            "judge_min_agreement": args.judge_min_agreement,
             "judge_mode": args.judge_mode,
             "reference_model": args.reference,
             "strong_model": args.strong_model,
@@ -535,6 +570,7 @@ def pipeline(args, ctx: Context) -> int:
             "routellm_max_prompts": args.routellm_max_prompts,
             "benchmarks": args.benchmarks,
             "eval_max_prompts": args.eval_max_prompts,
+            "quality_target": args.quality_target,
             "min_rows_per_model": args.min_rows_per_model,
         },
         artifact_root=ctx.root,

@@ -21,6 +21,7 @@ from router_tasks.data.ingest import ingest_prompts
 from router_tasks.data.labels import build_labels
 from router_tasks.data.validate import validate_labels
 from router_tasks.evaluation.evaluate import evaluate_router
+from router_tasks.labeling.agreement import measure_judge_agreement
 from router_tasks.labeling.generate import generate_answers
 from router_tasks.labeling.judge import judge_answers
 from router_tasks.labeling.judge_batch import run_judge_batch
@@ -86,13 +87,19 @@ STEPS: tuple[Step, ...] = (
          {"models": "models", "max_tokens": "max_tokens"},
          dag_tasks=("plan_generation", "generate_part", "generate_answers")),
     # batch mode: buy the verdicts through the OpenAI Batch API into the request cache first
-    Step("judge_batch", "collect_judge_batch", run_judge_batch, ("references", "generate"), {"judge": "judge"},
+    Step("judge_batch", "collect_judge_batch", run_judge_batch, ("references", "generate"),
+         {"judge": "judge", "judges": "judges"},
          dag_tasks=("prepare_judge_batch", "judge_batch_run", "collect_judge_batch"), when=("judge_mode", "batch")),
-    Step("judge", "judge_answers", judge_answers, ("references", "generate"), {"judge": "judge"},
+    Step("judge", "judge_answers", judge_answers, ("references", "generate"),
+         {"judge": "judge", "judges": "judges", "vote": "judge_vote"},
          dag_tasks=("plan_judging", "judge_part", "judge_answers")),
-    Step("ledger", "cost_ledger", cost_ledger, ("references", "generate", "judge_batch", "judge"),
+    # the judge also grades a seeded sample of the gold-graded answers: its agreement with exact match
+    Step("agreement", "judge_agreement", measure_judge_agreement, ("references", "generate", "judge"),
+         {"judge": "judge", "judges": "judges", "vote": "judge_vote", "sample_size": "judge_agreement_sample",
+          "min_agreement": "judge_min_agreement"}),
+    Step("ledger", "cost_ledger", cost_ledger, ("references", "generate", "judge_batch", "judge", "agreement"),
          inputs_as_mapping=True),
-    Step("labels", "build_labels", build_labels, ("references", "judge"),
+    Step("labels", "build_labels", build_labels, ("references", "judge", "agreement"),
          {"include_routellm": "include_routellm", "routellm_max_prompts": "routellm_max_prompts",
           "strong_quality": "strong_quality", "strong_model": "strong_model"}),
     Step("validate", "validate_labels", validate_labels, ("labels",), {"min_rows_per_model": "min_rows_per_model"}),
@@ -101,13 +108,15 @@ STEPS: tuple[Step, ...] = (
           "router_params": "router_params", "use_gpu": "use_gpu", "strong_quality": "strong_quality"},
          dag_tasks=("train_router_cpu", "train_router_gpu", "train_router")),
     Step("evaluate", "evaluate_router", evaluate_router, ("train",),
-         {"benchmarks": "benchmarks", "max_prompts": "eval_max_prompts", "models": "models"},
+         {"benchmarks": "benchmarks", "max_prompts": "eval_max_prompts", "models": "models",
+          "quality_target": "quality_target"},
          dag_tasks=("evaluate_router_cpu", "evaluate_router_gpu", "evaluate_router")),
     Step("publish", "publish_router", publish_router, ("train", "evaluate")),
 )
 STEP = {s.name: s for s in STEPS}
 #: the steps whose refs the run summary lists (publish is the decision, not a stage row)
-SUMMARY_STAGES = ("ingest", "references", "generate", "judge", "labels", "validate", "train", "evaluate", "ledger")
+SUMMARY_STAGES = ("ingest", "references", "generate", "judge", "agreement", "labels", "validate", "train", "evaluate",
+                  "ledger")
 
 
 def resolve_params(overrides: Mapping | None = None) -> dict:

@@ -23,6 +23,11 @@ Batch API: the Files + Batch subset the `openai` client and Airflow's OpenAIHook
 `POST /v1/batches`, `GET /v1/batches[/{id}]`, `POST /v1/batches/{id}/cancel`). A batch's
 lines go through the same `rule` as online chat (faults and delays are not applied) and
 count in `batch_lines` / `batch_requests`, never in `count()`.
+
+Log-probabilities: a request with `logprobs: true` gets `choices[0].logprobs.content`, one
+entry per token of the reply (`tokens()`: "[[", "]]", digits, words and punctuation
+apart), each with `top_logprobs` from `Reply.alternatives`; `ScriptedOpenAIServer(...,
+logprobs=False)` answers `logprobs: null` instead, like an endpoint without them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import email.parser
 import email.policy
 import hashlib
 import json
+import math
 import re
 import select
 import socket
@@ -55,6 +61,9 @@ class Reply:
     headers: dict = field(default_factory=dict)
     error_message: str = "scripted failure"
     delay_s: float = 0.0
+    # Token text -> its top alternatives as probabilities, for requests that ask for
+    # `logprobs` (a token not named here is certain: its only alternative is itself).
+    alternatives: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,7 +133,29 @@ def last_user_text(body: dict) -> str:
     return msgs[-1]["content"] if msgs else ""
 
 
-def _completion(body: dict, reply: Reply) -> dict:
+_TOKEN = re.compile(r"\[\[|\]\]|\d|\s*[A-Za-z_']+|\s+|[^\w\s]")
+
+
+def tokens(text: str) -> list[str]:
+    """The scripted server's tokenizer: '[[', ']]' and each digit are tokens of their own."""
+    return _TOKEN.findall(text)
+
+
+def _logprobs(body: dict, reply: Reply) -> dict | None:
+    if not body.get("logprobs"):
+        return None
+    top_n = int(body.get("top_logprobs") or 0)
+    content = []
+    for tok in tokens(reply.content or ""):
+        alts = reply.alternatives.get(tok) or {tok: 1.0}
+        ranked = sorted(alts.items(), key=lambda kv: -kv[1])
+        entry = lambda t, p: {"token": t, "logprob": math.log(p) if p > 0 else -9999.0,  # noqa: E731
+                              "bytes": list(t.encode())}
+        content.append({**entry(tok, alts.get(tok, ranked[0][1])), "top_logprobs": [entry(t, p) for t, p in ranked[:top_n]]})
+    return {"content": content, "refusal": None}
+
+
+def _completion(body: dict, reply: Reply, with_logprobs: bool = True) -> dict:
     words_in = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     prompt_tokens = reply.prompt_tokens if reply.prompt_tokens is not None else words_in
     completion_tokens = (reply.completion_tokens if reply.completion_tokens is not None
@@ -135,7 +166,8 @@ def _completion(body: dict, reply: Reply) -> dict:
         "created": int(time.time()),
         "model": body.get("model"),
         "choices": [{"index": 0, "finish_reason": reply.finish_reason,
-                     "message": {"role": "assistant", "content": reply.content}}],
+                     "message": {"role": "assistant", "content": reply.content},
+                     "logprobs": _logprobs(body, reply) if with_logprobs else None}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
@@ -166,10 +198,12 @@ class _Server(ThreadingHTTPServer):
 
 class ScriptedOpenAIServer:
     def __init__(self, rule: Callable[[dict], "Reply | str"] | None = None, *, api_key: str | None = None,
-                 faults: Faults | None = None, batch_polls: int = 0, batch_outcome: str = "completed"):
+                 faults: Faults | None = None, batch_polls: int = 0, batch_outcome: str = "completed",
+                 logprobs: bool = True):
         self.rule = rule or (lambda body: f"echo: {last_user_text(body)}")
         self.api_key = api_key  # if set, requests must carry "Authorization: Bearer <key>"
         self.faults = faults or NO_FAULTS  # read per request: may be swapped while running
+        self.logprobs = logprobs  # False: `logprobs` is ignored and answered with null
         # GET /batches/{id} answers "in_progress" this many times before the batch finishes;
         # then its status becomes `batch_outcome` ("completed", "failed" or "expired"; "expired_partial":
         # expired after the first half of its lines ran, their replies in the output file).
@@ -393,7 +427,7 @@ class ScriptedOpenAIServer:
                     if body.get("stream"):  # Server-Sent Events, as the real API streams
                         book(200, fault, complete=True)
                         return self._send_bytes(200, _sse(body, reply), reply.headers, "text/event-stream")
-                    data = json.dumps(_completion(body, reply)).encode()
+                    data = json.dumps(_completion(body, reply, outer.logprobs)).encode()
                     if fault == "truncated":
                         data = data[: len(data) // 2]
                     book(200, fault, complete=fault != "truncated")
@@ -517,7 +551,7 @@ class ScriptedOpenAIServer:
             reply = self._reply(body)
             rid = f"req_{uuid.uuid4().hex[:24]}"
             if reply.status == 200:
-                resp = {"status_code": 200, "request_id": rid, "body": _completion(body, reply)}
+                resp = {"status_code": 200, "request_id": rid, "body": _completion(body, reply, self.logprobs)}
                 out.append({"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line["custom_id"],
                             "response": resp, "error": None})
             else:

@@ -35,7 +35,7 @@ def test_sigkill_midway_then_rerun(tmp_path):
     root = tmp_path / "artifacts"
     cmd = [TELA, "--artifact-root", str(root), "pipeline", "--source", str(src), "--routellm-max-prompts", "30",
            "--eval-max-prompts", "30", "--max-tokens", "8", "--min-rows-per-model", "2"]
-    env = {**os.environ, "TELA_DQ_THRESHOLDS": '{"max_parse_failure_rate": 1.0, "max_judge_failure_rate": 1.0}'}
+    env = {k: v for k, v in os.environ.items() if k != "TELA_DQ_THRESHOLDS"}  # the defaults: verdicts by logprobs
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.time() + 300
     # Labels done means validation / training is under way: kill the whole process group there.

@@ -13,7 +13,9 @@ DEMO_PROMPTS = str(Path(__file__).parent.parent / "data" / "files" / "demo" / "p
 # so the offline demo goes through the same HTTP client path as a paid endpoint.
 LOCAL_MODEL = {"name": "smollm2", "model": "smollm2", "base_url": "local"}
 DEMO_MODELS = [LOCAL_MODEL]
-DEMO_JUDGE = {"name": "smollm2-judge", "model": "smollm2", "base_url": "local"}
+# A short explanation budget: the 135M judge's verdict comes from the probabilities of 1-5
+# after `[[` (a continued turn when it writes none), and a long ramble costs CPU minutes.
+DEMO_JUDGE = {"name": "smollm2-judge", "model": "smollm2", "base_url": "local", "max_tokens": 48}
 # Writes the reference answers the data lacks; in production the strong model (GPT-4o class).
 DEMO_REFERENCE = {"name": "smollm2-reference", "model": "smollm2", "base_url": "local", "max_tokens": 128}
 JUDGE_BATCH_CONN_ID = "tela_judge_batch"  # an Airflow `openai` connection: host = base URL, password = key
@@ -65,6 +67,15 @@ PIPELINE_PARAMS = {
     "sample": None,
     "models": DEMO_MODELS,
     "judge": DEMO_JUDGE,
+    # several judges instead of `judge` (a list of endpoints), their verdicts voted by
+    # `judge_vote` ("majority" or "mean"); None or []: `judge` alone
+    "judges": None,
+    "judge_vote": "majority",
+    # judge-vs-exact-match agreement: gold-graded answers also asked of the judge (a seeded
+    # sample of this many), and the accuracy under which the run stops (None: the data-
+    # quality threshold `min_judge_agreement`, off by default)
+    "judge_agreement_sample": 50,
+    "judge_min_agreement": None,
     "judge_mode": "online",
     "judge_batch_conn_id": JUDGE_BATCH_CONN_ID,
     "reference_model": DEMO_REFERENCE,
@@ -80,6 +91,9 @@ PIPELINE_PARAMS = {
     "benchmarks": BENCHMARKS,
     "eval_max_prompts": None,
     "strong_quality": "labeled",  # or "assume_perfect" (router_tasks.core.schemas.STRONG_QUALITY_MODES)
+    # evaluation reports the strong-model calls (and dollars) saved at 95% of the strong
+    # model's quality, and at this share of it
+    "quality_target": 0.95,
 }
 
 MODEL_CACHE_ENV = "TELA_MODEL_CACHE"

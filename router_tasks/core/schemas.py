@@ -16,7 +16,11 @@ LABEL_COLUMNS = ["prompt_id", "prompt", "model", "score", "correct", "quality", 
 #: the prompt's `category` from the team's prompt file (its kind of traffic: the group the
 #: own-labels evaluation leaves out, `evaluation.own_labels.evaluate_own_left_out`)
 TOKEN_LABEL_COLUMNS = ["output_tokens", "input_tokens"]
-OPTIONAL_LABEL_COLUMNS = TOKEN_LABEL_COLUMNS + ["category"]
+#: the LLM judge's details on a label, where it read a verdict (`labeling.judge`): the mean
+#: of its 1-5 distribution (`score` is its argmax, or the panel's vote) and, with several
+#: judges, the share of them whose score differs from the vote
+JUDGE_LABEL_COLUMNS = ["score_expected", "judge_disagreement"]
+OPTIONAL_LABEL_COLUMNS = TOKEN_LABEL_COLUMNS + ["category"] + JUDGE_LABEL_COLUMNS
 #: what a router needs of the labels table to train
 ROUTER_LABEL_COLUMNS = ("prompt_id", "prompt", "model", "quality")
 

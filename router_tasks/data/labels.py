@@ -26,14 +26,17 @@ import numpy as np
 import pandas as pd
 
 from router_tasks.core.prompts import prompt_id
-from router_tasks.core.schemas import LABEL_COLUMNS, OWN_SOURCE_PREFIXES, check_strong_quality, is_own_source
+from router_tasks.core.schemas import (JUDGE_LABEL_COLUMNS, LABEL_COLUMNS, OWN_SOURCE_PREFIXES, check_strong_quality,
+                                       is_own_source)
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 STAGE = "labels"
-STAGE_VERSION = "3"  # 2: strong_quality; 3: the prompts' category, when they have one
+STAGE_VERSION = "4"  # 2: strong_quality; 3: the prompts' category, when they have one; 4: judge columns, agreement
+AGREEMENT_FILE = "judge_agreement.json"
+AGREEMENT_FILE_IN = "agreement.json"  # the judge_agreement stage's report (labeling.agreement.REPORT_FILE)
 
 #: Own-labels evaluation. With at least this many prompts labelled for both the strong and
 #: the weak model, a fixed hash holdout (the RouteLLM split's salt and fraction, by prompt
@@ -76,6 +79,9 @@ def judgements_to_labels(prompts: pd.DataFrame, judged: pd.DataFrame, source: st
     )
     if "category" in merged:
         out["category"] = merged["category"].astype("string")
+    for col in JUDGE_LABEL_COLUMNS:  # where the judge read a verdict (not exact match, not older judgements)
+        if col in merged and merged[col].notna().any():
+            out[col] = merged[col].astype("Float64")
     return out
 
 
@@ -136,6 +142,7 @@ def assumed_strong_labels(prompts: pd.DataFrame, strong_model: str, source_name:
 def build_labels(
     prompts: dict,
     judgements: dict,
+    agreement: dict | None = None,
     *,
     include_routellm: bool = True,
     routellm_models: list[str] | None = None,
@@ -161,6 +168,10 @@ def build_labels(
     def compute(ctx):
         judged = ctx.read_input("judgements")
         own = judgements_to_labels(ctx.read_input("prompts"), judged, f"generated:{source_name}")
+        if agreement is not None:  # how far to trust the judge, beside the labels it made
+            report = ctx.store.read_bytes(f"{ctx.inputs['agreement'].key}/{AGREEMENT_FILE_IN}")
+            ctx.write_file(AGREEMENT_FILE, report)
+            ctx.stats["judge_agreement"] = ctx.input_manifest("agreement")["stats"].get("agreement")
         if strong_quality == "assume_perfect":
             # its judged rows (if it was also listed as an endpoint) give way to the assumption
             if (own["model"] == strong_model).any():
@@ -185,7 +196,7 @@ def build_labels(
                 )
                 bundled = bundled[bundled["prompt_id"].isin(set(keep))]
             parts.append(bundled)
-        keep = LABEL_COLUMNS + (["category"] if "category" in own else [])
+        keep = LABEL_COLUMNS + [c for c in ["category", *JUDGE_LABEL_COLUMNS] if c in own]
         labels = pd.concat(parts, ignore_index=True)[keep]
         labels = labels.drop_duplicates(["prompt_id", "model", "source"], keep="first").reset_index(drop=True)
         ctx.stats.update(
@@ -197,9 +208,8 @@ def build_labels(
         )
         ctx.write_table(labels)
 
-    return run_stage(
-        STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "judgements": judgements}, config=config, store=store
-    )
+    inputs = {"prompts": prompts, "judgements": judgements} | ({"agreement": agreement} if agreement else {})
+    return run_stage(STAGE, STAGE_VERSION, compute, inputs=inputs, config=config, store=store)
 
 
 # --------------------------------------------------------------------------------------

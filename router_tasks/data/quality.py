@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from router_tasks.core.schemas import LABEL_COLUMNS, OPTIONAL_LABEL_COLUMNS, TOKEN_LABEL_COLUMNS
+from router_tasks.core.schemas import JUDGE_LABEL_COLUMNS, LABEL_COLUMNS, OPTIONAL_LABEL_COLUMNS, TOKEN_LABEL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,12 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
     # labels: no single quality value may hold more than this share of the rows
     "max_class_share": 0.98,
     "min_rows_per_model": 5,
+    # judge agreement with exact match (`labeling.agreement`), on at least `min_agreement_rows`
+    # sampled verdicts: accuracy of "verdict >= 4 means correct", and Cohen's kappa. Off by
+    # default (0 and -1): a team sets the bar its labels must clear.
+    "min_judge_agreement": 0.0,
+    "min_judge_kappa": -1.0,
+    "min_agreement_rows": 10,
 }
 
 
@@ -232,6 +238,24 @@ def judgements_suite(th: Mapping) -> Suite:
     )
 
 
+def agreement_failures(report: Mapping, th: Mapping) -> list[dict]:
+    """The judge-agreement rules a `labeling.agreement` report breaks (none below
+    `min_agreement_rows` verdicts: a handful of rows says too little to stop a run on)."""
+    n = int(report.get("n") or 0)
+    if n < int(th["min_agreement_rows"]):
+        return []
+    out = []
+    for rule, key, bound in (("judge_agreement_at_least", "accuracy", "min_judge_agreement"),
+                             ("judge_kappa_at_least", "kappa", "min_judge_kappa")):
+        value, floor = report.get(key), float(th[bound])
+        if bound == "min_judge_kappa" and floor <= -1.0:
+            continue  # off: kappa is undefined when either rater is constant, so never required by default
+        if value is None or value < floor:
+            out.append({"rule": rule, "kwargs": {"min_value": floor, "rows": n, "threshold": bound},
+                        "observed": value, "unexpected_count": None, "unexpected_sample": []})
+    return out
+
+
 def check_rows_per_model(df: pd.DataFrame, min_rows: int) -> list[dict]:
     counts = df.groupby("model").size()
     return [
@@ -256,7 +280,8 @@ def check_class_share(df: pd.DataFrame, max_share: float, column: str = "quality
 def labels_suite(th: Mapping, required_models: list[str] | None = None,
                  optional_columns: list[str] | tuple = ()) -> Suite:
     """`optional_columns`: those of `OPTIONAL_LABEL_COLUMNS` the table has; token counts
-    must then be non-negative where present (a category is free text, or null)."""
+    must then be non-negative where present, an expected score in 1-5 and a judge
+    disagreement in 0-1 (a category is free text, or null)."""
     E = _E()
     unknown = sorted(set(optional_columns) - set(OPTIONAL_LABEL_COLUMNS))
     if unknown:
@@ -281,6 +306,9 @@ def labels_suite(th: Mapping, required_models: list[str] | None = None,
         ] + [
             _named(E.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=10_000_000), f"{c}_non_negative")
             for c in extra if c in TOKEN_LABEL_COLUMNS
+        ] + [
+            _named(E.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi), f"{c}_in_{lo}_{hi}")
+            for c, (lo, hi) in zip(JUDGE_LABEL_COLUMNS, ((1, 5), (0, 1))) if c in extra
         ],
         table=table,
         checks=[

@@ -21,12 +21,13 @@ from router_tasks.data.quality import (  # noqa: F401  (DataQualityError re-expo
     resolve_thresholds,
 )
 from router_tasks.core.stage import run_stage
+from router_tasks.data.labels import AGREEMENT_FILE
 from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 STAGE = "validate"
-STAGE_VERSION = "2"  # 2: quarantine + Data Docs
+STAGE_VERSION = "3"  # 2: quarantine + Data Docs; 3: the judge's agreement carried along
 
 
 def validate_labels(
@@ -54,6 +55,12 @@ def validate_labels(
                              optional_columns=[c for c in OPTIONAL_LABEL_COLUMNS if c in df.columns])
         kept = enforce(ctx, df, suite, min_kept_share=float(th["min_kept_share"]))
         ctx.stats["rules_checked"] = len(suite)
+        agreement = ctx.input_manifest("labels").get("stats", {}).get("judge_agreement")
+        if agreement is not None:  # the judge's agreement with exact match travels with the labels it made
+            ctx.stats["judge_agreement"] = agreement
+            source = f"{ctx.inputs['labels'].key}/{AGREEMENT_FILE}"
+            if ctx.store.exists(source):
+                ctx.write_file(AGREEMENT_FILE, ctx.store.read_bytes(source))
         log.info("labels passed %d rules: %d of %d rows kept", len(suite), len(kept), len(df))
         ctx.write_table(kept)
 

@@ -43,6 +43,7 @@ import pandas as pd
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.evaluate import (
+    QUALITY_FLOOR,
     QUALITY_UNITS,
     LeakageError,
     strong_win_scores,
@@ -52,6 +53,7 @@ from router_tasks.evaluation.evaluate import (
     train_prompt_ids,
     write_benchmark_outputs,
 )
+from router_tasks.evaluation.own_labels import pair_prices
 from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
 from router_tasks.routers.train import training_labels_ref
 from router_tasks.core.store import ArtifactStore
@@ -60,7 +62,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "crossfit"
 LABELS_STAGE = "crossfit_labels"
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: strong-model calls saved at 95% of its quality
+LABELS_STAGE_VERSION = "1"  # a fold's labels: their own version, so fold routers are reused across STAGE_VERSION
 PROTOCOL = "crossfit"
 LEAVE_GROUP_OUT = "leave-group-out"
 #: the protocols this module runs, with the label reports print beside their figures
@@ -204,6 +207,8 @@ def crossfit_evaluate(
     artifact_root: str | None = None,
     protocol: str = PROTOCOL,
     group_column: str | None = "default",
+    quality_target: float = mx.SAVINGS_LEVEL,
+    prices: dict[str, float] | None = None,
 ) -> dict:
     """Cross-fit the recipe of train artifact `router` on `benchmark`; returns the crossfit ref.
 
@@ -215,7 +220,8 @@ def crossfit_evaluate(
     retrain on (default: the ones the router was trained on, from its manifest).
     `max_prompts`: cross-fit only the first N benchmark prompts by id (quick runs; the
     report says n). The returned artifact's data.parquet has the evaluate stage's columns,
-    so `publish_router` can read it.
+    so `publish_router` can read it. `quality_target` and `prices` ({model: $ per 1M
+    tokens}): the savings figures, as in `evaluate_router`.
     """
     from router_tasks.routers import ROUTER_FILE, resolve_router_key
 
@@ -243,6 +249,8 @@ def crossfit_evaluate(
         "random_seeds": random_seeds,
         "max_prompts": max_prompts,
         "data": bm.data_fingerprint(),
+        "quality_target": float(quality_target),
+        "prices": {str(k): float(v) for k, v in sorted((prices or {}).items())},
     }
     if protocol != PROTOCOL:  # only when set: cross-fit artifacts keep their keys
         config.update(protocol=protocol, group_column=group_column)
@@ -282,7 +290,7 @@ def crossfit_evaluate(
             fl = fold_labels(train_labels, bench_labels, heldout)
             fl_ref = run_stage(
                 LABELS_STAGE,
-                STAGE_VERSION,
+                LABELS_STAGE_VERSION,
                 lambda c, fl=fl: c.write_table(fl),
                 inputs={"labels": labels_ref},
                 config={**{k: config[k] for k in ("benchmark", "folds", "seed", "max_prompts", "data",
@@ -329,7 +337,9 @@ def crossfit_evaluate(
         if len(scores) != len(table) or not scores.index.equals(table.index):
             raise LeakageError(f"cross-fit {benchmark}: stitched {len(scores)} scores for {len(table)} prompts")
         s = mx.summarize(scores.to_numpy(), table["strong_quality"], table["weak_quality"],
-                         num_results=num_results, random_seeds=random_seeds)
+                         num_results=num_results, random_seeds=random_seeds, quality_target=quality_target,
+                         prices=pair_prices(config["prices"], strong, weak),
+                         quality_floor=QUALITY_FLOOR.get(benchmark, 0.0))
         s["protocol"] = protocol
         scored = scored_table(table, scores.to_numpy(), extra=("fold", "group") if "group" in table else ("fold",))
         entry, row = write_benchmark_outputs(ctx, benchmark, scored, s, strong, weak,
@@ -363,8 +373,9 @@ def crossfit_evaluate(
         ctx.write_table(pd.DataFrame([row]))
         ctx.stats.update(prompts_scored={benchmark: int(len(table))}, folds=n_folds,
                          seconds=round(time.time() - started, 3))
-        log.info("%s %s (n=%d, k=%d): APGR %.3f (exact %.3f), random %.3f, oracle %.3f",
-                 benchmark, protocol, s["n"], n_folds, row["apgr"], row["apgr_exact"], row["random_apgr"], row["oracle_apgr"])
+        log.info("%s %s (n=%d, k=%d): APGR %.3f (exact %.3f), random %.3f, oracle %.3f, calls saved at 95%% %s",
+                 benchmark, protocol, s["n"], n_folds, row["apgr"], row["apgr_exact"], row["random_apgr"],
+                 row["oracle_apgr"], row["calls_saved_at_95_exact"])
 
     return run_stage(STAGE, STAGE_VERSION, compute, inputs={"router": router_ref, "labels": labels_ref},
                      config=config, store=store)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import time
 from typing import Sequence
 
@@ -49,6 +48,8 @@ import pandas as pd
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.metrics import LeakageError
+from router_tasks.evaluation.own_labels import pair_prices
+from router_tasks.evaluation.report import OWN_LEFT_OUT, render_report
 from router_tasks.core.schemas import OWN_BENCHMARK, finite_or_none
 from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
 from router_tasks.core.store import ArtifactStore
@@ -56,14 +57,15 @@ from router_tasks.core.store import ArtifactStore
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-#: the own labels, each category (or dataset) left out in turn (`own_labels.evaluate_own_left_out`)
-OWN_LEFT_OUT = f"{OWN_BENCHMARK}-left-out"
 STAGE_VERSION = "4"  # 2: report.md; 3: own labels, skipped benchmarks, spec; 4: own labels, each kind left out
 TRAIN_PROMPTS_FILE = "train_prompts.parquet"
 
 #: how each benchmark's quality reads (the metrics keep the benchmark's own units)
 QUALITY_UNITS = {"mmlu": "accuracy", "gsm8k": "accuracy", "mt-bench": "GPT-4 score (1-10)",
                  OWN_BENCHMARK: "judged quality (0-1)"}
+#: the lowest quality of a benchmark's scale (0 unless named): "95% of the strong model's
+#: quality" is measured above it (`metrics.calls_saved`)
+QUALITY_FLOOR = {"mt-bench": 1.0}
 
 
 def train_prompt_ids(store: ArtifactStore, router_ref: ArtifactRef) -> set[str]:
@@ -189,11 +191,14 @@ def evaluate_benchmark(
     random_seeds: int = 10,
     max_prompts: int | None = None,
     protocol: str | None = None,
+    quality_target: float = mx.SAVINGS_LEVEL,
+    prices: dict[str, float] | None = None,
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
     """(scores table, summary from `metrics.summarize`, commercial points or None).
 
     `protocol`: None follows the benchmark's own (`Benchmark.protocol`); see
-    `protocol_table` for "transfer" / "holdout".
+    `protocol_table` for "transfer" / "holdout". `prices` ({model: $ per 1M tokens}) give
+    the dollars saved where both models have one.
     """
     b = bm.get_benchmark(bench)
     protocol = protocol or b.protocol
@@ -206,7 +211,9 @@ def evaluate_benchmark(
     check_no_leakage(bench, table, trained)
     scores = strong_win_scores(router, bench, table["prompt"].tolist())
     summary = mx.summarize(
-        scores, table["strong_quality"], table["weak_quality"], num_results=num_results, random_seeds=random_seeds
+        scores, table["strong_quality"], table["weak_quality"], num_results=num_results, random_seeds=random_seeds,
+        quality_target=quality_target, prices=pair_prices(prices or {}, strong_model, weak_model),
+        quality_floor=QUALITY_FLOOR.get(bench, 0.0),
     )
     summary["protocol"] = protocol
     return scored_table(table, scores), summary, commercial_points(bench, strong_model, weak_model)
@@ -247,6 +254,9 @@ def benchmark_report(bench: str, s: dict, strong: str, weak: str, commercial: pd
         "quality_unit": QUALITY_UNITS.get(bench),
         "strong_quality": s["strong_mean"],
         "weak_quality": s["weak_mean"],
+        "quality_target": s.get("quality_target"),
+        "quality_floor": s.get("quality_floor"),
+        "prices": s.get("prices"),
         "routellm": s["routellm"],
         "exact": s["exact"],
     }
@@ -262,6 +272,7 @@ def benchmark_report(bench: str, s: dict, strong: str, weak: str, commercial: pd
         "weak_model": weak,
         "strong_quality": s["strong_mean"],
         "weak_quality": s["weak_mean"],
+        "quality_target": s.get("quality_target"),
     }
     for mode, suffix in (("routellm", ""), ("exact", "_exact")):
         for k, v in s[mode].items():
@@ -348,6 +359,8 @@ def evaluate_router(
     own: bool = True,
     own_labels: dict | None = None,
     models: list[dict] | None = None,
+    quality_target: float = mx.SAVINGS_LEVEL,
+    prices: dict[str, float] | None = None,
 ) -> dict:
     """Evaluate the train artifact `router` (a ref dict); returns the evaluate ref.
 
@@ -358,7 +371,10 @@ def evaluate_router(
     `protocol`: None = each benchmark's own ("holdout" for MMLU/GSM8K, "transfer" for
     MT-Bench), or "transfer" / "holdout" for all of them (see `protocol_table`).
     `models`: the endpoint list (as the DAG's `models` param); their prices draw the
-    own-labels quality-vs-cost curve. Raises ValueError when nothing could be scored.
+    own-labels quality-vs-cost curve. `quality_target`: besides 95%, the share of the strong
+    model's quality at which the strong-model calls saved are reported; `prices` ({model: $
+    per 1M tokens}, over the endpoints' own) give the dollars saved. Raises ValueError when
+    nothing could be scored.
     """
     from router_tasks.evaluation.own_labels import prices_of
 
@@ -370,7 +386,9 @@ def evaluate_router(
         raise ValueError("no benchmarks to evaluate")
     router_ref = ArtifactRef.of(router)
     own_ref = _labels_ref(own_labels, store) if own_labels is not None else None
-    prices = prices_of(models)
+    if not 0 < float(quality_target) <= 1:
+        raise ValueError(f"quality_target must be in (0, 1], got {quality_target!r}")
+    prices = {**prices_of(models), **{str(k): float(v) for k, v in (prices or {}).items()}}
     config = {
         "benchmarks": names,
         "strong_model": strong_model,
@@ -385,6 +403,7 @@ def evaluate_router(
         "own": own,
         "own_labels": None if own_ref is None else {"key": own_ref.key, "fingerprint": own_ref.fingerprint},
         "prices": prices,
+        "quality_target": float(quality_target),
     }
     inputs = {"router": router_ref} | ({"own_labels": own_ref} if own_ref is not None else {})
 
@@ -411,7 +430,7 @@ def evaluate_router(
                 labels_ref = own_ref or ArtifactRef.of(training_labels_ref(ctx.store, ref))
                 scored, s = evaluate_own_labels(r, labels_ref, ctx.store, trained, prices=prices,
                                                 num_results=num_results, random_seeds=random_seeds,
-                                                max_prompts=max_prompts)
+                                                max_prompts=max_prompts, quality_target=quality_target)
             except (OwnLabelsSkipped, ValueError) as e:
                 skipped[OWN_BENCHMARK] = str(e)
             else:
@@ -442,16 +461,16 @@ def evaluate_router(
             started = time.time()
             scored, s, commercial = evaluate_benchmark(
                 r, bench, strong, weak, trained, num_results=num_results, random_seeds=random_seeds,
-                max_prompts=max_prompts, protocol=protocol,
+                max_prompts=max_prompts, protocol=protocol, quality_target=quality_target, prices=prices,
             )
             timings[bench] = round(time.time() - started, 3)
             per_bench[bench], row = write_benchmark_outputs(ctx, bench, scored, s, strong, weak, commercial)
             rows.append(row)
         for row in rows:
             log.info(
-                "%s (%s, n=%d): APGR %s (exact %s), CPT50 %s, random %s, oracle %s",
+                "%s (%s, n=%d): APGR %s (exact %s), CPT50 %s, calls saved at 95%% %s (exact %s), random %s, oracle %s",
                 row["benchmark"], row["protocol"], row["n_prompts"], row["apgr"], row["apgr_exact"], row["cpt50"],
-                row["random_apgr"], row["oracle_apgr"],
+                row["calls_saved_at_95"], row["calls_saved_at_95_exact"], row["random_apgr"], row["oracle_apgr"],
             )
         if not rows:
             raise ValueError("nothing to evaluate this router on: " + "; ".join(f"{b}: {why}" for b, why in skipped.items()))
@@ -473,6 +492,7 @@ def evaluate_router(
             "holdout": {"fraction": bm.HOLDOUT_FRACTION, "salt": bm.HOLDOUT_SALT},
             "num_results": num_results,
             "random_seeds": random_seeds,
+            "quality_target": float(quality_target),
             "modes": {
                 "routellm": "RouteLLM repo method: thresholds at the 11 edges of 10 quantile bins, "
                 "trapezoid AUC over strong share, CPT by np.interp",
@@ -495,96 +515,3 @@ def evaluate_router(
         )
 
     return run_stage(STAGE, STAGE_VERSION, compute, inputs=inputs, config=config, store=store)
-
-
-def render_report(report: dict, rows: list[dict], *, data_fingerprint: str, labels: dict) -> str:
-    """The human-readable evaluation report: tables, plots (beside it), protocol, fingerprints."""
-
-    def num(v, pct=False):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "-"
-        return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
-
-    router = report["router"]
-    out = [
-        f"# Evaluation of router `{router['key']}`",
-        "",
-        f"- router: {router['kind']} for {report['strong_model']} (strong) vs {report['weak_model']} (weak), "
-        f"fingerprint `{router['fingerprint']}`",
-        f"- strong model quality: **{report.get('strong_quality', 'labeled')}** "
-        "(labeled: judged like every endpoint; assume_perfect: never asked for labels, counted 5/5)",
-        f"- trained on labels `{labels.get('labels_key', '?')}` (fingerprint `{labels.get('labels_fingerprint', '?')}`), "
-        f"{router['n_train_prompts']} prompts; none of them is scored below (checked)",
-        f"- benchmark data fingerprint `{data_fingerprint}`; holdout: {report['holdout']}",
-        "- protocols: *holdout* = the fixed evaluation split the labels stage never trains on; "
-        "*transfer* = a benchmark the router never trains on (decontaminated); "
-        "*crossfit* = k folds by prompt, the router's recipe retrained without each scored fold; "
-        "*leave-group-out* = folds by group (MMLU subject, task), no group both trained on and scored "
-        "(`tela evaluate --protocol crossfit|leave-group-out --output DIR`)",
-        "",
-        "| benchmark | protocol | prompts | APGR | AUC | CPT(20%) | CPT(50%) | CPT(80%) | random APGR | oracle APGR | APGR exact |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        out.append(
-            f"| {row['benchmark']} | {row['protocol']} | {row['n_prompts']} | {num(row.get('apgr'))} | "
-            f"{num(row.get('auc'))} | {num(row.get('cpt20'), True)} | {num(row.get('cpt50'), True)} | "
-            f"{num(row.get('cpt80'), True)} | {num(row.get('random_apgr'))} | {num(row.get('oracle_apgr'))} | "
-            f"{num(row.get('apgr_exact'))} |"
-        )
-    out += ["", "Metrics in RouteLLM's repo mode unless marked *exact*; CPT is the share of strong-model calls "
-            "needed to reach that share of the strong-weak quality gap.", ""]
-    for bench, why in (report.get("skipped") or {}).items():
-        out.append(f"- skipped {bench}: {why}")
-    if report.get("skipped"):
-        out.append("")
-    own = report["benchmarks"].get(OWN_BENCHMARK)
-    if own:
-        plan = own["plan"]
-        out += [f"## {OWN_BENCHMARK}", "",
-                f"The run's own prompts, endpoints and judge. Protocol **{plan['protocol']}**: {plan.get('why', '')}.", "",
-                f"![{OWN_BENCHMARK}](plot_{OWN_BENCHMARK}.png)", "",
-                "Predicted vs observed quality per model (held-out prompts):", "",
-                "| model | prompts | observed | predicted | Brier | calibration error (ECE) |",
-                "|---|---:|---:|---:|---:|---:|"]
-        for c in own["calibration"]:
-            out.append(f"| {c['model']} | {c['n_prompts']} | {num(c['mean_observed'])} | {num(c['mean_predicted'])} | "
-                       f"{num(c['brier'])} | {num(c['ece'])} |")
-        curve = [c for c in own["cost_curve"] if c["method"] != "router"]
-        if curve:
-            out += ["", "Quality vs cost over every priced model (price = $ per 1M tokens, input + output):", "",
-                    "| choice | mean price | observed quality |", "|---|---:|---:|"]
-            for c in curve:
-                out.append(f"| {c['label']} | {num(c['mean_price'])} | {num(c['quality'])} |")
-            router_pts = [c for c in own["cost_curve"] if c["method"] == "router"]
-            best = max(router_pts, key=lambda c: (c["quality"], -c["mean_price"]))
-            cheap = min(router_pts, key=lambda c: (c["mean_price"], -c["quality"]))
-            out += [f"| router, best quality | {num(best['mean_price'])} | {num(best['quality'])} |",
-                    f"| router, cheapest | {num(cheap['mean_price'])} | {num(cheap['quality'])} |",
-                    "", f"![cost](plot_cost_{OWN_BENCHMARK}.png)"]
-        else:
-            out += ["", "No quality-vs-cost curve: fewer than two models have a price (endpoint "
-                    "`price_input_per_m` / `price_output_per_m`) and labels on the same prompts."]
-        out.append("")
-    left_out = report.get("own_left_out")
-    if left_out and "per_group" in left_out:
-        kind = "dataset" if left_out["group_by"] == "benchmark" else left_out["group_by"]
-        out += [f"## {OWN_BENCHMARK}, each {kind} left out ({left_out['protocol']})", "",
-                f"Each {kind} of the run's own prompts scored by a router retrained without any prompt of it: how "
-                "the router does on a kind of traffic it has no labels for. Not part of the publish metric.", "",
-                f"Pooled: {left_out['n_prompts']} prompts, APGR {num(left_out['routellm']['apgr'])} "
-                f"(exact {num(left_out['exact']['apgr'])}), random {num(left_out['routellm']['random_apgr'])}.",
-                "", f"| {kind} left out | prompts | strong mean | weak mean | APGR | APGR exact |",
-                "|---|---:|---:|---:|---:|---:|"]
-        for g, v in left_out["per_group"].items():
-            out.append(f"| {g} | {v['n_prompts']} | {num(v['strong_mean'])} | {num(v['weak_mean'])} | "
-                       f"{num(v['apgr'])} | {num(v['apgr_exact'])} |")
-        if left_out.get("left_in"):
-            out += ["", f"Too small to score alone (always in training): {', '.join(left_out['left_in'])}."]
-        out.append("")
-    elif left_out and left_out.get("skipped"):
-        out += [f"- {OWN_BENCHMARK}, each kind left out: not scored ({left_out['skipped']})", ""]
-    for row in rows:
-        if row["benchmark"] != OWN_BENCHMARK:
-            out += [f"## {row['benchmark']}", "", f"![{row['benchmark']}](plot_{row['benchmark']}.png)", ""]
-    return "\n".join(out) + "\n"

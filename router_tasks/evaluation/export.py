@@ -27,6 +27,8 @@ def evaluate_to_dir(
     num_results: int = 10,
     random_seeds: int = 10,
     max_prompts: int | None = None,
+    quality_target: float = 0.95,
+    prices: dict[str, float] | None = None,
 ) -> dict:
     """`tela evaluate --router R --benchmark B --protocol P --output DIR`, as a function.
 
@@ -51,12 +53,13 @@ def evaluate_to_dir(
 
         ref = crossfit_evaluate(router_ref, benchmark, folds=folds, num_results=num_results,
                                 random_seeds=random_seeds, max_prompts=max_prompts, artifact_root=store.root,
-                                protocol=protocol)
+                                protocol=protocol, quality_target=quality_target, prices=prices)
     else:
         try:
             ref = evaluate_router(router_ref, benchmarks=[benchmark], num_results=num_results,
                                   random_seeds=random_seeds, max_prompts=max_prompts,
-                                  artifact_root=store.root, protocol=protocol, own=False)
+                                  artifact_root=store.root, protocol=protocol, own=False,
+                                  quality_target=quality_target, prices=prices)
         except LeakageError as e:
             raise LeakageError(f"{e} (protocol 'crossfit' retrains the router without each scored prompt)") from None
     akey = ArtifactRef.of(ref).key
@@ -73,6 +76,7 @@ def evaluate_to_dir(
     out.write_parquet("scores.parquet", scores)
     out.write_bytes("plot.png", store.read_bytes(f"{akey}/plot_{benchmark}.png"))
     files = {name: out.uri(name) for name in ("metrics.json", "scores.parquet", "plot.png")}
-    log.info("%s on %s (%s): APGR %.3f -> %s", benchmark, router_ref["key"], protocol_used, row["apgr"], out.uri(""))
+    log.info("%s on %s (%s): APGR %.3f, strong-model calls saved at 95%% of its quality %.3f -> %s", benchmark,
+             router_ref["key"], protocol_used, row["apgr"], row["calls_saved_at_95"], out.uri(""))
     metrics = {k: finite_or_none(v) for k, v in row.to_dict().items()}
     return {"output_dir": out.uri(""), "files": files, "artifact": ref, "metrics": metrics}

@@ -29,6 +29,15 @@ Two ways to trace it, both reported:
   broken at random. CPT(p) is the smallest strong share at which the curve first
   reaches the target (linear within a segment).
 
+Savings: the share of strong-model calls a router saves while keeping a share of the strong
+model's quality (the seed's headline, "cost saved at 95% of GPT-4's quality"): the target
+is `floor + target x (strong mean - floor)`, with `floor` the lowest quality of the
+benchmark's scale (0 for accuracy and 0-1 labels, 1 for MT-Bench's 1-10 grades, so 95% of
+the quality means the same as on a 0-1 scale), the strong share needed is where the
+curve first reaches it (by each mode's rule, as for CPT), and the saving is 1 minus that
+share; with a price per call for both models, the dollars saved are that share times
+(1 - weak price / strong price). A weak model already at the target saves 100%.
+
 Baselines: `random` averages the curve and APGR of uniformly random scores over seeds
 (RouteLLM averages its random router over 10 runs; its expected APGR is 0.5). `oracle`
 routes by the true quality gap and never spends a strong call where it does not help
@@ -52,6 +61,8 @@ from router_tasks.core.schemas import finite_or_none
 
 MODES = ("routellm", "exact")
 CPT_LEVELS = (0.2, 0.5, 0.8)
+#: the seed's headline: the strong-model calls saved at this share of its quality
+SAVINGS_LEVEL = 0.95
 CURVE_COLUMNS = ["threshold", "strong_share", "quality"]
 RANDOM_BASELINE_ENTROPY = 0x7E1A5EED
 
@@ -137,7 +148,11 @@ def apgr(curve_df: pd.DataFrame, strong_mean: float, weak_mean: float) -> float:
 
 def cpt(curve_df: pd.DataFrame, strong_mean: float, weak_mean: float, level: float, mode: str = "routellm") -> float:
     """Call-performance threshold: strong share needed to reach `level` of the gap."""
-    target = weak_mean + level * (strong_mean - weak_mean)
+    return share_for_quality(curve_df, weak_mean + level * (strong_mean - weak_mean), mode)
+
+
+def share_for_quality(curve_df: pd.DataFrame, target: float, mode: str = "routellm") -> float:
+    """The strong share at which the curve reaches quality `target` (NaN if it never does)."""
     x = curve_df["strong_share"].to_numpy(float)
     y = curve_df["quality"].to_numpy(float)
     if mode == "routellm":
@@ -154,6 +169,22 @@ def cpt(curve_df: pd.DataFrame, strong_mean: float, weak_mean: float, level: flo
             y0, y1 = y[i - 1], y[i]
             return float(x[i - 1] + (target - y0) / (y1 - y0) * (x[i] - x[i - 1]))
     return math.nan  # never reached (only if the curve ends below the target)
+
+
+def calls_saved(curve_df: pd.DataFrame, strong_mean: float, target: float = SAVINGS_LEVEL,
+                mode: str = "routellm", floor: float = 0.0) -> float:
+    """Share of strong-model calls saved while keeping `target` of the strong model's mean
+    quality (measured above the scale's `floor`)."""
+    share = share_for_quality(curve_df, floor + target * (strong_mean - floor), mode)
+    return math.nan if math.isnan(share) else 1.0 - share
+
+
+def dollars_saved(saved: float | None, strong_price: float | None, weak_price: float | None) -> float | None:
+    """The share of an all-strong bill saved when `saved` of the calls go to the weak model
+    instead (prices per call, or per token with equal tokens per call); None without prices."""
+    if saved is None or strong_price is None or weak_price is None or strong_price <= 0 or math.isnan(saved):
+        return None
+    return saved * (1.0 - weak_price / strong_price)
 
 
 def oracle_curve(strong_quality, weak_quality, grid: Sequence[float] | None = None) -> pd.DataFrame:
@@ -205,16 +236,27 @@ def summarize(
     *,
     num_results: int = 10,
     random_seeds: int = 10,
+    quality_target: float = SAVINGS_LEVEL,
+    prices: tuple[float | None, float | None] | None = None,
+    quality_floor: float = 0.0,
 ) -> dict:
     """Every metric in both modes, plus the curves (DataFrames under "curves").
 
-    Returns {"n", "strong_mean", "weak_mean", "<mode>": {apgr, auc, cpt20, cpt50, cpt80,
-    random_apgr, oracle_apgr}, "curves": {(mode, method): DataFrame}} with methods
-    "router", "random" and "oracle".
+    Returns {"n", "strong_mean", "weak_mean", "quality_target", "<mode>": {apgr, auc, cpt20,
+    cpt50, cpt80, random_apgr, oracle_apgr, calls_saved_at_95, calls_saved_at_target,
+    dollars_saved_at_95, dollars_saved_at_target, random_calls_saved_at_95,
+    oracle_calls_saved_at_95}, "curves": {(mode, method): DataFrame}} with methods "router",
+    "random" and "oracle". `prices`: (strong, weak) price per call or per token, for the
+    dollar savings (None: not known, reported as None); `quality_floor`: the lowest quality
+    of the benchmark's scale (see the savings above).
     """
+    if not 0 < float(quality_target) <= 1:
+        raise ValueError(f"quality_target must be in (0, 1], got {quality_target!r}")
     s, a, b = _arrays(scores, strong_quality, weak_quality)
     sm, wm = float(a.mean()), float(b.mean())
-    out: dict = {"n": int(len(s)), "strong_mean": sm, "weak_mean": wm, "curves": {}}
+    strong_price, weak_price = prices or (None, None)
+    out: dict = {"n": int(len(s)), "strong_mean": sm, "weak_mean": wm, "quality_target": float(quality_target),
+                 "quality_floor": float(quality_floor), "prices": None if prices is None else {"strong": strong_price, "weak": weak_price}, "curves": {}}
     for mode in MODES:
         c = curve(s, a, b, mode, num_results)
         rnd_curve, rnd_apgrs = random_curves(a, b, mode, seeds=random_seeds, num_results=num_results)
@@ -225,6 +267,12 @@ def summarize(
             m[f"cpt{round(level * 100)}"] = cpt(c, sm, wm, level, mode)
         m["random_apgr"] = float(np.mean(rnd_apgrs)) if not all(math.isnan(v) for v in rnd_apgrs) else math.nan
         m["oracle_apgr"] = apgr(orc, sm, wm)
+        for name, level in (("95", SAVINGS_LEVEL), ("target", float(quality_target))):
+            m[f"calls_saved_at_{name}"] = calls_saved(c, sm, level, mode, quality_floor)
+            m[f"dollars_saved_at_{name}"] = dollars_saved(finite_or_none(m[f"calls_saved_at_{name}"]),
+                                                          strong_price, weak_price)
+        m["random_calls_saved_at_95"] = calls_saved(rnd_curve, sm, SAVINGS_LEVEL, mode, quality_floor)
+        m["oracle_calls_saved_at_95"] = calls_saved(orc, sm, SAVINGS_LEVEL, mode, quality_floor)
         out[mode] = {k: finite_or_none(v) for k, v in m.items()}
         out["curves"][(mode, "router")] = c
         out["curves"][(mode, "random")] = rnd_curve

@@ -74,6 +74,11 @@ def prices_of(models: list[dict] | None) -> dict[str, float]:
     return out
 
 
+def pair_prices(prices: dict[str, float], strong: str, weak: str) -> tuple[float, float] | None:
+    """(strong, weak) $ per 1M tokens when both models have a price, for the dollars saved."""
+    return (prices[strong], prices[weak]) if strong in prices and weak in prices else None
+
+
 def calibration_table(pred: pd.DataFrame, observed: pd.DataFrame, models) -> pd.DataFrame:
     """Per model: n, mean observed and predicted quality, Brier score, expected calibration error."""
     rows = []
@@ -272,7 +277,8 @@ def evaluate_own_left_out(router, labels_ref: ArtifactRef, store, *, num_results
 
 
 def evaluate_own_labels(router, labels_ref: ArtifactRef, store, trained: set[str], *, prices: dict[str, float],
-                        num_results: int, random_seeds: int, max_prompts: int | None):
+                        num_results: int, random_seeds: int, max_prompts: int | None,
+                        quality_target: float = mx.SAVINGS_LEVEL):
     """(scores table, `metrics.summarize` summary + "calibration"/"cost_curve"/"plan") for the
     run's own labels, or raise OwnLabelsSkipped with the reason."""
     labels = _read_own_labels(labels_ref, store)
@@ -295,8 +301,8 @@ def evaluate_own_labels(router, labels_ref: ArtifactRef, store, trained: set[str
     if len(pair) < 2:
         raise OwnLabelsSkipped(f"only {len(pair)} held-out prompts are labelled for both {strong} and {weak}")
     scores = router.strong_win_rate([], quality=pred.loc[pair])
-    s = mx.summarize(scores, scored.loc[pair, strong], scored.loc[pair, weak],
-                     num_results=num_results, random_seeds=random_seeds)
+    s = mx.summarize(scores, scored.loc[pair, strong], scored.loc[pair, weak], num_results=num_results,
+                     random_seeds=random_seeds, quality_target=quality_target, prices=pair_prices(prices, strong, weak))
     s["protocol"] = plan["protocol"]
     s["plan"] = {k: v for k, v in plan.items() if k != "heldout"} | {
         "n_heldout": len(plan["heldout"]) if plan["protocol"] == "holdout" else int(len(scored)),

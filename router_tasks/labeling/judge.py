@@ -2,7 +2,11 @@
 
 Output (`judgements` table): prompt_id, model, method ("exact_match" | "llm_judge"),
 score (Int64 1-5 or null), correct (boolean or null), judge_model, judge_raw,
-failure_reason, rubric_version; one row per answer row, always.
+failure_reason, rubric_version, and for LLM verdicts score_expected (the mean of the
+verdict's distribution), score_probs (JSON [P(1)..P(5)], where read from log-probabilities),
+verdict_method ("logprobs" | "continuation" | "text"), judge_votes (JSON {judge: score}) and
+judge_disagreement (share of judges off the vote) with several judges; one row per answer
+row, always.
 
 - gold_type "number" (GSM8K): the answer's final number (after the last "####", else
   the last \\boxed{}, else the last number in the text; commas, "$" and "%" ignored) is
@@ -10,9 +14,15 @@ failure_reason, rubric_version; one row per answer row, always.
   answer chooses. `correct` is set, `score` stays null; `judge_raw` holds the value read
   from the answer (null if none was found, which counts as incorrect).
 - Otherwise, with a reference_answer: a reference-guided 1-5 LLM judge with our own
-  rubric (RUBRIC_TEXT, versioned by RUBRIC_VERSION, stored on each row). The verdict
-  must appear as [[n]]; a reply without one keeps its text in judge_raw with
-  failure_reason "no [[n]] verdict" and no score: a guessed score would poison labels.
+  rubric (RUBRIC_TEXT, versioned by RUBRIC_VERSION, stored on each row), ending in [[n]].
+  Where the judge's endpoint returns log-probabilities the verdict is read from those of
+  `1`..`5` after `[[` (`router_tasks.labeling.verdicts`: our local server and vLLM-style
+  endpoints always give one); otherwise from the text, and a reply without [[n]] keeps its
+  text in judge_raw with failure_reason "no [[n]] verdict" and no score: a guessed score
+  would poison labels.
+- Several judges (`judges`, a list of endpoints) are each asked every answer and their
+  verdicts voted (`vote`: "majority" or "mean", `router_tasks.labeling.panel`); `judge`
+  alone is the default.
 - Judge calls that still fail after the client's retries keep their row with
   failure_reason "judge error: ..."; if more than `max_failure_rate` of them fail, the
   stage raises instead (a broken judge must not become a reused artifact). Every reply
@@ -29,17 +39,20 @@ failure_reason, rubric_version; one row per answer row, always.
 from __future__ import annotations
 
 import logging
-import re
 import time
-from decimal import Decimal, InvalidOperation
+from contextlib import ExitStack
 
 import pandas as pd
 
 from router_tasks.data.ingest import prompt_shards, read_prompt_shard
+from router_tasks.labeling.exact_match import (LETTERS, extract_letter, extract_number,  # noqa: F401 (re-exported)
+                                               grade_exact, normalize_number, numbers_equal)
 from router_tasks.labeling.generate import (ANSWERS_SHARD_FILE, BATCH_ROWS, check_failure_rate, check_prompts,
                                             parse_endpoints, sum_stats)
 from router_tasks.labeling.ledger import ledger_entry
-from router_tasks.labeling.llm_client import ChatResult, Endpoint, EndpointSession, ask_all, endpoint_cache
+from router_tasks.labeling.llm_client import Endpoint, EndpointSession, endpoint_cache
+from router_tasks.labeling.panel import READER_VERSION, Judged, ask_panel, panel_name, total_stats
+from router_tasks.labeling.verdicts import VOTES, parse_verdict  # noqa: F401 (re-exported)
 from router_tasks.data.quality import resolve_thresholds
 from router_tasks.core.stage import StageContext, load_table, part_inputs, run_stage, stable_hash
 from router_tasks.core.schemas import cell_text
@@ -49,108 +62,14 @@ log = logging.getLogger(__name__)
 
 STAGE = "judge"
 PART_STAGE = "judge_part"  # one artifact per shard; STAGE combines them
-STAGE_VERSION = "4"  # 4: shard files, batches, failed verdicts re-asked. 3: parts per shard, verdicts through the request cache. 2: judgements suite. Bump when grading logic (extraction, parsing) changes: old artifacts go stale
+STAGE_VERSION = "5"  # 5: verdicts from log-probabilities, several judges. 4: shard files, batches, failed verdicts re-asked. 3: parts per shard, verdicts through the request cache. 2: judgements suite. Bump when grading logic (extraction, parsing) changes: old artifacts go stale
 RUBRIC_VERSION = "ref-guided-1to5-v1"
-LETTERS = "ABCD"
 
 JUDGEMENT_COLUMNS = ["prompt_id", "model", "method", "score", "correct", "judge_model", "judge_raw",
-                     "failure_reason", "rubric_version"]
-
-# --------------------------------------------------------------------------------------
-# Exact match
-# --------------------------------------------------------------------------------------
-
-# A number: optional sign and "$", digits with optional thousands commas, optional decimals.
-_NUM = r"-?(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-_NUM_RE = re.compile(_NUM)
-_HASHES_RE = re.compile(r"####\s*(.*)")
-_BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
-
-
-def normalize_number(text: str | None) -> Decimal | None:
-    """'$1,234.50' -> Decimal('1234.50'); None if `text` holds no number."""
-    if text is None:
-        return None
-    m = _NUM_RE.search(str(text))
-    if not m:
-        return None
-    cleaned = m.group(0).replace(",", "").replace("$", "").replace(" ", "")
-    try:
-        return Decimal(cleaned)
-    except InvalidOperation:
-        return None
-
-
-def extract_number(answer: str | None) -> Decimal | None:
-    """The final numeric answer of a GSM8K-style solution, or None."""
-    if not answer:
-        return None
-    hashes = _HASHES_RE.findall(answer)
-    if hashes:  # the GSM8K convention: "#### 42" ends the solution
-        value = normalize_number(hashes[-1])
-        if value is not None:
-            return value
-    boxed = _BOXED_RE.findall(answer)
-    if boxed:
-        value = normalize_number(boxed[-1])
-        if value is not None:
-            return value
-    # Otherwise the last number in the text. Drop GSM8K calculator annotations
-    # "<<2*3=6>>" first: the result right after them repeats the value anyway.
-    text = re.sub(r"<<[^<>]*>>", " ", answer)
-    nums = _NUM_RE.findall(text)
-    return normalize_number(nums[-1]) if nums else None
-
-
-def numbers_equal(a: Decimal | None, b: Decimal | None) -> bool:
-    return a is not None and b is not None and abs(a - b) <= Decimal("1e-6")
-
-
-# The letter as a whole answer: "B", "(B)", "B.", "B)", "**B**".
-_LETTER_ALONE = re.compile(r"^\W*\(?([A-Da-d])\)?\W*$")
-# The letter opening the answer as a choice label: "B. paralysis", "(B) ...", "B) ...",
-# "B: ...". A bare "A " is not enough: it is also the English article.
-_LETTER_LEAD = re.compile(r"^\W*(?:\(([A-D])\)|([A-D])[.):](?=\s|$))")
-# Explicit statements, anywhere: "answer is (C)", "Answer: D", "correct option is B",
-# "choice B", "I choose C". The last one wins (models restate after reasoning).
-_LETTER_STATED = re.compile(
-    r"(?:answer|option|choice|choose|select|pick)\w*\s*(?:is|would be|:|=)?\s*[:\-]?\s*\**\(?([A-D])\)?\**(?![A-Za-z])",
-    re.IGNORECASE,
-)
-_CHOICE_LINE = re.compile(r"^\s*([A-D])[.)]\s*(.+?)\s*$", re.MULTILINE)
-
-
-def extract_letter(answer: str | None, prompt: str | None = None) -> str | None:
-    """The choice (A-D) an MMLU-style answer picks, or None if it picks none clearly.
-
-    With `prompt`, an answer that repeats exactly one choice's text picks that choice.
-    """
-    if not answer:
-        return None
-    text = answer.strip()
-    m = _LETTER_ALONE.match(text)
-    if m:
-        return m.group(1).upper()
-    m = _LETTER_LEAD.match(text)
-    if m:
-        return m.group(1) or m.group(2)
-    stated = [s for s in _LETTER_STATED.findall(text) if s.upper() in LETTERS]
-    # A lowercase "a" after "choose" is usually the article ("choose a ..."): accept
-    # stated letters only in upper case.
-    stated = [s for s in stated if s.isupper()]
-    if stated:
-        return stated[-1]
-    if prompt:
-        choices = dict((k, v.strip().rstrip(".").lower()) for k, v in _CHOICE_LINE.findall(prompt))
-        low = text.lower()
-        hits = [k for k, v in choices.items() if len(v) >= 3 and v in low]
-        # Choices often nest ("paralysis" / "paralysis and loss of taste"): a hit whose
-        # text lies inside another hit's text is explained by that longer one.
-        hits = [k for k in hits if not any(o != k and choices[k] in choices[o] for o in hits)]
-        if len(hits) == 1:
-            return hits[0]
-    return None
-
+                     "failure_reason", "rubric_version", "score_expected", "score_probs", "verdict_method",
+                     "judge_votes", "judge_disagreement"]
+_TEXT_COLUMNS = ("prompt_id", "model", "method", "judge_model", "judge_raw", "failure_reason", "rubric_version",
+                 "score_probs", "verdict_method", "judge_votes")
 
 # --------------------------------------------------------------------------------------
 # LLM judge
@@ -184,22 +103,11 @@ Check correctness first (facts, numbers, final result, code behaviour), then com
 
 Explain your rating in one to three sentences. Then, on the last line, give the rating as a number inside double square brackets, like [[n]], with n from 1 to 5."""
 
-_VERDICT_RE = re.compile(r"\[\[\s*([1-5])\s*\]\]")
-
-
 def judge_messages(question: str, reference: str, answer: str) -> list[dict]:
     return [
         {"role": "system", "content": RUBRIC_SYSTEM},
         {"role": "user", "content": RUBRIC_TEXT.format(question=question, reference=reference, answer=answer)},
     ]
-
-
-def parse_verdict(text: str | None) -> int | None:
-    """The last [[n]] (n in 1-5) in a judge reply, or None."""
-    if not text:
-        return None
-    found = _VERDICT_RE.findall(text)
-    return int(found[-1]) if found else None
 
 
 # --------------------------------------------------------------------------------------
@@ -208,49 +116,57 @@ def parse_verdict(text: str | None) -> int | None:
 
 
 def _judgement(pid, model, method, *, score=None, correct=None, judge_model=None, raw=None, failure=None,
-               rubric=None) -> dict:
+               rubric=None, **verdict) -> dict:
     return {"prompt_id": pid, "model": model, "method": method, "score": score, "correct": correct,
-            "judge_model": judge_model, "judge_raw": raw, "failure_reason": failure, "rubric_version": rubric}
-
-
-def grade_exact(answer: str, gold: str, gold_type: str, prompt: str | None = None) -> tuple[bool | None, str | None, str | None]:
-    """(correct, extracted value as text, failure_reason) for one exact-match row."""
-    if gold_type == "number":
-        want = normalize_number(gold)
-        if want is None:
-            return None, None, f"gold answer {gold!r} is not a number"
-        got = extract_number(answer)
-        return numbers_equal(got, want), (None if got is None else format(got.normalize(), "f")), None
-    if gold_type == "letter":
-        want = str(gold).strip().strip("().").upper()
-        if want not in LETTERS or len(want) != 1:
-            return None, None, f"gold answer {gold!r} is not a letter A-D"
-        got = extract_letter(answer, prompt)
-        return got == want, got, None
-    return None, None, f"unsupported gold_type {gold_type!r} (expected 'number' or 'letter')"
+            "judge_model": judge_model, "judge_raw": raw, "failure_reason": failure, "rubric_version": rubric,
+            **verdict}
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=JUDGEMENT_COLUMNS)
-    for col in ("prompt_id", "model", "method", "judge_model", "judge_raw", "failure_reason", "rubric_version"):
+    for col in _TEXT_COLUMNS:
         df[col] = df[col].astype("string")
     df["score"] = df["score"].astype("Int64")
     df["correct"] = df["correct"].astype("boolean")
+    for col in ("score_expected", "judge_disagreement"):
+        df[col] = df[col].astype("Float64")
     return df
 
 
+def judge_endpoints(judge: dict | None, judges: list[dict] | None = None) -> list[Endpoint]:
+    """The judges from config: `judges` (a list of endpoint dicts) when given and not empty,
+    else `judge` alone; [] for none. Fails early on bad config or a missing key."""
+    if judges is not None and not isinstance(judges, (list, tuple)):
+        raise ValueError(f"judges: expected a list of endpoint dicts, got {type(judges).__name__}")
+    configs = list(judges) if judges else ([judge] if judge is not None else [])
+    if not configs:
+        return []
+    endpoints = parse_endpoints(configs, defaults={"max_tokens": 256, "temperature": 0.0},
+                                where="judges" if judges else "judge")
+    for endpoint in endpoints:
+        endpoint.api_key()
+    return endpoints
+
+
 def judge_endpoint(judge: dict | None) -> Endpoint | None:
-    """The judge's endpoint from config (None: no LLM judge); fails early on a missing key."""
-    if judge is None:
-        return None
-    endpoint = parse_endpoints([judge], defaults={"max_tokens": 256, "temperature": 0.0}, where="judge")[0]
-    endpoint.api_key()
-    return endpoint
+    """The one judge's endpoint from config (None: no LLM judge); fails early on a missing key."""
+    endpoints = judge_endpoints(judge)
+    return endpoints[0] if endpoints else None
 
 
-def _judge_config(endpoint: Endpoint | None) -> dict:
+def check_vote(vote: str) -> str:
+    if vote not in VOTES:
+        raise ValueError(f"vote must be one of {list(VOTES)}, got {vote!r}")
+    return vote
+
+
+def judge_config(endpoints: list[Endpoint], vote: str) -> dict:
+    from router_tasks.labeling.verdicts import resolve_path
+
     return {
-        "judge": endpoint.output_config() if endpoint else None,
+        "judges": [{**e.output_config(), "verdict": resolve_path(e.verdict, e.is_local)} for e in endpoints] or None,
+        "vote": vote if len(endpoints) > 1 else None,
+        "verdict_reader": READER_VERSION,
         "rubric_version": RUBRIC_VERSION,
         # The exact texts: an edit without a version bump still gets a new artifact.
         "rubric_hash": stable_hash([RUBRIC_SYSTEM, RUBRIC_TEXT]),
@@ -272,7 +188,7 @@ def checked_tables(pdf: pd.DataFrame, adf: pd.DataFrame) -> tuple[pd.DataFrame, 
     return pdf, adf
 
 
-def plan_rows(pdf: pd.DataFrame, adf: pd.DataFrame, endpoint: Endpoint | None):
+def plan_rows(pdf: pd.DataFrame, adf: pd.DataFrame, has_judge: bool):
     """Every answer row's judgement where no judge call is needed, and the judge calls.
 
     Returns (rows, pending, counts): `rows[i]` is the judgement of answer row i, or None
@@ -301,7 +217,7 @@ def plan_rows(pdf: pd.DataFrame, adf: pd.DataFrame, endpoint: Endpoint | None):
             counts["no_reference"] += 1
             rows.append(_judgement(a.prompt_id, a.model, method, failure="no reference"))
             continue
-        if endpoint is None:
+        if not has_judge:
             counts["no_judge"] += 1
             rows.append(_judgement(a.prompt_id, a.model, method, failure="no judge configured"))
             continue
@@ -311,44 +227,48 @@ def plan_rows(pdf: pd.DataFrame, adf: pd.DataFrame, endpoint: Endpoint | None):
     return rows, pending, counts
 
 
+def verdict_judgement(pid, model, judged: Judged, endpoints: list[Endpoint], vote: str) -> dict:
+    """The judgement row of one LLM-judged answer from the panel's outcome."""
+    names = [e.name for e in endpoints]
+    columns = judged.columns(names)
+    return _judgement(pid, model, "llm_judge", judge_model=panel_name(endpoints, vote), rubric=RUBRIC_VERSION,
+                      failure=judged.failure(names), raw=columns.pop("judge_raw"), **columns)
+
+
 def grade_answers(
-    pdf: pd.DataFrame, adf: pd.DataFrame, endpoint: Endpoint | None, *, store: ArtifactStore,
+    pdf: pd.DataFrame, adf: pd.DataFrame, endpoint: Endpoint | list[Endpoint] | None, *, store: ArtifactStore,
     max_failure_rate: float = 0.5, flush_every: int = 50, label: str = STAGE,
-    partition: tuple[int, int] | None = None, session: EndpointSession | None = None, cache=None,
+    partition: tuple[int, int] | None = None, sessions: list | None = None, caches: list | None = None,
+    vote: str = "majority",
 ) -> tuple[pd.DataFrame, dict]:
-    """The judgements of every row of `adf` and the counters (cost ledger fields included)."""
+    """The judgements of every row of `adf` and the counters (cost ledger fields included).
+    `endpoint`: the judge, or a list of judges whose verdicts are voted (`vote`)."""
+    endpoints = [endpoint] if isinstance(endpoint, Endpoint) else list(endpoint or [])
     pdf, adf = checked_tables(pdf, adf)
-    rows, pending, counts = plan_rows(pdf, adf, endpoint)
+    rows, pending, counts = plan_rows(pdf, adf, bool(endpoints))
     keys = adf[["prompt_id", "model"]].to_numpy().tolist()
-    parse_failures = 0
-
-    def verdict_row(idx: int, res: ChatResult) -> dict:
-        nonlocal parse_failures
-        pid, model = keys[idx]
-        if res.error is not None:
-            return _judgement(pid, model, "llm_judge", judge_model=endpoint.name,
-                              failure=f"judge error: {res.error}", rubric=RUBRIC_VERSION)
-        score = parse_verdict(res.answer)
-        parse_failures += score is None
-        return _judgement(pid, model, "llm_judge", score=score, judge_model=endpoint.name, raw=res.answer,
-                          failure=None if score is not None else "no [[n]] verdict", rubric=RUBRIC_VERSION)
-
-    stats: dict = {}
+    by_judge: dict = {}
     if pending:
-        results, calls = ask_all(endpoint, [conv for _, conv in pending], store=store, prompt_version=RUBRIC_VERSION,
-                                 label=label, role="judge", max_failure_rate=max_failure_rate, flush_every=flush_every,
-                                 partition=partition, session=session, cache=cache)
-        for (idx, _), res in zip(pending, results):
-            rows[idx] = verdict_row(idx, res)
-        stats = calls.to_dict()
+        judged, by_judge = ask_panel(endpoints, [conv for _, conv in pending], how=vote,
+                                     prompt_version=RUBRIC_VERSION, store=store, label=label, sessions=sessions,
+                                     caches=caches, partition=partition, flush_every=flush_every,
+                                     max_failure_rate=max_failure_rate)
+        for (idx, _), outcome in zip(pending, judged):
+            rows[idx] = verdict_judgement(*keys[idx], outcome, endpoints, vote)
     df = _frame(rows)
-    request_errors = int(df["failure_reason"].fillna("").str.startswith("judge error").sum())
-    judged = len(pending) - request_errors
+    stats = total_stats(by_judge)
+    llm = df[df["method"] == "llm_judge"]
+    request_errors = int(llm["failure_reason"].fillna("").str.startswith("judge error").sum())
+    parse_failures = int((llm["failure_reason"].notna() & llm["judge_raw"].notna()
+                          & ~llm["failure_reason"].fillna("").str.startswith("judge error")).sum())
+    judged_rows = len(pending) - request_errors
     stats.update({
         **counts,
         "request_errors": request_errors,
         "parse_failures": parse_failures,
-        "parse_failure_rate": round(parse_failures / judged, 4) if judged else 0.0,
+        "parse_failure_rate": round(parse_failures / judged_rows, 4) if judged_rows else 0.0,
+        "verdicts_by_method": llm["verdict_method"].dropna().value_counts().to_dict(),
+        "by_judge": by_judge,
     })
     return df, stats
 
@@ -359,12 +279,25 @@ def plan_judging(prompts: dict, *, artifact_root: str | None = None) -> list[dic
     return [{"shard": s} for s in shards or [0]]
 
 
+def _merge_by_judge(total: dict, part: dict) -> None:
+    for name, stats in part.items():
+        mine = total.setdefault(name, {})
+        sum_stats(mine, {k: v for k, v in stats.items() if not isinstance(v, dict)})
+        for k, v in stats.items():
+            if isinstance(v, dict):
+                sum_stats(mine.setdefault(k, {}), v)
+            elif isinstance(v, str):
+                mine[k] = v
+
+
 def judge_part(
     prompts: dict,
     answers: dict,
     *,
     shard: int | None = None,
     judge: dict | None = None,
+    judges: list[dict] | None = None,
+    vote: str = "majority",
     artifact_root: str | None = None,
     max_failure_rate: float = 0.5,
     flush_every: int = 50,
@@ -374,7 +307,8 @@ def judge_part(
 
     Reads that shard's files of the prompts and answers artifacts only (combine_answers
     checked every answer's prompt_id against the prompts), and writes in batches."""
-    endpoint = judge_endpoint(judge)
+    endpoints = judge_endpoints(judge, judges)
+    check_vote(vote)
 
     def compute(ctx: StageContext) -> None:
         started = time.monotonic()
@@ -391,50 +325,49 @@ def judge_part(
             if shard is not None:
                 checked_tables(read_prompt_shard(ctx.inputs["prompts"], None, store), adf)  # unknown ids must not vanish
                 adf = adf[adf["prompt_id"].isin(pdf["prompt_id"])]
-        cache = endpoint_cache(endpoint, store, flush_every=flush_every) if endpoint else None
+        caches = [endpoint_cache(e, store, flush_every=flush_every) for e in endpoints]
         totals: dict = {}
+        by_judge: dict = {}
 
-        def batches(session):
+        def batches(sessions):
             for lo in range(0, max(len(adf), 1), max(1, int(batch_rows))):
-                df, stats = grade_answers(pdf, adf.iloc[lo:lo + batch_rows], endpoint, store=store,
+                df, stats = grade_answers(pdf, adf.iloc[lo:lo + batch_rows], endpoints, store=store,
                                           max_failure_rate=1.0, flush_every=flush_every, label=label,
-                                          partition=partition, session=session, cache=cache)
+                                          partition=partition, sessions=sessions, caches=caches, vote=vote)
                 errs = df["failure_reason"].dropna()
                 errs = errs[errs.str.startswith("judge error")]
                 if len(errs) and "first_error" not in totals:
                     totals["first_error"] = errs.iloc[0]
                 stats["failed_calls"] = stats.get("failures", 0)
+                _merge_by_judge(by_judge, stats.pop("by_judge"))
+                methods = stats.pop("verdicts_by_method")
                 sum_stats(totals, stats)
+                sum_stats(totals.setdefault("verdicts_by_method", {}), methods)
                 yield df
 
-        with EndpointSession(endpoint) if endpoint else _no_session() as session:
-            ctx.write_table_batches(batches(session))
-        if cache is not None:
-            totals.update(cache_files_read=cache.files_read, cache_bytes_read=cache.bytes_read)
+        # one session per judge: a local server starts once for the part, and only if a call is needed
+        with ExitStack() as stack:
+            sessions = [stack.enter_context(EndpointSession(e)) for e in endpoints]
+            ctx.write_table_batches(batches(sessions))
+        totals.update(cache_files_read=sum(c.files_read for c in caches),
+                      cache_bytes_read=sum(c.bytes_read for c in caches))
+        who = f"judge {endpoints[0].name!r}" if len(endpoints) == 1 else f"judges {[e.name for e in endpoints]}"
         check_failure_rate(totals, max_failure_rate=max_failure_rate, label=label,
-                           who=f"judge {endpoint.name!r}" if endpoint else "the judge")
+                           who=who if endpoints else "the judge")
         judged = totals.get("llm_judge", 0) - totals.get("request_errors", 0)
         totals["parse_failure_rate"] = round(totals.get("parse_failures", 0) / judged, 4) if judged else 0.0
         ctx.mark_incomplete(totals.get("request_errors", 0), "judge calls failed; asked again on the next run")
-        ctx.stats.update({**totals, "model": endpoint.name if endpoint else None, "shard": shard,
-                          "seconds": round(time.monotonic() - started, 2)})
+        ctx.stats.update({**totals, "model": panel_name(endpoints, vote) if endpoints else None, "shard": shard,
+                          "by_judge": by_judge, "seconds": round(time.monotonic() - started, 2)})
         log.info("%s: shard %s: %s", STAGE, shard, ctx.stats)
 
     return run_stage(PART_STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers},
-                     config={**_judge_config(endpoint), "shard": shard}, store=ArtifactStore(artifact_root))
-
-
-class _no_session:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
+                     config={**judge_config(endpoints, vote), "shard": shard}, store=ArtifactStore(artifact_root))
 
 
 SUMMED = ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens", "output_tokens",
           "dollars", "exact_match", "llm_judge", "no_answer", "no_reference", "no_judge", "bad_gold",
-          "request_errors", "parse_failures")
+          "request_errors", "parse_failures", "continuations")
 
 
 def combine_judgements(
@@ -443,11 +376,14 @@ def combine_judgements(
     parts: list[dict],
     *,
     judge: dict | None = None,
+    judges: list[dict] | None = None,
+    vote: str = "majority",
     artifact_root: str | None = None,
     thresholds: dict | None = None,
 ) -> dict:
     """One judgements table from the parts; runs the judgements suite."""
-    endpoint = judge_endpoint(judge)
+    endpoints = judge_endpoints(judge, judges)
+    check_vote(vote)
     names = part_inputs(parts, stage="combine_judgements")
 
     def compute(ctx: StageContext) -> None:
@@ -458,7 +394,11 @@ def combine_judgements(
             frames.append(ctx.read_input(name))
             manifests.append((ctx.input_manifest(name), bool(names[name].get("reused"))))
         totals = {k: sum(m["stats"].get(k, 0) for m, _ in manifests) for k in SUMMED}
-        entry = ledger_entry((m["stats"], reused) for m, reused in manifests)
+        by_judge: dict = {}
+        methods: dict = {}
+        for m, _ in manifests:
+            _merge_by_judge(by_judge, m["stats"].get("by_judge") or {})
+            sum_stats(methods, m["stats"].get("verdicts_by_method") or {})
         df = _frame(pd.concat(frames, ignore_index=True))
         n_answers = ctx.input_manifest("answers").get("rows_out")
         if n_answers is not None and len(df) != n_answers or df.duplicated(["prompt_id", "model"]).any():
@@ -469,22 +409,31 @@ def combine_judgements(
         ctx.write_table(df)
         ctx.mark_incomplete(totals["request_errors"], "judge calls failed; asked again on the next run")
         judged = totals["llm_judge"] - totals["request_errors"]
+        ledger = {}
+        if totals["llm_judge"]:
+            for e in endpoints:  # each judge's calls and dollars on its own line
+                ledger[e.name] = ledger_entry((m["stats"].get("by_judge", {}).get(e.name, {}), reused)
+                                              for m, reused in manifests)
         ctx.stats.update({
             **totals,
             "dollars": round(totals["dollars"], 6),
-            "requests": entry["now"]["calls"],  # judge calls made by this run's parts
+            "requests": sum(v["now"]["calls"] for v in ledger.values()),  # judge calls made by this run's parts
             "parse_failure_rate": round(totals["parse_failures"] / judged, 4) if judged else 0.0,
-            "judge_model": endpoint.name if endpoint else None,
+            "judge_model": panel_name(endpoints, vote) if endpoints else None,
+            "judges": [e.name for e in endpoints],
+            "vote": vote if len(endpoints) > 1 else None,
+            "verdicts_by_method": methods,
+            "by_judge": by_judge,
             "parts": len(names),
-            "ledger": {endpoint.name: entry} if endpoint and totals["llm_judge"] else {},
+            "ledger": ledger,
             # time spent in the parts this run computed (they ran as tasks of their own)
             "part_seconds": round(sum(m["seconds"] for m, reused in manifests if not reused), 2),
             "by_model": _summary(df),
         })
-        log.info("%s: %s", STAGE, {k: v for k, v in ctx.stats.items() if k != "by_model"})
+        log.info("%s: %s", STAGE, {k: v for k, v in ctx.stats.items() if k not in ("by_model", "by_judge")})
 
     return run_stage(STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers, **names},
-                     config={**_judge_config(endpoint), "quality": resolve_thresholds(thresholds)},
+                     config={**judge_config(endpoints, vote), "quality": resolve_thresholds(thresholds)},
                      store=ArtifactStore(artifact_root))
 
 
@@ -493,6 +442,8 @@ def judge_answers(
     answers: dict,
     *,
     judge: dict | None = None,
+    judges: list[dict] | None = None,
+    vote: str = "majority",
     artifact_root: str | None = None,
     max_failure_rate: float = 0.5,
     flush_every: int = 50,
@@ -501,15 +452,17 @@ def judge_answers(
     """Grade the `answers` artifact against the `prompts` artifact; return the judgements ref.
 
     `judge` is an endpoint dict (see `llm_client.Endpoint`) for rows graded by reference;
-    without it such rows get failure_reason "no judge configured". The DAG's plan ->
-    parts -> combine, in one process.
+    `judges` (a list of them) replaces it with a panel whose verdicts are voted (`vote`:
+    "majority" or "mean"). Without either such rows get failure_reason "no judge
+    configured". The DAG's plan -> parts -> combine, in one process.
     """
-    judge_endpoint(judge)  # fail before any work on bad config or a missing key
-    parts = [judge_part(prompts, answers, **part, judge=judge, artifact_root=artifact_root,
+    judge_endpoints(judge, judges)  # fail before any work on bad config or a missing key
+    check_vote(vote)
+    parts = [judge_part(prompts, answers, **part, judge=judge, judges=judges, vote=vote, artifact_root=artifact_root,
                         max_failure_rate=max_failure_rate, flush_every=flush_every)
              for part in plan_judging(prompts, artifact_root=artifact_root)]
-    return combine_judgements(prompts, answers, parts, judge=judge, artifact_root=artifact_root,
-                              thresholds=thresholds)
+    return combine_judgements(prompts, answers, parts, judge=judge, judges=judges, vote=vote,
+                              artifact_root=artifact_root, thresholds=thresholds)
 
 
 def _summary(df: pd.DataFrame) -> dict:
@@ -518,10 +471,12 @@ def _summary(df: pd.DataFrame) -> dict:
     for model, g in df.groupby("model", sort=True):
         correct = g["correct"].dropna()
         scores = g["score"].dropna()
+        expected = g["score_expected"].dropna()
         out[str(model)] = {
             "rows": int(len(g)),
             "accuracy": round(float(correct.mean()), 4) if len(correct) else None,
             "mean_score": round(float(scores.mean()), 3) if len(scores) else None,
+            "mean_expected_score": round(float(expected.mean()), 3) if len(expected) else None,
             "failures": int(g["failure_reason"].notna().sum()),
         }
     return out

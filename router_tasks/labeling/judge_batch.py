@@ -29,6 +29,7 @@ from router_tasks.core import defaults
 from router_tasks.labeling.judge import RUBRIC_VERSION, checked_tables, judge_endpoint, plan_rows
 from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.labeling.llm_client import endpoint_cache, redact_secrets, request_keys
+from router_tasks.labeling.verdicts import reply_options, resolve_path, verdict_window
 from router_tasks.core.stage import StageContext, load_table, run_stage
 from router_tasks.core.store import ArtifactStore
 
@@ -38,6 +39,16 @@ STAGE = "judge_batch"
 STAGE_VERSION = "1"
 BATCH_ENDPOINT = "/v1/chat/completions"
 BATCH_PRICE_FACTOR = 0.5  # the Batch API bills half the online price
+
+
+def batch_judge(judge: dict | None, judges: list[dict] | None = None) -> dict | None:
+    """The one judge whose verdicts a batch buys: `judge`, or the only one of `judges`."""
+    if judges:
+        if len(judges) > 1:
+            raise ValueError(f"judge_mode 'batch' buys one judge's verdicts, and {len(judges)} judges are set; "
+                             f"judge a panel online (judge_mode 'online')")
+        return judges[0]
+    return judge
 
 
 def batch_endpoint(judge: dict):
@@ -68,8 +79,11 @@ def batch_lines(prompts: dict, answers: dict, *, judge: dict, artifact_root: str
     endpoint = batch_endpoint(judge)
     store = ArtifactStore(artifact_root)
     pdf, adf = checked_tables(load_table(prompts, store), load_table(answers, store))
-    _, pending, _ = plan_rows(pdf, adf, endpoint)
-    sent, keys = request_keys(endpoint, [conv for _, conv in pending], prompt_version=RUBRIC_VERSION)
+    _, pending, _ = plan_rows(pdf, adf, True)
+    # the online judge's first request exactly (log-probabilities asked where its path reads them)
+    options = reply_options(resolve_path(endpoint.verdict, endpoint.is_local)) or {}
+    sent, keys = request_keys(endpoint, [conv for _, conv in pending], prompt_version=RUBRIC_VERSION,
+                              options=options)
     cache = endpoint_cache(endpoint, store)
     lines, seen = [], set()
     for messages, key in zip(sent, keys):
@@ -78,12 +92,23 @@ def batch_lines(prompts: dict, answers: dict, *, judge: dict, artifact_root: str
         seen.add(key)
         lines.append({"custom_id": key, "method": "POST", "url": BATCH_ENDPOINT,
                       "body": {"model": endpoint.model, "messages": messages, "max_tokens": endpoint.max_tokens,
-                               "temperature": endpoint.temperature}})
+                               "temperature": endpoint.temperature, **options}})
     return lines
 
 
-def prepare_judge_batch(prompts: dict, answers: dict, *, judge: dict, artifact_root: str | None = None) -> str | None:
+def _token_logprobs(choice: dict) -> list | None:
+    """A batch output line's per-token log-probabilities, in `ChatResult.logprobs`'s form."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
+        return None
+    return [{"token": t["token"], "logprob": float(t["logprob"]),
+             "top": [[a["token"], float(a["logprob"])] for a in t.get("top_logprobs") or []]} for t in content]
+
+
+def prepare_judge_batch(prompts: dict, answers: dict, *, judge: dict | None, judges: list[dict] | None = None,
+                        artifact_root: str | None = None) -> str | None:
     """Upload the judge calls still needed as a Batch API input file; its id, or None."""
+    judge = batch_judge(judge, judges)
     lines = batch_lines(prompts, answers, judge=judge, artifact_root=artifact_root)
     if not lines:
         log.info("%s: every judge call is already cached; no batch needed", STAGE)
@@ -96,13 +121,14 @@ def prepare_judge_batch(prompts: dict, answers: dict, *, judge: dict, artifact_r
     return uploaded.id
 
 
-def collect_judge_batch(batch_id: str, *, judge: dict, artifact_root: str | None = None) -> dict:
+def collect_judge_batch(batch_id: str, *, judge: dict | None, judges: list[dict] | None = None,
+                        artifact_root: str | None = None) -> dict:
     """Put a finished batch's replies into the request cache; an artifact with its costs.
 
     An expired, cancelled or failed batch keeps the replies it did produce (they were paid
     for): they are cached like a completed batch's, and the online judge that follows asks
     only the rest."""
-    endpoint = batch_endpoint(judge)
+    endpoint = batch_endpoint(batch_judge(judge, judges))
     store = ArtifactStore(artifact_root)
 
     def compute(ctx: StageContext) -> None:
@@ -138,7 +164,8 @@ def collect_judge_batch(batch_id: str, *, judge: dict, artifact_root: str | None
             usage = body.get("usage") or {}
             cache.put(item["custom_id"], answer=content, finish_reason=choices[0].get("finish_reason"),
                       input_tokens=int(usage.get("prompt_tokens") or 0),
-                      output_tokens=int(usage.get("completion_tokens") or 0))
+                      output_tokens=int(usage.get("completion_tokens") or 0),
+                      logprobs=verdict_window(_token_logprobs(choices[0])))
             ok += 1
             tokens_in += int(usage.get("prompt_tokens") or 0)
             tokens_out += int(usage.get("completion_tokens") or 0)
@@ -159,13 +186,15 @@ def collect_judge_batch(batch_id: str, *, judge: dict, artifact_root: str | None
                      store=store)
 
 
-def run_judge_batch(prompts: dict, answers: dict, *, judge: dict, artifact_root: str | None = None,
+def run_judge_batch(prompts: dict, answers: dict, *, judge: dict | None, judges: list[dict] | None = None,
+                    artifact_root: str | None = None,
                     poll_seconds: float | None = None, timeout_s: float = 24 * 3600) -> dict | None:
     """prepare -> create batch -> wait -> collect, without Airflow. None if nothing to ask.
 
     Polls every `poll_seconds` (default: env TELA_BATCH_POLL_SECONDS, else 60 s)."""
     if poll_seconds is None:
         poll_seconds = float(os.environ.get("TELA_BATCH_POLL_SECONDS", defaults.BATCH_POLL_SECONDS))
+    judge = batch_judge(judge, judges)
     file_id = prepare_judge_batch(prompts, answers, judge=judge, artifact_root=artifact_root)
     if file_id is None:
         return None

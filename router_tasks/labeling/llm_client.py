@@ -21,16 +21,16 @@ few requests instead of retrying every row with backoff for hours.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
+
+from router_tasks.labeling.call_errors import describe_error, redact_secrets, reject_malformed_json, status_of
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ NO_KEY = "no-key"  # for OpenAI-compatible servers that take none
 # artifact's config (and so its cache key). Timeouts, retries, concurrency and the key's
 # variable name do not change answers and stay out, so tuning them reuses artifacts.
 OUTPUT_FIELDS = ("name", "model", "base_url", "max_tokens", "temperature", "system_prompt")
+#: how a judge's verdict may be read (see `router_tasks.labeling.verdicts`)
+VERDICT_PATHS = ("auto", "text", "logprobs", "continue")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class Endpoint:
     price_output_per_m: float = 0.0
     # The circuit breaker: this many failed calls in a row stop the endpoint's part.
     max_consecutive_failures: int = 8
+    # As a judge, how its 1-5 verdict is read (`router_tasks.labeling.verdicts`): "auto"
+    # ("continue" for base_url "local", else "logprobs"), "text", "logprobs" or "continue".
+    verdict: str = "auto"
 
     @classmethod
     def from_dict(cls, data: Mapping, *, defaults: Mapping | None = None, where: str = "endpoint") -> "Endpoint":
@@ -106,6 +111,8 @@ class Endpoint:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{where}: {price} must be a number >= 0 (dollars per 1M tokens), got {value!r}")
             merged[price] = float(value)
+        if merged.get("verdict", "auto") not in VERDICT_PATHS:
+            raise ValueError(f"{where}: verdict must be one of {list(VERDICT_PATHS)}, got {merged.get('verdict')!r}")
         base = merged.get("base_url")
         if base is not None and base != LOCAL and urlsplit(base).scheme not in ("http", "https"):
             raise ValueError(f"{where}: base_url must be an http(s) URL or 'local', got {base!r}")
@@ -174,43 +181,6 @@ def _redact_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
 
 
-def _reject_malformed_json(response) -> None:
-    """A 200 whose JSON body is cut off (a flaky proxy) would reach the openai client's
-    parser as a bare JSONDecodeError, which it does not retry. Raised here as a transport
-    error instead, the client retries it like a dropped connection, with its own backoff."""
-    import httpx2  # the openai client's HTTP library
-
-    if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
-        return
-    response.read()
-    try:
-        json.loads(response.content)
-    except ValueError as err:
-        why = f"{err.msg} at char {err.pos}" if isinstance(err, json.JSONDecodeError) else str(err)
-        raise httpx2.DecodingError(f"malformed response: the body is not valid JSON ({why})",
-                                   request=response.request) from None
-
-
-# What a credential looks like in an error text: provider keys ("sk-...", "sk-proj-..."),
-# bearer tokens, key=value pairs naming a secret, and long opaque tokens.
-_SECRET_PATTERNS = [
-    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]+"), "Bearer [REDACTED]"),
-    (re.compile(r"\b(?:sk|pk|rk|ak)-[A-Za-z0-9_\-]{6,}"), "[REDACTED]"),
-    (re.compile(r"(?i)\b((?:api[_-]?key|access[_-]?key|secret|token|password|passwd|authorization|key)"
-                r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',&;}]+"), r"\1[REDACTED]"),
-    (re.compile(r"\b[A-Za-z0-9_\-]{32,}\b"), "[REDACTED]"),
-]
-
-
-def redact_secrets(text: str | None) -> str | None:
-    """`text` with anything that looks like a key or token replaced by [REDACTED]."""
-    if text is None:
-        return None
-    for pattern, repl in _SECRET_PATTERNS:
-        text = pattern.sub(repl, text)
-    return text
-
-
 @dataclass
 class ChatResult:
     answer: str | None
@@ -221,6 +191,23 @@ class ChatResult:
     latency_s: float
     cached: bool = False  # served from the request cache: no call made, nothing paid
     status: int | None = None  # the HTTP status of a failed call, when there was one
+    # Per token of the answer, when asked for and returned: {"token", "logprob", "top":
+    # [[alternative, logprob], ...]}; what the caller kept of it once cached (`ask_all`).
+    logprobs: list | None = None
+
+
+#: request options the `openai` client takes as arguments; any other option (a server's
+#: extension, e.g. vLLM's `continue_final_message`) goes in the request body as is
+CLIENT_OPTIONS = ("logprobs", "top_logprobs")
+
+
+def token_logprobs(choice) -> list | None:
+    """The compact per-token log-probabilities of a response choice, or None without them."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    return [{"token": t.token, "logprob": float(t.logprob),
+             "top": [[a.token, float(a.logprob)] for a in (t.top_logprobs or [])]} for t in content]
 
 
 class EndpointDown(RuntimeError):
@@ -229,32 +216,6 @@ class EndpointDown(RuntimeError):
     def __init__(self, message: str, status: int | None):
         super().__init__(message)
         self.status = status
-
-
-def _status_of(err: Exception) -> int | None:
-    return getattr(err, "status_code", None)
-
-
-def _describe_error(err: Exception) -> str:
-    """A short, key-free description of a failed call for the `error` column."""
-    return redact_secrets(_describe_error_raw(err))
-
-
-def _describe_error_raw(err: Exception) -> str:
-    import openai
-
-    if isinstance(err, openai.APIStatusError):
-        msg = err.message if isinstance(err.message, str) else str(err)
-        text = f"HTTP {err.status_code} {type(err).__name__}: {msg}"
-    elif isinstance(err, openai.APITimeoutError):
-        text = "timeout: no response within the request timeout"
-    elif isinstance(err, openai.APIConnectionError):
-        cause = err.__cause__ or err
-        # a malformed body (see _reject_malformed_json) names itself
-        text = str(cause) if str(cause).startswith("malformed response") else f"connection error: {type(cause).__name__}: {cause}"
-    else:
-        text = f"{type(err).__name__}: {err}"
-    return " ".join(text.split())[:500]
 
 
 class ChatClient:
@@ -275,7 +236,7 @@ class ChatClient:
             max_retries=endpoint.max_retries,
             # The client retries inside one create() call; an httpx hook sees every attempt.
             http_client=openai.DefaultHttpxClient(
-                event_hooks={"request": [self._count_attempt], "response": [_reject_malformed_json]}
+                event_hooks={"request": [self._count_attempt], "response": [reject_malformed_json]}
             ),
         )
 
@@ -283,9 +244,14 @@ class ChatClient:
         with self._lock:
             self.attempts += 1
 
-    def chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None) -> ChatResult:
+    def chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
+             options: Mapping | None = None) -> ChatResult:
+        """One chat call. `options`: further request fields (`logprobs`, `top_logprobs`, or a
+        server's own such as vLLM's `continue_final_message`), sent as given."""
         ep = self.endpoint
         messages = ep.with_system_prompt(messages)
+        options = dict(options or {})
+        direct = {k: options.pop(k) for k in CLIENT_OPTIONS if k in options}
         with self._lock:
             self.requests += 1
         started = time.monotonic()
@@ -295,10 +261,12 @@ class ChatClient:
                 messages=messages,
                 max_tokens=max_tokens or ep.max_tokens,
                 temperature=ep.temperature if temperature is None else temperature,
+                **direct,
+                **({"extra_body": options} if options else {}),
             )
         except Exception as err:  # noqa: BLE001 - recorded per row, never raised
-            return ChatResult(None, None, _describe_error(err), 0, 0, round(time.monotonic() - started, 3),
-                              status=_status_of(err))
+            return ChatResult(None, None, describe_error(err), 0, 0, round(time.monotonic() - started, 3),
+                              status=status_of(err))
         latency = round(time.monotonic() - started, 3)
         usage = resp.usage
         tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -311,7 +279,8 @@ class ChatClient:
             refusal = getattr(choice.message, "refusal", None) if choice.message else None
             why = f"refusal: {refusal}" if refusal else f"no content (finish_reason={choice.finish_reason})"
             return ChatResult(None, choice.finish_reason, redact_secrets(why[:500]), tokens_in, tokens_out, latency)
-        return ChatResult(content, choice.finish_reason, None, tokens_in, tokens_out, latency)
+        return ChatResult(content, choice.finish_reason, None, tokens_in, tokens_out, latency,
+                          logprobs=token_logprobs(choice))
 
     def close(self) -> None:
         self._client.close()
@@ -322,7 +291,7 @@ def open_endpoint(endpoint: Endpoint) -> Iterator[ChatClient]:
     """A client for `endpoint`; for base_url 'local', a server that lives as long as it."""
     _quiet_http_logs()
     if endpoint.is_local:
-        from router_tasks.labeling.llm_server import local_llm_server
+        from router_tasks.labeling.local_server import local_llm_server
 
         with local_llm_server() as url:
             client = ChatClient(endpoint, base_url=url)
@@ -373,6 +342,7 @@ def chat_many(
     max_tokens: int | None = None,
     on_result: Callable[[int, ChatResult], None] | None = None,
     stop_if: Callable[[ChatResult], bool] | None = None,
+    options: Mapping | None = None,
 ) -> list[ChatResult]:
     """Run every conversation, `endpoint.workers()` at a time; results in input order.
 
@@ -390,7 +360,7 @@ def chat_many(
     def call(conv: list[dict]) -> ChatResult | None:
         if stopping.is_set():
             return None  # never sent
-        res = client.chat(conv, max_tokens=max_tokens)
+        res = client.chat(conv, max_tokens=max_tokens, options=options)
         if stop_if is not None and stop_if(res):
             stopping.set()
         return res
@@ -459,7 +429,7 @@ def endpoint_cache(endpoint: Endpoint, store, *, flush_every: int = 50):
 
 
 def request_keys(endpoint: Endpoint, conversations: Sequence[list[dict]], *, prompt_version: str,
-                 max_tokens: int | None = None) -> tuple[list[list[dict]], list[str]]:
+                 max_tokens: int | None = None, options: Mapping | None = None) -> tuple[list[list[dict]], list[str]]:
     """The messages as they will be sent, and their request-cache keys."""
     from router_tasks.labeling.request_cache import request_key
 
@@ -467,7 +437,8 @@ def request_keys(endpoint: Endpoint, conversations: Sequence[list[dict]], *, pro
     sent = [endpoint.with_system_prompt(c) for c in conversations]
     base = endpoint.output_config()["base_url"]
     keys = [request_key(base_url=base, model=endpoint.model, messages=m, max_tokens=max_tokens,
-                        temperature=endpoint.temperature, prompt_version=prompt_version) for m in sent]
+                        temperature=endpoint.temperature, prompt_version=prompt_version, options=options)
+            for m in sent]
     return sent, keys
 
 
@@ -485,6 +456,8 @@ def ask_all(
     partition: tuple[int, int] | None = None,
     session: "EndpointSession | None" = None,
     cache=None,
+    options: Mapping | None = None,
+    keep_logprobs: Callable[[list], list | None] | None = None,
 ) -> tuple[list[ChatResult], CallStats]:
     """Every conversation answered by `endpoint`, through the request cache.
 
@@ -499,12 +472,16 @@ def ask_all(
 
     `partition` (shards, shard) is the request-cache partition of the rows asked (see
     `request_cache`); `session` keeps one client (one local server) open across calls
-    made batch by batch; `cache` reuses a `RequestCache` already loaded.
+    made batch by batch; `cache` reuses a `RequestCache` already loaded. `options`: further
+    request fields for every call (`ChatClient.chat`), part of the cache key;
+    `keep_logprobs(tokens)`: what of a reply's token log-probabilities to keep (and cache),
+    e.g. the few tokens a judge's verdict is read from.
     """
     started = time.monotonic()
     max_tokens = max_tokens or endpoint.max_tokens
     cache = cache if cache is not None else endpoint_cache(endpoint, store, flush_every=flush_every)
-    sent, keys = request_keys(endpoint, conversations, prompt_version=prompt_version, max_tokens=max_tokens)
+    sent, keys = request_keys(endpoint, conversations, prompt_version=prompt_version, max_tokens=max_tokens,
+                              options=options)
     stats = CallStats(requests=len(sent))
     results: list[ChatResult | None] = [None] * len(sent)
     todo: dict[str, list[int]] = {}  # key -> the rows that need it: identical requests are sent once
@@ -513,7 +490,8 @@ def ask_all(
         if hit is None:
             todo.setdefault(key, []).append(i)
             continue
-        results[i] = ChatResult(hit.answer, hit.finish_reason, None, hit.input_tokens, hit.output_tokens, 0.0, cached=True)
+        results[i] = ChatResult(hit.answer, hit.finish_reason, None, hit.input_tokens, hit.output_tokens, 0.0,
+                                cached=True, logprobs=hit.logprobs)
         stats.cached += 1
     unique = list(todo)
     progress = Progress(f"{label} {endpoint.name}", len(unique))
@@ -522,9 +500,11 @@ def ask_all(
     def got(j: int, res: ChatResult) -> None:
         key = unique[j]
         progress.update(res)
+        if res.logprobs is not None and keep_logprobs is not None:
+            res.logprobs = keep_logprobs(res.logprobs)
         if res.error is None and res.answer is not None:
-            cache.put(key, answer=res.answer, finish_reason=res.finish_reason,
-                      input_tokens=res.input_tokens, output_tokens=res.output_tokens, partition=partition)
+            cache.put(key, answer=res.answer, finish_reason=res.finish_reason, input_tokens=res.input_tokens,
+                      output_tokens=res.output_tokens, partition=partition, logprobs=res.logprobs)
             stats.input_tokens += res.input_tokens
             stats.output_tokens += res.output_tokens
         else:
@@ -533,7 +513,8 @@ def ask_all(
             # a repeat of the same request in this batch: the same reply, not paid again
             repeat = n > 0
             results[i] = res if not repeat else ChatResult(res.answer, res.finish_reason, res.error, res.input_tokens,
-                                                           res.output_tokens, 0.0, cached=res.error is None)
+                                                           res.output_tokens, 0.0, cached=res.error is None,
+                                                           logprobs=res.logprobs)
             if repeat and res.error is None:
                 stats.cached += 1
         breaker.record(res)  # raises EndpointDown: chat_many stops sending, the cache keeps what came
@@ -548,7 +529,7 @@ def ask_all(
         calls0, attempts0 = client.requests, client.attempts
         try:
             chat_many(client, [sent[todo[k][0]] for k in unique], max_tokens=max_tokens, on_result=got,
-                      stop_if=breaker.is_fatal)
+                      stop_if=breaker.is_fatal, options=options)
         finally:
             cache.flush()  # however the calls end, what succeeded is kept
             stats.calls, stats.attempts = client.requests - calls0, client.attempts - attempts0

