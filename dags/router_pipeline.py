@@ -51,6 +51,7 @@ def args(step: str) -> dict:
 
 
 @task
+@retry.fail_fast
 def prepare_judge_batch(prompts: dict, answers: dict, judge: dict, judge_mode: str) -> str:
     """Batch mode: upload the judge calls not yet cached; skipped in online mode or when none are left."""
     from airflow.sdk.exceptions import AirflowSkipException
@@ -66,6 +67,7 @@ def prepare_judge_batch(prompts: dict, answers: dict, judge: dict, judge_mode: s
 
 
 @task(trigger_rule="none_failed")
+@retry.fail_fast
 def collect_judge_batch(batch_id: str | None, judge: dict) -> dict | None:
     """The finished batch's replies into the request cache (None when the batch was skipped)."""
     from router_tasks.labeling import judge_batch
