@@ -77,11 +77,14 @@ def collect_judge_batch(batch_id: str | None, judge: dict) -> dict | None:
 
 @task(outlets=[LABELS_ASSET])
 def announce_labels(labels: dict) -> dict:
-    """Emit the labels Asset: router_retraining runs on the labels this event carries."""
+    """Emit the labels Asset: router_retraining runs on the labels this event carries, for
+    the models this run's settings name (recorded with them: a scheduled run has no conf)."""
+    from router_tasks.lifecycle.loop_settings import run_settings
     from router_tasks.lifecycle.retraining import record_labels
 
-    extra = record_labels(labels)
-    get_current_context()["outlet_events"][LABELS_ASSET].extra = extra
+    ctx = get_current_context()
+    extra = record_labels(labels, settings=run_settings(ctx["params"]))
+    ctx["outlet_events"][LABELS_ASSET].extra = extra
     return extra
 
 
@@ -233,7 +236,7 @@ def router_pipeline():
     )(router, **evaluating)
     router >> eval_device >> [ev_cpu, ev_gpu]
     evaluation = evaluated_router(ev_cpu, ev_gpu)
-    decision = stage(publish_router)(router, evaluation)
+    decision = stage(publish_router)(router, evaluation, **args("publish"))
     refs = {"ingest": prompts, "references": referenced, "generate": answers, "judge": judgements, "labels": labels,
             "validate": valid, "train": router, "evaluate": evaluation, "ledger": ledger}
     summary({name: refs[name] for name in SUMMARY_STAGES}, decision)

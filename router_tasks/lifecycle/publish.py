@@ -37,6 +37,7 @@ import pandas as pd
 from router_tasks.core.schemas import CHAMPION_KEY, is_own_source
 from router_tasks.core.stage import ArtifactRef, load_table, stable_hash
 from router_tasks.core.store import ArtifactStore
+from router_tasks.lifecycle.loop_settings import recordable
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +166,22 @@ def publish_router(
     *,
     metric: str = "mean_apgr",
     margin: float = 0.0,
+    settings: dict | None = None,
+    settings_from: dict | None = None,
     artifact_root: str | None = None,
 ) -> dict:
     """Promote `router` if its score beats the champion's (on the same spec) by more than `margin`.
 
     Returns the decision record (also stored). Re-running with the same router and
-    evaluation decides the same way and changes nothing.
+    evaluation decides the same way and changes nothing. `settings`: the settings the
+    router was made with (pipeline params but `source`/`sample`, `loop_settings`), kept in
+    the champion record so the loop's scheduled runs label and retrain the same way;
+    `settings_from` says where each came from.
     """
     store = ArtifactStore(artifact_root)
+    if settings is not None:
+        settings = recordable(settings, where="publish settings")
+        settings_from = settings_from or {k: "the publishing run's params" for k in settings}
     router_ref, eval_ref = ArtifactRef.of(router), ArtifactRef.of(evaluation)
     evaluation_table = load_table(eval_ref, store)
     score = headline_score(evaluation_table, metric)
@@ -190,7 +199,8 @@ def publish_router(
             calibration = calibrate_for_serving(store, router_ref)
         record = {"router": router_ref.to_dict(), "evaluation": eval_ref.to_dict(), "metric": metric, "score": score,
                   "per_benchmark": evaluation_table.to_dict(orient="records"), "spec": spec, "promoted_at": now,
-                  "previous": None if current is None else current["router"], "calibration": calibration}
+                  "previous": None if current is None else current["router"], "calibration": calibration,
+                  "settings": settings, "settings_from": settings_from}
         body = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
         if store.write_if(CHAMPION_KEY, body, version):  # the single write that switches champions
             store.write_json(f"champion/history/{now.replace(':', '-')}-{router_ref.fingerprint[:12]}.json", record)
@@ -213,6 +223,8 @@ def publish_router(
         "promoted": promote,
         "reason": reason,
         "calibration": calibration if promote else None,
+        "settings": settings,
+        "settings_from": settings_from,
         "decided_at": now,
         "attempts": attempt + 1,
         "per_benchmark": evaluation_table.to_dict(orient="records"),
