@@ -31,9 +31,7 @@ EASY_Q = "What is 5 + 3?"
 HARD_Q = "Prove the open mapping theorem for Banach spaces with every step justified."
 
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory, minilm):
-    root = str(tmp_path_factory.mktemp("servable") / "artifacts")
+def _train_and_publish(root: str) -> dict:
     store = ArtifactStore(root)
     rows = [dict(prompt_id=prompt_id(t), prompt=t, model=m, score=None, correct=ok, quality=float(ok),
                  source="generated:team", benchmark="own")
@@ -47,6 +45,11 @@ def published(tmp_path_factory, minilm):
     decision = publish_router(router, evaluation, artifact_root=root)
     assert decision["promoted"], decision["reason"]
     return {"root": root, "router": router, "decision": decision, "store": store}
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, minilm):
+    return _train_and_publish(str(tmp_path_factory.mktemp("servable") / "artifacts"))
 
 
 def test_publishing_writes_a_calibration_the_gateway_finds(published):
@@ -76,15 +79,48 @@ def _upstream(tag):
     return lambda body: Reply(content=f"{tag}: {last_user_text(body)}", prompt_tokens=10, completion_tokens=5)
 
 
+def _models(pro, mini):
+    return [{"name": PRO, "model": "pro-2", "base_url": pro.base_url, "api_key_env": KEY_ENV,
+             "price_input_per_m": 12.0, "price_output_per_m": 36.0, "max_retries": 0},
+            {"name": MINI, "model": "mini-1", "base_url": mini.base_url, "api_key_env": KEY_ENV,
+             "price_input_per_m": 0.1, "price_output_per_m": 0.3, "max_retries": 0}]
+
+
+def test_a_gateway_started_before_the_first_champion_waits_then_serves_it(tmp_path, monkeypatch, minilm):
+    """A fresh deployment starts the gateway before any run has published: it answers 503
+    (health and chat) and serves the champion, calibrated, as soon as one is published."""
+    import httpx
+
+    monkeypatch.setenv(KEY_ENV, "sk-kestrel-upstream")
+    root = str(tmp_path / "artifacts")
+    with ScriptedOpenAIServer(_upstream("pro")) as pro, ScriptedOpenAIServer(_upstream("mini")) as mini:
+        gw = serve_in_thread(GatewayConfig(parse_models_arg(json.dumps(_models(pro, mini))), artifact_root=root,
+                                           reload_s=0.3, traffic_flush_s=0.2))
+        try:
+            health = httpx.get(gw.base_url.replace("/v1", "/health"))
+            assert health.status_code == 503 and health.json()["router"] is None
+            body = {"model": "tela-auto@0.5", "messages": [{"role": "user", "content": HARD_Q}]}
+            assert httpx.post(f"{gw.base_url}/chat/completions", json=body).status_code == 503
+            assert pro.count() == mini.count() == 0
+            fresh = _train_and_publish(root)
+            deadline = time.monotonic() + 60
+            while gw.gateway.holder.current is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            health = httpx.get(gw.base_url.replace("/v1", "/health"))
+            assert health.status_code == 200 and health.json()["router"]["key"] == fresh["router"]["key"]
+            assert health.json()["router"]["threshold_source"] == fresh["decision"]["calibration"]["key"]
+            reply = httpx.post(f"{gw.base_url}/chat/completions", json=body)
+            assert reply.status_code == 200 and reply.headers["x-tela-model"] == PRO
+        finally:
+            gw.stop()
+
+
 def test_every_policy_works_through_the_gateway_on_the_fresh_champion(published, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-kestrel-upstream")
     with ScriptedOpenAIServer(_upstream("pro")) as pro, ScriptedOpenAIServer(_upstream("mini")) as mini:
-        models = [{"name": PRO, "model": "pro-2", "base_url": pro.base_url, "api_key_env": KEY_ENV,
-                   "price_input_per_m": 12.0, "price_output_per_m": 36.0, "max_retries": 0},
-                  {"name": MINI, "model": "mini-1", "base_url": mini.base_url, "api_key_env": KEY_ENV,
-                   "price_input_per_m": 0.1, "price_output_per_m": 0.3, "max_retries": 0}]
-        gw = serve_in_thread(GatewayConfig(parse_models_arg(json.dumps(models)), artifact_root=published["root"],
-                                           reload_s=0.3, traffic_flush_s=0.2))
+        config = GatewayConfig(parse_models_arg(json.dumps(_models(pro, mini))), artifact_root=published["root"],
+                               reload_s=0.3, traffic_flush_s=0.2)
+        gw = serve_in_thread(config)
         try:
             client = openai.OpenAI(base_url=gw.base_url, api_key="sk-caller", max_retries=0)
 
