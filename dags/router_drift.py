@@ -123,7 +123,8 @@ def pipeline_conf() -> dict:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["tela-wizard"],
-    default_args=retry.DEFAULT,
+    # the S3 connection: the champion's recorded settings are read from the artifact store
+    default_args={"on_execute_callback": export_connections, **retry.DEFAULT},
     params={"pipeline_conf": Param({}, type="object",
                                    description="router_pipeline params for labeling traffic (models, judge, ...), "
                                                "over the champion's recorded settings and Variable tela_loop_settings; "
