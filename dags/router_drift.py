@@ -1,8 +1,11 @@
 """Drift: every hour, compare the last window of gateway traffic with what the champion
 was trained on; on drift, emit the drift Asset (its extra carries the evidence and the
 exported traffic sample), which schedules `router_drift_relabel`: it starts
-`router_pipeline` on that sample (labeling it; the pipeline's labels Asset then schedules
-`router_retraining`). Strong-share drift alone recalibrates the threshold instead.
+`router_pipeline` on that sample with the champion's recorded settings (its endpoints,
+judge, reference model and model pair; the Variable `tela_loop_settings` overrides them,
+and the run logs where each came from), so the traffic is labeled the way the champion's
+labels were; the pipeline's labels Asset then schedules `router_retraining`. Strong-share
+drift alone recalibrates the threshold instead.
 
 Thin wiring only: the logic is `router_tasks.serving.drift` and `.traffic`.
 """
@@ -21,8 +24,16 @@ from router_tasks.serving import drift
 
 @task
 def check_window() -> dict:
+    from router_tasks.core.schemas import CHAMPION_KEY
+    from router_tasks.core.store import ArtifactStore
+
     ctx = get_current_context()
     p = ctx["params"]
+    if p["router"] == "champion" and not ArtifactStore().exists(CHAMPION_KEY):
+        # the hourly run of a fresh deployment: nothing is served yet, so nothing can drift
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException("no champion yet: nothing to compare the traffic with")
     end = p["window_end"] or ctx.get("data_interval_end")
     return drift.check_latest_window(window_end=end, hours=float(p["window_hours"]), router=p["router"],
                                      settings=p["settings"])
@@ -80,10 +91,17 @@ def router_drift():
 router_drift()
 
 
-@task(inlets=[DRIFT_ASSET])
+@task(inlets=[DRIFT_ASSET], multiple_outputs=True)
+@retry.fail_fast  # a bad Variable or recorded setting fails the same way every time
 def pipeline_conf() -> dict:
-    """router_pipeline's conf: the triggering event's traffic sample as `source`, over the
-    `pipeline_conf` param (models, judge, ...). A manual run takes the newest drift event."""
+    """router_pipeline's conf: the triggering event's traffic sample as `source`, with the
+    champion's recorded settings under the Variable `tela_loop_settings` and the
+    `pipeline_conf` param (a manual run's). A manual run takes the newest drift event.
+    Returns {"conf", "settings_from"}: each setting and where it came from (also logged)."""
+    from airflow.sdk import Variable
+
+    from router_tasks.lifecycle.loop_settings import VARIABLE, describe, relabel_conf
+
     ctx = get_current_context()
     events = [e for evs in (ctx.get("triggering_asset_events") or {}).values() for e in evs]
     if not events:
@@ -93,7 +111,10 @@ def pipeline_conf() -> dict:
 
         raise AirflowSkipException("no drift event to act on")
     relabel = events[-1].extra["relabel"]
-    return {**ctx["params"]["pipeline_conf"], "source": relabel["source"]}
+    plan = relabel_conf(relabel["source"], variable=Variable.get(VARIABLE, default=None, deserialize_json=True),
+                        conf=ctx["params"]["pipeline_conf"])
+    print(f"labeling {relabel['source']} with:\n{describe(plan)}")
+    return {"conf": plan["conf"], "settings_from": plan["from"]}
 
 
 @dag(
@@ -102,12 +123,15 @@ def pipeline_conf() -> dict:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["tela-wizard"],
-    default_args=retry.DEFAULT,
+    # the S3 connection: the champion's recorded settings are read from the artifact store
+    default_args={"on_execute_callback": export_connections, **retry.DEFAULT},
     params={"pipeline_conf": Param({}, type="object",
-                                   description="router_pipeline params for labeling traffic (models, judge, ...)")},
+                                   description="router_pipeline params for labeling traffic (models, judge, ...), "
+                                               "over the champion's recorded settings and Variable tela_loop_settings; "
+                                               "a scheduled run has only this default: {}")},
 )
 def router_drift_relabel():
-    TriggerDagRunOperator(task_id="label_traffic", trigger_dag_id="router_pipeline", conf=pipeline_conf())
+    TriggerDagRunOperator(task_id="label_traffic", trigger_dag_id="router_pipeline", conf=pipeline_conf()["conf"])
 
 
 router_drift_relabel()

@@ -52,6 +52,7 @@ def args(step: str) -> dict:
 
 
 @task
+@retry.fail_fast
 def prepare_judge_batch(prompts: dict, answers: dict, judge: dict, judges: list | None, judge_mode: str) -> str:
     """Batch mode: upload the judge calls not yet cached; skipped in online mode or when none are left."""
     from airflow.sdk.exceptions import AirflowSkipException
@@ -67,6 +68,7 @@ def prepare_judge_batch(prompts: dict, answers: dict, judge: dict, judges: list 
 
 
 @task(trigger_rule="none_failed")
+@retry.fail_fast
 def collect_judge_batch(batch_id: str | None, judge: dict, judges: list | None) -> dict | None:
     """The finished batch's replies into the request cache (None when the batch was skipped)."""
     from router_tasks.labeling import judge_batch
@@ -76,11 +78,14 @@ def collect_judge_batch(batch_id: str | None, judge: dict, judges: list | None) 
 
 @task(outlets=[LABELS_ASSET])
 def announce_labels(labels: dict) -> dict:
-    """Emit the labels Asset: router_retraining runs on the labels this event carries."""
+    """Emit the labels Asset: router_retraining runs on the labels this event carries, for
+    the models this run's settings name (recorded with them: a scheduled run has no conf)."""
+    from router_tasks.lifecycle.loop_settings import run_settings
     from router_tasks.lifecycle.retraining import record_labels
 
-    extra = record_labels(labels)
-    get_current_context()["outlet_events"][LABELS_ASSET].extra = extra
+    ctx = get_current_context()
+    extra = record_labels(labels, settings=run_settings(ctx["params"]))
+    ctx["outlet_events"][LABELS_ASSET].extra = extra
     return extra
 
 
@@ -253,7 +258,7 @@ def router_pipeline():
     )(router, **evaluating)
     router >> eval_device >> [ev_cpu, ev_gpu]
     evaluation = evaluated_router(ev_cpu, ev_gpu)
-    decision = stage(publish_router)(router, evaluation)
+    decision = stage(publish_router)(router, evaluation, **args("publish"))
     refs = {"ingest": prompts, "references": referenced, "generate": answers, "judge": judgements,
             "agreement": agreement, "labels": labels,
             "validate": valid, "train": router, "evaluate": evaluation, "ledger": ledger}

@@ -2,9 +2,13 @@
 comes first.
 
 Thin wiring only (the logic is `router_tasks.routers.train`, `.evaluate`, `.retraining`). Scheduled
-by the labels Asset (an event whose extra is `{"labels": ref}`, see
+by the labels Asset (an event whose extra is `{"labels": ref, "settings": ...}`, see
 `router_tasks.lifecycle.retraining.record_labels`) OR a weekly cron; a cron or manual run without an
-event trains on the `labels` param, else the newest recorded labels. One router is trained
+event trains on the `labels` param, else the newest recorded labels. `loop_settings` decides
+the model pair and the evaluation from the settings recorded with those labels and with the
+champion, under the Variable `tela_loop_settings` and the run's params (a scheduled run has
+only defaults, which name the demo's pair); it logs each value and where it came from, and the
+champion keeps them. One router is trained
 and evaluated per entry of `router_types` (mapped tasks); the best goes up against the
 champion. Types that need a GPU (`router_tasks.routers.GPU_ROUTERS`: causal_llm) train in
 `train_router_gpu`, on the `gpu` queue and in the `tela_gpu` pool; the others in
@@ -58,6 +62,22 @@ def resolve_labels() -> dict:
 
 
 @task
+@retry.fail_fast  # labels for neither model of the pair: a config error, not a transient one
+def loop_settings(labels: dict) -> dict:
+    """{"settings", "from"}: what this run trains for and how it evaluates, and where each came from."""
+    from airflow.sdk import Variable
+
+    from router_tasks.lifecycle.loop_settings import VARIABLE
+    from router_tasks.lifecycle.retraining import retraining_settings
+
+    ctx = get_current_context()
+    extras = [e.extra for events in (ctx.get("triggering_asset_events") or {}).values() for e in events]
+    params = ctx["params"]
+    return retraining_settings(labels, extras, variable=Variable.get(VARIABLE, default=None, deserialize_json=True),
+                               params={k: params[k] for k in ("strong_model", "weak_model", "benchmarks")})
+
+
+@task
 def router_types(labels: dict) -> dict:  # after resolve_labels: skipped with it
     from router_tasks.lifecycle.retraining import split_by_device
 
@@ -75,12 +95,19 @@ def gpu_types(split: dict) -> list[str]:
     return split["gpu"]
 
 
-def train(labels: dict, router_type: str, strong_model: str, weak_model: str) -> dict:
+def train(labels: dict, router_type: str, loop: dict) -> dict:
     # Not `task(train_router)`: its `params` argument would receive the DAG params (Airflow
     # injects context entries by argument name), which no router accepts.
-    params = get_current_context()["params"]
-    return train_router(labels, router_type=router_type, strong_model=strong_model, weak_model=weak_model,
+    params, settings = get_current_context()["params"], loop["settings"]
+    return train_router(labels, router_type=router_type, strong_model=settings["strong_model"],
+                        weak_model=settings["weak_model"], strong_quality=settings["strong_quality"],
                         router_params=params["router_params"].get(router_type), use_gpu=params["use_gpu"])
+
+
+def evaluate(router: dict, loop: dict) -> dict:
+    settings = loop["settings"]
+    return evaluate_router(router, benchmarks=settings["benchmarks"], max_prompts=settings["eval_max_prompts"],
+                           models=settings["models"])
 
 
 _TIMEOUT = timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
@@ -101,8 +128,8 @@ def trained_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
 
 _EVAL_TIMEOUT = timedelta(hours=defaults.EVALUATE_TIMEOUT_HOURS)
 # GPU routers are scored on the GPU queue and pool too (every benchmark prompt goes through the LLM)
-evaluate_on_cpu = task(evaluate_router, task_id="evaluate_router_cpu", execution_timeout=_EVAL_TIMEOUT)
-evaluate_on_gpu = task(evaluate_router, task_id="evaluate_router_gpu", queue=defaults.GPU_QUEUE,
+evaluate_on_cpu = task(evaluate, task_id="evaluate_router_cpu", execution_timeout=_EVAL_TIMEOUT)
+evaluate_on_gpu = task(evaluate, task_id="evaluate_router_gpu", queue=defaults.GPU_QUEUE,
                        pool=defaults.GPU_POOL, execution_timeout=_EVAL_TIMEOUT)
 
 
@@ -114,7 +141,7 @@ def evaluated_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
 
 
 @task(outlets=[ROUTER_ASSET])
-def publish(routers, evaluations) -> dict:
+def publish(routers, evaluations, loop: dict) -> dict:
     from airflow.sdk.exceptions import AirflowSkipException
 
     from router_tasks.lifecycle.retraining import publish_best
@@ -126,6 +153,7 @@ def publish(routers, evaluations) -> dict:
         [evaluations[i] for i in range(len(evaluations))],
         metric=ctx["params"]["metric"],
         margin=float(ctx["params"]["margin"]),
+        settings=loop,
     )
     if not decision["promoted"]:
         # success would emit an Asset event: downstream waits for a *new* champion only
@@ -159,23 +187,23 @@ def publish(routers, evaluations) -> dict:
                          description="GPU routers (causal_llm) train on the gpu queue; off: on the CPU, normal queue"),
         "router_params": Param({}, type="object",
                                description='per router type, e.g. {"knn": {"k": 20}}; defaults otherwise'),
-        **model_pair_params(),
+        **model_pair_params(from_loop=True),
         "metric": Param(defaults.PUBLISH_METRIC, type="string", description="'mean_apgr' or 'apgr:<benchmark>'"),
         "margin": Param(0.0, type="number", description="how much the challenger must beat the champion by"),
     },
 )
 def router_retraining():
     labels = resolve_labels()
+    loop = loop_settings(labels)
     split = router_types(labels)
-    common = dict(labels=labels, strong_model="{{ params.strong_model }}", weak_model="{{ params.weak_model }}")
-    on_cpu = train_on_cpu.partial(**common).expand(router_type=cpu_types(split))
-    on_gpu = train_on_gpu.partial(**common).expand(router_type=gpu_types(split))
+    on_cpu = train_on_cpu.partial(labels=labels, loop=loop).expand(router_type=cpu_types(split))
+    on_gpu = train_on_gpu.partial(labels=labels, loop=loop).expand(router_type=gpu_types(split))
     routers = trained_routers(split, on_cpu, on_gpu)
-    ev_cpu = evaluate_on_cpu.partial(benchmarks="{{ params.benchmarks }}").expand(router=on_cpu)
-    ev_gpu = evaluate_on_gpu.partial(benchmarks="{{ params.benchmarks }}").expand(router=on_gpu)
+    ev_cpu = evaluate_on_cpu.partial(loop=loop).expand(router=on_cpu)
+    ev_gpu = evaluate_on_gpu.partial(loop=loop).expand(router=on_gpu)
     evaluations = evaluated_routers(split, ev_cpu, ev_gpu)  # in the router_types order, like `routers`
     task(compare_routers)(evaluations)  # every router's curve on one plot per benchmark
-    publish(routers, evaluations)
+    publish(routers, evaluations, loop)
 
 
 router_retraining()

@@ -51,7 +51,11 @@ def export_endpoint_connections(params: dict) -> None:
             continue
         conn = _connection(ep["conn_id"])
         if conn is None:
-            raise RuntimeError(f"endpoint {ep.get('name')!r}: Airflow connection {ep['conn_id']!r} not found")
+            # Not raised here: Airflow logs a callback's exception and runs the task anyway.
+            # The task's first call then fails at once (MissingEndpointKey, no retries),
+            # naming the endpoint, its variable and this connection.
+            log.warning("endpoint %r: Airflow connection %r not found", ep.get("name"), ep["conn_id"])
+            continue
         if ep.get("api_key_env") and conn.password:
             os.environ[ep["api_key_env"]] = conn.password
 

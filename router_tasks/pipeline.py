@@ -27,6 +27,7 @@ from router_tasks.labeling.judge import judge_answers
 from router_tasks.labeling.judge_batch import run_judge_batch
 from router_tasks.labeling.ledger import cost_ledger
 from router_tasks.labeling.references import generate_references
+from router_tasks.lifecycle.loop_settings import SETTINGS_KEYS
 from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
 from router_tasks.routers.train import train_router
@@ -57,6 +58,8 @@ class Step:
     earlier steps whose refs are passed positionally (or, with `inputs_as_mapping`, as one
     {name: ref} dict). `params`: fn keyword -> pipeline parameter. `when`: a parameter
     that must hold `when_value` for the step to run (the DAG skips the task otherwise).
+    `settings_kw`: a keyword that receives the run's settings, every parameter but
+    `source` and `sample` as one dict (publish keeps them with the champion).
     """
 
     name: str
@@ -67,14 +70,21 @@ class Step:
     dag_tasks: tuple[str, ...] = ()
     inputs_as_mapping: bool = False
     when: tuple[str, object] | None = None
+    settings_kw: str | None = None
 
     def kwargs(self, params: Mapping) -> dict:
         """The keyword arguments of `fn` for a run with `params`."""
-        return {kw: params[p] for kw, p in self.params.items()}
+        out = {kw: params[p] for kw, p in self.params.items()}
+        if self.settings_kw:
+            out[self.settings_kw] = {k: params[k] for k in SETTINGS_KEYS}
+        return out
 
     def templated(self) -> dict:
         """The same arguments as Airflow templates of the DAG's params."""
-        return {kw: "{{ params.%s }}" % p for kw, p in self.params.items()}
+        out = {kw: "{{ params.%s }}" % p for kw, p in self.params.items()}
+        if self.settings_kw:
+            out[self.settings_kw] = {k: "{{ params.%s }}" % k for k in SETTINGS_KEYS}
+        return out
 
     def runs(self, params: Mapping) -> bool:
         return self.when is None or params[self.when[0]] == self.when[1]
@@ -111,7 +121,7 @@ STEPS: tuple[Step, ...] = (
          {"benchmarks": "benchmarks", "max_prompts": "eval_max_prompts", "models": "models",
           "quality_target": "quality_target"},
          dag_tasks=("evaluate_router_cpu", "evaluate_router_gpu", "evaluate_router")),
-    Step("publish", "publish_router", publish_router, ("train", "evaluate")),
+    Step("publish", "publish_router", publish_router, ("train", "evaluate"), settings_kw="settings"),
 )
 STEP = {s.name: s for s in STEPS}
 #: the steps whose refs the run summary lists (publish is the decision, not a stage row)

@@ -8,9 +8,15 @@ Components (the same set as docker-compose.yaml; tests/deployment/test_compose_m
 keeps them in step): Postgres (Airflow's metadata DB and Celery's result backend) and Redis
 (the Celery broker) from Debian packages, installed with apt-get when missing; moto's S3
 server as the artifact store (MinIO in compose); Airflow's api-server, scheduler,
-dag-processor, triggerer and two Celery workers, one per queue (`default`, `gpu`); and one
+dag-processor, triggerer and two Celery workers, one per queue (`default`, `gpu`); one
 shared local model server for endpoints whose base_url is "local" (`TELA_LOCAL_LLM_URL`: the
-labeling tasks use it instead of each starting its own; `--no-local-llm` leaves it out).
+labeling tasks use it instead of each starting its own; `--no-local-llm` leaves it out); and,
+with `--gateway-models FILE`, the routing gateway (`tela serve` on those upstream endpoints,
+the `tela-gateway` service in compose): it reads the champion from the same S3 store as
+Airflow, hot-reloads it when the DAGs publish a new one, and writes its traffic log there for
+`router_drift`. Its URL goes to cluster.env (`TELA_GATEWAY_URL`); the upstreams' API keys
+come from the environment `make cluster` runs in (the variables the endpoints' `api_key_env`
+name).
 
 Every secret (DB and Redis passwords, the UI password, JWT secret, Fernet key, the S3 app
 keys) is generated at the first `up`, kept in STATE/secrets.json (mode 600) and reaches the
@@ -18,7 +24,7 @@ components as environment variables or Airflow connections (`AIRFLOW_CONN_TELA_S
 through a file in the repo. `up` writes cluster.env (git-ignored) for scripts and tests.
 
 Everything lives in one state folder (default .cluster/ in the repo, env TELA_CLUSTER_DIR),
-ports are fixed but configurable (env TELA_CLUSTER_{PG,REDIS,API,S3}_PORT), and every process
+ports are fixed but configurable (env TELA_CLUSTER_{PG,REDIS,API,S3,GATEWAY}_PORT), and every process
 `up` starts is recorded as a pid file there, so `down` stops those and nothing else.
 """
 
@@ -49,8 +55,10 @@ USER = "admin"
 S3_CONN_ID = "tela_s3"
 QUEUES = {"default": "default", "gpu": "gpu"}  # worker name -> Celery queue it consumes
 # The DAGs the deployment relies on being unpaused: router_pipeline is triggered by users,
-# router_retraining consumes the labels Asset, whose events are dropped while it is paused.
-UNPAUSE = ("router_pipeline", "router_retraining")
+# router_retraining consumes the labels Asset and router_drift_relabel the drift Asset (an
+# Asset's events are dropped while its consumer is paused), router_drift checks the traffic
+# hourly. Together they close the loop: traffic -> drift -> relabel -> retrain -> reload.
+UNPAUSE = ("router_pipeline", "router_retraining", "router_drift", "router_drift_relabel")
 
 # Airflow processes, in start order (the compose file has one service per entry).
 AIRFLOW_COMPONENTS = {
@@ -63,6 +71,10 @@ AIRFLOW_COMPONENTS = {
 }
 # Non-Airflow services (compose: postgres, redis, minio).
 SERVICES = ("postgres", "redis", "s3")
+# Environment variable names the gateway gets (compose's tela-gateway sets the same ones):
+# the artifact store it shares with Airflow.
+GATEWAY_ENV_NAMES = ("TELA_ARTIFACT_ROOT", "TELA_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                     "AWS_DEFAULT_REGION")
 # Environment variable names every Airflow component gets (compose sets the same ones).
 AIRFLOW_ENV_NAMES = (
     "AIRFLOW__CORE__EXECUTOR",
@@ -103,6 +115,7 @@ class Config:
         self.redis_port = int(os.environ.get("TELA_CLUSTER_REDIS_PORT", 56379))
         self.api_port = int(os.environ.get("TELA_CLUSTER_API_PORT", 58080))
         self.s3_port = int(os.environ.get("TELA_CLUSTER_S3_PORT", 55000))
+        self.gateway_port = int(os.environ.get("TELA_CLUSTER_GATEWAY_PORT", 58000))
         self.env_file = Path(os.environ.get("TELA_CLUSTER_ENV_FILE") or REPO / "cluster.env")
         # Small on purpose: every running task is a process with the library imported.
         self.parallelism = int(os.environ.get("TELA_CLUSTER_PARALLELISM", 6))
@@ -122,6 +135,10 @@ class Config:
     @property
     def s3_url(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}/v1"
 
     def secrets(self) -> dict:
         path = self.state / "secrets.json"
@@ -434,6 +451,44 @@ def start_local_llm(cfg: Config) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# The gateway
+# --------------------------------------------------------------------------------------
+
+
+def gateway_args(models_file: str, host: str, port: int) -> list[str]:
+    """`tela serve`'s arguments: the one gateway launch command, here and in compose's
+    `tela-gateway` service (tests/deployment/test_compose_matches_cluster.py holds them
+    equal). It follows the champion, so a new one is served without a restart."""
+    return ["serve", "--models", models_file, "--router", "champion", "--host", host, "--port", str(port)]
+
+
+def gateway_env(cfg: Config) -> dict:
+    """The artifact store the gateway shares with Airflow (GATEWAY_ENV_NAMES), as the
+    library reads it: the same bucket and S3 app keys as the `tela_s3` connection."""
+    s = cfg.secrets()
+    return {
+        "TELA_ARTIFACT_ROOT": f"s3://{BUCKET}/pipeline",
+        "TELA_S3_ENDPOINT_URL": cfg.s3_url,
+        "AWS_ACCESS_KEY_ID": s["s3_access_key"],
+        "AWS_SECRET_ACCESS_KEY": s["s3_secret_key"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def start_gateway(cfg: Config, models_file: Path) -> None:
+    """Start `tela serve` on the cluster's store; return once it accepts connections (it
+    answers 503 until the first champion is published, then serves it)."""
+    spawn(cfg, "gateway", [str(BIN / "tela"), *gateway_args(str(models_file), "127.0.0.1", cfg.gateway_port)],
+          env=gateway_env(cfg))
+    wait_for("gateway", lambda: _port_open(cfg.gateway_port), 180, proc_name="gateway", cfg=cfg)
+    (cfg.state / "gateway_url").write_text(cfg.gateway_url)
+
+
+# --------------------------------------------------------------------------------------
 # Airflow
 # --------------------------------------------------------------------------------------
 
@@ -541,6 +596,9 @@ def write_env_file(cfg: Config) -> None:
     url_file = cfg.state / "local_llm_url"
     if url_file.exists():
         lines["TELA_LOCAL_LLM_URL"] = url_file.read_text().strip()
+    gateway_file = cfg.state / "gateway_url"
+    if gateway_file.exists():
+        lines["TELA_GATEWAY_URL"] = gateway_file.read_text().strip()
     cfg.env_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     cfg.env_file.chmod(0o600)
 
@@ -554,16 +612,34 @@ def started_names(cfg: Config) -> list[str]:
     return sorted(p.stem for p in cfg.pids.glob("*.pid")) if cfg.pids.exists() else []
 
 
-def up(cfg: Config, *, local_llm: bool = True) -> float:
+def check_gateway_models(path: str) -> Path:
+    """The --gateway-models file, parsed as `tela serve` will parse it (fail before starting anything)."""
+    # here, not at the top: it brings pandas and pyarrow, which `down` and `status` do not need
+    from router_tasks.serving.gateway import parse_models_arg
+
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise SystemExit(f"--gateway-models {path}: no such file (a JSON list of upstream endpoints)")
+    try:
+        parse_models_arg(str(file))
+    except ValueError as err:
+        raise SystemExit(f"--gateway-models {path}: {err}") from None
+    return file
+
+
+def up(cfg: Config, *, local_llm: bool = True, gateway_models: str | None = None) -> float:
     started = time.monotonic()
     live = [n for n in started_names(cfg) if _pid_alive(_read_pid(cfg, n) or -1)]
     if live:
         raise SystemExit(f"already running ({', '.join(live)}): `make cluster-down` first")
-    for port in (cfg.pg_port, cfg.redis_port, cfg.api_port, cfg.s3_port):
+    models_file = check_gateway_models(gateway_models) if gateway_models else None
+    ports = (cfg.pg_port, cfg.redis_port, cfg.api_port, cfg.s3_port) + ((cfg.gateway_port,) if models_file else ())
+    for port in ports:
         if _port_open(port):
             raise SystemExit(f"port {port} is taken by another process; set TELA_CLUSTER_*_PORT")
     ensure_packages()
     (cfg.state / "local_llm_url").unlink(missing_ok=True)
+    (cfg.state / "gateway_url").unlink(missing_ok=True)
     try:
         log("postgres, redis, s3 (moto)")
         start_postgres(cfg)
@@ -578,6 +654,9 @@ def up(cfg: Config, *, local_llm: bool = True) -> float:
         start_airflow(cfg)
         wait_healthy(cfg)
         unpause_consumers(cfg)
+        if models_file:
+            log(f"gateway on {cfg.gateway_url} (upstreams from {models_file})")
+            start_gateway(cfg, models_file)
         write_env_file(cfg)
     except BaseException:
         log("start failed: stopping what was started")
@@ -586,16 +665,17 @@ def up(cfg: Config, *, local_llm: bool = True) -> float:
     took = time.monotonic() - started
     s = cfg.secrets()
     log(f"healthy after {took:.0f} s")
+    gateway = f"  gateway:    {cfg.gateway_url}   (OpenAI-compatible; 503 until a champion is published)\n"
     print(f"\n  Airflow UI: {cfg.api_url}   login: {USER} / {s['ui_password']}\n"
-          f"  S3 (moto):  {cfg.s3_url}   bucket {BUCKET}\n"
+          f"  S3 (moto):  {cfg.s3_url}   bucket {BUCKET}\n{gateway if models_file else ''}"
           f"  settings for scripts: {cfg.env_file}\n  stop: make cluster-down\n", flush=True)
     return took
 
 
 def down(cfg: Config, *, quiet: bool = False) -> None:
     # workers first (they finish or abandon tasks), the DB last
-    order = ["worker-default", "worker-gpu", "triggerer", "dag-processor", "scheduler", "api-server", "local-llm",
-             "s3", "redis"]
+    order = ["gateway", "worker-default", "worker-gpu", "triggerer", "dag-processor", "scheduler", "api-server",
+             "local-llm", "s3", "redis"]
     names = started_names(cfg)
     for name in order + [n for n in names if n not in order and n != "postgres"]:
         if name in names and stop_process(cfg, name) and not quiet:
@@ -605,6 +685,7 @@ def down(cfg: Config, *, quiet: bool = False) -> None:
         if not quiet:
             log("stopped postgres")
     (cfg.state / "local_llm_url").unlink(missing_ok=True)
+    (cfg.state / "gateway_url").unlink(missing_ok=True)
     cfg.env_file.unlink(missing_ok=True)
 
 
@@ -622,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="start every component; return once all are healthy")
     u.add_argument("--no-local-llm", action="store_true", help="no shared SmolLM2 server (endpoints use their own URLs)")
+    u.add_argument("--gateway-models", metavar="FILE",
+                   help="start the routing gateway (tela serve) on these upstream endpoints (a JSON list, as the "
+                        "pipeline's models param); their keys from this environment")
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("status", help="pid, liveness and memory of each component")
     st = sub.add_parser("start", help="start one Airflow component again (e.g. a worker that was lost)")
@@ -629,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = Config()
     if a.cmd == "up":
-        up(cfg, local_llm=not a.no_local_llm)
+        up(cfg, local_llm=not a.no_local_llm, gateway_models=a.gateway_models)
     elif a.cmd == "down":
         down(cfg)
     elif a.cmd == "start":

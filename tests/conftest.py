@@ -167,3 +167,30 @@ def router_labels_artifact():
                          config={"content": stable_hash(content)}, store=ArtifactStore(root))
 
     return make
+
+
+@pytest.fixture
+def random_router():
+    """`make(root, name) -> train ref`: a real (random, instant) router for the pair big /
+    small on a few own labels; each name gets its own seed, so its own artifact."""
+    import hashlib
+
+    import pandas as pd
+
+    from router_tasks.core.prompts import prompt_id
+    from router_tasks.core.stage import run_stage
+    from router_tasks.core.store import ArtifactStore
+    from router_tasks.routers.train import train_router
+
+    def make(root, name):
+        texts = [f"a prompt the team sent, number {i}" for i in range(12)]
+        df = pd.DataFrame([dict(prompt_id=prompt_id(t), prompt=t, model=m, score=None, correct=None,
+                                quality=q, source="generated:team", benchmark="own")
+                           for i, t in enumerate(texts) for m, q in (("big", 1.0), ("small", float(i % 2)))])
+        labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"few": 12},
+                           store=ArtifactStore(root))
+        seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+        return train_router(labels, router_type="random", strong_model="big", weak_model="small",
+                            router_params={"seed": seed}, artifact_root=root)
+
+    return make

@@ -39,6 +39,18 @@ STAGE_VERSION = "1"
 CALIBRATION_FILE = "calibration.json"
 
 
+def checked_scores(scores: Sequence[float]) -> np.ndarray:
+    """A calibration sample's scores as a flat float array; raises on an empty sample or a
+    non-finite score (naming the prompt's position)."""
+    s = np.asarray(scores, dtype=float).reshape(-1)
+    if not len(s):
+        raise ValueError("cannot calibrate on an empty sample of prompts")
+    bad = np.flatnonzero(~np.isfinite(s))
+    if len(bad):
+        raise ValueError(f"score of sample prompt #{bad[0]} is {s[bad[0]]}")
+    return s
+
+
 def threshold_for_share(scores: Sequence[float], target_share: float) -> tuple[float, float]:
     """(threshold, achieved share of scores >= threshold) nearest `target_share`.
 
@@ -47,12 +59,7 @@ def threshold_for_share(scores: Sequence[float], target_share: float) -> tuple[f
     """
     if not 0.0 <= float(target_share) <= 1.0:
         raise ValueError(f"target strong share must be in [0, 1], got {target_share}")
-    s = np.asarray(scores, dtype=float).reshape(-1)
-    if not len(s):
-        raise ValueError("cannot calibrate on an empty sample of prompts")
-    bad = np.flatnonzero(~np.isfinite(s))
-    if len(bad):
-        raise ValueError(f"score of sample prompt #{bad[0]} is {s[bad[0]]}")
+    s = checked_scores(scores)
     distinct = np.unique(s)[::-1]  # descending
     shares = np.array([(s >= t).mean() for t in distinct])
     thresholds = np.concatenate([[np.nextafter(distinct[0], np.inf)], distinct])
@@ -113,39 +120,60 @@ def _calibrate(router, prompts, config: dict, decide, artifact_root: str | None)
     return run_stage(STAGE, STAGE_VERSION, compute, inputs=inputs, config=config, store=store)
 
 
+#: `strong_win_rate` is the predicted quality gap mapped to [0, 1]: at 0.5 neither model is
+#: predicted better. The router's own rule when nobody chose a strong share: the strong
+#: model only where it is predicted strictly better (the next float above 0.5, as the rule
+#: is `>=`), so prompts both models are predicted to answer equally well go to the cheaper.
+NEUTRAL_THRESHOLD = float(np.nextafter(0.5, 1.0))
+
+
 def calibrate_router(
     router: dict | str,
     prompts: Sequence[str] | str | dict,
-    target_strong_share: float,
+    target_strong_share: float | None,
     *,
+    target_from: str | None = None,
     artifact_root: str | None = None,
 ) -> dict:
     """Calibrate `router` (train ref, key/URI or "champion") on a sample; returns the ref.
 
     `prompts`: a list of prompt texts, a jsonl/csv/parquet file with a `prompt` column, or
     the ref of an artifact whose data.parquet has one (e.g. the ingest stage's output).
-    Read the result with `read_calibration(ref)`.
+    `target_strong_share` None keeps the router's neutral rule (threshold
+    `NEUTRAL_THRESHOLD`: strong when it is predicted better) and records the share that
+    rule sends on the sample as the target. `target_from` says where the target came from
+    (kept in calibration.json). Read the result with `read_calibration(ref)`.
     """
-    if not 0.0 <= float(target_strong_share) <= 1.0:
+    if target_strong_share is not None and not 0.0 <= float(target_strong_share) <= 1.0:
         raise ValueError(f"target strong share must be in [0, 1], got {target_strong_share}")
 
     def decide(r, texts):
-        scores = np.asarray(r.strong_win_rate(texts), dtype=float).reshape(-1)
-        threshold, achieved = threshold_for_share(scores, target_strong_share)
-        log.info("calibrated %s: threshold %.6f sends %.1f%% of %d prompts to %s (target %.1f%%)",
-                 r.artifact_key, threshold, 100 * achieved, len(texts), r.strong_model, 100 * target_strong_share)
+        scores = checked_scores(r.strong_win_rate(texts))
+        why = target_from or "given"
+        if target_strong_share is None:
+            threshold = NEUTRAL_THRESHOLD
+            target = achieved = float((scores >= threshold).mean())
+            why = (f"the router's neutral threshold: strong where predicted strictly better "
+                   f"({target_from or 'no share chosen'})")
+        else:
+            target = float(target_strong_share)
+            threshold, achieved = threshold_for_share(scores, target)
+        log.info("calibrated %s: threshold %.6f sends %.1f%% of %d prompts to %s (target %.1f%%: %s)",
+                 r.artifact_key, threshold, 100 * achieved, len(texts), r.strong_model, 100 * target, why)
         return {
             "strong_model": r.strong_model,
             "weak_model": r.weak_model,
             "rule": "strong model when strong_win_rate >= threshold",
             "threshold": threshold,
-            "target_strong_share": float(target_strong_share),
+            "target_strong_share": target,
+            "target_from": why,
             "achieved_strong_share": achieved,
-            "routellm_threshold": float(np.percentile(scores, 100 * (1 - float(target_strong_share)))),
+            "routellm_threshold": float(np.percentile(scores, 100 * (1 - target))),
             "n_distinct_scores": int(len(np.unique(scores))),
         }, pd.DataFrame({"strong_win_rate": scores, "to_strong": scores >= threshold})
 
-    return _calibrate(router, prompts, {"target_strong_share": float(target_strong_share)}, decide, artifact_root)
+    config = {"target_strong_share": None if target_strong_share is None else float(target_strong_share)}
+    return _calibrate(router, prompts, config, decide, artifact_root)
 
 
 def target_for_budget(

@@ -46,6 +46,22 @@ OUTPUT_FIELDS = ("name", "model", "base_url", "max_tokens", "temperature", "syst
 VERDICT_PATHS = ("auto", "text", "logprobs", "continue")
 
 
+class MissingEndpointKey(RuntimeError):
+    """An endpoint's API key is not in the environment. A configuration error: the same
+    call fails the same way until someone sets the key, so callers must not retry it
+    (plugins/tela_retries.py fails the Airflow task at once)."""
+
+    def __init__(self, endpoint: str, variable: str, conn_id: str | None = None):
+        self.endpoint, self.variable, self.conn_id = endpoint, variable, conn_id
+        where = (f"in Airflow it is the password of connection {conn_id!r} (conn_id), copied into {variable} "
+                 "before the task runs: create that connection or give it a password"
+                 if conn_id else
+                 "set it in the environment of the process that calls the endpoint, or, in Airflow, name a "
+                 "connection holding the key in the endpoint's conn_id")
+        super().__init__(f"endpoint {endpoint!r}: no API key: environment variable {variable} (api_key_env) "
+                         f"is not set or empty; {where}")
+
+
 @dataclass(frozen=True)
 class Endpoint:
     name: str  # the label in answer/judgement tables, e.g. "gpt-4-1106-preview"
@@ -144,9 +160,7 @@ class Endpoint:
             return NO_KEY
         key = os.environ.get(var)
         if not key:
-            raise RuntimeError(
-                f"endpoint {self.name!r}: environment variable {var} (api_key_env) is not set or empty"
-            )
+            raise MissingEndpointKey(self.name, var, self.conn_id)
         return key
 
     def with_system_prompt(self, messages: list[dict]) -> list[dict]:

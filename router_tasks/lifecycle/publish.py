@@ -13,6 +13,14 @@ challenger's, the champion is re-scored on the challenger's spec first (the eval
 is idempotent, so this costs one evaluation at most once); if it cannot be (e.g. it trained
 on prompts that spec holds out), the challenger is not promoted and the decision says why.
 
+Servable on publish: before the pointer moves to a new router, the router is calibrated
+(an ordinary `calibrate` artifact, as `tela calibrate` writes) on a sample of its own
+labelled prompts, the ones it trained on and the ones held out for its evaluation, at the
+share of them the labels say needed the strong model (`serving_sample`). So the gateway
+finds a stored calibration for every champion and every policy (`tela-auto`,
+`tela-auto@<share>`, ...) works the moment it is published. `tela calibrate` re-targets
+it later (the newest calibration wins).
+
 Two publishers at once cannot lose a decision: the pointer moves by compare-and-swap on
 the version each one read (`ArtifactStore.write_if`); the one that loses the race reads
 the new champion and decides again against it.
@@ -26,9 +34,10 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from router_tasks.core.schemas import CHAMPION_KEY, finite_or_none
+from router_tasks.core.schemas import CHAMPION_KEY, finite_or_none, is_own_source
 from router_tasks.core.stage import ArtifactRef, load_table, stable_hash
 from router_tasks.core.store import ArtifactStore
+from router_tasks.lifecycle.loop_settings import recordable
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +109,53 @@ def _decide(store, router_ref, score, spec, current, metric, margin) -> tuple[bo
     return False, f"{metric} {score:.4f} does not beat champion {champion_score:.4f}{on} by more than {margin}", rescored
 
 
+#: prompts in the calibration sample written on publish (each is scored by the router once)
+SERVING_SAMPLE_PROMPTS = 500
+
+
+def serving_sample(store: ArtifactStore, router_ref: ArtifactRef,
+                   max_prompts: int = SERVING_SAMPLE_PROMPTS) -> tuple[list[str], float | None, str]:
+    """(prompts, target strong share, where the target came from) to calibrate a router on.
+
+    The prompts are its training labels' prompts (the run's own when it has any, else
+    every one: a router of bundled labels only), those labelled for both of its models
+    when there are any, at most `max_prompts` chosen by prompt id (a content hash: a fixed
+    pseudo-random sample). The target is the share of them on which the labels found the
+    strong model better than the weak one: the router sends that many of the prompts it
+    rates hardest to the strong model. With no prompt labelled for both, None: the
+    router's neutral threshold.
+    """
+    meta = store.read_json(f"{router_ref.key}/router.json")
+    labels_key = (meta.get("training_data") or {}).get("labels_key")
+    if not labels_key:
+        raise ValueError(f"{store.uri(router_ref.key)}: router.json names no labels artifact "
+                         "(training_data.labels_key): no prompts to calibrate it on")
+    labels = store.read_parquet(f"{labels_key}/data.parquet")
+    if "source" in labels and is_own_source(labels["source"]).any():
+        labels = labels[is_own_source(labels["source"])]
+    labels = labels.assign(prompt_id=labels["prompt_id"].astype(str))
+    text = labels.drop_duplicates("prompt_id").set_index("prompt_id")["prompt"].astype(str)
+    strong, weak = meta["strong_model"], meta["weak_model"]
+    quality = labels[labels["quality"].notna()].groupby(["prompt_id", "model"])["quality"].mean().unstack("model")
+    pair = quality[[strong, weak]].dropna() if {strong, weak} <= set(quality.columns) else quality.iloc[:0]
+    if pair.empty:
+        ids = sorted(text.index)[:max_prompts]
+        return text.loc[ids].tolist(), None, f"no prompt labelled for both {strong} and {weak}"
+    ids = sorted(pair.index)[:max_prompts]
+    share = float((pair.loc[ids, strong] > pair.loc[ids, weak]).mean())
+    return text.loc[ids].tolist(), share, (f"the share of these {len(ids)} prompts on which the labels found "
+                                           f"{strong} better than {weak}")
+
+
+def calibrate_for_serving(store: ArtifactStore, router_ref: ArtifactRef) -> dict:
+    """The calibrate artifact publishing writes for `router_ref` (idempotent: the same
+    router and sample reuse it)."""
+    from router_tasks.evaluation.calibration import calibrate_router
+
+    prompts, share, why = serving_sample(store, router_ref)
+    return calibrate_router(router_ref.to_dict(), prompts, share, target_from=why, artifact_root=store.root)
+
+
 #: compare-and-swap attempts before giving up (each lost race means another publisher won)
 MAX_PUBLISH_ATTEMPTS = 20
 
@@ -110,19 +166,28 @@ def publish_router(
     *,
     metric: str = "mean_apgr",
     margin: float = 0.0,
+    settings: dict | None = None,
+    settings_from: dict | None = None,
     artifact_root: str | None = None,
 ) -> dict:
     """Promote `router` if its score beats the champion's (on the same spec) by more than `margin`.
 
     Returns the decision record (also stored). Re-running with the same router and
-    evaluation decides the same way and changes nothing.
+    evaluation decides the same way and changes nothing. `settings`: the settings the
+    router was made with (pipeline params but `source`/`sample`, `loop_settings`), kept in
+    the champion record so the loop's scheduled runs label and retrain the same way;
+    `settings_from` says where each came from.
     """
     store = ArtifactStore(artifact_root)
+    if settings is not None:
+        settings = recordable(settings, where="publish settings")
+        settings_from = settings_from or {k: "the publishing run's params" for k in settings}
     router_ref, eval_ref = ArtifactRef.of(router), ArtifactRef.of(evaluation)
     evaluation_table = load_table(eval_ref, store)
     score = headline_score(evaluation_table, metric)
     spec = evaluation_spec_of(store, eval_ref)
 
+    calibration = None
     for attempt in range(MAX_PUBLISH_ATTEMPTS):
         data, version = store.read_versioned(CHAMPION_KEY)
         current = None if data is None else json.loads(data)
@@ -130,9 +195,12 @@ def publish_router(
         now = datetime.now(timezone.utc).isoformat()
         if not promote:
             break
+        if calibration is None:  # before the pointer moves: a gateway never loads it uncalibrated
+            calibration = calibrate_for_serving(store, router_ref)
         record = {"router": router_ref.to_dict(), "evaluation": eval_ref.to_dict(), "metric": metric, "score": score,
                   "per_benchmark": _records(evaluation_table), "spec": spec, "promoted_at": now,
-                  "previous": None if current is None else current["router"]}
+                  "previous": None if current is None else current["router"], "calibration": calibration,
+                  "settings": settings, "settings_from": settings_from}
         body = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
         if store.write_if(CHAMPION_KEY, body, version):  # the single write that switches champions
             store.write_json(f"champion/history/{now.replace(':', '-')}-{router_ref.fingerprint[:12]}.json", record)
@@ -154,6 +222,9 @@ def publish_router(
         "champion_rescored": rescored,
         "promoted": promote,
         "reason": reason,
+        "calibration": calibration if promote else None,
+        "settings": settings,
+        "settings_from": settings_from,
         "decided_at": now,
         "attempts": attempt + 1,
         "per_benchmark": _records(evaluation_table),

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.core.store import ArtifactStore
 from router_tasks.labeling.llm_client import Endpoint
 from router_tasks.serving.metrics import Metrics
@@ -371,8 +372,16 @@ class Gateway:
                                       flush_s=self.config.traffic_flush_s)
         await self.holder.refresh()
         if self.holder.current is None:
-            raise RuntimeError(f"could not load router {self.config.router!r}: {self.holder.last_error}")
+            if not self._no_champion_yet():
+                raise RuntimeError(f"could not load router {self.config.router!r}: {self.holder.last_error}")
+            # A fresh deployment starts its gateway before any pipeline run has published:
+            # answer 503 until the champion appears (the reload loop loads it).
+            log.warning("no champion yet in %s: answering 503 until one is published (looking every %.0f s)",
+                        self.store.root, self.config.reload_s)
         self._reload_task = asyncio.get_running_loop().create_task(self._reload_loop())
+
+    def _no_champion_yet(self) -> bool:
+        return self.config.router == "champion" and not self.store.exists(CHAMPION_KEY)
 
     async def _reload_loop(self) -> None:
         while True:

@@ -102,3 +102,17 @@ def test_dag_file_does_not_import_heavy_libraries():
     ).format(r=REPO)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_every_task_reaches_the_artifact_store_through_the_connection(airflow_db):
+    """On a deployment the S3 keys and endpoint come from the `tela_s3` connection, exported
+    by `export_connections` before each task: a task without it cannot read the store."""
+    from airflow.models import DagBag
+    from tela_connections import export_connections
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert {"router_pipeline", "router_retraining", "router_drift", "router_drift_relabel"} <= set(bag.dags)
+    for dag in bag.dags.values():
+        for t in dag.tasks:
+            callbacks = t.on_execute_callback if isinstance(t.on_execute_callback, list) else [t.on_execute_callback]
+            assert export_connections in callbacks, f"{dag.dag_id}.{t.task_id}"

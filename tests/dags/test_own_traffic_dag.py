@@ -66,3 +66,36 @@ def test_dag_on_own_endpoints_ends_with_a_champion(airflow_db, s3_root, tmp_path
     router_meta = store.read_json(f"{refs['train_router']['key']}/router.json")
     assert router_meta["training_data"]["own_eval"]["protocol"] == "holdout"
     assert router_meta["training_data"]["n_prompts"] == 170 - router_meta["training_data"]["own_eval"]["n_heldout"]
+
+    # the champion keeps the run's settings (key names, never the key) for the loop's scheduled runs
+    champion = read_champion(store)
+    assert champion["settings"]["models"] == models and champion["settings"]["judge"] == judge
+    assert (champion["settings"]["strong_model"], champion["settings"]["weak_model"]) == (STRONG, WEAK)
+    for key in ("champion/CHAMPION.json", "labels/LATEST.json"):
+        assert "sk-test-not-a-secret" not in store.read_bytes(key).decode(), key
+    _retraining_with_default_params_trains_for_the_teams_models(store)
+
+
+def _retraining_with_default_params_trains_for_the_teams_models(store):
+    """router_retraining as its Asset-triggered or weekly run starts it: no conf, so only the
+    DAG's defaults, which name the bundled demo pair. It must train for the team's models
+    (recorded with the labels the pipeline run announced), not fail on the demo pair."""
+    from airflow.models import DagBag
+
+    from router_tasks.lifecycle.retraining import LATEST_LABELS_KEY
+
+    assert store.read_json(LATEST_LABELS_KEY)["settings"]["strong_model"] == STRONG
+    dag = DagBag(dag_folder=str(REPO / "dags" / "router_retraining.py")).get_dag("router_retraining")
+    assert dag.params["strong_model"] is None  # the defaults say "from the loop's settings"
+    dr = dag.test()
+    states = {(ti.task_id, ti.map_index): ti.state for ti in dr.get_task_instances()}
+    assert dr.state == "success", states
+    loop = dr.get_task_instance("loop_settings").xcom_pull(task_ids="loop_settings")
+    assert loop["from"]["strong_model"].endswith(f"({LATEST_LABELS_KEY})"), loop["from"]
+    routers = dr.get_task_instance("trained_routers").xcom_pull(task_ids="trained_routers")
+    for ref in routers:
+        meta = store.read_json(f"{ref['key']}/router.json")
+        assert (meta["strong_model"], meta["weak_model"]) == (STRONG, WEAK)
+    decision = store.read_json(sorted(store.list("champion/decisions/"))[-1])
+    assert decision["settings"]["strong_model"] == STRONG
+    assert decision["settings"]["router_type"] in ("knn", "ensemble")  # the winner's, recorded for the next run

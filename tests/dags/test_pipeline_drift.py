@@ -37,7 +37,7 @@ def test_every_step_is_a_dag_task_with_the_steps_arguments(dag):
         assert not missing, f"step {step.name}: DAG lacks task(s) {missing}"
         given = {}
         for t in tasks:
-            given.update({k: v for k, v in _op_kwargs(dag.task_dict[t]).items() if isinstance(v, str)})
+            given.update({k: v for k, v in _op_kwargs(dag.task_dict[t]).items() if isinstance(v, (str, dict))})
         for kw, template in step.templated().items():
             assert given.get(kw) == template, f"step {step.name}: DAG passes {kw}={given.get(kw)!r}, pipeline {template!r}"
 

@@ -3,6 +3,7 @@ that Asset schedules router_drift_relabel, which starts router_pipeline on the t
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -102,6 +103,27 @@ def test_shifted_traffic_emits_the_drift_event_that_starts_labeling(bag, tmp_pat
         runs = session.query(DagRun).filter(DagRun.dag_id == "router_pipeline").order_by(DagRun.id).all()
         assert runs and runs[-1].conf["source"] == extra["relabel"]["source"]
         assert runs[-1].conf["include_routellm"] is False
+
+    # a scheduled relabel run (no conf): the champion's recorded endpoints, judge and pair,
+    # under the team's Variable, never the demo's defaults; the run says where each came from
+    store = ArtifactStore(root)
+    champion = store.read_json("champion/CHAMPION.json")
+    own = [{"name": m, "model": m, "base_url": "https://llm.orca.test/v1", "api_key_env": "ORCA_KEY",
+            "conn_id": "orca_llm"} for m in (BIG, SMALL)]
+    recorded = {"models": own, "judge": {**own[0], "name": "orca-judge"}, "reference_model": None,
+                "strong_model": BIG, "weak_model": SMALL, "include_routellm": False}
+    store.write_json("champion/CHAMPION.json", {**champion, "settings": recorded})
+    monkeypatch.setenv("AIRFLOW_VAR_TELA_LOOP_SETTINGS", json.dumps({"max_tokens": 48}))
+    dr3 = bag.get_dag("router_drift_relabel").test()
+    assert states(dr3)["label_traffic"] == TaskInstanceState.SUCCESS, states(dr3)
+    with create_session() as session:
+        conf = session.query(DagRun).filter(DagRun.dag_id == "router_pipeline").order_by(DagRun.id).all()[-1].conf
+    assert conf["source"] == extra["relabel"]["source"]
+    assert conf["models"] == own and conf["judge"]["name"] == "orca-judge" and conf["reference_model"] is None
+    assert (conf["strong_model"], conf["weak_model"], conf["max_tokens"]) == (BIG, SMALL, 48)
+    where = dr3.get_task_instance("pipeline_conf").xcom_pull(task_ids="pipeline_conf", key="settings_from")
+    assert where["models"] == f"champion {champion['router']['key']}"
+    assert where["max_tokens"] == "Variable tela_loop_settings" and where["judge_mode"] == "library defaults"
 
     # the next hour, still drifting: hysteresis + cooldown, no second event
     dr = bag.get_dag("router_drift").test(run_conf={**conf, "window_end": (end + timedelta(minutes=30)).isoformat()})

@@ -1,8 +1,9 @@
 """The live deployment: `scripts/cluster.py up` (CeleryExecutor on Postgres + Redis, two
 Celery workers, moto S3), driven through REST API v2 and a real browser, with faults.
 
-One module-scoped cluster, started and stopped here on free ports in a temporary state
-folder (a developer's own `make cluster` is left alone). The LLM endpoints are our own:
+One module-scoped cluster, started and stopped here in a temporary state folder
+(tests/deployment/live_cluster.py: free ports unless TELA_CLUSTER_*_PORT say otherwise; a
+developer's own `make cluster` is left alone). The LLM endpoints are our own:
 the scripted OpenAI-compatible server (tests/openai_test_server.py) playing three models of
 different quality and a judge, behind an API key given as an Airflow connection.
 
@@ -17,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,8 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "deployment"))
+from live_cluster import Api, running_cluster  # noqa: E402
 from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text  # noqa: E402
 
 pytestmark = [
@@ -82,114 +83,20 @@ def endpoint(srv, name: str, **extra) -> dict:
             "max_tokens": 16, **extra}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --------------------------------------------------------------------------------------
 # The cluster and a REST client
 # --------------------------------------------------------------------------------------
 
 
-class Api:
-    def __init__(self, env: dict):
-        self.env = env
-        self.url = env["AIRFLOW_URL"]
-        self.session = requests.Session()
-        self._token_at = 0.0
-
-    def _auth(self):
-        if time.monotonic() - self._token_at > 600:
-            r = requests.post(f"{self.url}/auth/token", json={"username": self.env["AIRFLOW_USER"],
-                                                              "password": self.env["AIRFLOW_PASSWORD"]}, timeout=30)
-            r.raise_for_status()
-            self.session.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
-            self._token_at = time.monotonic()
-
-    def call(self, method: str, path: str, **kw):
-        self._auth()
-        r = self.session.request(method, f"{self.url}/api/v2{path}", timeout=60, **kw)
-        if r.status_code >= 400:
-            raise AssertionError(f"{method} {path}: {r.status_code} {r.text[:500]}")
-        return r.json() if r.content and "json" in r.headers.get("content-type", "") else r.text
-
-    def trigger(self, dag_id: str, conf: dict) -> str:
-        return self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})["dag_run_id"]
-
-    def run(self, dag_id: str, run_id: str) -> dict:
-        return self.call("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
-
-    def runs(self, dag_id: str) -> list[dict]:
-        return self.call("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "-start_date"})["dag_runs"]
-
-    def tis(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.call("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances",
-                         params={"limit": 200})["task_instances"]
-
-    def wait(self, dag_id: str, run_id: str, timeout: float = 900, states=("success", "failed")) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.run(dag_id, run_id)
-            if run["state"] in states:
-                return run
-            time.sleep(3)
-        tis = {t["task_id"] + f"[{t['map_index']}]": t["state"] for t in self.tis(dag_id, run_id)}
-        raise AssertionError(f"{dag_id} {run_id} still {run['state']} after {timeout:.0f} s: {tis}")
-
-    def log(self, dag_id: str, run_id: str, ti: dict) -> str:
-        path = (f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{ti['task_id']}"
-                f"/logs/{ti['try_number']}")
-        return json.dumps(self.call("GET", path, params={"map_index": ti["map_index"], "full_content": "true"},
-                                    headers={"Accept": "application/json"}))
-
-
-def _read_env(path: Path) -> dict:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """Start the deployment (about a minute on 2 cores), yield its cluster.env as a dict."""
-    reuse = os.environ.get("TELA_CLUSTER_REUSE_ENV")
-    if reuse:
-        env = _read_env(Path(reuse))
-        yield {**env, "_state": env["TELA_CLUSTER_DIR"], "_proc_env": {**os.environ, "TELA_CLUSTER_DIR": env["TELA_CLUSTER_DIR"]}}
-        return
-    import tempfile
-
-    # Postgres runs as its own user, which must reach its data folder: not under pytest's
-    # private (0700) temp root
-    state = Path(tempfile.mkdtemp(prefix="tela-cluster-test-"))
-    os.chmod(state, 0o755)
-    proc_env = {**os.environ, "TELA_CLUSTER_DIR": str(state / "state"), "TELA_CLUSTER_ENV_FILE": str(state / "cluster.env"),
-                "TELA_CLUSTER_PG_PORT": str(_free_port()), "TELA_CLUSTER_REDIS_PORT": str(_free_port()),
-                "TELA_CLUSTER_API_PORT": str(_free_port()), "TELA_CLUSTER_S3_PORT": str(_free_port()),
-                # a lost worker's tasks are failed (then retried) after this long without a heartbeat
-                "TELA_CLUSTER_HEARTBEAT_TIMEOUT": "30",
-                # retry delays a tenth of production's: the killed part comes back in seconds
-                "TELA_RETRY_DELAY_SCALE": "0.1"}
-    script = [sys.executable, str(REPO / "scripts" / "cluster.py")]
-    started = time.monotonic()
-    up = subprocess.run([*script, "up", "--no-local-llm"], env=proc_env, capture_output=True, text=True, timeout=900)
-    took = time.monotonic() - started
-    try:
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        env = _read_env(state / "cluster.env")
-        print(f"cluster healthy after {took:.0f} s")
-        yield {**env, "_state": str(state / "state"), "_proc_env": proc_env, "_up_seconds": took,
-               "_up_stdout": up.stdout}
-    finally:
-        OUTPUTS.mkdir(parents=True, exist_ok=True)
-        status = subprocess.run([*script, "status"], env=proc_env, capture_output=True, text=True)
-        (OUTPUTS / "cluster-status.txt").write_text(f"up in {took:.0f} s\n{status.stdout}")
-        logs = Path(proc_env["TELA_CLUSTER_DIR"]) / "logs"
-        if logs.exists():
-            shutil.copytree(logs, OUTPUTS / "component-logs", dirs_exist_ok=True)
-        down = subprocess.run([*script, "down"], env=proc_env, capture_output=True, text=True, timeout=300)
-        assert down.returncode == 0, down.stderr[-2000:]
-        shutil.rmtree(state, ignore_errors=True)
+    env = {  # a lost worker's tasks are failed (then retried) after this long without a heartbeat
+        "TELA_CLUSTER_HEARTBEAT_TIMEOUT": "30",
+        # retry delays a tenth of production's: the killed part comes back in seconds
+        "TELA_RETRY_DELAY_SCALE": "0.1"}
+    with running_cluster("--no-local-llm", env=env, outputs=OUTPUTS) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +218,7 @@ def test_every_component_is_up_and_the_consumers_are_unpaused(cluster, api):
     health = requests.get(f"{cluster['AIRFLOW_URL']}/api/v2/monitor/health", timeout=30).json()
     for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
         assert health[part]["status"] == "healthy", health
-    for dag_id in ("router_pipeline", "router_retraining"):
+    for dag_id in ("router_pipeline", "router_retraining", "router_drift", "router_drift_relabel"):
         assert api.call("GET", f"/dags/{dag_id}")["is_paused"] is False
     assert cluster["TELA_ARTIFACT_ROOT"].startswith("s3://")
     # Unpausing the cron-scheduled retraining made its latest interval's run at once:
@@ -330,11 +237,7 @@ def test_every_component_is_up_and_the_consumers_are_unpaused(cluster, api):
 @pytest.fixture(scope="module")
 def acme_connection(api):
     """The endpoints' key, only as an Airflow connection (tasks get it as ACME_API_KEY)."""
-    body = {"connection_id": CONN_ID, "conn_type": "generic", "password": SECRET}
-    if any(c["connection_id"] == CONN_ID for c in api.call("GET", "/connections", params={"limit": 1000})["connections"]):
-        api.call("PATCH", f"/connections/{CONN_ID}", json=body)  # a reused cluster (TELA_CLUSTER_REUSE_ENV)
-    else:
-        api.call("POST", "/connections", json=body)
+    api.set_connection(CONN_ID, {"conn_type": "generic", "password": SECRET})
     return CONN_ID
 
 

@@ -5,6 +5,7 @@ checked statically; the script's deployment runs for real in test_cluster_live.p
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,54 @@ def test_the_shared_local_model_server_reaches_every_component(cluster_script, t
     (tmp_path / "state" / "local_llm_url").write_text("http://127.0.0.1:1234/v1\n")
     for worker in (None, "default", "gpu"):
         assert cfg.airflow_env(worker)[REUSE_ENV] == "http://127.0.0.1:1234/v1"
+
+
+def test_the_gateway_is_one_launch_command_in_both(cluster_script, compose, tmp_path):
+    """compose's tela-gateway runs exactly scripts/cluster.py's gateway_args (the place the
+    gateway's flags are added), two replicas, on the artifact store Airflow writes."""
+    svc = compose["tela-gateway"]
+    cmd = _command(svc)
+    assert cmd[0] == "tela"
+    args = cmd[1:]
+    models, host, port = (args[args.index(flag) + 1] for flag in ("--models", "--host", "--port"))
+    assert args == cluster_script.gateway_args(models, host, int(port))
+    assert args[args.index("--router") + 1] == "champion"  # follows (hot-reloads) what the DAGs publish
+    assert svc["deploy"]["replicas"] == 2
+    assert svc["image"] == compose["airflow-scheduler"]["image"]
+    # the same store as Airflow, reached with the app user; secrets from the environment only
+    env = svc["environment"]
+    assert set(cluster_script.GATEWAY_ENV_NAMES) <= set(env)
+    assert env["TELA_ARTIFACT_ROOT"] == compose["airflow-scheduler"]["environment"]["TELA_ARTIFACT_ROOT"]
+    conn = compose["airflow-scheduler"]["environment"]["AIRFLOW_CONN_TELA_S3"]
+    assert "http://minio:9000" in conn and env["TELA_S3_ENDPOINT_URL"] == "http://minio:9000"
+    for key, var in (("AWS_ACCESS_KEY_ID", "MINIO_APP_USER"), ("AWS_SECRET_ACCESS_KEY", "MINIO_APP_PASSWORD")):
+        assert var in env[key] and ":?" in env[key] and var in conn
+    # models and the callers' keys are mounted secrets; the models secret is what --models reads
+    assert set(svc["secrets"]) == {"tela_gateway_models", "tela_gateway_keys"}
+    assert models == "/run/secrets/tela_gateway_models"
+    assert {"redis", "minio-init"} <= set(svc["depends_on"])
+    # the script's gateway gets the same names, for its own store
+    cfg = cluster_script.Config(state=tmp_path / "state")
+    genv = cluster_script.gateway_env(cfg)
+    assert set(cluster_script.GATEWAY_ENV_NAMES) <= set(genv)
+    assert genv["TELA_ARTIFACT_ROOT"] == cfg.airflow_env()["TELA_ARTIFACT_ROOT"]
+    assert genv["TELA_S3_ENDPOINT_URL"] == json.loads(cfg.airflow_env()["AIRFLOW_CONN_TELA_S3"])["extra"]["endpoint_url"]
+
+
+def test_the_example_gateway_models_file_is_what_tela_serve_reads():
+    from router_tasks.serving.gateway import parse_models_arg
+
+    compose_file = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+    assert compose_file["secrets"]["tela_gateway_models"]["file"] == "deploy/gateway-models.json"
+    assert len(parse_models_arg(str(REPO / "deploy" / "gateway-models.example.json"))) == 2
+
+
+def test_every_port_the_script_opens_is_configurable(cluster_script, tmp_path, monkeypatch):
+    """Two clusters on one machine (developers, CI) must not collide: every port from the env."""
+    ports = {"PG": 41001, "REDIS": 41002, "API": 41003, "S3": 41004, "GATEWAY": 41005}
+    for name, port in ports.items():
+        monkeypatch.setenv(f"TELA_CLUSTER_{name}_PORT", str(port))
+    cfg = cluster_script.Config(state=tmp_path / "state")
+    assert (cfg.pg_port, cfg.redis_port, cfg.api_port, cfg.s3_port, cfg.gateway_port) == tuple(ports.values())
+    assert cfg.gateway_url == "http://127.0.0.1:41005/v1"
+    assert "--port" in cluster_script.gateway_args("m.json", "127.0.0.1", cfg.gateway_port)

@@ -6,8 +6,6 @@ from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 
 
-def _router(store, name):
-    return run_stage("train", "test", lambda ctx: ctx.write_file("router.json", name.encode()), config={"name": name}, store=store)
 
 
 def _evaluation(store, apgrs):
@@ -15,9 +13,9 @@ def _evaluation(store, apgrs):
     return run_stage("evaluate", "test", lambda ctx: ctx.write_table(df), config=apgrs, store=store)
 
 
-def test_promote_keep_and_rollback(local_root):
+def test_promote_keep_and_rollback(local_root, random_router):
     store = ArtifactStore(local_root)
-    r1, r2, r3 = (_router(store, n) for n in ("r1", "r2", "r3"))
+    r1, r2, r3 = (random_router(store.root, n) for n in ("r1", "r2", "r3"))
 
     d1 = publish_router(r1, _evaluation(store, {"mmlu": 0.5, "gsm8k": 0.6}), artifact_root=local_root)
     assert d1["promoted"] and d1["reason"] == "no champion yet"
@@ -40,16 +38,18 @@ def test_promote_keep_and_rollback(local_root):
     assert len(store.list("champion/decisions/")) == 4
 
 
-def test_unknown_metric_is_a_clear_error(local_root):
+def test_unknown_metric_is_a_clear_error(local_root, random_router):
     store = ArtifactStore(local_root)
     with pytest.raises(ValueError, match="benchmark 'mt-bench' was not evaluated"):
-        publish_router(_router(store, "x"), _evaluation(store, {"mmlu": 0.5}), metric="apgr:mt-bench", artifact_root=local_root)
+        publish_router(random_router(store.root, "x"), _evaluation(store, {"mmlu": 0.5}), metric="apgr:mt-bench",
+                       artifact_root=local_root)
     assert read_champion(store) is None
 
 
-def test_nan_metric_is_never_promoted(local_root):
+def test_nan_metric_is_never_promoted(local_root, random_router):
     store = ArtifactStore(local_root)
-    d = publish_router(_router(store, "n"), _evaluation(store, {"mmlu": 0.9, "gsm8k": float("nan")}), artifact_root=local_root)
+    d = publish_router(random_router(store.root, "n"), _evaluation(store, {"mmlu": 0.9, "gsm8k": float("nan")}),
+                       artifact_root=local_root)
     assert not d["promoted"] and "NaN" in d["reason"]
     assert read_champion(store) is None
 
@@ -67,14 +67,14 @@ def _spec_evaluation(store, apgr, spec):
     return run_stage("evaluate", "test", compute, config={"apgr": apgr, "spec": spec}, store=store)
 
 
-def test_concurrent_publishers_lose_no_decision(any_root):
+def test_concurrent_publishers_lose_no_decision(any_root, random_router):
     """Publishers racing on one champion pointer: whatever the interleaving, the best router
     ends as champion and every promotion's `previous` is the champion it really replaced."""
     import threading
 
     store = ArtifactStore(any_root)
     scores = [0.31, 0.72, 0.55, 0.64, 0.47, 0.69]
-    jobs = [(_router(store, f"c{i}"), _evaluation(store, {"mmlu": s})) for i, s in enumerate(scores)]
+    jobs = [(random_router(store.root, f"c{i}"), _evaluation(store, {"mmlu": s})) for i, s in enumerate(scores)]
     start = threading.Barrier(len(jobs))
     decisions, errors = [None] * len(jobs), []
 
@@ -110,23 +110,25 @@ def test_concurrent_publishers_lose_no_decision(any_root):
     assert chain_scores == sorted(chain_scores, reverse=True)
 
 
-def test_champion_on_another_spec_is_not_compared_blindly(local_root):
+def test_champion_on_another_spec_is_not_compared_blindly(local_root, random_router):
     """A champion crowned on a quick spec is re-scored on the challenger's spec, or the
     challenger is refused with the reason; never are unlike scores compared."""
     store = ArtifactStore(local_root)
     quick = {"benchmarks": ["mmlu"], "max_prompts": 10, "num_results": 10, "random_seeds": 1, "protocol": None,
              "own": False, "own_labels": None, "scored": ["mmlu"]}
     full = {**quick, "max_prompts": None}
-    champion = _router(store, "quick-champion")  # not a loadable router: it cannot be re-scored
+    champion = random_router(store.root, "quick-champion")  # its own labels only: it cannot be scored on MMLU
     assert publish_router(champion, _spec_evaluation(store, 0.9, quick), artifact_root=local_root)["promoted"]
 
-    d = publish_router(_router(store, "challenger"), _spec_evaluation(store, 0.6, full), artifact_root=local_root)
+    d = publish_router(random_router(store.root, "challenger"), _spec_evaluation(store, 0.6, full),
+                       artifact_root=local_root)
     assert not d["promoted"]
     assert "another evaluation spec" in d["reason"] and "cannot be re-scored" in d["reason"]
     assert read_champion(store)["router"]["key"] == champion["key"]
 
     # on the same spec the usual comparison applies
-    d = publish_router(_router(store, "same-spec"), _spec_evaluation(store, 0.95, quick), artifact_root=local_root)
+    d = publish_router(random_router(store.root, "same-spec"), _spec_evaluation(store, 0.95, quick),
+                       artifact_root=local_root)
     assert d["promoted"] and d["champion_rescored"] is None
 
 

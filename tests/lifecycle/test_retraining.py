@@ -37,11 +37,11 @@ def test_resolve_labels_order(local_root):
     assert resolve_labels(b["key"], events, artifact_root=local_root)["key"] == b["key"]  # the param wins
 
 
-def test_publish_best_promotes_the_best_candidate(local_root):
+def test_publish_best_promotes_the_best_candidate(local_root, random_router):
     def evaluation(apgrs, tag):
         return _artifact(local_root, "evaluate", pd.DataFrame({"benchmark": ["mmlu", "gsm8k"], "apgr": apgrs}), tag)
 
-    routers = [_artifact(local_root, "train", pd.DataFrame({"r": [i]}), f"r{i}") for i in range(3)]
+    routers = [random_router(local_root, f"r{i}") for i in range(3)]
     evals = [evaluation([0.2, 0.4], "e0"), evaluation([0.6, 0.4], "e1"), evaluation([math.nan, math.nan], "e2")]
     d = publish_best(routers, evals, artifact_root=local_root)
     assert d["promoted"] and d["router"]["key"] == routers[1]["key"]  # mean 0.5 beats 0.3; NaN never wins

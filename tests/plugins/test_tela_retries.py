@@ -41,3 +41,17 @@ def test_permanent_errors_fail_at_once_and_the_alert_still_sees_them():
 def test_transient_errors_are_left_to_the_retries():
     with pytest.raises(ConnectionError):
         retry.fail_fast(_stage)(1, source="net")
+
+
+def test_a_missing_endpoint_key_fails_at_once_naming_what_was_looked_for():
+    from router_tasks.labeling.llm_client import Endpoint, MissingEndpointKey
+
+    ep = Endpoint.from_dict({"name": "acme-large", "model": "large", "base_url": "http://127.0.0.1:9/v1",
+                             "api_key_env": "ACME_KEY_NOT_SET_ANYWHERE", "conn_id": "acme_conn"})
+    with pytest.raises(AirflowFailException) as err:
+        retry.fail_fast(ep.api_key)()
+    cause = err.value.__cause__
+    assert isinstance(cause, MissingEndpointKey)
+    for named in ("'acme-large'", "ACME_KEY_NOT_SET_ANYWHERE", "'acme_conn'"):
+        assert named in str(err.value), named
+    assert failure_record(err.value)["error_type"] == "MissingEndpointKey"
