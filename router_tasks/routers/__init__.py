@@ -31,7 +31,7 @@ from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.routers.base import Router
 from router_tasks.routers.bert import BertRouter
 from router_tasks.routers.causal_llm import CausalLLMRouter
-from router_tasks.routers.common import EmbeddingRouter, resolve_params
+from router_tasks.routers.common import DEFAULT_REPRESENTATION, EmbeddingRouter, resolve_params
 from router_tasks.routers.ensemble import EnsembleRouter
 from router_tasks.routers.knn import KnnRouter
 from router_tasks.routers.mf import MFRouter
@@ -119,10 +119,17 @@ def save_router(router: Router, ctx, *, training: dict | None = None, metrics: d
         "params": dict(router.params),
         "files": files,
         "embedding_model": router.embedder.model_id if isinstance(router, EmbeddingRouter) else None,
+        "representation": router.representation,
         "versions": library_versions(),
         "training_data": dict(training or {}),
         "metrics": dict(metrics or {}),
     }
+    if isinstance(router, EmbeddingRouter):
+        from router_tasks.routers.embeddings import prepare
+
+        sha = prepare(router.representation)
+        if sha is not None:  # built on this machine: a router served with other weights says so
+            meta["representation_sha256"] = sha
     if router.cost_model is not None:
         meta["cost_model"] = router.cost_model
     if router.prices:
@@ -197,16 +204,33 @@ def load_router(ref, store=None) -> Router:
     except FileNotFoundError:
         raise FileNotFoundError(f"{store.uri(key)} has no {ROUTER_FILE}: not a router artifact") from None
     cls = router_class(meta.get("kind", "<missing>"))
+    if issubclass(cls, EmbeddingRouter):
+        # before the weights: a representation this install cannot build is one clear error
+        from router_tasks.routers.embeddings import REPRESENTATIONS, prepare
+
+        name = (meta.get("params") or {}).get("representation") or DEFAULT_REPRESENTATION
+        try:
+            if name not in REPRESENTATIONS:
+                raise ValueError(f"this version knows only {list(REPRESENTATIONS)}")
+            sha = prepare(name)
+        except Exception as err:
+            raise RuntimeError(
+                f"router {store.uri(key)} reads the prompt representation {name!r}, which cannot be built here: {err}"
+            ) from err
     router = cls.load(lambda name: store.read_bytes(f"{key}/{name}"), meta)
     if isinstance(router, EmbeddingRouter):
-        from router_tasks.routers.embeddings import MODEL_ID, Embedder
+        from router_tasks.routers.embeddings import Embedder, embedding_model
 
-        if meta.get("embedding_model") not in (None, MODEL_ID):
+        installed = embedding_model(name).model_id
+        if meta.get("embedding_model") not in (None, installed):
             log.warning(
                 "router %s was trained with embeddings %s but %s is installed: predictions may drift",
-                key, meta.get("embedding_model"), MODEL_ID,
+                key, meta.get("embedding_model"), installed,
             )
-        router.embedder = Embedder(store)
+        if meta.get("representation_sha256") not in (None, sha):
+            log.warning("router %s was trained with %s weights %s, but this machine built %s: predictions may drift",
+                        key, name, meta.get("representation_sha256"), sha)
+        router.embedder = Embedder(store, model=name)
     router.cost_model = meta.get("cost_model")
     router.prices = meta.get("prices")
     router.meta = meta

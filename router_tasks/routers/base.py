@@ -22,6 +22,9 @@ class Router(ABC):
     #: the DAGs train them on the GPU queue and pool (`defaults.GPU_QUEUE`, `GPU_POOL`).
     #: They still fall back to the CPU where no GPU is visible.
     needs_gpu: bool = False
+    #: the prompt representation (a name in `embeddings.REPRESENTATIONS`) the router was
+    #: trained on and is served with; None for routers that read no prompt vectors
+    representation: str | None = None
 
     def __init__(self, models: Sequence[str], strong_model: str, weak_model: str, params: dict | None = None):
         self.models = list(models)

@@ -62,7 +62,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.routers.common import EmbeddingRouter, label_matrix
+from router_tasks.routers.common import DEFAULT_REPRESENTATION, EmbeddingRouter, label_matrix
 from router_tasks.routers.knn import KnnRouter
 
 WEIGHTS_FILE = "ensemble.safetensors"
@@ -233,8 +233,11 @@ class EnsembleRouter(EmbeddingRouter):
         "style_c": 0.1,
         # twice the inputs of the linear part, half of them zero on any one prompt form
         "form_c": [0.002, 0.01],
-        # the vectors the form part reads: a name in embeddings.EMBEDDING_MODELS
-        "form_embedding": "minilm",
+        # the prompt vectors every part reads: a name in embeddings.REPRESENTATIONS
+        "representation": DEFAULT_REPRESENTATION,
+        # the vectors the form part reads, if not the representation's: a name in
+        # embeddings.EMBEDDING_MODELS
+        "form_embedding": None,
         "lexical_features": 2**17,
         "lexical_c": 1.0,
         "select": True,
@@ -254,8 +257,9 @@ class EnsembleRouter(EmbeddingRouter):
         from router_tasks.routers.embeddings import embedding_model
 
         ident = super().identity(params)
-        if params.get("form_embedding", "minilm") != "minilm":
-            ident["form_embedding_model"] = embedding_model(params["form_embedding"]).model_id
+        form = params.get("form_embedding")
+        if form and form != (params.get("representation") or DEFAULT_REPRESENTATION):
+            ident["form_embedding_model"] = embedding_model(form).model_id
         return ident
 
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
@@ -264,7 +268,8 @@ class EnsembleRouter(EmbeddingRouter):
         super().__init__(models, strong_model, weak_model, params, embedder)
         p = self.params
         try:
-            embedding_model(p["form_embedding"])
+            if p["form_embedding"] is not None:
+                embedding_model(p["form_embedding"])
         except ValueError as err:
             raise ValueError(f"ensemble router: form_embedding: {err}") from None
         for c in TUNED_C:
@@ -282,21 +287,21 @@ class EnsembleRouter(EmbeddingRouter):
 
     def _knn_params(self) -> dict:
         return {"k": self.params["knn_k"], "temperature": self.params["knn_temperature"],
-                "prior_weight": self.params["knn_prior_weight"]}
+                "prior_weight": self.params["knn_prior_weight"], "representation": self.representation}
 
     @EmbeddingRouter.embedder.setter
     def embedder(self, value) -> None:
-        self._embedder = value
+        EmbeddingRouter.embedder.fset(self, value)
         if getattr(self, "knn", None) is not None:
-            self.knn.embedder = value
+            self.knn.embedder = self._embedder
 
     def _form_vectors(self, prompts: list[str], emb: np.ndarray) -> np.ndarray:
-        """What the form part reads: `emb` (MiniLM) or the `form_embedding` model's vectors,
-        through the same caches as the router's embedder."""
+        """What the form part reads: `emb` (the representation's vectors) or the
+        `form_embedding` model's, through the same caches as the router's embedder."""
         from router_tasks.routers.embeddings import Embedder
 
-        name = self.params["form_embedding"]
-        if name == "minilm":
+        name = self.params["form_embedding"] or self.representation
+        if name == self.representation:
             return emb
         embedder = self.embedder.with_model(name) if isinstance(self.embedder, Embedder) else Embedder(model=name)
         return np.asarray(embedder(prompts), dtype=np.float64)
