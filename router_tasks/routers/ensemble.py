@@ -63,6 +63,7 @@ import numpy as np
 import pandas as pd
 
 from router_tasks.routers.common import DEFAULT_REPRESENTATION, EmbeddingRouter, label_matrix
+from router_tasks.routers.ensemble_fast import CompiledBlend
 from router_tasks.routers.knn import KnnRouter
 
 WEIGHTS_FILE = "ensemble.safetensors"
@@ -601,12 +602,46 @@ class EnsembleRouter(EmbeddingRouter):
         return self._parts(self.knn, self.w, prompts, self.embed(prompts).astype(np.float64), COMPONENTS)
 
     def predict_quality(self, prompts: Sequence[str]) -> pd.DataFrame:
+        return self._frame(self.predict_quality_array(prompts))
+
+    def predict_quality_array(self, prompts: Sequence[str]) -> np.ndarray:
+        """`predict_quality` as a float64 (n_prompts, n_models) array: the compiled blend
+        (`ensemble_fast`), or the reference path for parts it does not cover."""
         if self.w is None:
             raise RuntimeError("ensemble router: predict_quality before fit/load")
         prompts = list(prompts)
         if not prompts:
-            return self._frame(np.zeros((0, len(self.models))))
+            return np.zeros((0, len(self.models)))
         feats = feature_matrix(prompts)
+        mc = feats[:, _CHOICES_COL] > 0.5
+        compiled = self._compiled()
+        used = compiled.used_mc if mc.all() else compiled.used_ff if not mc.any() else \
+            list(dict.fromkeys(compiled.used_mc + compiled.used_ff))
+        if not compiled.covers(used):
+            return np.clip(self.reference_quality(prompts, feats), 0.0, 1.0)
+        form_emb = None
+        if (self.params["form_embedding"] or self.representation) != self.representation:
+            def form_emb():
+                return self._form_vectors(prompts, None)
+        q = compiled.quality(self.embed(prompts), feats, mc, self.knn.predict_embedded, form_emb,
+                             lambda: style_matrix(prompts))
+        return np.clip(q, 0.0, 1.0)
+
+    def _compiled(self) -> CompiledBlend:
+        """The blend compiled from the current weights (again whenever fit/load replace them)."""
+        cached = getattr(self, "_compiled_blend", None)
+        if cached is None or cached[0] is not self.w:
+            form_dim = self.w["frm_coef"].shape[1] // 2 - len(FEATURE_NAMES) if "frm_coef" in self.w else 0
+            blend = CompiledBlend(self.w, COMPONENTS, len(FEATURE_NAMES), self.knn.embeddings.shape[1], form_dim)
+            cached = (self.w, blend)
+            self._compiled_blend = cached
+        return cached[1]
+
+    def reference_quality(self, prompts: Sequence[str], feats: np.ndarray | None = None) -> np.ndarray:
+        """The blend computed part by part from the stored weights (`_parts`, the same code
+        fit scores its validation splits with), unclipped: what the compiled path must equal."""
+        prompts = list(prompts)
+        feats = feature_matrix(prompts) if feats is None else feats
         mc = feats[:, _CHOICES_COL] > 0.5
         # a blend per prompt form (see fit); rows of the (n_prompts, n_components) weights
         weights = np.where(mc[:, None], self.w["blend_multiple_choice"], self.w["blend_free_form"])
@@ -614,7 +649,7 @@ class EnsembleRouter(EmbeddingRouter):
         used = [c for i, c in enumerate(COMPONENTS) if weights[:, i].any()]
         parts = self._parts(self.knn, self.w, prompts, self.embed(prompts).astype(np.float64), used,
                             cache={"feats": feats})
-        return self._frame(sum(weights[:, [COMPONENTS.index(c)]] * parts[c] for c in used))
+        return sum(weights[:, [COMPONENTS.index(c)]] * parts[c] for c in used)
 
     # ---- persistence ------------------------------------------------------------
 

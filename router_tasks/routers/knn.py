@@ -83,10 +83,15 @@ class KnnRouter(EmbeddingRouter):
     def predict_quality(self, prompts: Sequence[str]) -> pd.DataFrame:
         if self.embeddings is None:
             raise RuntimeError("knn router: predict_quality before fit/load")
+        return self._frame(self.predict_quality_array(prompts))
+
+    def predict_quality_array(self, prompts: Sequence[str]) -> np.ndarray:
+        if self.embeddings is None:
+            raise RuntimeError("knn router: predict_quality before fit/load")
         prompts = list(prompts)
         if not prompts:
-            return self._frame(np.zeros((0, len(self.models))))
-        return self._frame(self.predict_embedded(self.embed(prompts)))
+            return np.zeros((0, len(self.models)))
+        return np.clip(self.predict_embedded(self.embed(prompts)), 0.0, 1.0)
 
     def predict_embedded(self, queries: np.ndarray) -> np.ndarray:
         """(n, n_models) predicted quality for prompts already embedded (unit rows)."""
