@@ -111,7 +111,7 @@ def prompt_features(prompt: str) -> list[float]:
         float(np.log1p(min(max(values), 1e300))) if values else 0.0,
         float(bool(_CHOICES.search(prompt))),
         float("$" in prompt),
-        np.log1p(sum(c in _OPS for c in prompt)),
+        np.log1p(sum(map(prompt.count, _OPS))),  # map, not a generator: a per-prompt hot path
     ]
 
 
@@ -134,9 +134,9 @@ def style_features(prompt: str) -> list[float]:
     options = [ln for ln in lines if _OPTION.match(ln)]
     return [float(bool(p.search(prompt))) for p in _STYLE] + [
         float(np.log1p(np.mean([len(o) for o in options]))) if options else 0.0,
-        float(np.mean([any(c.isdigit() for c in o) for o in options])) if options else 0.0,
-        float(np.log1p(sum(c.isdigit() for c in prompt))),
-        float(np.log1p(sum(c.isupper() for c in prompt))),
+        float(np.mean([any(map(str.isdigit, o)) for o in options])) if options else 0.0,
+        float(np.log1p(sum(map(str.isdigit, prompt)))),
+        float(np.log1p(sum(map(str.isupper, prompt)))),
         float(np.log1p(len(lines))),
     ]
 
