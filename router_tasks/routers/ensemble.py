@@ -1,7 +1,7 @@
 """Ensemble router: a weighted mean of per-model quality predictors, weights chosen in fit.
 
-Six per-model quality predictors over the MiniLM prompt embedding and cheap features of
-the prompt text (`prompt_features`, `style_features`), each trained on every label a
+Six per-model quality predictors over the prompt's vector (its `representation`: MiniLM's
+embedding by default, `embeddings.REPRESENTATIONS`) and cheap features of the prompt text (`prompt_features`, `style_features`), each trained on every label a
 model has (by default `select_components` lets knn, linear, style and form compete):
 
 * ``knn``: the kNN router (`KnnRouter`, its default params), unchanged;
@@ -47,7 +47,8 @@ Everything is deterministic (lbfgs, fixed tree and k-means seeds, no early stopp
 fitting runs with one BLAS/OpenMP thread (many threads on a busy machine thrash). Weights are one
 safetensors file of plain arrays: the trees are stored as flattened node tables and
 evaluated in numpy (no pickle), all trees of a model at once, so single-prompt calls stay
-cheap. scikit-learn is used for fitting only.
+cheap; one prompt is scored through `ensemble_fast.CompiledBlend` (the logistic parts with
+their standardisation folded in). scikit-learn is used for fitting only.
 
 Cross-fit and leave-subject-out APGR on the bundled RouteLLM labels: README and
 benchmark_scripts/router_quality.py.
