@@ -89,8 +89,11 @@ def measure(router, prompts: list[str], warmup: list[str]) -> dict:
     for p in warmup:
         router.strong_win_rate([p])
     decision = time_calls(lambda p: router.strong_win_rate([p]), prompts)
-    rep = time_calls(lambda p: router.embedder([p]), prompts)
-    vectors = [router.embedder([p]) for p in prompts]
+    vectors, rep = [], []
+    for p in prompts:
+        t0 = time.perf_counter()
+        vectors.append(router.embedder([p]))
+        rep.append(time.perf_counter() - t0)
     # the router alone: its embedder replaced by one that hands back the vector just made
     real = router.embedder
     pairs = list(zip(prompts, vectors))
