@@ -27,6 +27,8 @@ import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Mapping
 
+import numpy as np
+
 from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.routers.base import Router
 from router_tasks.routers.bert import BertRouter
@@ -52,6 +54,8 @@ ROUTERS: dict[str, type[Router]] = {
 GPU_ROUTERS: frozenset[str] = frozenset(k for k, cls in ROUTERS.items() if cls.needs_gpu)
 
 ROUTER_FILE = "router.json"
+#: a representation fitted on the router's training prompts (`embeddings.FITTED_REPRESENTATIONS`)
+REPRESENTATION_FILE = "representation.safetensors"
 FORMAT_VERSION = 1
 _VERSIONED = (
     "numpy", "pandas", "torch", "safetensors", "sentence-transformers", "transformers",
@@ -110,6 +114,11 @@ def save_router(router: Router, ctx, *, training: dict | None = None, metrics: d
         files.append(name)
 
     router.save(write_file)
+    arrays = router.representation_arrays() if isinstance(router, EmbeddingRouter) else None
+    if arrays is not None:  # a representation fitted on the training prompts is part of the router
+        from safetensors.numpy import save
+
+        write_file(REPRESENTATION_FILE, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": router.kind,
@@ -219,7 +228,7 @@ def load_router(ref, store=None) -> Router:
             ) from err
     router = cls.load(lambda name: store.read_bytes(f"{key}/{name}"), meta)
     if isinstance(router, EmbeddingRouter):
-        from router_tasks.routers.embeddings import Embedder, embedding_model
+        from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder, embedding_model, fitted_embedder
 
         installed = embedding_model(name).model_id
         if meta.get("embedding_model") not in (None, installed):
@@ -231,6 +240,15 @@ def load_router(ref, store=None) -> Router:
             log.warning("router %s was trained with %s weights %s, but this machine built %s: predictions may drift",
                         key, name, meta.get("representation_sha256"), sha)
         router.embedder = Embedder(store, model=name)
+        if name in FITTED_REPRESENTATIONS:
+            from safetensors.numpy import load
+
+            try:
+                arrays = load(store.read_bytes(f"{key}/{REPRESENTATION_FILE}"))
+            except FileNotFoundError:
+                raise RuntimeError(f"router {store.uri(key)} reads the prompt representation {name!r} "
+                                   f"but its artifact has no {REPRESENTATION_FILE}") from None
+            router.embedder = fitted_embedder(name, arrays, router.embedder)
     router.cost_model = meta.get("cost_model")
     router.prices = meta.get("prices")
     router.meta = meta

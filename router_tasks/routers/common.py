@@ -76,11 +76,33 @@ class EmbeddingRouter(Router):
 
     @embedder.setter
     def embedder(self, value) -> None:
-        from router_tasks.routers.embeddings import Embedder
+        from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder
 
         if isinstance(value, Embedder) and value.model.name != self.representation:
             value = value.with_model(self.representation)
+        fitted = getattr(self._embedder, "fitted", None)
+        if self.representation in FITTED_REPRESENTATIONS and isinstance(value, Embedder) and fitted is not None:
+            self._embedder.teacher = value  # a fitted table stays; the embedder brings its store and caches
+            return
         self._embedder = value
+
+    def fit_representation(self, texts: Sequence[str]) -> None:
+        """Fit the representation on the training prompts where it is fitted per router
+        (`embeddings.FITTED_REPRESENTATIONS`); the others need nothing. Called first by fit."""
+        from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder, fit_representation
+
+        if self.representation not in FITTED_REPRESENTATIONS:
+            return
+        current = self._embedder
+        teacher = getattr(current, "teacher", current)
+        if not isinstance(teacher, Embedder):
+            teacher = Embedder(model=self.representation)
+        self.embedder = fit_representation(self.representation, list(texts), teacher)
+
+    def representation_arrays(self) -> dict | None:
+        """What a fitted representation stores with the router (None for the others)."""
+        fitted = getattr(self._embedder, "fitted", None)
+        return None if fitted is None else fitted.arrays
 
     def embed(self, prompts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.embedder(list(prompts)), dtype=np.float32)

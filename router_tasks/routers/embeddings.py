@@ -350,8 +350,38 @@ def encode_int8(texts: Sequence[str], batch_size: int = BATCH_SIZE, on_chunk=Non
 ONNX_MODEL_ID = onnx_embeddings.onnx_model_id(MODEL_ID)
 EMBEDDING_MODELS["minilm-int8"] = EmbeddingModel(
     "minilm-int8", ONNX_MODEL_ID, EMBED_DIM, "", encode_int8, weights_sha256=lambda: _onnx_model().sha256)
+
+
+def _fitted_per_router(texts, batch_size=BATCH_SIZE, on_chunk=None):
+    raise RuntimeError("minilm-static-fit vectors come from a trained router's own table (router.embed), "
+                       "not from a shared model")
+
+
+FITTED_MODEL_ID = f"{STATIC_MODEL_ID}-fit-ridge{static_embeddings.FIT_RIDGE:g}"
+#: the static table's tokens refitted to MiniLM's vectors of a router's training prompts
+#: (`static_embeddings.fit_token_table`): the table is part of the router, fitted in its fit
+EMBEDDING_MODELS["minilm-static-fit"] = EmbeddingModel(
+    "minilm-static-fit", FITTED_MODEL_ID, EMBED_DIM, "", _fitted_per_router, cached=False,
+    weights_sha256=lambda: _static_table().sha256)
+#: representations whose vectors a router fits on its own training prompts
+FITTED_REPRESENTATIONS = ("minilm-static-fit",)
 #: the vector models a router may name as its `representation` (unit-length sentence vectors)
-REPRESENTATIONS = ("minilm", "minilm-static", "minilm-int8")
+REPRESENTATIONS = ("minilm", "minilm-static", "minilm-int8", "minilm-static-fit")
+
+
+def fit_representation(name: str, texts: Sequence[str], teacher: "Embedder"):
+    """A fitted representation's embedder for a router trained on `texts`: MiniLM's vectors
+    of them (through `teacher`'s caches) are the targets."""
+    targets = teacher.with_model("minilm")(list(texts))
+    base = _static_table()
+    arrays = static_embeddings.fit_token_table(base, [normalize_prompt(t) for t in texts], targets)
+    return fitted_embedder(name, arrays, teacher)
+
+
+def fitted_embedder(name: str, arrays: dict, teacher: "Embedder"):
+    """The embedder of a fitted representation from its stored arrays."""
+    fitted = static_embeddings.FittedStatic(_static_table(), arrays)
+    return static_embeddings.FittedEmbedder(fitted, embedding_model(name), teacher)
 
 
 def prepare(name: str) -> str | None:

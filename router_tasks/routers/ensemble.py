@@ -318,8 +318,9 @@ class EnsembleRouter(EmbeddingRouter):
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
             raise ValueError("ensemble router: no labelled prompts to train on")
-        self.knn.embedder = self.embedder
         texts = prompts["prompt"].tolist()
+        self.fit_representation(texts)
+        self.knn.embedder = self.embedder
         emb = self.embed(texts)
         cache = {"feats": feature_matrix(texts), "style": style_matrix(texts)}  # computed once per fit
         if "form" in self.params["select_components"]:

@@ -49,6 +49,7 @@ class KnnRouter(EmbeddingRouter):
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
             raise ValueError("knn router: no labelled prompts to train on")
+        self.fit_representation(prompts["prompt"].tolist())
         return self.use_weights(self.embed(prompts["prompt"].tolist()), quality.astype(np.float32))
 
     def use_weights(self, embeddings: np.ndarray, quality: np.ndarray) -> "KnnRouter":

@@ -74,6 +74,7 @@ class MFRouter(EmbeddingRouter):
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
             raise ValueError("mf router: no labelled prompts to train on")
+        self.fit_representation(prompts["prompt"].tolist())
         emb = self.embed(prompts["prompt"].tolist())
         rows, cols = np.nonzero(~np.isnan(quality))
         x_all = torch.from_numpy(emb)

@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from router_tasks.core.defaults import model_cache_dir
+from router_tasks.core.prompts import normalize_prompt
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +174,114 @@ def load_static(minilm_path: str, model_id: str) -> StaticVectors:
             raise RuntimeError(f"static representation in {folder} is {vectors.model_id}, expected {model_id}")
         _loaded[model_id] = vectors
         return vectors
+
+
+# -- fitted to MiniLM on a router's own training prompts ------------------------------------
+#: ridge toward the distilled start: how far a token's vector may move to fit the prompts it
+#: occurs in (fixed before any quality run, from how well held-out subjects' vectors matched)
+FIT_RIDGE = 0.01
+FIT_ITERATIONS = 40
+
+
+def token_matrix(ids: list[np.ndarray], vocab: int):
+    """(n_prompts, vocab) sparse mean-pooling matrix: row i averages prompt i's tokens."""
+    import scipy.sparse as sp
+
+    rows = np.concatenate([np.full(len(t), i) for i, t in enumerate(ids)]) if ids else np.zeros(0, np.int64)
+    cols = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    counts = np.asarray([max(len(t), 1) for t in ids], np.float64)
+    return sp.csr_matrix((1.0 / counts[rows], (rows, cols)), shape=(len(ids), vocab))
+
+
+def fit_token_table(base: StaticVectors, texts: Sequence[str], targets: np.ndarray) -> dict:
+    """Token vectors fitted so that each prompt's mean token vector matches its MiniLM vector
+    (`targets`, unit rows): the tokenlearn idea, solved as ridge regression toward a start.
+
+    The start is the distilled table mapped linearly into MiniLM's space (least squares on
+    these prompts); then every token seen in them moves to minimise
+    ||mean-pooled vectors - targets||^2 + FIT_RIDGE ||vectors - start||^2 (conjugate gradients
+    on the normal equations, all 384 dimensions at once). Tokens never seen keep the start.
+    Returns the arrays a router stores: "map" (256, 384), "tokens" (the ids that moved) and
+    "vectors" (their rows, float16: the router trains on the rounded rows it will serve)."""
+    a = token_matrix(base.token_ids(texts), base.table.shape[0])
+    t = np.asarray(targets, np.float64)
+    pooled = a @ base.table.astype(np.float64)
+    mapping, *_ = np.linalg.lstsq(pooled, t, rcond=None)
+    used = np.flatnonzero(np.asarray(a.sum(axis=0)).ravel() > 0)
+    start = base.table[used].astype(np.float64) @ mapping
+    au = a[:, used].tocsr()
+    aut = au.T.tocsr()
+
+    def normal(p):
+        return aut @ (au @ p) + FIT_RIDGE * p
+
+    x = start.copy()
+    r = aut @ t + FIT_RIDGE * start - normal(x)
+    p = r.copy()
+    rs = (r * r).sum(axis=0)
+    for _ in range(FIT_ITERATIONS):
+        kp = normal(p)
+        step = rs / np.maximum((p * kp).sum(axis=0), 1e-30)
+        x += p * step
+        r -= kp * step
+        rs_new = (r * r).sum(axis=0)
+        p = r + p * (rs_new / np.maximum(rs, 1e-30))
+        rs = rs_new
+    return {"map": mapping.astype(np.float32), "tokens": used.astype(np.int64), "vectors": x.astype(np.float16)}
+
+
+class FittedStatic:
+    """A base table and the rows fitted on a router's prompts: `encode` like StaticVectors,
+    in MiniLM's 384 dimensions."""
+
+    def __init__(self, base: StaticVectors, fitted: dict):
+        self.base = base
+        self.arrays = fitted
+        table = base.table @ np.asarray(fitted["map"], np.float32)
+        table[np.asarray(fitted["tokens"], np.int64)] = np.asarray(fitted["vectors"], np.float32)
+        self.table = np.ascontiguousarray(table, dtype=np.float32)
+        self.sha256 = table_sha256(self.table)
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.shape[1])
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, ids in enumerate(self.base.token_ids(texts)):
+            if len(ids):
+                out[i] = self.table[ids].mean(axis=0)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms > 0, norms, 1.0)
+
+
+class FittedEmbedder:
+    """What a router with a fitted static representation embeds with: `texts -> float32
+    (n, 384)` through its `FittedStatic` (normalised like every prompt). `model` is the
+    registry entry it stands for; `teacher` the embedder whose MiniLM vectors it was fitted
+    to (and whose store and settings a caller asking for another model gets)."""
+
+    def __init__(self, fitted: FittedStatic, model, teacher):
+        self.fitted = fitted
+        self.model = model
+        self.teacher = teacher
+        self.stats = {"embedded": 0, "cache_hits": 0}
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.fitted.dim
+
+    def with_model(self, model):
+        return self.teacher.with_model(model)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"prompt #{i} is {type(t).__name__}, expected str: {t!r:.80}")
+        self.stats["embedded"] += len(texts)
+        return self.fitted.encode([normalize_prompt(t) for t in texts])

@@ -134,3 +134,32 @@ def test_params_name_a_known_representation():
         make_router("knn", ["a", "b"], "a", "b", {"representation": "word2vec"})
     assert make_router("random", ["a", "b"], "a", "b").representation is None
     assert make_router("mf", ["a", "b"], "a", "b").representation == "minilm"
+
+
+@pytest.mark.parametrize("kind", ["knn", "ensemble"])
+def test_a_fitted_static_representation_is_fitted_saved_and_served(router_toy_labels, router_labels_artifact,
+                                                                  local_root, kind):
+    """minilm-static-fit: the static table's tokens refitted to MiniLM's vectors of the
+    training prompts, inside the router's fit; stored with the router and served from it."""
+    labels = router_labels_artifact(router_toy_labels, local_root)
+    params = {"knn": {"k": 5}, "ensemble": {"knn_k": 5, "linear_c": 1.0}}[kind]
+    ref = train_router(labels, router_type=kind, router_params={**params, "representation": "minilm-static-fit"},
+                       artifact_root=local_root)
+    store = ArtifactStore(local_root)
+    assert "representation.safetensors" in read_manifest(store, ref)["files"]
+    router = load_router(ref, store)
+    assert router.representation == "minilm-static-fit"
+    texts = sorted(router_toy_labels["prompt"].unique())
+    fitted, minilm = router.embed(texts), Embedder()(texts)
+    plain = Embedder(model="minilm-static")(texts)
+    # fitted on these very prompts: much closer to MiniLM's vectors than the distilled table's
+    assert fitted.shape == minilm.shape and (fitted * minilm).sum(axis=1).mean() > 0.9
+    queries = [ROUTER_EASY_QUERY, ROUTER_HARD_QUERY]
+    easy, hard = router.strong_win_rate(queries)
+    assert hard > easy + 0.1
+    fresh = make_router(kind, router.models, router.strong_model, router.weak_model, router.params)
+    fresh.fit(router_toy_labels)
+    np.testing.assert_allclose(fresh.strong_win_rate(queries), router.strong_win_rate(queries), atol=1e-6)
+    router.embedder = Embedder(None)  # as the gateway does: the fitted table stays
+    np.testing.assert_allclose(router.strong_win_rate(queries), [easy, hard], atol=1e-9)
+    assert plain.shape[1] == 256
