@@ -137,8 +137,8 @@ def category_oracle_apgr(scores: pd.DataFrame, within: str = "fixed") -> float |
     return mx.apgr(curve, float(scores["strong_quality"].mean()), float(scores["weak_quality"].mean()))
 
 
-def new_router(kind: str, models: list[str]):
-    router = make_router(kind, models, bm.STRONG_MODEL, bm.WEAK_MODEL)
+def new_router(kind: str, models: list[str], params: dict | None = None):
+    router = make_router(kind, models, bm.STRONG_MODEL, bm.WEAK_MODEL, params)
     if isinstance(router, EmbeddingRouter):
         router.embedder = Embedder()  # in-memory cache, seeded with the packaged benchmark vectors
     return router
@@ -149,20 +149,21 @@ class PrecomputedEmbedder:
 
     def __init__(self, prompts: list[str], vectors: np.ndarray):
         self.table = dict(zip(prompts, vectors))
+        self.dim = vectors.shape[1]
         self.stats = {}
 
     def __call__(self, texts):
-        return np.stack([self.table[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+        return np.stack([self.table[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
 
 
-def speed(kind: str, labels: pd.DataFrame, prompts: list[str], pre: PrecomputedEmbedder, repeats: int = 5) -> dict:
+def speed(kind: str, labels: pd.DataFrame, prompts: list[str], params: dict | None = None, repeats: int = 5) -> dict:
     models = sorted(labels["model"].unique())
-    router = new_router(kind, models)
+    router = new_router(kind, models, params)
     t0 = time.perf_counter()
     router.fit(labels)
     fit_s = time.perf_counter() - t0
-    if isinstance(router, EmbeddingRouter):
-        router.embedder = pre
+    if isinstance(router, EmbeddingRouter):  # the router's own representation, computed beforehand
+        router.embedder = PrecomputedEmbedder(prompts, Embedder(model=router.representation)(prompts))
     batch = prompts[:BATCH_N]
     router.strong_win_rate(batch[:10])  # warm-up (lazy imports, first torch call)
     times = []
@@ -289,8 +290,7 @@ def main(argv=None) -> int:
     if not args.skip_speed:
         prompts = labels.drop_duplicates("prompt_id")["prompt"]
         prompts = prompts.sample(frac=1.0, random_state=0).tolist()  # mix MMLU and GSM8K
-        pre = PrecomputedEmbedder(prompts, Embedder()(prompts))
-        rows = {kind: speed(kind, labels, prompts, pre) for kind in args.routers}
+        rows = {kind: speed(kind, labels, prompts, args.params) for kind in args.routers}
         print()
         print(f"## Speed (embeddings precomputed; load average at start {load[0]:.2f}, {cpus} CPUs)")
         print()

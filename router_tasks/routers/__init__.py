@@ -27,11 +27,13 @@ import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Mapping
 
+import numpy as np
+
 from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.routers.base import Router
 from router_tasks.routers.bert import BertRouter
 from router_tasks.routers.causal_llm import CausalLLMRouter
-from router_tasks.routers.common import EmbeddingRouter, resolve_params
+from router_tasks.routers.common import DEFAULT_REPRESENTATION, EmbeddingRouter, resolve_params
 from router_tasks.routers.ensemble import EnsembleRouter
 from router_tasks.routers.knn import KnnRouter
 from router_tasks.routers.mf import MFRouter
@@ -52,6 +54,8 @@ ROUTERS: dict[str, type[Router]] = {
 GPU_ROUTERS: frozenset[str] = frozenset(k for k, cls in ROUTERS.items() if cls.needs_gpu)
 
 ROUTER_FILE = "router.json"
+#: a representation fitted on the router's training prompts (`embeddings.FITTED_REPRESENTATIONS`)
+REPRESENTATION_FILE = "representation.safetensors"
 FORMAT_VERSION = 1
 _VERSIONED = (
     "numpy", "pandas", "torch", "safetensors", "sentence-transformers", "transformers",
@@ -110,6 +114,11 @@ def save_router(router: Router, ctx, *, training: dict | None = None, metrics: d
         files.append(name)
 
     router.save(write_file)
+    arrays = router.representation_arrays() if isinstance(router, EmbeddingRouter) else None
+    if arrays is not None:  # a representation fitted on the training prompts is part of the router
+        from safetensors.numpy import save
+
+        write_file(REPRESENTATION_FILE, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": router.kind,
@@ -119,10 +128,17 @@ def save_router(router: Router, ctx, *, training: dict | None = None, metrics: d
         "params": dict(router.params),
         "files": files,
         "embedding_model": router.embedder.model_id if isinstance(router, EmbeddingRouter) else None,
+        "representation": router.representation,
         "versions": library_versions(),
         "training_data": dict(training or {}),
         "metrics": dict(metrics or {}),
     }
+    if isinstance(router, EmbeddingRouter):
+        from router_tasks.routers.embeddings import prepare
+
+        sha = prepare(router.representation)
+        if sha is not None:  # built on this machine: a router served with other weights says so
+            meta["representation_sha256"] = sha
     if router.cost_model is not None:
         meta["cost_model"] = router.cost_model
     if router.prices:
@@ -197,16 +213,42 @@ def load_router(ref, store=None) -> Router:
     except FileNotFoundError:
         raise FileNotFoundError(f"{store.uri(key)} has no {ROUTER_FILE}: not a router artifact") from None
     cls = router_class(meta.get("kind", "<missing>"))
+    if issubclass(cls, EmbeddingRouter):
+        # before the weights: a representation this install cannot build is one clear error
+        from router_tasks.routers.embeddings import REPRESENTATIONS, prepare
+
+        name = (meta.get("params") or {}).get("representation") or DEFAULT_REPRESENTATION
+        try:
+            if name not in REPRESENTATIONS:
+                raise ValueError(f"this version knows only {list(REPRESENTATIONS)}")
+            sha = prepare(name)
+        except Exception as err:
+            raise RuntimeError(
+                f"router {store.uri(key)} reads the prompt representation {name!r}, which cannot be built here: {err}"
+            ) from err
     router = cls.load(lambda name: store.read_bytes(f"{key}/{name}"), meta)
     if isinstance(router, EmbeddingRouter):
-        from router_tasks.routers.embeddings import MODEL_ID, Embedder
+        from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder, embedding_model, fitted_embedder
 
-        if meta.get("embedding_model") not in (None, MODEL_ID):
+        installed = embedding_model(name).model_id
+        if meta.get("embedding_model") not in (None, installed):
             log.warning(
                 "router %s was trained with embeddings %s but %s is installed: predictions may drift",
-                key, meta.get("embedding_model"), MODEL_ID,
+                key, meta.get("embedding_model"), installed,
             )
-        router.embedder = Embedder(store)
+        if meta.get("representation_sha256") not in (None, sha):
+            log.warning("router %s was trained with %s weights %s, but this machine built %s: predictions may drift",
+                        key, name, meta.get("representation_sha256"), sha)
+        router.embedder = Embedder(store, model=name)
+        if name in FITTED_REPRESENTATIONS:
+            from safetensors.numpy import load
+
+            try:
+                arrays = load(store.read_bytes(f"{key}/{REPRESENTATION_FILE}"))
+            except FileNotFoundError:
+                raise RuntimeError(f"router {store.uri(key)} reads the prompt representation {name!r} "
+                                   f"but its artifact has no {REPRESENTATION_FILE}") from None
+            router.embedder = fitted_embedder(name, arrays, router.embedder)
     router.cost_model = meta.get("cost_model")
     router.prices = meta.get("prices")
     router.meta = meta

@@ -22,6 +22,9 @@ class Router(ABC):
     #: the DAGs train them on the GPU queue and pool (`defaults.GPU_QUEUE`, `GPU_POOL`).
     #: They still fall back to the CPU where no GPU is visible.
     needs_gpu: bool = False
+    #: the prompt representation (a name in `embeddings.REPRESENTATIONS`) the router was
+    #: trained on and is served with; None for routers that read no prompt vectors
+    representation: str | None = None
 
     def __init__(self, models: Sequence[str], strong_model: str, weak_model: str, params: dict | None = None):
         self.models = list(models)
@@ -54,13 +57,21 @@ class Router(ABC):
     def load(cls, read_file, meta: dict) -> "Router":
         """Rebuild from `read_file(name) -> bytes` and the saved router.json content."""
 
+    def predict_quality_array(self, prompts: Sequence[str]) -> np.ndarray:
+        """`predict_quality` as a float (n_prompts, n_models) array, columns in `self.models`
+        order. Routers with a numpy scoring path override it (no DataFrame per call)."""
+        return self.predict_quality(prompts).to_numpy(np.float64)
+
     def strong_win_rate(self, prompts: Sequence[str], quality: pd.DataFrame | None = None) -> np.ndarray:
         """RouteLLM-compatible score: higher means more need for the strong model.
 
         Derived from the predicted quality gap, mapped from [-1, 1] to [0, 1].
         """
-        q = self.predict_quality(prompts) if quality is None else quality
-        gap = q[self.strong_model].to_numpy(float) - q[self.weak_model].to_numpy(float)
+        if quality is None:
+            q = self.predict_quality_array(prompts)
+            gap = q[:, self.models.index(self.strong_model)] - q[:, self.models.index(self.weak_model)]
+        else:
+            gap = quality[self.strong_model].to_numpy(float) - quality[self.weak_model].to_numpy(float)
         return np.clip((gap + 1.0) / 2.0, 0.0, 1.0)
 
     # ---- cost: every model's predicted dollars on a prompt (reply length varies) ------

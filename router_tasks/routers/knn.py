@@ -1,4 +1,4 @@
-"""Similarity-weighted k-nearest-neighbour router over MiniLM prompt embeddings.
+"""Similarity-weighted k-nearest-neighbour router over prompt vectors (MiniLM by default).
 
 For a new prompt and each model, take the k most similar training prompts that have a
 label for that model; the predicted quality is the softmax(similarity / temperature)
@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.routers.common import EmbeddingRouter, label_matrix
+from router_tasks.routers.common import DEFAULT_REPRESENTATION, EmbeddingRouter, label_matrix
 
 WEIGHTS_FILE = "knn.safetensors"
 #: query rows per similarity block: bounds memory at ~_BLOCK x n_train floats
@@ -32,7 +32,7 @@ class KnnRouter(EmbeddingRouter):
     # these are cross-fit / leave-subject-out measurements (benchmark_scripts/
     # router_quality.py), not the data they were picked on; the ensemble router chooses
     # how much to trust this component on a validation split of its own training data.
-    DEFAULT_PARAMS = {"k": 200, "temperature": 0.2, "prior_weight": 2.0}
+    DEFAULT_PARAMS = {"k": 200, "temperature": 0.2, "prior_weight": 2.0, "representation": DEFAULT_REPRESENTATION}
 
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
         super().__init__(models, strong_model, weak_model, params, embedder)
@@ -49,6 +49,7 @@ class KnnRouter(EmbeddingRouter):
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
             raise ValueError("knn router: no labelled prompts to train on")
+        self.fit_representation(prompts["prompt"].tolist())
         return self.use_weights(self.embed(prompts["prompt"].tolist()), quality.astype(np.float32))
 
     def use_weights(self, embeddings: np.ndarray, quality: np.ndarray) -> "KnnRouter":
@@ -83,10 +84,15 @@ class KnnRouter(EmbeddingRouter):
     def predict_quality(self, prompts: Sequence[str]) -> pd.DataFrame:
         if self.embeddings is None:
             raise RuntimeError("knn router: predict_quality before fit/load")
+        return self._frame(self.predict_quality_array(prompts))
+
+    def predict_quality_array(self, prompts: Sequence[str]) -> np.ndarray:
+        if self.embeddings is None:
+            raise RuntimeError("knn router: predict_quality before fit/load")
         prompts = list(prompts)
         if not prompts:
-            return self._frame(np.zeros((0, len(self.models))))
-        return self._frame(self.predict_embedded(self.embed(prompts)))
+            return np.zeros((0, len(self.models)))
+        return np.clip(self.predict_embedded(self.embed(prompts)), 0.0, 1.0)
 
     def predict_embedded(self, queries: np.ndarray) -> np.ndarray:
         """(n, n_models) predicted quality for prompts already embedded (unit rows)."""

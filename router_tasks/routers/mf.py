@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.routers.common import EmbeddingRouter, label_matrix
+from router_tasks.routers.common import DEFAULT_REPRESENTATION, EmbeddingRouter, label_matrix
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class MFRouter(EmbeddingRouter):
         "weight_decay": 0.0001,
         "batch_size": 256,
         "seed": 0,
+        "representation": DEFAULT_REPRESENTATION,
     }
 
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
@@ -73,6 +74,7 @@ class MFRouter(EmbeddingRouter):
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
             raise ValueError("mf router: no labelled prompts to train on")
+        self.fit_representation(prompts["prompt"].tolist())
         emb = self.embed(prompts["prompt"].tolist())
         rows, cols = np.nonzero(~np.isnan(quality))
         x_all = torch.from_numpy(emb)

@@ -166,7 +166,7 @@ def train_router(
         if isinstance(router, EmbeddingRouter):
             from router_tasks.routers.embeddings import Embedder
 
-            router.embedder = Embedder(store)
+            router.embedder = Embedder(store, model=router.representation)
         router.fit(table)
         router.fit_costs(full[full["quality"].notna()])
         if prices:

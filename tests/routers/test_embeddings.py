@@ -166,3 +166,41 @@ def test_packaged_smollm2_seed_matches_the_model(local_root):
     cosine = (served * fresh).sum(axis=1) / np.linalg.norm(served, axis=1) / np.linalg.norm(fresh, axis=1)
     assert np.all(cosine > 0.999)
     assert ArtifactStore(local_root).list("cache/") == []
+
+
+def test_the_vector_cache_never_holds_more_than_its_bound(minilm, tmp_path):
+    """An embedder with a cache of its own: after every call its bytes stay within the
+    bound (the least recently used vectors go), and what it holds is really that small."""
+    import tracemalloc
+
+    bound = 40 * (EMBED_DIM * 4 + embeddings.VectorCache.ENTRY_OVERHEAD)  # room for 40 MiniLM vectors
+    e = Embedder(cache_bytes=bound, use_seed=False)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for start in range(0, 300, 25):
+        e([f"bounded cache prompt number {i}" for i in range(start, start + 25)])
+        assert e.cache.bytes <= bound and len(e.cache) <= 40
+    held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename")
+               if s.traceback[0].filename == embeddings.__file__)
+    tracemalloc.stop()
+    assert len(e.cache) == 40 and held <= bound
+    # the most recent prompts are the ones kept; an old one is computed again
+    e.stats = {"embedded": 0, "cache_hits": 0}
+    e(["bounded cache prompt number 299", "bounded cache prompt number 0"])
+    assert e.stats == {"embedded": 1, "cache_hits": 1}
+    # a bound of zero caches nothing and still embeds
+    none = Embedder(cache_bytes=0, use_seed=False)
+    v = none(["no cache at all"])
+    assert v.shape == (1, EMBED_DIM) and len(none.cache) == 0 and none.cache.bytes == 0
+
+
+def test_the_process_cache_bound_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv(embeddings.CACHE_BYTES_ENV, "1e6")
+    assert embeddings._env_cache_bytes() == 1_000_000
+    monkeypatch.setenv(embeddings.CACHE_BYTES_ENV, "lots")
+    with pytest.raises(ValueError, match="TELA_EMBEDDING_CACHE_BYTES='lots': expected a number of bytes"):
+        embeddings._env_cache_bytes()
+    monkeypatch.delenv(embeddings.CACHE_BYTES_ENV)
+    assert embeddings._env_cache_bytes() == embeddings.DEFAULT_CACHE_BYTES
+    with pytest.raises(ValueError, match=">= 0"):
+        Embedder(cache_bytes=-1)

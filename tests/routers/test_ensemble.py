@@ -159,3 +159,25 @@ def test_form_part_on_smollm2_vectors_learns_topics_and_survives_the_train_stage
 
     with pytest.raises(ValueError, match="form_embedding: unknown embedding model 'glove'"):
         EnsembleRouter(["a", "b"], "a", "b", {"form_embedding": "glove"})
+
+
+@pytest.mark.parametrize("params", [
+    {},  # the default parts: knn, linear, style, form (one blend per prompt form)
+    {"select": False},  # the equal fallback blend with trees: the reference path scores it
+    {"select_components": ["knn", "linear", "style", "form"], "blend_by_form": False},
+])
+def test_compiled_scoring_equals_the_reference_path(router_toy_labels, params):
+    """The one-prompt path (standardisation folded into the weights, no DataFrame) scores
+    what the part-by-part path scores, on single prompts and on a mixed batch."""
+    router = fit(router_toy_labels, **params)
+    prompts = QUERIES + ["Which of the following is NOT a prime?\nA. 2\nB. 3\nC. 4\nD. 5",
+                         "Statement 1 | Every group is abelian. Statement 2 | 7 is odd.\nA. True, True\nB. False, True"]
+    reference = np.clip(router.reference_quality(prompts), 0, 1)
+    np.testing.assert_allclose(router.predict_quality_array(prompts), reference, rtol=0, atol=1e-9)
+    for i, p in enumerate(prompts):  # one at a time: float32 BLAS blocks the kNN similarities differently
+        np.testing.assert_allclose(router.predict_quality([p]).to_numpy()[0], reference[i], rtol=0, atol=1e-6)
+        s, w = MODELS.index(ROUTER_STRONG), MODELS.index(ROUTER_WEAK)
+        np.testing.assert_allclose(router.strong_win_rate([p]), np.clip((reference[i, s] - reference[i, w] + 1) / 2, 0, 1),
+                                   rtol=0, atol=1e-6)
+    # the reference path really differs per part: a blend that moved would fail above
+    assert np.ptp(reference[:, MODELS.index(ROUTER_WEAK)]) > 0.05

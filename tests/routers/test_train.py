@@ -27,7 +27,8 @@ def test_train_knn_writes_a_loadable_router(router_toy_labels, router_labels_art
     assert metrics.loc[ROUTER_WEAK, "mean_quality"] == pytest.approx(0.5)
 
     meta = store.read_json(f"{ref['key']}/router.json")
-    assert meta["params"] == {"k": 5, "temperature": 0.2, "prior_weight": 2.0}  # defaults resolved
+    assert meta["params"] == {"k": 5, "temperature": 0.2, "prior_weight": 2.0, "representation": "minilm"}  # defaults resolved
+    assert meta["representation"] == "minilm"
     assert meta["models"] == sorted([ROUTER_STRONG, ROUTER_WEAK, "smollm2"])
     assert meta["training_data"]["labels_fingerprint"] == labels["fingerprint"]
     assert meta["training_data"]["n_prompts"] == 24

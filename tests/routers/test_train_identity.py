@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from router_tasks.core.stage import read_manifest
 from router_tasks.core.store import ArtifactStore
 from router_tasks.routers import router_class
@@ -13,11 +15,12 @@ def test_the_embedding_model_id_changes_the_train_key(router_toy_labels, router_
                                                      monkeypatch):
     labels = router_labels_artifact(router_toy_labels, local_root)
     first = train_router(labels, router_type="knn", router_params={"k": 3}, artifact_root=local_root)
-    monkeypatch.setattr(embeddings, "MODEL_ID", embeddings.MODEL_ID + "-other")
+    other = dataclasses.replace(embeddings.EMBEDDING_MODELS["minilm"], model_id=embeddings.MODEL_ID + "-other")
+    monkeypatch.setitem(embeddings.EMBEDDING_MODELS, "minilm", other)
     second = train_router(labels, router_type="knn", router_params={"k": 3}, artifact_root=local_root)
     assert second["key"] != first["key"] and not second["reused"]
     identity = read_manifest(ArtifactStore(local_root), second)["config"]["identity"]
-    assert identity == {"embedding_model": embeddings.MODEL_ID}
+    assert identity == {"embedding_model": embeddings.MODEL_ID + "-other"}
 
 
 def test_a_router_declares_its_identity():
