@@ -1,7 +1,8 @@
 """Prometheus counters and histograms for the gateway, in the text exposition format.
 
-The format is small and stable, so a few dozen lines write it (prometheus_client's registry
-and multiprocess mode are more than one process's counters need) (https://prometheus.io/docs/instrumenting/exposition_formats/)."""
+The format is small and stable, so a few dozen lines write it
+(https://prometheus.io/docs/instrumenting/exposition_formats/). Each `--workers` process
+keeps its own counters: a scraper sees the process that answered."""
 
 from __future__ import annotations
 
