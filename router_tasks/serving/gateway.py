@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -310,6 +311,7 @@ class Gateway:
             "status": "ok" if cur else "loading",
             "router": None if cur is None else cur.info(),
             "reloads": self.holder.reloads, "reload_error": self.holder.last_error,
+            "pid": os.getpid(),  # which --workers process answered
             "auth": "keys" if self.auth.enabled else "none",
             "limits": "redis" if self.config.redis_url else "process",
             "upstreams": {n: {"model": u.endpoint.model, "cooldown_s_left": round(max(0.0, u.cooldown_until - now), 3)}

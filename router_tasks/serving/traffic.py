@@ -110,6 +110,11 @@ class SegmentLog:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def pending(self) -> int:
+        """Rows waiting to be written."""
+        return len(self._rows)
+
     def append(self, row: dict) -> None:
         row.setdefault("time", datetime.now(timezone.utc))
         with self._lock:
