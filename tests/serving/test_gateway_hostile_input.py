@@ -89,7 +89,8 @@ def test_hostile_bodies_are_refused_while_others_are_served(gateway):
     quiet = [_routed(client, url, f"{EASY_Q} (quiet {i})")[0] for i in range(12)]
 
     results: dict = {"oversized": [], "deep": [], "huge_prompt": [], "shapes": []}
-    deep = b'{"model": "tela-auto", "messages": [{"role": "user", "content": ' + b"[" * 200_000 + b"]" * 200_000 + b"}]}"
+    nested = b"[" * 200_000 + b"]" * 200_000
+    deep = b'{"model": "tela-auto", "messages": [{"role": "user", "content": ' + nested + b"}]}"
     shapes = [b"null", b"123", b'"text"', b"[]", b"[" * 100_000, b'{"model": 5, "messages": []}',
               b'{"model": "tela-auto", "messages": [{"role": "user", "content": NaN}]}', b"\xff\xfe{}",
               b'{"model": "tela-auto", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}']
