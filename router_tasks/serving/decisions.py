@@ -60,7 +60,8 @@ class LoadedRouter:
         prompts = [p[: self.route_chars] for p in prompts]
         q = self.router.predict_quality(prompts)
         score = self.router.strong_win_rate(prompts, quality=q)
-        return q.to_dict(orient="records"), np.asarray(score, dtype=float)
+        columns = [str(c) for c in q.columns]  # (DataFrame.to_dict costs more than the random router)
+        return [dict(zip(columns, row)) for row in q.to_numpy(dtype=float).tolist()], np.asarray(score, dtype=float)
 
     def info(self) -> dict:
         return {"key": self.key, "kind": self.router.kind, "representation": self.representation,

@@ -31,6 +31,7 @@ import pandas as pd
 from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import stable_hash
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data.ingest import MAX_PROMPT_CHARS_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,13 @@ COLUMNS = {
     # the client key's name (never the key) and the reply's id, which feedback names
     "key_name": "string", "completion_id": "string",
 }
-#: rows held in memory while the store cannot be written; past it the oldest are dropped
+#: rows (and bytes of prompt text) held in memory while the store cannot be written; past
+#: them the oldest rows are dropped
 MAX_PENDING_ROWS = 50_000
+MAX_PENDING_BYTES = 256 * 2**20
+#: prompts longer than this keep no text (nor id) in the log: ingest refuses them anyway
+#: (`data.ingest.MAX_PROMPT_CHARS_DEFAULT`), and the log's memory stays bounded
+MAX_LOGGED_PROMPT_CHARS = MAX_PROMPT_CHARS_DEFAULT
 
 
 @dataclass(slots=True)
@@ -91,17 +97,21 @@ def typed_frame(rows: list[dict], columns: dict = COLUMNS) -> pd.DataFrame:
 
 class SegmentLog:
     """Rows appended in memory and written as whole Parquet segments under `prefix` by a
-    background thread: every `flush_rows` rows or `flush_s` seconds, and at `close()`.
-    Appending costs a lock and a list append; everything else happens in the thread. At
-    most `max_pending` rows wait in memory (a store that stays down costs the oldest rows,
-    counted in `dropped`, not the process)."""
+    background thread: every `flush_rows` rows, `flush_bytes` bytes or `flush_s` seconds,
+    and at `close()`. Appending costs a lock and a deque append; everything else happens in
+    the thread. At most `max_pending` rows and `max_pending_bytes` (as `size_of` counts
+    them) wait in memory: a store that stays down costs the oldest rows, counted in
+    `dropped`, not the process."""
 
     def __init__(self, store: ArtifactStore, prefix: str, to_frame: Callable[[list[dict]], pd.DataFrame], *,
                  flush_rows: int = 500, flush_s: float = 10.0, max_pending: int = MAX_PENDING_ROWS,
-                 name: str = "tela-segment-log"):
-        self.store, self.prefix, self.to_frame = store, prefix, to_frame
-        self.flush_rows, self.flush_s, self.max_pending = flush_rows, flush_s, max_pending
-        self._rows: deque = deque()
+                 size_of: Callable[[dict], int] = lambda row: 256, flush_bytes: int = 16 * 2**20,
+                 max_pending_bytes: int = MAX_PENDING_BYTES, name: str = "tela-segment-log"):
+        self.store, self.prefix, self.to_frame, self.size_of = store, prefix, to_frame, size_of
+        self.flush_rows, self.flush_s, self.flush_bytes = flush_rows, flush_s, flush_bytes
+        self.max_pending, self.max_pending_bytes = max_pending, max_pending_bytes
+        self._rows: deque[tuple[dict, int]] = deque()
+        self._bytes = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
@@ -115,14 +125,25 @@ class SegmentLog:
         """Rows waiting to be written."""
         return len(self._rows)
 
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def _push(self, row: dict, size: int) -> None:
+        """Queue a row, dropping the oldest past the bounds (call with the lock held)."""
+        while self._rows and (len(self._rows) >= self.max_pending or self._bytes + size > self.max_pending_bytes):
+            _, old = self._rows.popleft()
+            self._bytes -= old
+            self.dropped += 1
+        self._rows.append((row, size))
+        self._bytes += size
+
     def append(self, row: dict) -> None:
         row.setdefault("time", datetime.now(timezone.utc))
+        size = self.size_of(row)
         with self._lock:
-            if len(self._rows) >= self.max_pending:
-                self._rows.popleft()
-                self.dropped += 1
-            self._rows.append(row)
-            if len(self._rows) >= self.flush_rows:
+            self._push(row, size)
+            if len(self._rows) >= self.flush_rows or self._bytes >= self.flush_bytes:
                 self._wake.set()
 
     def _loop(self) -> None:
@@ -133,9 +154,10 @@ class SegmentLog:
 
     def flush(self) -> str | None:
         with self._lock:
-            rows, self._rows = list(self._rows), deque()
-        if not rows:
+            queued, self._rows, self._bytes = list(self._rows), deque(), 0
+        if not queued:
             return None
+        rows = [row for row, _ in queued]
         try:
             df = self.to_frame(rows)
         except (ValueError, TypeError) as err:  # a bad row must not stop the log: drop this batch, say so
@@ -152,10 +174,10 @@ class SegmentLog:
                 log.warning("could not write %s segment %s: %s; keeping %d rows for the next flush",
                             self.prefix, self.store.uri(key), err, len(part))
                 with self._lock:
-                    kept = [rows[i] for i in part.index] + list(self._rows)
-                    over = max(0, len(kept) - self.max_pending)
-                    self.dropped += over
-                    self._rows = deque(kept[over:])
+                    newer = list(self._rows)
+                    self._rows, self._bytes = deque(), 0
+                    for row, size in [queued[i] for i in part.index] + newer:
+                        self._push(row, size)
                 continue
             self.segments_written += 1
             written = key
@@ -168,19 +190,28 @@ class SegmentLog:
         self.flush()
 
 
+def _row_size(row: dict) -> int:
+    return 256 + len(row.get("prompt") or "")
+
+
 class TrafficLog(SegmentLog):
     """The gateway's traffic log (`traffic/<date>/...`). Rows are TrafficRecords or dicts of
     COLUMNS; prompt ids are computed (and prompt text dropped, with `keep_prompts=False`)
     when a segment is written, not on the request's path."""
 
     def __init__(self, store: ArtifactStore, *, keep_prompts: bool = True, flush_rows: int = 500,
-                 flush_s: float = 10.0, max_pending: int = MAX_PENDING_ROWS):
+                 flush_s: float = 10.0, max_pending: int = MAX_PENDING_ROWS,
+                 max_pending_bytes: int = MAX_PENDING_BYTES):
         self.keep_prompts = keep_prompts
         super().__init__(store, PREFIX, self._to_frame, flush_rows=flush_rows, flush_s=flush_s,
-                         max_pending=max_pending, name="tela-traffic-log")
+                         max_pending=max_pending, size_of=_row_size, max_pending_bytes=max_pending_bytes,
+                         name="tela-traffic-log")
 
     def append(self, row: "TrafficRecord | dict") -> None:
-        super().append(row.row() if isinstance(row, TrafficRecord) else dict(row))
+        row = row.row() if isinstance(row, TrafficRecord) else dict(row)
+        if len(row.get("prompt") or "") > MAX_LOGGED_PROMPT_CHARS:
+            row["prompt"] = row["prompt_id"] = None
+        super().append(row)
 
     def _to_frame(self, rows: list[dict]) -> pd.DataFrame:
         for row in rows:

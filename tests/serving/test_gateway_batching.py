@@ -91,12 +91,17 @@ def test_nothing_grows_with_the_requests_served(gateway):
 
 def test_the_traffic_log_holds_a_bounded_backlog_when_the_store_is_down(s3_root):
     store = ArtifactStore(s3_root.replace("s3://", "s3://no-such-bucket-"))  # every write fails
-    log = TrafficLog(store, flush_s=3600, max_pending=50)
+    log = TrafficLog(store, flush_s=3600, max_pending=50, max_pending_bytes=40_000)
     try:
         for i in range(200):
             log.append({"time": datetime.now(timezone.utc), "prompt": f"p{i}", "model": "m", "status": 200})
         log.flush()  # fails: keeps what it may
         assert log.pending == 50 and log.dropped == 150
-        assert [r["prompt"] for r in log._rows][-1] == "p199"  # the newest rows are the ones kept
+        assert [row["prompt"] for row, _ in log._rows][-1] == "p199"  # the newest rows are the ones kept
+        for i in range(20):  # long prompts: bounded by bytes too
+            log.append({"prompt": f"{i} " + "x" * 5000, "model": "m", "status": 200})
+        assert log.pending_bytes <= 40_000 and log.pending < 10
+        log.append({"prompt": "y" * 200_000, "model": "m", "status": 200})  # too long to label: no text kept
+        assert log._rows[-1][0]["prompt"] is None and log.pending_bytes <= 40_000
     finally:
         log._stop = True
