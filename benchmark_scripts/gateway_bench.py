@@ -251,6 +251,7 @@ def prompts_of_tokens(tokens: int, count: int, tag: str) -> list[str]:
     from router_tasks.routers.embeddings import model_path
 
     tok = AutoTokenizer.from_pretrained(model_path())
+    tok.model_max_length = 10**6  # only counting here (the model reads its first 256)
     out = []
     for i in range(count):
         rng = random.Random(f"{tag}:{tokens}:{i}")
