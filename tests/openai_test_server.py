@@ -20,7 +20,8 @@ request can succeed and a rerun of the same test sees the same faults.
 
 Streams: `Reply(stream="json")` answers a stream request with a plain completion (as a
 server that ignores `stream` does); `Reply(stream="break", break_after=n)` sends the first n
-events of the stream and drops the connection (status "broken" in `statuses()`).
+events of the stream and drops the connection (status "broken" in `statuses()`);
+`Reply(chunk_delay_s=s)` streams its events `s` apart.
 
 Batch API: the Files + Batch subset the `openai` client and Airflow's OpenAIHook use
 (`POST /v1/files`, `GET /v1/files[/{id}[/content]]`, `DELETE /v1/files/{id}`,
@@ -64,6 +65,7 @@ class Reply:
     # stream, then the connection drops: 0 drops it before the first event)
     stream: str = "sse"
     break_after: int = 2
+    chunk_delay_s: float = 0.0  # "sse": wait this long before each event (a slow stream)
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,22 @@ class ScriptedOpenAIServer:
                 self.end_headers()
                 self.wfile.write(data)
                 self.wfile.flush()
+
+            def _send_slow_stream(self, data: bytes, delay_s: float):
+                """A stream written event by event, `delay_s` apart; the body ends when the connection closes."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    for event in data.split(b"\n\n")[:-1]:
+                        if not self._wait(delay_s):
+                            return
+                        self.wfile.write(event + b"\n\n")
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return
 
             def _send_broken_stream(self, data: bytes, reply: Reply, book):
                 """Headers promising all of `data`, its first `break_after` events, then a dropped connection."""
@@ -414,6 +432,9 @@ class ScriptedOpenAIServer:
                             fault = None
                     if body.get("stream") and reply.stream == "break":
                         return self._send_broken_stream(_sse(body, reply), reply, book)
+                    if body.get("stream") and reply.stream == "sse" and reply.chunk_delay_s > 0:
+                        book(200, fault, complete=True)
+                        return self._send_slow_stream(_sse(body, reply), reply.chunk_delay_s)
                     if body.get("stream") and reply.stream == "sse":  # Server-Sent Events, as the real API streams
                         book(200, fault, complete=True)
                         return self._send_bytes(200, _sse(body, reply), reply.headers, "text/event-stream")

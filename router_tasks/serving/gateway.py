@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,7 @@ class Gateway:
         self.traffic: TrafficLog | None = None
         self.feedback: FeedbackLog | None = None
         self._tasks: list[asyncio.Task] = []
+        self._charging: set[asyncio.Task] = set()  # spend charges of streams, at most one per open stream
 
     # -- lifecycle
     async def start(self) -> None:
@@ -230,8 +232,8 @@ class Gateway:
                                  **{"from": errors[0].model if errors else routing["chosen"]})
             headers = _routing_headers(routing)
             if record.stream:
-                return StreamingResponse(self._relay(relay, record, policy, client, started, t_up),
-                                         media_type="text/event-stream", headers=headers)
+                return _Stream(self._relay(relay, record, policy, client, started, t_up),
+                               media_type="text/event-stream", headers=headers)
             record.completion_id = reply.get("id") if isinstance(reply.get("id"), str) else None
             record.upstream_latency_s = time.perf_counter() - t_up
             await self._finish(record, policy, client, reply.get("usage"), started)
@@ -247,20 +249,34 @@ class Gateway:
 
     async def _relay(self, relay: StreamRelay, record: TrafficRecord, policy: Policy, client: ClientKey,
                      started: float, t_up: float):
+        stream = relay.relay()
         try:
-            async for data in relay.relay():
+            async for data in stream:
                 yield data
-        finally:
+        finally:  # also when the client hung up (closed by _Stream): nothing here waits on I/O
+            await stream.aclose()  # releases the upstream connection now, not when collected
             record.completion_id = relay.completion_id
             record.upstream_latency_s = time.perf_counter() - t_up
             if relay.error is not None:
                 record.status, record.error = 502, relay.error
-            usage = relay.usage or {"completion_tokens": max(relay.chunks - 2, 0)}
-            await self._finish(record, policy, client, usage, started)
+            # without the upstream's usage (not asked for, or the client left first): the
+            # prompt at ~4 characters a token, a token per content chunk relayed
+            usage = relay.usage or {"prompt_tokens": math.ceil(len(record.prompt or "") / 4),
+                                    "completion_tokens": max(relay.chunks - 1, 0)}
+            cost = self._record(record, policy, client, usage, started)
+            if cost > 0 and client.usd_per_day is not None:
+                task = asyncio.get_running_loop().create_task(self.auth.charge(client, cost))
+                self._charging.add(task)
+                task.add_done_callback(self._charging.discard)
 
     async def _finish(self, record: TrafficRecord, policy: Policy, client: ClientKey, usage: dict | None,
                       started: float, model_label: str | None = None) -> None:
-        """Count the request in the metrics, charge its cost to the key, log its row."""
+        """Record the request and charge its cost to the key."""
+        await self.auth.charge(client, self._record(record, policy, client, usage, started, model_label))
+
+    def _record(self, record: TrafficRecord, policy: Policy, client: ClientKey, usage: dict | None,
+                started: float, model_label: str | None = None) -> float:
+        """Count the request in the metrics and log its row; returns its cost in dollars."""
         usage = usage if isinstance(usage, dict) else {}
         tin, tout = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         up = self.upstreams.by_name.get(record.model)
@@ -279,9 +295,9 @@ class Gateway:
                                      model=model)
             self.metrics.observe("tela_request_seconds", "Time from request to answer, by policy kind.",
                                  time.perf_counter() - started, policy=policy.kind)
-            await self.auth.charge(client, cost)
         if self.traffic is not None:
             self.traffic.append(record)
+        return cost
 
     # -- POST /v1/feedback
     async def post_feedback(self, request) -> Response:
@@ -325,6 +341,18 @@ class Gateway:
             self.metrics.set("tela_upstream_cooldown", "1 while the upstream is in cooldown.", int(u.cooling(now)),
                              model=n)
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+class _Stream(StreamingResponse):
+    """A streaming response whose body is closed however the response ends: a client that
+    hangs up raises out of `send`, which would leave the body generator (and its upstream
+    connection, its traffic-log row, its key's charge) waiting for garbage collection."""
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
 
 
 def _key_name(client: ClientKey) -> str | None:

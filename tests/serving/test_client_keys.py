@@ -215,3 +215,29 @@ def test_two_gateways_share_limits_through_redis(start, tmp_path, capsys):
     while (code := _chat(one, unlimited).status_code) == 401 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert code == 200
+
+
+def test_a_stream_the_client_abandons_is_still_logged_and_charged(start, root, upstreams, tmp_path, capsys):
+    """A client that hangs up mid-stream cancels the relay: its row and its spend (counted in
+    Redis, an await the cancellation would cut short) must still be recorded."""
+    path = tmp_path / "KEYS"
+    key = _create(capsys, path, "streamer", "--usd-per-day", "0.00001")
+    upstreams[0].rule = lambda b: Reply(content=" ".join(f"w{i}" for i in range(30)), chunk_delay_s=0.1)
+    with redis_server() as url:
+        gw = start(keys_file=str(path), redis_url=url)
+        with httpx.stream("POST", f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": LARGE, "stream": True, "messages": [{"role": "user", "content": "abandon"}]},
+                          timeout=30) as r:
+            lines = [ln for _, ln in zip(range(4), r.iter_lines()) if ln.startswith("data:")]
+        assert lines  # the client read a few events, then hung up
+        probe = lambda: httpx.post(f"{gw.base_url}/feedback", headers={"Authorization": f"Bearer {key}"},  # noqa: E731
+                                   json={"id": "chatcmpl-x", "score": 3}).status_code  # costs nothing
+        deadline = time.monotonic() + 15
+        while (code := probe()) == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert code == 429  # what the abandoned stream cost was charged to the key's day
+        gw.stop()
+    now = datetime.now(timezone.utc)
+    df = read_window(ArtifactStore(root), now - timedelta(minutes=5), now + timedelta(minutes=1))
+    row = df[df["prompt"] == "abandon"].iloc[-1]
+    assert row["key_name"] == "streamer" and row["stream"] and row["output_tokens"] >= 1
