@@ -64,6 +64,7 @@ class GatewayConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     route_chars: int = DEFAULT_ROUTE_CHARS  # used when the router names no max_prompt_chars
     workers: int = 1
+    trim_s: float = 60.0  # how often freed heap memory is returned to the system (0: never)
 
     def __post_init__(self):
         if self.max_body_bytes < 1024:

@@ -27,10 +27,11 @@ class ApiError(Exception):
     """A refusal in OpenAI's error shape."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
+                 code: str | None = None, headers: dict | None = None, logged: bool = False):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers
+        self.logged = logged  # the request already has its traffic-log row and request metrics
 
     def response(self) -> JSONResponse:
         return openai_error(self.status, self.message, self.type, self.param, self.code, self.headers)

@@ -2,10 +2,10 @@
 Retry-After, and the cooldown that takes a failing endpoint out of fallback chains.
 
 Why aiohttp and not the `openai` client the labeling stages use: a gateway relays bytes,
-it does not need typed responses, and the openai client's request building and httpx
-cost ~10x aiohttp's CPU per call (a few hundred microseconds against ~2 ms), which on a
-small machine is most of a proxy's overhead. One `ClientSession` (keep-alive connection
-pool) serves every request: nothing is allocated per request but the request itself.
+it does not need typed responses, and the openai client's request building over httpx
+costs several times aiohttp's CPU per call, which on a small machine is most of a proxy's
+overhead. One `ClientSession` (keep-alive connection pool) serves every request: nothing
+is allocated per request but the request itself.
 
 Each endpoint keeps its timeout (connect, and between bytes read, as the openai client's)
 and `max_retries`: a 408/409/429/5xx, a timeout or a connection error is retried after the

@@ -29,7 +29,8 @@ def gateway(tmp_path_factory, minilm):
         mp.setenv(KEY_ENV, UP_KEY)
         rule = lambda body: Reply(content="fine", prompt_tokens=3, completion_tokens=1, delay_s=0.05)  # noqa: E731
         with ScriptedOpenAIServer(rule, api_key=UP_KEY) as large, ScriptedOpenAIServer(rule, api_key=UP_KEY) as small:
-            gw = serve_in_thread(gateway_config(root, large.base_url, small.base_url))
+            # heap trimming every 0.2 s: it shares the routing thread with the batches
+            gw = serve_in_thread(gateway_config(root, large.base_url, small.base_url, trim_s=0.2))
             try:
                 yield gw
             finally:
