@@ -31,10 +31,9 @@ from router_tasks.labeling.judge import combine_judgements, judge_part, plan_jud
 from router_tasks.labeling.judge_batch import BATCH_ENDPOINT
 from router_tasks.labeling.ledger import cost_ledger
 from router_tasks.labeling.references import generate_references
-from router_tasks.data.labels import build_labels
 from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
-from router_tasks.pipeline import STEP, SUMMARY_STAGES, ingest_source
+from router_tasks.pipeline import STEP, SUMMARY_STAGES, ingest_source, labels_with_feedback
 from router_tasks.routers import ROUTERS
 from router_tasks.routers.train import train_router
 from router_tasks.data.validate import validate_labels
@@ -229,7 +228,8 @@ def router_pipeline():
         referenced, answers, judgements, **args("agreement"))
     ledger = stage(cost_ledger)({"references": referenced, "generate": answers, "judge_batch": batch, "judge": judgements,
                                  "agreement": agreement})
-    labels = stage(build_labels)(referenced, judgements, agreement, **args("labels"))
+    labels = stage(labels_with_feedback).override(task_id="build_labels")(
+        referenced, judgements, agreement, **args("labels"))
     valid = stage(validate_labels)(labels, **args("validate"))
     announce_labels(valid)
     # Routers that need a GPU (causal_llm) train in train_router_gpu (gpu queue, tela_gpu

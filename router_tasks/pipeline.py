@@ -31,6 +31,7 @@ from router_tasks.lifecycle.loop_settings import SETTINGS_KEYS
 from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
 from router_tasks.routers.train import train_router
+from router_tasks.serving.feedback import feedback_labels_stage
 from router_tasks.serving.traffic import resolve_source
 
 def ingest_source(source: str, sample: int | None = None, artifact_root: str | None = None) -> dict:
@@ -42,6 +43,19 @@ def ingest_source(source: str, sample: int | None = None, artifact_root: str | N
 
     resolved = resolve_source(source, ArtifactStore(artifact_root))
     return ingest_prompts(resolved, sample=sample, artifact_root=artifact_root)
+
+
+def labels_with_feedback(prompts: dict, judgements: dict, agreement: dict | None = None, source: str | None = None,
+                         include_routellm: bool = True, routellm_max_prompts: int | None = None,
+                         strong_quality: str = "labeled", strong_model: str | None = None,
+                         artifact_root: str | None = None) -> dict:
+    """`build_labels`, where a traffic window source (`traffic://<from>/<to>`) also brings
+    its users' ratings of the answers they were served (`POST /v1/feedback`), as labels for
+    the model that answered, beside the judge's (source "feedback:<key name>")."""
+    feedback = feedback_labels_stage(source, artifact_root)
+    return build_labels(prompts, judgements, agreement, include_routellm=include_routellm,
+                        routellm_max_prompts=routellm_max_prompts, strong_quality=strong_quality,
+                        strong_model=strong_model, feedback=feedback, artifact_root=artifact_root)
 
 
 #: every parameter of a pipeline run, with its default (the offline demo)
@@ -109,8 +123,8 @@ STEPS: tuple[Step, ...] = (
           "min_agreement": "judge_min_agreement"}),
     Step("ledger", "cost_ledger", cost_ledger, ("references", "generate", "judge_batch", "judge", "agreement"),
          inputs_as_mapping=True),
-    Step("labels", "build_labels", build_labels, ("references", "judge", "agreement"),
-         {"include_routellm": "include_routellm", "routellm_max_prompts": "routellm_max_prompts",
+    Step("labels", "build_labels", labels_with_feedback, ("references", "judge", "agreement"),
+         {"source": "source", "include_routellm": "include_routellm", "routellm_max_prompts": "routellm_max_prompts",
           "strong_quality": "strong_quality", "strong_model": "strong_model"}),
     Step("validate", "validate_labels", validate_labels, ("labels",), {"min_rows_per_model": "min_rows_per_model"}),
     Step("train", "train_router", train_router, ("validate",),

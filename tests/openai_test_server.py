@@ -18,6 +18,11 @@ request can succeed and a rerun of the same test sees the same faults.
     srv = ScriptedOpenAIServer(rule, faults=Faults(latency_s=0.2, rate_429=0.1, retry_after_ms=50))
     srv.max_in_flight, srv.statuses(), srv.resent_after_success, srv.stats()
 
+Streams: `Reply(stream="json")` answers a stream request with a plain completion (as a
+server that ignores `stream` does); `Reply(stream="break", break_after=n)` sends the first n
+events of the stream and drops the connection (status "broken" in `statuses()`);
+`Reply(chunk_delay_s=s)` streams its events `s` apart.
+
 Batch API: the Files + Batch subset the `openai` client and Airflow's OpenAIHook use
 (`POST /v1/files`, `GET /v1/files[/{id}[/content]]`, `DELETE /v1/files/{id}`,
 `POST /v1/batches`, `GET /v1/batches[/{id}]`, `POST /v1/batches/{id}/cancel`). A batch's
@@ -64,6 +69,12 @@ class Reply:
     # Token text -> its top alternatives as probabilities, for requests that ask for
     # `logprobs` (a token not named here is certain: its only alternative is itself).
     alternatives: dict = field(default_factory=dict)
+    # how a stream request is answered: "sse" (a stream), "json" (a plain completion, as a
+    # server that ignores `stream` does) or "break" (the first `break_after` events of the
+    # stream, then the connection drops: 0 drops it before the first event)
+    stream: str = "sse"
+    break_after: int = 2
+    chunk_delay_s: float = 0.0  # "sse": wait this long before each event (a slow stream)
 
 
 @dataclass(frozen=True)
@@ -254,6 +265,35 @@ class ScriptedOpenAIServer:
                 self.wfile.write(data)
                 self.wfile.flush()
 
+            def _send_slow_stream(self, data: bytes, delay_s: float):
+                """A stream written event by event, `delay_s` apart; the body ends when the connection closes."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    for event in data.split(b"\n\n")[:-1]:
+                        if not self._wait(delay_s):
+                            return
+                        self.wfile.write(event + b"\n\n")
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+
+            def _send_broken_stream(self, data: bytes, reply: Reply, book):
+                """Headers promising all of `data`, its first `break_after` events, then a dropped connection."""
+                events = data.split(b"\n\n")[: reply.break_after]
+                book("broken")
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(b"".join(e + b"\n\n" for e in events))
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+
             def _send(self, status: int, payload: dict, headers: dict | None = None):
                 self._send_bytes(status, json.dumps(payload).encode(), headers)
 
@@ -424,7 +464,12 @@ class ScriptedOpenAIServer:
                             reply = Reply(**{**reply.__dict__, "content": _VERDICT.sub("", reply.content)})
                         else:
                             fault = None
-                    if body.get("stream"):  # Server-Sent Events, as the real API streams
+                    if body.get("stream") and reply.stream == "break":
+                        return self._send_broken_stream(_sse(body, reply), reply, book)
+                    if body.get("stream") and reply.stream == "sse" and reply.chunk_delay_s > 0:
+                        book(200, fault, complete=True)
+                        return self._send_slow_stream(_sse(body, reply), reply.chunk_delay_s)
+                    if body.get("stream") and reply.stream == "sse":  # Server-Sent Events, as the real API streams
                         book(200, fault, complete=True)
                         return self._send_bytes(200, _sse(body, reply), reply.headers, "text/event-stream")
                     data = json.dumps(_completion(body, reply, outer.logprobs)).encode()

@@ -24,9 +24,10 @@ OPTIONAL_LABEL_COLUMNS = TOKEN_LABEL_COLUMNS + ["category"] + JUDGE_LABEL_COLUMN
 #: what a router needs of the labels table to train
 ROUTER_LABEL_COLUMNS = ("prompt_id", "prompt", "model", "quality")
 
-#: `source` prefixes of labels the run made itself (its prompts, its endpoints, its judge),
-#: as opposed to the bundled RouteLLM labels ("routellm:<bench>")
-OWN_SOURCE_PREFIXES = ("generated:", "assumed:")
+#: `source` prefixes of labels the run made itself (its prompts, its endpoints, its judge,
+#: its users' ratings through the gateway), as opposed to the bundled RouteLLM labels
+#: ("routellm:<bench>")
+OWN_SOURCE_PREFIXES = ("generated:", "assumed:", "feedback:")
 #: the benchmark name of a run's own labels in evaluation reports and publish decisions
 OWN_BENCHMARK = "own-labels"
 

@@ -150,8 +150,11 @@ def build_labels(
     source_name: str = "generated",
     strong_quality: str = "labeled",
     strong_model: str | None = None,
+    feedback: dict | None = None,
     artifact_root: str | None = None,
 ) -> dict:
+    """The labels table of a run; `feedback` (a labels-shaped artifact of user ratings, e.g.
+    `serving.feedback.feedback_labels_stage`) adds its rows beside the judge's."""
     store = ArtifactStore(artifact_root)
     check_strong_quality(strong_quality)
     if strong_quality == "assume_perfect" and not strong_model:
@@ -182,6 +185,8 @@ def build_labels(
             own = pd.concat([own, assumed_strong_labels(ctx.read_input("prompts"), strong_model, source_name)],
                             ignore_index=True)
         parts = [own]
+        if feedback is not None:
+            parts.append(ctx.read_input("feedback"))
         if include_routellm:
             from router_tasks.data.routellm import routellm_training_labels
 
@@ -208,7 +213,8 @@ def build_labels(
         )
         ctx.write_table(labels)
 
-    inputs = {"prompts": prompts, "judgements": judgements} | ({"agreement": agreement} if agreement else {})
+    inputs = {"prompts": prompts, "judgements": judgements, "feedback": feedback}
+    inputs |= {"agreement": agreement} if agreement else {}
     return run_stage(STAGE, STAGE_VERSION, compute, inputs=inputs, config=config, store=store)
 
 

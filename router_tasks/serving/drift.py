@@ -128,7 +128,7 @@ def training_prompts(store: ArtifactStore, router_key: str) -> list[str]:
 
 
 def _calibration(store: ArtifactStore, router_key: str) -> dict | None:
-    from router_tasks.serving.gateway import latest_calibration
+    from router_tasks.serving.decisions import latest_calibration
 
     found = latest_calibration(store, router_key)
     return None if found is None else {"key": found[0], **found[1]}

@@ -1,7 +1,8 @@
 """Prometheus counters and histograms for the gateway, in the text exposition format.
 
-prometheus_client is not in the lock; the format is small and stable, so a few dozen lines
-write it (https://prometheus.io/docs/instrumenting/exposition_formats/)."""
+The format is small and stable, so a few dozen lines write it
+(https://prometheus.io/docs/instrumenting/exposition_formats/). Each `--workers` process
+keeps its own counters: a scraper sees the process that answered."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Metrics:
         self._help: dict[str, tuple[str, str]] = {}
         self._values: dict[str, dict[tuple, float]] = {}
         self._hist: dict[str, dict[tuple, list]] = {}
+        self._buckets: dict[str, tuple] = {}
 
     def _declare(self, name: str, kind: str, help_: str) -> None:
         self._help.setdefault(name, (kind, help_))
@@ -44,13 +46,14 @@ class Metrics:
         with self._lock:
             self._values.pop(name, None)
 
-    def observe(self, name: str, help_: str, value: float, **labels) -> None:
+    def observe(self, name: str, help_: str, value: float, buckets: tuple = BUCKETS, **labels) -> None:
         with self._lock:
             self._declare(name, "histogram", help_)
+            bounds = self._buckets.setdefault(name, buckets)
             key = tuple(sorted(labels.items()))
-            h = self._hist.setdefault(name, {}).setdefault(key, [[0] * len(BUCKETS), 0.0, 0])
-            i = bisect.bisect_left(BUCKETS, value)
-            if i < len(BUCKETS):
+            h = self._hist.setdefault(name, {}).setdefault(key, [[0] * len(bounds), 0.0, 0])
+            i = bisect.bisect_left(bounds, value)
+            if i < len(bounds):
                 h[0][i] += 1
             h[1] += value
             h[2] += 1
@@ -64,7 +67,7 @@ class Metrics:
                     out.append(f"{name}{_labels(dict(key))} {v:g}")
                 for key, (counts, total, n) in sorted(self._hist.get(name, {}).items()):
                     labels, cum = dict(key), 0
-                    for bound, c in zip(BUCKETS, counts):
+                    for bound, c in zip(self._buckets[name], counts):
                         cum += c
                         out.append(f"{name}_bucket{_labels({**labels, 'le': f'{bound:g}'})} {cum}")
                     out.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {n}")

@@ -21,6 +21,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from router_tasks.evaluation.calibration import threshold_for_share
+from router_tasks.routers import routing
+
 AUTO = "tela-auto"
 DEFAULT_THRESHOLD = 0.5  # used only when a router has no stored calibration (logged)
 
@@ -107,8 +110,6 @@ def decide(
     `threshold` is the calibrated default; `share_threshold(share)` maps a target strong
     share to a threshold through the stored calibration sample.
     """
-    from router_tasks.routers import routing
-
     avail = [m for m in available if m in quality]
     if policy.kind in ("auto", "share", "threshold"):
         if policy.kind == "share":
@@ -138,8 +139,6 @@ def decide(
 
 def threshold_for_share_from(scores: np.ndarray | None):
     """`share -> threshold` over a calibration sample's scores (None: no sample stored)."""
-    from router_tasks.evaluation.calibration import threshold_for_share
-
     def f(share: float) -> float:
         if scores is None or not len(scores):
             raise PolicyError("this router has no stored calibration sample: tela-auto@<share> is unavailable "

@@ -135,7 +135,7 @@ def test_strong_share_drift_alone_recalibrates(mmlu_world):
     cal = read_calibration(new, w["root"])
     assert cal["target_strong_share"] == 0.3 and abs(cal["achieved_strong_share"] - 0.3) < 0.05
     # the gateway's lookup now finds the new calibration
-    from router_tasks.serving.gateway import latest_calibration
+    from router_tasks.serving.decisions import latest_calibration
 
     assert latest_calibration(store, w["key"])[0] == new["key"]
 

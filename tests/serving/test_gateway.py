@@ -20,7 +20,8 @@ from router_tasks.core.store import ArtifactStore
 from router_tasks.evaluation.calibration import calibrate_router
 from router_tasks.routers import load_router
 from router_tasks.routers.train import train_router
-from router_tasks.serving.gateway import GatewayConfig, parse_models_arg, serve_in_thread
+from router_tasks.serving.config import GatewayConfig, parse_models_arg
+from router_tasks.serving.server import serve_in_thread
 from router_tasks.serving.traffic import read_window
 
 # Our own world: two models of a made-up vendor; only the large one solves the hard prompts.

@@ -47,7 +47,8 @@ def test_tela_serve_end_to_end(tmp_path, minilm):
                                       {"name": "quick", "model": "q1", "base_url": quick.base_url}]))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                             os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.Popen([TELA, "--artifact-root", root, "serve", "--models", str(models), "--port", "0"],
+        proc = subprocess.Popen([TELA, "--artifact-root", root, "serve", "--models", str(models), "--port", "0",
+                                 "--no-auth"],
                                 stderr=subprocess.PIPE, text=True, env=env)
         try:
             port, seen = None, []
