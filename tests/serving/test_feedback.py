@@ -134,7 +134,8 @@ def test_the_pipeline_on_a_traffic_window_labels_with_feedback_beside_the_judge(
             refs[step.name] = step.fn(*args, **step.kwargs(params), artifact_root=root)
             if step.name == "labels":
                 break
-    again = labels_with_feedback(refs["references"], refs["judge"], source=window, include_routellm=False,
+    again = labels_with_feedback(refs["references"], refs["judge"], refs["agreement"], source=window,
+                                 include_routellm=False,
                                  artifact_root=root)
     assert again["key"] == refs["labels"]["key"] and again["reused"]  # same ratings: the same labels artifact
     table = load_table(refs["labels"], ArtifactStore(root))
