@@ -453,8 +453,10 @@ def _serve_args(s):
     auth.add_argument("--keys", metavar="KEYS", help="client keys file (tela keys create): every /v1 request needs one")
     auth.add_argument("--no-auth", action="store_true", help="serve without client keys (anyone who reaches the port "
                                                              "spends the upstreams' keys)")
-    s.add_argument("--redis-url", help="keep the keys' rpm/spend counters in Redis, shared by replicas and workers "
-                                       "(e.g. redis://127.0.0.1:6379/0)")
+    s.add_argument("--redis-url", default=os.environ.get("TELA_GATEWAY_REDIS_URL"),
+                   help="keep the keys' rpm/spend counters in Redis, shared by replicas and workers "
+                        "(e.g. redis://127.0.0.1:6379/0; default $TELA_GATEWAY_REDIS_URL, which keeps a "
+                        "password out of the process list)")
     s.add_argument("--workers", type=int, default=1, help="gateway processes on the one port (shared-nothing; each "
                                                           "hot-reloads the champion)")
     s.add_argument("--host", default="127.0.0.1")

@@ -74,7 +74,7 @@ SERVICES = ("postgres", "redis", "s3")
 # Environment variable names the gateway gets (compose's tela-gateway sets the same ones):
 # the artifact store it shares with Airflow.
 GATEWAY_ENV_NAMES = ("TELA_ARTIFACT_ROOT", "TELA_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                     "AWS_DEFAULT_REGION")
+                     "AWS_DEFAULT_REGION", "TELA_GATEWAY_REDIS_URL")
 # Environment variable names every Airflow component gets (compose sets the same ones).
 AIRFLOW_ENV_NAMES = (
     "AIRFLOW__CORE__EXECUTOR",
@@ -455,11 +455,14 @@ def start_local_llm(cfg: Config) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def gateway_args(models_file: str, host: str, port: int) -> list[str]:
+def gateway_args(models_file: str, keys_file: str, host: str, port: int) -> list[str]:
     """`tela serve`'s arguments: the one gateway launch command, here and in compose's
     `tela-gateway` service (tests/deployment/test_compose_matches_cluster.py holds them
-    equal). It follows the champion, so a new one is served without a restart."""
-    return ["serve", "--models", models_file, "--router", "champion", "--host", host, "--port", str(port)]
+    equal). It follows the champion, so a new one is served without a restart; callers need
+    a key from `keys_file`, and the keys' limits are counted in Redis
+    (`TELA_GATEWAY_REDIS_URL`, `gateway_env`), so every replica enforces the same ones."""
+    return ["serve", "--models", models_file, "--keys", keys_file, "--router", "champion", "--host", host,
+            "--port", str(port)]
 
 
 def gateway_env(cfg: Config) -> dict:
@@ -472,6 +475,8 @@ def gateway_env(cfg: Config) -> dict:
         "AWS_ACCESS_KEY_ID": s["s3_access_key"],
         "AWS_SECRET_ACCESS_KEY": s["s3_secret_key"],
         "AWS_DEFAULT_REGION": "us-east-1",
+        # db 1: Celery's broker is db 0 of the same server
+        "TELA_GATEWAY_REDIS_URL": f"redis://:{s['redis_password']}@127.0.0.1:{cfg.redis_port}/1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -479,11 +484,28 @@ def gateway_env(cfg: Config) -> dict:
     }
 
 
-def start_gateway(cfg: Config, models_file: Path) -> None:
+def gateway_keys(cfg: Config, keys_file: Path | None) -> Path:
+    """The callers' keys file: the one given, else one the cluster makes with a key named
+    `cluster` (its text in the state folder's `gateway_key`, mode 0600, and in cluster.env
+    as TELA_GATEWAY_API_KEY, for scripts and tests)."""
+    if keys_file is not None:
+        (cfg.state / "gateway_key").unlink(missing_ok=True)
+        return keys_file
+    from router_tasks.serving.keys import create_key  # pandas-free, but only `up` needs it
+
+    made = cfg.state / "gateway-keys.json"
+    made.unlink(missing_ok=True)
+    key_file = cfg.state / "gateway_key"
+    key_file.write_text(create_key(str(made), "cluster"))
+    key_file.chmod(0o600)
+    return made
+
+
+def start_gateway(cfg: Config, models_file: Path, keys_file: Path) -> None:
     """Start `tela serve` on the cluster's store; return once it accepts connections (it
     answers 503 until the first champion is published, then serves it)."""
-    spawn(cfg, "gateway", [str(BIN / "tela"), *gateway_args(str(models_file), "127.0.0.1", cfg.gateway_port)],
-          env=gateway_env(cfg))
+    args = gateway_args(str(models_file), str(keys_file), "127.0.0.1", cfg.gateway_port)
+    spawn(cfg, "gateway", [str(BIN / "tela"), *args], env=gateway_env(cfg))
     wait_for("gateway", lambda: _port_open(cfg.gateway_port), 180, proc_name="gateway", cfg=cfg)
     (cfg.state / "gateway_url").write_text(cfg.gateway_url)
 
@@ -599,6 +621,9 @@ def write_env_file(cfg: Config) -> None:
     gateway_file = cfg.state / "gateway_url"
     if gateway_file.exists():
         lines["TELA_GATEWAY_URL"] = gateway_file.read_text().strip()
+    key_file = cfg.state / "gateway_key"
+    if gateway_file.exists() and key_file.exists():
+        lines["TELA_GATEWAY_API_KEY"] = key_file.read_text().strip()
     cfg.env_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     cfg.env_file.chmod(0o600)
 
@@ -615,7 +640,7 @@ def started_names(cfg: Config) -> list[str]:
 def check_gateway_models(path: str) -> Path:
     """The --gateway-models file, parsed as `tela serve` will parse it (fail before starting anything)."""
     # here, not at the top: it brings pandas and pyarrow, which `down` and `status` do not need
-    from router_tasks.serving.gateway import parse_models_arg
+    from router_tasks.serving.config import parse_models_arg
 
     file = Path(path).resolve()
     if not file.is_file():
@@ -627,12 +652,29 @@ def check_gateway_models(path: str) -> Path:
     return file
 
 
-def up(cfg: Config, *, local_llm: bool = True, gateway_models: str | None = None) -> float:
+def check_gateway_keys(path: str) -> Path:
+    """The --gateway-keys file, read as `tela serve --keys` will read it."""
+    from router_tasks.serving.keys import read_keys_file
+
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise SystemExit(f"--gateway-keys {path}: no such file (create one with `tela keys create --file {path} "
+                         "--name NAME`)")
+    try:
+        read_keys_file(str(file))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--gateway-keys {path}: {err}") from None
+    return file
+
+
+def up(cfg: Config, *, local_llm: bool = True, gateway_models: str | None = None,
+       gateway_keys_file: str | None = None) -> float:
     started = time.monotonic()
     live = [n for n in started_names(cfg) if _pid_alive(_read_pid(cfg, n) or -1)]
     if live:
         raise SystemExit(f"already running ({', '.join(live)}): `make cluster-down` first")
     models_file = check_gateway_models(gateway_models) if gateway_models else None
+    given_keys = check_gateway_keys(gateway_keys_file) if gateway_keys_file else None
     ports = (cfg.pg_port, cfg.redis_port, cfg.api_port, cfg.s3_port) + ((cfg.gateway_port,) if models_file else ())
     for port in ports:
         if _port_open(port):
@@ -656,7 +698,7 @@ def up(cfg: Config, *, local_llm: bool = True, gateway_models: str | None = None
         unpause_consumers(cfg)
         if models_file:
             log(f"gateway on {cfg.gateway_url} (upstreams from {models_file})")
-            start_gateway(cfg, models_file)
+            start_gateway(cfg, models_file, gateway_keys(cfg, given_keys))
         write_env_file(cfg)
     except BaseException:
         log("start failed: stopping what was started")
@@ -686,6 +728,7 @@ def down(cfg: Config, *, quiet: bool = False) -> None:
             log("stopped postgres")
     (cfg.state / "local_llm_url").unlink(missing_ok=True)
     (cfg.state / "gateway_url").unlink(missing_ok=True)
+    (cfg.state / "gateway_key").unlink(missing_ok=True)
     cfg.env_file.unlink(missing_ok=True)
 
 
@@ -706,6 +749,9 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--gateway-models", metavar="FILE",
                    help="start the routing gateway (tela serve) on these upstream endpoints (a JSON list, as the "
                         "pipeline's models param); their keys from this environment")
+    u.add_argument("--gateway-keys", metavar="KEYS",
+                   help="the callers' keys file (tela keys create); default: one key named 'cluster', its text in "
+                        "cluster.env as TELA_GATEWAY_API_KEY")
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("status", help="pid, liveness and memory of each component")
     st = sub.add_parser("start", help="start one Airflow component again (e.g. a worker that was lost)")
@@ -713,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = Config()
     if a.cmd == "up":
-        up(cfg, local_llm=not a.no_local_llm, gateway_models=a.gateway_models)
+        up(cfg, local_llm=not a.no_local_llm, gateway_models=a.gateway_models, gateway_keys_file=a.gateway_keys)
     elif a.cmd == "down":
         down(cfg)
     elif a.cmd == "start":

@@ -112,8 +112,9 @@ def test_the_gateway_is_one_launch_command_in_both(cluster_script, compose, tmp_
     cmd = _command(svc)
     assert cmd[0] == "tela"
     args = cmd[1:]
-    models, host, port = (args[args.index(flag) + 1] for flag in ("--models", "--host", "--port"))
-    assert args == cluster_script.gateway_args(models, host, int(port))
+    models, keys, host, port = (args[args.index(flag) + 1] for flag in ("--models", "--keys", "--host", "--port"))
+    assert args == cluster_script.gateway_args(models, keys, host, int(port))
+    assert keys == "/run/secrets/tela_gateway_keys"  # callers need a key; the file is a mounted secret
     assert args[args.index("--router") + 1] == "champion"  # follows (hot-reloads) what the DAGs publish
     assert svc["deploy"]["replicas"] == 2
     assert svc["image"] == compose["airflow-scheduler"]["image"]
@@ -135,10 +136,13 @@ def test_the_gateway_is_one_launch_command_in_both(cluster_script, compose, tmp_
     assert set(cluster_script.GATEWAY_ENV_NAMES) <= set(genv)
     assert genv["TELA_ARTIFACT_ROOT"] == cfg.airflow_env()["TELA_ARTIFACT_ROOT"]
     assert genv["TELA_S3_ENDPOINT_URL"] == json.loads(cfg.airflow_env()["AIRFLOW_CONN_TELA_S3"])["extra"]["endpoint_url"]
+    # limits counted in the cluster's Redis, not the broker's db; compose's replicas share theirs
+    assert genv["TELA_GATEWAY_REDIS_URL"].endswith(f":{cfg.redis_port}/1")
+    assert env["TELA_GATEWAY_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD") and env["TELA_GATEWAY_REDIS_URL"].endswith("@redis:6379/1")
 
 
 def test_the_example_gateway_models_file_is_what_tela_serve_reads():
-    from router_tasks.serving.gateway import parse_models_arg
+    from router_tasks.serving.config import parse_models_arg
 
     compose_file = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
     assert compose_file["secrets"]["tela_gateway_models"]["file"] == "deploy/gateway-models.json"
@@ -153,4 +157,4 @@ def test_every_port_the_script_opens_is_configurable(cluster_script, tmp_path, m
     cfg = cluster_script.Config(state=tmp_path / "state")
     assert (cfg.pg_port, cfg.redis_port, cfg.api_port, cfg.s3_port, cfg.gateway_port) == tuple(ports.values())
     assert cfg.gateway_url == "http://127.0.0.1:41005/v1"
-    assert "--port" in cluster_script.gateway_args("m.json", "127.0.0.1", cfg.gateway_port)
+    assert "--port" in cluster_script.gateway_args("m.json", "k.json", "127.0.0.1", cfg.gateway_port)

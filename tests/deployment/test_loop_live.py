@@ -184,7 +184,7 @@ def _health(cluster) -> requests.Response:
 def _chat(cluster, model: str, prompt: str) -> requests.Response:
     return requests.post(f"{cluster['TELA_GATEWAY_URL']}/chat/completions", timeout=120,
                          json={"model": model, "messages": [{"role": "user", "content": prompt}]},
-                         headers={"Authorization": "Bearer sk-a-caller"})
+                         headers={"Authorization": f"Bearer {cluster['TELA_GATEWAY_API_KEY']}"})
 
 
 def _served_key(cluster, want: str, timeout: float = 120) -> str | None:
