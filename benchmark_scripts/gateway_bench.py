@@ -155,13 +155,15 @@ def train_champions(root: str, kinds: list[str], n: int, tmp: Path) -> dict[str,
     labels.to_csv(labels_file, index=False)
     load_benchmark("mmlu").query("holdout").head(400)[["prompt"]].to_json(calib_file, orient="records", lines=True)
     keys = {}
-    for kind in kinds:
+    for label in kinds:
         started = time.time()
+        kind, _, representation = label.partition(":")  # "ensemble:minilm-static": that representation
+        params = ["--params", json.dumps({"representation": representation})] if representation else []
         ref = tela(root, "train", "--labels", str(labels_file), "--router-type", kind, "--strong-model", BIG,
-                   "--weak-model", SMALL)
+                   "--weak-model", SMALL, *params)
         tela(root, "calibrate", "--router", ref["key"], "--input", str(calib_file), "--share", "0.5")
-        keys[kind] = ref["key"]
-        print(f"trained and calibrated {kind}: {ref['key']} ({time.time() - started:.0f} s)", flush=True)
+        keys[label] = ref["key"]
+        print(f"trained and calibrated {label}: {ref['key']} ({time.time() - started:.0f} s)", flush=True)
     return keys
 
 
@@ -383,7 +385,8 @@ def main() -> int:
     ap.add_argument("--router", action="append", default=[], metavar="LABEL=KEY",
                     help="a router artifact (in --artifact-root) to serve; repeatable. Default: train ensemble and random")
     ap.add_argument("--artifact-root", help="where --router artifacts live (default: a temporary root)")
-    ap.add_argument("--kinds", nargs="+", default=["random", "ensemble"], help="router kinds to train without --router")
+    ap.add_argument("--kinds", nargs="+", default=["random", "ensemble"], help="router kinds to train without --router; KIND:REPRESENTATION trains on that "
+                         "representation (e.g. ensemble:minilm-static)")
     ap.add_argument("--train-prompts", type=int, default=1000)
     ap.add_argument("--latency", type=float, default=0.05, help="upstream answer time, seconds")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
