@@ -36,7 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from router_tasks.labeling.llm_client import Endpoint, chat_many, open_endpoint  # noqa: E402
+from router_tasks.core.endpoints import Endpoint  # noqa: E402
+from router_tasks.labeling.llm_client import chat_many, open_endpoint  # noqa: E402
 from tests.openai_test_server import Faults, ScriptedOpenAIServer, last_user_text  # noqa: E402
 
 

@@ -44,7 +44,7 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     verdict, a leakage refusal."""
     from router_tasks.data.quality import DataQualityError
     from router_tasks.evaluation.metrics import LeakageError
-    from router_tasks.labeling.llm_client import MissingEndpointKey
+    from router_tasks.core.endpoints import MissingEndpointKey
 
     return (ValueError, TypeError, LookupError, MissingEndpointKey, DataQualityError, LeakageError)
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from router_tasks.labeling.generate import ANSWER_COLUMNS, answer_prompts
 from router_tasks.labeling.judge import JUDGEMENT_COLUMNS, grade_answers, judge_endpoint
-from router_tasks.labeling.llm_client import Endpoint
+from router_tasks.core.endpoints import Endpoint
 from router_tasks.data.table_files import read_table_file, write_table_file
 from router_tasks.core.store import ArtifactStore
 

@@ -39,7 +39,8 @@ import pandas as pd
 
 from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.data.ingest import prompt_shards, read_prompt_shard
-from router_tasks.labeling.llm_client import ChatResult, Endpoint, EndpointSession, ask_all, endpoint_cache
+from router_tasks.core.endpoints import Endpoint, parse_endpoints
+from router_tasks.labeling.llm_client import ChatResult, EndpointSession, ask_all, endpoint_cache
 from router_tasks.data.quality import resolve_thresholds
 from router_tasks.core.stage import StageContext, load_table, part_inputs, run_stage
 from router_tasks.core.store import ArtifactStore
@@ -54,17 +55,6 @@ BATCH_ROWS = 2000
 
 ANSWERS_SHARD_FILE = "shards/{:05d}.parquet"
 ANSWER_COLUMNS = ["prompt_id", "model", "answer", "finish_reason", "error", "input_tokens", "output_tokens", "latency_s"]
-
-
-def parse_endpoints(models: list[dict], *, defaults: dict | None = None, where: str = "models") -> list[Endpoint]:
-    if not isinstance(models, (list, tuple)) or not models:
-        raise ValueError(f"{where}: expected a non-empty list of endpoint dicts")
-    endpoints = [Endpoint.from_dict(m, defaults=defaults, where=f"{where}[{i}]") for i, m in enumerate(models)]
-    names = [e.name for e in endpoints]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"{where}: model names must be unique; repeated: {dupes}")
-    return endpoints
 
 
 def _answers_frame(rows: "list[dict] | pd.DataFrame") -> pd.DataFrame:

@@ -48,9 +48,10 @@ from router_tasks.data.ingest import prompt_shards, read_prompt_shard
 from router_tasks.labeling.exact_match import (LETTERS, extract_letter, extract_number,  # noqa: F401 (re-exported)
                                                grade_exact, normalize_number, numbers_equal)
 from router_tasks.labeling.generate import (ANSWERS_SHARD_FILE, BATCH_ROWS, check_failure_rate, check_prompts,
-                                            parse_endpoints, sum_stats)
+                                            sum_stats)
 from router_tasks.labeling.ledger import ledger_entry
-from router_tasks.labeling.llm_client import Endpoint, EndpointSession, endpoint_cache
+from router_tasks.core.endpoints import Endpoint, parse_endpoints
+from router_tasks.labeling.llm_client import EndpointSession, endpoint_cache
 from router_tasks.labeling.panel import READER_VERSION, Judged, ask_panel, panel_name, total_stats
 from router_tasks.labeling.verdicts import VOTES, parse_verdict  # noqa: F401 (re-exported)
 from router_tasks.data.quality import resolve_thresholds
@@ -451,7 +452,7 @@ def judge_answers(
 ) -> dict:
     """Grade the `answers` artifact against the `prompts` artifact; return the judgements ref.
 
-    `judge` is an endpoint dict (see `llm_client.Endpoint`) for rows graded by reference;
+    `judge` is an endpoint dict (see `core.endpoints.Endpoint`) for rows graded by reference;
     `judges` (a list of them) replaces it with a panel whose verdicts are voted (`vote`:
     "majority" or "mean"). Without either such rows get failure_reason "no judge
     configured". The DAG's plan -> parts -> combine, in one process.

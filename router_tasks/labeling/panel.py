@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from router_tasks.labeling import verdicts as vd
 from router_tasks.labeling.generate import sum_stats
-from router_tasks.labeling.llm_client import Endpoint, EndpointSession, ask_all, endpoint_cache
+from router_tasks.core.endpoints import Endpoint
+from router_tasks.labeling.llm_client import EndpointSession, ask_all, endpoint_cache
 from router_tasks.labeling.verdicts import Verdict, Vote
 
 #: bump when the reading of verdicts changes: judgements read from cached replies change too

@@ -19,7 +19,8 @@ import time
 import pandas as pd
 
 from router_tasks.data.ingest import SHARD_FILE, prompt_shards
-from router_tasks.labeling.generate import answer_prompts, check_failure_rate, parse_endpoints, sum_stats
+from router_tasks.core.endpoints import parse_endpoints
+from router_tasks.labeling.generate import answer_prompts, check_failure_rate, sum_stats
 from router_tasks.labeling.llm_client import EndpointSession, endpoint_cache
 from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.core.schemas import cell_text

@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 from router_tasks.core import defaults
 from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.core.store import ArtifactStore
-from router_tasks.labeling.llm_client import Endpoint
+from router_tasks.core.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 
-from router_tasks.labeling.generate import parse_endpoints
-from router_tasks.labeling.llm_client import Endpoint
+from router_tasks.core.endpoints import Endpoint, parse_endpoints
 
 #: the environment variable a worker process reads its GatewayConfig from
 CONFIG_ENV = "TELA_GATEWAY_CONFIG"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from router_tasks.labeling.llm_client import Endpoint
+from router_tasks.core.endpoints import Endpoint
 from router_tasks.labeling.llm_server import REUSE_ENV
 from router_tasks.serving.metrics import Metrics
 

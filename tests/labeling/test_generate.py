@@ -10,7 +10,7 @@ import pytest
 from router_tasks.labeling.generate import ANSWER_COLUMNS, combine_answers, generate_answers, generate_part, plan_generation
 from router_tasks.labeling.request_cache import CACHE_PREFIX
 from router_tasks.core.stage import MANIFEST
-from router_tasks.labeling.llm_client import Endpoint
+from router_tasks.core.endpoints import Endpoint
 from router_tasks.core.stage import find_complete, load_table, read_manifest
 from router_tasks.core.store import ArtifactStore
 from tests.openai_test_server import FAST_RETRY, Reply, ScriptedOpenAIServer, last_user_text, write_prompts

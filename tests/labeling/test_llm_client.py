@@ -91,7 +91,8 @@ def test_a_truncated_reply_is_retried_like_an_http_error(local_root):
 def test_chat_many_stops_sending_once_a_worker_gets_a_fatal_reply(monkeypatch):
     import pytest
 
-    from router_tasks.labeling.llm_client import Endpoint, EndpointSession, chat_many
+    from router_tasks.core.endpoints import Endpoint
+    from router_tasks.labeling.llm_client import EndpointSession, chat_many
 
     monkeypatch.setenv("CM_WRONG_KEY", "sk-not-the-key")
     with ScriptedOpenAIServer(lambda body: "fine", api_key="the-right-key") as srv:

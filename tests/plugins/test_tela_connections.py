@@ -6,7 +6,7 @@ import json
 import os
 
 from router_tasks.labeling.generate import generate_answers
-from router_tasks.labeling.llm_client import Endpoint
+from router_tasks.core.endpoints import Endpoint
 from tests.openai_test_server import ScriptedOpenAIServer, write_prompts
 
 SECRET = "sk-from-an-airflow-connection-1234"

@@ -44,7 +44,7 @@ def test_transient_errors_are_left_to_the_retries():
 
 
 def test_a_missing_endpoint_key_fails_at_once_naming_what_was_looked_for():
-    from router_tasks.labeling.llm_client import Endpoint, MissingEndpointKey
+    from router_tasks.core.endpoints import Endpoint, MissingEndpointKey
 
     ep = Endpoint.from_dict({"name": "acme-large", "model": "large", "base_url": "http://127.0.0.1:9/v1",
                              "api_key_env": "ACME_KEY_NOT_SET_ANYWHERE", "conn_id": "acme_conn"})
