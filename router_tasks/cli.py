@@ -403,7 +403,7 @@ def _score_args(s):
 
 @command("score", "score prompts with a router", _score_args)
 def score(args, ctx: Context) -> int:
-    from router_tasks.routers.scoring import score_prompts
+    from router_tasks.routing.scoring import score_prompts
 
     out = score_prompts(args.router, args.input, args.output, artifact_root=ctx.root,
                         **({"prices": args.prices} if getattr(args, "prices", None) else {}))
@@ -425,7 +425,7 @@ def _route_args(s):
 
 @command("route", "choose a model per prompt among a pool, by predicted quality and cost", _route_args)
 def route(args, ctx: Context) -> int:
-    from router_tasks.routers.scoring import route_prompts
+    from router_tasks.routing.scoring import route_prompts
 
     share = None
     if args.share:

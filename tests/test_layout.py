@@ -16,10 +16,12 @@ LEVELS = {
     "data": 1,
     "labeling": 2,
     "routers": 2,
-    "evaluation": 3,
-    "lifecycle": 4,
-    "serving": 5,
-    "": 6,  # the entry points at the top: cli, pipeline
+    "routing": 3,
+    "training": 3,
+    "evaluation": 4,
+    "lifecycle": 5,
+    "serving": 6,
+    "": 7,  # the entry points at the top: cli, pipeline
 }
 
 

@@ -8,9 +8,10 @@ does the same with `np.percentile`). Routing rule, as everywhere here: a prompt 
 strong model when `strong_win_rate >= threshold`.
 
 Ties matter: a kNN router gives many prompts the same score, so not every share is
-reachable. `threshold_for_share` returns the reachable share nearest the target (the
-lower, cheaper one when two are equally near) and says what it achieves; the RouteLLM
-percentile value is kept beside it for comparison with published thresholds.
+reachable. `routing.thresholds.threshold_for_share` returns the reachable share nearest the
+target and says what it achieves; the RouteLLM percentile value is kept beside it for
+comparison with published thresholds. The maths (thresholds, the many-model
+`target_for_budget`) lives in `router_tasks.routing.thresholds`; this module is the stage.
 
 Stored with the router as a `calibrate` artifact whose input is the router's train
 artifact (stages/calibrate/<key>/):
@@ -31,42 +32,15 @@ import pandas as pd
 from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage, stable_hash
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data.table_files import read_prompts
+from router_tasks.routers import load_router, resolve_router_key
+from router_tasks.routing.thresholds import NEUTRAL_THRESHOLD, checked_scores, target_for_budget, threshold_for_share
 
 log = logging.getLogger(__name__)
 
 STAGE = "calibrate"
 STAGE_VERSION = "1"
 CALIBRATION_FILE = "calibration.json"
-
-
-def checked_scores(scores: Sequence[float]) -> np.ndarray:
-    """A calibration sample's scores as a flat float array; raises on an empty sample or a
-    non-finite score (naming the prompt's position)."""
-    s = np.asarray(scores, dtype=float).reshape(-1)
-    if not len(s):
-        raise ValueError("cannot calibrate on an empty sample of prompts")
-    bad = np.flatnonzero(~np.isfinite(s))
-    if len(bad):
-        raise ValueError(f"score of sample prompt #{bad[0]} is {s[bad[0]]}")
-    return s
-
-
-def threshold_for_share(scores: Sequence[float], target_share: float) -> tuple[float, float]:
-    """(threshold, achieved share of scores >= threshold) nearest `target_share`.
-
-    Candidates are every distinct score (its share counts all ties at once) and one value
-    just above the maximum (share 0).
-    """
-    if not 0.0 <= float(target_share) <= 1.0:
-        raise ValueError(f"target strong share must be in [0, 1], got {target_share}")
-    s = checked_scores(scores)
-    distinct = np.unique(s)[::-1]  # descending
-    shares = np.array([(s >= t).mean() for t in distinct])
-    thresholds = np.concatenate([[np.nextafter(distinct[0], np.inf)], distinct])
-    shares = np.concatenate([[0.0], shares])
-    gap = np.abs(shares - float(target_share))
-    best = int(np.flatnonzero(np.isclose(gap, gap.min(), rtol=0, atol=1e-12))[0])  # first = lowest share
-    return float(thresholds[best]), float(shares[best])
 
 
 def _sample(prompts, store: ArtifactStore) -> tuple[list[str], dict | None, str]:
@@ -78,8 +52,6 @@ def _sample(prompts, store: ArtifactStore) -> tuple[list[str], dict | None, str]
             raise ValueError(f"{store.uri(ref['key'])}: no 'prompt' column (columns: {list(table.columns)})")
         return table["prompt"].astype(str).tolist(), ref, ref["key"]
     if isinstance(prompts, str):
-        from router_tasks.data.table_files import read_prompts
-
         return read_prompts(prompts), None, prompts
     texts = list(prompts)
     for i, p in enumerate(texts):
@@ -91,8 +63,6 @@ def _sample(prompts, store: ArtifactStore) -> tuple[list[str], dict | None, str]
 def _calibrate(router, prompts, config: dict, decide, artifact_root: str | None) -> dict:
     """Shared by both calibrations: resolve the router and the sample, run `decide(r, texts,
     ctx)` (which returns the calibration dict and the per-prompt table) as a stage."""
-    from router_tasks.routers import resolve_router_key
-
     rstore, rkey = resolve_router_key(router, ArtifactStore(artifact_root))
     store = rstore  # the calibration is stored beside the router it belongs to
     router_ref = resolve_ref(rkey, store)
@@ -107,8 +77,6 @@ def _calibrate(router, prompts, config: dict, decide, artifact_root: str | None)
         config["prompts_sha"] = stable_hash(texts, length=32)
 
     def compute(ctx) -> None:
-        from router_tasks.routers import load_router
-
         r = load_router(ctx.inputs["router"].to_dict(), ctx.store)
         result, table = decide(r, texts)
         result = {"router": ctx.inputs["router"].to_dict(), "kind": r.meta.get("kind"),
@@ -118,13 +86,6 @@ def _calibrate(router, prompts, config: dict, decide, artifact_root: str | None)
         ctx.stats.update({k: v for k, v in result.items() if isinstance(v, (int, float))})
 
     return run_stage(STAGE, STAGE_VERSION, compute, inputs=inputs, config=config, store=store)
-
-
-#: `strong_win_rate` is the predicted quality gap mapped to [0, 1]: at 0.5 neither model is
-#: predicted better. The router's own rule when nobody chose a strong share: the strong
-#: model only where it is predicted strictly better (the next float above 0.5, as the rule
-#: is `>=`), so prompts both models are predicted to answer equally well go to the cheaper.
-NEUTRAL_THRESHOLD = float(np.nextafter(0.5, 1.0))
 
 
 def calibrate_router(
@@ -174,35 +135,6 @@ def calibrate_router(
 
     config = {"target_strong_share": None if target_strong_share is None else float(target_strong_share)}
     return _calibrate(router, prompts, config, decide, artifact_root)
-
-
-def target_for_budget(
-    quality: pd.DataFrame,
-    prices: dict,
-    budget_per_prompt: float,
-    *,
-    tokens_per_prompt=None,
-) -> tuple[float, pd.Series, float]:
-    """Many models: the highest quality target whose `cheapest_adequate` routing keeps the
-    mean cost per prompt within `budget_per_prompt`. Returns (target, choice, mean cost).
-
-    Candidates are 0 and every distinct predicted quality (between them the choice cannot
-    change); all are tried and the largest affordable one wins. If even target 0 (the
-    cheapest model for every prompt) is over budget, the answer is 0 and the returned
-    cost says by how much the budget is missed.
-    """
-    from router_tasks.routers.routing import cheapest_adequate, routing_cost
-
-    if not float(budget_per_prompt) >= 0:
-        raise ValueError(f"budget_per_prompt must be >= 0, got {budget_per_prompt}")
-    candidates = np.unique(np.concatenate([[0.0], quality.to_numpy(float).ravel()]))
-    best = (0.0, cheapest_adequate(quality, prices, 0.0, tokens_per_prompt=tokens_per_prompt))
-    for t in candidates:
-        choice = cheapest_adequate(quality, prices, float(t), tokens_per_prompt=tokens_per_prompt)
-        if routing_cost(choice, prices, tokens_per_prompt=tokens_per_prompt) / len(quality) <= float(budget_per_prompt):
-            best = (float(t), choice)
-    target, choice = best
-    return target, choice, routing_cost(choice, prices, tokens_per_prompt=tokens_per_prompt) / len(quality)
 
 
 def calibrate_budget(

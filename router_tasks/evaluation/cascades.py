@@ -24,7 +24,7 @@ within the budget on the other folds (with verifier and router scores that thems
 come from inner cross-fitting, never from a model that saw the prompt), and reports what
 that choice does on the held-out fold.
 
-The live counterpart, for a gateway, is `router_tasks.routers.cascade` (same checks,
+The live counterpart, for a gateway, is `router_tasks.routing.cascade` (same checks,
 calling real endpoints).
 """
 

@@ -13,7 +13,7 @@ was fitted or chosen on:
 - **random**: a uniformly random pool model per prompt;
 - **one call per prompt, per router kind**: routers are trained per fold (k-fold by
   prompt) on the other folds' labels, predict every model's quality and cost on the
-  held-out prompts, and the frontier policy (`routers.routing.route_frontier`) meets each
+  held-out prompts, and the frontier policy (`routing.choice.route_frontier`) meets each
   budget by bisection on *predicted* cost; the point is the realised cost and accuracy;
 - **cascades** (`evaluation.cascades`): answer agreement, a trained verifier over the
   replies, the router's confidence; which cascade runs at a budget is chosen on the
@@ -168,7 +168,7 @@ def step_interp(x: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
 
 
 def oracle_points(correct: np.ndarray, cost: np.ndarray, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    from router_tasks.routers.routing import frontier_choice
+    from router_tasks.routing.choice import frontier_choice
 
     spread = float(np.ptp(cost)) or 1.0
     xs, ys = [], []
@@ -340,7 +340,7 @@ def _shrunk(q: np.ndarray, mean: np.ndarray, alpha: float) -> np.ndarray:
 
 def _frontier_outcome(data: TaskData, rows: np.ndarray, q: np.ndarray, c: np.ndarray, b: float,
                       pool: Sequence[str] | None = None):
-    from router_tasks.routers.routing import route_frontier
+    from router_tasks.routing.choice import route_frontier
 
     dec = route_frontier(pd.DataFrame(q[rows], columns=data.pool), pd.DataFrame(c[rows], columns=data.pool),
                          budget_per_prompt=float(b), pool=pool)
@@ -415,7 +415,7 @@ def one_call_nested_curve(data: TaskData, preds: dict, budgets: Sequence[float],
 def one_call_curve(data: TaskData, quality: np.ndarray, cost_pred: np.ndarray, budgets: Sequence[float],
                    policy: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The frontier policy at each budget (bisection on predicted cost), realised outcome."""
-    from router_tasks.routers.routing import route_frontier
+    from router_tasks.routing.choice import route_frontier
 
     qf = pd.DataFrame(quality, columns=data.pool)
     cf = pd.DataFrame(cost_pred, columns=data.pool)

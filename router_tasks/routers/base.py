@@ -3,7 +3,7 @@
 A router predicts, for each prompt, the expected quality in [0, 1] of every model it
 knows (probability of a good answer; a 1-5 score maps to (score - 1) / 4). The strong
 model is predicted like any other: it is not assumed perfect. Turning predictions into a
-choice is the routing policy's job (`router_tasks.routers.routing`), not the router's.
+choice is the routing policy's job (`router_tasks.routing.choice`), not the router's.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from router_tasks.core.store import ArtifactStore
 from router_tasks.routers import EmbeddingRouter, load_router, resolve_router_key
 from router_tasks.routers.embeddings import Embedder
 from router_tasks.serving.metrics import Metrics
-from router_tasks.serving.policy import DEFAULT_THRESHOLD, threshold_for_share_from
+from router_tasks.routing.policy import DEFAULT_THRESHOLD, threshold_for_share_from
 
 log = logging.getLogger(__name__)
 

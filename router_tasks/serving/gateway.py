@@ -57,7 +57,7 @@ from router_tasks.serving.parsing import (
     parse_json,
     read_body,
 )
-from router_tasks.serving.policy import AUTO, Policy, PolicyError, decide, parse_model_name, request_cost
+from router_tasks.routing.policy import AUTO, Policy, PolicyError, decide, parse_model_name, request_cost
 from router_tasks.serving.streams import StreamRelay
 from router_tasks.serving.traffic import TrafficLog, TrafficRecord
 from router_tasks.serving.upstream import Upstreams, UpstreamError

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from router_tasks.data import routellm as bm
-from router_tasks.evaluation.calibration import calibrate_router, read_calibration, threshold_for_share
+from router_tasks.evaluation.calibration import calibrate_router, read_calibration
+from router_tasks.routing.thresholds import threshold_for_share
 from router_tasks.routers import RandomRouter
 from router_tasks.core.stage import load_table, read_manifest, run_stage
 from router_tasks.core.store import ArtifactStore
@@ -93,7 +94,7 @@ def test_calibrate_random_router_stored_with_router(local_root, tmp_path):
 
 
 def test_target_for_budget_hand_computed():
-    from router_tasks.evaluation.calibration import target_for_budget
+    from router_tasks.routing.thresholds import target_for_budget
 
     # three prompts, three models; prices per call
     quality = pd.DataFrame(

@@ -17,7 +17,8 @@ from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text
 from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.evaluation.calibration import NEUTRAL_THRESHOLD, calibrate_router, read_calibration
+from router_tasks.evaluation.calibration import calibrate_router, read_calibration
+from router_tasks.routing.thresholds import NEUTRAL_THRESHOLD
 from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.lifecycle.publish import publish_router, read_champion
 from router_tasks.routers import load_router

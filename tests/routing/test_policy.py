@@ -2,7 +2,7 @@
 
 import pytest
 
-from router_tasks.serving.policy import PolicyError, parse_model_name
+from router_tasks.routing.policy import PolicyError, parse_model_name
 
 
 @pytest.mark.parametrize(

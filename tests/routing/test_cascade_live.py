@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from router_tasks.routers.cascade import Cascade, default_answer, run_cascade
+from router_tasks.routing.cascade import Cascade, default_answer, run_cascade
 
 
 class Endpoints:

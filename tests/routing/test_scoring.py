@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
 
-from router_tasks.routers.scoring import score_prompts
+from router_tasks.routing.scoring import score_prompts
 from router_tasks.core.store import ArtifactStore
 from router_tasks.routers.train import train_router
 
@@ -92,7 +92,7 @@ def test_no_champion_is_a_clear_error(tmp_path):
 
 def test_predictions_suite_rejects_nan_out_of_range_and_missing_rows():
     from router_tasks.data.quality import DataQualityError
-    from router_tasks.routers.scoring import check_predictions
+    from router_tasks.routing.scoring import check_predictions
 
     good = pd.DataFrame({"prompt": ["a", "b"], "strong_win_rate": [0.2, 0.9], "quality::m": [0.5, 1.0]})
     check_predictions(good, expected_rows=2)

@@ -14,7 +14,7 @@ that model (billed input tokens and the router's predicted reply length).
         (--target-quality Q | --budget-per-1k D | --share MODEL=S) --output OUT
 
 `route_prompts` writes the chosen `model` per prompt (the frontier policy,
-`routers.routing.route_frontier`), with its predicted quality and cost.
+`routing.choice.route_frontier`), with its predicted quality and cost.
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ import time
 import pandas as pd
 
 from router_tasks.core.prompts import prompt_id
-from router_tasks.routers import load_router
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data.quality import DataQualityError, format_failures, prediction_columns, predictions_suite, run_suite
 from router_tasks.data.table_files import check_output_path, read_prompts, write_table_file
+from router_tasks.data.zeroeval import read_prices
+from router_tasks.routers import load_router
+from router_tasks.routing.choice import route_frontier
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,6 @@ def resolve_prices(router, prices=None) -> dict | None:
     shape) or those stored with the router; None when neither exists."""
     if prices is None:
         return dict(router.prices) if getattr(router, "prices", None) else None
-    from router_tasks.data.zeroeval import read_prices
-
     return read_prices(prices)
 
 
@@ -66,8 +67,6 @@ def score_frame(router, prompts: list[str], prices: dict | None = None) -> pd.Da
 
 def check_predictions(out: pd.DataFrame, expected_rows: int) -> None:
     """The predictions suite: probabilities in [0, 1], no NaN, one row per input."""
-    from router_tasks.data.quality import DataQualityError, format_failures, prediction_columns, predictions_suite, run_suite
-
     res = run_suite(out, predictions_suite(prediction_columns(out), expected_rows=expected_rows), stage="score")
     if res.failures:
         raise DataQualityError(format_failures("router predictions", res.failures), res.failures, stage="score",
@@ -108,8 +107,6 @@ def route_prompts(
     """Choose a model per prompt among `pool` (default: every model the router knows)
     with the frontier policy; writes prompt, prompt_id, model, predicted_quality,
     predicted_cost. Returns (table, the policy's summary: lambda, means, shares)."""
-    from router_tasks.routers.routing import route_frontier
-
     check_output_path(output_path)
     prompts = read_prompts(input_path)
     loaded = load_router(router, ArtifactStore(artifact_root))

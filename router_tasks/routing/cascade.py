@@ -23,14 +23,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from router_tasks.data.zeroeval import extract_answer
+
 CHECKS = ("agreement", "verifier", "confidence")
 
 
 def default_answer(reply: str) -> str | None:
     """The reply's final answer, normalised for comparison: the first JSON object's
     `answer` (numbers compared as numbers), else the last number in the text."""
-    from router_tasks.data.zeroeval import extract_answer
-
     answer, _, _ = extract_answer(reply or "")
     if answer is None:
         nums = re.findall(r"-?\d+(?:\.\d+)?", (reply or "").replace(",", ""))

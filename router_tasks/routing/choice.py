@@ -16,7 +16,7 @@ Many models: `route_frontier` takes per-prompt predicted quality *and* predicted
 prompt, lambda set by bisection to meet a mean-quality target, a budget ($ per prompt or
 per 1k prompts) or a share of calls to a named model; `pool` routes among any subset of
 the models without retraining. `best_under_budget` is that policy with a mean budget.
-Cascades (several calls, answer-checked) are in `routers.cascade`.
+Cascades (several calls, answer-checked) are in `routing.cascade`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router_tasks.routers.routing import (
+from router_tasks.routing.choice import (
     best_under_budget,
     cheapest_adequate,
     route_frontier,

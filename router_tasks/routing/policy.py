@@ -8,7 +8,7 @@ predictions for one prompt.
     tela-budget@2.5           many models: the best predicted quality within $2.50 per 1k requests
     <anything else>           that upstream, unrouted
 
-The policy functions themselves live in `routers.routing` / `evaluation.calibration`;
+The policy functions themselves live in `routing.choice` / `routing.thresholds`;
 this module only parses names and orders the fallback chain.
 """
 
@@ -21,8 +21,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.evaluation.calibration import threshold_for_share
-from router_tasks.routers import routing
+from router_tasks.routing import choice as routing
+from router_tasks.routing.thresholds import threshold_for_share
 
 AUTO = "tela-auto"
 DEFAULT_THRESHOLD = 0.5  # used only when a router has no stored calibration (logged)
