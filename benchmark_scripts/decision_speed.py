@@ -43,7 +43,7 @@ from router_tasks.core.store import ArtifactStore
 from router_tasks.data import routellm as bm
 from router_tasks.routers import EmbeddingRouter, load_router
 from router_tasks.routers.embeddings import Embedder, model_path
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 LENGTHS = (16, 128, 512)
 

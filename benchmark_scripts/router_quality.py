@@ -57,7 +57,7 @@ from router_tasks.evaluation.crossfit import benchmark_labels, crossfit_evaluate
 from router_tasks.routers import EmbeddingRouter, make_router
 from router_tasks.routers.embeddings import Embedder
 from router_tasks.routers.ensemble import COMPONENTS
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 TRAIN_BENCHES = ("mmlu", "gsm8k")
 #: (column title, benchmark, protocol)

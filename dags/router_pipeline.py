@@ -35,7 +35,7 @@ from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
 from router_tasks.pipeline import STEP, SUMMARY_STAGES, ingest_source, labels_with_feedback
 from router_tasks.routers import ROUTERS
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 from router_tasks.data.validate import validate_labels
 
 
@@ -91,7 +91,7 @@ def announce_labels(labels: dict) -> dict:
 @task.branch
 def train_on(router_type: str, use_gpu: bool) -> str:
     """The train task to run: GPU routers (causal_llm) go to the gpu queue and pool."""
-    from router_tasks.routers.train import train_device
+    from router_tasks.training.train import train_device
 
     return f"train_router_{train_device(router_type, use_gpu)}"
 
@@ -105,7 +105,7 @@ def trained_router(on_cpu: dict | None, on_gpu: dict | None) -> dict:
 @task.branch
 def evaluate_on(router_type: str, use_gpu: bool) -> str:
     """The evaluate task to run: a GPU router is scored where it trained (gpu queue and pool)."""
-    from router_tasks.routers.train import train_device
+    from router_tasks.training.train import train_device
 
     return f"evaluate_router_{train_device(router_type, use_gpu)}"
 

@@ -1,7 +1,7 @@
 """Retraining: train -> evaluate -> publish, when new labels arrive or weekly, whichever
 comes first.
 
-Thin wiring only (the logic is `router_tasks.routers.train`, `.evaluate`, `.retraining`). Scheduled
+Thin wiring only (the logic is `router_tasks.training.train`, `.evaluate`, `.retraining`). Scheduled
 by the labels Asset (an event whose extra is `{"labels": ref, "settings": ...}`, see
 `router_tasks.lifecycle.retraining.record_labels`) OR a weekly cron; a cron or manual run without an
 event trains on the `labels` param, else the newest recorded labels. `loop_settings` decides
@@ -39,7 +39,7 @@ from tela_params import model_pair_params
 from router_tasks.core import defaults
 from router_tasks.evaluation.compare import compare_routers
 from router_tasks.evaluation.evaluate import evaluate_router
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 
 

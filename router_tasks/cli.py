@@ -214,7 +214,7 @@ def _train_args(s):
 
 @command("train", "train a router on validated labels", _train_args)
 def train(args, ctx: Context) -> int:
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     labels, strong, weak = _train_labels(args, ctx)
     prices = _read_prices(args.prices) if getattr(args, "prices", None) else None

@@ -30,7 +30,7 @@ from router_tasks.labeling.references import generate_references
 from router_tasks.lifecycle.loop_settings import SETTINGS_KEYS
 from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 from router_tasks.serving.feedback import feedback_labels_stage
 from router_tasks.serving.traffic import resolve_source
 

@@ -180,7 +180,7 @@ def random_router():
     from router_tasks.core.prompts import prompt_id
     from router_tasks.core.stage import run_stage
     from router_tasks.core.store import ArtifactStore
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     def make(root, name):
         texts = [f"a prompt the team sent, number {i}" for i in range(12)]

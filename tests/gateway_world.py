@@ -19,7 +19,7 @@ from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.evaluation.calibration import calibrate_router
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 from router_tasks.serving.config import GatewayConfig, parse_models_arg
 
 LARGE, SMALL = "acme-large", "acme-small"

@@ -16,7 +16,7 @@ def trained(tmp_path_factory):
     """A random router trained on a slice of the bundled RouteLLM labels, as champion."""
     from router_tasks.data.routellm import routellm_training_labels
     from router_tasks.core.stage import run_stage
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     root = str(tmp_path_factory.mktemp("cli") / "artifacts")
     labels = routellm_training_labels().groupby("benchmark").head(200).reset_index(drop=True)

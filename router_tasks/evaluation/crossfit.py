@@ -55,7 +55,7 @@ from router_tasks.evaluation.evaluate import (
 )
 from router_tasks.evaluation.own_labels import pair_prices
 from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
-from router_tasks.routers.train import training_labels_ref
+from router_tasks.training.train import training_labels_ref
 from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def crossfit_evaluate(
 
     def compute(ctx) -> None:
         from router_tasks.routers import load_router
-        from router_tasks.routers.train import train_router
+        from router_tasks.training.train import train_router
 
         started = time.time()
         b = bm.get_benchmark(benchmark)

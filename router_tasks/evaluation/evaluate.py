@@ -410,7 +410,7 @@ def evaluate_router(
     def compute(ctx) -> None:
         from router_tasks.evaluation.own_labels import OwnLabelsSkipped, evaluate_own_labels, evaluate_own_left_out
         from router_tasks.routers import load_router
-        from router_tasks.routers.train import training_labels_ref
+        from router_tasks.training.train import training_labels_ref
 
         ref = ctx.inputs["router"]
         r = load_router(ref.to_dict(), ctx.store)

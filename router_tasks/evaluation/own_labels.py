@@ -192,7 +192,7 @@ def _fold_predictions(router, labels_ref: ArtifactRef, labels: pd.DataFrame, sco
     """Per fold f: retrain the router's recipe on `labels` minus every prompt id in
     `drop[f]` (an artifact keyed by `fold_config(f)`), predict the scored prompts of fold f."""
     from router_tasks.routers import load_router
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     preds = []
     for f in sorted(drop):

@@ -37,7 +37,7 @@ def split_by_device(router_types: Sequence[str], use_gpu: bool = True) -> dict:
     mapped over each list, `order` lets `in_type_order` put their results back in the
     param's order. Unknown types fail here, before anything trains.
     """
-    from router_tasks.routers.train import train_device
+    from router_tasks.training.train import train_device
 
     types = list(router_types or [])
     if not types:

@@ -42,7 +42,7 @@ def _router(root, minilm_prompts):
     from router_tasks.core.prompts import prompt_id
     from router_tasks.core.stage import run_stage
     from router_tasks.core.store import ArtifactStore
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     rows = [dict(prompt_id=prompt_id(p), prompt=p, model=m, score=None, correct=ok, quality=float(ok),
                  source="test", benchmark="mmlu")

@@ -13,7 +13,7 @@ from router_tasks.routing.thresholds import threshold_for_share
 from router_tasks.routers import RandomRouter
 from router_tasks.core.stage import load_table, read_manifest, run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 STRONG, WEAK = bm.STRONG_MODEL, bm.WEAK_MODEL
 

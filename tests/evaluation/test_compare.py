@@ -8,7 +8,7 @@ from router_tasks.evaluation.compare import compare_routers
 from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.core.stage import load_table, run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 
 def test_compare_two_routers(local_root):

@@ -27,7 +27,7 @@ from router_tasks.evaluation.crossfit import (
 from router_tasks.routers import RandomRouter
 from router_tasks.core.stage import ArtifactRef, load_table, read_manifest, run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 STRONG, WEAK = bm.STRONG_MODEL, bm.WEAK_MODEL
 

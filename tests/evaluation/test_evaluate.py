@@ -173,7 +173,7 @@ def test_unknown_benchmark_fails_before_work(local_root):
 def test_random_router_trained_on_routellm_labels_on_s3(s3_root):
     """End to end with the real train stage and the real random router, on the S3 API:
     RouteLLM training labels never collide with the evaluation holdout."""
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     store = ArtifactStore(s3_root)
     labels = bm.routellm_training_labels([STRONG, WEAK])
@@ -240,7 +240,7 @@ def _two_dataset_labels(root, router_labels_artifact):
 
 def test_own_labels_left_out_by_dataset_show_what_does_not_transfer(minilm, local_root, router_labels_artifact):
     from router_tasks.evaluation.evaluate import OWN_LEFT_OUT, evaluate_router
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     labels = _two_dataset_labels(local_root, router_labels_artifact)
     router = train_router(labels, router_type="knn", strong_model="team-large", weak_model="team-small",
@@ -274,7 +274,7 @@ def test_own_labels_left_out_by_dataset_show_what_does_not_transfer(minilm, loca
 
 def test_one_own_dataset_is_a_stated_skip_not_a_figure(minilm, local_root, router_labels_artifact):
     from router_tasks.evaluation.evaluate import evaluate_router
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     labels = _two_dataset_labels(local_root, router_labels_artifact)
     df = ArtifactStore(local_root).read_parquet(f"{labels['key']}/data.parquet")
@@ -294,7 +294,7 @@ def test_prompt_file_categories_reach_the_labels_and_are_left_out_in_turn(minilm
     from router_tasks.core.stage import load_table, run_stage
     from router_tasks.data.labels import build_labels
     from router_tasks.data.validate import validate_labels
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     store = ArtifactStore(local_root)
     texts = {cat: [ask.format(item) for item in items for ask in _ASKS]

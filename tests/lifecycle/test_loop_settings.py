@@ -16,7 +16,7 @@ from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.lifecycle import loop_settings
 from router_tasks.lifecycle.publish import publish_router, read_champion
 from router_tasks.lifecycle.retraining import record_labels, retraining_settings
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 STRONG, WEAK = "osprey-xl", "finch-s"
 

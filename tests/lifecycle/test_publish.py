@@ -137,7 +137,7 @@ def test_quick_champion_is_rescored_on_the_challengers_full_spec(local_root):
     spec before the two are compared; the decision records both of its scores."""
     from router_tasks.data.routellm import routellm_training_labels
     from router_tasks.evaluation.evaluate import evaluate_router
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     labels = routellm_training_labels().groupby("benchmark").head(150).reset_index(drop=True)
     labels_ref = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(labels), store=ArtifactStore(local_root))
@@ -163,7 +163,7 @@ def test_champion_is_rescored_on_the_challengers_own_labels(local_root):
     those prompts), then compared."""
     from router_tasks.core.prompts import prompt_id
     from router_tasks.evaluation.evaluate import evaluate_router
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     def own_labels(n):
         rows = []

@@ -22,7 +22,7 @@ from router_tasks.routing.thresholds import NEUTRAL_THRESHOLD
 from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.lifecycle.publish import publish_router, read_champion
 from router_tasks.routers import load_router
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 from router_tasks.serving.config import GatewayConfig, parse_models_arg
 from router_tasks.serving.decisions import latest_calibration
 from router_tasks.serving.server import serve_in_thread

@@ -59,7 +59,7 @@ def test_save_load_identical_predictions(trained, local_root):
 
 
 def test_train_router_end_to_end(router_toy_labels, router_labels_artifact, local_root):
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     labels_ref = router_labels_artifact(router_toy_labels, local_root)
     ref = train_router(labels_ref, router_type="bert", strong_model=ROUTER_STRONG, weak_model=ROUTER_WEAK,

@@ -24,7 +24,7 @@ from router_tasks.routers.causal_llm import (
 )
 from router_tasks.core.stage import read_manifest
 from router_tasks.core.store import ArtifactStore
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 MODELS = [STRONG, WEAK]

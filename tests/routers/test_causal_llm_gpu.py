@@ -29,7 +29,7 @@ from router_tasks.routers.causal_llm import (
     check_template_deterministic,
     device_defaults,
 )
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 STRONG, WEAK = "acme/large-2", "acme/tiny-1"  # our own model names
 MODELS = [STRONG, WEAK]

@@ -138,7 +138,7 @@ def test_form_part_on_smollm2_vectors_learns_topics_and_survives_the_train_stage
     from router_tasks.core.store import ArtifactStore
     from router_tasks.routers import load_router
     from router_tasks.routers.embeddings import CACHE_PREFIX, EMBEDDING_MODELS, SMOLLM2_DIM
-    from router_tasks.routers.train import train_router
+    from router_tasks.training.train import train_router
 
     params = {"form_embedding": "smollm2-layer15", "select_components": ["form"], "knn_k": 10,
               "select_clusters": 6, "select_share": 0.34}

@@ -95,7 +95,7 @@ def test_random_router_is_per_prompt_deterministic():
 
 def test_gpu_routers_and_where_each_kind_trains():
     from router_tasks.routers import GPU_ROUTERS, ROUTERS, needs_gpu
-    from router_tasks.routers.train import train_device
+    from router_tasks.training.train import train_device
 
     assert GPU_ROUTERS == {"causal_llm"} == {k for k in ROUTERS if needs_gpu(k)}
     assert {k: train_device(k) for k in ROUTERS} == {k: "gpu" if k == "causal_llm" else "cpu" for k in ROUTERS}

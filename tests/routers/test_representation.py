@@ -17,7 +17,7 @@ from router_tasks.core.store import ArtifactStore
 from router_tasks.routers import load_router, make_router
 from router_tasks.routers import embeddings, static_embeddings
 from router_tasks.routers.embeddings import Embedder
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 pytestmark = pytest.mark.slow  # the first run on a machine builds the static table (1-2 min)
 

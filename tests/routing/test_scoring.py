@@ -10,7 +10,7 @@ from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER
 
 from router_tasks.routing.scoring import score_prompts
 from router_tasks.core.store import ArtifactStore
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 PROMPTS = [ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, "What is 5 + 1?", ROUTER_EASY_QUERY]
 

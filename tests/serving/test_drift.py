@@ -13,7 +13,7 @@ import pytest
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.routers import load_router
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 from router_tasks.serving import drift
 from router_tasks.serving.traffic import TrafficLog, export_window, read_window, resolve_source
 

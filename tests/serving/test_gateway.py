@@ -19,7 +19,7 @@ from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.evaluation.calibration import calibrate_router
 from router_tasks.routers import load_router
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 from router_tasks.serving.config import GatewayConfig, parse_models_arg
 from router_tasks.serving.server import serve_in_thread
 from router_tasks.serving.traffic import read_window

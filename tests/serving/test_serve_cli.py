@@ -21,7 +21,7 @@ from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text
 from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 TELA = str(Path(sys.executable).parent / "tela")
 

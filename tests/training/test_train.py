@@ -8,7 +8,7 @@ from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER
 from router_tasks.routers import load_router
 from router_tasks.core.stage import read_manifest
 from router_tasks.core.store import ArtifactStore
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 
 def test_train_knn_writes_a_loadable_router(router_toy_labels, router_labels_artifact, local_root):

@@ -8,7 +8,7 @@ from router_tasks.core.stage import read_manifest
 from router_tasks.core.store import ArtifactStore
 from router_tasks.routers import router_class
 from router_tasks.routers import embeddings
-from router_tasks.routers.train import train_router
+from router_tasks.training.train import train_router
 
 
 def test_the_embedding_model_id_changes_the_train_key(router_toy_labels, router_labels_artifact, local_root,

@@ -27,6 +27,7 @@ import pandas as pd
 
 from router_tasks.routers import EmbeddingRouter, make_router, needs_gpu, router_class, save_router
 from router_tasks.routers.common import check_labels, resolve_params
+from router_tasks.routers.embeddings import Embedder
 from router_tasks.core.schemas import check_strong_quality
 from router_tasks.core.stage import ArtifactRef, read_manifest, resolve_ref, run_stage
 from router_tasks.data.labels import own_eval_plan
@@ -99,7 +100,7 @@ def training_labels_ref(store: ArtifactStore, router_ref: ArtifactRef) -> dict:
     if not recorded:
         raise ValueError(
             f"router artifact {store.uri(router_ref.key)} records no 'labels' input in its manifest: "
-            "cannot retrain it (was it made by router_tasks.routers.train.train_router?)"
+            "cannot retrain it (was it made by router_tasks.training.train.train_router?)"
         )
     ref = resolve_ref(recorded["key"], store)
     if ref["fingerprint"] != recorded["fingerprint"]:
@@ -164,8 +165,6 @@ def train_router(
             log.info("own labels: %s; %d prompts kept out of training for evaluation", plan["why"], len(held))
         router = make_router(router_type, models, strong_model, weak_model, resolved)
         if isinstance(router, EmbeddingRouter):
-            from router_tasks.routers.embeddings import Embedder
-
             router.embedder = Embedder(store, model=router.representation)
         router.fit(table)
         router.fit_costs(full[full["quality"].notna()])
