@@ -1,18 +1,27 @@
-"""The one interface every router implements.
+"""The one interface every router implements, and what every router checks on its inputs.
 
 A router predicts, for each prompt, the expected quality in [0, 1] of every model it
 knows (probability of a good answer; a 1-5 score maps to (score - 1) / 4). The strong
 model is predicted like any other: it is not assumed perfect. Turning predictions into a
 choice is the routing policy's job (`router_tasks.routing.choice`), not the router's.
+
+Beside the interface: `check_labels` (the labels rows usable for training), `label_matrix`
+(labels as a prompts x models quality matrix), `resolve_params` (a kind's defaults overlaid
+with the given params) and `torch_threads` (torch's CPU threads for a router's work).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from abc import ABC, abstractmethod
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from router_tasks.core.schemas import ROUTER_LABEL_COLUMNS as LABEL_COLUMNS
+from router_tasks.data.tokens import TOKENIZER_NAME, count_tokens
 
 
 class Router(ABC):
@@ -90,8 +99,6 @@ class Router(ABC):
         the prompt's own count). Without `output_tokens` every model is assumed to write
         `DEFAULT_OUTPUT_TOKENS` (and the cost model says so).
         """
-        from router_tasks.data.tokens import TOKENIZER_NAME, count_tokens
-
         model = {"tokenizer": TOKENIZER_NAME, "input_offset": 0.0, "per_model": {}, "assumed": True,
                  "default_output_tokens": float(DEFAULT_OUTPUT_TOKENS)}
         if "output_tokens" in labels.columns and labels["output_tokens"].notna().any():
@@ -123,8 +130,6 @@ class Router(ABC):
 
     def predict_tokens(self, prompts: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
         """(billed input tokens per prompt, predicted output tokens per prompt and model)."""
-        from router_tasks.data.tokens import count_tokens
-
         cm = self.cost_model or {"input_offset": 0.0, "per_model": {}, "default_output_tokens": DEFAULT_OUTPUT_TOKENS}
         n_in = count_tokens(list(prompts)).astype(np.float64)
         x = np.log1p(n_in)
@@ -166,3 +171,89 @@ class Router(ABC):
 
 #: reply length assumed when the labels carry no output_tokens
 DEFAULT_OUTPUT_TOKENS = 256
+
+
+def check_labels(labels: pd.DataFrame, models: Sequence[str] | None = None) -> pd.DataFrame:
+    """Labels rows usable for training: required columns present, quality in [0, 1].
+
+    Rows whose quality is null (a failed judgement) carry no signal and are dropped;
+    anything else out of range is an upstream bug and raises, naming the row.
+    """
+    missing = [c for c in LABEL_COLUMNS if c not in labels.columns]
+    if missing:
+        raise ValueError(f"labels table lacks column(s) {missing}; has {list(labels.columns)}")
+    df = labels.loc[labels["quality"].notna(), list(LABEL_COLUMNS)].copy()
+    df["quality"] = df["quality"].astype(float)
+    bad = df[(df["quality"] < 0) | (df["quality"] > 1)]
+    if len(bad):
+        row = bad.iloc[0]
+        raise ValueError(
+            f"labels row {bad.index[0]} (prompt_id={row['prompt_id']}, model={row['model']}): "
+            f"quality {row['quality']} is outside [0, 1]"
+        )
+    for col in ("prompt_id", "prompt", "model"):
+        nulls = df[df[col].isna()]
+        if len(nulls):
+            raise ValueError(f"labels row {nulls.index[0]}: {col} is null")
+    if models is not None:
+        df = df[df["model"].isin(list(models))]
+    return df
+
+
+def resolve_params(router_cls, params: dict | None) -> dict:
+    """`router_cls.DEFAULT_PARAMS` overlaid with `params`; unknown names raise.
+
+    The train stage puts the resolved dict in its config, so changing a default in code
+    changes the artifact key instead of silently reusing a router trained the old way.
+    """
+    defaults = dict(getattr(router_cls, "DEFAULT_PARAMS", {}))
+    unknown = set(params or {}) - set(defaults)
+    if unknown:
+        raise ValueError(
+            f"{router_cls.kind} router: unknown param(s) {sorted(unknown)}; known: {sorted(defaults)}"
+        )
+    return {**defaults, **(params or {})}
+
+
+def label_matrix(labels: pd.DataFrame, models: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """(prompts table [prompt_id, prompt], quality matrix (n_prompts, n_models) with NaN gaps).
+
+    Duplicate (prompt, model) labels are averaged; prompts are sorted by id so the same
+    labels always give the same matrix, whatever their row order.
+    """
+    df = check_labels(labels, models)
+    q = df.groupby(["prompt_id", "model"], sort=True)["quality"].mean().unstack("model")
+    q = q.reindex(columns=list(models))
+    prompts = df.drop_duplicates("prompt_id").set_index("prompt_id")["prompt"].reindex(q.index)
+    table = pd.DataFrame({"prompt_id": q.index.astype(str), "prompt": prompts.to_numpy()})
+    return table, q.to_numpy(dtype=np.float64)
+
+
+def torch_threads(cpu_threads: int, on_gpu: bool, minimum_only: bool = False):
+    """Context manager: torch's CPU thread count for a router's work, then restored.
+
+    `cpu_threads` > 0 is used as given. Otherwise, on a GPU nothing changes; on the CPU it
+    is the cores the 1-minute load average leaves idle (at least 1): two threads on two
+    shared cores thrash (a training step went from 0.07 s to 3 s). `minimum_only` forces
+    one thread (tiny test models, where threads cost more than they give).
+    """
+    import torch  # heavy: only the routers that run torch pay for it
+
+    n = int(cpu_threads)
+    if n <= 0 and on_gpu:
+        return contextlib.nullcontext()
+    if n <= 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = 1 if minimum_only else max(1, min(torch.get_num_threads(), int(cores - busy + 0.5)))
+
+    @contextlib.contextmanager
+    def ctx():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return ctx()

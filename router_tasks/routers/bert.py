@@ -33,8 +33,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.routers.base import Router
-from router_tasks.routers.common import label_matrix, resolve_params
+from router_tasks.routers.base import Router, label_matrix, resolve_params, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +142,7 @@ class BertRouter(Router):
         return torch.device("cuda") if use_cuda else torch.device("cpu")
 
     def _threads(self):
-        """Torch's CPU thread count for this router's work (see `threads.torch_threads`)."""
-        from router_tasks.routers.threads import torch_threads
-
+        """Torch's CPU thread count for this router's work (see `base.torch_threads`)."""
         device = self._device or self._resolve_device()
         return torch_threads(int(self.params["cpu_threads"]), device.type == "cuda")
 

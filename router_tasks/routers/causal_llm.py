@@ -88,8 +88,7 @@ import numpy as np
 import pandas as pd
 
 from router_tasks.routers import causal_llm_launch as launch
-from router_tasks.routers.base import Router
-from router_tasks.routers.checks import check_labels, resolve_params
+from router_tasks.routers.base import Router, check_labels, resolve_params, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -838,9 +837,7 @@ class CausalLLMRouter(Router):
             return self._fit(labels)
 
     def _threads(self):
-        """Torch's CPU thread count for this router's work (see `threads.torch_threads`)."""
-        from router_tasks.routers.threads import torch_threads
-
+        """Torch's CPU thread count for this router's work (see `base.torch_threads`)."""
         n = int(self.params["cpu_threads"])
         on_gpu = n <= 0 and self._resolve_device().type == "cuda"
         return torch_threads(n, on_gpu, minimum_only=self.params["base_model"] == "tiny")

@@ -63,7 +63,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.routers.common import DEFAULT_REPRESENTATION, EmbeddingRouter, label_matrix
+from router_tasks.routers.base import label_matrix
+from router_tasks.routers.embedding_router import DEFAULT_REPRESENTATION, EmbeddingRouter
 from router_tasks.routers.ensemble_fast import CompiledBlend
 from router_tasks.routers.knn import KnnRouter
 

@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.routers.common import DEFAULT_REPRESENTATION, EmbeddingRouter, label_matrix
+from router_tasks.routers.base import label_matrix
+from router_tasks.routers.embedding_router import DEFAULT_REPRESENTATION, EmbeddingRouter
 
 WEIGHTS_FILE = "knn.safetensors"
 #: query rows per similarity block: bounds memory at ~_BLOCK x n_train floats

@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.routers.common import DEFAULT_REPRESENTATION, EmbeddingRouter, label_matrix
+from router_tasks.routers.base import label_matrix
+from router_tasks.routers.embedding_router import DEFAULT_REPRESENTATION, EmbeddingRouter
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from router_tasks.core.prompts import normalize_prompt
-from router_tasks.routers.base import Router
-from router_tasks.routers.common import check_labels, resolve_params
+from router_tasks.routers.base import Router, check_labels, resolve_params
 
 
 class RandomRouter(Router):

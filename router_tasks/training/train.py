@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from router_tasks.routers import EmbeddingRouter, make_router, needs_gpu, router_class, save_router
-from router_tasks.routers.common import check_labels, resolve_params
+from router_tasks.routers.base import check_labels, resolve_params
 from router_tasks.routers.embeddings import Embedder
 from router_tasks.core.schemas import check_strong_quality
 from router_tasks.core.stage import ArtifactRef, read_manifest, resolve_ref, run_stage

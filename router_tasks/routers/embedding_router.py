@@ -1,4 +1,4 @@
-"""Shared pieces of the routers: the labels matrix and the embedding-based base class."""
+"""The base class of the routers that work on prompt vectors (knn, mf, ensemble)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from router_tasks.routers.base import Router
-# owned by checks (the causal-LLM router needs them without the embedding layer); re-exported
-from router_tasks.routers.checks import LABEL_COLUMNS, check_labels, resolve_params  # noqa: F401
+from router_tasks.routers.base import Router, resolve_params
+from router_tasks.routers.embeddings import (FITTED_REPRESENTATIONS, REPRESENTATIONS, Embedder, embedding_model,
+                                             fit_representation)
 
 #: the prompt representation of an embedding router that names none (and of every router
 #: saved before the param existed)
 DEFAULT_REPRESENTATION = "minilm"
-
-
-def label_matrix(labels: pd.DataFrame, models: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """(prompts table [prompt_id, prompt], quality matrix (n_prompts, n_models) with NaN gaps).
-
-    Duplicate (prompt, model) labels are averaged; prompts are sorted by id so the same
-    labels always give the same matrix, whatever their row order.
-    """
-    df = check_labels(labels, models)
-    q = df.groupby(["prompt_id", "model"], sort=True)["quality"].mean().unstack("model")
-    q = q.reindex(columns=list(models))
-    prompts = df.drop_duplicates("prompt_id").set_index("prompt_id")["prompt"].reindex(q.index)
-    table = pd.DataFrame({"prompt_id": q.index.astype(str), "prompt": prompts.to_numpy()})
-    return table, q.to_numpy(dtype=np.float64)
 
 
 class EmbeddingRouter(Router):
@@ -45,14 +31,10 @@ class EmbeddingRouter(Router):
 
     @classmethod
     def identity(cls, params: dict) -> dict:
-        from router_tasks.routers.embeddings import embedding_model
-
         name = params.get("representation") or DEFAULT_REPRESENTATION
         return {**super().identity(params), "embedding_model": embedding_model(name).model_id}
 
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
-        from router_tasks.routers.embeddings import REPRESENTATIONS
-
         super().__init__(models, strong_model, weak_model, resolve_params(self, params))
         if self.params.get("representation", DEFAULT_REPRESENTATION) not in REPRESENTATIONS:
             raise ValueError(f"{self.kind} router: unknown representation {self.params['representation']!r}; "
@@ -69,15 +51,11 @@ class EmbeddingRouter(Router):
     @property
     def embedder(self):
         if self._embedder is None:
-            from router_tasks.routers.embeddings import Embedder
-
             self._embedder = Embedder(model=self.representation)
         return self._embedder
 
     @embedder.setter
     def embedder(self, value) -> None:
-        from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder
-
         if isinstance(value, Embedder) and value.model.name != self.representation:
             value = value.with_model(self.representation)
         fitted = getattr(self._embedder, "fitted", None)
@@ -89,8 +67,6 @@ class EmbeddingRouter(Router):
     def fit_representation(self, texts: Sequence[str]) -> None:
         """Fit the representation on the training prompts where it is fitted per router
         (`embeddings.FITTED_REPRESENTATIONS`); the others need nothing. Called first by fit."""
-        from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder, fit_representation
-
         if self.representation not in FITTED_REPRESENTATIONS:
             return
         current = self._embedder
