@@ -7,7 +7,7 @@ Reads a raw RouteLLM release folder (default /work/shared/benchmarks/routellm, o
 $ROUTELLM_SOURCE) and writes zstd Parquet tables, the licence, SOURCE.md and
 MANIFEST.json (rows, bytes and sha256 of each table). Any set of MMLU subject files in
 the source works: the tables are built from whatever `mmlu_<subject>.csv` files exist.
-The parsing lives in `router_tasks.data.routellm.read_raw_release`, so the loaders can read a
+The parsing lives in `router_tasks.data.routellm_files.read_raw_release`, so the loaders can read a
 raw folder directly with exactly the same result.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router_tasks.data.routellm import TABLES, read_raw_release, write_compact  # noqa: E402
+from router_tasks.data.routellm_files import TABLES, read_raw_release, write_compact  # noqa: E402
 
 DEFAULT_SOURCE = os.environ.get("ROUTELLM_SOURCE", "/work/shared/benchmarks/routellm")
 DEFAULT_OUT = ROOT / "router_tasks" / "data" / "files" / "routellm"

@@ -18,6 +18,7 @@ import pandas as pd
 
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.evaluation.plots import finish_png, new_axes
 
 STAGE = "compare"
 STAGE_VERSION = "1"
@@ -25,8 +26,6 @@ COLUMNS = ["router", "kind", "benchmark", "protocol", "n_prompts", "apgr", "auc"
 
 
 def _plot(bench: str, curves: dict[str, pd.DataFrame], baseline: pd.DataFrame, row: pd.Series) -> bytes:
-    from router_tasks.evaluation.evaluate import finish_png, new_axes
-
     fig, ax = new_axes()
     for label, c in curves.items():
         ax.plot(100 * c["strong_share"], c["quality"], marker="o", markersize=3, label=label)

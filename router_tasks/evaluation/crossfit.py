@@ -42,7 +42,7 @@ import pandas as pd
 
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
-from router_tasks.evaluation.evaluate import (
+from router_tasks.evaluation.benchmark import (
     QUALITY_FLOOR,
     QUALITY_UNITS,
     LeakageError,
@@ -55,7 +55,8 @@ from router_tasks.evaluation.evaluate import (
 )
 from router_tasks.evaluation.own_labels import pair_prices
 from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
-from router_tasks.training.train import training_labels_ref
+from router_tasks.routers import ROUTER_FILE, load_router, resolve_router_key
+from router_tasks.training.train import train_router, training_labels_ref
 from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -223,8 +224,6 @@ def crossfit_evaluate(
     so `publish_router` can read it. `quality_target` and `prices` ({model: $ per 1M
     tokens}): the savings figures, as in `evaluate_router`.
     """
-    from router_tasks.routers import ROUTER_FILE, resolve_router_key
-
     store = ArtifactStore(artifact_root)
     bm.iter_benchmarks([benchmark])  # unknown names fail before any work
     rstore, rkey = resolve_router_key(router, store)
@@ -256,9 +255,6 @@ def crossfit_evaluate(
         config.update(protocol=protocol, group_column=group_column)
 
     def compute(ctx) -> None:
-        from router_tasks.routers import load_router
-        from router_tasks.training.train import train_router
-
         started = time.time()
         b = bm.get_benchmark(benchmark)
         full = b.table(strong, weak, split="all")

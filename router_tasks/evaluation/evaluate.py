@@ -26,6 +26,12 @@ metrics.json's `spec` is what a score depends on besides the router (benchmarks,
 prompt caps, holdout and data fingerprints, the own-labels set): publish compares a
 challenger with the champion only on the same spec.
 
+Code, top to bottom: `evaluate_router` (the stage entry: config and inputs) runs
+`evaluate_stage` (load the router and what it trained on), which calls `score_router` (the
+evaluation from in-memory inputs, no store needed for the holdout protocol) and
+`write_evaluation` (the files below). One benchmark's scoring, leakage check, plot and
+files are `router_tasks.evaluation.benchmark`.
+
 Outputs (stages/evaluate/<key>/):
     data.parquet             one row per benchmark, headline metrics (publish reads `apgr`)
     metrics.json             every metric, both modes, baselines, models, protocol
@@ -36,267 +42,32 @@ Outputs (stages/evaluate/<key>/):
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
-from router_tasks.evaluation.metrics import LeakageError
-from router_tasks.evaluation.own_labels import pair_prices
+from router_tasks.evaluation.benchmark import (PROTOCOLS, evaluate_benchmark, skip_reason, train_prompt_ids,
+                                               write_benchmark_outputs)
+from router_tasks.evaluation.own_labels import (OwnLabelsSkipped, cost_plot, evaluate_own_labels,
+                                                evaluate_own_left_out, prices_of, read_own_labels)
 from router_tasks.evaluation.report import OWN_LEFT_OUT, render_report
 from router_tasks.core.schemas import OWN_BENCHMARK, finite_or_none
 from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.routers import load_router
+from router_tasks.training.train import training_labels_ref
 
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
 STAGE_VERSION = "4"  # 2: report.md; 3: own labels, skipped benchmarks, spec; 4: own labels, each kind left out
-TRAIN_PROMPTS_FILE = "train_prompts.parquet"
-
-#: how each benchmark's quality reads (the metrics keep the benchmark's own units)
-QUALITY_UNITS = {"mmlu": "accuracy", "gsm8k": "accuracy", "mt-bench": "GPT-4 score (1-10)",
-                 OWN_BENCHMARK: "judged quality (0-1)"}
-#: the lowest quality of a benchmark's scale (0 unless named): "95% of the strong model's
-#: quality" is measured above it (`metrics.calls_saved`)
-QUALITY_FLOOR = {"mt-bench": 1.0}
-
-
-def train_prompt_ids(store: ArtifactStore, router_ref: ArtifactRef) -> set[str]:
-    """Prompt ids the router trained on, from its train artifact."""
-    key = f"{router_ref.key}/{TRAIN_PROMPTS_FILE}"
-    if not store.exists(key):
-        raise LeakageError(
-            f"router artifact {store.uri(router_ref.key)} has no {TRAIN_PROMPTS_FILE}: "
-            "cannot prove its training prompts are disjoint from the benchmarks, refusing to evaluate"
-        )
-    df = store.read_parquet(key)
-    if "prompt_id" not in df.columns:
-        raise LeakageError(f"{store.uri(key)} lacks a prompt_id column (has {list(df.columns)})")
-    return set(df["prompt_id"].astype(str))
-
-
-def check_no_leakage(bench: str, table: pd.DataFrame, trained: set[str]) -> None:
-    leaked = table.loc[table["prompt_id"].isin(trained), "prompt_id"]
-    if len(leaked):
-        raise LeakageError(
-            f"benchmark {bench!r}: {len(leaked)} of {len(table)} evaluation prompts are in the "
-            f"router's training prompts (e.g. prompt_id {leaked.iloc[0]}); scoring them would "
-            "overstate the router. Retrain without them (RouteLLM labels keep the eval holdout out) "
-            "or evaluate on other benchmarks."
-        )
-
-
-def strong_win_scores(router, bench: str, prompts: Sequence[str]) -> np.ndarray:
-    scores = np.asarray(router.strong_win_rate(list(prompts)), dtype=float).reshape(-1)
-    if len(scores) != len(prompts):
-        raise ValueError(f"benchmark {bench!r}: router returned {len(scores)} scores for {len(prompts)} prompts")
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if len(bad):
-        raise ValueError(
-            f"benchmark {bench!r}: router score of prompt #{bad[0]} ({prompts[bad[0]][:60]!r}) is {scores[bad[0]]}"
-        )
-    return scores
-
-
-def new_axes():
-    """(figure, axes) on an Agg canvas: no pyplot global state, safe in a worker process
-    with no display, whatever backend another import selected."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 5))
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot(1, 1, 1)
-
-
-def finish_png(fig, ax) -> bytes:
-    ax.set_xlabel("strong model calls (%)")
-    ax.set_xlim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _plot(bench: str, summary: dict, strong_model: str, weak_model: str, commercial: pd.DataFrame | None) -> bytes:
-    pct = QUALITY_UNITS.get(bench) == "accuracy"
-    scale = 100.0 if pct else 1.0
-    fig, ax = new_axes()
-    curves = summary["curves"]
-
-    def line(key, **kw):
-        c = curves[key]
-        ax.plot(100 * c["strong_share"], scale * c["quality"], **kw)
-
-    r, e = summary["routellm"], summary["exact"]
-
-    def f(v):
-        return "n/a" if v is None else f"{v:.3f}"
-
-    line(("exact", "router"), color="tab:blue", linewidth=1, alpha=0.5, label=f"router, per-prompt (APGR {f(e['apgr'])})")
-    line(("routellm", "router"), color="tab:blue", marker="o", label=f"router, 10 bins (APGR {f(r['apgr'])})")
-    line(("routellm", "random"), color="tab:gray", marker=".", label=f"random, 10 seeds (APGR {f(r['random_apgr'])})")
-    line(("exact", "oracle"), color="tab:green", linestyle=":", label=f"oracle (APGR {f(e['oracle_apgr'])})")
-    ax.axhline(scale * summary["strong_mean"], color="tab:red", linestyle="--", label=f"strong: {strong_model}")
-    ax.axhline(scale * summary["weak_mean"], color="black", linestyle="--", label=f"weak: {weak_model}")
-    if commercial is not None:
-        for i, row in commercial.iterrows():
-            color = ["tab:purple", "tab:orange", "tab:brown"][i % 3]
-            if row["strong_share"] == row["strong_share"]:  # known share: a point
-                ax.scatter([100 * row["strong_share"]], [scale * row["score"]], marker="*", s=160, color=color, zorder=5,
-                           label=f"{row['router']} ({row['score']:.2f})")
-            else:  # the router did not say which model answered: its score only
-                ax.axhline(scale * row["score"], color=color, linestyle="-.", linewidth=1,
-                           label=f"{row['router']} ({row['score']:.2f}, strong share unknown)")
-    ax.set_ylabel("accuracy (%)" if pct else QUALITY_UNITS.get(bench, "quality"))
-    ax.set_title(f"{bench}: {summary['n']} prompts")
-    return finish_png(fig, ax)
-
-
-#: protocols `evaluate_router` runs in one pass (cross-fit retrains: `router_tasks.evaluation.crossfit`)
-PROTOCOLS = ("holdout", "transfer")
-
-
-def protocol_table(b: "bm.Benchmark", protocol: str, strong_model: str, weak_model: str) -> pd.DataFrame:
-    """The prompts a protocol scores: "holdout" the fixed ~20% eval split of a benchmark
-    that also supplies training labels; "transfer" every decontaminated prompt (the leakage
-    check then proves the router never saw any of them)."""
-    if protocol == "transfer":
-        return b.table(strong_model, weak_model, split="all")
-    if protocol == "holdout":
-        if b.protocol != "holdout":
-            raise ValueError(
-                f"benchmark {b.name!r} has no training split, so no holdout protocol; use 'transfer' (or 'crossfit')"
-            )
-        return b.table(strong_model, weak_model, split="eval")
-    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (or 'crossfit' via router_tasks.evaluation.crossfit)")
-
-
-def evaluate_benchmark(
-    router,
-    bench: str,
-    strong_model: str,
-    weak_model: str,
-    trained: set[str],
-    *,
-    num_results: int = 10,
-    random_seeds: int = 10,
-    max_prompts: int | None = None,
-    protocol: str | None = None,
-    quality_target: float = mx.SAVINGS_LEVEL,
-    prices: dict[str, float] | None = None,
-) -> tuple[pd.DataFrame, dict, pd.DataFrame | None]:
-    """(scores table, summary from `metrics.summarize`, commercial points or None).
-
-    `protocol`: None follows the benchmark's own (`Benchmark.protocol`); see
-    `protocol_table` for "transfer" / "holdout". `prices` ({model: $ per 1M tokens}) give
-    the dollars saved where both models have one.
-    """
-    b = bm.get_benchmark(bench)
-    protocol = protocol or b.protocol
-    table = protocol_table(b, protocol, strong_model, weak_model)
-    if max_prompts is not None and len(table) > max_prompts:
-        # A deterministic subset (smallest prompt ids) for quick runs; the report says n.
-        table = table.sort_values("prompt_id").head(max_prompts).reset_index(drop=True)
-    if table.empty:
-        raise ValueError(f"benchmark {bench!r} has no evaluation prompts for {strong_model} vs {weak_model}")
-    check_no_leakage(bench, table, trained)
-    scores = strong_win_scores(router, bench, table["prompt"].tolist())
-    summary = mx.summarize(
-        scores, table["strong_quality"], table["weak_quality"], num_results=num_results, random_seeds=random_seeds,
-        quality_target=quality_target, prices=pair_prices(prices or {}, strong_model, weak_model),
-        quality_floor=QUALITY_FLOOR.get(bench, 0.0),
-    )
-    summary["protocol"] = protocol
-    return scored_table(table, scores), summary, commercial_points(bench, strong_model, weak_model)
-
-
-def scored_table(table: pd.DataFrame, scores, extra: tuple[str, ...] = ()) -> pd.DataFrame:
-    """The per-prompt scores file of a benchmark: ids, prompt, score, both models' quality."""
-    cols = {
-        "prompt_id": table["prompt_id"].astype(str),
-        "prompt": table["prompt"].astype(str),
-        "strong_win_rate": np.asarray(scores),
-        "strong_quality": table["strong_quality"],
-        "weak_quality": table["weak_quality"],
-        "category": table["category"],
-    }
-    return pd.DataFrame({**cols, **{c: table[c] for c in extra}})
-
-
-def commercial_points(bench: str, strong_model: str, weak_model: str) -> pd.DataFrame | None:
-    """The commercial routers' points on the bench's plot (MT-Bench only), or None."""
-    if bench != "mt-bench":
-        return None
-    points = bm.commercial_router_points(strong_model=strong_model, weak_model=weak_model)
-    return None if points.empty else points
-
-
-def _curves_table(summary: dict) -> pd.DataFrame:
-    parts = [c.assign(mode=mode, method=method) for (mode, method), c in summary["curves"].items()]
-    out = pd.concat(parts, ignore_index=True)
-    return out[["mode", "method", "threshold", "strong_share", "quality"]]
-
-
-def benchmark_report(bench: str, s: dict, strong: str, weak: str, commercial: pd.DataFrame | None) -> tuple[dict, dict]:
-    """(metrics.json entry, data.parquet row) of one benchmark's summary."""
-    entry = {
-        "protocol": s["protocol"],
-        "n_prompts": s["n"],
-        "quality_unit": QUALITY_UNITS.get(bench),
-        "strong_quality": s["strong_mean"],
-        "weak_quality": s["weak_mean"],
-        "quality_target": s.get("quality_target"),
-        "quality_floor": s.get("quality_floor"),
-        "prices": s.get("prices"),
-        "routellm": s["routellm"],
-        "exact": s["exact"],
-    }
-    if commercial is not None:
-        entry["commercial_routers"] = [
-            {k: finite_or_none(v) for k, v in rec.items()} for rec in commercial.to_dict(orient="records")
-        ]
-    row = {
-        "benchmark": bench,
-        "protocol": s["protocol"],
-        "n_prompts": s["n"],
-        "strong_model": strong,
-        "weak_model": weak,
-        "strong_quality": s["strong_mean"],
-        "weak_quality": s["weak_mean"],
-        "quality_target": s.get("quality_target"),
-    }
-    for mode, suffix in (("routellm", ""), ("exact", "_exact")):
-        for k, v in s[mode].items():
-            row[f"{k}{suffix}"] = np.nan if v is None else v
-    return entry, row
-
-
-def write_benchmark_outputs(
-    ctx, bench: str, scored: pd.DataFrame, s: dict, strong: str, weak: str, commercial: pd.DataFrame | None
-) -> tuple[dict, dict]:
-    """Write scores_/curves_/plot_<bench> into the stage context; returns `benchmark_report`."""
-    ctx.write_table(scored, f"scores_{bench}.parquet")
-    ctx.write_table(_curves_table(s), f"curves_{bench}.parquet")
-    ctx.write_file(f"plot_{bench}.png", _plot(bench, s, strong, weak, commercial))
-    return benchmark_report(bench, s, strong, weak, commercial)
-
-
-def skip_reason(bench: str, strong: str, weak: str) -> str | None:
-    """Why RouteLLM benchmark `bench` cannot score a strong/weak router, or None if it can."""
-    have = bm.get_benchmark(bench).models()
-    missing = [m for m in (strong, weak) if m not in have]
-    if missing:
-        return f"no results for {', '.join(missing)} in the bundled {bench} data (it has {len(have)} models, e.g. {have[0]})"
-    return None
 
 
 def evaluation_spec(config: dict, scored: list[str], own_plan: dict | None, own_used: ArtifactRef | None) -> dict:
@@ -316,8 +87,6 @@ def evaluation_spec(config: dict, scored: list[str], own_plan: dict | None, own_
 
 
 def _own_outputs(ctx, s: dict, strong: str, weak: str, scored: pd.DataFrame) -> tuple[dict, dict]:
-    from router_tasks.evaluation.own_labels import cost_plot
-
     entry, row = write_benchmark_outputs(ctx, OWN_BENCHMARK, scored, s, strong, weak, None)
     calibration, curve = s["calibration"], s["cost_curve"]
     ctx.write_table(calibration, f"calibration_{OWN_BENCHMARK}.parquet")
@@ -343,6 +112,231 @@ def _labels_ref(value, store: ArtifactStore) -> ArtifactRef:
                              f"the spec names {value['fingerprint']}")
         return ref
     return ArtifactRef.of(resolve_ref(value, store))
+
+
+@dataclass(frozen=True)
+class OwnLabels:
+    """The run's own labels to score a router on: the labels `table`, and the artifact
+    (`ref` in `store`) it was read from. The table alone scores the holdout protocol (enough
+    labels); the cross-fit protocol (few labels) and each kind left out retrain the router
+    per fold from the stored artifact."""
+
+    table: pd.DataFrame
+    ref: ArtifactRef | None = None
+    store: ArtifactStore | None = None
+
+
+@dataclass
+class BenchmarkResult:
+    """One scored benchmark: per-prompt scores (`scored_table`), the `metrics.summarize`
+    summary, the pair compared, the commercial routers' points and the seconds it took."""
+
+    name: str
+    scored: pd.DataFrame
+    summary: dict
+    strong: str
+    weak: str
+    commercial: pd.DataFrame | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Evaluation:
+    """What `score_router` found: the scored benchmarks (own labels first), the skipped ones
+    with the reason, and the own labels each kind left out (`left_out`: (scores table,
+    summary), a skip reason, or None when not tried)."""
+
+    results: list[BenchmarkResult] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    own_plan: dict | None = None
+    own_used: ArtifactRef | None = None
+    left_out: tuple[pd.DataFrame, dict] | str | None = None
+    left_out_seconds: float = 0.0
+
+
+def score_own_labels(router, own: OwnLabels, trained: set[str], ev: Evaluation, **settings) -> None:
+    """Score `router` on the run's own labels into `ev`: the own-labels benchmark, then (when
+    scored and stored) each kind of own traffic left out in turn. `settings`: `num_results`,
+    `random_seeds`, `max_prompts`, `quality_target`, `prices`."""
+    started = time.time()
+    try:
+        scored, s = evaluate_own_labels(router, own.table, trained, labels_ref=own.ref, store=own.store, **settings)
+    except (OwnLabelsSkipped, ValueError) as e:
+        ev.skipped[OWN_BENCHMARK] = str(e)
+        return
+    ev.own_plan, ev.own_used = s["plan"], own.ref
+    ev.results.append(BenchmarkResult(OWN_BENCHMARK, scored, s, router.strong_model, router.weak_model,
+                                      seconds=round(time.time() - started, 3)))
+    if own.ref is None or own.store is None:
+        return  # leaving a kind out retrains the router from the stored labels
+    # beside the own-labels figure, never in the headline rows: the publish metric stays what it was
+    started = time.time()
+    try:
+        ev.left_out = evaluate_own_left_out(router, own.table, own.ref, own.store,
+                                            num_results=settings["num_results"],
+                                            random_seeds=settings["random_seeds"])
+    except (OwnLabelsSkipped, ValueError) as e:
+        ev.left_out = str(e)
+    else:
+        ev.left_out_seconds = round(time.time() - started, 3)
+
+
+def score_router(
+    router,
+    trained: set[str],
+    *,
+    benchmarks: Sequence[str] = (),
+    own: OwnLabels | str | None = None,
+    strong_model: str | None = None,
+    weak_model: str | None = None,
+    num_results: int = 10,
+    random_seeds: int = 10,
+    max_prompts: int | None = None,
+    protocol: str | None = None,
+    quality_target: float = mx.SAVINGS_LEVEL,
+    prices: dict[str, float] | None = None,
+) -> Evaluation:
+    """Score a loaded router that trained on the prompt ids `trained`: the run's own labels
+    first (`own`: the labels, or the reason there are none), then each RouteLLM benchmark of
+    `benchmarks` that has results for the strong/weak pair (default the router's own; the
+    others are skipped with the reason). Reads and writes no artifact of its own; raises
+    LeakageError when a scored prompt is one the router trained on."""
+    prices = dict(prices or {})
+    ev = Evaluation()
+    if isinstance(own, str):
+        ev.skipped[OWN_BENCHMARK] = own
+    elif own is not None:
+        score_own_labels(router, own, trained, ev, num_results=num_results, random_seeds=random_seeds,
+                         max_prompts=max_prompts, quality_target=quality_target, prices=prices)
+    strong = strong_model or router.strong_model
+    weak = weak_model or router.weak_model
+    for bench in benchmarks:
+        reason = skip_reason(bench, strong, weak)
+        if reason:
+            ev.skipped[bench] = reason
+            log.info("%s skipped: %s", bench, reason)
+            continue
+        started = time.time()
+        scored, s, commercial = evaluate_benchmark(
+            router, bench, strong, weak, trained, num_results=num_results, random_seeds=random_seeds,
+            max_prompts=max_prompts, protocol=protocol, quality_target=quality_target, prices=prices,
+        )
+        ev.results.append(BenchmarkResult(bench, scored, s, strong, weak, commercial, round(time.time() - started, 3)))
+    return ev
+
+
+def own_labels_input(store: ArtifactStore, router_ref: ArtifactRef, own_ref: ArtifactRef | None) -> OwnLabels | str:
+    """The own labels to score on (`own_ref`, default the router's training labels), or the
+    reason there are none."""
+    try:
+        ref = own_ref or ArtifactRef.of(training_labels_ref(store, router_ref))
+        return OwnLabels(read_own_labels(ref, store), ref, store)
+    except (OwnLabelsSkipped, ValueError) as e:
+        return str(e)
+
+
+def left_out_entry(left_out: tuple[pd.DataFrame, dict] | str | None) -> dict | None:
+    """metrics.json's `own_left_out` entry."""
+    if left_out is None:
+        return None
+    if isinstance(left_out, str):
+        return {"skipped": left_out}
+    s = left_out[1]
+    return {k: s[k] for k in ("protocol", "group_by", "per_group", "left_in", "strong_mean",
+                              "weak_mean", "routellm", "exact")} | {"n_prompts": s["n"]}
+
+
+def metrics_report(ev: Evaluation, per_bench: dict, rows: list[dict], config: dict, *, router_ref: ArtifactRef,
+                   router, trained: set[str]) -> dict:
+    """metrics.json of an evaluation: the router, the pair, every benchmark's entry, the spec."""
+    strong = config["strong_model"] or router.strong_model
+    weak = config["weak_model"] or router.weak_model
+    training = router.meta.get("training_data") or {}
+    return {
+        "router": {
+            "key": router_ref.key,
+            "fingerprint": router_ref.fingerprint,
+            "kind": getattr(router, "kind", None),
+            "strong_model": router.strong_model,
+            "weak_model": router.weak_model,
+            "n_train_prompts": len(trained),
+        },
+        "strong_model": strong,
+        "weak_model": weak,
+        "strong_quality": training.get("strong_quality", "labeled"),
+        "holdout": {"fraction": bm.HOLDOUT_FRACTION, "salt": bm.HOLDOUT_SALT},
+        "num_results": config["num_results"],
+        "random_seeds": config["random_seeds"],
+        "quality_target": config["quality_target"],
+        "modes": {
+            "routellm": "RouteLLM repo method: thresholds at the 11 edges of 10 quantile bins, "
+            "trapezoid AUC over strong share, CPT by np.interp",
+            "exact": "every distinct score as a threshold (ties enter together), CPT at the first crossing",
+        },
+        "benchmarks": per_bench,
+        "own_left_out": left_out_entry(ev.left_out),
+        "skipped": ev.skipped,
+        "spec": evaluation_spec(config, [row["benchmark"] for row in rows], ev.own_plan, ev.own_used),
+    }
+
+
+def write_evaluation(ctx, ev: Evaluation, config: dict, router_ref: ArtifactRef, router, trained: set[str]) -> None:
+    """Write an evaluation into the stage context: each benchmark's files, metrics.json,
+    report.md and the headline table (data.parquet)."""
+    rows, per_bench, timings = [], {}, {}
+    for res in ev.results:
+        if res.name == OWN_BENCHMARK:
+            entry, row = _own_outputs(ctx, res.summary, res.strong, res.weak, res.scored)
+        else:
+            entry, row = write_benchmark_outputs(ctx, res.name, res.scored, res.summary, res.strong, res.weak,
+                                                 res.commercial)
+        per_bench[res.name] = entry
+        rows.append(row)
+        timings[res.name] = res.seconds
+    if isinstance(ev.left_out, tuple):
+        ctx.write_table(ev.left_out[0], f"scores_{OWN_LEFT_OUT}.parquet")
+        timings[OWN_LEFT_OUT] = ev.left_out_seconds
+    for row in rows:
+        log.info(
+            "%s (%s, n=%d): APGR %s (exact %s), CPT50 %s, calls saved at 95%% %s (exact %s), random %s, oracle %s",
+            row["benchmark"], row["protocol"], row["n_prompts"], row["apgr"], row["apgr_exact"], row["cpt50"],
+            row["calls_saved_at_95"], row["calls_saved_at_95_exact"], row["random_apgr"], row["oracle_apgr"],
+        )
+    report = metrics_report(ev, per_bench, rows, config, router_ref=router_ref, router=router, trained=trained)
+    ctx.write_file("metrics.json", json.dumps(report, indent=2, sort_keys=True, allow_nan=False, default=str).encode())
+    ctx.write_file("report.md", render_report(report, rows, data_fingerprint=config["data"],
+                                              labels=router.meta.get("training_data") or {}).encode())
+    ctx.write_table(pd.DataFrame(rows))
+    ctx.stats.update(
+        prompts_scored={b: per_bench[b]["n_prompts"] for b in per_bench},
+        skipped=ev.skipped,
+        seconds_per_benchmark=timings,
+        train_prompts=len(trained),
+    )
+
+
+def evaluate_stage(ctx, config: dict) -> None:
+    """The evaluate stage's compute: load the router and what it trained on, score it
+    (`score_router`), write the outputs (`write_evaluation`)."""
+    ref = ctx.inputs["router"]
+    r = load_router(ref.to_dict(), ctx.store)
+    strong = config["strong_model"] or r.strong_model
+    weak = config["weak_model"] or r.weak_model
+    if (strong, weak) != (r.strong_model, r.weak_model):
+        log.warning(
+            "evaluating on %s vs %s, but the router was trained for %s vs %s",
+            strong, weak, r.strong_model, r.weak_model,
+        )
+    trained = train_prompt_ids(ctx.store, ref)
+    own = own_labels_input(ctx.store, ref, ctx.inputs.get("own_labels")) if config["own"] else None
+    ev = score_router(
+        r, trained, benchmarks=config["benchmarks"], own=own, strong_model=strong, weak_model=weak,
+        num_results=config["num_results"], random_seeds=config["random_seeds"], max_prompts=config["max_prompts"],
+        protocol=config["protocol"], quality_target=config["quality_target"], prices=config["prices"],
+    )
+    if not ev.results:
+        raise ValueError("nothing to evaluate this router on: " + "; ".join(f"{b}: {why}" for b, why in ev.skipped.items()))
+    write_evaluation(ctx, ev, config, ref, r, trained)
 
 
 def evaluate_router(
@@ -376,8 +370,6 @@ def evaluate_router(
     per 1M tokens}, over the endpoints' own) give the dollars saved. Raises ValueError when
     nothing could be scored.
     """
-    from router_tasks.evaluation.own_labels import prices_of
-
     if protocol is not None and protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (cross-fit: router_tasks.evaluation.crossfit)")
     store = ArtifactStore(artifact_root)
@@ -407,111 +399,4 @@ def evaluate_router(
     }
     inputs = {"router": router_ref} | ({"own_labels": own_ref} if own_ref is not None else {})
 
-    def compute(ctx) -> None:
-        from router_tasks.evaluation.own_labels import OwnLabelsSkipped, evaluate_own_labels, evaluate_own_left_out
-        from router_tasks.routers import load_router
-        from router_tasks.training.train import training_labels_ref
-
-        ref = ctx.inputs["router"]
-        r = load_router(ref.to_dict(), ctx.store)
-        strong = strong_model or r.strong_model
-        weak = weak_model or r.weak_model
-        if (strong, weak) != (r.strong_model, r.weak_model):
-            log.warning(
-                "evaluating on %s vs %s, but the router was trained for %s vs %s",
-                strong, weak, r.strong_model, r.weak_model,
-            )
-        trained = train_prompt_ids(ctx.store, ref)
-        rows, per_bench, timings, skipped = [], {}, {}, {}
-        own_plan = own_used = None
-        if own:
-            started = time.time()
-            try:
-                labels_ref = own_ref or ArtifactRef.of(training_labels_ref(ctx.store, ref))
-                scored, s = evaluate_own_labels(r, labels_ref, ctx.store, trained, prices=prices,
-                                                num_results=num_results, random_seeds=random_seeds,
-                                                max_prompts=max_prompts, quality_target=quality_target)
-            except (OwnLabelsSkipped, ValueError) as e:
-                skipped[OWN_BENCHMARK] = str(e)
-            else:
-                own_plan, own_used = s["plan"], labels_ref
-                per_bench[OWN_BENCHMARK], row = _own_outputs(ctx, s, r.strong_model, r.weak_model, scored)
-                rows.append(row)
-                timings[OWN_BENCHMARK] = round(time.time() - started, 3)
-        left_out = None
-        if own and own_used is not None:
-            # beside the own-labels figure, never in `rows`: the publish metric stays what it was
-            started = time.time()
-            try:
-                table, s = evaluate_own_left_out(r, own_used, ctx.store, num_results=num_results,
-                                                 random_seeds=random_seeds)
-            except (OwnLabelsSkipped, ValueError) as e:
-                left_out = {"skipped": str(e)}
-            else:
-                ctx.write_table(table, f"scores_{OWN_LEFT_OUT}.parquet")
-                left_out = {k: s[k] for k in ("protocol", "group_by", "per_group", "left_in", "strong_mean",
-                                              "weak_mean", "routellm", "exact")} | {"n_prompts": s["n"]}
-                timings[OWN_LEFT_OUT] = round(time.time() - started, 3)
-        for bench in names:
-            reason = skip_reason(bench, strong, weak)
-            if reason:
-                skipped[bench] = reason
-                log.info("%s skipped: %s", bench, reason)
-                continue
-            started = time.time()
-            scored, s, commercial = evaluate_benchmark(
-                r, bench, strong, weak, trained, num_results=num_results, random_seeds=random_seeds,
-                max_prompts=max_prompts, protocol=protocol, quality_target=quality_target, prices=prices,
-            )
-            timings[bench] = round(time.time() - started, 3)
-            per_bench[bench], row = write_benchmark_outputs(ctx, bench, scored, s, strong, weak, commercial)
-            rows.append(row)
-        for row in rows:
-            log.info(
-                "%s (%s, n=%d): APGR %s (exact %s), CPT50 %s, calls saved at 95%% %s (exact %s), random %s, oracle %s",
-                row["benchmark"], row["protocol"], row["n_prompts"], row["apgr"], row["apgr_exact"], row["cpt50"],
-                row["calls_saved_at_95"], row["calls_saved_at_95_exact"], row["random_apgr"], row["oracle_apgr"],
-            )
-        if not rows:
-            raise ValueError("nothing to evaluate this router on: " + "; ".join(f"{b}: {why}" for b, why in skipped.items()))
-
-        spec = evaluation_spec(config, [row["benchmark"] for row in rows], own_plan, own_used)
-        training = r.meta.get("training_data") or {}
-        report = {
-            "router": {
-                "key": ref.key,
-                "fingerprint": ref.fingerprint,
-                "kind": getattr(r, "kind", None),
-                "strong_model": r.strong_model,
-                "weak_model": r.weak_model,
-                "n_train_prompts": len(trained),
-            },
-            "strong_model": strong,
-            "weak_model": weak,
-            "strong_quality": training.get("strong_quality", "labeled"),
-            "holdout": {"fraction": bm.HOLDOUT_FRACTION, "salt": bm.HOLDOUT_SALT},
-            "num_results": num_results,
-            "random_seeds": random_seeds,
-            "quality_target": float(quality_target),
-            "modes": {
-                "routellm": "RouteLLM repo method: thresholds at the 11 edges of 10 quantile bins, "
-                "trapezoid AUC over strong share, CPT by np.interp",
-                "exact": "every distinct score as a threshold (ties enter together), CPT at the first crossing",
-            },
-            "benchmarks": per_bench,
-            "own_left_out": left_out,
-            "skipped": skipped,
-            "spec": spec,
-        }
-        ctx.write_file("metrics.json", json.dumps(report, indent=2, sort_keys=True, allow_nan=False, default=str).encode())
-        ctx.write_file("report.md", render_report(report, rows, data_fingerprint=config["data"],
-                                                  labels=training).encode())
-        ctx.write_table(pd.DataFrame(rows))
-        ctx.stats.update(
-            prompts_scored={b: per_bench[b]["n_prompts"] for b in per_bench},
-            skipped=skipped,
-            seconds_per_benchmark=timings,
-            train_prompts=len(trained),
-        )
-
-    return run_stage(STAGE, STAGE_VERSION, compute, inputs=inputs, config=config, store=store)
+    return run_stage(STAGE, STAGE_VERSION, partial(evaluate_stage, config=config), inputs=inputs, config=config, store=store)

@@ -8,10 +8,13 @@ import json
 import logging
 
 from router_tasks.core.schemas import finite_or_none
-from router_tasks.core.stage import ArtifactRef
+from router_tasks.core.stage import ArtifactRef, load_table, resolve_ref
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data import routellm as bm
-from router_tasks.evaluation.evaluate import PROTOCOLS, LeakageError, evaluate_router
+from router_tasks.evaluation.crossfit import crossfit_evaluate
+from router_tasks.evaluation.evaluate import PROTOCOLS, evaluate_router
+from router_tasks.evaluation.metrics import LeakageError
+from router_tasks.routers import resolve_router_key
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +43,12 @@ def evaluate_to_dir(
     "transfer", "holdout", "crossfit", "leave-group-out", or None for the benchmark's own. Returns
     {"output_dir", "files", "artifact", "metrics"} (metrics: the data.parquet row).
     """
-    from router_tasks.routers import resolve_router_key
-    from router_tasks.core.stage import load_table, resolve_ref
-
     bm.iter_benchmarks([benchmark])
     if protocol not in (None, "crossfit", "leave-group-out", *PROTOCOLS):
         raise ValueError(f"unknown protocol {protocol!r}; expected 'transfer', 'holdout', 'crossfit' or 'leave-group-out'")
     store, key = resolve_router_key(router, ArtifactStore(artifact_root))
     router_ref = resolve_ref(key, store)  # artifacts go beside the router they evaluate
     if protocol in ("crossfit", "leave-group-out"):
-        from router_tasks.evaluation.crossfit import crossfit_evaluate
-
         ref = crossfit_evaluate(router_ref, benchmark, folds=folds, num_results=num_results,
                                 random_seeds=random_seeds, max_prompts=max_prompts, artifact_root=store.root,
                                 protocol=protocol, quality_target=quality_target, prices=prices)

@@ -24,6 +24,7 @@ next to each model alone.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 
 import numpy as np
@@ -34,6 +35,8 @@ from router_tasks.core.stage import ArtifactRef, run_stage
 from router_tasks.data.labels import own_eval_plan
 from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.metrics import LeakageError
+from router_tasks.routers import load_router
+from router_tasks.training.train import train_router
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +132,7 @@ def cost_curve(pred: pd.DataFrame, observed: pd.DataFrame, prices: dict[str, flo
 
 
 def cost_plot(curve: pd.DataFrame, n: int) -> bytes:
-    import io
-
+    # matplotlib is heavy: imported when a plot is drawn, not with the evaluation
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -154,9 +156,13 @@ def cost_plot(curve: pd.DataFrame, n: int) -> bytes:
     return buf.getvalue()
 
 
-def _read_own_labels(labels_ref: ArtifactRef, store) -> pd.DataFrame:
-    """The labels table, or OwnLabelsSkipped when it holds none of the run's own."""
-    labels = store.read_parquet(f"{labels_ref.key}/data.parquet")
+def read_own_labels(labels_ref: ArtifactRef, store) -> pd.DataFrame:
+    """The labels table of a labels artifact, or OwnLabelsSkipped when it holds none of the run's own."""
+    return checked_own_labels(store.read_parquet(f"{labels_ref.key}/data.parquet"))
+
+
+def checked_own_labels(labels: pd.DataFrame) -> pd.DataFrame:
+    """`labels`, or OwnLabelsSkipped when it holds none of the run's own."""
     if "source" not in labels or not is_own_source(labels["source"]).any():
         raise OwnLabelsSkipped("the router's labels hold no labels of the run's own (only bundled ones)")
     return labels
@@ -191,9 +197,6 @@ def _fold_predictions(router, labels_ref: ArtifactRef, labels: pd.DataFrame, sco
                       fold_of: pd.Series, drop: dict, store, fold_config) -> pd.DataFrame:
     """Per fold f: retrain the router's recipe on `labels` minus every prompt id in
     `drop[f]` (an artifact keyed by `fold_config(f)`), predict the scored prompts of fold f."""
-    from router_tasks.routers import load_router
-    from router_tasks.training.train import train_router
-
     preds = []
     for f in sorted(drop):
         fl = labels[~labels["prompt_id"].astype(str).isin(drop[f])].reset_index(drop=True)
@@ -210,7 +213,7 @@ def _fold_predictions(router, labels_ref: ArtifactRef, labels: pd.DataFrame, sco
     return pd.concat(preds).loc[scored.index]
 
 
-def evaluate_own_left_out(router, labels_ref: ArtifactRef, store, *, num_results: int,
+def evaluate_own_left_out(router, labels: pd.DataFrame, labels_ref: ArtifactRef, store, *, num_results: int,
                           random_seeds: int) -> tuple[pd.DataFrame, dict]:
     """(scores table, summary) of the own labels scored leave-one-group-out, or raise
     OwnLabelsSkipped with the reason (fewer than two groups big enough).
@@ -219,9 +222,10 @@ def evaluate_own_left_out(router, labels_ref: ArtifactRef, store, *, num_results
     `OWN_GROUP_MIN_PROMPTS` prompts labelled for both models, else the dataset. Each such
     group is a fold: the router's recipe is retrained on the labels minus *every* own
     prompt of that group and scores the group's prompts. The summary is the pooled figure
-    (`metrics.summarize` over all scored prompts) plus each group's own APGR.
+    (`metrics.summarize` over all scored prompts) plus each group's own APGR. `labels` is
+    the table of the artifact `labels_ref` in `store` (the folds' retraining starts from it).
     """
-    labels = _read_own_labels(labels_ref, store)
+    labels = checked_own_labels(labels)
     strong, weak = router.strong_model, router.weak_model
     own = labels[is_own_source(labels["source"]) & labels["quality"].notna()]
     observed = own_quality(labels)
@@ -276,12 +280,16 @@ def evaluate_own_left_out(router, labels_ref: ArtifactRef, store, *, num_results
     return table, s
 
 
-def evaluate_own_labels(router, labels_ref: ArtifactRef, store, trained: set[str], *, prices: dict[str, float],
+def evaluate_own_labels(router, labels: pd.DataFrame, trained: set[str], *, prices: dict[str, float],
                         num_results: int, random_seeds: int, max_prompts: int | None,
-                        quality_target: float = mx.SAVINGS_LEVEL):
+                        quality_target: float = mx.SAVINGS_LEVEL, labels_ref: ArtifactRef | None = None,
+                        store=None):
     """(scores table, `metrics.summarize` summary + "calibration"/"cost_curve"/"plan") for the
-    run's own labels, or raise OwnLabelsSkipped with the reason."""
-    labels = _read_own_labels(labels_ref, store)
+    run's own labels in `labels`, or raise OwnLabelsSkipped with the reason.
+
+    The holdout protocol (enough labels) needs the table only; the cross-fit protocol (few
+    labels) retrains the router per fold, from the labels artifact `labels_ref` in `store`."""
+    labels = checked_own_labels(labels)
     strong, weak = router.strong_model, router.weak_model
     plan = own_eval_plan(labels, strong, weak)
     if plan["protocol"] is None:
@@ -296,6 +304,9 @@ def evaluate_own_labels(router, labels_ref: ArtifactRef, store, trained: set[str
     if plan["protocol"] == "holdout":
         scored, pred, fold = _holdout_predictions(router, observed, plan, trained)
     else:
+        if labels_ref is None or store is None:
+            raise ValueError(f"{OWN_BENCHMARK}: {plan['why']}, which retrains the router: it needs the labels' "
+                             "artifact and store, not the table alone")
         scored, pred, fold = _crossfit_predictions(router, labels_ref, labels, observed, plan, store)
     pair = scored[[strong, weak]].dropna().index
     if len(pair) < 2:

@@ -35,6 +35,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -60,7 +61,7 @@ from router_tasks.serving.parsing import (
 from router_tasks.routing.policy import AUTO, Policy, PolicyError, decide, parse_model_name, request_cost
 from router_tasks.serving.streams import StreamRelay
 from router_tasks.serving.traffic import TrafficLog, TrafficRecord
-from router_tasks.serving.upstream import Upstreams, UpstreamError
+from router_tasks.serving.upstream import Upstream, UpstreamError, Upstreams
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,20 @@ if _LIBC is not None and not hasattr(_LIBC, "malloc_trim"):  # not glibc (musl, 
 
 REQUESTS = ("tela_requests_total", "Chat requests by policy, model, status and client key.")
 REFUSED = ("tela_refused_total", "Requests refused before an upstream was asked, by status and reason.")
+
+
+@dataclass
+class ChatCall:
+    """One chat request on its way through the handlers: the parsed body and its size (the
+    re-encoded payload's cap), the policy its model name asks for, the client key, the
+    traffic-log row it leaves and when it arrived (`time.perf_counter`)."""
+
+    body: dict
+    size: int
+    policy: Policy
+    client: ClientKey
+    record: TrafficRecord
+    started: float
 
 
 def _splice(raw: bytes, extra: bytes) -> bytes:
@@ -164,8 +179,9 @@ class Gateway:
             raise ApiError(503, "no router loaded yet", "server_error")
         record = TrafficRecord(policy.name, last_user_text(body["messages"]), key_name=_key_name(client),
                                stream=body.get("stream") is True)
-        chain, routing = await self._route(policy, loaded, body, record)
-        return await self._answer(body, len(raw), chain, routing, record, policy, client, started)
+        call = ChatCall(body, len(raw), policy, client, record, started)
+        chain, routing = await self._route(call, loaded)
+        return await self._answer(call, chain, routing)
 
     async def _admit(self, request) -> ClientKey:
         return await self.auth.admit(request.headers.get("authorization"))
@@ -184,43 +200,27 @@ class Gateway:
 
         return handle
 
-    async def _route(self, policy: Policy, loaded: LoadedRouter, body: dict, record: TrafficRecord):
+    async def _route(self, call: ChatCall, loaded: LoadedRouter) -> tuple[list[str], dict]:
         """(fallback chain, routing facts for the reply) for this request."""
+        policy = call.policy
         if not policy.routed:
-            name = self.upstreams.resolve(policy.name)
-            if name is None:
-                raise ApiError(404, f"The model `{policy.name}` does not exist: it is neither a routing policy nor "
-                                    f"one of the upstreams {sorted(self.upstreams.names())}", param="model",
-                               code="model_not_found")
-            return [name], {"policy": policy.name, "router": None, "score": None, "threshold": None,
-                            "decision_ms": 0.0, "chosen": name}
+            return self._direct(policy)
         router = loaded.router
         if policy.kind == "threshold" and policy.router_kind not in (router.kind, "tela"):
             raise ApiError(400, f"model {policy.name!r}: this gateway serves a {router.kind!r} router; use "
                                 f"router-{router.kind}-<threshold>", param="model")
-        prompt = record.prompt
+        prompt = call.record.prompt
         if prompt is None or not prompt.strip():
             raise ApiError(400, "no user message with text to route on", param="messages")
         t0 = time.perf_counter()
-        try:
-            quality, score = await self.batcher.predict(loaded, prompt)
-        except Exception as err:
-            log.exception("routing failed")
-            raise ApiError(500, f"routing failed: {type(err).__name__}", "server_error") from None
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 256
-        costs = request_cost(self.upstreams.prices, len(prompt) / 4, float(max_tokens))
-        try:
-            d = decide(policy, quality=quality, score=score, strong=router.strong_model, weak=router.weak_model,
-                       threshold=loaded.threshold, share_threshold=loaded.share_threshold, costs=costs,
-                       available=self.upstreams.names())
-        except PolicyError as err:
-            raise ApiError(400, str(err), param="model", code="invalid_policy") from None
+        d = await self._decide(call, loaded, prompt)
         decision_ms = 1000 * (time.perf_counter() - t0)
         self.metrics.observe("tela_decision_seconds", "Routing decision time (queue + scoring + policy).",
                              decision_ms / 1000, policy=policy.kind)
         chain = self.upstreams.available(d.chain)
         if chain[0] != d.model:
             log.debug("first choice %s is cooling down: starting with %s", d.model, chain[0])
+        record = call.record
         threshold = None if d.threshold is None else round(d.threshold, 6)
         record.router_key, record.score, record.threshold = loaded.key, round(d.score, 6), threshold
         record.decision_ms = round(decision_ms, 3)
@@ -228,64 +228,109 @@ class Gateway:
                        "score": record.score, "threshold": threshold, "decision_ms": record.decision_ms,
                        "chosen": d.model}
 
-    async def _answer(self, body: dict, size: int, chain: list[str], routing: dict, record: TrafficRecord,
-                      policy: Policy, client: ClientKey, started: float) -> Response:
+    def _direct(self, policy: Policy) -> tuple[list[str], dict]:
+        """An upstream named directly: no routing, no fallback."""
+        name = self.upstreams.resolve(policy.name)
+        if name is None:
+            raise ApiError(404, f"The model `{policy.name}` does not exist: it is neither a routing policy nor "
+                                f"one of the upstreams {sorted(self.upstreams.names())}", param="model",
+                           code="model_not_found")
+        return [name], {"policy": policy.name, "router": None, "score": None, "threshold": None,
+                        "decision_ms": 0.0, "chosen": name}
+
+    async def _decide(self, call: ChatCall, loaded: LoadedRouter, prompt: str):
+        """The policy's decision on the router's scores for `prompt` (scored in a batch, off the loop)."""
+        try:
+            quality, score = await self.batcher.predict(loaded, prompt)
+        except Exception as err:
+            log.exception("routing failed")
+            raise ApiError(500, f"routing failed: {type(err).__name__}", "server_error") from None
+        router = loaded.router
+        max_tokens = call.body.get("max_tokens") or call.body.get("max_completion_tokens") or 256
+        costs = request_cost(self.upstreams.prices, len(prompt) / 4, float(max_tokens))
+        try:
+            return decide(call.policy, quality=quality, score=score, strong=router.strong_model,
+                          weak=router.weak_model, threshold=loaded.threshold, share_threshold=loaded.share_threshold,
+                          costs=costs, available=self.upstreams.names())
+        except PolicyError as err:
+            raise ApiError(400, str(err), param="model", code="invalid_policy") from None
+
+    async def _answer(self, call: ChatCall, chain: list[str], routing: dict) -> Response:
         """The first upstream of `chain` that answers; 502 naming each failure if none does."""
         errors: list[UpstreamError] = []
         for name in chain:
             up = self.upstreams.by_name[name]
-            payload = await encode_json({**body, "model": up.endpoint.model}, size)
             routing.update(model=name, fallback=name != routing["chosen"],
                            fallback_from=[e.model for e in errors] or None)
             t_up = time.perf_counter()
             try:
-                if record.stream:
-                    relay = StreamRelay(await self.upstreams.open(up, payload), name,
-                                        bool((body.get("stream_options") or {}).get("include_usage")))
-                    try:
-                        await relay.prime(routing)
-                    except BaseException:
-                        relay.resp.release()
-                        raise
-                else:
-                    raw, reply = await self.upstreams.complete(up, payload)
+                reply = await self._ask(call, name, up, routing)
             except UpstreamError as err:
                 if not err.retryable:  # the caller's mistake: every upstream would refuse it
-                    record.model, record.status, record.error = name, err.status or 400, err.text
-                    await self._finish(record, policy, client, None, started)
-                    own = err.error_json()
-                    if own is not None:
-                        return JSONResponse(own, status_code=err.status or 400)
-                    raise ApiError(err.status or 400, f"upstream {name} refused the request: {err.text}",
-                                   logged=True) from None
+                    return await self._refused(call, name, err)
                 self.upstreams.failed(up, err)
                 errors.append(err)
                 continue
             self.upstreams.succeeded(up)
-            record.model, record.fallback = name, routing["fallback"]
-            record.fallback_from = ",".join(routing["fallback_from"] or []) or None
-            if record.fallback:
-                self.metrics.inc("tela_fallbacks_total", "Requests answered by a fallback upstream.", to=name,
-                                 **{"from": errors[0].model if errors else routing["chosen"]})
-            headers = _routing_headers(routing)
-            if record.stream:
-                return _Stream(self._relay(relay, record, policy, client, started, t_up),
-                               media_type="text/event-stream", headers=headers)
-            record.completion_id = reply.get("id") if isinstance(reply.get("id"), str) else None
-            record.upstream_latency_s = time.perf_counter() - t_up
-            await self._finish(record, policy, client, reply.get("usage"), started)
-            return Response(_splice(raw, json.dumps(routing, separators=(",", ":")).encode()),
-                            media_type="application/json", headers=headers)
+            return await self._answered(call, reply, routing, errors, t_up)
+        raise await self._all_failed(call, chain, errors)
 
+    async def _ask(self, call: ChatCall, name: str, up: Upstream, routing: dict):
+        """Upstream `name`'s answer: for a stream a `StreamRelay` primed with the routing facts
+        (its first event read), else (raw reply bytes, parsed reply)."""
+        payload = await encode_json({**call.body, "model": up.endpoint.model}, call.size)
+        if not call.record.stream:
+            return await self.upstreams.complete(up, payload)
+        relay = StreamRelay(await self.upstreams.open(up, payload), name,
+                            bool((call.body.get("stream_options") or {}).get("include_usage")))
+        try:
+            await relay.prime(routing)
+        except BaseException:
+            relay.resp.release()
+            raise
+        return relay
+
+    async def _answered(self, call: ChatCall, reply, routing: dict, errors: list[UpstreamError],
+                        t_up: float) -> Response:
+        """The reply of the upstream that answered, with the routing facts in its headers and body."""
+        record = call.record
+        record.model, record.fallback = routing["model"], routing["fallback"]
+        record.fallback_from = ",".join(routing["fallback_from"] or []) or None
+        if record.fallback:
+            self.metrics.inc("tela_fallbacks_total", "Requests answered by a fallback upstream.",
+                             to=routing["model"], **{"from": errors[0].model if errors else routing["chosen"]})
+        headers = _routing_headers(routing)
+        if record.stream:
+            return _Stream(self._relay(call, reply, t_up), media_type="text/event-stream", headers=headers)
+        raw, parsed = reply
+        record.completion_id = parsed.get("id") if isinstance(parsed.get("id"), str) else None
+        record.upstream_latency_s = time.perf_counter() - t_up
+        await self._finish(call, parsed.get("usage"))
+        return Response(_splice(raw, json.dumps(routing, separators=(",", ":")).encode()),
+                        media_type="application/json", headers=headers)
+
+    async def _refused(self, call: ChatCall, name: str, err: UpstreamError) -> Response:
+        """Upstream `name` refused the request as the caller's mistake: its error, logged as such."""
+        record = call.record
+        record.model, record.status, record.error = name, err.status or 400, err.text
+        await self._finish(call, None)
+        own = err.error_json()
+        if own is not None:
+            return JSONResponse(own, status_code=err.status or 400)
+        raise ApiError(err.status or 400, f"upstream {name} refused the request: {err.text}", logged=True) from None
+
+    async def _all_failed(self, call: ChatCall, chain: list[str], errors: list[UpstreamError]) -> ApiError:
+        """Every upstream of `chain` failed: log it; the 502 naming each failure."""
         detail = "; ".join(f"{e.model}: {e.text}" for e in errors)
+        record = call.record
         record.model, record.status, record.error = chain[-1], 502, detail
         record.fallback_from = ",".join(e.model for e in errors) or None
-        await self._finish(record, policy, client, None, started, model_label="none")
-        raise ApiError(502, f"every upstream failed: {detail}", "upstream_error", code="upstream_unavailable",
-                       headers={"x-tela-fallback": "true" if len(errors) > 1 else "false"}, logged=True)
+        await self._finish(call, None, model_label="none")
+        return ApiError(502, f"every upstream failed: {detail}", "upstream_error", code="upstream_unavailable",
+                        headers={"x-tela-fallback": "true" if len(errors) > 1 else "false"}, logged=True)
 
-    async def _relay(self, relay: StreamRelay, record: TrafficRecord, policy: Policy, client: ClientKey,
-                     started: float, t_up: float):
+    async def _relay(self, call: ChatCall, relay: StreamRelay, t_up: float):
+        record = call.record
         stream = relay.relay()
         try:
             async for data in stream:
@@ -300,28 +345,28 @@ class Gateway:
             # prompt at ~4 characters a token, a token per content chunk relayed
             usage = relay.usage or {"prompt_tokens": math.ceil(len(record.prompt or "") / 4),
                                     "completion_tokens": max(relay.chunks - 1, 0)}
-            cost = self._record(record, policy, client, usage, started)
-            if cost > 0 and client.usd_per_day is not None:
-                task = asyncio.get_running_loop().create_task(self.auth.charge(client, cost))
+            cost = self._record(call, usage)
+            if cost > 0 and call.client.usd_per_day is not None:
+                task = asyncio.get_running_loop().create_task(self.auth.charge(call.client, cost))
                 self._charging.add(task)
                 task.add_done_callback(self._charging.discard)
 
-    async def _finish(self, record: TrafficRecord, policy: Policy, client: ClientKey, usage: dict | None,
-                      started: float, model_label: str | None = None) -> None:
+    async def _finish(self, call: ChatCall, usage: dict | None, model_label: str | None = None) -> None:
         """Record the request and charge its cost to the key."""
-        await self.auth.charge(client, self._record(record, policy, client, usage, started, model_label))
+        await self.auth.charge(call.client, self._record(call, usage, model_label))
 
-    def _record(self, record: TrafficRecord, policy: Policy, client: ClientKey, usage: dict | None,
-                started: float, model_label: str | None = None) -> float:
+    def _record(self, call: ChatCall, usage: dict | None, model_label: str | None = None) -> float:
         """Count the request in the metrics and log its row; returns its cost in dollars."""
+        record = call.record
         usage = usage if isinstance(usage, dict) else {}
         tin, tout = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         up = self.upstreams.by_name.get(record.model)
         cost = up.endpoint.dollars(tin, tout) if up is not None and record.status == 200 else 0.0
         record.input_tokens, record.output_tokens, record.cost_usd = tin, tout, cost
         model = model_label or record.model
-        key = client.name
-        self.metrics.inc(*REQUESTS, policy=policy.kind, model=model, status=str(record.status), key=key)
+        key = call.client.name
+        kind = call.policy.kind
+        self.metrics.inc(*REQUESTS, policy=kind, model=model, status=str(record.status), key=key)
         if record.status == 200:
             self.metrics.inc("tela_cost_dollars_total", "Upstream cost of answered requests.", cost, model=model,
                              key=key)
@@ -331,7 +376,7 @@ class Gateway:
                 self.metrics.observe("tela_upstream_seconds", "Upstream call time.", record.upstream_latency_s,
                                      model=model)
             self.metrics.observe("tela_request_seconds", "Time from request to answer, by policy kind.",
-                                 time.perf_counter() - started, policy=policy.kind)
+                                 time.perf_counter() - call.started, policy=kind)
         if self.traffic is not None:
             self.traffic.append(record)
         return cost

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from router_tasks.data import routellm as bm
+from router_tasks.data import routellm_files as rf
 from router_tasks.core.prompts import prompt_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,9 +151,9 @@ def test_gsm8k_gold_and_train_questions(release):
     assert list(test["gold_answer"]) == ["2", "1004"]
     train = bm.gsm8k_train_questions(data=release)
     assert train.to_dict("records") == [{"prompt_id": prompt_id("Train q"), "question": "Train q", "gold_answer": "12"}]
-    assert bm.gold_number("a\n#### -1,250.5") == "-1250.5"
+    assert rf.gold_number("a\n#### -1,250.5") == "-1250.5"
     with pytest.raises(ValueError, match="####"):
-        bm.gold_number("no final answer")
+        rf.gold_number("no final answer")
 
 
 def test_mt_bench_mean_of_turns_first_turn_prompt_missing_rating_dropped(release):
@@ -209,7 +210,7 @@ def test_build_script_compact_copy_reads_like_the_raw_release(release, tmp_path)
     assert (out / "LICENSE").read_text() == (release / "LICENSE").read_text()
     assert "arXiv:2406.18665" in (out / "SOURCE.md").read_text()
     manifest = json.loads((out / "MANIFEST.json").read_text())
-    assert set(manifest["files"]) == {f"{t}.parquet" for t in bm.TABLES}
+    assert set(manifest["files"]) == {f"{t}.parquet" for t in rf.TABLES}
     for name in bm.BENCHMARKS:
         pd.testing.assert_frame_equal(
             bm.load_benchmark(name, BIG, SMALL, data=out), bm.load_benchmark(name, BIG, SMALL, data=release)
@@ -222,10 +223,10 @@ def test_build_script_compact_copy_reads_like_the_raw_release(release, tmp_path)
 
 # -- the bundled copy -------------------------------------------------------------------
 def test_bundled_copy_is_small_and_licensed():
-    files = list(bm.BUNDLED_DIR.iterdir())
+    files = list(rf.BUNDLED_DIR.iterdir())
     assert sum(f.stat().st_size for f in files) < 5_000_000
-    assert "Apache License" in (bm.BUNDLED_DIR / "LICENSE").read_text()
-    assert "lm-sys/RouteLLM" in (bm.BUNDLED_DIR / "SOURCE.md").read_text()
+    assert "Apache License" in (rf.BUNDLED_DIR / "LICENSE").read_text()
+    assert "lm-sys/RouteLLM" in (rf.BUNDLED_DIR / "SOURCE.md").read_text()
 
 
 def test_bundled_benchmarks_match_the_release_notes():

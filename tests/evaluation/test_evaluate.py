@@ -16,7 +16,8 @@ import pytest
 
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
-from router_tasks.evaluation.evaluate import LeakageError, evaluate_router
+from router_tasks.evaluation.evaluate import evaluate_router
+from router_tasks.evaluation.metrics import LeakageError
 from router_tasks.routers import ROUTERS, save_router
 from router_tasks.routers.base import Router
 from router_tasks.core.stage import ArtifactRef, load_table, read_manifest, run_stage

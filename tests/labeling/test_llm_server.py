@@ -21,7 +21,8 @@ from router_tasks.core.store import ArtifactStore
 from router_tasks.labeling import verdicts as vd
 from router_tasks.labeling.generate import generate_answers
 from router_tasks.labeling.judge import judge_answers
-from router_tasks.labeling.llm_server import REUSE_ENV, SERVED_MODEL, auto_dtype, local_llm_server
+from router_tasks.labeling.llm_server import REUSE_ENV, SERVED_MODEL, local_llm_server
+from router_tasks.labeling.smollm2 import auto_dtype
 from tests.openai_test_server import write_prompts
 
 
