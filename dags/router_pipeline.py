@@ -24,6 +24,7 @@ from tela_connections import export_connections  # plugins/ is on sys.path
 from tela_params import model_pair_params
 
 from router_tasks.core import defaults
+from router_tasks.core.params import PIPELINE_PARAMS
 from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.labeling.agreement import measure_judge_agreement
 from router_tasks.labeling.generate import combine_answers, generate_part, plan_generation
@@ -181,7 +182,7 @@ def summary(stages: dict, decision: dict) -> str:
         "strong_quality": Param("labeled", enum=["labeled", "assume_perfect"],
                                 description="labeled: the strong model is one of `models`, judged like the others; "
                                             "assume_perfect: never asked for labels, counts as 5/5 (its answer is the reference)"),
-        "quality_target": Param(defaults.PIPELINE_PARAMS["quality_target"], type="number", exclusiveMinimum=0,
+        "quality_target": Param(PIPELINE_PARAMS["quality_target"], type="number", exclusiveMinimum=0,
                                 maximum=1, description="the evaluation also reports the strong-model calls saved "
                                                        "at this share of the strong model's quality (beside 95%)"),
     },

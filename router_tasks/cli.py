@@ -73,6 +73,12 @@ def _defaults():
     return defaults
 
 
+def _pipeline_params() -> dict:
+    from router_tasks.core.params import PIPELINE_PARAMS
+
+    return PIPELINE_PARAMS
+
+
 # ---- stages ------------------------------------------------------------------------------
 
 
@@ -275,7 +281,7 @@ def _evaluate_args(s):
     s.add_argument("--router-types", default="knn", help="zeroeval-*: router kinds to cross-fit, e.g. knn,mf,ensemble")
     s.add_argument("--prices", help="zeroeval-*: prices.json-shaped file (default: the bundled one); otherwise JSON "
                                     '{"model": $ per 1M tokens} (or a .json file): the dollars saved at 95%% quality')
-    s.add_argument("--quality-target", type=float, default=_defaults().PIPELINE_PARAMS["quality_target"],
+    s.add_argument("--quality-target", type=float, default=_pipeline_params()["quality_target"],
                    help="besides 95%%, report the strong-model calls saved at this share of its quality (0-1]")
     s.add_argument("--no-cascades", action="store_true", help="zeroeval-*: one call per prompt only")
     s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit", "leave-group-out"],
@@ -553,7 +559,7 @@ def _json_or_file(text: str):
 
 
 def _pipeline_args(s):
-    PARAMS = _defaults().PIPELINE_PARAMS  # = router_tasks.pipeline.PARAMS, without importing every stage
+    PARAMS = _pipeline_params()  # = router_tasks.pipeline.PARAMS, without importing every stage
 
     s.add_argument("--source", default=PARAMS["source"], help="prompts: jsonl/json/csv/parquet path or s3:// URI")
     s.add_argument("--sample", type=int)
