@@ -34,7 +34,7 @@ from airflow.sdk import (
 from tela_alerts import dag_failure_alert, record_task_failure
 from tela_assets import LABELS_ASSET, ROUTER_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
-from tela_params import model_pair_params
+from tela_params import MODEL_PAIR, pipeline_params
 
 from router_tasks.core import defaults
 from router_tasks.evaluation.compare import compare_routers
@@ -183,11 +183,10 @@ def publish(routers, evaluations, loop: dict) -> dict:
                         description="labels artifact (ref JSON, key or URI); empty: the triggering or newest labels"),
         "router_types": Param(defaults.RETRAIN_ROUTER_TYPES, type="array", items={"type": "string"},
                               description="one router trained per type (one per line), e.g. knn, ensemble, causal_llm"),
-        "use_gpu": Param(True, type="boolean",
-                         description="GPU routers (causal_llm) train on the gpu queue; off: on the CPU, normal queue"),
+        **pipeline_params(["use_gpu"]),
         "router_params": Param({}, type="object",
                                description='per router type, e.g. {"knn": {"k": 20}}; defaults otherwise'),
-        **model_pair_params(from_loop=True),
+        **pipeline_params(MODEL_PAIR, from_loop=MODEL_PAIR),
         "metric": Param(defaults.PUBLISH_METRIC, type="string", description="'mean_apgr' or 'apgr:<benchmark>'"),
         "margin": Param(0.0, type="number", description="how much the challenger must beat the champion by"),
     },

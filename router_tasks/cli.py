@@ -559,77 +559,21 @@ def _json_or_file(text: str):
 
 
 def _pipeline_args(s):
-    PARAMS = _pipeline_params()  # = router_tasks.pipeline.PARAMS, without importing every stage
+    from router_tasks.core import params
 
-    s.add_argument("--source", default=PARAMS["source"], help="prompts: jsonl/json/csv/parquet path or s3:// URI")
-    s.add_argument("--sample", type=int)
-    s.add_argument("--models", type=_json_or_file, default=PARAMS["models"],
-                   help="endpoints to label: a JSON list (or a .json file), as the DAG's `models` param")
-    s.add_argument("--judge", type=_json_or_file, default=PARAMS["judge"], help="judge endpoint: JSON object or file")
-    s.add_argument("--judges", type=_json_or_file, default=PARAMS["judges"],
-                   help="several judges instead of --judge: a JSON list of endpoints (or a .json file)")
-    s.add_argument("--judge-vote", choices=["majority", "mean"], default=PARAMS["judge_vote"],
-                   help="how several judges' verdicts combine")
-    s.add_argument("--judge-agreement-sample", type=int, default=PARAMS["judge_agreement_sample"],
-                   help="gold-graded answers (a seeded sample) also asked of the judge: its agreement with exact match")
-    s.add_argument("--judge-min-agreement", type=float, default=PARAMS["judge_min_agreement"],
-                   help="stop the run when the judge agrees with exact match on fewer than this share of them")
-    s.add_argument("--reference", type=_json_or_file, default=PARAMS["reference_model"],
-                   help="endpoint that writes missing reference answers (JSON object or file; 'null': none)")
-    s.add_argument("--strong-model", default=PARAMS["strong_model"], help="name of the strong (costly) model")
-    s.add_argument("--weak-model", default=PARAMS["weak_model"], help="name of the weak (cheap) model")
-    s.add_argument("--strong-quality", choices=["labeled", "assume_perfect"], default=PARAMS["strong_quality"],
-                   help="labeled: the strong model is an endpoint, judged like the others; "
-                        "assume_perfect: never asked for labels, counts as 5/5")
-    s.add_argument("--router-type", default=PARAMS["router_type"])
-    s.add_argument("--router-params", type=_json_or_file, default=PARAMS["router_params"], help='e.g. {"k": 20}')
-    s.add_argument("--no-routellm", action="store_true", help="train on the run's own labels only")
-    s.add_argument("--judge-mode", choices=["online", "batch"], default=PARAMS["judge_mode"])
-    s.add_argument("--max-tokens", type=int, default=PARAMS["max_tokens"])
-    s.add_argument("--routellm-max-prompts", type=int, help="cap bundled prompts per benchmark (quick runs)")
-    s.add_argument("--benchmarks", nargs="*", default=PARAMS["benchmarks"],
-                   help="RouteLLM benchmarks to score besides the run's own labels")
-    s.add_argument("--eval-max-prompts", type=int, help="cap evaluated prompts per benchmark (quick runs)")
-    s.add_argument("--quality-target", type=float, default=PARAMS["quality_target"],
-                   help="besides 95%%, report the strong-model calls saved at this share of its quality")
-    s.add_argument("--min-rows-per-model", type=int, default=PARAMS["min_rows_per_model"],
-                   help="labels needed per model to train")
-    s.add_argument("--cpu", action="store_true", help="train GPU routers on the CPU")
+    params.add_arguments(s, json_type=_json_or_file)  # one flag per pipeline parameter: the table's
     s.add_argument("--json", action="store_true", help="print the stage refs and decision as JSON")
 
 
 @command("pipeline", "run every stage in order, without Airflow (the DAG's stages)", _pipeline_args)
 def pipeline(args, ctx: Context) -> int:
+    from router_tasks.core import params
     from router_tasks.data import routellm
     from router_tasks.pipeline import run_pipeline
 
     routellm.iter_benchmarks(args.benchmarks)  # an unknown name fails before any model call
     result = run_pipeline(
-        {
-            "source": args.source,
-            "sample": args.sample,
-            "models": args.models,
-            "judge": args.judge,
-            "judges": args.judges,
-            "judge_vote": args.judge_vote,
-            "judge_agreement_sample": args.judge_agreement_sample,
-            "judge_min_agreement": args.judge_min_agreement,
-            "judge_mode": args.judge_mode,
-            "reference_model": args.reference,
-            "strong_model": args.strong_model,
-            "weak_model": args.weak_model,
-            "strong_quality": args.strong_quality,
-            "router_type": args.router_type,
-            "router_params": args.router_params,
-            "use_gpu": not args.cpu,
-            "include_routellm": not args.no_routellm,
-            "max_tokens": args.max_tokens,
-            "routellm_max_prompts": args.routellm_max_prompts,
-            "benchmarks": args.benchmarks,
-            "eval_max_prompts": args.eval_max_prompts,
-            "quality_target": args.quality_target,
-            "min_rows_per_model": args.min_rows_per_model,
-        },
+        params.from_arguments(args),
         artifact_root=ctx.root,
     )
     if args.json:
@@ -651,7 +595,8 @@ def summary(args, ctx: Context) -> int:
 # ---- entry point -------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """`tela`'s argument parser: one subcommand per registered command."""
     p = argparse.ArgumentParser(prog="tela", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact-root", help="local folder, file:// or s3:// URI (default: $TELA_ARTIFACT_ROOT or ./artifacts)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -675,7 +620,7 @@ def _exit_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     _exit_on_sigterm()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ctx = Context(root=args.artifact_root or os.environ.get("TELA_ARTIFACT_ROOT"))

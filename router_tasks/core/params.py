@@ -124,7 +124,7 @@ TABLE: tuple[PipelineParam, ...] = (
     PipelineParam("weak_model", "string", defaults.WEAK_MODEL, flag="--weak-model",
                   help="the cheap model the router sends easy prompts to: a model name in the labels"),
     PipelineParam("benchmarks", "array", defaults.BENCHMARKS, items="string", flag="--benchmarks",
-                  help="bundled benchmarks each trained router is evaluated on (one per line): mmlu, gsm8k, mt-bench"),
+                  help="bundled benchmarks each trained router is evaluated on: mmlu, gsm8k, mt-bench (the form: one per line)"),
     PipelineParam("eval_max_prompts", "integer", None, nullable=True, flag="--eval-max-prompts",
                   help="cap evaluated prompts per benchmark (quick runs)"),
     PipelineParam("strong_quality", "string", "labeled", enum=("labeled", "assume_perfect"),  # schemas.STRONG_QUALITY_MODES
@@ -166,8 +166,15 @@ def param_specs(names: Iterable[str] | None = None, *, enums: Mapping[str, Seque
 # ---- tela pipeline -----------------------------------------------------------------------
 
 
+def _takes_json(p: PipelineParam) -> bool:
+    return p.type == "object" or (p.type == "array" and p.items == "object")
+
+
 def _cli_help(p: PipelineParam) -> str:
-    return (p.flag_help or p.help).replace("%", "%%")  # argparse formats help with %
+    text = p.flag_help or p.help
+    if _takes_json(p):
+        text += " (JSON, or a .json file holding it)"
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 def add_arguments(parser: argparse.ArgumentParser, json_type: Callable[[str], Any]) -> None:
@@ -186,7 +193,7 @@ def add_arguments(parser: argparse.ArgumentParser, json_type: Callable[[str], An
                 kw["choices"] = list(p.enum)
             else:
                 kw["metavar"] = p.flag.lstrip("-").replace("-", "_").upper()
-            if p.type == "object" or (p.type == "array" and p.items == "object"):
+            if _takes_json(p):
                 kw["type"] = json_type
             elif p.type == "array":
                 kw["nargs"] = "*"
