@@ -21,6 +21,7 @@ from airflow.sdk import dag, get_current_context, task
 from tela_alerts import dag_failure_alert, record_task_failure
 from tela_assets import LABELS_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
+from tela_devices import on_chosen_device
 from tela_params import pipeline_params
 
 from router_tasks.core import defaults
@@ -86,34 +87,6 @@ def announce_labels(labels: dict) -> dict:
     extra = record_labels(labels, settings=run_settings(ctx["params"]))
     ctx["outlet_events"][LABELS_ASSET].extra = extra
     return extra
-
-
-@task.branch
-def train_on(router_type: str, use_gpu: bool) -> str:
-    """The train task to run: GPU routers (causal_llm) go to the gpu queue and pool."""
-    from router_tasks.routers.train import train_device
-
-    return f"train_router_{train_device(router_type, use_gpu)}"
-
-
-@task(task_id="train_router", trigger_rule="none_failed_min_one_success")
-def trained_router(on_cpu: dict | None, on_gpu: dict | None) -> dict:
-    """The ref of whichever train task ran (the other was skipped: its value is None)."""
-    return on_cpu or on_gpu
-
-
-@task.branch
-def evaluate_on(router_type: str, use_gpu: bool) -> str:
-    """The evaluate task to run: a GPU router is scored where it trained (gpu queue and pool)."""
-    from router_tasks.routers.train import train_device
-
-    return f"evaluate_router_{train_device(router_type, use_gpu)}"
-
-
-@task(task_id="evaluate_router", trigger_rule="none_failed_min_one_success")
-def evaluated_router(on_cpu: dict | None, on_gpu: dict | None) -> dict:
-    """The ref of whichever evaluate task ran (see `trained_router`)."""
-    return on_cpu or on_gpu
 
 
 @task
@@ -186,30 +159,15 @@ def router_pipeline():
     announce_labels(valid)
     # Routers that need a GPU (causal_llm) train in train_router_gpu (gpu queue, tela_gpu
     # pool), the others in train_router_cpu: exactly one runs, train_router passes its ref on.
-    # A fine-tune can run for hours: the timeout frees a worker from a hung one.
+    # A fine-tune can run for hours: the timeout frees a worker from a hung one. Scoring a
+    # GPU router runs every benchmark prompt through the LLM: like its training, on the gpu
+    # queue and pool (batched by the router), bounded by a timeout.
     training = args("train")
-    timeout = timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
-    device = train_on(router_type=training["router_type"], use_gpu=training["use_gpu"])
-    on_cpu = stage(train_router).override(task_id="train_router_cpu", execution_timeout=timeout, **retry.TRAIN)(
-        valid, **training)
-    on_gpu = stage(train_router).override(
-        task_id="train_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL, execution_timeout=timeout,
-        **retry.TRAIN,
-    )(valid, **training)
-    valid >> device >> [on_cpu, on_gpu]
-    router = trained_router(on_cpu, on_gpu)
-    # Scoring a GPU router runs every benchmark prompt through the LLM: like its training,
-    # on the gpu queue and pool (batched by the router), bounded by a timeout.
-    evaluating = args("evaluate")
-    eval_timeout = timedelta(hours=defaults.EVALUATE_TIMEOUT_HOURS)
-    eval_device = evaluate_on(router_type=training["router_type"], use_gpu=training["use_gpu"])
-    ev_cpu = stage(evaluate_router).override(task_id="evaluate_router_cpu", execution_timeout=eval_timeout)(
-        router, **evaluating)
-    ev_gpu = stage(evaluate_router).override(
-        task_id="evaluate_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL, execution_timeout=eval_timeout
-    )(router, **evaluating)
-    router >> eval_device >> [ev_cpu, ev_gpu]
-    evaluation = evaluated_router(ev_cpu, ev_gpu)
+    device = dict(router_type=training["router_type"], use_gpu=training["use_gpu"])
+    router = on_chosen_device(stage(train_router), "train_router", **device, hours=defaults.TRAIN_TIMEOUT_HOURS,
+                              **retry.TRAIN)(valid, **training)
+    evaluation = on_chosen_device(stage(evaluate_router), "evaluate_router", **device,
+                                  hours=defaults.EVALUATE_TIMEOUT_HOURS)(router, **args("evaluate"))
     decision = stage(publish_router)(router, evaluation, **args("publish"))
     refs = {"ingest": prompts, "references": referenced, "generate": answers, "judge": judgements,
             "agreement": agreement, "labels": labels,

@@ -124,7 +124,8 @@ TABLE: tuple[PipelineParam, ...] = (
     PipelineParam("weak_model", "string", defaults.WEAK_MODEL, flag="--weak-model",
                   help="the cheap model the router sends easy prompts to: a model name in the labels"),
     PipelineParam("benchmarks", "array", defaults.BENCHMARKS, items="string", flag="--benchmarks",
-                  help="bundled benchmarks each trained router is evaluated on: mmlu, gsm8k, mt-bench (the form: one per line)"),
+                  help="bundled benchmarks each trained router is evaluated on (mmlu, gsm8k, mt-bench; the form takes one "
+                       "per line)"),
     PipelineParam("eval_max_prompts", "integer", None, nullable=True, flag="--eval-max-prompts",
                   help="cap evaluated prompts per benchmark (quick runs)"),
     PipelineParam("strong_quality", "string", "labeled", enum=("labeled", "assume_perfect"),  # schemas.STRONG_QUALITY_MODES
