@@ -21,6 +21,7 @@ LEVELS = {
     "serving": 5,
     "": 6,  # the entry points at the top: cli, pipeline
 }
+LEVELS["cli"] = LEVELS[""] + 1  # the `tela` command package: over everything, the pipeline included
 
 
 def _package_of(module: str) -> str:
