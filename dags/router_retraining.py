@@ -169,9 +169,8 @@ def router_retraining():
     types = {"cpu": cpu_types(split), "gpu": gpu_types(split)}
     routers = on_each_device(task(train), "train_router", split, {"router_type": types}, merged_id="trained_routers",
                              fixed=dict(labels=labels, loop=loop), hours=defaults.TRAIN_TIMEOUT_HOURS, **retry.TRAIN)
-    trained = {"cpu": routers.cpu, "gpu": routers.gpu}
-    evaluations = on_each_device(task(evaluate), "evaluate_router", split, {"router": trained}, fixed=dict(loop=loop),
-                                 hours=defaults.EVALUATE_TIMEOUT_HOURS).merged
+    evaluations = on_each_device(task(evaluate), "evaluate_router", split, {"router": routers.by_device},
+                                 fixed=dict(loop=loop), hours=defaults.EVALUATE_TIMEOUT_HOURS).merged
     task(compare_routers)(evaluations)  # every router's curve on one plot per benchmark
     publish(routers.merged, evaluations, loop)
 

@@ -77,6 +77,11 @@ class OnEachDevice(NamedTuple):
     cpu: XComArg  # the mapped CPU task's results
     gpu: XComArg  # the mapped GPU task's results
 
+    @property
+    def by_device(self) -> dict[str, XComArg]:
+        """What a later stage maps over on each device: {"cpu": ..., "gpu": ...}."""
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
 
 # a task mapped over no type is skipped, not failed; with no labels at all every upstream
 # is skipped, and so is this
