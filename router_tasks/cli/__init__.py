@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     group = {module.__name__: i for i, module in enumerate(GROUPS)}
-    for name, cmd in sorted(COMMANDS.items(), key=lambda item: group[item[1].run.__module__]):  # stable: in a group, as registered
+    # a stable sort: within a group, the commands stay in the order they were registered
+    for name, cmd in sorted(COMMANDS.items(), key=lambda item: group[item[1].run.__module__]):
         cmd.add_args(sub.add_parser(name, help=cmd.help))
     return p
 

@@ -124,12 +124,12 @@ TABLE: tuple[PipelineParam, ...] = (
     PipelineParam("weak_model", "string", defaults.WEAK_MODEL, flag="--weak-model",
                   help="the cheap model the router sends easy prompts to: a model name in the labels"),
     PipelineParam("benchmarks", "array", defaults.BENCHMARKS, items="string", flag="--benchmarks",
-                  help="bundled benchmarks each trained router is evaluated on (mmlu, gsm8k, mt-bench; the form takes one "
-                       "per line)"),
+                  help="bundled benchmarks each trained router is evaluated on (mmlu, gsm8k, mt-bench; the form "
+                       "takes one per line)"),
     PipelineParam("eval_max_prompts", "integer", None, nullable=True, flag="--eval-max-prompts",
                   help="cap evaluated prompts per benchmark (quick runs)"),
-    PipelineParam("strong_quality", "string", "labeled", enum=("labeled", "assume_perfect"),  # schemas.STRONG_QUALITY_MODES
-                  flag="--strong-quality",
+    # the enum is router_tasks.core.schemas.STRONG_QUALITY_MODES (not imported: it brings pandas to `tela --help`)
+    PipelineParam("strong_quality", "string", "labeled", enum=("labeled", "assume_perfect"), flag="--strong-quality",
                   help="labeled: the strong model is one of `models`, judged like the others; assume_perfect: never "
                        "asked for labels, counts as 5/5 (its answer is the reference)"),
     PipelineParam("quality_target", "number", 0.95, exclusive_minimum=0, maximum=1, flag="--quality-target",

@@ -25,7 +25,8 @@ class EnvVar:
     scope: str
 
 
-LIBRARY, AIRFLOW, SERVING, CLUSTER = "library", "Airflow (plugins, DAGs)", "gateway", "make cluster (scripts/cluster.py)"
+LIBRARY, SERVING = "library", "gateway"
+AIRFLOW, CLUSTER = "Airflow (plugins, DAGs)", "make cluster (scripts/cluster.py)"
 
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TELA_ARTIFACT_ROOT", "where stages keep their artifacts: a local folder, file:// or s3:// URI "
