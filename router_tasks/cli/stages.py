@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from router_tasks.cli.base import Context, command, json_arg, json_or_file, library_defaults
+from router_tasks.cli.base import Context, command, json_arg, json_or_file, library_defaults, pipeline_params
 
 
 def _ingest_args(s):
@@ -39,7 +39,7 @@ def _file_mode_args(s: argparse.ArgumentParser, model_flag: str) -> None:
 def _generate_args(s):
     s.add_argument("--prompts", help="ingest artifact (artifact mode)")
     s.add_argument("--models", type=json_arg, default=library_defaults().DEMO_MODELS, help="JSON list of endpoints")
-    s.add_argument("--max-tokens", type=int, default=96)
+    s.add_argument("--max-tokens", type=int, default=pipeline_params()["max_tokens"])
     _file_mode_args(s, model_flag="--model")
 
 
@@ -61,7 +61,8 @@ def _judge_args(s):
     s.add_argument("--judge", type=json_arg, default=library_defaults().DEMO_JUDGE, help="JSON endpoint of the judge")
     s.add_argument("--judges", type=json_or_file, help="several judges instead: a JSON list of endpoints (or a .json "
                                                          "file), their verdicts voted (--vote)")
-    s.add_argument("--vote", choices=["majority", "mean"], default="majority", help="how several judges' verdicts combine")
+    s.add_argument("--vote", choices=["majority", "mean"], default=pipeline_params()["judge_vote"],
+                   help="how several judges' verdicts combine")
     s.add_argument("--batch", action="store_true",
                    help="artifact mode: buy the verdicts through the OpenAI Batch API first (half price, waits for it)")
     _file_mode_args(s, model_flag="--judge-model")
@@ -120,7 +121,7 @@ def labels(args, ctx: Context) -> int:
 
 def _validate_args(s):
     s.add_argument("--labels", required=True)
-    s.add_argument("--min-rows-per-model", type=int, default=5)
+    s.add_argument("--min-rows-per-model", type=int, default=pipeline_params()["min_rows_per_model"])
 
 
 @command("validate", "run the data-quality suite on labels", _validate_args)
@@ -141,7 +142,8 @@ def _train_args(s):
     s.add_argument("--weak-model", default=None, help=f"default {d.WEAK_MODEL} if labelled, else the worst-scoring model")
     s.add_argument("--params", type=json_arg, default=None)
     s.add_argument("--prices", help="prices.json-shaped file {model: [input, output] $ per 1M tokens}, stored with the router")
-    s.add_argument("--min-rows-per-model", type=int, default=5, help="with a labels file: labels needed per model")
+    s.add_argument("--min-rows-per-model", type=int, default=pipeline_params()["min_rows_per_model"],
+                   help="with a labels file: labels needed per model")
 
 
 @command("train", "train a router on validated labels", _train_args)
