@@ -17,11 +17,12 @@ from datetime import timedelta
 import pendulum
 import tela_retries as retry
 from airflow.providers.openai.operators.openai import OpenAITriggerBatchOperator
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 from tela_alerts import dag_failure_alert, record_task_failure
 from tela_assets import LABELS_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
-from tela_params import model_pair_params
+from tela_devices import on_chosen_device
+from tela_params import pipeline_params
 
 from router_tasks.core import defaults
 from router_tasks.evaluation.evaluate import evaluate_router
@@ -88,34 +89,6 @@ def announce_labels(labels: dict) -> dict:
     return extra
 
 
-@task.branch
-def train_on(router_type: str, use_gpu: bool) -> str:
-    """The train task to run: GPU routers (causal_llm) go to the gpu queue and pool."""
-    from router_tasks.training.train import train_device
-
-    return f"train_router_{train_device(router_type, use_gpu)}"
-
-
-@task(task_id="train_router", trigger_rule="none_failed_min_one_success")
-def trained_router(on_cpu: dict | None, on_gpu: dict | None) -> dict:
-    """The ref of whichever train task ran (the other was skipped: its value is None)."""
-    return on_cpu or on_gpu
-
-
-@task.branch
-def evaluate_on(router_type: str, use_gpu: bool) -> str:
-    """The evaluate task to run: a GPU router is scored where it trained (gpu queue and pool)."""
-    from router_tasks.training.train import train_device
-
-    return f"evaluate_router_{train_device(router_type, use_gpu)}"
-
-
-@task(task_id="evaluate_router", trigger_rule="none_failed_min_one_success")
-def evaluated_router(on_cpu: dict | None, on_gpu: dict | None) -> dict:
-    """The ref of whichever evaluate task ran (see `trained_router`)."""
-    return on_cpu or on_gpu
-
-
 @task
 def summary(stages: dict, decision: dict) -> str:
     text = summarize_run(stages, decision, run_id=get_current_context()["run_id"])
@@ -135,56 +108,8 @@ def summary(stages: dict, decision: dict) -> str:
     default_args={"on_execute_callback": export_connections, "on_failure_callback": record_task_failure,
                   **retry.DEFAULT},
     on_failure_callback=dag_failure_alert,  # data-quality alert (plugins/tela_alerts.py)
-    params={
-        "source": Param(defaults.DEMO_PROMPTS, type="string",
-                        description="the prompts to label: a jsonl/csv/parquet path on the workers, or an s3:// URI"),
-        "sample": Param(None, type=["null", "integer"], description="keep at most this many prompts (empty: all)"),
-        # `items` with type object: the trigger form gives a JSON editor (a plain list would
-        # be a textarea showing "[object Object]" that breaks the conf on any edit).
-        "models": Param(defaults.DEMO_MODELS, type="array", items={"type": "object"},
-                        description='OSS endpoints to label, each {"name", "model", "base_url", optional "conn_id" + '
-                                    '"api_key_env" (the key from an Airflow connection), "max_tokens", "concurrency", '
-                                    'prices}; base_url "local" is the bundled SmolLM2 server'),
-        "judge": Param(defaults.DEMO_JUDGE, type="object",
-                       description="the judge endpoint that scores every answer (same fields as a models entry; "
-                                   '"verdict": auto | logprobs | continue | text, see docs/labeling.md)'),
-        "judges": Param(None, type=["null", "array"], items={"type": "object"},
-                        description="several judge endpoints instead of `judge`, each asked every answer, "
-                                    "their verdicts voted (judge_vote); empty: `judge` alone"),
-        "judge_vote": Param("majority", enum=["majority", "mean"],
-                            description="how several judges' verdicts combine: the most frequent score, or "
-                                        "the mean expected score rounded"),
-        "judge_agreement_sample": Param(50, type="integer", minimum=0,
-                                        description="gold-graded answers (a seeded sample) also asked of the judge, "
-                                                    "to measure its agreement with exact match; 0: none"),
-        "judge_min_agreement": Param(None, type=["null", "number"], minimum=0, maximum=1,
-                                     description="stop the run when the judge agrees with exact match on fewer "
-                                                 "than this share of the sampled answers (empty: the configured "
-                                                 "data-quality threshold, off by default)"),
-        "judge_mode": Param("online", enum=["online", "batch"],
-                            description="batch: the OpenAI Batch API (half price, up to 24 h) through judge_batch_conn_id"),
-        "judge_batch_conn_id": Param(defaults.JUDGE_BATCH_CONN_ID, type="string",
-                                     description="Airflow OpenAI connection for batch mode (host = the judge's base URL)"),
-        "reference_model": Param(defaults.DEMO_REFERENCE, type=["null", "object"],
-                                 description="endpoint (the strong model) that writes missing reference answers; null: none"),
-        "max_tokens": Param(96, type="integer", minimum=1,
-                            description="answer length limit per generated reply (an endpoint's own max_tokens wins)"),
-        "include_routellm": Param(True, type="boolean", description="add the bundled RouteLLM labels"),
-        "routellm_max_prompts": Param(None, type=["null", "integer"], description="cap bundled prompts per benchmark (quick runs)"),
-        "min_rows_per_model": Param(5, type="integer", description="labels needed per model to train"),
-        "router_params": Param({}, type="object", description='router settings, e.g. {"k": 50} or, for causal_llm, {"base_model": "/models/Llama-3.2-1B", "device": "cuda"}'),
-        "use_gpu": Param(True, type="boolean", description="GPU routers (causal_llm) use a GPU when present; off pins them to the CPU"),
-        "router_type": Param(defaults.ROUTER_TYPE, type="string", enum=sorted(ROUTERS),
-                             description="the router to train (causal_llm trains on the gpu queue)"),
-        **model_pair_params(),
-        "eval_max_prompts": Param(None, type=["null", "integer"], description="cap evaluated prompts per benchmark (quick runs)"),
-        "strong_quality": Param("labeled", enum=["labeled", "assume_perfect"],
-                                description="labeled: the strong model is one of `models`, judged like the others; "
-                                            "assume_perfect: never asked for labels, counts as 5/5 (its answer is the reference)"),
-        "quality_target": Param(defaults.PIPELINE_PARAMS["quality_target"], type="number", exclusiveMinimum=0,
-                                maximum=1, description="the evaluation also reports the strong-model calls saved "
-                                                       "at this share of the strong model's quality (beside 95%)"),
-    },
+    # every parameter, its default, type and description: the one table, router_tasks/core/params.py
+    params=pipeline_params(enums={"router_type": sorted(ROUTERS)}),
 )
 def router_pipeline():
     llm = dict(pool=defaults.LLM_POOL, **retry.LLM)
@@ -234,30 +159,15 @@ def router_pipeline():
     announce_labels(valid)
     # Routers that need a GPU (causal_llm) train in train_router_gpu (gpu queue, tela_gpu
     # pool), the others in train_router_cpu: exactly one runs, train_router passes its ref on.
-    # A fine-tune can run for hours: the timeout frees a worker from a hung one.
+    # A fine-tune can run for hours: the timeout frees a worker from a hung one. Scoring a
+    # GPU router runs every benchmark prompt through the LLM: like its training, on the gpu
+    # queue and pool (batched by the router), bounded by a timeout.
     training = args("train")
-    timeout = timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
-    device = train_on(router_type=training["router_type"], use_gpu=training["use_gpu"])
-    on_cpu = stage(train_router).override(task_id="train_router_cpu", execution_timeout=timeout, **retry.TRAIN)(
-        valid, **training)
-    on_gpu = stage(train_router).override(
-        task_id="train_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL, execution_timeout=timeout,
-        **retry.TRAIN,
-    )(valid, **training)
-    valid >> device >> [on_cpu, on_gpu]
-    router = trained_router(on_cpu, on_gpu)
-    # Scoring a GPU router runs every benchmark prompt through the LLM: like its training,
-    # on the gpu queue and pool (batched by the router), bounded by a timeout.
-    evaluating = args("evaluate")
-    eval_timeout = timedelta(hours=defaults.EVALUATE_TIMEOUT_HOURS)
-    eval_device = evaluate_on(router_type=training["router_type"], use_gpu=training["use_gpu"])
-    ev_cpu = stage(evaluate_router).override(task_id="evaluate_router_cpu", execution_timeout=eval_timeout)(
-        router, **evaluating)
-    ev_gpu = stage(evaluate_router).override(
-        task_id="evaluate_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL, execution_timeout=eval_timeout
-    )(router, **evaluating)
-    router >> eval_device >> [ev_cpu, ev_gpu]
-    evaluation = evaluated_router(ev_cpu, ev_gpu)
+    device = dict(router_type=training["router_type"], use_gpu=training["use_gpu"])
+    router = on_chosen_device(stage(train_router), "train_router", **device, hours=defaults.TRAIN_TIMEOUT_HOURS,
+                              **retry.TRAIN)(valid, **training)
+    evaluation = on_chosen_device(stage(evaluate_router), "evaluate_router", **device,
+                                  hours=defaults.EVALUATE_TIMEOUT_HOURS)(router, **args("evaluate"))
     decision = stage(publish_router)(router, evaluation, **args("publish"))
     refs = {"ingest": prompts, "references": referenced, "generate": answers, "judge": judgements,
             "agreement": agreement, "labels": labels,

@@ -19,8 +19,6 @@ kept, so an Asset event always means a new champion.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 import tela_retries as retry
 from airflow.sdk import (
@@ -34,7 +32,8 @@ from airflow.sdk import (
 from tela_alerts import dag_failure_alert, record_task_failure
 from tela_assets import LABELS_ASSET, ROUTER_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
-from tela_params import model_pair_params
+from tela_devices import on_each_device
+from tela_params import MODEL_PAIR, pipeline_params
 
 from router_tasks.core import defaults
 from router_tasks.evaluation.compare import compare_routers
@@ -110,36 +109,6 @@ def evaluate(router: dict, loop: dict) -> dict:
                            models=settings["models"])
 
 
-_TIMEOUT = timedelta(hours=defaults.TRAIN_TIMEOUT_HOURS)
-train_on_cpu = task(train, task_id="train_router_cpu", execution_timeout=_TIMEOUT, **retry.TRAIN)
-train_on_gpu = task(train, task_id="train_router_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL,
-                    execution_timeout=_TIMEOUT, **retry.TRAIN)
-
-
-# a train task mapped over no type is skipped, not failed; with no labels at all every
-# upstream is skipped, and so is this
-@task(trigger_rule="none_failed_min_one_success")
-def trained_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
-    from router_tasks.lifecycle.retraining import in_type_order
-
-    # index mapped results instead of iterating them (iteration logs spurious XCom errors)
-    return in_type_order(split, [on_cpu[i] for i in range(len(on_cpu))], [on_gpu[i] for i in range(len(on_gpu))])
-
-
-_EVAL_TIMEOUT = timedelta(hours=defaults.EVALUATE_TIMEOUT_HOURS)
-# GPU routers are scored on the GPU queue and pool too (every benchmark prompt goes through the LLM)
-evaluate_on_cpu = task(evaluate, task_id="evaluate_router_cpu", execution_timeout=_EVAL_TIMEOUT)
-evaluate_on_gpu = task(evaluate, task_id="evaluate_router_gpu", queue=defaults.GPU_QUEUE,
-                       pool=defaults.GPU_POOL, execution_timeout=_EVAL_TIMEOUT)
-
-
-@task(task_id="evaluate_router", trigger_rule="none_failed_min_one_success")
-def evaluated_routers(split: dict, on_cpu, on_gpu) -> list[dict]:
-    from router_tasks.lifecycle.retraining import in_type_order
-
-    return in_type_order(split, [on_cpu[i] for i in range(len(on_cpu))], [on_gpu[i] for i in range(len(on_gpu))])
-
-
 @task(outlets=[ROUTER_ASSET])
 def publish(routers, evaluations, loop: dict) -> dict:
     from airflow.sdk.exceptions import AirflowSkipException
@@ -183,11 +152,10 @@ def publish(routers, evaluations, loop: dict) -> dict:
                         description="labels artifact (ref JSON, key or URI); empty: the triggering or newest labels"),
         "router_types": Param(defaults.RETRAIN_ROUTER_TYPES, type="array", items={"type": "string"},
                               description="one router trained per type (one per line), e.g. knn, ensemble, causal_llm"),
-        "use_gpu": Param(True, type="boolean",
-                         description="GPU routers (causal_llm) train on the gpu queue; off: on the CPU, normal queue"),
+        **pipeline_params(["use_gpu"]),
         "router_params": Param({}, type="object",
                                description='per router type, e.g. {"knn": {"k": 20}}; defaults otherwise'),
-        **model_pair_params(from_loop=True),
+        **pipeline_params(MODEL_PAIR, from_loop=MODEL_PAIR),
         "metric": Param(defaults.PUBLISH_METRIC, type="string", description="'mean_apgr' or 'apgr:<benchmark>'"),
         "margin": Param(0.0, type="number", description="how much the challenger must beat the champion by"),
     },
@@ -196,14 +164,15 @@ def router_retraining():
     labels = resolve_labels()
     loop = loop_settings(labels)
     split = router_types(labels)
-    on_cpu = train_on_cpu.partial(labels=labels, loop=loop).expand(router_type=cpu_types(split))
-    on_gpu = train_on_gpu.partial(labels=labels, loop=loop).expand(router_type=gpu_types(split))
-    routers = trained_routers(split, on_cpu, on_gpu)
-    ev_cpu = evaluate_on_cpu.partial(loop=loop).expand(router=on_cpu)
-    ev_gpu = evaluate_on_gpu.partial(loop=loop).expand(router=on_gpu)
-    evaluations = evaluated_routers(split, ev_cpu, ev_gpu)  # in the router_types order, like `routers`
+    # GPU router types (causal_llm) train and are scored on the gpu queue and pool, the others
+    # on the default queue; trained_routers and evaluate_router put both back in the param's order
+    types = {"cpu": cpu_types(split), "gpu": gpu_types(split)}
+    routers = on_each_device(task(train), "train_router", split, {"router_type": types}, merged_id="trained_routers",
+                             fixed=dict(labels=labels, loop=loop), hours=defaults.TRAIN_TIMEOUT_HOURS, **retry.TRAIN)
+    evaluations = on_each_device(task(evaluate), "evaluate_router", split, {"router": routers.by_device},
+                                 fixed=dict(loop=loop), hours=defaults.EVALUATE_TIMEOUT_HOURS).merged
     task(compare_routers)(evaluations)  # every router's curve on one plot per benchmark
-    publish(routers, evaluations, loop)
+    publish(routers.merged, evaluations, loop)
 
 
 router_retraining()

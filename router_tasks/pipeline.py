@@ -7,8 +7,8 @@ same order with the same arguments (`Step.kwargs`). A stage, an argument or a pa
 added here reaches both; `tests/dags/test_pipeline_drift.py` fails when the DAG's tasks,
 dependencies, arguments or parameter defaults stop matching this list.
 
-`PARAMS` holds every pipeline parameter with its default (the DAG's `params` carry the same
-names and defaults).
+`PARAMS` holds every pipeline parameter with its default, from the one parameter table
+(`router_tasks.core.params`), which also gives the DAG's `params` and `tela pipeline`'s flags.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from router_tasks.core import defaults
+from router_tasks.core import params as param_table
 from router_tasks.data.ingest import ingest_prompts
 from router_tasks.data.labels import build_labels
 from router_tasks.data.validate import validate_labels
@@ -59,7 +59,7 @@ def labels_with_feedback(prompts: dict, judgements: dict, agreement: dict | None
 
 
 #: every parameter of a pipeline run, with its default (the offline demo)
-PARAMS: dict = defaults.PIPELINE_PARAMS
+PARAMS: dict = param_table.PIPELINE_PARAMS
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ LEVELS = {
     "serving": 6,
     "": 7,  # the entry points at the top: cli, pipeline
 }
+LEVELS["cli"] = LEVELS[""] + 1  # the `tela` command package: over everything, the pipeline included
 
 
 def _package_of(module: str) -> str:

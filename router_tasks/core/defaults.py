@@ -60,41 +60,8 @@ POOLS = {
     LLM_POOL: {"slots": 4, "description": "LLM API calls: tasks calling paid endpoints at once", "include_deferred": False},
 }
 
-# Every parameter of a pipeline run and its default: `router_tasks.pipeline.PARAMS`, the
-# DAG's params and `tela pipeline`'s flags all start from these.
-PIPELINE_PARAMS = {
-    "source": DEMO_PROMPTS,
-    "sample": None,
-    "models": DEMO_MODELS,
-    "judge": DEMO_JUDGE,
-    # several judges instead of `judge` (a list of endpoints), their verdicts voted by
-    # `judge_vote` ("majority" or "mean"); None or []: `judge` alone
-    "judges": None,
-    "judge_vote": "majority",
-    # judge-vs-exact-match agreement: gold-graded answers also asked of the judge (a seeded
-    # sample of this many), and the accuracy under which the run stops (None: the data-
-    # quality threshold `min_judge_agreement`, off by default)
-    "judge_agreement_sample": 50,
-    "judge_min_agreement": None,
-    "judge_mode": "online",
-    "judge_batch_conn_id": JUDGE_BATCH_CONN_ID,
-    "reference_model": DEMO_REFERENCE,
-    "max_tokens": 96,
-    "include_routellm": True,
-    "routellm_max_prompts": None,
-    "min_rows_per_model": 5,
-    "router_params": {},
-    "use_gpu": True,
-    "router_type": ROUTER_TYPE,
-    "strong_model": STRONG_MODEL,
-    "weak_model": WEAK_MODEL,
-    "benchmarks": BENCHMARKS,
-    "eval_max_prompts": None,
-    "strong_quality": "labeled",  # or "assume_perfect" (router_tasks.core.schemas.STRONG_QUALITY_MODES)
-    # evaluation reports the strong-model calls (and dollars) saved at 95% of the strong
-    # model's quality, and at this share of it
-    "quality_target": 0.95,
-}
+# Every parameter of a pipeline run (name, type, default, help, CLI flag) is a row of the
+# one table in `router_tasks.core.params` (its `PIPELINE_PARAMS`: each one's default).
 
 MODEL_CACHE_ENV = "TELA_MODEL_CACHE"
 
@@ -107,3 +74,4 @@ def model_cache_dir() -> Path:
         return Path(os.environ[MODEL_CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tela" / "models"
+

@@ -30,7 +30,7 @@ import json
 import logging
 from typing import Mapping, Sequence
 
-from router_tasks.core import defaults
+from router_tasks.core.params import PIPELINE_PARAMS
 from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.core.store import ArtifactStore
 from router_tasks.core.endpoints import Endpoint
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: a run's data, not its settings
 RUN_ONLY = ("source", "sample")
 #: what a run's settings are: every pipeline parameter but the data it runs on
-SETTINGS_KEYS = tuple(k for k in defaults.PIPELINE_PARAMS if k not in RUN_ONLY)
+SETTINGS_KEYS = tuple(k for k in PIPELINE_PARAMS if k not in RUN_ONLY)
 #: the Airflow Variable holding the team's override (a JSON object of pipeline params)
 VARIABLE = "tela_loop_settings"
 ENDPOINT_KEYS = ("models", "judge", "reference_model")
@@ -84,7 +84,7 @@ def resolve(layers: Sequence[tuple[str, Mapping | None]]) -> dict:
     """{"settings": every key of SETTINGS_KEYS, "from": {key: layer name}}: the library
     defaults, then each (name, settings) layer in order, later ones winning key by key.
     A layer that is None (absent) is skipped."""
-    settings = {k: defaults.PIPELINE_PARAMS[k] for k in SETTINGS_KEYS}
+    settings = {k: PIPELINE_PARAMS[k] for k in SETTINGS_KEYS}
     source = {k: DEFAULTS_LAYER for k in SETTINGS_KEYS}
     for name, layer in layers:
         if layer is None:

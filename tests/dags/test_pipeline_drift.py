@@ -61,6 +61,30 @@ def test_dag_params_are_the_pipeline_params(dag):
         assert value == (list(default) if isinstance(default, tuple) else default), name
 
 
+def test_every_dag_param_of_a_pipeline_parameter_is_the_tables_row(airflow_db, dag):
+    """Both training DAGs' forms come from the one parameter table (router_tasks/core/params.py):
+    each param named like a pipeline parameter has the table's description, default and
+    type, or, for the ones router_retraining takes from the loop's settings, empty."""
+    from airflow.models import DagBag
+
+    from router_tasks.core.params import BY_NAME, LOOP_EMPTY
+
+    retraining = DagBag(dag_folder=str(REPO / "dags" / "router_retraining.py")).get_dag("router_retraining")
+    shared = [(d, name) for d in (dag, retraining) for name in d.params if name in BY_NAME]
+    assert {name for d, name in shared if d is retraining} >= {"use_gpu", "strong_model", "weak_model", "benchmarks"}
+    for d, name in shared:
+        row, param = BY_NAME[name], d.params.get_param(name)
+        where = f"{d.dag_id}.{name}"
+        if name == "router_params" and d is retraining:
+            continue  # retraining's is per router type ({"knn": {...}}): another parameter of the same name
+        if param.description.endswith(LOOP_EMPTY):
+            assert param.value is None and param.schema["type"] == ["null", row.type], where
+            assert param.description == row.help + LOOP_EMPTY, where
+        else:
+            assert param.value == row.default and param.schema["type"] == row.schema()["type"], where
+            assert param.description == row.help, where
+
+
 def test_a_drifted_dag_is_caught(dag):
     """The check above can fail: a DAG task given another template is reported."""
     op = dag.task_dict["build_labels"]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from router_tasks.core import defaults
+from router_tasks.core.params import PIPELINE_PARAMS
 from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
@@ -39,7 +40,7 @@ def test_recordable_settings_hold_no_secret():
     safe = loop_settings.recordable({"judge": _endpoint("owl-judge", base_url="https://u:pw@llm.acme.test/v1?key=s3")})
     assert safe["judge"]["base_url"] == "https://llm.acme.test/v1"
     assert safe["judge"]["api_key_env"] == "ACME_KEY" and safe["judge"]["conn_id"] == "acme_llm"  # names are fine
-    assert "source" not in loop_settings.run_settings({**defaults.PIPELINE_PARAMS, "source": "/data/p.jsonl"})
+    assert "source" not in loop_settings.run_settings({**PIPELINE_PARAMS, "source": "/data/p.jsonl"})
 
 
 def test_layers_win_key_by_key_and_say_where_each_value_came_from():
@@ -49,7 +50,7 @@ def test_layers_win_key_by_key_and_say_where_each_value_came_from():
     assert set(s) == set(loop_settings.SETTINGS_KEYS)
     assert s["strong_model"] == STRONG and src["strong_model"] == "champion c1"
     assert s["max_tokens"] == 64 and src["max_tokens"] == "Variable tela_loop_settings"
-    assert s["judge_mode"] == defaults.PIPELINE_PARAMS["judge_mode"] and src["judge_mode"] == "library defaults"
+    assert s["judge_mode"] == PIPELINE_PARAMS["judge_mode"] and src["judge_mode"] == "library defaults"
     text = loop_settings.describe(resolved)
     assert "strong_model" in text and "<- champion c1" in text and "judge_mode" not in text
 
