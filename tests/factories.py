@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 
 def labels_table(prompts: Iterable[str], outcome: Callable[[int, str], Mapping[str, bool]], *,
