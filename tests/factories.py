@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 
-def labels_table(prompts: Iterable[str], outcome: Callable[[int, str], Mapping[str, bool]], *,
-                 source: str = "test", benchmark: str | None = None):
+def labels_table(
+    prompts: Iterable[str],
+    outcome: Callable[[int, str], Mapping[str, bool]],
+    *,
+    source: str = "test",
+    benchmark: str | None = None,
+):
     """A labels table as the labels stage writes it (prompt_id, prompt, model, score, correct,
     quality, source, benchmark): one row per prompt and model, in that order.
 
@@ -16,9 +21,20 @@ def labels_table(prompts: Iterable[str], outcome: Callable[[int, str], Mapping[s
 
     from router_tasks.core.prompts import prompt_id
 
-    rows = [dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=ok, quality=float(ok),
-                 source=source, benchmark=benchmark)
-            for i, text in enumerate(prompts) for model, ok in outcome(i, text).items()]
+    rows = [
+        dict(
+            prompt_id=prompt_id(text),
+            prompt=text,
+            model=model,
+            score=None,
+            correct=ok,
+            quality=float(ok),
+            source=source,
+            benchmark=benchmark,
+        )
+        for i, text in enumerate(prompts)
+        for model, ok in outcome(i, text).items()
+    ]
     df = pd.DataFrame(rows)
     df["score"] = df["score"].astype("Int64")
     return df
