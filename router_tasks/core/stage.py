@@ -41,7 +41,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import IO, Any, Callable, Mapping
 
 import pandas as pd
 
@@ -227,11 +228,11 @@ class _StageLock:
     def __init__(self, store: ArtifactStore, key: str, lease_s: float = LEASE_S):
         self.store, self.key, self.lease_s = store, key, float(lease_s)
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._fh = None
-        self._path = None
-        self._token = None
+        self._fh: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._token: str | None = None
         self._stop = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self.lost = False
 
     @property
@@ -245,7 +246,9 @@ class _StageLock:
         if not self.store.is_s3:
             import fcntl
 
-            path = self.store.local_dir / f".{LOCKS}" / f"{self.key}.lock"
+            local_dir = self.store.local_dir
+            assert local_dir is not None  # a local store (not is_s3)
+            path = local_dir / f".{LOCKS}" / f"{self.key}.lock"
             path.parent.mkdir(parents=True, exist_ok=True)
             fh = open(path, "a+b")
             try:
@@ -301,6 +304,7 @@ class _StageLock:
         if self._fh is not None:
             # Unlinked while held, then closed: a waiter that opened the old file sees its
             # inode is gone and opens a new one, so no lock file outlives the run.
+            assert self._path is not None  # set together with _fh
             self._path.unlink(missing_ok=True)
             self._fh.close()
             self._fh = None

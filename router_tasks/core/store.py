@@ -19,6 +19,7 @@ exclusive `flock` on a lock file beside the object around the compare and the re
 
 from __future__ import annotations
 
+import builtins
 import collections
 import hashlib
 import io
@@ -53,7 +54,7 @@ class ArtifactStore:
                 or os.environ.get("AWS_ENDPOINT_URL")
             )
             self._client = None
-            self.local_dir = None
+            self.local_dir: Path | None = None
         elif parsed.scheme in ("", "file"):
             path = parsed.path if parsed.scheme == "file" else self.root
             self.local_dir = Path(path).resolve()
@@ -78,10 +79,16 @@ class ArtifactStore:
     def is_s3(self) -> bool:
         return self.local_dir is None
 
+    @property
+    def _dir(self) -> Path:
+        """`local_dir` of a local store (the callers have checked `is_s3`)."""
+        assert self.local_dir is not None, f"{self.root} is an S3 store"
+        return self.local_dir
+
     def uri(self, key: str) -> str:
         if self.is_s3:
             return f"s3://{self.bucket}/{self._s3_key(key)}"
-        return str(self.local_dir / key)
+        return str(self._dir / key)
 
     def _s3_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -104,7 +111,7 @@ class ArtifactStore:
         if self.is_s3:
             self.s3.put_object(Bucket=self.bucket, Key=self._s3_key(key), Body=data)
             return
-        path = self.local_dir / key
+        path = self._dir / key
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -126,7 +133,7 @@ class ArtifactStore:
                 raise FileNotFoundError(self.uri(key)) from None
             data = obj["Body"].read()
         else:
-            data = (self.local_dir / key).read_bytes()
+            data = (self._dir / key).read_bytes()
         self._count_read(key, len(data))
         return data
 
@@ -143,7 +150,7 @@ class ArtifactStore:
                 h.update(chunk)
                 n += len(chunk)
         else:
-            with open(self.local_dir / key, "rb") as fh:
+            with open(self._dir / key, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
                     n += len(chunk)
@@ -156,7 +163,7 @@ class ArtifactStore:
         if self.is_s3:
             self.s3.upload_file(str(path), self.bucket, self._s3_key(key))
             return
-        dest = self.local_dir / key
+        dest = self._dir / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
         os.close(fd)
@@ -181,7 +188,7 @@ class ArtifactStore:
             data = obj["Body"].read()
             self._count_read(key, len(data))
             return data, obj["ETag"]
-        path = self.local_dir / key
+        path = self._dir / key
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -209,7 +216,7 @@ class ArtifactStore:
                 raise
         import fcntl
 
-        path = self.local_dir / key
+        path = self._dir / key
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.parent / f".{path.name}.lock", "a+b") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
@@ -232,12 +239,12 @@ class ArtifactStore:
                 if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                     return False
                 raise
-        return (self.local_dir / key).is_file()
+        return (self._dir / key).is_file()
 
     def size(self, key: str) -> int:
         if self.is_s3:
             return self.s3.head_object(Bucket=self.bucket, Key=self._s3_key(key))["ContentLength"]
-        return (self.local_dir / key).stat().st_size
+        return (self._dir / key).stat().st_size
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys below `prefix` (relative to the root), sorted; temporary files excluded."""
@@ -250,19 +257,19 @@ class ArtifactStore:
             ):
                 keys += [o["Key"][strip:] for o in page.get("Contents", [])]
             return sorted(keys)
-        base = self.local_dir / prefix if prefix else self.local_dir
+        base = self._dir / prefix if prefix else self._dir
         if base.is_file():
             return [prefix]
         if not base.exists():
             return []
         return sorted(
-            str(p.relative_to(self.local_dir))
+            str(p.relative_to(self._dir))
             for p in base.rglob("*")
             if p.is_file() and not (p.name.startswith(".") and p.name.endswith((".tmp", ".lock")))
-            and not p.relative_to(self.local_dir).parts[0].startswith(".")  # .locks/: not artifacts
+            and not p.relative_to(self._dir).parts[0].startswith(".")  # .locks/: not artifacts
         )
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         """The names of the 'folders' directly below `prefix` (one LIST, not a full walk)."""
         prefix = prefix.rstrip("/") + "/"
         if self.is_s3:
@@ -272,7 +279,7 @@ class ArtifactStore:
             ):
                 names += [p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for p in page.get("CommonPrefixes", [])]
             return sorted(names)
-        base = self.local_dir / prefix
+        base = self._dir / prefix
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir())
@@ -281,11 +288,11 @@ class ArtifactStore:
         if self.is_s3:
             self.s3.delete_object(Bucket=self.bucket, Key=self._s3_key(key))
         else:
-            (self.local_dir / key).unlink(missing_ok=True)
+            (self._dir / key).unlink(missing_ok=True)
 
     def local_path(self, key: str) -> Path | None:
         """A filesystem path for `key` when the store is local (lets big readers mmap)."""
-        return None if self.is_s3 else self.local_dir / key
+        return None if self.is_s3 else self._dir / key
 
     # -- typed helpers ----------------------------------------------------------------
     def write_json(self, key: str, obj: Any) -> None:

@@ -51,10 +51,20 @@ def test_two_runs_computing_one_key_compute_once(any_root, monkeypatch):
     monkeypatch.setattr(stage_mod, "WAIT_POLL_S", 0.05)
     computed = []
     started = threading.Barrier(2)
+    waiting = threading.Event()  # set when a run finds the key locked (it then waits)
+    try_acquire = stage_mod._StageLock.try_acquire
+
+    def try_acquire_seen(lock):
+        got = try_acquire(lock)
+        if not got:
+            waiting.set()
+        return got
+
+    monkeypatch.setattr(stage_mod._StageLock, "try_acquire", try_acquire_seen)
 
     def compute(ctx):
         computed.append(threading.current_thread().name)
-        time.sleep(0.6)  # long enough that the other run arrives mid-way
+        waiting.wait(20)  # hold the key until the other run has arrived and waits for it
         ctx.write_file("out.bin", f"written by {threading.current_thread().name}".encode())
 
     results, errors = {}, []
@@ -119,17 +129,30 @@ def test_an_incomplete_output_is_recomputed_not_reused(local_root):
 
 
 _WORKER = """
-import sys, time
+import os, sys, time
 from router_tasks.core import stage
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 stage.WAIT_POLL_S = 0.05
 root, log = sys.argv[1], sys.argv[2]
+waiting = log + ".waiting"  # created when a process finds the key locked (it then waits)
+try_acquire = stage._StageLock.try_acquire
+
+def try_acquire_seen(lock):
+    got = try_acquire(lock)
+    if not got:
+        open(waiting, "a").close()
+    return got
+
+stage._StageLock.try_acquire = try_acquire_seen
 
 def compute(ctx):
     with open(log, "a") as fh:
         fh.write("computed\\n")
-    time.sleep(3.0)  # longer than the other process's start-up spread, so they overlap
+    # hold the key until the other process has arrived and waits for it, so they overlap
+    deadline = time.monotonic() + 60
+    while not os.path.exists(waiting) and time.monotonic() < deadline:
+        time.sleep(0.02)
     ctx.write_file("out.bin", b"x")
 
 print(run_stage("two_procs", "1", compute, config={}, store=ArtifactStore(root))["reused"])

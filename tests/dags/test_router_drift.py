@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from factories import labels_table
 
 REPO = Path(__file__).resolve().parents[2]
 BIG, SMALL = "orca-70b", "minnow-7b"
@@ -39,16 +40,11 @@ def test_schedules_and_wiring(bag):
 
 
 def _router(root, minilm_prompts):
-    from router_tasks.core.prompts import prompt_id
     from router_tasks.core.stage import run_stage
     from router_tasks.core.store import ArtifactStore
     from router_tasks.training.train import train_router
 
-    rows = [dict(prompt_id=prompt_id(p), prompt=p, model=m, score=None, correct=ok, quality=float(ok),
-                 source="test", benchmark="mmlu")
-            for i, p in enumerate(minilm_prompts) for m, ok in ((BIG, True), (SMALL, i % 3 == 0))]
-    df = pd.DataFrame(rows)
-    df["score"] = df["score"].astype("Int64")
+    df = labels_table(minilm_prompts, lambda i, _: {BIG: True, SMALL: i % 3 == 0}, benchmark="mmlu")
     labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), store=ArtifactStore(root))
     ref = train_router(labels, router_type="knn", strong_model=BIG, weak_model=SMALL, router_params={"k": 10},
                        artifact_root=root)

@@ -386,6 +386,7 @@ def test_bad_input_fails_at_ingest_alerts_the_webhook_and_stores_nothing(main_ru
     assert s3_keys(s3) == before
 
 
+@pytest.mark.browser
 def test_ui_trigger_form_edit_and_run(cluster, api, llm, prompts_file, acme_connection):
     """Log in with chromium, open router_pipeline's trigger form, check every param and its
     description, set source/sample, replace models with our endpoints, trigger; the run

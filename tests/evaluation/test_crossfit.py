@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from factories import labels_table
 
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
@@ -33,16 +34,7 @@ STRONG, WEAK = bm.STRONG_MODEL, bm.WEAK_MODEL
 
 
 def _labels(prompts: list[str]) -> pd.DataFrame:
-    from router_tasks.core.prompts import prompt_id
-
-    rows = []
-    for i, text in enumerate(prompts):
-        for model, ok in ((STRONG, True), (WEAK, i % 2 == 0)):
-            rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=ok,
-                             quality=float(ok), source="test", benchmark=None))
-    df = pd.DataFrame(rows)
-    df["score"] = df["score"].astype("Int64")
-    return df
+    return labels_table(prompts, lambda i, _: {STRONG: True, WEAK: i % 2 == 0})
 
 
 @pytest.fixture

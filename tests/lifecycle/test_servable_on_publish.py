@@ -9,9 +9,9 @@ import json
 import time
 
 import openai
-import pandas as pd
 import pytest
 from conftest import ROUTER_EASY, ROUTER_HARD
+from factories import labels_table
 from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text
 
 from router_tasks.core.prompts import prompt_id
@@ -36,11 +36,8 @@ HARD_Q = "Prove the open mapping theorem for Banach spaces with every step justi
 
 def _train_and_publish(root: str) -> dict:
     store = ArtifactStore(root)
-    rows = [dict(prompt_id=prompt_id(t), prompt=t, model=m, score=None, correct=ok, quality=float(ok),
-                 source="generated:team", benchmark="own")
-            for t in ROUTER_EASY + ROUTER_HARD for m, ok in ((PRO, True), (MINI, t in ROUTER_EASY))]
-    df = pd.DataFrame(rows)
-    df["score"] = df["score"].astype("Int64")
+    df = labels_table(ROUTER_EASY + ROUTER_HARD, lambda _, t: {PRO: True, MINI: t in ROUTER_EASY},
+                      source="generated:team", benchmark="own")
     labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"t": "servable"}, store=store)
     router = train_router(labels, router_type="knn", strong_model=PRO, weak_model=MINI, router_params={"k": 5},
                           artifact_root=root)

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 from conftest import ROUTER_EASY, ROUTER_HARD
+from factories import labels_table
 from openai_test_server import Faults, Reply, ScriptedOpenAIServer, last_user_text
 
 from router_tasks.core.prompts import prompt_id
@@ -33,17 +34,8 @@ HARD_Q = "Prove the Hahn-Banach extension theorem for normed spaces in full rigo
 
 
 def _labels(strong: str, weak: str):
-    import pandas as pd
-
-    rows = []
-    for text in ROUTER_EASY + ROUTER_HARD:
-        hard = text in ROUTER_HARD
-        for model, ok in ((strong, True), (weak, not hard)):
-            rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=ok,
-                             quality=float(ok), source="test:gateway", benchmark=None))
-    df = pd.DataFrame(rows)
-    df["score"] = df["score"].astype("Int64")
-    return df
+    return labels_table(ROUTER_EASY + ROUTER_HARD, lambda _, text: {strong: True, weak: text not in ROUTER_HARD},
+                        source="test:gateway")
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +287,10 @@ def test_hot_reload_keeps_in_flight_requests(gateway, world, upstreams, tmp_path
         async with _client(gw, openai.AsyncOpenAI) as client:
             slow = asyncio.ensure_future(client.chat.completions.with_raw_response.create(
                 model="tela-auto", messages=[{"role": "user", "content": HARD_Q}]))
-            await asyncio.sleep(0.3)
+            for _ in range(500):  # until the slow request is at the (old champion's) strong upstream
+                if upstreams["large"].in_flight:
+                    break
+                await asyncio.sleep(0.01)
             ArtifactStore(root).write_json("champion/CHAMPION.json", {"router": ref2})
             for _ in range(50):
                 await asyncio.sleep(0.1)

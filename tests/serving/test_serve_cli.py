@@ -14,11 +14,10 @@ from pathlib import Path
 
 import openai
 import pytest
-import pandas as pd
 from conftest import ROUTER_EASY, ROUTER_HARD
+from factories import labels_table
 from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text
 
-from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.training.train import train_router
@@ -29,11 +28,7 @@ TELA = str(Path(sys.executable).parent / "tela")
 @pytest.mark.slow  # a fresh process loads the embedding model
 def test_tela_serve_end_to_end(tmp_path, minilm):
     root = str(tmp_path / "artifacts")
-    rows = [dict(prompt_id=prompt_id(t), prompt=t, model=m, score=None, correct=ok, quality=float(ok),
-                 source="test", benchmark=None)
-            for t in ROUTER_EASY + ROUTER_HARD for m, ok in (("deep", True), ("quick", t in ROUTER_EASY))]
-    df = pd.DataFrame(rows)
-    df["score"] = df["score"].astype("Int64")
+    df = labels_table(ROUTER_EASY + ROUTER_HARD, lambda _, t: {"deep": True, "quick": t in ROUTER_EASY})
     labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"c": "cli"},
                        store=ArtifactStore(root))
     ref = train_router(labels, router_type="knn", strong_model="deep", weak_model="quick", router_params={"k": 5},
