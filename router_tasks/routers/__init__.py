@@ -32,7 +32,7 @@ import numpy as np
 from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.routers.base import Router, resolve_params
 from router_tasks.routers.bert import BertRouter
-from router_tasks.routers.causal_llm import CausalLLMRouter
+from router_tasks.routers.causal_llm.router import CausalLLMRouter
 from router_tasks.routers.embedding_router import DEFAULT_REPRESENTATION, EmbeddingRouter
 from router_tasks.routers.ensemble import EnsembleRouter
 from router_tasks.routers.knn import KnnRouter

@@ -54,6 +54,7 @@ import numpy as np
 
 from router_tasks.core.prompts import normalize_prompt
 from router_tasks.routers import onnx_embeddings, static_embeddings
+from router_tasks.routers.causal_llm.base_models import SMOLLM2_GGUF, load_base
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +247,6 @@ def _smollm2_trunk():
     with _lock:
         if _smollm2 is None:
             import torch
-
-            from router_tasks.routers.causal_llm import SMOLLM2_GGUF, load_base
 
             started = time.time()
             model, tok, _ = load_base(SMOLLM2_GGUF, torch.float32)

@@ -172,7 +172,7 @@ def test_batch_mode_refuses_the_local_server(local_root):
 
 def test_one_model_cache_folder(monkeypatch, tmp_path):
     from router_tasks.labeling.smollm2 import default_cache_dir as _default_cache_dir
-    from router_tasks.routers.causal_llm import gguf_cache_dir
+    from router_tasks.routers.causal_llm.base_models import gguf_cache_dir
 
     monkeypatch.delenv("TELA_MODEL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

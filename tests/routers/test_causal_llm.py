@@ -14,14 +14,8 @@ import pandas as pd
 import pytest
 
 from router_tasks.routers import load_router, router_class
-from router_tasks.routers.causal_llm import (
-    LABEL_TOKENS,
-    CausalLLMRouter,
-    class_weights,
-    expected_quality,
-    prob_at_least,
-    quality_to_class,
-)
+from router_tasks.routers.causal_llm.labels import LABEL_TOKENS, class_weights, expected_quality, prob_at_least, quality_to_class
+from router_tasks.routers.causal_llm.router import CausalLLMRouter
 from router_tasks.core.stage import read_manifest
 from router_tasks.core.store import ArtifactStore
 from router_tasks.training.train import train_router

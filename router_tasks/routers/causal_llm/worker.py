@@ -1,6 +1,6 @@
-"""Entry point of a launched causal-LLM training worker (`causal_llm_launch.launch_command`).
+"""Entry point of a launched causal-LLM training worker (`launch.launch_command`).
 
-A module of its own: the launcher (imported by `causal_llm`) must not import the router
+A module of its own: the launcher (imported by `router`) must not import the router
 back, and running a module that the routers package already imported with `-m` would
 import it twice (once through the package, once as `__main__`).
 """
@@ -22,7 +22,7 @@ def main(argv=None) -> None:
     job = Path(args[0])
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
-    from router_tasks.routers.causal_llm import CausalLLMRouter
+    from router_tasks.routers.causal_llm.router import CausalLLMRouter
 
     spec = json.loads((job / "job.json").read_text())
     labels = pd.read_parquet(job / "labels.parquet")
