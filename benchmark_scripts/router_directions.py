@@ -49,7 +49,7 @@ from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.crossfit import assign_folds, assign_group_folds
 from router_tasks.routers.embeddings import Embedder
-from router_tasks.routers.ensemble import FEATURE_NAMES, feature_matrix
+from router_tasks.routers.text_features import FEATURE_NAMES, feature_matrix
 from router_tasks.routers.selection import cluster_split, exact_apgr
 
 C = 0.002

@@ -20,6 +20,7 @@ import numpy as np
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data import routellm as bm
 from router_tasks.routers import embeddings as emb
+from router_tasks.routers.vector_cache import shard_bytes
 
 
 def benchmark_prompts() -> list[str]:
@@ -43,7 +44,7 @@ def main() -> None:
     vectors = emb.Embedder(store, model=model, use_seed=False)(texts)
     out = args.out or model.seed_file
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    data = emb.shard_bytes([emb.text_key(t) for t in texts], vectors, np.float16, {"model_id": model.model_id})
+    data = shard_bytes([emb.text_key(t) for t in texts], vectors, np.float16, {"model_id": model.model_id})
     with open(out, "wb") as f:
         f.write(data)
     print(f"{len(texts)} vectors of {model.model_id} -> {out} ({len(data) / 1e6:.1f} MB)")

@@ -1,7 +1,7 @@
 """Ensemble router: a weighted mean of per-model quality predictors, weights chosen in fit.
 
 Six per-model quality predictors over the prompt's vector (its `representation`: MiniLM's
-embedding by default, `embeddings.REPRESENTATIONS`) and cheap features of the prompt text (`prompt_features`, `style_features`), each trained on every label a
+embedding by default, `embeddings.REPRESENTATIONS`) and cheap features of the prompt text (`text_features`), each trained on every label a
 model has (by default `select_components` lets knn, linear, style and form compete):
 
 * ``knn``: the kNN router (`KnnRouter`, its default params), unchanged;
@@ -17,7 +17,7 @@ model has (by default `select_components` lets knn, linear, style and form compe
 * ``lexical``: logistic regression on TF-IDF of word 1-2-grams (hashed, so the weights
   are plain arrays and no vocabulary is stored);
 * ``form``: the linear part with separate embedding weights for multiple-choice and
-  free-form prompts (`_form_inputs`), more strongly regularised (``form_c``). With
+  free-form prompts (`form_inputs`), more strongly regularised (``form_c``). With
   ``form_embedding: "smollm2-layer15"`` it reads SmolLM2-135M's hidden states
   (`embeddings.EMBEDDING_MODELS`) instead of MiniLM's embedding: better on topics the
   labels never covered, ~6x MiniLM's cost per prompt on a CPU (README).
@@ -67,6 +67,17 @@ from router_tasks.routers.base import label_matrix
 from router_tasks.routers.embedding_router import DEFAULT_REPRESENTATION, EmbeddingRouter
 from router_tasks.routers.ensemble_fast import CompiledBlend
 from router_tasks.routers.knn import KnnRouter
+from router_tasks.routers.text_features import (
+    CHOICES_COL,
+    FEATURE_NAMES,
+    feature_matrix,
+    form_inputs,
+    hashed_counts,
+    linear_inputs,
+    style_inputs,
+    style_matrix,
+    tfidf,
+)
 
 WEIGHTS_FILE = "ensemble.safetensors"
 SELECTION_FILE = "ensemble_selection.json"
@@ -78,115 +89,6 @@ FALLBACK_BLEND = (1 / 3, 1 / 3, 1 / 3, 0.0, 0.0, 0.0)
 TUNED_C = ("linear", "style", "lexical", "form")
 #: prompt forms that may get their own blend (`blend_by_form`): has multiple-choice options or not
 FORMS = {"multiple_choice": True, "free_form": False}
-
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-_SENTENCE_END = re.compile(r"[.?!]+(?:\s|$)")
-_DECIMAL = re.compile(r"\d+\.\d+")
-_FRACTION = re.compile(r"\d+/\d+")
-_CHOICES = re.compile(r"(?:^|\n)\s*A[.)]\s.*\n\s*B[.)]\s", re.S)
-_OPS = set("+-*/=^")
-FEATURE_NAMES = (
-    "log_chars", "log_words", "log_numbers", "log_distinct_numbers", "log_sentences", "has_decimal",
-    "has_percent", "has_fraction", "log_max_number", "has_choices", "has_dollar", "log_operators",
-)
-_CHOICES_COL = FEATURE_NAMES.index("has_choices")
-
-
-def prompt_features(prompt: str) -> list[float]:
-    """Cheap difficulty features of the prompt text alone (no benchmark name)."""
-    numbers = _NUMBER.findall(prompt)
-    values = []
-    for n in numbers:
-        plain = n.replace(",", "")
-        if plain.replace(".", "", 1).isdigit():
-            values.append(float(plain))
-    sentences = [s for s in _SENTENCE_END.split(prompt) if s.strip()]
-    return [
-        np.log1p(len(prompt)),
-        np.log1p(len(prompt.split())),
-        np.log1p(len(numbers)),
-        np.log1p(len(set(numbers))),
-        np.log1p(len(sentences)),
-        float(bool(_DECIMAL.search(prompt))),
-        float("%" in prompt),
-        float(bool(_FRACTION.search(prompt))),
-        float(np.log1p(min(max(values), 1e300))) if values else 0.0,
-        float(bool(_CHOICES.search(prompt))),
-        float("$" in prompt),
-        np.log1p(sum(map(prompt.count, _OPS))),  # map, not a generator: a per-prompt hot path
-    ]
-
-
-_STYLE = [re.compile(p, re.I) for p in (
-    r"\b(?:NOT|EXCEPT|LEAST|FALSE)\b", r"Statement 1", r"which of the following", r"\\\w|\$\$|\^\d",
-    r"\b(?:calculate|compute|how many|how much|what is the value|find the|solve)\b",
-    r"\b(?:True|False)\b", r"\b(?:because|therefore|since)\b",
-)]
-STYLE_NAMES = (
-    "has_negation", "has_statement_pair", "has_which_following", "has_math_notation", "has_computation",
-    "has_true_false", "has_reasoning_word", "log_option_chars", "option_digit_share", "log_digits",
-    "log_capitals", "log_lines",
-)
-_OPTION = re.compile(r"^\s*[A-D][.)]\s")
-
-
-def style_features(prompt: str) -> list[float]:
-    """Question-form features that do not name a topic (see the module docstring)."""
-    lines = [ln for ln in prompt.split("\n") if ln.strip()]
-    options = [ln for ln in lines if _OPTION.match(ln)]
-    return [float(bool(p.search(prompt))) for p in _STYLE] + [
-        float(np.log1p(np.mean([len(o) for o in options]))) if options else 0.0,
-        float(np.mean([any(map(str.isdigit, o)) for o in options])) if options else 0.0,
-        float(np.log1p(sum(map(str.isdigit, prompt)))),
-        float(np.log1p(sum(map(str.isupper, prompt)))),
-        float(np.log1p(len(lines))),
-    ]
-
-
-def style_matrix(prompts: Sequence[str]) -> np.ndarray:
-    return np.asarray([style_features(p) for p in prompts], dtype=np.float64).reshape(len(prompts), len(STYLE_NAMES))
-
-
-def _hashed_counts(prompts: Sequence[str], n_features: int):
-    from sklearn.feature_extraction.text import HashingVectorizer
-
-    hv = HashingVectorizer(n_features=int(n_features), ngram_range=(1, 2), alternate_sign=False, norm=None)
-    x = hv.transform(list(prompts)).tocsr().astype(np.float64)
-    x.data = 1.0 + np.log(x.data)  # sublinear term frequency
-    return x
-
-
-def _tfidf(x, idf: np.ndarray):
-    from sklearn.preprocessing import normalize
-
-    return normalize(x.multiply(idf.reshape(1, -1)).tocsr())
-
-
-def feature_matrix(prompts: Sequence[str]) -> np.ndarray:
-    return np.asarray([prompt_features(p) for p in prompts], dtype=np.float64).reshape(len(prompts), len(FEATURE_NAMES))
-
-
-def _linear_inputs(emb: np.ndarray, feats: np.ndarray) -> np.ndarray:
-    return np.hstack([emb.astype(np.float64), feats, feats * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
-
-
-def _form_inputs(emb: np.ndarray, feats: np.ndarray) -> np.ndarray:
-    """[embedding, embedding x has-choices, text features, text features x has-choices]:
-    multiple-choice questions and free-form prompts get their own embedding weights (on
-    top of shared ones), so what predicts a hard maths word problem is not averaged with
-    what predicts a hard multiple-choice question."""
-    choices = feats[:, _CHOICES_COL : _CHOICES_COL + 1]
-    emb = emb.astype(np.float64)
-    return np.hstack([emb, emb * choices, feats, feats * choices])
-
-
-def _style_inputs(prompts: Sequence[str], feats: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
-    """[text features, style features x has-choices]: the question-form features speak
-    about multiple-choice questions only, so free-form prompts (chat, writing) are judged
-    on the plain text features alone."""
-    style = style_matrix(prompts) if style is None else style
-    return np.hstack([feats, style * feats[:, _CHOICES_COL : _CHOICES_COL + 1]])
-
 
 def _c_values(value) -> list[float]:
     """A regularisation setting: one value, or the candidates fit chooses among."""
@@ -357,7 +259,7 @@ class EnsembleRouter(EmbeddingRouter):
                     parts = self._parts(knn, w, vi_texts, emb[vi].astype(np.float64), needed, cache=vi_cache)
                     for c in needed:
                         gaps[c][values.get(c)] = parts[c][:, si] - parts[c][:, wi]
-                tuned.append((gaps, quality[vi, si], quality[vi, wi], cache["feats"][vi, _CHOICES_COL] > 0.5))
+                tuned.append((gaps, quality[vi, si], quality[vi, wi], cache["feats"][vi, CHOICES_COL] > 0.5))
             for c in candidates:  # each tuned component's C first, by its own validation APGR
                 if c in grids and len(grids[c]) > 1 and tuned:
                     by_value = [np.mean([selection.exact_apgr(g[c][v], s_q, w_q) for g, s_q, w_q, _ in tuned])
@@ -453,12 +355,12 @@ class EnsembleRouter(EmbeddingRouter):
                       f"{prefix}_intercept": intercept})
 
         if "linear" in needed:
-            linear_part("lin", _linear_inputs(emb, feats), c_of["linear"])
+            linear_part("lin", linear_inputs(emb, feats), c_of["linear"])
         if "form" in needed:
             form_emb = cache["form_emb"] if "form_emb" in cache else self._form_vectors(texts, emb)
-            linear_part("frm", _form_inputs(form_emb, feats), c_of["form"])
+            linear_part("frm", form_inputs(form_emb, feats), c_of["form"])
         if "style" in needed:
-            linear_part("sty", _style_inputs(texts, feats, cache.get("style")), c_of["style"])
+            linear_part("sty", style_inputs(texts, feats, cache.get("style")), c_of["style"])
         if "gbt" in needed:
             n_pc = min(int(self.params["gbt_pca"]), len(texts), emb.shape[1])
             if n_pc > 0:
@@ -471,10 +373,10 @@ class EnsembleRouter(EmbeddingRouter):
                      for has, rows, target, weight, base, ok in targets]
             w.update({"pca_mean": pca_mean, "pca_components": pca_comp, **self._pack_trees(trees)})
         if "lexical" in needed:
-            counts = _hashed_counts(texts, int(self.params["lexical_features"]))
+            counts = hashed_counts(texts, int(self.params["lexical_features"]))
             df = np.bincount(counts.indices, minlength=counts.shape[1])
             idf = np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0  # scikit-learn's smoothed idf
-            x = _tfidf(counts, idf)
+            x = tfidf(counts, idf)
             coef, intercept = np.zeros((n_models, x.shape[1]), np.float32), np.zeros(n_models)
             for j, (has, rows, target, weight, base, ok) in enumerate(targets):
                 if ok:
@@ -582,17 +484,17 @@ class EnsembleRouter(EmbeddingRouter):
         if "knn" in which:
             out["knn"] = knn.predict_embedded(emb.astype(np.float32)).astype(np.float64)
         if "linear" in which and "lin_coef" in w:
-            out["linear"] = lin("lin", _linear_inputs(emb, feats))
+            out["linear"] = lin("lin", linear_inputs(emb, feats))
         if "form" in which and "frm_coef" in w:
             form_emb = cache["form_emb"] if "form_emb" in cache else self._form_vectors(prompts, emb)
-            out["form"] = lin("frm", _form_inputs(form_emb, feats))
+            out["form"] = lin("frm", form_inputs(form_emb, feats))
         if "gbt" in which and "tree_root" in w:
             tree_x = np.hstack([feats, (emb - w["pca_mean"]) @ w["pca_components"].T])
             out["gbt"] = _sigmoid(self._tree_logits_of(w, tree_x, len(self.models)))
         if "style" in which and "sty_coef" in w:
-            out["style"] = lin("sty", _style_inputs(prompts, feats, cache.get("style")))
+            out["style"] = lin("sty", style_inputs(prompts, feats, cache.get("style")))
         if "lexical" in which and "lex_coef" in w:
-            x = _tfidf(_hashed_counts(prompts, len(w["lex_idf"])), w["lex_idf"])
+            x = tfidf(hashed_counts(prompts, len(w["lex_idf"])), w["lex_idf"])
             out["lexical"] = _sigmoid(np.asarray(x @ w["lex_coef"].T.astype(np.float64)) + w["lex_intercept"])
         return out
 
@@ -616,7 +518,7 @@ class EnsembleRouter(EmbeddingRouter):
         if not prompts:
             return np.zeros((0, len(self.models)))
         feats = feature_matrix(prompts)
-        mc = feats[:, _CHOICES_COL] > 0.5
+        mc = feats[:, CHOICES_COL] > 0.5
         compiled = self._compiled()
         used = compiled.used_mc if mc.all() else compiled.used_ff if not mc.any() else \
             list(dict.fromkeys(compiled.used_mc + compiled.used_ff))
@@ -645,7 +547,7 @@ class EnsembleRouter(EmbeddingRouter):
         fit scores its validation splits with), unclipped: what the compiled path must equal."""
         prompts = list(prompts)
         feats = feature_matrix(prompts) if feats is None else feats
-        mc = feats[:, _CHOICES_COL] > 0.5
+        mc = feats[:, CHOICES_COL] > 0.5
         # a blend per prompt form (see fit); rows of the (n_prompts, n_components) weights
         weights = np.where(mc[:, None], self.w["blend_multiple_choice"], self.w["blend_free_form"])
         weights = weights / weights.sum(axis=1, keepdims=True)

@@ -1,8 +1,8 @@
 """The ensemble's scoring folded into a few float arrays, for one prompt at a time.
 
 The ensemble's logistic parts standardise their inputs and read concatenations of the
-prompt vector and the text features (`ensemble._linear_inputs`, `_form_inputs`,
-`_style_inputs`). Scoring a prompt that way builds each concatenation, standardises it
+prompt vector and the text features (`text_features.linear_inputs`, `form_inputs`,
+`style_inputs`). Scoring a prompt that way builds each concatenation, standardises it
 and multiplies, through pandas at the end: cheap per prompt in a batch, most of the time
 when a gateway scores one prompt per call. `CompiledBlend` folds the standardisation into
 the weights once (x @ (coef / scale).T + (intercept - coef @ (mean / scale))) and splits

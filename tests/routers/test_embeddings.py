@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router_tasks.routers import embeddings
+from router_tasks.routers import embeddings, vector_cache
 from router_tasks.routers.embeddings import EMBED_DIM, Embedder, clear_memory_cache, embed_texts
 from router_tasks.core.store import ArtifactStore
 
@@ -48,7 +48,7 @@ def test_store_cache_serves_vectors_without_the_model(minilm, any_root):
     first = Embedder(store)
     a = first(texts)
     assert first.stats == {"embedded": 2, "cache_hits": 0}
-    shards = store.list(f"{embeddings.CACHE_PREFIX}/{embeddings.MODEL_ID}/")
+    shards = store.list(f"{vector_cache.CACHE_PREFIX}/{embeddings.MODEL_ID}/")
     assert len(shards) == 1 and shards[0].endswith(".parquet")
 
     clear_memory_cache()  # as in a fresh process: only the store has the vectors
@@ -60,7 +60,7 @@ def test_store_cache_serves_vectors_without_the_model(minilm, any_root):
     third = Embedder(store)
     third(["and me too", "a brand new prompt"])
     assert third.stats == {"embedded": 1, "cache_hits": 1}
-    assert len(store.list(f"{embeddings.CACHE_PREFIX}/{embeddings.MODEL_ID}/")) == 2  # one new shard
+    assert len(store.list(f"{vector_cache.CACHE_PREFIX}/{embeddings.MODEL_ID}/")) == 2  # one new shard
 
 
 def test_vectors_in_memory_are_still_written_to_a_new_store(minilm, tmp_path):
@@ -75,7 +75,7 @@ def test_vectors_in_memory_are_still_written_to_a_new_store(minilm, tmp_path):
 
 def test_unreadable_shard_is_ignored(minilm, tmp_path, caplog):
     store = ArtifactStore(str(tmp_path / "a"))
-    store.write_bytes(f"{embeddings.CACHE_PREFIX}/{embeddings.MODEL_ID}/broken.parquet", b"not parquet")
+    store.write_bytes(f"{vector_cache.CACHE_PREFIX}/{embeddings.MODEL_ID}/broken.parquet", b"not parquet")
     clear_memory_cache()
     e = Embedder(store)
     v = e(["still works"])
@@ -136,8 +136,8 @@ def test_each_model_has_its_own_store_cache(minilm, local_root):
     assert smol.store is store and smol.dim == embeddings.SMOLLM2_DIM and smol.model_id != mini.model_id
     a = smol(texts)
     assert a.shape == (2, embeddings.SMOLLM2_DIM) and smol.stats == {"embedded": 2, "cache_hits": 0}
-    assert len(store.list(f"{embeddings.CACHE_PREFIX}/{smol.model_id}/")) == 1
-    assert store.list(f"{embeddings.CACHE_PREFIX}/{mini.model_id}/") == []  # MiniLM was not asked
+    assert len(store.list(f"{vector_cache.CACHE_PREFIX}/{smol.model_id}/")) == 1
+    assert store.list(f"{vector_cache.CACHE_PREFIX}/{mini.model_id}/") == []  # MiniLM was not asked
 
     clear_memory_cache()  # a fresh process: the store serves SmolLM2's vectors, MiniLM computes its own
     again = Embedder(store, model=SMOL)
@@ -173,7 +173,7 @@ def test_the_vector_cache_never_holds_more_than_its_bound(minilm, tmp_path):
     bound (the least recently used vectors go), and what it holds is really that small."""
     import tracemalloc
 
-    bound = 40 * (EMBED_DIM * 4 + embeddings.VectorCache.ENTRY_OVERHEAD)  # room for 40 MiniLM vectors
+    bound = 40 * (EMBED_DIM * 4 + vector_cache.VectorCache.ENTRY_OVERHEAD)  # room for 40 MiniLM vectors
     e = Embedder(cache_bytes=bound, use_seed=False)
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
@@ -195,12 +195,12 @@ def test_the_vector_cache_never_holds_more_than_its_bound(minilm, tmp_path):
 
 
 def test_the_process_cache_bound_comes_from_the_environment(monkeypatch):
-    monkeypatch.setenv(embeddings.CACHE_BYTES_ENV, "1e6")
-    assert embeddings._env_cache_bytes() == 1_000_000
-    monkeypatch.setenv(embeddings.CACHE_BYTES_ENV, "lots")
+    monkeypatch.setenv(vector_cache.CACHE_BYTES_ENV, "1e6")
+    assert vector_cache.env_cache_bytes() == 1_000_000
+    monkeypatch.setenv(vector_cache.CACHE_BYTES_ENV, "lots")
     with pytest.raises(ValueError, match="TELA_EMBEDDING_CACHE_BYTES='lots': expected a number of bytes"):
-        embeddings._env_cache_bytes()
-    monkeypatch.delenv(embeddings.CACHE_BYTES_ENV)
-    assert embeddings._env_cache_bytes() == embeddings.DEFAULT_CACHE_BYTES
+        vector_cache.env_cache_bytes()
+    monkeypatch.delenv(vector_cache.CACHE_BYTES_ENV)
+    assert vector_cache.env_cache_bytes() == vector_cache.DEFAULT_CACHE_BYTES
     with pytest.raises(ValueError, match=">= 0"):
         Embedder(cache_bytes=-1)

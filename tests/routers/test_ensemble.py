@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
 
-from router_tasks.routers.ensemble import COMPONENTS, FEATURE_NAMES, EnsembleRouter, feature_matrix
+from router_tasks.routers.ensemble import COMPONENTS, EnsembleRouter
+from router_tasks.routers.text_features import FEATURE_NAMES, feature_matrix
 
 MODELS = [ROUTER_STRONG, ROUTER_WEAK, "smollm2"]
 QUERIES = [ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, "What is 9 - 3?"]
@@ -137,7 +138,8 @@ def test_form_part_on_smollm2_vectors_learns_topics_and_survives_the_train_stage
     from router_tasks.core.stage import read_manifest
     from router_tasks.core.store import ArtifactStore
     from router_tasks.routers import load_router
-    from router_tasks.routers.embeddings import CACHE_PREFIX, EMBEDDING_MODELS, SMOLLM2_DIM
+    from router_tasks.routers.embeddings import EMBEDDING_MODELS, SMOLLM2_DIM
+    from router_tasks.routers.vector_cache import CACHE_PREFIX
     from router_tasks.training.train import train_router
 
     params = {"form_embedding": "smollm2-layer15", "select_components": ["form"], "knn_k": 10,
