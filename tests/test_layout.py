@@ -1,6 +1,6 @@
 """The package layering the README's layout table promises: a package imports only packages
 below it, siblings on one level do not import each other, the library never imports Airflow,
-and no module imports another module's private names."""
+no module imports another module's private names, and no module grows into a monolith."""
 
 from __future__ import annotations
 
@@ -86,3 +86,18 @@ def test_no_private_cross_module_imports(kind):
             if private and private.startswith("_") and not private.startswith("__"):
                 wrong.append(f"{name}:{line} imports {target}.{item or ''}")
     assert not wrong, "\n".join(wrong)
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_no_library_module_is_a_monolith():
+    """A module over MAX_MODULE_LINES says at its top (its docstring) why it is one piece."""
+    big = {}
+    for path in sorted(PKG.rglob("*.py")):
+        text = path.read_text()
+        lines = text.count("\n")
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if lines > MAX_MODULE_LINES and "one piece because" not in doc.lower():
+            big[str(path.relative_to(PKG.parent))] = lines
+    assert not big, f"split these modules by responsibility, or say in their docstring why not: {big}"
