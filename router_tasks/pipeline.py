@@ -33,13 +33,13 @@ from router_tasks.lifecycle.summary import summarize_run
 from router_tasks.training.train import train_router
 from router_tasks.serving.feedback import feedback_labels_stage
 from router_tasks.serving.traffic import resolve_source
+from router_tasks.core.store import ArtifactStore
 
 def ingest_source(source: str, sample: int | None = None, artifact_root: str | None = None) -> dict:
     """Ingest `source`, where a traffic window (`traffic://<from>/<to>`, the gateway's
     traffic log) is first exported to a prompts file: the next router learns from what
     users actually sent. Any other source goes to ingest unchanged. (No **kwargs: Airflow
     would pass its whole task context into them.)"""
-    from router_tasks.core.store import ArtifactStore
 
     resolved = resolve_source(source, ArtifactStore(artifact_root))
     return ingest_prompts(resolved, sample=sample, artifact_root=artifact_root)

@@ -26,6 +26,7 @@ from router_tasks.data.table_files import FORMATS, InputDataError, read_source_b
 from router_tasks.data.quality import enforce, prompts_suite, resolve_thresholds
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.core.stage import ArtifactRef, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,6 @@ def shard_of(pid: str, shards: int) -> int:
 
 def prompt_shards(prompts, store: ArtifactStore) -> tuple[int, list[int]]:
     """(shard count, shards present) of a prompts artifact, from its manifest alone."""
-    from router_tasks.core.stage import ArtifactRef, read_manifest
 
     manifest = read_manifest(store, prompts)
     files = manifest.get("files", {})
@@ -182,7 +182,6 @@ def prompt_shards(prompts, store: ArtifactStore) -> tuple[int, list[int]]:
 
 def read_prompt_shard(prompts, shard: int | None, store: ArtifactStore) -> pd.DataFrame:
     """One shard of a prompts artifact (the whole table for None): reads that shard's file only."""
-    from router_tasks.core.stage import ArtifactRef, read_manifest
 
     key = ArtifactRef.of(prompts).key
     if shard is not None:

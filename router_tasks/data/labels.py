@@ -30,6 +30,10 @@ from router_tasks.core.schemas import (JUDGE_LABEL_COLUMNS, LABEL_COLUMNS, OWN_S
                                        is_own_source)
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data import zeroeval
+from router_tasks.data.routellm import HOLDOUT_VERSION, is_eval_holdout
+from router_tasks.data.routellm import routellm_training_labels
+from router_tasks.data.table_files import read_table_file
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +100,6 @@ def own_eval_plan(labels: pd.DataFrame, strong_model: str, weak_model: str) -> d
     {"protocol": "holdout" | "crossfit" | None, "n_pair_prompts", "heldout": sorted prompt
     ids the router must not train on (holdout only), "folds", "reason" (protocol None)}.
     """
-    from router_tasks.data.routellm import HOLDOUT_VERSION, is_eval_holdout
 
     own = labels[is_own_source(labels["source"]) & labels["quality"].notna()]
     labelled = own.groupby(["prompt_id", "model"]).size().unstack("model")
@@ -188,7 +191,6 @@ def build_labels(
         if feedback is not None:
             parts.append(ctx.read_input("feedback"))
         if include_routellm:
-            from router_tasks.data.routellm import routellm_training_labels
 
             bundled = routellm_training_labels(routellm_models)[LABEL_COLUMNS]
             if routellm_max_prompts is not None:
@@ -287,7 +289,6 @@ def labels_from_file(path: str, *, source: str | None = None, artifact_root: str
     import hashlib
     from pathlib import Path
 
-    from router_tasks.data.table_files import read_table_file
 
     data = Path(path).read_bytes() if "://" not in str(path) else None
     df = read_table_file(path, what="labels")
@@ -308,7 +309,6 @@ def zeroeval_labels(task: str, *, models: list[str] | None = None, prompt_ids: l
                     artifact_root: str | None = None) -> dict:
     """A labels artifact from the bundled ZeroEval results of `task` ("gsm"/"crux" or
     "zeroeval-gsm8k"/"zeroeval-crux"), optionally only `models` and `prompt_ids`."""
-    from router_tasks.data import zeroeval
 
     def compute(ctx):
         labels = zeroeval.labels(task, models=models)

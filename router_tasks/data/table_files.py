@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
+from router_tasks.core.store import ArtifactStore
 
 FORMATS = ("jsonl", "json", "csv", "parquet")
 
@@ -26,7 +27,6 @@ def read_source_bytes(source: str) -> bytes:
     """The bytes of a local path, file:// or s3:// URI (S3 settings from the environment)."""
     parsed = urlparse(source)
     if parsed.scheme == "s3":
-        from router_tasks.core.store import ArtifactStore
 
         store = ArtifactStore(f"s3://{parsed.netloc}")
         try:

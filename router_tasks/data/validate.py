@@ -23,6 +23,7 @@ from router_tasks.data.quality import (  # noqa: F401  (DataQualityError re-expo
 from router_tasks.core.stage import run_stage
 from router_tasks.data.labels import AGREEMENT_FILE
 from router_tasks.core.store import ArtifactStore
+from router_tasks.core.schemas import OPTIONAL_LABEL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ def validate_labels(
 
     def compute(ctx):
         df = ctx.read_input("labels")
-        from router_tasks.core.schemas import OPTIONAL_LABEL_COLUMNS
 
         suite = labels_suite(th, config["required_models"],
                              optional_columns=[c for c in OPTIONAL_LABEL_COLUMNS if c in df.columns])

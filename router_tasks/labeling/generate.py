@@ -44,6 +44,7 @@ from router_tasks.labeling.llm_client import ChatResult, EndpointSession, ask_al
 from router_tasks.data.quality import resolve_thresholds
 from router_tasks.core.stage import StageContext, load_table, part_inputs, run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data.quality import answers_suite, enforce
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,6 @@ def combine_answers(
     names = part_inputs(parts, stage="combine_answers")
 
     def combine(ctx: StageContext) -> None:
-        from router_tasks.data.quality import answers_suite, enforce
 
         frames, per_part = [], []
         for name in names:

@@ -58,6 +58,8 @@ from router_tasks.data.quality import resolve_thresholds
 from router_tasks.core.stage import StageContext, load_table, part_inputs, run_stage, stable_hash
 from router_tasks.core.schemas import cell_text
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data.quality import enforce, judgements_suite
+from router_tasks.labeling.verdicts import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,6 @@ def check_vote(vote: str) -> str:
 
 
 def judge_config(endpoints: list[Endpoint], vote: str) -> dict:
-    from router_tasks.labeling.verdicts import resolve_path
 
     return {
         "judges": [{**e.output_config(), "verdict": resolve_path(e.verdict, e.is_local)} for e in endpoints] or None,
@@ -388,7 +389,6 @@ def combine_judgements(
     names = part_inputs(parts, stage="combine_judgements")
 
     def compute(ctx: StageContext) -> None:
-        from router_tasks.data.quality import enforce, judgements_suite
 
         frames, manifests = [], []
         for name in names:

@@ -29,6 +29,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from router_tasks.core.endpoints import Endpoint
 from router_tasks.labeling.call_errors import describe_error, redact_secrets, reject_malformed_json, status_of
+from router_tasks.labeling.local_server import local_llm_server
+from router_tasks.labeling.request_cache import RequestCache
+from router_tasks.labeling.request_cache import request_key
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,6 @@ def open_endpoint(endpoint: Endpoint) -> Iterator[ChatClient]:
     """A client for `endpoint`; for base_url 'local', a server that lives as long as it."""
     _quiet_http_logs()
     if endpoint.is_local:
-        from router_tasks.labeling.local_server import local_llm_server
 
         with local_llm_server() as url:
             client = ChatClient(endpoint, base_url=url)
@@ -274,7 +276,6 @@ class CallStats:
 
 def endpoint_cache(endpoint: Endpoint, store, *, flush_every: int = 50):
     """The request cache of `endpoint` in `store`."""
-    from router_tasks.labeling.request_cache import RequestCache
 
     return RequestCache(store, base_url=endpoint.output_config()["base_url"], model=endpoint.model,
                         flush_every=flush_every)
@@ -283,7 +284,6 @@ def endpoint_cache(endpoint: Endpoint, store, *, flush_every: int = 50):
 def request_keys(endpoint: Endpoint, conversations: Sequence[list[dict]], *, prompt_version: str,
                  max_tokens: int | None = None, options: Mapping | None = None) -> tuple[list[list[dict]], list[str]]:
     """The messages as they will be sent, and their request-cache keys."""
-    from router_tasks.labeling.request_cache import request_key
 
     max_tokens = max_tokens or endpoint.max_tokens
     sent = [endpoint.with_system_prompt(c) for c in conversations]

@@ -38,6 +38,8 @@ from router_tasks.core.schemas import CHAMPION_KEY, finite_or_none, is_own_sourc
 from router_tasks.core.stage import ArtifactRef, load_table, stable_hash
 from router_tasks.core.store import ArtifactStore
 from router_tasks.lifecycle.loop_settings import recordable
+from router_tasks.evaluation.calibration import calibrate_router
+from router_tasks.evaluation.evaluate import evaluate_router
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,6 @@ def evaluation_spec_of(store: ArtifactStore, evaluation: ArtifactRef) -> dict | 
 
 def _rescore_champion(store: ArtifactStore, current: dict, spec: dict, metric: str) -> tuple[float, dict]:
     """(score, evaluation ref) of the champion on the challenger's `spec`; raises when it cannot be."""
-    from router_tasks.evaluation.evaluate import evaluate_router
 
     ref = evaluate_router(
         current["router"], benchmarks=spec["benchmarks"], protocol=spec.get("protocol"),
@@ -150,7 +151,6 @@ def serving_sample(store: ArtifactStore, router_ref: ArtifactRef,
 def calibrate_for_serving(store: ArtifactStore, router_ref: ArtifactRef) -> dict:
     """The calibrate artifact publishing writes for `router_ref` (idempotent: the same
     router and sample reuse it)."""
-    from router_tasks.evaluation.calibration import calibrate_router
 
     prompts, share, why = serving_sample(store, router_ref)
     return calibrate_router(router_ref.to_dict(), prompts, share, target_from=why, artifact_root=store.root)

@@ -24,6 +24,8 @@ from typing import Iterable, Mapping, Sequence
 from router_tasks.core.stage import ArtifactRef, load_table, resolve_ref
 from router_tasks.core.store import ArtifactStore
 from router_tasks.lifecycle import loop_settings
+from router_tasks.lifecycle.publish import headline_score, publish_router
+from router_tasks.training.train import train_device
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ def split_by_device(router_types: Sequence[str], use_gpu: bool = True) -> dict:
     mapped over each list, `order` lets `in_type_order` put their results back in the
     param's order. Unknown types fail here, before anything trains.
     """
-    from router_tasks.training.train import train_device
 
     types = list(router_types or [])
     if not types:
@@ -165,7 +166,6 @@ def publish_best(
     (`retraining_settings`); the champion records them with the winner's router type and
     params.
     """
-    from router_tasks.lifecycle.publish import headline_score, publish_router
 
     routers, evaluations = list(routers), list(evaluations)
     if not routers or len(routers) != len(evaluations):

@@ -38,6 +38,13 @@ from router_tasks.routers.ensemble import EnsembleRouter
 from router_tasks.routers.knn import KnnRouter
 from router_tasks.routers.mf import MFRouter
 from router_tasks.routers.random_router import RandomRouter
+from router_tasks import __version__
+from router_tasks.core.stage import ArtifactRef
+from router_tasks.core.stage import find_complete
+from router_tasks.core.store import ArtifactStore
+from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder, embedding_model, fitted_embedder
+from router_tasks.routers.embeddings import REPRESENTATIONS, prepare
+from router_tasks.routers.embeddings import prepare
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +95,6 @@ def make_router(kind: str, models, strong_model: str, weak_model: str, params: d
 
 
 def library_versions() -> dict:
-    from router_tasks import __version__
 
     out = {"python": platform.python_version(), "router_tasks": __version__}
     for name in _VERSIONED:
@@ -134,7 +140,6 @@ def save_router(router: Router, ctx, *, training: dict | None = None, metrics: d
         "metrics": dict(metrics or {}),
     }
     if isinstance(router, EmbeddingRouter):
-        from router_tasks.routers.embeddings import prepare
 
         sha = prepare(router.representation)
         if sha is not None:  # built on this machine: a router served with other weights says so
@@ -149,8 +154,6 @@ def save_router(router: Router, ctx, *, training: dict | None = None, metrics: d
 
 def resolve_router_key(ref, store=None):
     """(store, key) of a train artifact named by a ref dict, key, URI, path or "champion"."""
-    from router_tasks.core.stage import ArtifactRef
-    from router_tasks.core.store import ArtifactStore
 
     store = store or ArtifactStore()
     if isinstance(ref, str) and ref.strip().startswith("{"):
@@ -203,7 +206,6 @@ def load_router(ref, store=None) -> Router:
 
     Embedding routers get an embedder that caches in the router's artifact store.
     """
-    from router_tasks.core.stage import find_complete
 
     store, key = resolve_router_key(ref, store)
     if find_complete(store, key) is None:
@@ -215,7 +217,6 @@ def load_router(ref, store=None) -> Router:
     cls = router_class(meta.get("kind", "<missing>"))
     if issubclass(cls, EmbeddingRouter):
         # before the weights: a representation this install cannot build is one clear error
-        from router_tasks.routers.embeddings import REPRESENTATIONS, prepare
 
         name = (meta.get("params") or {}).get("representation") or DEFAULT_REPRESENTATION
         try:
@@ -228,7 +229,6 @@ def load_router(ref, store=None) -> Router:
             ) from err
     router = cls.load(lambda name: store.read_bytes(f"{key}/{name}"), meta)
     if isinstance(router, EmbeddingRouter):
-        from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder, embedding_model, fitted_embedder
 
         installed = embedding_model(name).model_id
         if meta.get("embedding_model") not in (None, installed):

@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 
 from router_tasks.routers.base import Router, label_matrix, resolve_params, torch_threads
+from router_tasks.routers.embeddings import MODEL_ID
+from router_tasks.routers.embeddings import model_path
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,6 @@ DEFAULTS = {
 
 
 def _base_model_id() -> str:
-    from router_tasks.routers.embeddings import MODEL_ID
 
     return MODEL_ID
 
@@ -71,7 +72,6 @@ def _load_encoder():
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from router_tasks.routers.embeddings import model_path
 
     hf_logging.disable_progress_bar()
     path = model_path()

@@ -78,6 +78,9 @@ from router_tasks.routers.text_features import (
     style_matrix,
     tfidf,
 )
+from router_tasks.routers import selection
+from router_tasks.routers.embeddings import Embedder
+from router_tasks.routers.embeddings import embedding_model
 
 WEIGHTS_FILE = "ensemble.safetensors"
 SELECTION_FILE = "ensemble_selection.json"
@@ -159,7 +162,6 @@ class EnsembleRouter(EmbeddingRouter):
 
     @classmethod
     def identity(cls, params: dict) -> dict:
-        from router_tasks.routers.embeddings import embedding_model
 
         ident = super().identity(params)
         form = params.get("form_embedding")
@@ -168,7 +170,6 @@ class EnsembleRouter(EmbeddingRouter):
         return ident
 
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
-        from router_tasks.routers.embeddings import embedding_model
 
         super().__init__(models, strong_model, weak_model, params, embedder)
         p = self.params
@@ -203,7 +204,6 @@ class EnsembleRouter(EmbeddingRouter):
     def _form_vectors(self, prompts: list[str], emb: np.ndarray) -> np.ndarray:
         """What the form part reads: `emb` (the representation's vectors) or the
         `form_embedding` model's, through the same caches as the router's embedder."""
-        from router_tasks.routers.embeddings import Embedder
 
         name = self.params["form_embedding"] or self.representation
         if name == self.representation:
@@ -216,7 +216,6 @@ class EnsembleRouter(EmbeddingRouter):
     def fit(self, labels: pd.DataFrame) -> "EnsembleRouter":
         from threadpoolctl import threadpool_limits
 
-        from router_tasks.routers import selection
 
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
@@ -306,7 +305,6 @@ class EnsembleRouter(EmbeddingRouter):
         """(blend over COMPONENTS, its mean validation APGR): the grid point whose blend of
         the candidates' predicted gaps ranks the validation prompts best, over `splits` of
         (gaps per candidate, strong quality, weak quality)."""
-        from router_tasks.routers import selection
 
         grid = selection.simplex_grid(len(candidates))
         score = np.mean([[selection.exact_apgr(g @ np.vstack(gaps), s_q, w_q) for g in grid]

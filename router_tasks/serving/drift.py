@@ -36,6 +36,13 @@ import pandas as pd
 from router_tasks.core import defaults
 from router_tasks.core.stage import resolve_ref, run_stage, stable_hash
 from router_tasks.core.store import ArtifactStore
+from router_tasks.core.prompts import prompt_id
+from router_tasks.evaluation.calibration import calibrate_router
+from router_tasks.routers import resolve_router_key
+from router_tasks.routers.embeddings import Embedder
+from router_tasks.serving.decisions import latest_calibration
+from router_tasks.serving.traffic import export_window
+from router_tasks.serving.traffic import latest_window, read_window
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +135,6 @@ def training_prompts(store: ArtifactStore, router_key: str) -> list[str]:
 
 
 def _calibration(store: ArtifactStore, router_key: str) -> dict | None:
-    from router_tasks.serving.decisions import latest_calibration
 
     found = latest_calibration(store, router_key)
     return None if found is None else {"key": found[0], **found[1]}
@@ -148,7 +154,6 @@ def drift_report(
     """Compare a window of the traffic log (`traffic.read_window`) with the router's
     training prompts; returns the ref of a `drift` artifact (report.json, drift.png,
     data.parquet with one row per window prompt: prompt_id, nearest_similarity, far)."""
-    from router_tasks.routers import resolve_router_key
 
     cfg = {**DEFAULTS, **(settings or {})}
     unknown = sorted(set(settings or {}) - set(DEFAULTS))
@@ -164,7 +169,6 @@ def drift_report(
     config = {"settings": cfg, "window": window, "traffic_sha": stable_hash([texts, scores.round(9).tolist()], 32)}
 
     def compute(ctx) -> None:
-        from router_tasks.routers.embeddings import Embedder
 
         rng = np.random.default_rng(cfg["seed"])
         reference = training_prompts(ctx.store, router_key)
@@ -192,7 +196,6 @@ def drift_report(
             report["checks"]["far"] = {"threshold_similarity": tau, "share": float(far.mean()),
                                        "expected_share": cfg["far_quantile"], "p_value": p_far,
                                        "flag": p_far < cfg["alpha"] and far.mean() >= cfg["far_min_share"]}
-            from router_tasks.core.prompts import prompt_id
 
             per_prompt = pd.DataFrame({"prompt_id": pd.array([prompt_id(t) for t in texts], dtype="string"),
                                        "nearest_similarity": near, "far": far})
@@ -328,8 +331,6 @@ def recalibrate_on_traffic(traffic: pd.DataFrame, router: str | dict = "champion
                            target_share: float | None = None, artifact_root: str | None = None) -> dict:
     """Strong-share drift alone: a new calibration of the router on the window's prompts,
     at the old target share; the gateway picks it up on its next reload."""
-    from router_tasks.evaluation.calibration import calibrate_router
-    from router_tasks.routers import resolve_router_key
 
     store, key = resolve_router_key(router, ArtifactStore(artifact_root))
     if target_share is None:
@@ -359,7 +360,6 @@ def check_latest_window(
 ) -> dict:
     """Report on the traffic of the `hours` before `window_end` (default now) and decide;
     returns the decision (see `drift_decision`) with the report ref and window in it."""
-    from router_tasks.serving.traffic import latest_window, read_window
 
     store = ArtifactStore(artifact_root)
     start, end = latest_window(store, hours, window_end)
@@ -374,7 +374,6 @@ def check_latest_window(
 def relabel_request(evidence: dict, *, sample: int = 200, seed: int = 0, artifact_root: str | None = None) -> dict:
     """The labeling run a drift event asks for: the window's prompts exported as a prompts
     file (the `source` router_pipeline ingests), and the evidence it answers."""
-    from router_tasks.serving.traffic import export_window
 
     window = evidence.get("window")
     if not window or len(window) != 2:
