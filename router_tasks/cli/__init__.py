@@ -3,6 +3,9 @@
 Stage commands print the artifact reference (JSON) they produced; any command that takes
 an artifact accepts that JSON, an artifact key (`stages/ingest/<hash>`) or its full URI.
 The artifact root comes from `--artifact-root` or TELA_ARTIFACT_ROOT (default ./artifacts).
+
+Each command imports its stage inside its handler: `tela --help` and a mistyped flag answer
+at once instead of after loading pandas, scikit-learn and Great Expectations.
 """
 
 from __future__ import annotations
