@@ -66,8 +66,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=None, help="labels (default 10000; 200 with --tiny)")
     ap.add_argument("--base-model", default=None, help="HF folder/id or .gguf (default: random Llama-3.2-1B layout)")
     ap.add_argument("--layout", default="llama-3.2-1b", help="random layout when no --base-model")
-    ap.add_argument("--tokenizer", default=None,
-                    help="real tokenizer (HF folder, .gguf or smollm2-gguf) for the random layout: real token counts")
+    ap.add_argument(
+        "--tokenizer",
+        default=None,
+        help="real tokenizer (HF folder, .gguf or smollm2-gguf) for the random layout: real token counts",
+    )
     ap.add_argument("--tiny", action="store_true", help="tiny random model: a CPU smoke run")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=None, help="default 16 on GPU, 8 on CPU")

@@ -30,46 +30,70 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text  # noqa: E402
 
-PROMPTS = ["What is 4 + 9?", "Name a prime above 20.", "Why is the sky blue? Explain the physics briefly.",
-           "Summarise the causes of the French Revolution in three sentences.", "What is 6 times 8?",
-           "Describe how TCP recovers from a lost packet."]
+PROMPTS = [
+    "What is 4 + 9?",
+    "Name a prime above 20.",
+    "Why is the sky blue? Explain the physics briefly.",
+    "Summarise the causes of the French Revolution in three sentences.",
+    "What is 6 times 8?",
+    "Describe how TCP recovers from a lost packet.",
+]
 
 
 def rule(body):
     if body.get("model") == "bench-judge":
         return "[[5]]" if "GOOD" in last_user_text(body) else "[[2]]"
-    return Reply(("GOOD" if body["model"] == "bench-large" or len(last_user_text(body)) < 30 else "MEH") + " answer",
-                 delay_s=0.3)
+    return Reply(
+        ("GOOD" if body["model"] == "bench-large" or len(last_user_text(body)) < 30 else "MEH") + " answer", delay_s=0.3
+    )
 
 
 def conf(srv, source: str) -> dict:
     ep = lambda n: {"name": n, "model": n, "base_url": srv.base_url, "api_key_env": "BENCH_KEY", "max_tokens": 16}  # noqa: E731
-    return {"source": source, "models": [ep("bench-large"), ep("bench-small")], "judge": ep("bench-judge"),
-            "reference_model": None, "routellm_max_prompts": 20, "eval_max_prompts": 20, "min_rows_per_model": 2,
-            "router_type": "knn"}
+    return {
+        "source": source,
+        "models": [ep("bench-large"), ep("bench-small")],
+        "judge": ep("bench-judge"),
+        "reference_model": None,
+        "routellm_max_prompts": 20,
+        "eval_max_prompts": 20,
+        "min_rows_per_model": 2,
+        "router_type": "knn",
+    }
 
 
 def run_dags_test(c: dict, workdir: Path) -> float:
-    from moto.server import ThreadedMotoServer
     import boto3
+    from moto.server import ThreadedMotoServer
 
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     moto.start()
     host, port = moto.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    env = {**os.environ, "AIRFLOW_HOME": str(workdir / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "PYTHONPATH": str(REPO), "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1", "TELA_S3_ENDPOINT_URL": endpoint, "BENCH_KEY": "k",
-           "TELA_ARTIFACT_ROOT": "s3://bench/pipeline"}
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench",
-                 region_name="us-east-1").create_bucket(Bucket="bench")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(workdir / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": str(REPO),
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "TELA_S3_ENDPOINT_URL": endpoint,
+        "BENCH_KEY": "k",
+        "TELA_ARTIFACT_ROOT": "s3://bench/pipeline",
+    }
+    boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1"
+    ).create_bucket(Bucket="bench")
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     subprocess.run([sys.executable, str(REPO / "plugins" / "tela_pools.py")], env=env, check=True, capture_output=True)
     started = time.monotonic()
-    res = subprocess.run([airflow, "dags", "test", "router_pipeline", "-c", json.dumps(c)], env=env,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [airflow, "dags", "test", "router_pipeline", "-c", json.dumps(c)], env=env, capture_output=True, text=True
+    )
     took = time.monotonic() - started
     moto.stop()
     if "state=success" not in res.stdout + res.stderr:
@@ -79,19 +103,30 @@ def run_dags_test(c: dict, workdir: Path) -> float:
 
 def run_on_cluster(c: dict, env: dict) -> float:
     url = env["AIRFLOW_URL"]
-    token = requests.post(f"{url}/auth/token", json={"username": env["AIRFLOW_USER"], "password": env["AIRFLOW_PASSWORD"]},
-                          timeout=30).json()["access_token"]
+    token = requests.post(
+        f"{url}/auth/token", json={"username": env["AIRFLOW_USER"], "password": env["AIRFLOW_PASSWORD"]}, timeout=30
+    ).json()["access_token"]
     h = {"Authorization": f"Bearer {token}"}
     # The cluster's tasks read the key from their own environment: give it as a connection.
-    requests.post(f"{url}/api/v2/connections", headers=h, timeout=30,
-                  json={"connection_id": "bench_key", "conn_type": "generic", "password": "k"})
-    c = {**c, "models": [{**m, "conn_id": "bench_key"} for m in c["models"]], "judge": {**c["judge"], "conn_id": "bench_key"}}
+    requests.post(
+        f"{url}/api/v2/connections",
+        headers=h,
+        timeout=30,
+        json={"connection_id": "bench_key", "conn_type": "generic", "password": "k"},
+    )
+    c = {
+        **c,
+        "models": [{**m, "conn_id": "bench_key"} for m in c["models"]],
+        "judge": {**c["judge"], "conn_id": "bench_key"},
+    }
     started = time.monotonic()
-    run_id = requests.post(f"{url}/api/v2/dags/router_pipeline/dagRuns", headers=h, timeout=30,
-                           json={"logical_date": None, "conf": c}).json()["dag_run_id"]
+    run_id = requests.post(
+        f"{url}/api/v2/dags/router_pipeline/dagRuns", headers=h, timeout=30, json={"logical_date": None, "conf": c}
+    ).json()["dag_run_id"]
     while True:
-        state = requests.get(f"{url}/api/v2/dags/router_pipeline/dagRuns/{urllib.parse.quote(run_id, safe='')}",
-                             headers=h, timeout=30).json()["state"]
+        state = requests.get(
+            f"{url}/api/v2/dags/router_pipeline/dagRuns/{urllib.parse.quote(run_id, safe='')}", headers=h, timeout=30
+        ).json()["state"]
         if state in ("success", "failed"):
             break
         time.sleep(2)

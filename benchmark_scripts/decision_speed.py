@@ -96,7 +96,7 @@ def measure(router, prompts: list[str], warmup: list[str]) -> dict:
         rep.append(time.perf_counter() - t0)
     # the router alone: its embedder replaced by one that hands back the vector just made
     real = router.embedder
-    pairs = list(zip(prompts, vectors))
+    pairs = list(zip(prompts, vectors, strict=False))
     holder = {}
 
     class Given:
@@ -121,8 +121,12 @@ def measure(router, prompts: list[str], warmup: list[str]) -> dict:
     alone = time_calls(router_only, pairs)
     old = time_calls(old_path, pairs) if hasattr(router, "reference_quality") else None
     router.embedder = real
-    return {"decision": percentiles(decision), "representation": percentiles(rep), "router": percentiles(alone),
-            "old_router": percentiles(old) if old else None}
+    return {
+        "decision": percentiles(decision),
+        "representation": percentiles(rep),
+        "router": percentiles(alone),
+        "old_router": percentiles(old) if old else None,
+    }
 
 
 def main(argv=None) -> int:
@@ -152,19 +156,29 @@ def main(argv=None) -> int:
     warmup = make_prompts(texts, 64, 20, seed=99)
     prompts = {n: make_prompts(texts, n, args.calls, seed=n) for n in args.lengths}
 
-    print(f"# Routing decision time, one thread (load average at start {load[0]:.2f} / {load[1]:.2f} / "
-          f"{load[2]:.2f}, {os.cpu_count()} CPUs{', pinned to one' if args.pin else ''})")
+    print(
+        f"# Routing decision time, one thread (load average at start {load[0]:.2f} / {load[1]:.2f} / "
+        f"{load[2]:.2f}, {os.cpu_count()} CPUs{', pinned to one' if args.pin else ''})"
+    )
     print(f"{args.calls} decisions per cell, each on a new prompt; milliseconds")
     print()
-    print("| router | representation | tokens | decision p50 | decision p99 | representation p50 | router p50 "
-          "| router p50, old path | decision p50 vs MiniLM |")
+    print(
+        "| router | representation | tokens | decision p50 | decision p99 | representation p50 | router p50 "
+        "| router p50, old path | decision p50 vs MiniLM |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     base: dict[tuple[str, int], float] = {}
     with threadpool_limits(1):
         for kind in args.routers:
             for rep in args.representations:
-                ref = train_router(labels_ref, router_type=kind, router_params={"representation": rep},
-                                   strong_model=bm.STRONG_MODEL, weak_model=bm.WEAK_MODEL, artifact_root=store.root)
+                ref = train_router(
+                    labels_ref,
+                    router_type=kind,
+                    router_params={"representation": rep},
+                    strong_model=bm.STRONG_MODEL,
+                    weak_model=bm.WEAK_MODEL,
+                    artifact_root=store.root,
+                )
                 router = load_router(ref["key"], store)
                 if isinstance(router, EmbeddingRouter):
                     router.embedder = Embedder(None, model=rep, cache_bytes=0)  # no vector cache: new prompts
@@ -173,8 +187,11 @@ def main(argv=None) -> int:
                     d50, d99 = r["decision"]
                     base.setdefault((kind, n), d50)
                     old = f"{r['old_router'][0]:.3f}" if r["old_router"] else "-"
-                    print(f"| {kind} | {rep} | {n} | {d50:.3f} | {d99:.3f} | {r['representation'][0]:.3f} | "
-                          f"{r['router'][0]:.3f} | {old} | {d50 / base[(kind, n)]:.3f} |", flush=True)
+                    print(
+                        f"| {kind} | {rep} | {n} | {d50:.3f} | {d99:.3f} | {r['representation'][0]:.3f} | "
+                        f"{r['router'][0]:.3f} | {old} | {d50 / base[(kind, n)]:.3f} |",
+                        flush=True,
+                    )
     end = os.getloadavg()
     print()
     print(f"load average at end {end[0]:.2f} / {end[1]:.2f} / {end[2]:.2f}")

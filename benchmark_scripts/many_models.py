@@ -67,9 +67,16 @@ def main() -> int:
             pool = args.pool.split(",")
         bench = {v: k for k, v in ze.BENCHMARKS.items()}[task]
         t0 = time.time()
-        res = mm.evaluate_to_dir(bench, str(Path(args.out) / bench), pool=pool, folds=args.folds, router_kinds=kinds,
-                                 artifact_root=args.artifact_root, protocol=args.protocol,
-                                 cascades=not args.no_cascades)
+        res = mm.evaluate_to_dir(
+            bench,
+            str(Path(args.out) / bench),
+            pool=pool,
+            folds=args.folds,
+            router_kinds=kinds,
+            artifact_root=args.artifact_root,
+            protocol=args.protocol,
+            cascades=not args.no_cascades,
+        )
         print()
         print(mm.render_markdown(res))
         m = res["metrics"]
@@ -95,13 +102,19 @@ def main() -> int:
                 f"{bench}: cascades reach the best single model's accuracy at "
                 f"{'never' if match is None else f'{100 * match:.1f}%'} of its cost (goal <= {100 * goal:.0f}%: "
                 f"{'met' if match is not None and match <= goal else 'NOT met'}); best cascade family share of "
-                f"oracle area {best_cascade:.3f}")
+                f"oracle area {best_cascade:.3f}"
+            )
         lines += [
             f"{bench}: {res['prompts']} prompts, {len(res['pool'])} models, {time.time() - t0:.0f} s",
         ]
         for line in lines:
             print(line)
-        summary[bench] = {"best_router": best_router, "router": r, "cascade_any": casc, "seconds": round(time.time() - t0)}
+        summary[bench] = {
+            "best_router": best_router,
+            "router": r,
+            "cascade_any": casc,
+            "seconds": round(time.time() - t0),
+        }
     print(json.dumps(summary, default=float))
     return 0
 

@@ -70,13 +70,20 @@ def main() -> int:
     normalized = [normalize_prompt(t) for t in texts]
     rng = np.random.default_rng(0)
     subjects = np.unique(table["category"])
-    subject_fold = dict(zip(subjects[rng.permutation(len(subjects))], np.arange(len(subjects)) % 5))
-    protocols = {"MMLU leave-subject-out": np.array([subject_fold[s] for s in table["category"]]),
-                 "MMLU cross-fit": rng.integers(0, 5, len(texts))}
+    subject_fold = dict(zip(subjects[rng.permutation(len(subjects))], np.arange(len(subjects)) % 5, strict=False))
+    protocols = {
+        "MMLU leave-subject-out": np.array([subject_fold[s] for s in table["category"]]),
+        "MMLU cross-fit": rng.integers(0, 5, len(texts)),
+    }
     print(f"# One logistic model per representation (load average at start {load[0]:.2f}; {len(texts)} prompts)")
     print()
-    print("| representation | " + " | ".join(protocols) + " | " + " | ".join(f"{p}: cosine to MiniLM" for p in protocols)
-          + " |")
+    print(
+        "| representation | "
+        + " | ".join(protocols)
+        + " | "
+        + " | ".join(f"{p}: cosine to MiniLM" for p in protocols)
+        + " |"
+    )
     print("|---|" + "---|" * (2 * len(protocols)))
     rows: dict[str, list] = {"minilm": [], "minilm-static": [], "minilm-static-fit": []}
     cosines: dict[str, list] = {k: [] for k in rows}
@@ -87,8 +94,9 @@ def main() -> int:
             for k in range(5):
                 test, train = folds == k, folds != k
                 t0 = time.perf_counter()
-                fitted = FittedStatic(base, fit_token_table(base, [normalized[i] for i in np.flatnonzero(train)],
-                                                            minilm[train]))
+                fitted = FittedStatic(
+                    base, fit_token_table(base, [normalized[i] for i in np.flatnonzero(train)], minilm[train])
+                )
                 fit_vectors = fitted.encode([normalized[i] for i in np.flatnonzero(test)]).astype(np.float64)
                 mapping, *_ = np.linalg.lstsq(static[train], minilm[train], rcond=None)
                 vectors = {"minilm": minilm, "minilm-static": static, "minilm-static-fit": None}
@@ -106,8 +114,13 @@ def main() -> int:
                 rows[rep].append(exact_apgr(score[rep], strong, weak))
                 cosines[rep].append(float(cos[rep].mean()))
     for rep in rows:
-        print(f"| {rep} | " + " | ".join(f"{v:.3f}" for v in rows[rep]) + " | "
-              + " | ".join(f"{v:.3f}" for v in cosines[rep]) + " |")
+        print(
+            f"| {rep} | "
+            + " | ".join(f"{v:.3f}" for v in rows[rep])
+            + " | "
+            + " | ".join(f"{v:.3f}" for v in cosines[rep])
+            + " |"
+        )
     end = os.getloadavg()
     print(f"\nload average at end {end[0]:.2f}")
     return 0

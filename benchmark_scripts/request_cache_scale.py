@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _fill(root: str, n: int, shard_size: int, flush_every: int, answer_chars: int) -> int:
-    import pandas as pd
 
     from router_tasks.core.prompts import prompt_id
     from router_tasks.data.ingest import shard_of
@@ -47,8 +46,17 @@ def _fill(root: str, n: int, shard_size: int, flush_every: int, answer_chars: in
     for s, pids in by_shard.items():
         folder = f"{cache.prefix}/{partition_name((shards, s))}"
         for lo in range(0, len(pids), flush_every):
-            rows = [{"key": f"req-{p}", "answer": base64.b64encode(os.urandom(answer_chars * 3 // 4)).decode(), "finish_reason": "stop", "input_tokens": 10,
-                     "output_tokens": 20, "created_at": None} for p in pids[lo:lo + flush_every]]
+            rows = [
+                {
+                    "key": f"req-{p}",
+                    "answer": base64.b64encode(os.urandom(answer_chars * 3 // 4)).decode(),
+                    "finish_reason": "stop",
+                    "input_tokens": 10,
+                    "output_tokens": 20,
+                    "created_at": None,
+                }
+                for p in pids[lo : lo + flush_every]
+            ]
             cache._write(folder, rows, kind="seg")
         # a compacted partition, as a reader past COMPACT_AFTER segments leaves it
         RequestCache(_store(root), base_url="http://bench/v1", model="m").compact((shards, s))
@@ -75,10 +83,22 @@ def _part(root: str, n: int, shards: int, shard: int, whole: bool) -> dict:
         cache.entries(None)
     hits = sum(cache.get(k, part) is not None for k in keys)
     took = time.monotonic() - t0
-    rss = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM:")) / 1024
-    return {"keys": len(keys), "hits": hits, "files_read": cache.files_read, "bytes_read": store.bytes_read,
-            "lookup_s": round(took, 3), "peak_rss_mb": round(rss, 1)}
+    rss = (
+        next(
+            int(line.split()[1])
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith("VmHWM:")
+        )
+        / 1024
+    )
+    return {
+        "keys": len(keys),
+        "hits": hits,
+        "files_read": cache.files_read,
+        "bytes_read": store.bytes_read,
+        "lookup_s": round(took, 3),
+        "peak_rss_mb": round(rss, 1),
+    }
 
 
 def main() -> None:
@@ -98,15 +118,21 @@ def main() -> None:
             row = {"prompts": n, "shards": shards, "fill_s": round(fill_s, 1)}
             for whole in (False, True):
                 with cf.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                    row["whole_cache" if whole else "own_partition"] = pool.submit(_part, tmp, n, shards, 0, whole).result()
+                    row["whole_cache" if whole else "own_partition"] = pool.submit(
+                        _part, tmp, n, shards, 0, whole
+                    ).result()
             print(json.dumps(row), flush=True)
             out.append(row)
-    print("| prompts | shards | part reads (files, MB) | lookup s | peak RSS MB | whole cache (files, MB) | whole-cache RSS MB |")
+    print(
+        "| prompts | shards | part reads (files, MB) | lookup s | peak RSS MB | whole cache (files, MB) | whole-cache RSS MB |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in out:
         o, w = r["own_partition"], r["whole_cache"]
-        print(f"| {r['prompts']:,} | {r['shards']} | {o['files_read']}, {o['bytes_read'] / 1e6:.2f} | {o['lookup_s']} | "
-              f"{o['peak_rss_mb']} | {w['files_read']}, {w['bytes_read'] / 1e6:.2f} | {w['peak_rss_mb']} |")
+        print(
+            f"| {r['prompts']:,} | {r['shards']} | {o['files_read']}, {o['bytes_read'] / 1e6:.2f} | {o['lookup_s']} | "
+            f"{o['peak_rss_mb']} | {w['files_read']}, {w['bytes_read'] / 1e6:.2f} | {w['peak_rss_mb']} |"
+        )
 
 
 if __name__ == "__main__":

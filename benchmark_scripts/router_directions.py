@@ -49,8 +49,8 @@ from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.crossfit import assign_folds, assign_group_folds
 from router_tasks.routers.embeddings import Embedder
-from router_tasks.routers.text_features import FEATURE_NAMES, feature_matrix
 from router_tasks.routers.selection import cluster_split, exact_apgr
+from router_tasks.routers.text_features import FEATURE_NAMES, feature_matrix
 
 C = 0.002
 SMOL_C = (0.0005, 0.002)
@@ -135,7 +135,9 @@ def smollm2_features(prompts: list[str], cache: Path) -> dict[int, np.ndarray]:
                 out[layer][rows] = ((hidden[layer] * mask).sum(1) / mask.sum(1)).numpy()
             before, i = i, i + len(rows)
             if i // 1000 > before // 1000 or i == len(order):
-                print(f"  smollm2 features: {i}/{len(prompts)} prompts, {time.perf_counter() - started:.0f} s", flush=True)
+                print(
+                    f"  smollm2 features: {i}/{len(prompts)} prompts, {time.perf_counter() - started:.0f} s", flush=True
+                )
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, **{f"layer{layer}": v for layer, v in out.items()})
     return {layer: v.astype(np.float64) for layer, v in out.items()}
@@ -179,10 +181,19 @@ def main() -> int:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", type=Path, default=REPO / "artifacts" / "cache" / "router_directions",
-                    help="where the SmolLM2 features are kept between runs")
-    ap.add_argument("--latency", type=int, default=0, metavar="N",
-                    help="only time N single MMLU prompts through SmolLM2 and MiniLM, then stop")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=REPO / "artifacts" / "cache" / "router_directions",
+        help="where the SmolLM2 features are kept between runs",
+    )
+    ap.add_argument(
+        "--latency",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only time N single MMLU prompts through SmolLM2 and MiniLM, then stop",
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     t = load()
@@ -208,6 +219,7 @@ def main() -> int:
             near = (unit[sc] @ unit[tr].T).max(axis=1)
             w = sigmoid((near - tau) / width)
             return w * gap(x_form, tr, sc) + (1 - w) * (a[tr].mean() - b[tr].mean())
+
         return fn
 
     def platt(tr, sc):
@@ -228,8 +240,10 @@ def main() -> int:
         xt, xs = vec.transform(t["prompt"].iloc[tr]), vec.transform(t["prompt"].iloc[sc])
         from sklearn.linear_model import LogisticRegression
 
-        return sum(sign * LogisticRegression(C=1.0, max_iter=2000).fit(xt, (y[tr] >= 0.5).astype(int)).predict_proba(xs)[:, 1]
-                   for y, sign in ((a, 1), (b, -1)))
+        return sum(
+            sign * LogisticRegression(C=1.0, max_iter=2000).fit(xt, (y[tr] >= 0.5).astype(int)).predict_proba(xs)[:, 1]
+            for y, sign in ((a, 1), (b, -1))
+        )
 
     def chosen_c(x, tr, candidates):
         """The C whose gap ranks a held-out quarter of the training fold (whole clusters) best,

@@ -73,8 +73,10 @@ ROUTER_TYPES = ("random", "knn", "mf", "ensemble")
 PUBLISHED_APGR = {"mmlu": 0.603, "gsm8k": 0.622}
 #: strong-model cost saved at 95% of its quality, published, for reference only (not measured here):
 #: the seed document's table and RouteLLM's paper (best router, "over 85%" on MT-Bench)
-PUBLISHED_SAVINGS = {"seed": {"mt-bench": 0.70, "mmlu": 0.30, "gsm8k": 0.40},
-                     "RouteLLM paper": {"mt-bench": 0.85, "mmlu": 0.45, "gsm8k": 0.35}}
+PUBLISHED_SAVINGS = {
+    "seed": {"mt-bench": 0.70, "mmlu": 0.30, "gsm8k": 0.40},
+    "RouteLLM paper": {"mt-bench": 0.85, "mmlu": 0.45, "gsm8k": 0.35},
+}
 BATCH_N, SINGLE_N = 2000, 200
 
 
@@ -88,20 +90,41 @@ def labels_artifact(store: ArtifactStore, max_prompts: int | None) -> tuple[dict
             table = table.sort_values("prompt_id").head(max_prompts)
         parts.append(benchmark_labels(name, table["prompt_id"], models))
     labels = pd.concat(parts, ignore_index=True)
-    ref = run_stage("benchmark_labels", "1", lambda ctx: ctx.write_table(labels),
-                    config={"benchmarks": list(TRAIN_BENCHES), "max_prompts": max_prompts,
-                            "data": bm.data_fingerprint()}, store=store)
+    ref = run_stage(
+        "benchmark_labels",
+        "1",
+        lambda ctx: ctx.write_table(labels),
+        config={"benchmarks": list(TRAIN_BENCHES), "max_prompts": max_prompts, "data": bm.data_fingerprint()},
+        store=store,
+    )
     return ref, labels
 
 
-def quality(kind: str, labels_ref: dict, store: ArtifactStore, folds: int, seed: int, max_prompts: int | None,
-            runs=RUNS, params: dict | None = None, prices: dict | None = None) -> dict:
+def quality(
+    kind: str,
+    labels_ref: dict,
+    store: ArtifactStore,
+    folds: int,
+    seed: int,
+    max_prompts: int | None,
+    runs=RUNS,
+    params: dict | None = None,
+    prices: dict | None = None,
+) -> dict:
     router = train_router(labels_ref, router_type=kind, router_params=params, artifact_root=store.root)
     out = {"train_key": router["key"]}
     for title, bench, protocol in runs:
         t0 = time.perf_counter()
-        cf = crossfit_evaluate(router, bench, folds=folds, seed=seed, protocol=protocol,
-                               max_prompts=max_prompts, artifact_root=store.root, prices=prices)
+        cf = crossfit_evaluate(
+            router,
+            bench,
+            folds=folds,
+            seed=seed,
+            protocol=protocol,
+            max_prompts=max_prompts,
+            artifact_root=store.root,
+            prices=prices,
+        )
         row = load_table(cf, store).iloc[0].to_dict()
         row["seconds"] = time.perf_counter() - t0
         scored = store.read_parquet(f"{ArtifactRef.of(cf).key}/scores_{bench}.parquet")
@@ -148,7 +171,7 @@ class PrecomputedEmbedder:
     """Serves vectors computed beforehand: scoring time without any embedding work."""
 
     def __init__(self, prompts: list[str], vectors: np.ndarray):
-        self.table = dict(zip(prompts, vectors))
+        self.table = dict(zip(prompts, vectors, strict=False))
         self.dim = vectors.shape[1]
         self.stats = {}
 
@@ -189,16 +212,31 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--routers", nargs="+", default=list(ROUTER_TYPES), choices=list(ROUTER_TYPES))
-    ap.add_argument("--max-prompts", type=int, default=None, help="per benchmark: the first N prompts by id (quick check)")
+    ap.add_argument(
+        "--max-prompts", type=int, default=None, help="per benchmark: the first N prompts by id (quick check)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="fold assignment salt")
     ap.add_argument("--artifact-root", help="keep (and reuse) the artifacts here; default: a temporary folder")
-    ap.add_argument("--runs", nargs="+", type=int, help="only these columns (0-based, in table order); separate "
-                    "processes on one --artifact-root can split a long run and a last plain run prints it all")
-    ap.add_argument("--params", type=json.loads, default=None,
-                    help="router params as JSON, for every router kind run (default: each kind's defaults)")
-    ap.add_argument("--prices", type=json.loads, default=None,
-                    help='JSON {"model": $ per 1M tokens, input + output} for the two models: prints the dollars '
-                         "saved at 95%% quality too")
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        type=int,
+        help="only these columns (0-based, in table order); separate "
+        "processes on one --artifact-root can split a long run and a last plain run prints it all",
+    )
+    ap.add_argument(
+        "--params",
+        type=json.loads,
+        default=None,
+        help="router params as JSON, for every router kind run (default: each kind's defaults)",
+    )
+    ap.add_argument(
+        "--prices",
+        type=json.loads,
+        default=None,
+        help='JSON {"model": $ per 1M tokens, input + output} for the two models: prints the dollars '
+        "saved at 95%% quality too",
+    )
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -213,18 +251,23 @@ def main(argv=None) -> int:
         args.artifact_root = tmp.name
     store = ArtifactStore(args.artifact_root)
     labels_ref, labels = labels_artifact(store, args.max_prompts)
-    print(f"# Router quality and speed ({platform.node()}, {cpus} CPUs, load average at start "
-          f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f})")
-    print(f"labels: {len(labels)} rows, {labels['prompt_id'].nunique()} prompts "
-          + ", ".join(f"{b} {n}" for b, n in labels.drop_duplicates("prompt_id")["benchmark"].value_counts().items())
-          + f"; {args.folds} folds (seed {args.seed}); artifacts in {store.root}")
+    print(
+        f"# Router quality and speed ({platform.node()}, {cpus} CPUs, load average at start "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f})"
+    )
+    print(
+        f"labels: {len(labels)} rows, {labels['prompt_id'].nunique()} prompts "
+        + ", ".join(f"{b} {n}" for b, n in labels.drop_duplicates("prompt_id")["benchmark"].value_counts().items())
+        + f"; {args.folds} folds (seed {args.seed}); artifacts in {store.root}"
+    )
 
     runs = [RUNS[i] for i in args.runs] if args.runs else list(RUNS)
     results = {}
     for kind in args.routers:
         t0 = time.perf_counter()
-        results[kind] = quality(kind, labels_ref, store, args.folds, args.seed, args.max_prompts, runs, args.params,
-                                args.prices)
+        results[kind] = quality(
+            kind, labels_ref, store, args.folds, args.seed, args.max_prompts, runs, args.params, args.prices
+        )
         print(f"  {kind}: {time.perf_counter() - t0:.0f} s (train artifact {results[kind]['train_key']})", flush=True)
 
     titles = [t for t, _, _ in runs]
@@ -246,45 +289,72 @@ def main(argv=None) -> int:
     print("| router | " + " | ".join(titles) + " |")
     print("|---|" + "---|" * len(titles))
     for kind, r in results.items():
-        print(f"| {kind} | " + " | ".join(f"{r[t]['calls_saved_at_95']:.1%} ({r[t]['calls_saved_at_95_exact']:.1%})"
-                                          for t in titles) + " |")
+        print(
+            f"| {kind} | "
+            + " | ".join(f"{r[t]['calls_saved_at_95']:.1%} ({r[t]['calls_saved_at_95_exact']:.1%})" for t in titles)
+            + " |"
+        )
         if args.prices:
-            print(f"| {kind}, dollars saved at prices {args.prices} | "
-                  + " | ".join(f"{r[t]['dollars_saved_at_95']:.1%} ({r[t]['dollars_saved_at_95_exact']:.1%})"
-                               for t in titles) + " |")
+            print(
+                f"| {kind}, dollars saved at prices {args.prices} | "
+                + " | ".join(
+                    f"{r[t]['dollars_saved_at_95']:.1%} ({r[t]['dollars_saved_at_95_exact']:.1%})" for t in titles
+                )
+                + " |"
+            )
     bench_of = {t: b for t, b, _ in runs}
     for source, figures in PUBLISHED_SAVINGS.items():
-        print(f"| {source} (published, not measured here) | "
-              + " | ".join(f"{figures[bench_of[t]]:.0%}" for t in titles) + " |")
+        print(
+            f"| {source} (published, not measured here) | "
+            + " | ".join(f"{figures[bench_of[t]]:.0%}" for t in titles)
+            + " |"
+        )
     any_r = next(iter(results.values()), None)
     if any_r:
         print()
         for t in titles:
             s = any_r[t]
             ceiling = s.get("category_oracle_apgr")
-            print(f"- {t}: n={s['n_prompts']}, random APGR {s['random_apgr']:.3f} (10 seeds), oracle {s['oracle_apgr']:.3f}, "
-                  f"calls saved at 95%: random {s['random_calls_saved_at_95_exact']:.1%}, "
-                  f"oracle {s['oracle_calls_saved_at_95_exact']:.1%} (exact)"
-                  + (f", category oracle {ceiling:.3f} (every prompt scored by its category's true mean gap: "
-                     "a router that knows each category perfectly and nothing within it)" if ceiling is not None else ""))
-        print(f"- RouteLLM best (published, per-prompt splits, not measured here): MMLU {PUBLISHED_APGR['mmlu']:.3f}, "
-              f"GSM8K {PUBLISHED_APGR['gsm8k']:.3f}")
+            print(
+                f"- {t}: n={s['n_prompts']}, random APGR {s['random_apgr']:.3f} (10 seeds), oracle {s['oracle_apgr']:.3f}, "
+                f"calls saved at 95%: random {s['random_calls_saved_at_95_exact']:.1%}, "
+                f"oracle {s['oracle_calls_saved_at_95_exact']:.1%} (exact)"
+                + (
+                    f", category oracle {ceiling:.3f} (every prompt scored by its category's true mean gap: "
+                    "a router that knows each category perfectly and nothing within it)"
+                    if ceiling is not None
+                    else ""
+                )
+            )
+        print(
+            f"- RouteLLM best (published, per-prompt splits, not measured here): MMLU {PUBLISHED_APGR['mmlu']:.3f}, "
+            f"GSM8K {PUBLISHED_APGR['gsm8k']:.3f}"
+        )
     print()
     for kind, r in results.items():
-        cells = [f"{t} {r[t]['category_oracle_router_within_apgr']:.3f}" for t in titles
-                 if r[t].get("category_oracle_router_within_apgr") is not None]
+        cells = [
+            f"{t} {r[t]['category_oracle_router_within_apgr']:.3f}"
+            for t in titles
+            if r[t].get("category_oracle_router_within_apgr") is not None
+        ]
         if cells:
             print(f"- category oracle with {kind}'s order inside each category: " + ", ".join(cells))
     if "ensemble" in results:
         print()
         print(f"Ensemble blend chosen inside each fold ({' / '.join(COMPONENTS)}):")
         for t in titles:
+
             def fmt(blend: dict) -> str:
                 return "/".join(f"{blend.get(c, 0.0):.2f}" for c in COMPONENTS)
 
-            blends = [", ".join(f"{form.replace('_', '-')} {fmt(b['by_form'][form]['blend'])}"
-                                for form in sorted(b.get("by_form", {}))) or f"shared {fmt(b['blend'])}"
-                      + ("" if b.get("selected") else " (fallback)") for b in results["ensemble"][t]["blends"]]
+            blends = [
+                ", ".join(
+                    f"{form.replace('_', '-')} {fmt(b['by_form'][form]['blend'])}"
+                    for form in sorted(b.get("by_form", {}))
+                )
+                or f"shared {fmt(b['blend'])}" + ("" if b.get("selected") else " (fallback)")
+                for b in results["ensemble"][t]["blends"]
+            ]
             print(f"- {t}: " + "; ".join(blends))
 
     if not args.skip_speed:
@@ -295,16 +365,20 @@ def main(argv=None) -> int:
         print(f"## Speed (embeddings precomputed; load average at start {load[0]:.2f}, {cpus} CPUs)")
         print()
         n_b, n_s = next(iter(rows.values()))["n_batch"], next(iter(rows.values()))["n_single"]
-        print(f"| router | scoring, batch of {n_b:,} (prompts/s) | scoring, single ({n_s} calls, prompts/s) "
-              f"| training on {len(labels):,} labels (s) |")
+        print(
+            f"| router | scoring, batch of {n_b:,} (prompts/s) | scoring, single ({n_s} calls, prompts/s) "
+            f"| training on {len(labels):,} labels (s) |"
+        )
         print("|---|---|---|---|")
         for kind, r in rows.items():
             print(f"| {kind} | {r['batch_pps']:,.0f} | {r['single_pps']:,.0f} | {r['fit_s']:.1f} |")
 
     end_load = os.getloadavg()
     print()
-    print(f"total {time.perf_counter() - started:.0f} s; load average at end {end_load[0]:.2f} / "
-          f"{end_load[1]:.2f} / {end_load[2]:.2f}")
+    print(
+        f"total {time.perf_counter() - started:.0f} s; load average at end {end_load[0]:.2f} / "
+        f"{end_load[1]:.2f} / {end_load[2]:.2f}"
+    )
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -13,13 +13,13 @@ Thin wiring only: the logic is `router_tasks.serving.drift` and `.traffic`.
 from __future__ import annotations
 
 import pendulum
-import tela_retries as retry
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+
+import tela_retries as retry
+from router_tasks.serving import drift
 from tela_assets import DRIFT_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
-
-from router_tasks.serving import drift
 
 
 @task
@@ -35,16 +35,17 @@ def check_window() -> dict:
 
         raise AirflowSkipException("no champion yet: nothing to compare the traffic with")
     end = p["window_end"] or ctx.get("data_interval_end")
-    return drift.check_latest_window(window_end=end, hours=float(p["window_hours"]), router=p["router"],
-                                     settings=p["settings"])
+    return drift.check_latest_window(
+        window_end=end, hours=float(p["window_hours"]), router=p["router"], settings=p["settings"]
+    )
 
 
 @task
 def recalibrate(decision: dict) -> dict:
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from router_tasks.serving.traffic import read_window
     from router_tasks.core.store import ArtifactStore
+    from router_tasks.serving.traffic import read_window
 
     if decision["action"] != "recalibrate":
         raise AirflowSkipException(f"no recalibration: {decision['action']} ({decision['reason']})")
@@ -60,8 +61,10 @@ def announce_drift(decision: dict) -> dict:
     if decision["action"] != "retrain":
         raise AirflowSkipException(f"no retraining: {decision['action']} ({decision['reason']})")
     ctx = get_current_context()
-    extra = {"evidence": decision["evidence"],
-             "relabel": drift.relabel_request(decision["evidence"], sample=int(ctx["params"]["relabel_sample"]))}
+    extra = {
+        "evidence": decision["evidence"],
+        "relabel": drift.relabel_request(decision["evidence"], sample=int(ctx["params"]["relabel_sample"])),
+    }
     ctx["outlet_events"][DRIFT_ASSET].extra = extra
     return extra
 
@@ -76,7 +79,9 @@ def announce_drift(decision: dict) -> dict:
     default_args={"on_execute_callback": export_connections, **retry.DEFAULT},
     params={
         "router": Param("champion", type="string", description="router whose training prompts are the reference"),
-        "window_hours": Param(1.0, type="number", description="traffic window length, ending at the run's interval end"),
+        "window_hours": Param(
+            1.0, type="number", description="traffic window length, ending at the run's interval end"
+        ),
         "window_end": Param(None, type=["null", "string"], description="ISO time; empty: the run's interval end / now"),
         "settings": Param({}, type="object", description="drift settings (alpha, clear_windows, cooldown_hours, ...)"),
         "relabel_sample": Param(200, type="integer", description="traffic prompts to label on drift"),
@@ -111,8 +116,11 @@ def pipeline_conf() -> dict:
 
         raise AirflowSkipException("no drift event to act on")
     relabel = events[-1].extra["relabel"]
-    plan = relabel_conf(relabel["source"], variable=Variable.get(VARIABLE, default=None, deserialize_json=True),
-                        conf=ctx["params"]["pipeline_conf"])
+    plan = relabel_conf(
+        relabel["source"],
+        variable=Variable.get(VARIABLE, default=None, deserialize_json=True),
+        conf=ctx["params"]["pipeline_conf"],
+    )
     print(f"labeling {relabel['source']} with:\n{describe(plan)}")
     return {"conf": plan["conf"], "settings_from": plan["from"]}
 
@@ -125,10 +133,15 @@ def pipeline_conf() -> dict:
     tags=["tela-wizard"],
     # the S3 connection: the champion's recorded settings are read from the artifact store
     default_args={"on_execute_callback": export_connections, **retry.DEFAULT},
-    params={"pipeline_conf": Param({}, type="object",
-                                   description="router_pipeline params for labeling traffic (models, judge, ...), "
-                                               "over the champion's recorded settings and Variable tela_loop_settings; "
-                                               "a scheduled run has only this default: {}")},
+    params={
+        "pipeline_conf": Param(
+            {},
+            type="object",
+            description="router_pipeline params for labeling traffic (models, judge, ...), "
+            "over the champion's recorded settings and Variable tela_loop_settings; "
+            "a scheduled run has only this default: {}",
+        )
+    },
 )
 def router_drift_relabel():
     TriggerDagRunOperator(task_id="label_traffic", trigger_dag_id="router_pipeline", conf=pipeline_conf()["conf"])

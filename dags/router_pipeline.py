@@ -15,16 +15,12 @@ import os
 from datetime import timedelta
 
 import pendulum
-import tela_retries as retry
 from airflow.providers.openai.operators.openai import OpenAITriggerBatchOperator
 from airflow.sdk import dag, get_current_context, task
-from tela_alerts import dag_failure_alert, record_task_failure
-from tela_assets import LABELS_ASSET
-from tela_connections import export_connections  # plugins/ is on sys.path
-from tela_devices import on_chosen_device
-from tela_params import pipeline_params
 
+import tela_retries as retry
 from router_tasks.core import defaults
+from router_tasks.data.validate import validate_labels
 from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.labeling.agreement import measure_judge_agreement
 from router_tasks.labeling.generate import combine_answers, generate_part, plan_generation
@@ -37,7 +33,11 @@ from router_tasks.lifecycle.summary import summarize_run
 from router_tasks.pipeline import STEP, SUMMARY_STAGES, ingest_source, labels_with_feedback
 from router_tasks.routers import ROUTERS
 from router_tasks.training.train import train_router
-from router_tasks.data.validate import validate_labels
+from tela_alerts import dag_failure_alert, record_task_failure
+from tela_assets import LABELS_ASSET
+from tela_connections import export_connections  # plugins/ is on sys.path
+from tela_devices import on_chosen_device
+from tela_params import pipeline_params
 
 
 def stage(fn):
@@ -105,8 +105,11 @@ def summary(stages: dict, decision: dict) -> str:
     tags=["tela-wizard"],
     # Secrets reach the library as env vars of the task process, from Airflow connections.
     # Every task retries with backoff (plugins/tela_retries.py); LLM and train tasks override it.
-    default_args={"on_execute_callback": export_connections, "on_failure_callback": record_task_failure,
-                  **retry.DEFAULT},
+    default_args={
+        "on_execute_callback": export_connections,
+        "on_failure_callback": record_task_failure,
+        **retry.DEFAULT,
+    },
     on_failure_callback=dag_failure_alert,  # data-quality alert (plugins/tela_alerts.py)
     # every parameter, its default, type and description: the one table, router_tasks/core/params.py
     params=pipeline_params(enums={"router_type": sorted(ROUTERS)}),
@@ -128,8 +131,9 @@ def router_pipeline():
     # Batch mode buys the verdicts through the OpenAI Batch API (deferrable wait) into the
     # request cache; the judge parts below then find them there. Online mode skips it.
     judging = args("judge")
-    batch_file = prepare_judge_batch(referenced, answers, judge=judging["judge"], judges=judging["judges"],
-                                     judge_mode="{{ params.judge_mode }}")
+    batch_file = prepare_judge_batch(
+        referenced, answers, judge=judging["judge"], judges=judging["judges"], judge_mode="{{ params.judge_mode }}"
+    )
     batch_run = OpenAITriggerBatchOperator(
         task_id="judge_batch_run",
         file_id=batch_file,
@@ -148,13 +152,24 @@ def router_pipeline():
         .expand_kwargs(task(plan_judging)(referenced))
     )
     batch >> judge_parts
-    judgements = stage(combine_judgements).override(task_id="judge_answers")(referenced, answers, judge_parts, **judging)
+    judgements = stage(combine_judgements).override(task_id="judge_answers")(
+        referenced, answers, judge_parts, **judging
+    )
     agreement = stage(measure_judge_agreement).override(task_id="judge_agreement", **llm)(
-        referenced, answers, judgements, **args("agreement"))
-    ledger = stage(cost_ledger)({"references": referenced, "generate": answers, "judge_batch": batch, "judge": judgements,
-                                 "agreement": agreement})
+        referenced, answers, judgements, **args("agreement")
+    )
+    ledger = stage(cost_ledger)(
+        {
+            "references": referenced,
+            "generate": answers,
+            "judge_batch": batch,
+            "judge": judgements,
+            "agreement": agreement,
+        }
+    )
     labels = stage(labels_with_feedback).override(task_id="build_labels")(
-        referenced, judgements, agreement, **args("labels"))
+        referenced, judgements, agreement, **args("labels")
+    )
     valid = stage(validate_labels)(labels, **args("validate"))
     announce_labels(valid)
     # Routers that need a GPU (causal_llm) train in train_router_gpu (gpu queue, tela_gpu
@@ -164,14 +179,25 @@ def router_pipeline():
     # queue and pool (batched by the router), bounded by a timeout.
     training = args("train")
     device = dict(router_type=training["router_type"], use_gpu=training["use_gpu"])
-    router = on_chosen_device(stage(train_router), "train_router", **device, hours=defaults.TRAIN_TIMEOUT_HOURS,
-                              **retry.TRAIN)(valid, **training)
-    evaluation = on_chosen_device(stage(evaluate_router), "evaluate_router", **device,
-                                  hours=defaults.EVALUATE_TIMEOUT_HOURS)(router, **args("evaluate"))
+    router = on_chosen_device(
+        stage(train_router), "train_router", **device, hours=defaults.TRAIN_TIMEOUT_HOURS, **retry.TRAIN
+    )(valid, **training)
+    evaluation = on_chosen_device(
+        stage(evaluate_router), "evaluate_router", **device, hours=defaults.EVALUATE_TIMEOUT_HOURS
+    )(router, **args("evaluate"))
     decision = stage(publish_router)(router, evaluation, **args("publish"))
-    refs = {"ingest": prompts, "references": referenced, "generate": answers, "judge": judgements,
-            "agreement": agreement, "labels": labels,
-            "validate": valid, "train": router, "evaluate": evaluation, "ledger": ledger}
+    refs = {
+        "ingest": prompts,
+        "references": referenced,
+        "generate": answers,
+        "judge": judgements,
+        "agreement": agreement,
+        "labels": labels,
+        "validate": valid,
+        "train": router,
+        "evaluate": evaluation,
+        "ledger": ledger,
+    }
     summary({name: refs[name] for name in SUMMARY_STAGES}, decision)
 
 

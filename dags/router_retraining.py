@@ -20,7 +20,6 @@ kept, so an Asset event always means a new champion.
 from __future__ import annotations
 
 import pendulum
-import tela_retries as retry
 from airflow.sdk import (
     AssetOrTimeSchedule,
     CronTriggerTimetable,
@@ -29,17 +28,17 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
+
+import tela_retries as retry
+from router_tasks.core import defaults
+from router_tasks.evaluation.compare import compare_routers
+from router_tasks.evaluation.evaluate import evaluate_router
+from router_tasks.training.train import train_router
 from tela_alerts import dag_failure_alert, record_task_failure
 from tela_assets import LABELS_ASSET, ROUTER_ASSET
 from tela_connections import export_connections  # plugins/ is on sys.path
 from tela_devices import on_each_device
 from tela_params import MODEL_PAIR, pipeline_params
-
-from router_tasks.core import defaults
-from router_tasks.evaluation.compare import compare_routers
-from router_tasks.evaluation.evaluate import evaluate_router
-from router_tasks.training.train import train_router
-
 
 
 @task
@@ -72,8 +71,12 @@ def loop_settings(labels: dict) -> dict:
     ctx = get_current_context()
     extras = [e.extra for events in (ctx.get("triggering_asset_events") or {}).values() for e in events]
     params = ctx["params"]
-    return retraining_settings(labels, extras, variable=Variable.get(VARIABLE, default=None, deserialize_json=True),
-                               params={k: params[k] for k in ("strong_model", "weak_model", "benchmarks")})
+    return retraining_settings(
+        labels,
+        extras,
+        variable=Variable.get(VARIABLE, default=None, deserialize_json=True),
+        params={k: params[k] for k in ("strong_model", "weak_model", "benchmarks")},
+    )
 
 
 @task
@@ -98,15 +101,22 @@ def train(labels: dict, router_type: str, loop: dict) -> dict:
     # Not `task(train_router)`: its `params` argument would receive the DAG params (Airflow
     # injects context entries by argument name), which no router accepts.
     params, settings = get_current_context()["params"], loop["settings"]
-    return train_router(labels, router_type=router_type, strong_model=settings["strong_model"],
-                        weak_model=settings["weak_model"], strong_quality=settings["strong_quality"],
-                        router_params=params["router_params"].get(router_type), use_gpu=params["use_gpu"])
+    return train_router(
+        labels,
+        router_type=router_type,
+        strong_model=settings["strong_model"],
+        weak_model=settings["weak_model"],
+        strong_quality=settings["strong_quality"],
+        router_params=params["router_params"].get(router_type),
+        use_gpu=params["use_gpu"],
+    )
 
 
 def evaluate(router: dict, loop: dict) -> dict:
     settings = loop["settings"]
-    return evaluate_router(router, benchmarks=settings["benchmarks"], max_prompts=settings["eval_max_prompts"],
-                           models=settings["models"])
+    return evaluate_router(
+        router, benchmarks=settings["benchmarks"], max_prompts=settings["eval_max_prompts"], models=settings["models"]
+    )
 
 
 @task(outlets=[ROUTER_ASSET])
@@ -144,17 +154,28 @@ def publish(routers, evaluations, loop: dict) -> dict:
     tags=["tela-wizard"],
     # every task retries with backoff (plugins/tela_retries.py); training overrides it; the
     # same failure alert as router_pipeline (plugins/tela_alerts.py)
-    default_args={"on_execute_callback": export_connections, "on_failure_callback": record_task_failure,
-                  **retry.DEFAULT},
+    default_args={
+        "on_execute_callback": export_connections,
+        "on_failure_callback": record_task_failure,
+        **retry.DEFAULT,
+    },
     on_failure_callback=dag_failure_alert,
     params={
-        "labels": Param(None, type=["null", "string"],
-                        description="labels artifact (ref JSON, key or URI); empty: the triggering or newest labels"),
-        "router_types": Param(defaults.RETRAIN_ROUTER_TYPES, type="array", items={"type": "string"},
-                              description="one router trained per type (one per line), e.g. knn, ensemble, causal_llm"),
+        "labels": Param(
+            None,
+            type=["null", "string"],
+            description="labels artifact (ref JSON, key or URI); empty: the triggering or newest labels",
+        ),
+        "router_types": Param(
+            defaults.RETRAIN_ROUTER_TYPES,
+            type="array",
+            items={"type": "string"},
+            description="one router trained per type (one per line), e.g. knn, ensemble, causal_llm",
+        ),
         **pipeline_params(["use_gpu"]),
-        "router_params": Param({}, type="object",
-                               description='per router type, e.g. {"knn": {"k": 20}}; defaults otherwise'),
+        "router_params": Param(
+            {}, type="object", description='per router type, e.g. {"knn": {"k": 20}}; defaults otherwise'
+        ),
         **pipeline_params(MODEL_PAIR, from_loop=MODEL_PAIR),
         "metric": Param(defaults.PUBLISH_METRIC, type="string", description="'mean_apgr' or 'apgr:<benchmark>'"),
         "margin": Param(0.0, type="number", description="how much the challenger must beat the champion by"),
@@ -167,10 +188,24 @@ def router_retraining():
     # GPU router types (causal_llm) train and are scored on the gpu queue and pool, the others
     # on the default queue; trained_routers and evaluate_router put both back in the param's order
     types = {"cpu": cpu_types(split), "gpu": gpu_types(split)}
-    routers = on_each_device(task(train), "train_router", split, {"router_type": types}, merged_id="trained_routers",
-                             fixed=dict(labels=labels, loop=loop), hours=defaults.TRAIN_TIMEOUT_HOURS, **retry.TRAIN)
-    evaluations = on_each_device(task(evaluate), "evaluate_router", split, {"router": routers.by_device},
-                                 fixed=dict(loop=loop), hours=defaults.EVALUATE_TIMEOUT_HOURS).merged
+    routers = on_each_device(
+        task(train),
+        "train_router",
+        split,
+        {"router_type": types},
+        merged_id="trained_routers",
+        fixed=dict(labels=labels, loop=loop),
+        hours=defaults.TRAIN_TIMEOUT_HOURS,
+        **retry.TRAIN,
+    )
+    evaluations = on_each_device(
+        task(evaluate),
+        "evaluate_router",
+        split,
+        {"router": routers.by_device},
+        fixed=dict(loop=loop),
+        hours=defaults.EVALUATE_TIMEOUT_HOURS,
+    ).merged
     task(compare_routers)(evaluations)  # every router's curve on one plot per benchmark
     publish(routers.merged, evaluations, loop)
 

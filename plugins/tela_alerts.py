@@ -28,7 +28,6 @@ import html
 import json
 import logging
 import os
-from typing import Any
 
 from airflow.sdk import BaseNotifier
 
@@ -109,7 +108,11 @@ def build_payload(context) -> dict:
     run_id = context.get("run_id") or getattr(context.get("dag_run"), "run_id", None)
     task_id, record = _failed_task_record(context)
     failures = [
-        {k: f.get(k) for k in ("rule", "expectation", "kwargs", "observed", "unexpected_count", "unexpected_sample") if k in f}
+        {
+            k: f.get(k)
+            for k in ("rule", "expectation", "kwargs", "observed", "unexpected_count", "unexpected_sample")
+            if k in f
+        }
         for f in record.get("failures") or []
     ]
     dq = bool(failures) or record.get("error_type") == "DataQualityError"
@@ -132,8 +135,10 @@ def format_text(p: dict) -> str:
     head = "Data-quality failure" if p["event"] == "tela.data_quality_failure" else "Pipeline failure"
     lines = [f"{head}: DAG {p['dag_id']} run {p['run_id']}, stage {p['stage']}"]
     for f in p["failed_expectations"]:
-        lines.append(f"- {f.get('rule')}: observed {f.get('observed')!r}"
-                     + (f" ({f['unexpected_count']} unexpected)" if f.get("unexpected_count") else ""))
+        lines.append(
+            f"- {f.get('rule')}: observed {f.get('observed')!r}"
+            + (f" ({f['unexpected_count']} unexpected)" if f.get("unexpected_count") else "")
+        )
     if not p["failed_expectations"] and p.get("error"):
         lines.append(f"{p.get('error_type')}: {p['error'].splitlines()[0][:500]}")
     if p.get("data_docs"):
@@ -175,7 +180,9 @@ def load_config() -> dict | None:
         return None
     cfg = json.loads(text) if isinstance(text, str) else dict(text)
     if not isinstance(cfg, dict) or cfg.get("notifier") not in ("webhook", "slack", "smtp", "none"):
-        raise ValueError(f"{CONFIG_ENV}/{CONFIG_VARIABLE}: expected {{'notifier': 'webhook'|'slack'|'smtp'|'none', ...}}, got {text!r:.200}")
+        raise ValueError(
+            f"{CONFIG_ENV}/{CONFIG_VARIABLE}: expected {{'notifier': 'webhook'|'slack'|'smtp'|'none', ...}}, got {text!r:.200}"
+        )
     return cfg
 
 
@@ -190,8 +197,10 @@ def make_notifier(cfg: dict, payload: dict) -> BaseNotifier | None:
             try:
                 from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
             except ImportError:
-                raise RuntimeError("slack notifier with conn_id needs apache-airflow-providers-slack; "
-                                   "or give webhook_url to post to an incoming webhook directly") from None
+                raise RuntimeError(
+                    "slack notifier with conn_id needs apache-airflow-providers-slack; "
+                    "or give webhook_url to post to an incoming webhook directly"
+                ) from None
             return SlackWebhookNotifier(slack_webhook_conn_id=cfg["conn_id"], text=payload["text"])
         return WebhookNotifier(cfg["webhook_url"], slack=True)
     if kind == "smtp":

@@ -17,8 +17,9 @@ Airflow-only (plugins/ is on sys.path): the DAGs import it as `tela_devices`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from airflow.sdk import XComArg, task
 
@@ -32,8 +33,13 @@ def device_tasks(stage, task_id: str, hours: float, **overrides) -> dict[str, An
     timeout = timedelta(hours=hours)
     return {
         "cpu": stage.override(task_id=f"{task_id}_cpu", execution_timeout=timeout, **overrides),
-        "gpu": stage.override(task_id=f"{task_id}_gpu", queue=defaults.GPU_QUEUE, pool=defaults.GPU_POOL,
-                              execution_timeout=timeout, **overrides),
+        "gpu": stage.override(
+            task_id=f"{task_id}_gpu",
+            queue=defaults.GPU_QUEUE,
+            pool=defaults.GPU_POOL,
+            execution_timeout=timeout,
+            **overrides,
+        ),
     }
 
 
@@ -51,8 +57,9 @@ def _ran(on_cpu: dict | None, on_gpu: dict | None) -> dict:
     return on_cpu or on_gpu
 
 
-def on_chosen_device(stage, task_id: str, *, router_type: str, use_gpu: str | bool, hours: float,
-                     **overrides) -> Callable[..., XComArg]:
+def on_chosen_device(
+    stage, task_id: str, *, router_type: str, use_gpu: str | bool, hours: float, **overrides
+) -> Callable[..., XComArg]:
     """`stage` run on the device its router needs: call the result with the stage's
     arguments. Builds the branch `<verb>_on` (after the stage's XCom inputs), the two
     device tasks, and the task `task_id` whose value is the ref of the one that ran.
@@ -60,7 +67,8 @@ def on_chosen_device(stage, task_id: str, *, router_type: str, use_gpu: str | bo
 
     def call(*args, **kwargs) -> XComArg:
         branch = _choose_device.override(task_id=f"{task_id.split('_')[0]}_on")(
-            stage=task_id, router_type=router_type, use_gpu=use_gpu)
+            stage=task_id, router_type=router_type, use_gpu=use_gpu
+        )
         for arg in args:
             if isinstance(arg, XComArg):
                 arg >> branch
@@ -93,14 +101,25 @@ def _in_type_order(split: dict, on_cpu, on_gpu) -> list[dict]:
     return in_type_order(split, [on_cpu[i] for i in range(len(on_cpu))], [on_gpu[i] for i in range(len(on_gpu))])
 
 
-def on_each_device(stage, task_id: str, split: XComArg, over: dict[str, dict[str, Any]], *, hours: float,
-                   merged_id: str | None = None, fixed: dict | None = None, **overrides) -> OnEachDevice:
+def on_each_device(
+    stage,
+    task_id: str,
+    split: XComArg,
+    over: dict[str, dict[str, Any]],
+    *,
+    hours: float,
+    merged_id: str | None = None,
+    fixed: dict | None = None,
+    **overrides,
+) -> OnEachDevice:
     """`stage` mapped on both devices: the CPU task over `over[kw]["cpu"]`, the GPU task over
     `over[kw]["gpu"]` (kw: the mapped keyword), each with the `fixed` keyword arguments;
     merged by the task `merged_id` (default `task_id`) in the order of `split`
     (`retraining.split_by_device`'s answer)."""
     tasks = device_tasks(stage, task_id, hours, **overrides)
-    mapped = {device: t.partial(**(fixed or {})).expand(**{kw: values[device] for kw, values in over.items()})
-              for device, t in tasks.items()}
+    mapped = {
+        device: t.partial(**(fixed or {})).expand(**{kw: values[device] for kw, values in over.items()})
+        for device, t in tasks.items()
+    }
     merged = _in_type_order.override(task_id=merged_id or task_id)(split, mapped["cpu"], mapped["gpu"])
     return OnEachDevice(merged, mapped["cpu"], mapped["gpu"])

@@ -5,7 +5,7 @@ says, with the same defaults."""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from airflow.sdk import Param
 
@@ -15,8 +15,12 @@ from router_tasks.core.params import param_specs
 MODEL_PAIR = ("strong_model", "weak_model", "benchmarks")
 
 
-def pipeline_params(names: Iterable[str] | None = None, *, enums: Mapping[str, Sequence[str]] | None = None,
-                    from_loop: Iterable[str] = ()) -> dict[str, Param]:
+def pipeline_params(
+    names: Iterable[str] | None = None,
+    *,
+    enums: Mapping[str, Sequence[str]] | None = None,
+    from_loop: Iterable[str] = (),
+) -> dict[str, Param]:
     """{name: Param} for `names` (default: every pipeline parameter). Fresh Param objects
     each call: a DAG's params are its own, not shared with another DAG.
 

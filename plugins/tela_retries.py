@@ -42,9 +42,9 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     """Errors a retry cannot fix: bad input or config (ValueError, TypeError, LookupError:
     the library's clear-error types), an endpoint whose API key is missing, a data-quality
     verdict, a leakage refusal."""
+    from router_tasks.core.endpoints import MissingEndpointKey
     from router_tasks.data.quality import DataQualityError
     from router_tasks.evaluation.metrics import LeakageError
-    from router_tasks.core.endpoints import MissingEndpointKey
 
     return (ValueError, TypeError, LookupError, MissingEndpointKey, DataQualityError, LeakageError)
 

@@ -13,10 +13,11 @@ dependencies, arguments or parameter defaults stop matching this list.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from router_tasks.core import params as param_table
+from router_tasks.core.store import ArtifactStore
 from router_tasks.data.ingest import ingest_prompts
 from router_tasks.data.labels import build_labels
 from router_tasks.data.validate import validate_labels
@@ -30,10 +31,10 @@ from router_tasks.labeling.references import generate_references
 from router_tasks.lifecycle.loop_settings import SETTINGS_KEYS
 from router_tasks.lifecycle.publish import publish_router
 from router_tasks.lifecycle.summary import summarize_run
-from router_tasks.training.train import train_router
 from router_tasks.serving.feedback import feedback_labels_stage
 from router_tasks.serving.traffic import resolve_source
-from router_tasks.core.store import ArtifactStore
+from router_tasks.training.train import train_router
+
 
 def ingest_source(source: str, sample: int | None = None, artifact_root: str | None = None) -> dict:
     """Ingest `source`, where a traffic window (`traffic://<from>/<to>`, the gateway's
@@ -45,17 +46,32 @@ def ingest_source(source: str, sample: int | None = None, artifact_root: str | N
     return ingest_prompts(resolved, sample=sample, artifact_root=artifact_root)
 
 
-def labels_with_feedback(prompts: dict, judgements: dict, agreement: dict | None = None, source: str | None = None,
-                         include_routellm: bool = True, routellm_max_prompts: int | None = None,
-                         strong_quality: str = "labeled", strong_model: str | None = None,
-                         artifact_root: str | None = None) -> dict:
+def labels_with_feedback(
+    prompts: dict,
+    judgements: dict,
+    agreement: dict | None = None,
+    source: str | None = None,
+    include_routellm: bool = True,
+    routellm_max_prompts: int | None = None,
+    strong_quality: str = "labeled",
+    strong_model: str | None = None,
+    artifact_root: str | None = None,
+) -> dict:
     """`build_labels`, where a traffic window source (`traffic://<from>/<to>`) also brings
     its users' ratings of the answers they were served (`POST /v1/feedback`), as labels for
     the model that answered, beside the judge's (source "feedback:<key name>")."""
     feedback = feedback_labels_stage(source, artifact_root)
-    return build_labels(prompts, judgements, agreement, include_routellm=include_routellm,
-                        routellm_max_prompts=routellm_max_prompts, strong_quality=strong_quality,
-                        strong_model=strong_model, feedback=feedback, artifact_root=artifact_root)
+    return build_labels(
+        prompts,
+        judgements,
+        agreement,
+        include_routellm=include_routellm,
+        routellm_max_prompts=routellm_max_prompts,
+        strong_quality=strong_quality,
+        strong_model=strong_model,
+        feedback=feedback,
+        artifact_root=artifact_root,
+    )
 
 
 #: every parameter of a pipeline run, with its default (the offline demo)
@@ -95,9 +111,9 @@ class Step:
 
     def templated(self) -> dict:
         """The same arguments as Airflow templates of the DAG's params."""
-        out = {kw: "{{ params.%s }}" % p for kw, p in self.params.items()}
+        out = {kw: f"{{{{ params.{p} }}}}" for kw, p in self.params.items()}
         if self.settings_kw:
-            out[self.settings_kw] = {k: "{{ params.%s }}" % k for k in SETTINGS_KEYS}
+            out[self.settings_kw] = {k: f"{{{{ params.{k} }}}}" for k in SETTINGS_KEYS}
         return out
 
     def runs(self, params: Mapping) -> bool:
@@ -107,40 +123,111 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("ingest", "ingest_prompts", ingest_source, (), {"source": "source", "sample": "sample"}),
     Step("references", "generate_references", generate_references, ("ingest",), {"reference": "reference_model"}),
-    Step("generate", "generate_answers", generate_answers, ("ingest",),
-         {"models": "models", "max_tokens": "max_tokens"},
-         dag_tasks=("plan_generation", "generate_part", "generate_answers")),
+    Step(
+        "generate",
+        "generate_answers",
+        generate_answers,
+        ("ingest",),
+        {"models": "models", "max_tokens": "max_tokens"},
+        dag_tasks=("plan_generation", "generate_part", "generate_answers"),
+    ),
     # batch mode: buy the verdicts through the OpenAI Batch API into the request cache first
-    Step("judge_batch", "collect_judge_batch", run_judge_batch, ("references", "generate"),
-         {"judge": "judge", "judges": "judges"},
-         dag_tasks=("prepare_judge_batch", "judge_batch_run", "collect_judge_batch"), when=("judge_mode", "batch")),
-    Step("judge", "judge_answers", judge_answers, ("references", "generate"),
-         {"judge": "judge", "judges": "judges", "vote": "judge_vote"},
-         dag_tasks=("plan_judging", "judge_part", "judge_answers")),
+    Step(
+        "judge_batch",
+        "collect_judge_batch",
+        run_judge_batch,
+        ("references", "generate"),
+        {"judge": "judge", "judges": "judges"},
+        dag_tasks=("prepare_judge_batch", "judge_batch_run", "collect_judge_batch"),
+        when=("judge_mode", "batch"),
+    ),
+    Step(
+        "judge",
+        "judge_answers",
+        judge_answers,
+        ("references", "generate"),
+        {"judge": "judge", "judges": "judges", "vote": "judge_vote"},
+        dag_tasks=("plan_judging", "judge_part", "judge_answers"),
+    ),
     # the judge also grades a seeded sample of the gold-graded answers: its agreement with exact match
-    Step("agreement", "judge_agreement", measure_judge_agreement, ("references", "generate", "judge"),
-         {"judge": "judge", "judges": "judges", "vote": "judge_vote", "sample_size": "judge_agreement_sample",
-          "min_agreement": "judge_min_agreement"}),
-    Step("ledger", "cost_ledger", cost_ledger, ("references", "generate", "judge_batch", "judge", "agreement"),
-         inputs_as_mapping=True),
-    Step("labels", "build_labels", labels_with_feedback, ("references", "judge", "agreement"),
-         {"source": "source", "include_routellm": "include_routellm", "routellm_max_prompts": "routellm_max_prompts",
-          "strong_quality": "strong_quality", "strong_model": "strong_model"}),
+    Step(
+        "agreement",
+        "judge_agreement",
+        measure_judge_agreement,
+        ("references", "generate", "judge"),
+        {
+            "judge": "judge",
+            "judges": "judges",
+            "vote": "judge_vote",
+            "sample_size": "judge_agreement_sample",
+            "min_agreement": "judge_min_agreement",
+        },
+    ),
+    Step(
+        "ledger",
+        "cost_ledger",
+        cost_ledger,
+        ("references", "generate", "judge_batch", "judge", "agreement"),
+        inputs_as_mapping=True,
+    ),
+    Step(
+        "labels",
+        "build_labels",
+        labels_with_feedback,
+        ("references", "judge", "agreement"),
+        {
+            "source": "source",
+            "include_routellm": "include_routellm",
+            "routellm_max_prompts": "routellm_max_prompts",
+            "strong_quality": "strong_quality",
+            "strong_model": "strong_model",
+        },
+    ),
     Step("validate", "validate_labels", validate_labels, ("labels",), {"min_rows_per_model": "min_rows_per_model"}),
-    Step("train", "train_router", train_router, ("validate",),
-         {"router_type": "router_type", "strong_model": "strong_model", "weak_model": "weak_model",
-          "router_params": "router_params", "use_gpu": "use_gpu", "strong_quality": "strong_quality"},
-         dag_tasks=("train_router_cpu", "train_router_gpu", "train_router")),
-    Step("evaluate", "evaluate_router", evaluate_router, ("train",),
-         {"benchmarks": "benchmarks", "max_prompts": "eval_max_prompts", "models": "models",
-          "quality_target": "quality_target"},
-         dag_tasks=("evaluate_router_cpu", "evaluate_router_gpu", "evaluate_router")),
+    Step(
+        "train",
+        "train_router",
+        train_router,
+        ("validate",),
+        {
+            "router_type": "router_type",
+            "strong_model": "strong_model",
+            "weak_model": "weak_model",
+            "router_params": "router_params",
+            "use_gpu": "use_gpu",
+            "strong_quality": "strong_quality",
+        },
+        dag_tasks=("train_router_cpu", "train_router_gpu", "train_router"),
+    ),
+    Step(
+        "evaluate",
+        "evaluate_router",
+        evaluate_router,
+        ("train",),
+        {
+            "benchmarks": "benchmarks",
+            "max_prompts": "eval_max_prompts",
+            "models": "models",
+            "quality_target": "quality_target",
+        },
+        dag_tasks=("evaluate_router_cpu", "evaluate_router_gpu", "evaluate_router"),
+    ),
     Step("publish", "publish_router", publish_router, ("train", "evaluate"), settings_kw="settings"),
 )
 STEP = {s.name: s for s in STEPS}
 #: the steps whose refs the run summary lists (publish is the decision, not a stage row)
-SUMMARY_STAGES = ("ingest", "references", "generate", "judge", "agreement", "labels", "validate", "train", "evaluate",
-                  "ledger")
+SUMMARY_STAGES = (
+    "ingest",
+    "references",
+    "generate",
+    "judge",
+    "agreement",
+    "labels",
+    "validate",
+    "train",
+    "evaluate",
+    "ledger",
+)
 
 
 def resolve_params(overrides: Mapping | None = None) -> dict:

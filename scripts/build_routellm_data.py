@@ -95,7 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             n_train=len(tables["gsm8k_train"]),
         )
     )
-    (out / "MANIFEST.json").write_text(json.dumps({"origin": "lm-sys/RouteLLM routellm/evals (Apache-2.0)", "built_from": src.name, "files": info}, indent=2, sort_keys=True) + "\n")
+    (out / "MANIFEST.json").write_text(
+        json.dumps(
+            {"origin": "lm-sys/RouteLLM routellm/evals (Apache-2.0)", "built_from": src.name, "files": info},
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
     total = sum(m["bytes"] for m in info.values())
     print(f"wrote {len(info)} tables, {total / 1e6:.2f} MB, to {out}")
     for f, m in info.items():

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from router_tasks.core.prompts import prompt_id  # noqa: E402
-from router_tasks.data import tokens, zeroeval as ze  # noqa: E402
+from router_tasks.data import tokens  # noqa: E402
+from router_tasks.data import zeroeval as ze
 
 DEFAULT_SOURCE = os.environ.get("ZEROEVAL_SOURCE", "/work/shared/benchmarks/zeroeval")
 DEFAULT_OUT = ROOT / "router_tasks" / "data" / "files" / "zeroeval"
@@ -45,7 +46,8 @@ def build_tokenizer(out: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     tokens.TOKENIZER_DIR.mkdir(parents=True, exist_ok=True)
     (tokens.TOKENIZER_DIR / tokens.TOKENIZER_FILE).write_bytes(
-        gzip.compress(tok.backend_tokenizer.to_str().encode(), mtime=0))
+        gzip.compress(tok.backend_tokenizer.to_str().encode(), mtime=0)
+    )
 
 
 def published(source: Path, task: str) -> dict[str, float]:
@@ -58,7 +60,10 @@ def summary_name(model: str) -> list[str]:
     base = model.split("/")[-1]
     special = {
         "Meta-Llama-3.1-405B-Instruct@sambanova": ["Llama-3.1-405B-Inst@sambanova"],
-        "meta-llama/Meta-Llama-3.1-405B-Instruct-Turbo": ["Llama-3.1-405B-Inst-fp8@together", "Llama-3.1-405B-Inst-fp8"],
+        "meta-llama/Meta-Llama-3.1-405B-Instruct-Turbo": [
+            "Llama-3.1-405B-Inst-fp8@together",
+            "Llama-3.1-405B-Inst-fp8",
+        ],
         "meta-llama/Meta-Llama-3.1-405B-Instruct@hyperbolic": ["Llama-3.1-405B-Inst@hyperbolic"],
         "mistral-large-2407": ["Mistral-Large-2"],
         "openai/chatgpt-4o-latest": ["chatgpt-4o-latest-24-09-07"],
@@ -83,9 +88,17 @@ def main() -> int:
         qs = raw.drop_duplicates("id")[["id", "question", "gold"]].reset_index(drop=True)
         qs["input_tokens"] = ze.prompt_tokens(qs["question"].tolist())
         for r in qs.itertuples():
-            prompt_rows.append({"task": task, "prompt_id": prompt_id(r.question), "source_id": r.id,
-                                "question": r.question, "gold": r.gold, "input_tokens": int(r.input_tokens)})
-        extracted = [ze.extract_answer(o, m) for o, m in zip(raw["output"], raw["model"])]
+            prompt_rows.append(
+                {
+                    "task": task,
+                    "prompt_id": prompt_id(r.question),
+                    "source_id": r.id,
+                    "question": r.question,
+                    "gold": r.gold,
+                    "input_tokens": int(r.input_tokens),
+                }
+            )
+        extracted = [ze.extract_answer(o, m) for o, m in zip(raw["output"], raw["model"], strict=False)]
         res = pd.DataFrame(
             {
                 "task": task,
@@ -94,7 +107,7 @@ def main() -> int:
                 "answer": [e[0] for e in extracted],
                 "has_answer": [e[0] is not None for e in extracted],
                 "parsed_json": [e[1] for e in extracted],
-                "correct": [ze.is_correct(task, e[0], g) for e, g in zip(extracted, raw["gold"])],
+                "correct": [ze.is_correct(task, e[0], g) for e, g in zip(extracted, raw["gold"], strict=False)],
                 "output_tokens": ze.count_tokens(raw["output"].tolist()),
                 "reasoning_chars": [e[2] for e in extracted],
             }
@@ -104,10 +117,18 @@ def main() -> int:
         for model, g in res.groupby("model"):
             name = next((n for n in summary_name(model) if n in pub), None)
             ours = 100 * g["correct"].mean()
-            acc_rows.append({"task": task, "model": model, "summary_model": name, "prompts": len(g),
-                             "accuracy": round(ours, 2), "published": pub.get(name),
-                             "no_answer": round(100 * (~g["has_answer"]).mean(), 2),
-                             "mean_output_tokens": round(g["output_tokens"].mean(), 1)})
+            acc_rows.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "summary_model": name,
+                    "prompts": len(g),
+                    "accuracy": round(ours, 2),
+                    "published": pub.get(name),
+                    "no_answer": round(100 * (~g["has_answer"]).mean(), 2),
+                    "mean_output_tokens": round(g["output_tokens"].mean(), 1),
+                }
+            )
     prompts_df = pd.DataFrame(prompt_rows)
     if prompts_df.duplicated(["task", "prompt_id"]).any():
         raise SystemExit("two prompts of one task share a prompt_id")

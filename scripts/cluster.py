@@ -73,8 +73,14 @@ AIRFLOW_COMPONENTS = {
 SERVICES = ("postgres", "redis", "s3")
 # Environment variable names the gateway gets (compose's tela-gateway sets the same ones):
 # the artifact store it shares with Airflow.
-GATEWAY_ENV_NAMES = ("TELA_ARTIFACT_ROOT", "TELA_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                     "AWS_DEFAULT_REGION", "TELA_GATEWAY_REDIS_URL")
+GATEWAY_ENV_NAMES = (
+    "TELA_ARTIFACT_ROOT",
+    "TELA_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "TELA_GATEWAY_REDIS_URL",
+)
 # Environment variable names every Airflow component gets (compose sets the same ones).
 AIRFLOW_ENV_NAMES = (
     "AIRFLOW__CORE__EXECUTOR",
@@ -121,8 +127,10 @@ class Config:
         self.parallelism = int(os.environ.get("TELA_CLUSTER_PARALLELISM", 6))
         # The default worker runs more tasks at once than the tela_llm pool allows, so the
         # pool (not the worker) is what limits LLM calls.
-        self.concurrency = {"default": int(os.environ.get("TELA_CLUSTER_DEFAULT_CONCURRENCY", 4)),
-                            "gpu": int(os.environ.get("TELA_CLUSTER_GPU_CONCURRENCY", 1))}
+        self.concurrency = {
+            "default": int(os.environ.get("TELA_CLUSTER_DEFAULT_CONCURRENCY", 4)),
+            "gpu": int(os.environ.get("TELA_CLUSTER_GPU_CONCURRENCY", 1)),
+        }
         self.heartbeat_timeout = int(os.environ.get("TELA_CLUSTER_HEARTBEAT_TIMEOUT", 60))
         self.pids = self.state / "pids"
         self.logs = self.state / "logs"
@@ -163,8 +171,12 @@ class Config:
     def airflow_env(self, worker: str | None = None) -> dict:
         s = self.secrets()
         db = f"airflow:{s['pg_password']}@127.0.0.1:{self.pg_port}/airflow"
-        conn = {"conn_type": "aws", "login": s["s3_access_key"], "password": s["s3_secret_key"],
-                "extra": {"endpoint_url": self.s3_url, "region_name": "us-east-1"}}
+        conn = {
+            "conn_type": "aws",
+            "login": s["s3_access_key"],
+            "password": s["s3_secret_key"],
+            "extra": {"endpoint_url": self.s3_url, "region_name": "us-east-1"},
+        }
         env = {
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
@@ -238,8 +250,15 @@ def spawn(cfg: Config, name: str, cmd: list[str], env: dict | None = None, cwd: 
     cfg.pids.mkdir(parents=True, exist_ok=True)
     cfg.logs.mkdir(parents=True, exist_ok=True)
     out = open(cfg.logs / f"{name}.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})}, cwd=str(cwd or REPO), start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        cwd=str(cwd or REPO),
+        start_new_session=True,
+    )
     out.close()
     (cfg.pids / f"{name}.pid").write_text(str(proc.pid))
     return proc.pid
@@ -289,8 +308,9 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def wait_for(what: str, check, timeout: float, *, interval: float = 1.0, proc_name: str | None = None,
-             cfg: Config | None = None) -> None:
+def wait_for(
+    what: str, check, timeout: float, *, interval: float = 1.0, proc_name: str | None = None, cfg: Config | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -301,8 +321,10 @@ def wait_for(what: str, check, timeout: float, *, interval: float = 1.0, proc_na
         if proc_name and cfg:
             pid = _read_pid(cfg, proc_name)
             if pid is None or not _pid_alive(pid):
-                raise RuntimeError(f"{proc_name} exited while starting; log: {cfg.logs / (proc_name + '.log')}\n"
-                                   + _tail(cfg.logs / f"{proc_name}.log"))
+                raise RuntimeError(
+                    f"{proc_name} exited while starting; log: {cfg.logs / (proc_name + '.log')}\n"
+                    + _tail(cfg.logs / f"{proc_name}.log")
+                )
         time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
 
@@ -320,8 +342,9 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _http_json(url: str, *, data: dict | None = None, token: str | None = None, method: str | None = None,
-               timeout: float = 10.0):
+def _http_json(
+    url: str, *, data: dict | None = None, token: str | None = None, method: str | None = None, timeout: float = 10.0
+):
     req = urllib.request.Request(url, method=method or ("POST" if data is not None else "GET"))
     req.add_header("Content-Type", "application/json")
     if token:
@@ -362,7 +385,9 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, capture_output=True, **kw)
     if res.returncode:
         out = (res.stdout or b"") + (res.stderr or b"")
-        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({res.returncode}):\n{out.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd[:6])} ... failed ({res.returncode}):\n{out.decode(errors='replace')[-2000:]}"
+        )
     return res
 
 
@@ -384,28 +409,61 @@ def start_postgres(cfg: Config) -> None:
             shutil.chown(cfg.state / "pg", "postgres", "postgres")
             for p in (data, sock, pwfile):
                 shutil.chown(p, "postgres", "postgres")
-        _run(_as_postgres([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-                           "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"]))
+        _run(
+            _as_postgres(
+                [
+                    _pg_bin("initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                ]
+            )
+        )
         pwfile.unlink()
-    opts = (f"-p {cfg.pg_port} -k {sock} -c listen_addresses=127.0.0.1 -c shared_buffers=32MB "
-            "-c max_connections=100 -c fsync=off -c synchronous_commit=off")
+    opts = (
+        f"-p {cfg.pg_port} -k {sock} -c listen_addresses=127.0.0.1 -c shared_buffers=32MB "
+        "-c max_connections=100 -c fsync=off -c synchronous_commit=off"
+    )
     # pg_ctl daemonises the server: record the postmaster's pid from postmaster.pid
-    _run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(cfg.state / "pg" / "server.log"),
-                       "-w", "-t", "60", "start"]))
+    _run(
+        _as_postgres(
+            [
+                _pg_bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                opts,
+                "-l",
+                str(cfg.state / "pg" / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
+    )
     cfg.pids.mkdir(parents=True, exist_ok=True)
     (cfg.pids / "postgres.pid").write_text((data / "postmaster.pid").read_text().split()[0])
     if fresh:
-        psql = _as_postgres([_pg_bin("psql"), "-h", str(sock), "-p", str(cfg.pg_port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"])
-        sql = (f"CREATE ROLE airflow LOGIN PASSWORD '{s['pg_password']}';\n"
-               "CREATE DATABASE airflow OWNER airflow;\n")
+        psql = _as_postgres(
+            [_pg_bin("psql"), "-h", str(sock), "-p", str(cfg.pg_port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
+        )
+        sql = f"CREATE ROLE airflow LOGIN PASSWORD '{s['pg_password']}';\nCREATE DATABASE airflow OWNER airflow;\n"
         _run(psql, input=sql.encode())
 
 
 def stop_postgres(cfg: Config) -> None:
     data = cfg.state / "pg" / "data"
     if (data / "postmaster.pid").exists():
-        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       capture_output=True)
+        subprocess.run(
+            _as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
+        )
     (cfg.pids / "postgres.pid").unlink(missing_ok=True)
 
 
@@ -414,8 +472,10 @@ def start_redis(cfg: Config) -> None:
     folder = cfg.state / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "redis.conf"  # the password in a 600 file, not on the command line
-    conf.write_text(f"bind 127.0.0.1\nport {cfg.redis_port}\nrequirepass {s['redis_password']}\n"
-                    f"dir {folder}\nsave \"\"\nappendonly no\nprotected-mode yes\nmaxmemory 256mb\n")
+    conf.write_text(
+        f"bind 127.0.0.1\nport {cfg.redis_port}\nrequirepass {s['redis_password']}\n"
+        f'dir {folder}\nsave ""\nappendonly no\nprotected-mode yes\nmaxmemory 256mb\n'
+    )
     conf.chmod(0o600)
     spawn(cfg, "redis", [shutil.which("redis-server"), str(conf)])
     wait_for("redis", lambda: _port_open(cfg.redis_port), 30, proc_name="redis", cfg=cfg)
@@ -427,8 +487,13 @@ def start_s3(cfg: Config) -> None:
     import boto3
 
     s = cfg.secrets()
-    client = boto3.client("s3", endpoint_url=cfg.s3_url, aws_access_key_id=s["s3_access_key"],
-                          aws_secret_access_key=s["s3_secret_key"], region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=cfg.s3_url,
+        aws_access_key_id=s["s3_access_key"],
+        aws_secret_access_key=s["s3_secret_key"],
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket=BUCKET)
 
 
@@ -437,9 +502,22 @@ def start_local_llm(cfg: Config) -> None:
     TELA_LOCAL_LLM_URL and use it instead of starting a server each)."""
     port_file = cfg.state / "local_llm.port"
     port_file.unlink(missing_ok=True)
-    spawn(cfg, "local-llm", [str(PY), "-m", "router_tasks.labeling.llm_server", "--host", "127.0.0.1", "--port", "0",
-                             "--port-file", str(port_file)],
-          env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    spawn(
+        cfg,
+        "local-llm",
+        [
+            str(PY),
+            "-m",
+            "router_tasks.labeling.llm_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
 
     def healthy() -> bool:
         port = int(port_file.read_text())
@@ -461,8 +539,19 @@ def gateway_args(models_file: str, keys_file: str, host: str, port: int) -> list
     equal). It follows the champion, so a new one is served without a restart; callers need
     a key from `keys_file`, and the keys' limits are counted in Redis
     (`TELA_GATEWAY_REDIS_URL`, `gateway_env`), so every replica enforces the same ones."""
-    return ["serve", "--models", models_file, "--keys", keys_file, "--router", "champion", "--host", host,
-            "--port", str(port)]
+    return [
+        "serve",
+        "--models",
+        models_file,
+        "--keys",
+        keys_file,
+        "--router",
+        "champion",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 def gateway_env(cfg: Config) -> dict:
@@ -516,8 +605,14 @@ def start_gateway(cfg: Config, models_file: Path, keys_file: Path) -> None:
 
 
 def airflow(cfg: Config, *args: str, worker: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "airflow"), *args], env={**os.environ, **cfg.airflow_env(worker)},
-                          capture_output=True, text=True, check=check, cwd=str(REPO))
+    return subprocess.run(
+        [str(BIN / "airflow"), *args],
+        env={**os.environ, **cfg.airflow_env(worker)},
+        capture_output=True,
+        text=True,
+        check=check,
+        cwd=str(REPO),
+    )
 
 
 def init_airflow(cfg: Config) -> None:
@@ -529,13 +624,19 @@ def init_airflow(cfg: Config) -> None:
     if res.returncode:
         raise RuntimeError(f"airflow db migrate failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
     # the pools the DAGs use (a task in a missing pool is never scheduled)
-    subprocess.run([str(PY), str(REPO / "plugins" / "tela_pools.py")], env={**os.environ, **cfg.airflow_env()},
-                   check=True, capture_output=True, cwd=str(REPO))
+    subprocess.run(
+        [str(PY), str(REPO / "plugins" / "tela_pools.py")],
+        env={**os.environ, **cfg.airflow_env()},
+        check=True,
+        capture_output=True,
+        cwd=str(REPO),
+    )
 
 
 def api_token(cfg: Config) -> str:
     return _http_json(f"{cfg.api_url}/auth/token", data={"username": USER, "password": cfg.secrets()["ui_password"]})[
-        "access_token"]
+        "access_token"
+    ]
 
 
 def start_component(cfg: Config, name: str) -> int:
@@ -551,8 +652,14 @@ def start_airflow(cfg: Config) -> None:
     for name in AIRFLOW_COMPONENTS:
         start_component(cfg, name)
         if name == "api-server":  # the others report their health through it
-            wait_for("api-server", lambda: _http_json(f"{cfg.api_url}/api/v2/monitor/health"), 180, interval=2,
-                     proc_name=name, cfg=cfg)
+            wait_for(
+                "api-server",
+                lambda: _http_json(f"{cfg.api_url}/api/v2/monitor/health"),
+                180,
+                interval=2,
+                proc_name=name,
+                cfg=cfg,
+            )
 
 
 def health(cfg: Config) -> dict:
@@ -571,7 +678,9 @@ def workers(cfg: Config) -> dict[str, list[str]]:
 def wait_healthy(cfg: Config, timeout: float = 300) -> None:
     def components_ok() -> bool:
         h = health(cfg)
-        return all(h.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+        return all(
+            h.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        )
 
     names = [n for n in AIRFLOW_COMPONENTS if n != "api-server"]
     deadline = time.monotonic() + timeout
@@ -658,8 +767,9 @@ def check_gateway_keys(path: str) -> Path:
 
     file = Path(path).resolve()
     if not file.is_file():
-        raise SystemExit(f"--gateway-keys {path}: no such file (create one with `tela keys create --file {path} "
-                         "--name NAME`)")
+        raise SystemExit(
+            f"--gateway-keys {path}: no such file (create one with `tela keys create --file {path} --name NAME`)"
+        )
     try:
         read_keys_file(str(file))
     except (OSError, ValueError) as err:
@@ -667,8 +777,9 @@ def check_gateway_keys(path: str) -> Path:
     return file
 
 
-def up(cfg: Config, *, local_llm: bool = True, gateway_models: str | None = None,
-       gateway_keys_file: str | None = None) -> float:
+def up(
+    cfg: Config, *, local_llm: bool = True, gateway_models: str | None = None, gateway_keys_file: str | None = None
+) -> float:
     started = time.monotonic()
     live = [n for n in started_names(cfg) if _pid_alive(_read_pid(cfg, n) or -1)]
     if live:
@@ -708,16 +819,29 @@ def up(cfg: Config, *, local_llm: bool = True, gateway_models: str | None = None
     s = cfg.secrets()
     log(f"healthy after {took:.0f} s")
     gateway = f"  gateway:    {cfg.gateway_url}   (OpenAI-compatible; 503 until a champion is published)\n"
-    print(f"\n  Airflow UI: {cfg.api_url}   login: {USER} / {s['ui_password']}\n"
-          f"  S3 (moto):  {cfg.s3_url}   bucket {BUCKET}\n{gateway if models_file else ''}"
-          f"  settings for scripts: {cfg.env_file}\n  stop: make cluster-down\n", flush=True)
+    print(
+        f"\n  Airflow UI: {cfg.api_url}   login: {USER} / {s['ui_password']}\n"
+        f"  S3 (moto):  {cfg.s3_url}   bucket {BUCKET}\n{gateway if models_file else ''}"
+        f"  settings for scripts: {cfg.env_file}\n  stop: make cluster-down\n",
+        flush=True,
+    )
     return took
 
 
 def down(cfg: Config, *, quiet: bool = False) -> None:
     # workers first (they finish or abandon tasks), the DB last
-    order = ["gateway", "worker-default", "worker-gpu", "triggerer", "dag-processor", "scheduler", "api-server",
-             "local-llm", "s3", "redis"]
+    order = [
+        "gateway",
+        "worker-default",
+        "worker-gpu",
+        "triggerer",
+        "dag-processor",
+        "scheduler",
+        "api-server",
+        "local-llm",
+        "s3",
+        "redis",
+    ]
     names = started_names(cfg)
     for name in order + [n for n in names if n not in order and n != "postgres"]:
         if name in names and stop_process(cfg, name) and not quiet:
@@ -745,13 +869,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="start every component; return once all are healthy")
-    u.add_argument("--no-local-llm", action="store_true", help="no shared SmolLM2 server (endpoints use their own URLs)")
-    u.add_argument("--gateway-models", metavar="FILE",
-                   help="start the routing gateway (tela serve) on these upstream endpoints (a JSON list, as the "
-                        "pipeline's models param); their keys from this environment")
-    u.add_argument("--gateway-keys", metavar="KEYS",
-                   help="the callers' keys file (tela keys create); default: one key named 'cluster', its text in "
-                        "cluster.env as TELA_GATEWAY_API_KEY")
+    u.add_argument(
+        "--no-local-llm", action="store_true", help="no shared SmolLM2 server (endpoints use their own URLs)"
+    )
+    u.add_argument(
+        "--gateway-models",
+        metavar="FILE",
+        help="start the routing gateway (tela serve) on these upstream endpoints (a JSON list, as the "
+        "pipeline's models param); their keys from this environment",
+    )
+    u.add_argument(
+        "--gateway-keys",
+        metavar="KEYS",
+        help="the callers' keys file (tela keys create); default: one key named 'cluster', its text in "
+        "cluster.env as TELA_GATEWAY_API_KEY",
+    )
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("status", help="pid, liveness and memory of each component")
     st = sub.add_parser("start", help="start one Airflow component again (e.g. a worker that was lost)")

@@ -40,7 +40,12 @@ def airflow_db():
     """A migrated SQLite metadata DB for this test session (about 5 s, once), with the
     pools the DAGs use (`defaults.POOLS`), as `make airflow-db` sets them up."""
     if not (_AIRFLOW_HOME / "airflow.db").exists():
-        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+        subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+            check=True,
+            capture_output=True,
+            env=os.environ.copy(),
+        )
     from tela_pools import ensure_pools  # plugins/
 
     ensure_pools()
@@ -56,7 +61,10 @@ def moto_server():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "TELA_S3_ENDPOINT_URL")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "TELA_S3_ENDPOINT_URL")
+    }
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
@@ -102,10 +110,18 @@ def any_root(request, tmp_path):
 ROUTER_STRONG = "gpt-4-1106-preview"
 ROUTER_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 ROUTER_EASY = [
-    "What is 2 + 2?", "What is 3 + 5?", "What is 10 minus 4?", "What is 7 times 2?",
-    "What color is the sky on a clear day?", "Say hello in French.",
-    "What is the capital of France?", "How many days are in a week?", "Spell the word cat.",
-    "Name a fruit that is yellow.", "What is the opposite of hot?", "How many legs does a dog have?",
+    "What is 2 + 2?",
+    "What is 3 + 5?",
+    "What is 10 minus 4?",
+    "What is 7 times 2?",
+    "What color is the sky on a clear day?",
+    "Say hello in French.",
+    "What is the capital of France?",
+    "How many days are in a week?",
+    "Spell the word cat.",
+    "Name a fruit that is yellow.",
+    "What is the opposite of hot?",
+    "How many legs does a dog have?",
 ]
 ROUTER_HARD = [
     "Prove that there are infinitely many primes of the form 4k+3 with a rigorous argument.",
@@ -157,8 +173,13 @@ def router_labels_artifact():
 
     def make(df, root):
         content = df.to_json(orient="records")  # key by content: different tables never collide
-        return run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df),
-                         config={"content": stable_hash(content)}, store=ArtifactStore(root))
+        return run_stage(
+            "labels_fixture",
+            "1",
+            lambda ctx: ctx.write_table(df),
+            config={"content": stable_hash(content)},
+            store=ArtifactStore(root),
+        )
 
     return make
 
@@ -178,13 +199,33 @@ def random_router():
 
     def make(root, name):
         texts = [f"a prompt the team sent, number {i}" for i in range(12)]
-        df = pd.DataFrame([dict(prompt_id=prompt_id(t), prompt=t, model=m, score=None, correct=None,
-                                quality=q, source="generated:team", benchmark="own")
-                           for i, t in enumerate(texts) for m, q in (("big", 1.0), ("small", float(i % 2)))])
-        labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"few": 12},
-                           store=ArtifactStore(root))
+        df = pd.DataFrame(
+            [
+                dict(
+                    prompt_id=prompt_id(t),
+                    prompt=t,
+                    model=m,
+                    score=None,
+                    correct=None,
+                    quality=q,
+                    source="generated:team",
+                    benchmark="own",
+                )
+                for i, t in enumerate(texts)
+                for m, q in (("big", 1.0), ("small", float(i % 2)))
+            ]
+        )
+        labels = run_stage(
+            "labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"few": 12}, store=ArtifactStore(root)
+        )
         seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-        return train_router(labels, router_type="random", strong_model="big", weak_model="small",
-                            router_params={"seed": seed}, artifact_root=root)
+        return train_router(
+            labels,
+            router_type="random",
+            strong_model="big",
+            weak_model="small",
+            router_params={"seed": seed},
+            artifact_root=root,
+        )
 
     return make

@@ -49,9 +49,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 import pandas as pd
 
@@ -117,8 +117,13 @@ class Faults:
         if attempt < self.fail_first:
             return str(self.fail_first_with)
         u = _unit(f"{self.seed}|{key}|{attempt}")
-        for name, rate in (("429", self.rate_429), ("500", self.rate_500), ("timeout", self.rate_timeout),
-                           ("truncated", self.rate_truncated), ("no_verdict", self.rate_no_verdict)):
+        for name, rate in (
+            ("429", self.rate_429),
+            ("500", self.rate_500),
+            ("timeout", self.rate_timeout),
+            ("truncated", self.rate_truncated),
+            ("no_verdict", self.rate_no_verdict),
+        ):
             if u < rate:
                 return name
             u -= rate
@@ -131,7 +136,7 @@ _VERDICT = re.compile(r"\[\[[^\[\]]*\]\]")
 
 def _unit(s: str) -> float:
     """A deterministic uniform number in [0, 1) from a string."""
-    return int(hashlib.sha256(s.encode()).hexdigest()[:13], 16) / 16 ** 13
+    return int(hashlib.sha256(s.encode()).hexdigest()[:13], 16) / 16**13
 
 
 def body_key(body: dict) -> str:
@@ -160,27 +165,41 @@ def _logprobs(body: dict, reply: Reply) -> dict | None:
     for tok in tokens(reply.content or ""):
         alts = reply.alternatives.get(tok) or {tok: 1.0}
         ranked = sorted(alts.items(), key=lambda kv: -kv[1])
-        entry = lambda t, p: {"token": t, "logprob": math.log(p) if p > 0 else -9999.0,  # noqa: E731
-                              "bytes": list(t.encode())}
-        content.append({**entry(tok, alts.get(tok, ranked[0][1])), "top_logprobs": [entry(t, p) for t, p in ranked[:top_n]]})
+        entry = lambda t, p: {
+            "token": t,
+            "logprob": math.log(p) if p > 0 else -9999.0,  # noqa: E731
+            "bytes": list(t.encode()),
+        }
+        content.append(
+            {**entry(tok, alts.get(tok, ranked[0][1])), "top_logprobs": [entry(t, p) for t, p in ranked[:top_n]]}
+        )
     return {"content": content, "refusal": None}
 
 
 def _completion(body: dict, reply: Reply, with_logprobs: bool = True) -> dict:
     words_in = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     prompt_tokens = reply.prompt_tokens if reply.prompt_tokens is not None else words_in
-    completion_tokens = (reply.completion_tokens if reply.completion_tokens is not None
-                         else len((reply.content or "").split()))
+    completion_tokens = (
+        reply.completion_tokens if reply.completion_tokens is not None else len((reply.content or "").split())
+    )
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model"),
-        "choices": [{"index": 0, "finish_reason": reply.finish_reason,
-                     "message": {"role": "assistant", "content": reply.content},
-                     "logprobs": _logprobs(body, reply) if with_logprobs else None}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": reply.finish_reason,
+                "message": {"role": "assistant", "content": reply.content},
+                "logprobs": _logprobs(body, reply) if with_logprobs else None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -190,8 +209,10 @@ def _sse(body: dict, reply: Reply) -> bytes:
     base = {"id": done["id"], "object": "chat.completion.chunk", "created": done["created"], "model": done["model"]}
     words = (reply.content or "").split(" ")
     chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
-    chunks += [{**base, "choices": [{"index": 0, "delta": {"content": w if i == 0 else " " + w}, "finish_reason": None}]}
-               for i, w in enumerate(words)]
+    chunks += [
+        {**base, "choices": [{"index": 0, "delta": {"content": w if i == 0 else " " + w}, "finish_reason": None}]}
+        for i, w in enumerate(words)
+    ]
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
     if (body.get("stream_options") or {}).get("include_usage"):
         chunks.append({**base, "choices": [], "usage": done["usage"]})
@@ -208,9 +229,16 @@ class _Server(ThreadingHTTPServer):
 
 
 class ScriptedOpenAIServer:
-    def __init__(self, rule: Callable[[dict], "Reply | str"] | None = None, *, api_key: str | None = None,
-                 faults: Faults | None = None, batch_polls: int = 0, batch_outcome: str = "completed",
-                 logprobs: bool = True):
+    def __init__(
+        self,
+        rule: Callable[[dict], Reply | str] | None = None,
+        *,
+        api_key: str | None = None,
+        faults: Faults | None = None,
+        batch_polls: int = 0,
+        batch_outcome: str = "completed",
+        logprobs: bool = True,
+    ):
         self.rule = rule or (lambda body: f"echo: {last_user_text(body)}")
         self.api_key = api_key  # if set, requests must carry "Authorization: Bearer <key>"
         self.faults = faults or NO_FAULTS  # read per request: may be swapped while running
@@ -242,7 +270,7 @@ class ScriptedOpenAIServer:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------
-    def __enter__(self) -> "ScriptedOpenAIServer":
+    def __enter__(self) -> ScriptedOpenAIServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -254,8 +282,9 @@ class ScriptedOpenAIServer:
             def log_message(self, *args):
                 pass
 
-            def _send_bytes(self, status: int, data: bytes, headers: dict | None = None,
-                            content_type: str = "application/json"):
+            def _send_bytes(
+                self, status: int, data: bytes, headers: dict | None = None, content_type: str = "application/json"
+            ):
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
@@ -346,9 +375,16 @@ class ScriptedOpenAIServer:
                 if parts == ["batches"]:
                     with outer._lock:
                         data = list(outer.batches.values())[::-1]
-                    return self._send(200, {"object": "list", "data": data, "has_more": False,
-                                            "first_id": data[0]["id"] if data else None,
-                                            "last_id": data[-1]["id"] if data else None})
+                    return self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": data,
+                            "has_more": False,
+                            "first_id": data[0]["id"] if data else None,
+                            "last_id": data[-1]["id"] if data else None,
+                        },
+                    )
                 if len(parts) == 2 and parts[0] == "batches":
                     batch = outer._poll_batch(parts[1])
                     if batch is None:
@@ -395,7 +431,8 @@ class ScriptedOpenAIServer:
             def _upload(self, raw: bytes):
                 ctype = self.headers.get("Content-Type", "")
                 msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-                    b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + raw)
+                    b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + raw
+                )
                 fields, filename, content = {}, None, None
                 for part in msg.iter_parts() if msg.is_multipart() else []:
                     name = part.get_param("name", header="content-disposition")
@@ -405,8 +442,9 @@ class ScriptedOpenAIServer:
                     elif name:
                         fields[name] = payload.decode()
                 if content is None or "purpose" not in fields:
-                    return self._send(400, _error("multipart upload needs 'file' and 'purpose'",
-                                                  "invalid_request_error"))
+                    return self._send(
+                        400, _error("multipart upload needs 'file' and 'purpose'", "invalid_request_error")
+                    )
                 self._send(200, outer._store_file(content, filename, fields["purpose"]))
 
             def _chat(self, body: dict):
@@ -482,8 +520,9 @@ class ScriptedOpenAIServer:
                         book("rule_error")
 
         self._httpd = _Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)  # shutdown() waits up to one poll
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )  # shutdown() waits up to one poll
         self._thread.start()
         return self
 
@@ -499,9 +538,17 @@ class ScriptedOpenAIServer:
     # -- files and batches --------------------------------------------------------------
     def _store_file(self, content: bytes, filename: str, purpose: str) -> dict:
         fid = f"file-{uuid.uuid4().hex[:24]}"
-        obj = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-               "filename": filename, "purpose": purpose, "status": "processed", "expires_at": None,
-               "status_details": None}
+        obj = {
+            "id": fid,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
         with self._lock:
             self.files[fid] = obj
             self.file_data[fid] = content
@@ -518,14 +565,27 @@ class ScriptedOpenAIServer:
         now = int(time.time())
         bid = f"batch_{uuid.uuid4().hex[:24]}"
         batch = {
-            "id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None,
-            "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
-            "status": "validating", "output_file_id": None, "error_file_id": None,
-            "created_at": now, "in_progress_at": None, "expires_at": now + 24 * 3600,
-            "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
-            "cancelling_at": None, "cancelled_at": None,
+            "id": bid,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": body["input_file_id"],
+            "completion_window": body["completion_window"],
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 24 * 3600,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
             "request_counts": {"total": 0, "completed": 0, "failed": 0},
-            "metadata": body.get("metadata"), "model": None,
+            "metadata": body.get("metadata"),
+            "model": None,
         }
         lines, errors = [], []
         for n, text in enumerate(data.decode().splitlines(), start=1):
@@ -533,20 +593,36 @@ class ScriptedOpenAIServer:
                 continue
             try:
                 line = json.loads(text)
-                ok = (isinstance(line, dict) and line.get("method") == "POST"
-                      and line.get("url") == body["endpoint"] and isinstance(line.get("body"), dict)
-                      and isinstance(line.get("custom_id"), str))
+                ok = (
+                    isinstance(line, dict)
+                    and line.get("method") == "POST"
+                    and line.get("url") == body["endpoint"]
+                    and isinstance(line.get("body"), dict)
+                    and isinstance(line.get("custom_id"), str)
+                )
             except json.JSONDecodeError:
                 ok = False
             if not ok:
-                errors.append({"code": "invalid_request", "line": n, "param": None,
-                               "message": f"line {n}: needs custom_id, method POST, url {body['endpoint']!r}, body"})
+                errors.append(
+                    {
+                        "code": "invalid_request",
+                        "line": n,
+                        "param": None,
+                        "message": f"line {n}: needs custom_id, method POST, url {body['endpoint']!r}, body",
+                    }
+                )
             else:
                 lines.append(line)
         ids = [ln["custom_id"] for ln in lines]
         if len(set(ids)) != len(ids):
-            errors.append({"code": "duplicate_custom_id", "line": None, "param": None,
-                           "message": "custom_id values must be unique within a batch"})
+            errors.append(
+                {
+                    "code": "duplicate_custom_id",
+                    "line": None,
+                    "param": None,
+                    "message": "custom_id values must be unique within a batch",
+                }
+            )
         if not lines and not errors:
             errors.append({"code": "empty_file", "line": None, "param": None, "message": "the input file is empty"})
         batch["request_counts"]["total"] = len(lines)
@@ -578,8 +654,21 @@ class ScriptedOpenAIServer:
             elif self.batch_outcome == "expired_partial":  # the window closed after half the lines ran
                 batch["status"] = "finalizing"
             elif self.batch_outcome == "failed":
-                batch.update(status="failed", failed_at=now, errors={"object": "list", "data": [
-                    {"code": "scripted_failure", "line": None, "param": None, "message": "scripted batch failure"}]})
+                batch.update(
+                    status="failed",
+                    failed_at=now,
+                    errors={
+                        "object": "list",
+                        "data": [
+                            {
+                                "code": "scripted_failure",
+                                "line": None,
+                                "param": None,
+                                "message": "scripted batch failure",
+                            }
+                        ],
+                    },
+                )
             else:
                 batch["status"] = "finalizing"  # concurrent pollers see this while the lines run
             if batch["status"] != "finalizing":
@@ -597,13 +686,28 @@ class ScriptedOpenAIServer:
             rid = f"req_{uuid.uuid4().hex[:24]}"
             if reply.status == 200:
                 resp = {"status_code": 200, "request_id": rid, "body": _completion(body, reply, self.logprobs)}
-                out.append({"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line["custom_id"],
-                            "response": resp, "error": None})
+                out.append(
+                    {
+                        "id": f"batch_req_{uuid.uuid4().hex[:24]}",
+                        "custom_id": line["custom_id"],
+                        "response": resp,
+                        "error": None,
+                    }
+                )
             else:
-                resp = {"status_code": reply.status, "request_id": rid,
-                        "body": _error(reply.error_message, "server_error")}
-                err.append({"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line["custom_id"],
-                            "response": resp, "error": None})
+                resp = {
+                    "status_code": reply.status,
+                    "request_id": rid,
+                    "body": _error(reply.error_message, "server_error"),
+                }
+                err.append(
+                    {
+                        "id": f"batch_req_{uuid.uuid4().hex[:24]}",
+                        "custom_id": line["custom_id"],
+                        "response": resp,
+                        "error": None,
+                    }
+                )
             with self._lock:
                 self.batch_requests.append(body)
         to_bytes = lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()  # noqa: E731
@@ -612,9 +716,15 @@ class ScriptedOpenAIServer:
         now = int(time.time())
         with self._lock:
             batch = self.batches[bid]
-            batch.update(status="expired" if partial else "completed", output_file_id=out_id, error_file_id=err_id,
-                         in_progress_at=batch["in_progress_at"] or now, finalizing_at=now, completed_at=now,
-                         request_counts={"total": len(lines), "completed": len(out), "failed": len(err)})
+            batch.update(
+                status="expired" if partial else "completed",
+                output_file_id=out_id,
+                error_file_id=err_id,
+                in_progress_at=batch["in_progress_at"] or now,
+                finalizing_at=now,
+                completed_at=now,
+                request_counts={"total": len(lines), "completed": len(out), "failed": len(err)},
+            )
             return dict(batch)
 
     def _cancel_batch(self, bid: str) -> tuple[int, dict]:
@@ -623,8 +733,7 @@ class ScriptedOpenAIServer:
             if batch is None:
                 return 404, _error(f"No batch with id {bid}", "invalid_request_error")
             if batch["status"] not in ("validating", "in_progress"):
-                return 400, _error(f"Cannot cancel a batch with status '{batch['status']}'.",
-                                   "invalid_request_error")
+                return 400, _error(f"Cannot cancel a batch with status '{batch['status']}'.", "invalid_request_error")
             batch.update(status="cancelling", cancelling_at=int(time.time()))
             return 200, dict(batch)
 
@@ -680,8 +789,15 @@ def write_prompts(artifact_root: str, rows: list[dict]) -> dict:
     cols = ["prompt_id", "prompt", "dataset", "gold_answer", "gold_type", "reference_answer", "category", "shard"]
     full = []
     for r in rows:
-        r = {"dataset": "test", "gold_answer": None, "gold_type": None, "reference_answer": None,
-             "category": None, "shard": 0, **r}
+        r = {
+            "dataset": "test",
+            "gold_answer": None,
+            "gold_type": None,
+            "reference_answer": None,
+            "category": None,
+            "shard": 0,
+            **r,
+        }
         r.setdefault("prompt_id", prompt_id(r["prompt"]))
         full.append(r)
     df = pd.DataFrame(full, columns=cols)

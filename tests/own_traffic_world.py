@@ -25,31 +25,81 @@ OPEN_MODELS = ["open-small", "open-math", "open-code"]
 JUDGE = "grader-1"
 
 DOMAINS = {
-    "math": (["the sum of two small numbers", "half of a dozen eggs", "ten percent of a price", "the area of a square tile"],
-             ["the convergence of a power series near its radius", "an eigenvalue bound for a symmetric matrix",
-              "the number of lattice paths avoiding a diagonal", "a closed form for a linear recurrence"]),
-    "code": (["reversing a short string in Python", "the length of a list", "printing a greeting in a loop",
-              "adding an item to a dictionary"],
-             ["a lock-free queue with memory reclamation", "a cache-oblivious matrix transpose",
-              "a parser for a context-sensitive grammar", "the amortised cost of a splay tree rotation"]),
-    "law": (["what a parking ticket is", "the age of majority in most countries", "what a lease is", "who signs a contract"],
-            ["the conflict of laws in a cross-border insolvency", "the doctrine of frustration after a pandemic",
-             "liability for autonomous agents under tort law", "standing of future generations in climate litigation"]),
-    "cooking": (["boiling an egg", "making toast", "washing lettuce", "salting pasta water"],
-                ["emulsion stability in a hollandaise at altitude", "the Maillard reaction kinetics in sous-vide beef",
-                 "laminated dough hydration for croissants", "fermentation control in a sourdough starter"]),
-    "history": (["the year the Berlin wall fell", "who built the pyramids", "the first man on the moon",
-                 "the capital of the Roman empire"],
-                ["the fiscal causes of the Bourbon collapse", "grain prices and the fall of the Western Roman empire",
-                 "monetary policy of the Song dynasty", "the historiography of the Thirty Years War"]),
+    "math": (
+        ["the sum of two small numbers", "half of a dozen eggs", "ten percent of a price", "the area of a square tile"],
+        [
+            "the convergence of a power series near its radius",
+            "an eigenvalue bound for a symmetric matrix",
+            "the number of lattice paths avoiding a diagonal",
+            "a closed form for a linear recurrence",
+        ],
+    ),
+    "code": (
+        [
+            "reversing a short string in Python",
+            "the length of a list",
+            "printing a greeting in a loop",
+            "adding an item to a dictionary",
+        ],
+        [
+            "a lock-free queue with memory reclamation",
+            "a cache-oblivious matrix transpose",
+            "a parser for a context-sensitive grammar",
+            "the amortised cost of a splay tree rotation",
+        ],
+    ),
+    "law": (
+        [
+            "what a parking ticket is",
+            "the age of majority in most countries",
+            "what a lease is",
+            "who signs a contract",
+        ],
+        [
+            "the conflict of laws in a cross-border insolvency",
+            "the doctrine of frustration after a pandemic",
+            "liability for autonomous agents under tort law",
+            "standing of future generations in climate litigation",
+        ],
+    ),
+    "cooking": (
+        ["boiling an egg", "making toast", "washing lettuce", "salting pasta water"],
+        [
+            "emulsion stability in a hollandaise at altitude",
+            "the Maillard reaction kinetics in sous-vide beef",
+            "laminated dough hydration for croissants",
+            "fermentation control in a sourdough starter",
+        ],
+    ),
+    "history": (
+        [
+            "the year the Berlin wall fell",
+            "who built the pyramids",
+            "the first man on the moon",
+            "the capital of the Roman empire",
+        ],
+        [
+            "the fiscal causes of the Bourbon collapse",
+            "grain prices and the fall of the Western Roman empire",
+            "monetary policy of the Song dynasty",
+            "the historiography of the Thirty Years War",
+        ],
+    ),
 }
-EASY_FORMS = ["Quick question: tell me about {t}.", "In one line, what about {t}?", "Simple please: {t}?",
-              "Can you briefly explain {t}?", "Short answer about {t}, thanks."]
-HARD_FORMS = ["Give a rigorous, step-by-step analysis of {t}, justifying every assumption.",
-              "Write an expert-level treatment of {t} with proofs and edge cases.",
-              "Derive and critically evaluate {t} at graduate level, citing the hard cases.",
-              "Produce a detailed technical report on {t}, with a formal argument.",
-              "Explain {t} in depth for a specialist, covering the subtle failure modes."]
+EASY_FORMS = [
+    "Quick question: tell me about {t}.",
+    "In one line, what about {t}?",
+    "Simple please: {t}?",
+    "Can you briefly explain {t}?",
+    "Short answer about {t}, thanks.",
+]
+HARD_FORMS = [
+    "Give a rigorous, step-by-step analysis of {t}, justifying every assumption.",
+    "Write an expert-level treatment of {t} with proofs and edge cases.",
+    "Derive and critically evaluate {t} at graduate level, citing the hard cases.",
+    "Produce a detailed technical report on {t}, with a formal argument.",
+    "Explain {t} in depth for a specialist, covering the subtle failure modes.",
+]
 
 #: probability of a good answer by (model, domain or "*", difficulty)
 SKILL = {
@@ -91,7 +141,7 @@ def _facts(prompt: str) -> tuple[str, str]:
 def good_answer(model: str, prompt: str) -> bool:
     domain, level = _facts(prompt)
     skill = SKILL[model].get(domain, SKILL[model]["*"])[level]
-    u = int(hashlib.sha256(f"{model}|{prompt}".encode()).hexdigest()[:12], 16) / 16 ** 12
+    u = int(hashlib.sha256(f"{model}|{prompt}".encode()).hexdigest()[:12], 16) / 16**12
     return u < skill
 
 
@@ -111,11 +161,23 @@ def rule(body: dict) -> str:
 def endpoints(base_url: str, key_env: str) -> tuple[list[dict], dict, dict]:
     """(models, judge, reference) endpoint configs, as a team would write them."""
     models = [
-        {"name": m, "model": m, "base_url": base_url, "api_key_env": key_env,
-         "price_input_per_m": PRICES[m][0], "price_output_per_m": PRICES[m][1], "max_tokens": 32}
+        {
+            "name": m,
+            "model": m,
+            "base_url": base_url,
+            "api_key_env": key_env,
+            "price_input_per_m": PRICES[m][0],
+            "price_output_per_m": PRICES[m][1],
+            "max_tokens": 32,
+        }
         for m in [STRONG, *OPEN_MODELS]
     ]
     judge = {"name": JUDGE, "model": JUDGE, "base_url": base_url, "api_key_env": key_env, "max_tokens": 32}
-    reference = {"name": f"{STRONG}-reference", "model": STRONG, "base_url": base_url, "api_key_env": key_env,
-                 "max_tokens": 48}
+    reference = {
+        "name": f"{STRONG}-reference",
+        "model": STRONG,
+        "base_url": base_url,
+        "api_key_env": key_env,
+        "max_tokens": 48,
+    }
     return models, judge, reference

@@ -14,8 +14,8 @@ from router_tasks.core.store import ArtifactStore
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A random router trained on a slice of the bundled RouteLLM labels, as champion."""
-    from router_tasks.data.routellm import routellm_training_labels
     from router_tasks.core.stage import run_stage
+    from router_tasks.data.routellm import routellm_training_labels
     from router_tasks.training.train import train_router
 
     root = str(tmp_path_factory.mktemp("cli") / "artifacts")
@@ -29,8 +29,21 @@ def trained(tmp_path_factory):
 def test_evaluate_writes_metrics_scores_and_plot(trained, tmp_path, capsys):
     root, _ = trained
     out = tmp_path / "eval"
-    rc = main(["--artifact-root", root, "evaluate", "--router", "champion", "--benchmark", "mt-bench",
-               "--protocol", "transfer", "--output", str(out)])
+    rc = main(
+        [
+            "--artifact-root",
+            root,
+            "evaluate",
+            "--router",
+            "champion",
+            "--benchmark",
+            "mt-bench",
+            "--protocol",
+            "transfer",
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"] == "transfer" and metrics["benchmark"] == "mt-bench"
@@ -67,10 +80,13 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert "missing 'prompt' column" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [
-    ["evaluate", "--router", "champion", "--benchmarks", "arena"],
-    ["pipeline", "--benchmarks", "arena"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "--router", "champion", "--benchmarks", "arena"],
+        ["pipeline", "--benchmarks", "arena"],
+    ],
+)
 def test_unknown_benchmark_is_one_clean_error_line(trained, argv, capsys):
     root, _ = trained
     assert main(["--artifact-root", root, *argv]) == 2
@@ -81,15 +97,50 @@ def test_unknown_benchmark_is_one_clean_error_line(trained, argv, capsys):
 def test_many_model_leave_task_out_from_the_cli(tmp_path, capsys):
     out = tmp_path / "lto"
     pool = "google/gemini-1.5-flash,openai/gpt-4o-mini-2024-07-18,openai/gpt-4o-2024-08-06"
-    assert main(["--artifact-root", str(tmp_path / "a"), "evaluate", "--benchmark", "zeroeval-gsm8k", "--pool", pool,
-                 "--protocol", "leave-group-out", "--router-types", "random", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--artifact-root",
+                str(tmp_path / "a"),
+                "evaluate",
+                "--benchmark",
+                "zeroeval-gsm8k",
+                "--pool",
+                pool,
+                "--protocol",
+                "leave-group-out",
+                "--router-types",
+                "random",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"] == "leave-group-out" and metrics["trained_on"]["task"] == "crux"
     assert "router-random" in metrics["metrics"]
     # a pool model the other task has no replies from is one clear line, not a traceback
-    assert main(["--artifact-root", str(tmp_path / "a"), "evaluate", "--benchmark", "zeroeval-crux", "--pool",
-                 "Qwen/Qwen2.5-3B-Instruct,openai/gpt-4o-2024-08-06", "--protocol", "leave-group-out",
-                 "--router-types", "random", "--output", str(out)]) == 2
+    assert (
+        main(
+            [
+                "--artifact-root",
+                str(tmp_path / "a"),
+                "evaluate",
+                "--benchmark",
+                "zeroeval-crux",
+                "--pool",
+                "Qwen/Qwen2.5-3B-Instruct,openai/gpt-4o-2024-08-06",
+                "--protocol",
+                "leave-group-out",
+                "--router-types",
+                "random",
+                "--output",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Qwen/Qwen2.5-3B-Instruct" in err and "no replies in both" in err and "Traceback" not in err

@@ -27,8 +27,13 @@ def _prompts(n, seed):
             a, b = rng.integers(100, 999, 2)
             out.append(("math", f"Compute {a} times {b} and subtract {rng.integers(1, 99)}; show the steps."))
         else:
-            out.append(("chat", f"Suggest a friendly name for a {rng.choice(['cat', 'dog', 'boat', 'cafe'])} "
-                                f"that is {rng.choice(['blue', 'small', 'old', 'loud'])}, number {i}."))
+            out.append(
+                (
+                    "chat",
+                    f"Suggest a friendly name for a {rng.choice(['cat', 'dog', 'boat', 'cafe'])} "
+                    f"that is {rng.choice(['blue', 'small', 'old', 'loud'])}, number {i}.",
+                )
+            )
     return out
 
 
@@ -57,8 +62,9 @@ def world(tmp_path_factory):
 
 def _train(root, labels, capsys, *extra, kind="knn"):
     params = ["--params", '{"k": 20}'] if kind == "knn" else []
-    assert main(["--artifact-root", root, "train", "--labels", str(labels), "--router-type", kind, *params,
-                 *extra]) == 0
+    assert (
+        main(["--artifact-root", root, "train", "--labels", str(labels), "--router-type", kind, *params, *extra]) == 0
+    )
     return json.loads(capsys.readouterr().out)
 
 
@@ -70,8 +76,22 @@ def test_train_score_route_on_a_labels_file(world, tmp_path, capsys):
     assert ref["stage"] == "train" and ref["key"].startswith("stages/train/")
 
     out = tmp_path / "scores.parquet"
-    assert main(["--artifact-root", root, "score", "--router", ref["key"], "--input", str(d / "prompts.jsonl"),
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--artifact-root",
+                root,
+                "score",
+                "--router",
+                ref["key"],
+                "--input",
+                str(d / "prompts.jsonl"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "scored 40 prompts" in capsys.readouterr().out
     s = pd.read_parquet(out)
     math = np.array(topics) == "math"
@@ -85,9 +105,28 @@ def test_train_score_route_on_a_labels_file(world, tmp_path, capsys):
     # a budget a bit above "tiny everywhere": the extra money goes to the arithmetic prompts
     tiny_cost = s["cost::tiny/fast"].mean() * 1000
     routed = tmp_path / "routed.csv"
-    assert main(["--artifact-root", root, "route", "--router", ref["key"], "--input", str(d / "prompts.jsonl"),
-                 "--prices", str(d / "prices.json"), "--pool", ",".join(MODELS), "--budget-per-1k",
-                 str(tiny_cost * 6), "--output", str(routed)]) == 0
+    assert (
+        main(
+            [
+                "--artifact-root",
+                root,
+                "route",
+                "--router",
+                ref["key"],
+                "--input",
+                str(d / "prompts.jsonl"),
+                "--prices",
+                str(d / "prices.json"),
+                "--pool",
+                ",".join(MODELS),
+                "--budget-per-1k",
+                str(tiny_cost * 6),
+                "--output",
+                str(routed),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["mean_cost_per_1k"] <= tiny_cost * 6 + 1e-9 and summary["met"]
     r = pd.read_csv(routed)
@@ -95,8 +134,26 @@ def test_train_score_route_on_a_labels_file(world, tmp_path, capsys):
     assert (r.loc[math, "model"] != "tiny/fast").mean() > (r.loc[~math, "model"] != "tiny/fast").mean() + 0.3
     assert not (r.loc[~math, "model"] == "big/slow").any()
     # a quality target, and a pool that leaves the dear model out (no retraining)
-    assert main(["--artifact-root", root, "route", "--router", ref["key"], "--input", str(d / "prompts.jsonl"),
-                 "--pool", "tiny/fast,mid/ok", "--target-quality", "0.7", "--output", str(routed)]) == 0
+    assert (
+        main(
+            [
+                "--artifact-root",
+                root,
+                "route",
+                "--router",
+                ref["key"],
+                "--input",
+                str(d / "prompts.jsonl"),
+                "--pool",
+                "tiny/fast,mid/ok",
+                "--target-quality",
+                "0.7",
+                "--output",
+                str(routed),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert set(pd.read_csv(routed)["model"]) <= {"tiny/fast", "mid/ok"} and summary["mean_quality"] >= 0.7
 
@@ -111,8 +168,21 @@ def test_bad_labels_rows_are_quarantined_and_missing_prices_named(world, tmp_pat
     ref = _train(root, bad, capsys, kind="random")  # no --prices stored
     manifest = json.loads((tmp_path / "art" / ref["key"] / "router.json").read_text())
     assert manifest["training_data"]["n_labels"] == 360 - 1  # the unreadable row was set aside
-    rc = main(["--artifact-root", root, "route", "--router", ref["key"], "--input", str(d / "prompts.jsonl"),
-               "--budget-per-1k", "1", "--output", str(tmp_path / "r.csv")])
+    rc = main(
+        [
+            "--artifact-root",
+            root,
+            "route",
+            "--router",
+            ref["key"],
+            "--input",
+            str(d / "prompts.jsonl"),
+            "--budget-per-1k",
+            "1",
+            "--output",
+            str(tmp_path / "r.csv"),
+        ]
+    )
     assert rc == 2 and "needs prices" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--labels", str(bad), "--router-type", "knn", "--nope"])

@@ -10,10 +10,18 @@ REPO = Path(__file__).resolve().parents[1]
 def test_compose_services_are_wired():
     spec = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
     services = spec["services"]
-    assert {"postgres", "minio", "minio-init", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-            "airflow-dag-processor", "airflow-triggerer"} <= set(services)
+    assert {
+        "postgres",
+        "minio",
+        "minio-init",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    } <= set(services)
     for name, svc in services.items():
-        for dep in (svc.get("depends_on") or {}):
+        for dep in svc.get("depends_on") or {}:
             assert dep in services, f"{name} depends on unknown service {dep}"
     env = services["airflow-scheduler"]["environment"]
     assert env["TELA_ARTIFACT_ROOT"].startswith("s3://")

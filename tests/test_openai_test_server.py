@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -61,9 +60,17 @@ def test_faults_happen_at_their_rates_and_are_deterministic_per_seed():
     # the server's own books agree with what the client saw
     stats = srv.stats()
     assert stats["requests"] == 300 and stats["max_successes_per_body"] == 1
-    assert stats["statuses"] == {200: got["200"] + got["truncated"] + got["no_verdict"], 429: got["429"], 500: got["500"]}
-    assert stats["faults"] == {"429": got["429"], "500": got["500"], "truncated": got["truncated"],
-                               "no_verdict": got["no_verdict"]}
+    assert stats["statuses"] == {
+        200: got["200"] + got["truncated"] + got["no_verdict"],
+        429: got["429"],
+        500: got["500"],
+    }
+    assert stats["faults"] == {
+        "429": got["429"],
+        "500": got["500"],
+        "truncated": got["truncated"],
+        "no_verdict": got["no_verdict"],
+    }
     # same seed, same faults on the same requests; another seed, other ones
     assert run_rates(seed=1, n=100)[0] == seen[:100]
     assert run_rates(seed=2, n=100)[0] != seen[:100]
@@ -97,8 +104,9 @@ def test_retry_after_headers_are_honoured_by_the_client():
         assert time.monotonic() - t < 0.35
         assert srv.statuses() == {429: 3, 200: 1}
     # Retry-After in seconds: the client waits at least that long
-    with ScriptedOpenAIServer(faults=Faults(fail_first=1, fail_first_with=503, retry_after_ms=None,
-                                            retry_after_s=0.6)) as srv:
+    with ScriptedOpenAIServer(
+        faults=Faults(fail_first=1, fail_first_with=503, retry_after_ms=None, retry_after_s=0.6)
+    ) as srv:
         t = time.monotonic()
         assert ask(client(srv, max_retries=1), "x") == "echo: x"
         assert time.monotonic() - t >= 0.6
@@ -161,9 +169,12 @@ def test_reply_status_and_delay_still_work_with_faults_off():
 
 # -- Files + Batch API -------------------------------------------------------------------
 
+
 def batch_jsonl(bodies: list[dict]) -> bytes:
-    return "".join(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-                               "body": b}) + "\n" for i, b in enumerate(bodies)).encode()
+    return "".join(
+        json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": b}) + "\n"
+        for i, b in enumerate(bodies)
+    ).encode()
 
 
 def body(text: str) -> dict:
@@ -214,8 +225,9 @@ def test_batch_cancel_validation_and_scripted_outcomes():
         with pytest.raises(openai.BadRequestError):
             c.batches.cancel(b.id)
         # a line for another endpoint fails validation: the whole batch fails
-        bad = c.files.create(file=("bad.jsonl", batch_jsonl([body("a")]).replace(b"chat/completions", b"embeddings")),
-                             purpose="batch").id
+        bad = c.files.create(
+            file=("bad.jsonl", batch_jsonl([body("a")]).replace(b"chat/completions", b"embeddings")), purpose="batch"
+        ).id
         b = c.batches.create(input_file_id=bad, endpoint="/v1/chat/completions", completion_window="24h")
         failed = c.batches.retrieve(b.id)
         assert failed.status == "failed" and failed.errors.data[0].line == 1
@@ -234,9 +246,16 @@ def test_airflow_openai_hook_and_trigger_run_a_batch(tmp_path, monkeypatch):
     from airflow.providers.openai.triggers.openai import OpenAIBatchTrigger
 
     with ScriptedOpenAIServer(batch_polls=2) as srv:
-        monkeypatch.setenv("AIRFLOW_CONN_OPENAI_SCRIPTED", json.dumps({
-            "conn_type": "openai", "password": "test-key",
-            "extra": {"openai_client_kwargs": {"base_url": srv.base_url}}}))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_OPENAI_SCRIPTED",
+            json.dumps(
+                {
+                    "conn_type": "openai",
+                    "password": "test-key",
+                    "extra": {"openai_client_kwargs": {"base_url": srv.base_url}},
+                }
+            ),
+        )
         path = tmp_path / "in.jsonl"
         path.write_bytes(batch_jsonl([body("a"), body("b")]))
         hook = OpenAIHook(conn_id="openai_scripted")

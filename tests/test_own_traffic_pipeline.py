@@ -41,9 +41,25 @@ def test_tela_pipeline_on_own_endpoints_ends_with_a_champion(tmp_path):
         models, judge, reference = endpoints(srv.base_url, KEY_ENV)
         models_file = tmp_path / "models.json"
         models_file.write_text(json.dumps(models))
-        args = ["pipeline", "--source", source, "--models", str(models_file), "--judge", json.dumps(judge),
-                "--reference", json.dumps(reference), "--strong-model", STRONG, "--weak-model", WEAK,
-                "--router-type", "knn", "--no-routellm", "--json"]
+        args = [
+            "pipeline",
+            "--source",
+            source,
+            "--models",
+            str(models_file),
+            "--judge",
+            json.dumps(judge),
+            "--reference",
+            json.dumps(reference),
+            "--strong-model",
+            STRONG,
+            "--weak-model",
+            WEAK,
+            "--router-type",
+            "knn",
+            "--no-routellm",
+            "--json",
+        ]
         first = json.loads(_tela(args, root, env).stdout)
         asked = srv.count()
         assert asked >= 100 * 4 * 2  # every prompt answered by 4 models and judged
@@ -58,8 +74,10 @@ def test_tela_pipeline_on_own_endpoints_ends_with_a_champion(tmp_path):
     row = load_table(first["stages"]["evaluate"], store).set_index("benchmark").loc["own-labels"]
     assert row["protocol"] == "crossfit"
     assert row["n_prompts"] >= 90  # every prompt labelled for both models is scored once
-    print(f"own-labels {row['protocol']}: n={row['n_prompts']} APGR {row['apgr']:.3f} "
-          f"random {row['random_apgr']:.3f} oracle {row['oracle_apgr']:.3f}")
+    print(
+        f"own-labels {row['protocol']}: n={row['n_prompts']} APGR {row['apgr']:.3f} "
+        f"random {row['random_apgr']:.3f} oracle {row['oracle_apgr']:.3f}"
+    )
     assert row["apgr"] > row["random_apgr"] + 0.15, (row["apgr"], row["random_apgr"])
     metrics = store.read_json(f"{first['stages']['evaluate']['key']}/metrics.json")
     assert set(metrics["skipped"]) == {"mmlu", "gsm8k", "mt-bench"}  # they know neither of our models
@@ -72,6 +90,8 @@ def test_tela_pipeline_on_own_endpoints_ends_with_a_champion(tmp_path):
     assert left_out["group_by"] == "category", left_out
     assert set(left_out["per_group"]) <= set(DOMAINS) and len(left_out["per_group"]) >= 2
     assert sum(v["n_prompts"] for v in left_out["per_group"].values()) >= 90 - 10 * len(left_out["left_in"])
-    print(f"own-labels, each domain left out: APGR {left_out['routellm']['apgr']:.3f} "
-          f"(per domain {({g: v['apgr'] for g, v in left_out['per_group'].items()})})")
+    print(
+        f"own-labels, each domain left out: APGR {left_out['routellm']['apgr']:.3f} "
+        f"(per domain { ({g: v['apgr'] for g, v in left_out['per_group'].items()}) })"
+    )
     assert "each category left out" in report

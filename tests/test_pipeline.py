@@ -33,8 +33,22 @@ def test_sigkill_midway_then_rerun(tmp_path):
         )
     )
     root = tmp_path / "artifacts"
-    cmd = [TELA, "--artifact-root", str(root), "pipeline", "--source", str(src), "--routellm-max-prompts", "30",
-           "--eval-max-prompts", "30", "--max-tokens", "8", "--min-rows-per-model", "2"]
+    cmd = [
+        TELA,
+        "--artifact-root",
+        str(root),
+        "pipeline",
+        "--source",
+        str(src),
+        "--routellm-max-prompts",
+        "30",
+        "--eval-max-prompts",
+        "30",
+        "--max-tokens",
+        "8",
+        "--min-rows-per-model",
+        "2",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TELA_DQ_THRESHOLDS"}  # the defaults: verdicts by logprobs
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.time() + 300
@@ -53,7 +67,9 @@ def test_sigkill_midway_then_rerun(tmp_path):
     out = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     refs = json.loads(out.stdout)["stages"]
-    assert refs["ingest"]["reused"] and refs["generate"]["reused"] and refs["judge"]["reused"] and refs["labels"]["reused"]
+    assert (
+        refs["ingest"]["reused"] and refs["generate"]["reused"] and refs["judge"]["reused"] and refs["labels"]["reused"]
+    )
     assert not refs["evaluate"]["reused"]
     assert generated[0].read_bytes() == generated_bytes  # the finished answers were not redone
     for stage in ("ingest", "generate", "judge", "labels", "validate", "train", "evaluate"):

@@ -25,7 +25,9 @@ GROUPS = (stages, evaluation, serving, pipeline)
 def build_parser() -> argparse.ArgumentParser:
     """`tela`'s argument parser: one subcommand per registered command."""
     p = argparse.ArgumentParser(prog="tela", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifact-root", help="local folder, file:// or s3:// URI (default: $TELA_ARTIFACT_ROOT or ./artifacts)")
+    p.add_argument(
+        "--artifact-root", help="local folder, file:// or s3:// URI (default: $TELA_ARTIFACT_ROOT or ./artifacts)"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     group = {module.__name__: i for i, module in enumerate(GROUPS)}
@@ -51,7 +53,9 @@ def _exit_on_sigterm() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _exit_on_sigterm()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     ctx = Context(root=args.artifact_root or os.environ.get("TELA_ARTIFACT_ROOT"))
     try:
         return COMMANDS[args.command].run(args, ctx)
@@ -59,4 +63,3 @@ def main(argv: list[str] | None = None) -> int:
         # Known failure modes (bad input, data quality, missing artifact): a clear line, no traceback.
         print(f"tela {args.command}: error: {err}", file=sys.stderr)
         return 2
-

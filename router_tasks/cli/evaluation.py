@@ -10,19 +10,34 @@ from router_tasks.cli.base import Context, command, json_arg, json_or_file, libr
 
 def _evaluate_args(s):
     s.add_argument("--router", help="train artifact or 'champion' (not for the zeroeval-* many-model benchmarks)")
-    s.add_argument("--benchmarks", nargs="+", default=library_defaults().BENCHMARKS, help="without --output: all of these")
-    s.add_argument("--benchmark", choices=["mt-bench", "mmlu", "gsm8k", "zeroeval-gsm8k", "zeroeval-crux"],
-                   help="with --output: this one (zeroeval-*: many real models, cost-quality curves)")
+    s.add_argument(
+        "--benchmarks", nargs="+", default=library_defaults().BENCHMARKS, help="without --output: all of these"
+    )
+    s.add_argument(
+        "--benchmark",
+        choices=["mt-bench", "mmlu", "gsm8k", "zeroeval-gsm8k", "zeroeval-crux"],
+        help="with --output: this one (zeroeval-*: many real models, cost-quality curves)",
+    )
     s.add_argument("--pool", help="zeroeval-*: comma-separated models (default: a built-in pool of 10)")
     s.add_argument("--router-types", default="knn", help="zeroeval-*: router kinds to cross-fit, e.g. knn,mf,ensemble")
-    s.add_argument("--prices", help="zeroeval-*: prices.json-shaped file (default: the bundled one); otherwise JSON "
-                                    '{"model": $ per 1M tokens} (or a .json file): the dollars saved at 95%% quality')
-    s.add_argument("--quality-target", type=float, default=pipeline_params()["quality_target"],
-                   help="besides 95%%, report the strong-model calls saved at this share of its quality (0-1]")
+    s.add_argument(
+        "--prices",
+        help="zeroeval-*: prices.json-shaped file (default: the bundled one); otherwise JSON "
+        '{"model": $ per 1M tokens} (or a .json file): the dollars saved at 95%% quality',
+    )
+    s.add_argument(
+        "--quality-target",
+        type=float,
+        default=pipeline_params()["quality_target"],
+        help="besides 95%%, report the strong-model calls saved at this share of its quality (0-1]",
+    )
     s.add_argument("--no-cascades", action="store_true", help="zeroeval-*: one call per prompt only")
-    s.add_argument("--protocol", choices=["transfer", "holdout", "crossfit", "leave-group-out"],
-                   help="default: the benchmark's own; leave-group-out: folds by MMLU subject, other benchmarks held out "
-                        "whole; zeroeval-*: routers trained on the other ZeroEval task")
+    s.add_argument(
+        "--protocol",
+        choices=["transfer", "holdout", "crossfit", "leave-group-out"],
+        help="default: the benchmark's own; leave-group-out: folds by MMLU subject, other benchmarks held out "
+        "whole; zeroeval-*: routers trained on the other ZeroEval task",
+    )
     s.add_argument("--folds", type=int, default=5, help="cross-fit folds")
     s.add_argument("--max-prompts", type=int, help="cap evaluated prompts (quick runs)")
     s.add_argument("--output", help="folder (or s3:// prefix) for metrics.json, scores.parquet, plot.png")
@@ -42,9 +57,17 @@ def evaluate(args, ctx: Context) -> int:
     if args.output:
         if not args.benchmark:
             raise ValueError("--output needs --benchmark (one of mt-bench, mmlu, gsm8k)")
-        result = evaluate_to_dir(args.router, args.benchmark, args.protocol, args.output, ctx.root,
-                                 folds=args.folds, max_prompts=args.max_prompts, quality_target=args.quality_target,
-                                 prices=prices)
+        result = evaluate_to_dir(
+            args.router,
+            args.benchmark,
+            args.protocol,
+            args.output,
+            ctx.root,
+            folds=args.folds,
+            max_prompts=args.max_prompts,
+            quality_target=args.quality_target,
+            prices=prices,
+        )
         return ctx.emit({k: result[k] for k in ("output_dir", "files", "metrics")})
     if args.router == "champion":
         champion = read_champion(ctx.store)
@@ -53,9 +76,17 @@ def evaluate(args, ctx: Context) -> int:
         router = champion["router"]
     else:
         router = ctx.ref(args.router)
-    return ctx.emit(evaluate_router(router, benchmarks=args.benchmarks, protocol=args.protocol,
-                                    max_prompts=args.max_prompts, artifact_root=ctx.root,
-                                    quality_target=args.quality_target, prices=prices))
+    return ctx.emit(
+        evaluate_router(
+            router,
+            benchmarks=args.benchmarks,
+            protocol=args.protocol,
+            max_prompts=args.max_prompts,
+            artifact_root=ctx.root,
+            quality_target=args.quality_target,
+            prices=prices,
+        )
+    )
 
 
 def _prices_arg(text: str | None) -> dict[str, float] | None:
@@ -63,9 +94,12 @@ def _prices_arg(text: str | None) -> dict[str, float] | None:
     if text is None:
         return None
     prices = json_or_file(text)
-    if not isinstance(prices, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                                               for v in prices.values()):
-        raise ValueError(f'--prices: expected a JSON object {{"model": dollars per 1M tokens >= 0}}, got {prices!r:.200}')
+    if not isinstance(prices, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in prices.values()
+    ):
+        raise ValueError(
+            f'--prices: expected a JSON object {{"model": dollars per 1M tokens >= 0}}, got {prices!r:.200}'
+        )
     return {str(k): float(v) for k, v in prices.items()}
 
 
@@ -79,9 +113,17 @@ def _evaluate_many_models(args, ctx: Context) -> int:
         raise ValueError(f"--benchmark {args.benchmark} cross-fits its own routers (--router-types); drop --router")
     pool = [m.strip() for m in args.pool.split(",") if m.strip()] if args.pool else None
     kinds = [k.strip() for k in args.router_types.split(",") if k.strip()]
-    result = many_to_dir(args.benchmark, args.output, pool=pool, protocol=args.protocol or "crossfit",
-                         folds=args.folds, router_kinds=kinds, prices=args.prices, cascades=not args.no_cascades,
-                         artifact_root=ctx.root)
+    result = many_to_dir(
+        args.benchmark,
+        args.output,
+        pool=pool,
+        protocol=args.protocol or "crossfit",
+        folds=args.folds,
+        router_kinds=kinds,
+        prices=args.prices,
+        cascades=not args.no_cascades,
+        artifact_root=ctx.root,
+    )
     return ctx.emit({"output_dir": result["output_dir"], "files": result["files"], "metrics": result["metrics"]})
 
 
@@ -103,8 +145,14 @@ def calibrate(args, ctx: Context) -> int:
     if args.budget is not None:
         if not args.prices:
             raise ValueError("--budget needs --prices")
-        cal = calibrate_budget(args.router, args.input, args.prices, args.budget,
-                               tokens_per_prompt=args.tokens_per_prompt, artifact_root=ctx.root)
+        cal = calibrate_budget(
+            args.router,
+            args.input,
+            args.prices,
+            args.budget,
+            tokens_per_prompt=args.tokens_per_prompt,
+            artifact_root=ctx.root,
+        )
     else:
         cal = calibrate_router(args.router, args.input, args.share, artifact_root=ctx.root)
     return ctx.emit({"artifact": cal, "calibration": read_calibration(cal, artifact_root=ctx.root)})
@@ -121,8 +169,15 @@ def _publish_args(s):
 def publish(args, ctx: Context) -> int:
     from router_tasks.lifecycle.publish import publish_router
 
-    return ctx.emit(publish_router(ctx.ref(args.router), ctx.ref(args.evaluation), metric=args.metric,
-                                   margin=args.margin, artifact_root=ctx.root))
+    return ctx.emit(
+        publish_router(
+            ctx.ref(args.router),
+            ctx.ref(args.evaluation),
+            metric=args.metric,
+            margin=args.margin,
+            artifact_root=ctx.root,
+        )
+    )
 
 
 def _rollback_args(s):
@@ -147,8 +202,13 @@ def _score_args(s):
 def score(args, ctx: Context) -> int:
     from router_tasks.routing.scoring import score_prompts
 
-    out = score_prompts(args.router, args.input, args.output, artifact_root=ctx.root,
-                        **({"prices": args.prices} if getattr(args, "prices", None) else {}))
+    out = score_prompts(
+        args.router,
+        args.input,
+        args.output,
+        artifact_root=ctx.root,
+        **({"prices": args.prices} if getattr(args, "prices", None) else {}),
+    )
     print(f"scored {len(out)} prompts -> {args.output}")
     return 0
 
@@ -176,8 +236,16 @@ def route(args, ctx: Context) -> int:
             raise ValueError(f"--share wants MODEL=SHARE, got {args.share!r}")
         share = (name, float(value))
     pool = [m.strip() for m in args.pool.split(",") if m.strip()] if args.pool else None
-    out, summary = route_prompts(args.router, args.input, args.output, prices=args.prices, pool=pool,
-                                 target_quality=args.target_quality, budget_per_1k=args.budget_per_1k,
-                                 model_share=share, artifact_root=ctx.root)
+    out, summary = route_prompts(
+        args.router,
+        args.input,
+        args.output,
+        prices=args.prices,
+        pool=pool,
+        target_quality=args.target_quality,
+        budget_per_1k=args.budget_per_1k,
+        model_share=share,
+        artifact_root=ctx.root,
+    )
     print(f"routed {len(out)} prompts -> {args.output}", file=sys.stderr)
     return ctx.emit(summary)

@@ -9,27 +9,48 @@ from router_tasks.cli.base import Context, command, json_arg
 
 
 def _serve_args(s):
-    s.add_argument("--router", default="champion",
-                   help="'champion' (followed: hot reload when it moves) or a router key/URI")
-    s.add_argument("--models", required=True,
-                   help="upstream endpoints: a JSON list or a .json file of one, as the pipeline's `models` param")
+    s.add_argument(
+        "--router", default="champion", help="'champion' (followed: hot reload when it moves) or a router key/URI"
+    )
+    s.add_argument(
+        "--models",
+        required=True,
+        help="upstream endpoints: a JSON list or a .json file of one, as the pipeline's `models` param",
+    )
     auth = s.add_mutually_exclusive_group()
     auth.add_argument("--keys", metavar="KEYS", help="client keys file (tela keys create): every /v1 request needs one")
-    auth.add_argument("--no-auth", action="store_true", help="serve without client keys (anyone who reaches the port "
-                                                             "spends the upstreams' keys)")
-    s.add_argument("--redis-url", default=os.environ.get("TELA_GATEWAY_REDIS_URL"),
-                   help="keep the keys' rpm/spend counters in Redis, shared by replicas and workers "
-                        "(e.g. redis://127.0.0.1:6379/0; default $TELA_GATEWAY_REDIS_URL, which keeps a "
-                        "password out of the process list)")
-    s.add_argument("--workers", type=int, default=1, help="gateway processes on the one port (shared-nothing; each "
-                                                          "hot-reloads the champion)")
+    auth.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without client keys (anyone who reaches the port spends the upstreams' keys)",
+    )
+    s.add_argument(
+        "--redis-url",
+        default=os.environ.get("TELA_GATEWAY_REDIS_URL"),
+        help="keep the keys' rpm/spend counters in Redis, shared by replicas and workers "
+        "(e.g. redis://127.0.0.1:6379/0; default $TELA_GATEWAY_REDIS_URL, which keeps a "
+        "password out of the process list)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes on the one port (shared-nothing; each hot-reloads the champion)",
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-body-mb", type=float, default=8.0, help="larger request bodies get 413")
-    s.add_argument("--route-chars", type=int, default=4096,
-                   help="prompt characters a router reads when it names no limit of its own")
-    s.add_argument("--no-prompt-log", action="store_true",
-                   help="traffic log keeps prompt ids, not prompt text (and feedback keeps no comments)")
+    s.add_argument(
+        "--route-chars",
+        type=int,
+        default=4096,
+        help="prompt characters a router reads when it names no limit of its own",
+    )
+    s.add_argument(
+        "--no-prompt-log",
+        action="store_true",
+        help="traffic log keeps prompt ids, not prompt text (and feedback keeps no comments)",
+    )
     s.add_argument("--no-traffic-log", action="store_true", help="write no traffic log at all")
     s.add_argument("--reload-s", type=float, default=10.0, help="how often to look for a new champion/calibration")
     s.add_argument("--cooldown-fails", type=int, default=3, help="failures in a row that cool an upstream down")
@@ -43,13 +64,25 @@ def serve(args, ctx: Context) -> int:
     from router_tasks.serving.server import serve as run_gateway
 
     if not args.keys and not args.no_auth:
-        raise ValueError("give --keys KEYS (create keys with `tela keys create --file KEYS --name NAME`) or "
-                         "--no-auth to serve without client keys")
-    config = GatewayConfig(parse_models_arg(args.models), router=args.router, artifact_root=ctx.root,
-                           keep_prompts=not args.no_prompt_log, log_traffic=not args.no_traffic_log,
-                           reload_s=args.reload_s, cooldown_fails=args.cooldown_fails, cooldown_s=args.cooldown_s,
-                           keys_file=args.keys, redis_url=args.redis_url, workers=args.workers,
-                           max_body_bytes=int(args.max_body_mb * 1024 * 1024), route_chars=args.route_chars)
+        raise ValueError(
+            "give --keys KEYS (create keys with `tela keys create --file KEYS --name NAME`) or "
+            "--no-auth to serve without client keys"
+        )
+    config = GatewayConfig(
+        parse_models_arg(args.models),
+        router=args.router,
+        artifact_root=ctx.root,
+        keep_prompts=not args.no_prompt_log,
+        log_traffic=not args.no_traffic_log,
+        reload_s=args.reload_s,
+        cooldown_fails=args.cooldown_fails,
+        cooldown_s=args.cooldown_s,
+        keys_file=args.keys,
+        redis_url=args.redis_url,
+        workers=args.workers,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        route_chars=args.route_chars,
+    )
     run_gateway(config, host=args.host, port=args.port, access_log=args.access_log)
     return 0
 
@@ -74,10 +107,17 @@ def keys(args, ctx: Context) -> int:
 
     if args.keys_command == "create":
         key = client_keys.create_key(args.file, args.name, rpm=args.rpm, usd_per_day=args.usd_per_day)
-        limits = ", ".join(x for x in (args.rpm and f"{args.rpm} requests/minute",
-                                       args.usd_per_day and f"${args.usd_per_day:g}/day") if x) or "no limits"
-        print(f"created key {args.name!r} ({limits}) in {args.file}; this is the only time it is shown:",
-              file=sys.stderr)
+        limits = (
+            ", ".join(
+                x
+                for x in (args.rpm and f"{args.rpm} requests/minute", args.usd_per_day and f"${args.usd_per_day:g}/day")
+                if x
+            )
+            or "no limits"
+        )
+        print(
+            f"created key {args.name!r} ({limits}) in {args.file}; this is the only time it is shown:", file=sys.stderr
+        )
         print(key)
         return 0
     if args.keys_command == "list":
@@ -96,5 +136,8 @@ def _drift_args(s):
 def drift(args, ctx: Context) -> int:
     from router_tasks.serving.drift import check_latest_window
 
-    return ctx.emit(check_latest_window(window_end=args.end, hours=args.hours, router=args.router,
-                                        settings=args.settings, artifact_root=ctx.root))
+    return ctx.emit(
+        check_latest_window(
+            window_end=args.end, hours=args.hours, router=args.router, settings=args.settings, artifact_root=ctx.root
+        )
+    )

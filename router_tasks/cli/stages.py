@@ -21,14 +21,26 @@ def _ingest_args(s):
 def ingest(args, ctx: Context) -> int:
     from router_tasks.data.ingest import ingest_prompts
 
-    return ctx.emit(ingest_prompts(args.source, dataset=args.dataset, fmt=args.fmt, sample=args.sample,
-                                   shards=args.shards, seed=args.seed, artifact_root=ctx.root))
+    return ctx.emit(
+        ingest_prompts(
+            args.source,
+            dataset=args.dataset,
+            fmt=args.fmt,
+            sample=args.sample,
+            shards=args.shards,
+            seed=args.seed,
+            artifact_root=ctx.root,
+        )
+    )
 
 
 def _file_mode_args(s: argparse.ArgumentParser, model_flag: str) -> None:
     g = s.add_argument_group("file mode (no artifacts, no Airflow)")
-    g.add_argument("--input", help="jsonl/csv/parquet file: 'prompt' (generate); 'prompt', 'answer' and "
-                                   "'reference_answer' or 'gold_answer'+'gold_type' (judge)")
+    g.add_argument(
+        "--input",
+        help="jsonl/csv/parquet file: 'prompt' (generate); 'prompt', 'answer' and "
+        "'reference_answer' or 'gold_answer'+'gold_type' (judge)",
+    )
     g.add_argument(model_flag, dest="model", help="model id the endpoint expects")
     g.add_argument("--base-url", help="OpenAI-compatible base URL, e.g. http://host:8000/v1 (default: api.openai.com)")
     g.add_argument("--api-key-env", help="environment variable holding the API key")
@@ -51,20 +63,31 @@ def generate(args, ctx: Context) -> int:
 
     if not args.prompts:
         raise ValueError("give --prompts ARTIFACT, or --input FILE --model NAME --output FILE")
-    return ctx.emit(generate_answers(ctx.ref(args.prompts), models=args.models, max_tokens=args.max_tokens,
-                                     artifact_root=ctx.root))
+    return ctx.emit(
+        generate_answers(ctx.ref(args.prompts), models=args.models, max_tokens=args.max_tokens, artifact_root=ctx.root)
+    )
 
 
 def _judge_args(s):
     s.add_argument("--prompts", help="ingest artifact (artifact mode)")
     s.add_argument("--answers", help="generate artifact (artifact mode)")
     s.add_argument("--judge", type=json_arg, default=library_defaults().DEMO_JUDGE, help="JSON endpoint of the judge")
-    s.add_argument("--judges", type=json_or_file, help="several judges instead: a JSON list of endpoints (or a .json "
-                                                         "file), their verdicts voted (--vote)")
-    s.add_argument("--vote", choices=["majority", "mean"], default=pipeline_params()["judge_vote"],
-                   help="how several judges' verdicts combine")
-    s.add_argument("--batch", action="store_true",
-                   help="artifact mode: buy the verdicts through the OpenAI Batch API first (half price, waits for it)")
+    s.add_argument(
+        "--judges",
+        type=json_or_file,
+        help="several judges instead: a JSON list of endpoints (or a .json file), their verdicts voted (--vote)",
+    )
+    s.add_argument(
+        "--vote",
+        choices=["majority", "mean"],
+        default=pipeline_params()["judge_vote"],
+        help="how several judges' verdicts combine",
+    )
+    s.add_argument(
+        "--batch",
+        action="store_true",
+        help="artifact mode: buy the verdicts through the OpenAI Batch API first (half price, waits for it)",
+    )
     _file_mode_args(s, model_flag="--judge-model")
 
 
@@ -81,8 +104,9 @@ def judge(args, ctx: Context) -> int:
         from router_tasks.labeling.judge_batch import run_judge_batch
 
         run_judge_batch(prompts, answers, judge=args.judge, judges=args.judges, artifact_root=ctx.root)
-    return ctx.emit(judge_answers(prompts, answers, judge=args.judge, judges=args.judges, vote=args.vote,
-                                  artifact_root=ctx.root))
+    return ctx.emit(
+        judge_answers(prompts, answers, judge=args.judge, judges=args.judges, vote=args.vote, artifact_root=ctx.root)
+    )
 
 
 def _file_mode(args, root: str | None) -> int:
@@ -92,16 +116,27 @@ def _file_mode(args, root: str | None) -> int:
     missing = [f for f, v in ((flag, args.model), ("--output", args.output)) if not v]
     if missing:
         raise ValueError(f"--input needs {' and '.join(missing)}")
-    common = dict(base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency, artifact_root=root)
+    common = dict(
+        base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency, artifact_root=root
+    )
     if args.command == "generate":
-        out, stats = file_mode.generate_file(args.input, args.output, model=args.model, max_tokens=args.max_tokens, **common)
+        out, stats = file_mode.generate_file(
+            args.input, args.output, model=args.model, max_tokens=args.max_tokens, **common
+        )
         done = int(out["error"].isna().sum())
         print(f"answered {done} of {len(out)} prompts -> {args.output}")
     else:
         out, stats = file_mode.judge_file(args.input, args.output, judge_model=args.model, **common)
         print(f"graded {int(out['failure_reason'].isna().sum())} of {len(out)} answers -> {args.output}")
-    print(json.dumps({k: stats[k] for k in ("requests", "cached", "calls", "retries", "failures", "input_tokens",
-                                            "output_tokens") if k in stats}))
+    print(
+        json.dumps(
+            {
+                k: stats[k]
+                for k in ("requests", "cached", "calls", "retries", "failures", "input_tokens", "output_tokens")
+                if k in stats
+            }
+        )
+    )
     return 0
 
 
@@ -115,8 +150,14 @@ def _labels_args(s):
 def labels(args, ctx: Context) -> int:
     from router_tasks.data.labels import build_labels
 
-    return ctx.emit(build_labels(ctx.ref(args.prompts), ctx.ref(args.judgements), include_routellm=not args.no_routellm,
-                                 artifact_root=ctx.root))
+    return ctx.emit(
+        build_labels(
+            ctx.ref(args.prompts),
+            ctx.ref(args.judgements),
+            include_routellm=not args.no_routellm,
+            artifact_root=ctx.root,
+        )
+    )
 
 
 def _validate_args(s):
@@ -128,22 +169,36 @@ def _validate_args(s):
 def validate(args, ctx: Context) -> int:
     from router_tasks.data.validate import validate_labels
 
-    return ctx.emit(validate_labels(ctx.ref(args.labels), min_rows_per_model=args.min_rows_per_model,
-                                    artifact_root=ctx.root))
+    return ctx.emit(
+        validate_labels(ctx.ref(args.labels), min_rows_per_model=args.min_rows_per_model, artifact_root=ctx.root)
+    )
 
 
 def _train_args(s):
     d = library_defaults()
-    s.add_argument("--labels", required=True,
-                   help="labels artifact, or a parquet/csv/jsonl file with prompt, model and quality (0-1) | "
-                        "correct (0/1) | score (1-5), optionally output_tokens (validated first)")
+    s.add_argument(
+        "--labels",
+        required=True,
+        help="labels artifact, or a parquet/csv/jsonl file with prompt, model and quality (0-1) | "
+        "correct (0/1) | score (1-5), optionally output_tokens (validated first)",
+    )
     s.add_argument("--router-type", default=d.ROUTER_TYPE)
-    s.add_argument("--strong-model", default=None, help=f"default {d.STRONG_MODEL} if labelled, else the best-scoring model")
-    s.add_argument("--weak-model", default=None, help=f"default {d.WEAK_MODEL} if labelled, else the worst-scoring model")
+    s.add_argument(
+        "--strong-model", default=None, help=f"default {d.STRONG_MODEL} if labelled, else the best-scoring model"
+    )
+    s.add_argument(
+        "--weak-model", default=None, help=f"default {d.WEAK_MODEL} if labelled, else the worst-scoring model"
+    )
     s.add_argument("--params", type=json_arg, default=None)
-    s.add_argument("--prices", help="prices.json-shaped file {model: [input, output] $ per 1M tokens}, stored with the router")
-    s.add_argument("--min-rows-per-model", type=int, default=pipeline_params()["min_rows_per_model"],
-                   help="with a labels file: labels needed per model")
+    s.add_argument(
+        "--prices", help="prices.json-shaped file {model: [input, output] $ per 1M tokens}, stored with the router"
+    )
+    s.add_argument(
+        "--min-rows-per-model",
+        type=int,
+        default=pipeline_params()["min_rows_per_model"],
+        help="with a labels file: labels needed per model",
+    )
 
 
 @command("train", "train a router on validated labels", _train_args)
@@ -152,8 +207,17 @@ def train(args, ctx: Context) -> int:
 
     labels, strong, weak = _train_labels(args, ctx)
     prices = _read_prices(args.prices) if getattr(args, "prices", None) else None
-    return ctx.emit(train_router(labels, router_type=args.router_type, strong_model=strong,
-                                 weak_model=weak, router_params=args.params, artifact_root=ctx.root, prices=prices))
+    return ctx.emit(
+        train_router(
+            labels,
+            router_type=args.router_type,
+            strong_model=strong,
+            weak_model=weak,
+            router_params=args.params,
+            artifact_root=ctx.root,
+            prices=prices,
+        )
+    )
 
 
 def _is_table_file(value: str) -> bool:

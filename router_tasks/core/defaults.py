@@ -56,8 +56,16 @@ EVALUATE_TIMEOUT_HOURS = 4
 # Airflow's `airflow pools import` JSON shape; the slots are the defaults for a new DB
 # (resize with `airflow pools set NAME SLOTS DESCRIPTION`: existing pools are left alone).
 POOLS = {
-    GPU_POOL: {"slots": 1, "description": "GPU training: router fine-tunes at once (one per GPU)", "include_deferred": False},
-    LLM_POOL: {"slots": 4, "description": "LLM API calls: tasks calling paid endpoints at once", "include_deferred": False},
+    GPU_POOL: {
+        "slots": 1,
+        "description": "GPU training: router fine-tunes at once (one per GPU)",
+        "include_deferred": False,
+    },
+    LLM_POOL: {
+        "slots": 4,
+        "description": "LLM API calls: tasks calling paid endpoints at once",
+        "include_deferred": False,
+    },
 }
 
 # Every parameter of a pipeline run (name, type, default, help, CLI flag) is a row of the
@@ -74,4 +82,3 @@ def model_cache_dir() -> Path:
         return Path(os.environ[MODEL_CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tela" / "models"
-

@@ -11,8 +11,8 @@ or stored. The special base_url "local" means the bundled SmolLM2 server
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 LOCAL = "local"
@@ -34,13 +34,17 @@ class MissingEndpointKey(RuntimeError):
 
     def __init__(self, endpoint: str, variable: str, conn_id: str | None = None):
         self.endpoint, self.variable, self.conn_id = endpoint, variable, conn_id
-        where = (f"in Airflow it is the password of connection {conn_id!r} (conn_id), copied into {variable} "
-                 "before the task runs: create that connection or give it a password"
-                 if conn_id else
-                 "set it in the environment of the process that calls the endpoint, or, in Airflow, name a "
-                 "connection holding the key in the endpoint's conn_id")
-        super().__init__(f"endpoint {endpoint!r}: no API key: environment variable {variable} (api_key_env) "
-                         f"is not set or empty; {where}")
+        where = (
+            f"in Airflow it is the password of connection {conn_id!r} (conn_id), copied into {variable} "
+            "before the task runs: create that connection or give it a password"
+            if conn_id
+            else "set it in the environment of the process that calls the endpoint, or, in Airflow, name a "
+            "connection holding the key in the endpoint's conn_id"
+        )
+        super().__init__(
+            f"endpoint {endpoint!r}: no API key: environment variable {variable} (api_key_env) "
+            f"is not set or empty; {where}"
+        )
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class Endpoint:
     verdict: str = "auto"
 
     @classmethod
-    def from_dict(cls, data: Mapping, *, defaults: Mapping | None = None, where: str = "endpoint") -> "Endpoint":
+    def from_dict(cls, data: Mapping, *, defaults: Mapping | None = None, where: str = "endpoint") -> Endpoint:
         """Build from config; `defaults` fill fields the dict leaves out.
 
         Raises ValueError naming the offending field: unknown keys are rejected (a typo

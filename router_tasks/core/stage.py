@@ -39,10 +39,11 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any
 
 import pandas as pd
 
@@ -79,7 +80,7 @@ class ArtifactRef:
         return asdict(self)
 
     @classmethod
-    def of(cls, value: "ArtifactRef | Mapping") -> "ArtifactRef":
+    def of(cls, value: ArtifactRef | Mapping) -> ArtifactRef:
         if isinstance(value, ArtifactRef):
             return value
         if not isinstance(value, Mapping) or not {"stage", "key", "fingerprint"} <= set(value):
@@ -183,8 +184,9 @@ def load_table(ref: ArtifactRef | Mapping, store: ArtifactStore | None = None, f
     return store.read_parquet(f"{ref.key}/{file}")
 
 
-def find_complete(store: ArtifactStore, key: str, *, accept_incomplete: bool = True,
-                  verify: bool = True) -> dict | None:
+def find_complete(
+    store: ArtifactStore, key: str, *, accept_incomplete: bool = True, verify: bool = True
+) -> dict | None:
     """The manifest of a finished artifact at `key`, or None if absent or damaged.
 
     Every listed file must be there with its recorded size and (with `verify`) SHA-256:
@@ -361,7 +363,7 @@ def run_stage(
         return _ref_from_manifest(store, done, reused=True).to_dict()
 
     lock = _StageLock(store, key)
-    waited_since, since_iso, logged = time.monotonic(), datetime.now(timezone.utc).isoformat(), False
+    waited_since, since_iso, logged = time.monotonic(), datetime.now(UTC).isoformat(), False
     while not lock.try_acquire():
         if not logged:
             log.info("%s: another run is computing %s; waiting for it", stage, store.uri(key))
@@ -389,7 +391,7 @@ def _compute(store, stage, version, key, refs, config, compute, lock: _StageLock
     # Invalidate first: a crash below must not leave the old manifest vouching for new files.
     store.delete(f"{key}/{MANIFEST}")
     started = time.time()
-    started_at = datetime.now(timezone.utc).isoformat()
+    started_at = datetime.now(UTC).isoformat()
     log.info("%s: computing %s", stage, store.uri(key))
     ctx = StageContext(store=store, stage=stage, key=key, inputs=refs, config=config)
     compute(ctx)
@@ -411,13 +413,15 @@ def _compute(store, stage, version, key, refs, config, compute, lock: _StageLock
         "schema": main.get("schema"),
         "stats": ctx.stats,
         "started_at": started_at,
-        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
         "seconds": round(time.time() - started, 3),
         "incomplete": ctx.incomplete,
     }
     if lock.lost:
-        raise RuntimeError(f"{stage}: lost the lock on {store.uri(key)} to another run while computing; "
-                           f"not publishing this attempt (the other run's manifest stands)")
+        raise RuntimeError(
+            f"{stage}: lost the lock on {store.uri(key)} to another run while computing; "
+            f"not publishing this attempt (the other run's manifest stands)"
+        )
     store.write_json(f"{key}/{MANIFEST}", manifest)  # last: marks the artifact complete
     return _ref_from_manifest(store, manifest, reused=False).to_dict()
 
@@ -432,7 +436,7 @@ def part_inputs(parts, *, stage: str) -> dict[str, dict]:
     return {f"part:{i:05d}": ref for i, ref in enumerate(sorted(refs, key=lambda r: r["key"]))}
 
 
-def resolve_ref(value: "str | Mapping | ArtifactRef", store: ArtifactStore | None = None) -> dict:
+def resolve_ref(value: str | Mapping | ArtifactRef, store: ArtifactStore | None = None) -> dict:
     """An artifact reference from a ref dict, its JSON text, a key or a URI in the store."""
     store = store or ArtifactStore()
     if isinstance(value, (ArtifactRef, Mapping)):
@@ -443,7 +447,7 @@ def resolve_ref(value: "str | Mapping | ArtifactRef", store: ArtifactStore | Non
     key = text
     root_uri = store.uri("")
     if key.startswith(root_uri):
-        key = key[len(root_uri):]
+        key = key[len(root_uri) :]
     key = key.strip("/").removesuffix("/" + MANIFEST)
     manifest = find_complete(store, key)
     if manifest is None:

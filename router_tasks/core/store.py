@@ -49,9 +49,7 @@ class ArtifactStore:
             self.bucket = parsed.netloc
             self.prefix = parsed.path.strip("/")
             self._endpoint_url = (
-                endpoint_url
-                or os.environ.get("TELA_S3_ENDPOINT_URL")
-                or os.environ.get("AWS_ENDPOINT_URL")
+                endpoint_url or os.environ.get("TELA_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
             )
             self._client = None
             self.local_dir: Path | None = None
@@ -59,9 +57,7 @@ class ArtifactStore:
             path = parsed.path if parsed.scheme == "file" else self.root
             self.local_dir = Path(path).resolve()
         else:
-            raise ValueError(
-                f"artifact root {root!r}: expected a local path, file:// or s3:// URI"
-            )
+            raise ValueError(f"artifact root {root!r}: expected a local path, file:// or s3:// URI")
 
         # What this store object read: object GETs per key and bytes. Tests and benchmarks
         # use them to show a part reads only its own partitions.
@@ -252,9 +248,7 @@ class ArtifactStore:
             keys = []
             full = self._s3_key(prefix)
             strip = len(self.prefix) + 1 if self.prefix else 0
-            for page in self.s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full
-            ):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 keys += [o["Key"][strip:] for o in page.get("Contents", [])]
             return sorted(keys)
         base = self._dir / prefix if prefix else self._dir
@@ -265,7 +259,8 @@ class ArtifactStore:
         return sorted(
             str(p.relative_to(self._dir))
             for p in base.rglob("*")
-            if p.is_file() and not (p.name.startswith(".") and p.name.endswith((".tmp", ".lock")))
+            if p.is_file()
+            and not (p.name.startswith(".") and p.name.endswith((".tmp", ".lock")))
             and not p.relative_to(self._dir).parts[0].startswith(".")  # .locks/: not artifacts
         )
 

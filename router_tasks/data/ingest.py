@@ -12,8 +12,6 @@ Accepted input columns (first match wins):
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
 import re
 from urllib.parse import urlparse
@@ -22,11 +20,10 @@ import numpy as np
 import pandas as pd
 
 from router_tasks.core.prompts import normalize_prompt, prompt_id
-from router_tasks.data.table_files import FORMATS, InputDataError, read_source_bytes, read_table_bytes  # noqa: F401
-from router_tasks.data.quality import enforce, prompts_suite, resolve_thresholds
-from router_tasks.core.stage import run_stage
+from router_tasks.core.stage import ArtifactRef, read_manifest, run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.core.stage import ArtifactRef, read_manifest
+from router_tasks.data.quality import enforce, prompts_suite, resolve_thresholds
+from router_tasks.data.table_files import FORMATS, InputDataError, read_source_bytes, read_table_bytes  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +46,9 @@ def _first(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
     return next((n for n in names if n in df.columns), None)
 
 
-def normalize_prompt_table(raw: pd.DataFrame, source: str, dataset: str, max_chars: int,
-                           rejected: list[dict] | None = None) -> pd.DataFrame:
+def normalize_prompt_table(
+    raw: pd.DataFrame, source: str, dataset: str, max_chars: int, rejected: list[dict] | None = None
+) -> pd.DataFrame:
     """Map a raw dataset to the prompt table schema.
 
     A bad row (null, non-text, blank or oversized prompt; text UTF-8 cannot hold; a gold
@@ -59,8 +57,7 @@ def normalize_prompt_table(raw: pd.DataFrame, source: str, dataset: str, max_cha
     col = _first(raw, ("prompt", "question", "turns"))
     if col is None:
         raise InputDataError(
-            f"{source}: missing 'prompt' column (also accepted: 'question', 'turns'); "
-            f"found columns {list(raw.columns)}"
+            f"{source}: missing 'prompt' column (also accepted: 'question', 'turns'); found columns {list(raw.columns)}"
         )
     values = raw[col]
     # Files that mix `prompt` rows and `question` rows (common when datasets are
@@ -86,28 +83,40 @@ def normalize_prompt_table(raw: pd.DataFrame, source: str, dataset: str, max_cha
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as err:  # a lone surrogate, e.g. a JSON "\udc80" escape
-            reject(i, col, f"field '{col}' is not valid UTF-8 text (unpaired surrogate {text[err.start]!r} "
-                           f"at character {err.start})", value)
+            reject(
+                i,
+                col,
+                f"field '{col}' is not valid UTF-8 text (unpaired surrogate {text[err.start]!r} "
+                f"at character {err.start})",
+                value,
+            )
             continue
         if not text:
             reject(i, col, f"field '{col}' is empty after normalising whitespace", value)
             continue
         if len(text) > max_chars:
-            reject(i, col, f"field '{col}' has {len(text):,} characters; the limit is {max_chars:,} "
-                           f"(set max_prompt_chars to raise it)", value[:80])
+            reject(
+                i,
+                col,
+                f"field '{col}' has {len(text):,} characters; the limit is {max_chars:,} "
+                f"(set max_prompt_chars to raise it)",
+                value[:80],
+            )
             continue
         prompts[i] = text
 
     gold = [None] * len(raw)
     gold_type = [None] * len(raw)
     if "gold_answer" in raw.columns:
-        gold = [None if v is None or v == "" or (isinstance(v, float) and np.isnan(v)) else str(v) for v in raw["gold_answer"]]
+        gold = [
+            None if v is None or v == "" or (isinstance(v, float) and np.isnan(v)) else str(v)
+            for v in raw["gold_answer"]
+        ]
         if "gold_type" in raw.columns:
-            gold_type = [str(t) if g is not None else None for g, t in zip(gold, raw["gold_type"])]
+            gold_type = [str(t) if g is not None else None for g, t in zip(gold, raw["gold_type"], strict=False)]
         else:
             gold_type = [
-                None if g is None else ("letter" if re.fullmatch(r"[A-Ja-j]", g.strip()) else "number")
-                for g in gold
+                None if g is None else ("letter" if re.fullmatch(r"[A-Ja-j]", g.strip()) else "number") for g in gold
             ]
     elif "answer" in raw.columns:  # GSM8K: worked solution ending in '#### n'
         for i, ans in enumerate(raw["answer"].tolist()):
@@ -123,7 +132,7 @@ def normalize_prompt_table(raw: pd.DataFrame, source: str, dataset: str, max_cha
                 v = v[0] if len(v) else None
             refs[i] = v if isinstance(v, str) and v.strip() else None
     cats = raw["category"].astype("string").tolist() if "category" in raw.columns else [None] * len(raw)
-    for i, (g, t) in enumerate(zip(gold, gold_type)):
+    for i, (g, t) in enumerate(zip(gold, gold_type, strict=False)):
         if prompts[i] is None or g is None:
             continue
         why = _bad_gold(g, t)
@@ -241,12 +250,22 @@ def ingest_prompts(
             more = f" (and {len(rejected) - 5} more)" if len(rejected) > 5 else ""
             raise InputDataError(
                 f"{source}: {len(rejected)} of {len(raw)} rows set aside, kept share "
-                f"{len(table) / len(raw):.2f} is under min_kept_share {min_kept}: {shown}{more}")
+                f"{len(table) / len(raw):.2f} is under min_kept_share {min_kept}: {shown}{more}"
+            )
         if rejected:
-            log.warning("ingest %s: %d bad rows quarantined, e.g. row %d: %s", source, len(rejected),
-                        rejected[0]["row"], rejected[0]["reason"])
-            ctx.write_table(pd.DataFrame(rejected, columns=["row", "field", "reason", "value"]).astype(
-                {"field": "string", "reason": "string", "value": "string"}), INPUT_QUARANTINE)
+            log.warning(
+                "ingest %s: %d bad rows quarantined, e.g. row %d: %s",
+                source,
+                len(rejected),
+                rejected[0]["row"],
+                rejected[0]["reason"],
+            )
+            ctx.write_table(
+                pd.DataFrame(rejected, columns=["row", "field", "reason", "value"]).astype(
+                    {"field": "string", "reason": "string", "value": "string"}
+                ),
+                INPUT_QUARANTINE,
+            )
         before = len(table)
         table = table.drop_duplicates("prompt_id", keep="first").reset_index(drop=True)
         deduped = len(table)
@@ -256,10 +275,15 @@ def ingest_prompts(
             table = table.sample(n=sample, random_state=seed).sort_index().reset_index(drop=True)
         # Shard by id hash, not position: a prompt keeps its shard when the file grows.
         table["shard"] = [shard_of(pid, shards) for pid in table["prompt_id"]]
-        ctx.stats.update(rows_read=len(raw), duplicates_dropped=before - deduped, rows_out=len(table),
-                         quarantined=ctx.stats["quality"]["prompts"]["rows_quarantined"],
-                         input_rows_rejected=len(rejected),
-                         input_rejections=rejected[:20], shards=shards)
+        ctx.stats.update(
+            rows_read=len(raw),
+            duplicates_dropped=before - deduped,
+            rows_out=len(table),
+            quarantined=ctx.stats["quality"]["prompts"]["rows_quarantined"],
+            input_rows_rejected=len(rejected),
+            input_rejections=rejected[:20],
+            shards=shards,
+        )
         log.info("ingest %s: %d rows read, %d kept", source, len(raw), len(table))
         ctx.write_table(table)
         # One file per shard, so a labeling part reads its shard and nothing else.

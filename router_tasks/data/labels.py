@@ -26,13 +26,17 @@ import numpy as np
 import pandas as pd
 
 from router_tasks.core.prompts import prompt_id
-from router_tasks.core.schemas import (JUDGE_LABEL_COLUMNS, LABEL_COLUMNS, OWN_SOURCE_PREFIXES, check_strong_quality,
-                                       is_own_source)
+from router_tasks.core.schemas import (
+    JUDGE_LABEL_COLUMNS,
+    LABEL_COLUMNS,
+    OWN_SOURCE_PREFIXES,
+    check_strong_quality,
+    is_own_source,
+)
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data import zeroeval
-from router_tasks.data.routellm import HOLDOUT_VERSION, is_eval_holdout
-from router_tasks.data.routellm import routellm_training_labels
+from router_tasks.data.routellm import HOLDOUT_VERSION, is_eval_holdout, routellm_training_labels
 from router_tasks.data.table_files import read_table_file
 
 log = logging.getLogger(__name__)
@@ -108,20 +112,37 @@ def own_eval_plan(labels: pd.DataFrame, strong_model: str, weak_model: str) -> d
         pair = sorted(str(p) for p in labelled.index[both])
     else:
         pair = []
-    plan: dict = {"n_pair_prompts": len(pair), "strong_model": strong_model, "weak_model": weak_model,
-                  "heldout": [], "folds": None, "split": HOLDOUT_VERSION}
+    plan: dict = {
+        "n_pair_prompts": len(pair),
+        "strong_model": strong_model,
+        "weak_model": weak_model,
+        "heldout": [],
+        "folds": None,
+        "split": HOLDOUT_VERSION,
+    }
     if len(pair) >= OWN_HOLDOUT_MIN_PROMPTS:
         heldout = sorted({str(p) for p in own["prompt_id"] if is_eval_holdout(str(p))})
-        return {**plan, "protocol": "holdout", "heldout": heldout,
-                "why": f"{len(pair)} prompts labelled for both models (>= {OWN_HOLDOUT_MIN_PROMPTS}): fixed hash holdout"}
+        return {
+            **plan,
+            "protocol": "holdout",
+            "heldout": heldout,
+            "why": f"{len(pair)} prompts labelled for both models (>= {OWN_HOLDOUT_MIN_PROMPTS}): fixed hash holdout",
+        }
     if len(pair) >= 2 * OWN_CROSSFIT_FOLDS:
-        return {**plan, "protocol": "crossfit", "folds": OWN_CROSSFIT_FOLDS,
-                "why": f"{len(pair)} prompts labelled for both models (< {OWN_HOLDOUT_MIN_PROMPTS}): "
-                       f"{OWN_CROSSFIT_FOLDS}-fold cross-fit by prompt"}
+        return {
+            **plan,
+            "protocol": "crossfit",
+            "folds": OWN_CROSSFIT_FOLDS,
+            "why": f"{len(pair)} prompts labelled for both models (< {OWN_HOLDOUT_MIN_PROMPTS}): "
+            f"{OWN_CROSSFIT_FOLDS}-fold cross-fit by prompt",
+        }
     have = sorted(set(own["model"]))
-    return {**plan, "protocol": None,
-            "reason": f"own labels have {len(pair)} prompts labelled for both {strong_model} and {weak_model} "
-                      f"(need >= {2 * OWN_CROSSFIT_FOLDS}; own labels cover models {have})"}
+    return {
+        **plan,
+        "protocol": None,
+        "reason": f"own labels have {len(pair)} prompts labelled for both {strong_model} and {weak_model} "
+        f"(need >= {2 * OWN_CROSSFIT_FOLDS}; own labels cover models {have})",
+    }
 
 
 def assumed_strong_labels(prompts: pd.DataFrame, strong_model: str, source_name: str) -> pd.DataFrame:
@@ -181,17 +202,20 @@ def build_labels(
         if strong_quality == "assume_perfect":
             # its judged rows (if it was also listed as an endpoint) give way to the assumption
             if (own["model"] == strong_model).any():
-                log.warning("strong_quality is assume_perfect but %s was also labelled (%d rows): those calls "
-                            "were not needed; leave it out of `models`", strong_model,
-                            int((own["model"] == strong_model).sum()))
+                log.warning(
+                    "strong_quality is assume_perfect but %s was also labelled (%d rows): those calls "
+                    "were not needed; leave it out of `models`",
+                    strong_model,
+                    int((own["model"] == strong_model).sum()),
+                )
             own = own[own["model"] != strong_model]
-            own = pd.concat([own, assumed_strong_labels(ctx.read_input("prompts"), strong_model, source_name)],
-                            ignore_index=True)
+            own = pd.concat(
+                [own, assumed_strong_labels(ctx.read_input("prompts"), strong_model, source_name)], ignore_index=True
+            )
         parts = [own]
         if feedback is not None:
             parts.append(ctx.read_input("feedback"))
         if include_routellm:
-
             bundled = routellm_training_labels(routellm_models)[LABEL_COLUMNS]
             if routellm_max_prompts is not None:
                 # A deterministic subset per benchmark (smallest prompt ids): quick runs, tests.
@@ -244,11 +268,14 @@ def labels_from_table(df: pd.DataFrame, source: str = "file", where: str = "labe
     """
     missing = [c for c in ("prompt", "model") if c not in df.columns]
     if missing:
-        raise ValueError(f"{where}: no column(s) {missing}; a labels file needs prompt, model and one of "
-                         f"quality (0-1), correct (0/1) or score (1-5); it has {list(df.columns)}")
+        raise ValueError(
+            f"{where}: no column(s) {missing}; a labels file needs prompt, model and one of "
+            f"quality (0-1), correct (0/1) or score (1-5); it has {list(df.columns)}"
+        )
     if not {"quality", "correct", "score"} & set(df.columns):
-        raise ValueError(f"{where}: needs one of the columns quality (0-1), correct (0/1) or score (1-5); "
-                         f"it has {list(df.columns)}")
+        raise ValueError(
+            f"{where}: needs one of the columns quality (0-1), correct (0/1) or score (1-5); it has {list(df.columns)}"
+        )
     n = len(df)
     prompt = df["prompt"].astype("string")
     score = _number(df["score"]) if "score" in df.columns else pd.Series([np.nan] * n, index=df.index)
@@ -259,11 +286,14 @@ def labels_from_table(df: pd.DataFrame, source: str = "file", where: str = "labe
         correct = correct.astype("boolean")
     else:
         correct = pd.Series([pd.NA] * n, index=df.index, dtype="boolean")
-    quality = (_number(df["quality"]) if "quality" in df.columns else pd.Series([np.nan] * n, index=df.index))
+    quality = _number(df["quality"]) if "quality" in df.columns else pd.Series([np.nan] * n, index=df.index)
     derived = quality_of(score.astype("Float64").round().astype("Int64"), correct)
     quality = quality.astype("Float64").fillna(derived)
-    pid = (df["prompt_id"].astype("string") if "prompt_id" in df.columns
-           else prompt.map(lambda p: prompt_id(p) if isinstance(p, str) and p.strip() else None).astype("string"))
+    pid = (
+        df["prompt_id"].astype("string")
+        if "prompt_id" in df.columns
+        else prompt.map(lambda p: prompt_id(p) if isinstance(p, str) and p.strip() else None).astype("string")
+    )
     out = pd.DataFrame(
         {
             "prompt_id": pid,
@@ -289,11 +319,13 @@ def labels_from_file(path: str, *, source: str | None = None, artifact_root: str
     import hashlib
     from pathlib import Path
 
-
     data = Path(path).read_bytes() if "://" not in str(path) else None
     df = read_table_file(path, what="labels")
-    digest = hashlib.sha256(data).hexdigest() if data is not None else hashlib.sha256(
-        pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()
+    digest = (
+        hashlib.sha256(data).hexdigest()
+        if data is not None
+        else hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()
+    )
     src = source or f"file:{Path(str(path)).name}"
 
     def compute(ctx):
@@ -301,12 +333,18 @@ def labels_from_file(path: str, *, source: str | None = None, artifact_root: str
         ctx.stats.update(rows_in=len(df), rows_by_model=labels.groupby("model").size().to_dict())
         ctx.write_table(labels)
 
-    return run_stage(FILE_STAGE, FILE_STAGE_VERSION, compute, config={"sha256": digest, "source": src},
-                     store=ArtifactStore(artifact_root))
+    return run_stage(
+        FILE_STAGE,
+        FILE_STAGE_VERSION,
+        compute,
+        config={"sha256": digest, "source": src},
+        store=ArtifactStore(artifact_root),
+    )
 
 
-def zeroeval_labels(task: str, *, models: list[str] | None = None, prompt_ids: list[str] | None = None,
-                    artifact_root: str | None = None) -> dict:
+def zeroeval_labels(
+    task: str, *, models: list[str] | None = None, prompt_ids: list[str] | None = None, artifact_root: str | None = None
+) -> dict:
     """A labels artifact from the bundled ZeroEval results of `task` ("gsm"/"crux" or
     "zeroeval-gsm8k"/"zeroeval-crux"), optionally only `models` and `prompt_ids`."""
 
@@ -317,7 +355,10 @@ def zeroeval_labels(task: str, *, models: list[str] | None = None, prompt_ids: l
         ctx.stats.update(rows_by_model=labels.groupby("model").size().to_dict())
         ctx.write_table(labels.reset_index(drop=True))
 
-    config = {"task": task, "models": sorted(models) if models else None,
-              "prompt_ids": sorted(prompt_ids) if prompt_ids is not None else None,
-              "data": zeroeval.data_fingerprint()}
+    config = {
+        "task": task,
+        "models": sorted(models) if models else None,
+        "prompt_ids": sorted(prompt_ids) if prompt_ids is not None else None,
+        "data": zeroeval.data_fingerprint(),
+    }
     return run_stage(ZEROEVAL_STAGE, ZEROEVAL_STAGE_VERSION, compute, config=config, store=ArtifactStore(artifact_root))

@@ -29,8 +29,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -71,8 +72,15 @@ class DataQualityError(RuntimeError):
     numbers. `failures` is a list of dicts (rule, kwargs, observed, unexpected_count,
     unexpected_sample); `data_docs` the URI of the rendered report, when there is one."""
 
-    def __init__(self, message: str, failures: list[dict], *, data_docs: str | None = None,
-                 stage: str | None = None, kind: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        failures: list[dict],
+        *,
+        data_docs: str | None = None,
+        stage: str | None = None,
+        kind: str | None = None,
+    ):
         super().__init__(message)
         self.failures = failures
         self.data_docs = data_docs
@@ -97,7 +105,9 @@ def resolve_thresholds(overrides: Mapping | None = None) -> dict:
             raise ValueError(f"{where}: expected a JSON object of thresholds, got {layer!r:.100}")
         unknown = set(layer) - set(DEFAULT_THRESHOLDS)
         if unknown:
-            raise ValueError(f"{where}: unknown data-quality thresholds {sorted(unknown)}; known: {sorted(DEFAULT_THRESHOLDS)}")
+            raise ValueError(
+                f"{where}: unknown data-quality thresholds {sorted(unknown)}; known: {sorted(DEFAULT_THRESHOLDS)}"
+            )
         out.update(layer)
     return out
 
@@ -143,8 +153,6 @@ def _columns_exist(columns) -> list:
     return [_named(E.ExpectColumnToExist(column=c), f"column_{c}_exists") for c in columns]
 
 
-
-
 def prompts_suite(th: Mapping) -> Suite:
     E = _E()
     return Suite(
@@ -184,7 +192,9 @@ def answers_suite(th: Mapping) -> Suite:
         table=_columns_exist(["prompt_id", "model", "answer", "finish_reason", "error"])
         + [
             _named(E.ExpectTableRowCountToBeBetween(min_value=1), "table_not_empty"),
-            _named(E.ExpectCompoundColumnsToBeUnique(column_list=["prompt_id", "model"]), "one_row_per_prompt_and_model"),
+            _named(
+                E.ExpectCompoundColumnsToBeUnique(column_list=["prompt_id", "model"]), "one_row_per_prompt_and_model"
+            ),
             _named(
                 E.ExpectColumnValuesToBeNull(column="error", mostly=1 - th["max_answer_error_rate"]),
                 "answer_error_rate_under_threshold",
@@ -207,29 +217,41 @@ def judgements_suite(th: Mapping) -> Suite:
     return Suite(
         kind="judgements",
         row=[
-            _named(E.ExpectColumnValuesToBeInSet(column="method", value_set=["exact_match", "llm_judge"]), "method_known"),
+            _named(
+                E.ExpectColumnValuesToBeInSet(column="method", value_set=["exact_match", "llm_judge"]), "method_known"
+            ),
             _named(E.ExpectColumnValuesToBeInSet(column="score", value_set=[1, 2, 3, 4, 5]), "score_integer_1_to_5"),
             _named(
-                E.ExpectColumnValuesToNotBeNull(column="score", row_condition=verdict_due.format("llm_judge"), condition_parser="pandas"),
+                E.ExpectColumnValuesToNotBeNull(
+                    column="score", row_condition=verdict_due.format("llm_judge"), condition_parser="pandas"
+                ),
                 "judge_score_or_failure_reason",
             ),
             _named(
-                E.ExpectColumnValuesToNotBeNull(column="correct", row_condition=verdict_due.format("exact_match"), condition_parser="pandas"),
+                E.ExpectColumnValuesToNotBeNull(
+                    column="correct", row_condition=verdict_due.format("exact_match"), condition_parser="pandas"
+                ),
                 "exact_match_verdict_or_failure_reason",
             ),
         ],
         table=_columns_exist(["prompt_id", "model", "method", "score", "correct", "judge_raw", "failure_reason"])
         + [
             _named(E.ExpectTableRowCountToBeBetween(min_value=1), "table_not_empty"),
-            _named(E.ExpectCompoundColumnsToBeUnique(column_list=["prompt_id", "model", "method"]), "one_verdict_per_prompt_model_method"),
+            _named(
+                E.ExpectCompoundColumnsToBeUnique(column_list=["prompt_id", "model", "method"]),
+                "one_verdict_per_prompt_model_method",
+            ),
             _named(
                 E.ExpectColumnValuesToBeNull(column="failure_reason", mostly=1 - th["max_judge_failure_rate"]),
                 "failure_reason_rate_under_threshold",
             ),
             _named(
                 E.ExpectColumnValuesToBeInSet(
-                    column="_parse_failure", value_set=[False], mostly=1 - th["max_parse_failure_rate"],
-                    row_condition="method == 'llm_judge'", condition_parser="pandas",
+                    column="_parse_failure",
+                    value_set=[False],
+                    mostly=1 - th["max_parse_failure_rate"],
+                    row_condition="method == 'llm_judge'",
+                    condition_parser="pandas",
                 ),
                 "parse_failure_rate_under_threshold",
             ),
@@ -245,14 +267,23 @@ def agreement_failures(report: Mapping, th: Mapping) -> list[dict]:
     if n < int(th["min_agreement_rows"]):
         return []
     out = []
-    for rule, key, bound in (("judge_agreement_at_least", "accuracy", "min_judge_agreement"),
-                             ("judge_kappa_at_least", "kappa", "min_judge_kappa")):
+    for rule, key, bound in (
+        ("judge_agreement_at_least", "accuracy", "min_judge_agreement"),
+        ("judge_kappa_at_least", "kappa", "min_judge_kappa"),
+    ):
         value, floor = report.get(key), float(th[bound])
         if bound == "min_judge_kappa" and floor <= -1.0:
             continue  # off: kappa is undefined when either rater is constant, so never required by default
         if value is None or value < floor:
-            out.append({"rule": rule, "kwargs": {"min_value": floor, "rows": n, "threshold": bound},
-                        "observed": value, "unexpected_count": None, "unexpected_sample": []})
+            out.append(
+                {
+                    "rule": rule,
+                    "kwargs": {"min_value": floor, "rows": n, "threshold": bound},
+                    "observed": value,
+                    "unexpected_count": None,
+                    "unexpected_sample": [],
+                }
+            )
     return out
 
 
@@ -273,12 +304,18 @@ def check_class_share(df: pd.DataFrame, max_share: float, column: str = "quality
     top, share = float(shares.index[0]), float(shares.iloc[0])
     if share <= max_share:
         return []
-    return [{"rule": "label_class_share_at_most", "kwargs": {"column": column, "max_share": max_share},
-             "observed": {"class": top, "share": round(share, 4), "rows": int(len(values))}}]
+    return [
+        {
+            "rule": "label_class_share_at_most",
+            "kwargs": {"column": column, "max_share": max_share},
+            "observed": {"class": top, "share": round(share, 4), "rows": int(len(values))},
+        }
+    ]
 
 
-def labels_suite(th: Mapping, required_models: list[str] | None = None,
-                 optional_columns: list[str] | tuple = ()) -> Suite:
+def labels_suite(
+    th: Mapping, required_models: list[str] | None = None, optional_columns: list[str] | tuple = ()
+) -> Suite:
     """`optional_columns`: those of `OPTIONAL_LABEL_COLUMNS` the table has; token counts
     must then be non-negative where present, an expected score in 1-5 and a judge
     disagreement in 0-1 (a category is free text, or null)."""
@@ -290,10 +327,18 @@ def labels_suite(th: Mapping, required_models: list[str] | None = None,
     table = [
         _named(E.ExpectTableColumnsToMatchSet(column_set=LABEL_COLUMNS + extra, exact_match=True), "label_columns"),
         _named(E.ExpectTableRowCountToBeBetween(min_value=1), "table_not_empty"),
-        _named(E.ExpectCompoundColumnsToBeUnique(column_list=["prompt_id", "model", "source"]), "one_label_per_prompt_model_source"),
+        _named(
+            E.ExpectCompoundColumnsToBeUnique(column_list=["prompt_id", "model", "source"]),
+            "one_label_per_prompt_model_source",
+        ),
     ]
     if required_models:
-        table.append(_named(E.ExpectColumnDistinctValuesToContainSet(column="model", value_set=list(required_models)), "every_model_present"))
+        table.append(
+            _named(
+                E.ExpectColumnDistinctValuesToContainSet(column="model", value_set=list(required_models)),
+                "every_model_present",
+            )
+        )
     return Suite(
         kind="labels",
         row=[
@@ -303,12 +348,16 @@ def labels_suite(th: Mapping, required_models: list[str] | None = None,
             _named(E.ExpectColumnValuesToNotBeNull(column="quality"), "quality_present"),
             _named(E.ExpectColumnValuesToBeBetween(column="quality", min_value=0.0, max_value=1.0), "quality_in_0_1"),
             _named(E.ExpectColumnValuesToBeInSet(column="score", value_set=[1, 2, 3, 4, 5]), "score_integer_1_to_5"),
-        ] + [
+        ]
+        + [
             _named(E.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=10_000_000), f"{c}_non_negative")
-            for c in extra if c in TOKEN_LABEL_COLUMNS
-        ] + [
+            for c in extra
+            if c in TOKEN_LABEL_COLUMNS
+        ]
+        + [
             _named(E.ExpectColumnValuesToBeBetween(column=c, min_value=lo, max_value=hi), f"{c}_in_{lo}_{hi}")
-            for c, (lo, hi) in zip(JUDGE_LABEL_COLUMNS, ((1, 5), (0, 1))) if c in extra
+            for c, (lo, hi) in zip(JUDGE_LABEL_COLUMNS, ((1, 5), (0, 1)), strict=False)
+            if c in extra
         ],
         table=table,
         checks=[
@@ -448,7 +497,9 @@ def run_suite(df: pd.DataFrame, suite: Suite, *, stage: str) -> QualityResult:
     row_rules: dict[str, int] = {}
     for col in suite.utf8_columns:
         if col in frame.columns and frame[col].dtype == object:  # Arrow-backed strings are valid by construction
-            broken = [i for i, v in zip(frame.index, frame[col]) if isinstance(v, str) and not _encodes(v)]
+            broken = [
+                i for i, v in zip(frame.index, frame[col], strict=False) if isinstance(v, str) and not _encodes(v)
+            ]
             if broken:
                 row_rules[f"{col}_valid_utf8"] = len(broken)
                 for i in broken:
@@ -465,7 +516,9 @@ def run_suite(df: pd.DataFrame, suite: Suite, *, stage: str) -> QualityResult:
         .add_batch_definition_whole_dataframe(f"{name}_batch")
     )
     gx_suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=[*suite.table, *suite.row]))
-    vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_validation", data=batch_def, suite=gx_suite))
+    vd = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{name}_validation", data=batch_def, suite=gx_suite)
+    )
     # COMPLETE: row rules need the index of every unexpected row to quarantine it.
     result = vd.run(batch_parameters={"dataframe": frame}, result_format={"result_format": "COMPLETE"})
 
@@ -500,8 +553,10 @@ def run_suite(df: pd.DataFrame, suite: Suite, *, stage: str) -> QualityResult:
         quarantine=quarantine.reset_index(drop=True),
         failures=failures,
         row_rules=row_rules,
-        row_rule_types={**{(e.meta or {}).get("rule"): e.expectation_type for e in suite.row},
-                        **{f"{c}_valid_utf8": "utf8_encodable" for c in suite.utf8_columns}},
+        row_rule_types={
+            **{(e.meta or {}).get("rule"): e.expectation_type for e in suite.row},
+            **{f"{c}_valid_utf8": "utf8_encodable" for c in suite.utf8_columns},
+        },
         rules_checked=len(suite),
         html=_render_html(result),
     )
@@ -531,9 +586,11 @@ def _printable(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for c in out.columns:
         if out[c].dtype == object or str(out[c].dtype).startswith("string"):
-            out[c] = out[c].map(
-                lambda v: v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v
-            ).astype(out[c].dtype if out[c].dtype != object else object)
+            out[c] = (
+                out[c]
+                .map(lambda v: v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v)
+                .astype(out[c].dtype if out[c].dtype != object else object)
+            )
     return out
 
 
@@ -543,8 +600,9 @@ def failure_report_prefix(artifact_key: str) -> str:
     return "quality/" + artifact_key.removeprefix("stages/")
 
 
-def enforce(ctx, df: pd.DataFrame, suite: Suite, *, min_kept_share: float,
-            quarantine_file: str = QUARANTINE_TABLE) -> pd.DataFrame:
+def enforce(
+    ctx, df: pd.DataFrame, suite: Suite, *, min_kept_share: float, quarantine_file: str = QUARANTINE_TABLE
+) -> pd.DataFrame:
     """Validate `df` inside a stage's compute; return the rows to keep.
 
     On success writes `quality/<kind>.html` (Data Docs) and, when rows were set aside,
@@ -557,20 +615,28 @@ def enforce(ctx, df: pd.DataFrame, suite: Suite, *, min_kept_share: float,
     res = run_suite(df, suite, stage=ctx.stage)
     failures = list(res.failures)
     if res.rows_in and res.kept_share < min_kept_share:
-        failures.insert(0, {
-            "rule": "kept_share_at_least",
-            "kwargs": {"min_value": min_kept_share},
-            "observed": round(res.kept_share, 4),
-            "unexpected_count": len(res.quarantine),
-            "unexpected_sample": [],
-        })
+        failures.insert(
+            0,
+            {
+                "rule": "kept_share_at_least",
+                "kwargs": {"min_value": min_kept_share},
+                "observed": round(res.kept_share, 4),
+                "unexpected_count": len(res.quarantine),
+                "unexpected_sample": [],
+            },
+        )
         for rule, n in res.row_rules.items():
             rows = res.quarantine.loc[res.quarantine["dq_rules"].str.split("; ").map(lambda rs: rule in rs), "dq_row"]
-            failures.append({
-                "rule": rule, "expectation": res.row_rule_types.get(rule), "kwargs": {"level": "row"},
-                "observed": f"{n} of {res.rows_in} rows", "unexpected_count": n,
-                "unexpected_sample": [f"row {int(i)}" for i in rows[:5]],
-            })
+            failures.append(
+                {
+                    "rule": rule,
+                    "expectation": res.row_rule_types.get(rule),
+                    "kwargs": {"level": "row"},
+                    "observed": f"{n} of {res.rows_in} rows",
+                    "unexpected_count": n,
+                    "unexpected_sample": [f"row {int(i)}" for i in rows[:5]],
+                }
+            )
 
     docs_file = f"quality/{suite.kind}.html"
     if failures:
@@ -581,7 +647,10 @@ def enforce(ctx, df: pd.DataFrame, suite: Suite, *, min_kept_share: float,
             ctx.store.write_parquet(f"{prefix}/{quarantine_file}", _printable(res.quarantine))
         raise DataQualityError(
             format_failures(f"{suite.kind} in stage {ctx.stage} ({ctx.uri()})", failures, docs_uri),
-            failures, data_docs=docs_uri, stage=ctx.stage, kind=suite.kind,
+            failures,
+            data_docs=docs_uri,
+            stage=ctx.stage,
+            kind=suite.kind,
         )
 
     ctx.write_file(docs_file, res.html.encode("utf-8"))
@@ -590,8 +659,15 @@ def enforce(ctx, df: pd.DataFrame, suite: Suite, *, min_kept_share: float,
     if len(res.quarantine):
         ctx.write_table(_printable(res.quarantine), quarantine_file)
         info["quarantine"] = ctx.uri(quarantine_file)
-        log.warning("%s: %d of %d %s rows quarantined (%s) -> %s", ctx.stage, len(res.quarantine), res.rows_in,
-                    suite.kind, res.row_rules, info["quarantine"])
+        log.warning(
+            "%s: %d of %d %s rows quarantined (%s) -> %s",
+            ctx.stage,
+            len(res.quarantine),
+            res.rows_in,
+            suite.kind,
+            res.row_rules,
+            info["quarantine"],
+        )
     ctx.stats.setdefault("quality", {})[suite.kind] = info
     ctx.stats["data_docs"] = docs_uri  # flat, for the run summary's link
     return res.kept

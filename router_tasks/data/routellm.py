@@ -29,12 +29,11 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from router_tasks.core.prompts import prompt_id
 from router_tasks.data.routellm_files import data_dir, is_raw_release, load_tables, read_tables
 
 log = logging.getLogger(__name__)
@@ -88,6 +87,7 @@ def _contaminated(tables: dict, bench: str) -> set[str]:
     c = tables["contaminated"]
     return set(c.loc[c["benchmark"] == bench, "eval_prompt"])
 
+
 # --------------------------------------------------------------------------------------
 # the benchmarks
 # --------------------------------------------------------------------------------------
@@ -120,7 +120,9 @@ class Benchmark(ABC):
             if m not in have:
                 raise BenchmarkLookupError(f"benchmark {self.name!r} has no results for model {m!r}; it has {have}")
 
-    def table(self, strong_model: str, weak_model: str, *, decontaminate: bool = True, split: str = "all") -> pd.DataFrame:
+    def table(
+        self, strong_model: str, weak_model: str, *, decontaminate: bool = True, split: str = "all"
+    ) -> pd.DataFrame:
         """One row per prompt; `split` is "all", "eval" (holdout) or "train" (the rest)."""
         if strong_model == weak_model:
             raise ValueError(f"strong and weak model are the same ({strong_model!r})")
@@ -174,7 +176,9 @@ class _CorrectnessBenchmark(Benchmark):
         # the same results): a prompt id is one prompt, so the first occurrence counts.
         prompts = prompts.drop_duplicates("prompt_id", keep="first")
         res = self.tables[self.results_table]
-        long = prompts[["row", "prompt_id", "prompt", "category"]].merge(res, on="row", how="inner", validate="one_to_many")
+        long = prompts[["row", "prompt_id", "prompt", "category"]].merge(
+            res, on="row", how="inner", validate="one_to_many"
+        )
         long["correct"] = long["correct"].astype(bool)
         long["quality"] = long["correct"].astype(float)
         return long.drop(columns="row")
@@ -275,7 +279,9 @@ def routellm_training_labels(
         wanted = list(models) if models is not None else have
         unknown = [m for m in wanted if m not in have]
         if unknown:
-            raise BenchmarkLookupError(f"routellm_training_labels: benchmark {name!r} has no results for {unknown}; it has {have}")
+            raise BenchmarkLookupError(
+                f"routellm_training_labels: benchmark {name!r} has no results for {unknown}; it has {have}"
+            )
         long = bench.quality(decontaminate=True)
         long = long[long["model"].isin(wanted) & ~long["prompt_id"].map(is_eval_holdout)]
         parts.append(
@@ -370,7 +376,9 @@ def commercial_router_points(
     rows = []
     for router, g in j.groupby("router", sort=True):
         rated = g["score"].dropna()
-        sides = routes.loc[routes["router"] == router, "answered_by"].map(lambda m: _route_side(m, strong_model, weak_model))
+        sides = routes.loc[routes["router"] == router, "answered_by"].map(
+            lambda m: _route_side(m, strong_model, weak_model)
+        )
         share = float((sides == "strong").mean()) if len(sides) and sides.notna().all() else np.nan
         rows.append(
             {

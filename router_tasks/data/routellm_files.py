@@ -83,7 +83,9 @@ def _correctness(df: pd.DataFrame, where: str) -> tuple[pd.DataFrame, pd.DataFra
         raise ValueError(f"{where}: expected a 'prompt' column and one column per model, got {list(df.columns)}")
     long = []
     for m in models:
-        long.append(pd.DataFrame({"row": df["row"], "model": m, "correct": _bool_column(df[m], f"{where} column {m!r}")}))
+        long.append(
+            pd.DataFrame({"row": df["row"], "model": m, "correct": _bool_column(df[m], f"{where} column {m!r}")})
+        )
     return df[["row", "prompt"]], pd.concat(long, ignore_index=True)
 
 
@@ -114,8 +116,12 @@ def read_raw_release(source: str | os.PathLike) -> dict[str, pd.DataFrame]:
     g = pd.read_csv(src / "gsm8k" / "gsm8k_responses.csv", dtype=str, keep_default_na=False)
     g.insert(0, "row", np.arange(len(g), dtype=np.int64))
     gp, gr = _correctness(g, "gsm8k/gsm8k_responses.csv")
-    gold = {normalize_prompt(r["question"]): gold_number(r["answer"]) for r in _read_jsonl(src / "gsm8k" / "test.jsonl")}
-    gp = gp.assign(prompt_id=gp["prompt"].map(prompt_id), gold_answer=gp["prompt"].map(lambda t: gold.get(normalize_prompt(t))))
+    gold = {
+        normalize_prompt(r["question"]): gold_number(r["answer"]) for r in _read_jsonl(src / "gsm8k" / "test.jsonl")
+    }
+    gp = gp.assign(
+        prompt_id=gp["prompt"].map(prompt_id), gold_answer=gp["prompt"].map(lambda t: gold.get(normalize_prompt(t)))
+    )
     tables["gsm8k_prompts"] = gp[["row", "prompt_id", "prompt", "gold_answer"]]
     tables["gsm8k_results"] = gr
     train = _read_jsonl(src / "gsm8k" / "train.jsonl")
@@ -165,7 +171,9 @@ def read_raw_release(source: str | os.PathLike) -> dict[str, pd.DataFrame]:
             if f.name == "gpt-4_single.jsonl":
                 continue
             for r in _read_jsonl(f):
-                routes.append({"router": f.stem, "question_id": int(r["question_id"]), "answered_by": r.get("model_id")})
+                routes.append(
+                    {"router": f.stem, "question_id": int(r["question_id"]), "answered_by": r.get("model_id")}
+                )
         tables["commercial_routes"] = pd.DataFrame(routes, columns=["router", "question_id", "answered_by"])
     else:
         tables["commercial_judgements"] = pd.DataFrame(columns=["router", "question_id", "turn", "score"])
@@ -176,13 +184,16 @@ def read_raw_release(source: str | os.PathLike) -> dict[str, pd.DataFrame]:
         path = src / folder / "contaminated_prompts.jsonl"
         if path.exists():
             for r in _read_jsonl(path):
-                cont.append({"benchmark": bench, "eval_prompt": r["eval_prompt"], "train_prompt": r.get("train_prompt")})
+                cont.append(
+                    {"benchmark": bench, "eval_prompt": r["eval_prompt"], "train_prompt": r.get("train_prompt")}
+                )
     tables["contaminated"] = pd.DataFrame(cont, columns=["benchmark", "eval_prompt", "train_prompt"])
     return tables
 
 
 def is_raw_release(folder: Path) -> bool:
     return (folder / "mmlu" / "responses").is_dir()
+
 
 def data_dir(path: str | os.PathLike | None = None) -> Path:
     """The folder to read: argument, else $TELA_ROUTELLM_DATA, else the bundled copy."""
@@ -207,7 +218,6 @@ def read_tables(folder: str) -> dict[str, pd.DataFrame]:
 def load_tables(path: str | os.PathLike | None = None) -> dict[str, pd.DataFrame]:
     """All tables, cached per folder; callers get copies so they cannot corrupt the cache."""
     return {k: v.copy() for k, v in read_tables(str(data_dir(path))).items()}
-
 
 
 def write_compact(tables: dict[str, pd.DataFrame], out: str | os.PathLike) -> dict[str, dict]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
+
 from router_tasks.core.store import ArtifactStore
 
 FORMATS = ("jsonl", "json", "csv", "parquet")
@@ -27,7 +28,6 @@ def read_source_bytes(source: str) -> bytes:
     """The bytes of a local path, file:// or s3:// URI (S3 settings from the environment)."""
     parsed = urlparse(source)
     if parsed.scheme == "s3":
-
         store = ArtifactStore(f"s3://{parsed.netloc}")
         try:
             return store.read_bytes(parsed.path.lstrip("/"))
@@ -128,13 +128,13 @@ def _check_parquet_schema(source: str, schema) -> None:
         raise InputDataError(f"{source}: wrong Parquet schema: column '{col}' has type {typ}; expected {expected}")
 
 
-
-
 def read_table_file(path: str, what: str = "prompts") -> pd.DataFrame:
     """A jsonl/json/csv/parquet file (local or s3://) as a table; errors name the file."""
     suffix = _suffix(path)
     if suffix.lstrip(".") not in FORMATS:
-        raise ValueError(f"{path}: unsupported {what} file type {suffix!r}; use one of {sorted('.' + f for f in FORMATS)}")
+        raise ValueError(
+            f"{path}: unsupported {what} file type {suffix!r}; use one of {sorted('.' + f for f in FORMATS)}"
+        )
     if "://" not in str(path) and not Path(path).is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist")
     return read_table_bytes(str(path))

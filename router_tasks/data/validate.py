@@ -10,8 +10,12 @@ validation is `quality/labels.html`, linked from the manifest stats.
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
+from router_tasks.core.schemas import OPTIONAL_LABEL_COLUMNS
+from router_tasks.core.stage import run_stage
+from router_tasks.core.store import ArtifactStore
+from router_tasks.data.labels import AGREEMENT_FILE
 from router_tasks.data.quality import (  # noqa: F401  (DataQualityError re-exported: callers import it from here)
     DataQualityError,
     check_rows_per_model,
@@ -20,10 +24,6 @@ from router_tasks.data.quality import (  # noqa: F401  (DataQualityError re-expo
     labels_suite,
     resolve_thresholds,
 )
-from router_tasks.core.stage import run_stage
-from router_tasks.data.labels import AGREEMENT_FILE
-from router_tasks.core.store import ArtifactStore
-from router_tasks.core.schemas import OPTIONAL_LABEL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,9 @@ def validate_labels(
     def compute(ctx):
         df = ctx.read_input("labels")
 
-        suite = labels_suite(th, config["required_models"],
-                             optional_columns=[c for c in OPTIONAL_LABEL_COLUMNS if c in df.columns])
+        suite = labels_suite(
+            th, config["required_models"], optional_columns=[c for c in OPTIONAL_LABEL_COLUMNS if c in df.columns]
+        )
         kept = enforce(ctx, df, suite, min_kept_share=float(th["min_kept_share"]))
         ctx.stats["rules_checked"] = len(suite)
         agreement = ctx.input_manifest("labels").get("stats", {}).get("judge_agreement")

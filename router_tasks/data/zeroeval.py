@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -224,8 +224,12 @@ def results(task: str, data_dir: str | None = None, models: Sequence[str] | None
             raise ValueError(f"ZeroEval {task} has no model(s) {unknown}; it has {sorted(df['model'].unique())}")
         df = df[df["model"].isin(list(models))]
     p = prompts(task, data_dir)
-    out = df.merge(p[["source_id", "prompt_id", "question", "gold", "input_tokens"]], on="source_id", how="left",
-                   validate="many_to_one")
+    out = df.merge(
+        p[["source_id", "prompt_id", "question", "gold", "input_tokens"]],
+        on="source_id",
+        how="left",
+        validate="many_to_one",
+    )
     return out.reset_index(drop=True)
 
 
@@ -311,8 +315,9 @@ def bundled_prices(data_dir: str | None = None) -> dict[str, tuple[float, float]
 
 def call_cost(input_tokens, output_tokens, price: tuple[float, float]):
     """Dollars of one call: (input x input price + output x output price) / 1e6."""
-    return (np.asarray(input_tokens, dtype=np.float64) * price[0]
-            + np.asarray(output_tokens, dtype=np.float64) * price[1]) / 1e6
+    return (
+        np.asarray(input_tokens, dtype=np.float64) * price[0] + np.asarray(output_tokens, dtype=np.float64) * price[1]
+    ) / 1e6
 
 
 # token counts: the shipped tokenizer lives in data/tokens.py

@@ -9,7 +9,7 @@ evaluate stage (`evaluation.evaluate`) and the cross-fit (`evaluation.crossfit`)
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,11 +26,16 @@ from router_tasks.evaluation.plots import finish_png, new_axes
 TRAIN_PROMPTS_FILE = "train_prompts.parquet"
 
 #: how each benchmark's quality reads (the metrics keep the benchmark's own units)
-QUALITY_UNITS = {"mmlu": "accuracy", "gsm8k": "accuracy", "mt-bench": "GPT-4 score (1-10)",
-                 OWN_BENCHMARK: "judged quality (0-1)"}
+QUALITY_UNITS = {
+    "mmlu": "accuracy",
+    "gsm8k": "accuracy",
+    "mt-bench": "GPT-4 score (1-10)",
+    OWN_BENCHMARK: "judged quality (0-1)",
+}
 #: the lowest quality of a benchmark's scale (0 unless named): "95% of the strong model's
 #: quality" is measured above it (`metrics.calls_saved`)
 QUALITY_FLOOR = {"mt-bench": 1.0}
+
 
 def train_prompt_ids(store: ArtifactStore, router_ref: ArtifactRef) -> set[str]:
     """Prompt ids the router trained on, from its train artifact."""
@@ -68,7 +73,10 @@ def strong_win_scores(router, bench: str, prompts: Sequence[str]) -> np.ndarray:
         )
     return scores
 
-def benchmark_plot(bench: str, summary: dict, strong_model: str, weak_model: str, commercial: pd.DataFrame | None) -> bytes:
+
+def benchmark_plot(
+    bench: str, summary: dict, strong_model: str, weak_model: str, commercial: pd.DataFrame | None
+) -> bytes:
     pct = QUALITY_UNITS.get(bench) == "accuracy"
     scale = 100.0 if pct else 1.0
     fig, ax = new_axes()
@@ -83,7 +91,9 @@ def benchmark_plot(bench: str, summary: dict, strong_model: str, weak_model: str
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    line(("exact", "router"), color="tab:blue", linewidth=1, alpha=0.5, label=f"router, per-prompt (APGR {f(e['apgr'])})")
+    line(
+        ("exact", "router"), color="tab:blue", linewidth=1, alpha=0.5, label=f"router, per-prompt (APGR {f(e['apgr'])})"
+    )
     line(("routellm", "router"), color="tab:blue", marker="o", label=f"router, 10 bins (APGR {f(r['apgr'])})")
     line(("routellm", "random"), color="tab:gray", marker=".", label=f"random, 10 seeds (APGR {f(r['random_apgr'])})")
     line(("exact", "oracle"), color="tab:green", linestyle=":", label=f"oracle (APGR {f(e['oracle_apgr'])})")
@@ -93,20 +103,33 @@ def benchmark_plot(bench: str, summary: dict, strong_model: str, weak_model: str
         for i, row in commercial.iterrows():
             color = ["tab:purple", "tab:orange", "tab:brown"][i % 3]
             if row["strong_share"] == row["strong_share"]:  # known share: a point
-                ax.scatter([100 * row["strong_share"]], [scale * row["score"]], marker="*", s=160, color=color, zorder=5,
-                           label=f"{row['router']} ({row['score']:.2f})")
+                ax.scatter(
+                    [100 * row["strong_share"]],
+                    [scale * row["score"]],
+                    marker="*",
+                    s=160,
+                    color=color,
+                    zorder=5,
+                    label=f"{row['router']} ({row['score']:.2f})",
+                )
             else:  # the router did not say which model answered: its score only
-                ax.axhline(scale * row["score"], color=color, linestyle="-.", linewidth=1,
-                           label=f"{row['router']} ({row['score']:.2f}, strong share unknown)")
+                ax.axhline(
+                    scale * row["score"],
+                    color=color,
+                    linestyle="-.",
+                    linewidth=1,
+                    label=f"{row['router']} ({row['score']:.2f}, strong share unknown)",
+                )
     ax.set_ylabel("accuracy (%)" if pct else QUALITY_UNITS.get(bench, "quality"))
     ax.set_title(f"{bench}: {summary['n']} prompts")
     return finish_png(fig, ax)
+
 
 #: protocols `evaluate_router` runs in one pass (cross-fit retrains: `router_tasks.evaluation.crossfit`)
 PROTOCOLS = ("holdout", "transfer")
 
 
-def protocol_table(b: "bm.Benchmark", protocol: str, strong_model: str, weak_model: str) -> pd.DataFrame:
+def protocol_table(b: bm.Benchmark, protocol: str, strong_model: str, weak_model: str) -> pd.DataFrame:
     """The prompts a protocol scores: "holdout" the fixed ~20% eval split of a benchmark
     that also supplies training labels; "transfer" every decontaminated prompt (the leakage
     check then proves the router never saw any of them)."""
@@ -118,7 +141,9 @@ def protocol_table(b: "bm.Benchmark", protocol: str, strong_model: str, weak_mod
                 f"benchmark {b.name!r} has no training split, so no holdout protocol; use 'transfer' (or 'crossfit')"
             )
         return b.table(strong_model, weak_model, split="eval")
-    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (or 'crossfit' via router_tasks.evaluation.crossfit)")
+    raise ValueError(
+        f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (or 'crossfit' via router_tasks.evaluation.crossfit)"
+    )
 
 
 def evaluate_benchmark(
@@ -152,8 +177,13 @@ def evaluate_benchmark(
     check_no_leakage(bench, table, trained)
     scores = strong_win_scores(router, bench, table["prompt"].tolist())
     summary = mx.summarize(
-        scores, table["strong_quality"], table["weak_quality"], num_results=num_results, random_seeds=random_seeds,
-        quality_target=quality_target, prices=pair_prices(prices or {}, strong_model, weak_model),
+        scores,
+        table["strong_quality"],
+        table["weak_quality"],
+        num_results=num_results,
+        random_seeds=random_seeds,
+        quality_target=quality_target,
+        prices=pair_prices(prices or {}, strong_model, weak_model),
         quality_floor=QUALITY_FLOOR.get(bench, 0.0),
     )
     summary["protocol"] = protocol

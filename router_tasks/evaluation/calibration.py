@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,8 +79,13 @@ def _calibrate(router, prompts, config: dict, decide, artifact_root: str | None)
     def compute(ctx) -> None:
         r = load_router(ctx.inputs["router"].to_dict(), ctx.store)
         result, table = decide(r, texts)
-        result = {"router": ctx.inputs["router"].to_dict(), "kind": r.meta.get("kind"),
-                  "n_prompts": len(texts), "sample": source, **result}
+        result = {
+            "router": ctx.inputs["router"].to_dict(),
+            "kind": r.meta.get("kind"),
+            "n_prompts": len(texts),
+            "sample": source,
+            **result,
+        }
         ctx.write_file(CALIBRATION_FILE, json.dumps(result, indent=2, sort_keys=True).encode())
         ctx.write_table(table.assign(prompt_id=[prompt_id(p) for p in texts])[["prompt_id", *table.columns]])
         ctx.stats.update({k: v for k, v in result.items() if isinstance(v, (int, float))})
@@ -114,13 +119,23 @@ def calibrate_router(
         if target_strong_share is None:
             threshold = NEUTRAL_THRESHOLD
             target = achieved = float((scores >= threshold).mean())
-            why = (f"the router's neutral threshold: strong where predicted strictly better "
-                   f"({target_from or 'no share chosen'})")
+            why = (
+                f"the router's neutral threshold: strong where predicted strictly better "
+                f"({target_from or 'no share chosen'})"
+            )
         else:
             target = float(target_strong_share)
             threshold, achieved = threshold_for_share(scores, target)
-        log.info("calibrated %s: threshold %.6f sends %.1f%% of %d prompts to %s (target %.1f%%: %s)",
-                 r.artifact_key, threshold, 100 * achieved, len(texts), r.strong_model, 100 * target, why)
+        log.info(
+            "calibrated %s: threshold %.6f sends %.1f%% of %d prompts to %s (target %.1f%%: %s)",
+            r.artifact_key,
+            threshold,
+            100 * achieved,
+            len(texts),
+            r.strong_model,
+            100 * target,
+            why,
+        )
         return {
             "strong_model": r.strong_model,
             "weak_model": r.weak_model,
@@ -157,10 +172,17 @@ def calibrate_budget(
         if unknown:
             raise ValueError(f"no price for model(s) {unknown}; prices given for {sorted(prices)}")
         quality = r.predict_quality(texts)[r.models]
-        target, choice, cost = target_for_budget(quality, prices, budget_per_prompt, tokens_per_prompt=tokens_per_prompt)
+        target, choice, cost = target_for_budget(
+            quality, prices, budget_per_prompt, tokens_per_prompt=tokens_per_prompt
+        )
         share = choice.value_counts(normalize=True).reindex(r.models, fill_value=0.0)
-        log.info("budget calibration %s: target quality %.4f costs %.6f per prompt (budget %.6f)",
-                 r.artifact_key, target, cost, budget_per_prompt)
+        log.info(
+            "budget calibration %s: target quality %.4f costs %.6f per prompt (budget %.6f)",
+            r.artifact_key,
+            target,
+            cost,
+            budget_per_prompt,
+        )
         return {
             "rule": "cheapest model whose predicted quality >= target",
             "target_quality": target,
@@ -172,8 +194,11 @@ def calibrate_budget(
             "mean_predicted_quality": float(np.mean([quality.loc[i, m] for i, m in choice.items()])),
         }, pd.DataFrame({"model": choice.to_numpy()})
 
-    config = {"budget_per_prompt": float(budget_per_prompt), "prices": dict(sorted(prices.items())),
-              "tokens_per_prompt": tokens_per_prompt}
+    config = {
+        "budget_per_prompt": float(budget_per_prompt),
+        "prices": dict(sorted(prices.items())),
+        "tokens_per_prompt": tokens_per_prompt,
+    }
     return _calibrate(router, prompts, config, decide, artifact_root)
 
 

@@ -31,8 +31,8 @@ calling real endpoints).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,10 +47,10 @@ class Candidate:
 
     family: str
     name: str
-    correct: np.ndarray      # (n,) bool: the returned answer is right
-    cost: np.ndarray         # (n,) dollars of every call made
-    branch: np.ndarray       # (n,) int8: which way each prompt went (index into `branches`)
-    branches: list           # [(models called "a+b+f", model whose answer is returned), ...]
+    correct: np.ndarray  # (n,) bool: the returned answer is right
+    cost: np.ndarray  # (n,) dollars of every call made
+    branch: np.ndarray  # (n,) int8: which way each prompt went (index into `branches`)
+    branches: list  # [(models called "a+b+f", model whose answer is returned), ...]
     meta: dict = field(default_factory=dict)
 
     def called(self, rows=slice(None)) -> np.ndarray:
@@ -62,11 +62,17 @@ class Candidate:
 
 def _agree(ans: np.ndarray, a: int, b: int) -> np.ndarray:
     x, y = ans[:, a], ans[:, b]
-    return np.array([u is not None and v is not None and u == v for u, v in zip(x, y)], dtype=bool)
+    return np.array([u is not None and v is not None and u == v for u, v in zip(x, y, strict=False)], dtype=bool)
 
 
-def agreement_candidates(models: Sequence[str], answers: np.ndarray, correct: np.ndarray, cost: np.ndarray,
-                         cheap: Sequence[int], finals: Sequence[int]) -> list[Candidate]:
+def agreement_candidates(
+    models: Sequence[str],
+    answers: np.ndarray,
+    correct: np.ndarray,
+    cost: np.ndarray,
+    cheap: Sequence[int],
+    finals: Sequence[int],
+) -> list[Candidate]:
     """Two-model (and three-model) answer-agreement cascades: cheap pairs x final models."""
     out = []
     for a, b in itertools.combinations(cheap, 2):
@@ -78,8 +84,17 @@ def agreement_candidates(models: Sequence[str], answers: np.ndarray, correct: np
             c = cost[:, a] + cost[:, b] + np.where(agree, 0.0, cost[:, f])
             branch = np.where(agree, 0, 1).astype(np.int8)
             branches = [(f"{models[a]}+{models[b]}", models[a]), (f"{models[a]}+{models[b]}+{models[f]}", models[f])]
-            out.append(Candidate("agreement", f"agree({models[a]},{models[b]})->{models[f]}", ok, c, branch, branches,
-                                 {"cheap": [models[a], models[b]], "final": models[f]}))
+            out.append(
+                Candidate(
+                    "agreement",
+                    f"agree({models[a]},{models[b]})->{models[f]}",
+                    ok,
+                    c,
+                    branch,
+                    branches,
+                    {"cheap": [models[a], models[b]], "final": models[f]},
+                )
+            )
     for a, b, c3 in itertools.combinations(cheap, 3):
         ab, ac, bc = _agree(answers, a, b), _agree(answers, a, c3), _agree(answers, b, c3)
         every = ab & ac
@@ -90,10 +105,17 @@ def agreement_candidates(models: Sequence[str], answers: np.ndarray, correct: np
             names = (models[a], models[b], models[c3], models[f])
             ok = np.where(every, correct[:, a], correct[:, f])
             c = cost[:, a] + cost[:, b] + cost[:, c3] + np.where(every, 0.0, cost[:, f])
-            out.append(Candidate("agreement", f"agree_all({names[0]},{names[1]},{names[2]})->{names[3]}", ok, c,
-                                 np.where(every, 0, 1).astype(np.int8),
-                                 [("+".join(names[:3]), names[0]), ("+".join(names), names[3])],
-                                 {"cheap": list(names[:3]), "final": names[3]}))
+            out.append(
+                Candidate(
+                    "agreement",
+                    f"agree_all({names[0]},{names[1]},{names[2]})->{names[3]}",
+                    ok,
+                    c,
+                    np.where(every, 0, 1).astype(np.int8),
+                    [("+".join(names[:3]), names[0]), ("+".join(names), names[3])],
+                    {"cheap": list(names[:3]), "final": names[3]},
+                )
+            )
             third = ~ab & (ac | bc)
             final = ~ab & ~(ac | bc)
             ok = np.where(ab, correct[:, a], np.where(third, correct[:, c3], correct[:, f]))
@@ -101,14 +123,32 @@ def agreement_candidates(models: Sequence[str], answers: np.ndarray, correct: np
             names = (models[a], models[b], models[c3], models[f])
             branch = np.where(ab, 0, np.where(third, 1, 2)).astype(np.int8)
             branches = [("+".join(names[:2]), names[0]), ("+".join(names[:3]), names[2]), ("+".join(names), names[3])]
-            out.append(Candidate("agreement", f"agree3({names[0]},{names[1]},{names[2]})->{names[3]}", ok, c,
-                                 branch, branches, {"cheap": list(names[:3]), "final": names[3]}))
+            out.append(
+                Candidate(
+                    "agreement",
+                    f"agree3({names[0]},{names[1]},{names[2]})->{names[3]}",
+                    ok,
+                    c,
+                    branch,
+                    branches,
+                    {"cheap": list(names[:3]), "final": names[3]},
+                )
+            )
     return out
 
 
-def threshold_candidates(family: str, models: Sequence[str], score: np.ndarray, first: Sequence[int], final: int,
-                         correct: np.ndarray, cost: np.ndarray, *, first_always: bool,
-                         thresholds: Sequence[float] = THRESHOLDS) -> list[Candidate]:
+def threshold_candidates(
+    family: str,
+    models: Sequence[str],
+    score: np.ndarray,
+    first: Sequence[int],
+    final: int,
+    correct: np.ndarray,
+    cost: np.ndarray,
+    *,
+    first_always: bool,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> list[Candidate]:
     """Accept the first model(s)' answer (that of `first[0]`) where `score` >= t, else `final`.
 
     `first_always`: the first models are called on every prompt (a verifier reads their
@@ -128,14 +168,31 @@ def threshold_candidates(family: str, models: Sequence[str], score: np.ndarray, 
             c = np.where(accept, first_cost, cost[:, final])
             branches = [(head, models[a]), (models[final], models[final])]
         branch = np.where(accept, 0, 1).astype(np.int8)
-        out.append(Candidate(family, f"{family}({head}>={t})->{models[final]}", ok, c, branch, branches,
-                             {"first": [models[i] for i in first], "final": models[final], "threshold": float(t)}))
+        out.append(
+            Candidate(
+                family,
+                f"{family}({head}>={t})->{models[final]}",
+                ok,
+                c,
+                branch,
+                branches,
+                {"first": [models[i] for i in first], "final": models[final], "threshold": float(t)},
+            )
+        )
     return out
 
 
-def agreement_router_candidates(models: Sequence[str], answers: np.ndarray, correct: np.ndarray, cost: np.ndarray,
-                                cheap: Sequence[int], finals: Sequence[int], quality: np.ndarray,
-                                cost_pred: np.ndarray, lams: Sequence[float]) -> list[Candidate]:
+def agreement_router_candidates(
+    models: Sequence[str],
+    answers: np.ndarray,
+    correct: np.ndarray,
+    cost: np.ndarray,
+    cheap: Sequence[int],
+    finals: Sequence[int],
+    quality: np.ndarray,
+    cost_pred: np.ndarray,
+    lams: Sequence[float],
+) -> list[Candidate]:
     """Cheap pairs checked by agreement; on disagreement the router picks the final model
     among `finals` by argmax (predicted quality - lambda * predicted cost)."""
     out = []
@@ -152,10 +209,19 @@ def agreement_router_candidates(models: Sequence[str], answers: np.ndarray, corr
             c = cost[:, a] + cost[:, b] + np.where(agree, 0.0, cost[rows, pick])
             branch = np.where(agree, 0, 1 + np.searchsorted(fin, pick)).astype(np.int8)
             branches = [(f"{models[a]}+{models[b]}", models[a])] + [
-                (f"{models[a]}+{models[b]}+{models[f]}", models[f]) for f in fin]
-            out.append(Candidate("agreement+router", f"agree({models[a]},{models[b]})->router(lambda={lam:g})", ok, c,
-                                 branch, branches, {"cheap": [models[a], models[b]], "finals": [models[f] for f in fin],
-                                                    "lambda": float(lam)}))
+                (f"{models[a]}+{models[b]}+{models[f]}", models[f]) for f in fin
+            ]
+            out.append(
+                Candidate(
+                    "agreement+router",
+                    f"agree({models[a]},{models[b]})->router(lambda={lam:g})",
+                    ok,
+                    c,
+                    branch,
+                    branches,
+                    {"cheap": [models[a], models[b]], "finals": [models[f] for f in fin], "lambda": float(lam)},
+                )
+            )
     return out
 
 
@@ -179,8 +245,9 @@ def reply_features(task: str, frame: Callable[[str], pd.DataFrame], model: str, 
     else:
         shape = np.array([1.0 if t[:1] in "[({'\"" else 0.0 for t in text])
         extra = np.array([1.0 if t in ("", "None", "True", "False") else 0.0 for t in text])
-    return np.column_stack([has, parsed, out_tok, reason, length, shape, extra, np.log1p(input_tokens),
-                            out_tok - np.log1p(input_tokens)])
+    return np.column_stack(
+        [has, parsed, out_tok, reason, length, shape, extra, np.log1p(input_tokens), out_tok - np.log1p(input_tokens)]
+    )
 
 
 def fit_predict_verifier(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -220,8 +287,9 @@ def nested_scores(x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dict[int, 
 # --------------------------------------------------------------------------------------
 # nested selection: which cascade at which budget, chosen on training folds only
 # --------------------------------------------------------------------------------------
-def nested_curve(candidates_for_fold: Callable[[int], list[Candidate]], folds: np.ndarray,
-                 budgets_per_prompt: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def nested_curve(
+    candidates_for_fold: Callable[[int], list[Candidate]], folds: np.ndarray, budgets_per_prompt: Sequence[float]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curve, decisions): for each budget, stitch the held-out folds' outcomes of the
     candidate that had the best accuracy within that budget on the training folds.
 
@@ -249,10 +317,27 @@ def nested_curve(candidates_for_fold: Callable[[int], list[Candidate]], folds: n
             cand = cands[best]
             correct[i][test], cost[i][test] = cand.correct[test], cand.cost[test]
             chosen[i].append(cand.name)
-            decisions.append(pd.DataFrame({"prompt_index": np.flatnonzero(test), "fold": int(k),
-                                           "budget_per_1k": 1000 * b, "setting": cand.name,
-                                           "models_called": cand.called(test), "answered_by": cand.answered(test),
-                                           "correct": cand.correct[test], "cost": cand.cost[test]}))
-    rows = [{"budget_per_1k": 1000 * b, "cost_per_1k": 1000 * cost[i].mean(), "accuracy": correct[i].mean(),
-             "settings": " | ".join(sorted(set(chosen[i])))} for i, b in enumerate(budgets_per_prompt)]
+            decisions.append(
+                pd.DataFrame(
+                    {
+                        "prompt_index": np.flatnonzero(test),
+                        "fold": int(k),
+                        "budget_per_1k": 1000 * b,
+                        "setting": cand.name,
+                        "models_called": cand.called(test),
+                        "answered_by": cand.answered(test),
+                        "correct": cand.correct[test],
+                        "cost": cand.cost[test],
+                    }
+                )
+            )
+    rows = [
+        {
+            "budget_per_1k": 1000 * b,
+            "cost_per_1k": 1000 * cost[i].mean(),
+            "accuracy": correct[i].mean(),
+            "settings": " | ".join(sorted(set(chosen[i]))),
+        }
+        for i, b in enumerate(budgets_per_prompt)
+    ]
     return pd.DataFrame(rows), pd.concat(decisions, ignore_index=True)

@@ -22,15 +22,29 @@ from router_tasks.evaluation.plots import finish_png, new_axes
 
 STAGE = "compare"
 STAGE_VERSION = "1"
-COLUMNS = ["router", "kind", "benchmark", "protocol", "n_prompts", "apgr", "auc", "cpt20", "cpt50", "cpt80", "apgr_exact"]
+COLUMNS = [
+    "router",
+    "kind",
+    "benchmark",
+    "protocol",
+    "n_prompts",
+    "apgr",
+    "auc",
+    "cpt20",
+    "cpt50",
+    "cpt80",
+    "apgr_exact",
+]
 
 
 def _plot(bench: str, curves: dict[str, pd.DataFrame], baseline: pd.DataFrame, row: pd.Series) -> bytes:
     fig, ax = new_axes()
     for label, c in curves.items():
         ax.plot(100 * c["strong_share"], c["quality"], marker="o", markersize=3, label=label)
-    for method, style in (("random", dict(color="tab:gray", linestyle="-", marker=".")),
-                          ("oracle", dict(color="tab:green", linestyle=":"))):
+    for method, style in (
+        ("random", dict(color="tab:gray", linestyle="-", marker=".")),
+        ("oracle", dict(color="tab:green", linestyle=":")),
+    ):
         c = baseline[(baseline["mode"] == "routellm") & (baseline["method"] == method)]
         ax.plot(100 * c["strong_share"], c["quality"], label=method, **style)
     ax.axhline(row["strong_quality"], color="tab:red", linestyle="--", label=f"strong: {row['strong_model']}")
@@ -63,16 +77,29 @@ def compare_routers(evaluations, *, artifact_root: str | None = None) -> dict:
                 c = ctx.store.read_parquet(f"{ctx.inputs[name].key}/curves_{bench}.parquet")
                 curves[label] = c[(c["mode"] == "routellm") & (c["method"] == "router")]
                 first = first if first is not None else (c, row)
-                rows.append({"router": router["key"], "kind": router["kind"], "benchmark": bench,
-                             **{k: row.get(k) for k in COLUMNS[3:]}})
+                rows.append(
+                    {
+                        "router": router["key"],
+                        "kind": router["kind"],
+                        "benchmark": bench,
+                        **{k: row.get(k) for k in COLUMNS[3:]},
+                    }
+                )
             ctx.write_file(f"compare_{bench}.png", _plot(bench, curves, *first))
             lines.append(f"![{bench}](compare_{bench}.png)")
         table = pd.DataFrame(rows, columns=COLUMNS)
         ctx.write_table(table)
-        md = ["# Routers compared", "", "| router | kind | benchmark | protocol | prompts | APGR | CPT(50%) | CPT(80%) |",
-              "|---|---|---|---|---:|---:|---:|---:|"]
-        md += [f"| `{r.router}` | {r.kind} | {r.benchmark} | {r.protocol} | {r.n_prompts} | {r.apgr:.3f} | "
-               f"{100 * r.cpt50:.1f}% | {100 * r.cpt80:.1f}% |" for r in table.itertuples()]
+        md = [
+            "# Routers compared",
+            "",
+            "| router | kind | benchmark | protocol | prompts | APGR | CPT(50%) | CPT(80%) |",
+            "|---|---|---|---|---:|---:|---:|---:|",
+        ]
+        md += [
+            f"| `{r.router}` | {r.kind} | {r.benchmark} | {r.protocol} | {r.n_prompts} | {r.apgr:.3f} | "
+            f"{100 * r.cpt50:.1f}% | {100 * r.cpt80:.1f}% |"
+            for r in table.itertuples()
+        ]
         ctx.write_file("report.md", ("\n".join(md + [""] + lines) + "\n").encode())
         ctx.stats.update(routers=len(refs), benchmarks=sorted(common))
 

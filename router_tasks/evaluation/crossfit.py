@@ -40,24 +40,24 @@ import time
 import numpy as np
 import pandas as pd
 
+from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
+from router_tasks.core.store import ArtifactStore
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.benchmark import (
     QUALITY_FLOOR,
     QUALITY_UNITS,
     LeakageError,
-    strong_win_scores,
     check_no_leakage,
     commercial_points,
     scored_table,
+    strong_win_scores,
     train_prompt_ids,
     write_benchmark_outputs,
 )
 from router_tasks.evaluation.own_labels import pair_prices
-from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
 from router_tasks.routers import ROUTER_FILE, load_router, resolve_router_key
 from router_tasks.training.train import train_router, training_labels_ref
-from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ LEAVE_GROUP_OUT = "leave-group-out"
 PROTOCOL_LABELS = {
     PROTOCOL: "cross-fit by prompt: k folds of prompts; a fold's router trained on every other fold",
     LEAVE_GROUP_OUT: "leave-group-out: folds by group (MMLU subject, a task); no group is both trained on and "
-                     "scored; a benchmark without groups is held out whole (transfer)",
+    "scored; a benchmark without groups is held out whole (transfer)",
 }
 #: benchmark -> its default group column for leave-group-out (absent: the whole benchmark)
 GROUP_COLUMNS = {"mmlu": "category"}
@@ -105,13 +105,16 @@ def assign_group_folds(groups: pd.Series, folds: int, seed: int = 0) -> pd.Serie
     one fold per group. Null groups are an error: say which group a prompt belongs to.
     """
     if groups.isna().any():
-        raise ValueError(f"leave-group-out: {int(groups.isna().sum())} prompts have no group "
-                         f"(first: index {groups.index[groups.isna()][0]})")
+        raise ValueError(
+            f"leave-group-out: {int(groups.isna().sum())} prompts have no group "
+            f"(first: index {groups.index[groups.isna()][0]})"
+        )
     if folds < 1:
         raise ValueError(f"leave-group-out needs at least 1 fold, got {folds}")
     sizes = groups.astype(str).value_counts()
-    order = sorted(sizes.index, key=lambda g: (-int(sizes[g]),
-                                               hashlib.sha256(f"tela-lgo:{seed}:{g}".encode()).hexdigest()))
+    order = sorted(
+        sizes.index, key=lambda g: (-int(sizes[g]), hashlib.sha256(f"tela-lgo:{seed}:{g}".encode()).hexdigest())
+    )
     k = min(folds, len(order))
     load = np.zeros(k, dtype=np.int64)
     fold_of_group = {}
@@ -122,8 +125,9 @@ def assign_group_folds(groups: pd.Series, folds: int, seed: int = 0) -> pd.Serie
     return groups.astype(str).map(fold_of_group).astype(int).rename("fold")
 
 
-def protocol_folds(table: pd.DataFrame, protocol: str, folds: int, seed: int,
-                   group_column: str | None) -> tuple[pd.Series, pd.Series | None]:
+def protocol_folds(
+    table: pd.DataFrame, protocol: str, folds: int, seed: int, group_column: str | None
+) -> tuple[pd.Series, pd.Series | None]:
     """(fold per row of `table`, group per row or None) for `protocol`."""
     if protocol == PROTOCOL:
         fold_of = assign_folds(table["prompt_id"], folds, seed)
@@ -134,8 +138,9 @@ def protocol_folds(table: pd.DataFrame, protocol: str, folds: int, seed: int,
         groups = pd.Series("<whole benchmark>", index=table.index)
     else:
         if group_column not in table.columns:
-            raise ValueError(f"leave-group-out: benchmark table has no column {group_column!r}; "
-                             f"has {list(table.columns)}")
+            raise ValueError(
+                f"leave-group-out: benchmark table has no column {group_column!r}; has {list(table.columns)}"
+            )
         groups = table[group_column]
     return assign_group_folds(groups, folds, seed), groups.astype(str)
 
@@ -230,7 +235,9 @@ def crossfit_evaluate(
     if rstore.root != store.root:
         store = rstore  # fold artifacts live beside the router they retrain
     router_ref = ArtifactRef.of(resolve_ref(rkey, store))
-    labels_ref = ArtifactRef.of(labels) if labels is not None else ArtifactRef.of(training_labels_ref(store, router_ref))
+    labels_ref = (
+        ArtifactRef.of(labels) if labels is not None else ArtifactRef.of(training_labels_ref(store, router_ref))
+    )
     meta = store.read_json(f"{router_ref.key}/{ROUTER_FILE}")
     strong, weak = meta["strong_model"], meta["weak_model"]
 
@@ -289,9 +296,15 @@ def crossfit_evaluate(
                 LABELS_STAGE_VERSION,
                 lambda c, fl=fl: c.write_table(fl),
                 inputs={"labels": labels_ref},
-                config={**{k: config[k] for k in ("benchmark", "folds", "seed", "max_prompts", "data",
-                                                  "protocol", "group_column") if k in config},
-                        "fold": f, "models": sorted(meta["models"])},
+                config={
+                    **{
+                        k: config[k]
+                        for k in ("benchmark", "folds", "seed", "max_prompts", "data", "protocol", "group_column")
+                        if k in config
+                    },
+                    "fold": f,
+                    "models": sorted(meta["models"]),
+                },
                 store=ctx.store,
             )
             fold_ref = train_router(
@@ -306,9 +319,11 @@ def crossfit_evaluate(
             trained = train_prompt_ids(ctx.store, ArtifactRef.of(fold_ref))
             check_fold_disjoint(benchmark, f, heldout_table, trained)
             if members is not None and trained & heldout:
-                raise LeakageError(f"leave-group-out {benchmark} fold {f}: the router trained on "
-                                   f"{len(trained & heldout)} prompts of a held-out group, e.g. "
-                                   f"{sorted(trained & heldout)[0]}")
+                raise LeakageError(
+                    f"leave-group-out {benchmark} fold {f}: the router trained on "
+                    f"{len(trained & heldout)} prompts of a held-out group, e.g. "
+                    f"{sorted(trained & heldout)[0]}"
+                )
             fold_router = load_router(fold_ref, ctx.store)
             scores = strong_win_scores(fold_router, benchmark, heldout_table["prompt"].tolist())
             parts.append(pd.Series(scores, index=heldout_table.index))
@@ -325,21 +340,35 @@ def crossfit_evaluate(
                     "train_fingerprint": fold_ref["fingerprint"],
                 }
             )
-            log.info("%s %s fold %d/%d: %d scored, router trained on %d prompts",
-                     benchmark, protocol, f + 1, n_folds, len(heldout_table), len(trained))
+            log.info(
+                "%s %s fold %d/%d: %d scored, router trained on %d prompts",
+                benchmark,
+                protocol,
+                f + 1,
+                n_folds,
+                len(heldout_table),
+                len(trained),
+            )
 
         scores = pd.concat(parts).sort_index()
         # stitched: every prompt scored once, by the fold that held it out
         if len(scores) != len(table) or not scores.index.equals(table.index):
             raise LeakageError(f"cross-fit {benchmark}: stitched {len(scores)} scores for {len(table)} prompts")
-        s = mx.summarize(scores.to_numpy(), table["strong_quality"], table["weak_quality"],
-                         num_results=num_results, random_seeds=random_seeds, quality_target=quality_target,
-                         prices=pair_prices(config["prices"], strong, weak),
-                         quality_floor=QUALITY_FLOOR.get(benchmark, 0.0))
+        s = mx.summarize(
+            scores.to_numpy(),
+            table["strong_quality"],
+            table["weak_quality"],
+            num_results=num_results,
+            random_seeds=random_seeds,
+            quality_target=quality_target,
+            prices=pair_prices(config["prices"], strong, weak),
+            quality_floor=QUALITY_FLOOR.get(benchmark, 0.0),
+        )
         s["protocol"] = protocol
         scored = scored_table(table, scores.to_numpy(), extra=("fold", "group") if "group" in table else ("fold",))
-        entry, row = write_benchmark_outputs(ctx, benchmark, scored, s, strong, weak,
-                                             commercial_points(benchmark, strong, weak))
+        entry, row = write_benchmark_outputs(
+            ctx, benchmark, scored, s, strong, weak, commercial_points(benchmark, strong, weak)
+        )
         entry["folds"] = fold_rows
         ctx.write_table(pd.DataFrame(fold_rows), "folds.parquet")
         report = {
@@ -367,11 +396,22 @@ def crossfit_evaluate(
         }
         ctx.write_file("metrics.json", json.dumps(report, indent=2, sort_keys=True, allow_nan=False).encode())
         ctx.write_table(pd.DataFrame([row]))
-        ctx.stats.update(prompts_scored={benchmark: int(len(table))}, folds=n_folds,
-                         seconds=round(time.time() - started, 3))
-        log.info("%s %s (n=%d, k=%d): APGR %.3f (exact %.3f), random %.3f, oracle %.3f, calls saved at 95%% %s",
-                 benchmark, protocol, s["n"], n_folds, row["apgr"], row["apgr_exact"], row["random_apgr"],
-                 row["oracle_apgr"], row["calls_saved_at_95_exact"])
+        ctx.stats.update(
+            prompts_scored={benchmark: int(len(table))}, folds=n_folds, seconds=round(time.time() - started, 3)
+        )
+        log.info(
+            "%s %s (n=%d, k=%d): APGR %.3f (exact %.3f), random %.3f, oracle %.3f, calls saved at 95%% %s",
+            benchmark,
+            protocol,
+            s["n"],
+            n_folds,
+            row["apgr"],
+            row["apgr_exact"],
+            row["random_apgr"],
+            row["oracle_apgr"],
+            row["calls_saved_at_95_exact"],
+        )
 
-    return run_stage(STAGE, STAGE_VERSION, compute, inputs={"router": router_ref, "labels": labels_ref},
-                     config=config, store=store)
+    return run_stage(
+        STAGE, STAGE_VERSION, compute, inputs={"router": router_ref, "labels": labels_ref}, config=config, store=store
+    )

@@ -45,22 +45,33 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Sequence
 
 import pandas as pd
 
-from router_tasks.data import routellm as bm
-from router_tasks.evaluation import metrics as mx
-from router_tasks.evaluation.benchmark import (PROTOCOLS, evaluate_benchmark, skip_reason, train_prompt_ids,
-                                               write_benchmark_outputs)
-from router_tasks.evaluation.own_labels import (OwnLabelsSkipped, cost_plot, evaluate_own_labels,
-                                                evaluate_own_left_out, prices_of, read_own_labels)
-from router_tasks.evaluation.report import OWN_LEFT_OUT, render_report
 from router_tasks.core.schemas import OWN_BENCHMARK, finite_or_none
 from router_tasks.core.stage import ArtifactRef, resolve_ref, run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data import routellm as bm
+from router_tasks.evaluation import metrics as mx
+from router_tasks.evaluation.benchmark import (
+    PROTOCOLS,
+    evaluate_benchmark,
+    skip_reason,
+    train_prompt_ids,
+    write_benchmark_outputs,
+)
+from router_tasks.evaluation.own_labels import (
+    OwnLabelsSkipped,
+    cost_plot,
+    evaluate_own_labels,
+    evaluate_own_left_out,
+    prices_of,
+    read_own_labels,
+)
+from router_tasks.evaluation.report import OWN_LEFT_OUT, render_report
 from router_tasks.routers import load_router
 from router_tasks.training.train import training_labels_ref
 
@@ -76,13 +87,21 @@ def evaluation_spec(config: dict, scored: list[str], own_plan: dict | None, own_
     `own_labels` is the labels artifact the own-labels benchmark was taken from (whether
     given or the router's training labels): re-scoring another router on this spec passes
     it explicitly, so both are scored on the same prompts."""
-    spec = {k: config.get(k) for k in ("benchmarks", "protocol", "max_prompts", "num_results", "random_seeds",
-                                       "holdout", "data", "own")}
-    spec["own_labels"] = None if own_used is None else {"stage": own_used.stage, "key": own_used.key,
-                                                         "fingerprint": own_used.fingerprint}
+    spec = {
+        k: config.get(k)
+        for k in ("benchmarks", "protocol", "max_prompts", "num_results", "random_seeds", "holdout", "data", "own")
+    }
+    spec["own_labels"] = (
+        None
+        if own_used is None
+        else {"stage": own_used.stage, "key": own_used.key, "fingerprint": own_used.fingerprint}
+    )
     spec["scored"] = list(scored)
-    spec["own_plan"] = None if own_plan is None else {
-        k: own_plan.get(k) for k in ("protocol", "folds", "split", "n_heldout", "heldout_sha256")}
+    spec["own_plan"] = (
+        None
+        if own_plan is None
+        else {k: own_plan.get(k) for k in ("protocol", "folds", "split", "n_heldout", "heldout_sha256")}
+    )
     return spec
 
 
@@ -108,8 +127,10 @@ def _labels_ref(value, store: ArtifactStore) -> ArtifactRef:
     if isinstance(value, dict) and "uri" not in value and "key" in value:
         ref = ArtifactRef.of(resolve_ref(value["key"], store))
         if value.get("fingerprint") not in (None, ref.fingerprint):
-            raise ValueError(f"labels {store.uri(ref.key)} changed: fingerprint {ref.fingerprint}, "
-                             f"the spec names {value['fingerprint']}")
+            raise ValueError(
+                f"labels {store.uri(ref.key)} changed: fingerprint {ref.fingerprint}, "
+                f"the spec names {value['fingerprint']}"
+            )
         return ref
     return ArtifactRef.of(resolve_ref(value, store))
 
@@ -165,16 +186,24 @@ def score_own_labels(router, own: OwnLabels, trained: set[str], ev: Evaluation, 
         ev.skipped[OWN_BENCHMARK] = str(e)
         return
     ev.own_plan, ev.own_used = s["plan"], own.ref
-    ev.results.append(BenchmarkResult(OWN_BENCHMARK, scored, s, router.strong_model, router.weak_model,
-                                      seconds=round(time.time() - started, 3)))
+    ev.results.append(
+        BenchmarkResult(
+            OWN_BENCHMARK, scored, s, router.strong_model, router.weak_model, seconds=round(time.time() - started, 3)
+        )
+    )
     if own.ref is None or own.store is None:
         return  # leaving a kind out retrains the router from the stored labels
     # beside the own-labels figure, never in the headline rows: the publish metric stays what it was
     started = time.time()
     try:
-        ev.left_out = evaluate_own_left_out(router, own.table, own.ref, own.store,
-                                            num_results=settings["num_results"],
-                                            random_seeds=settings["random_seeds"])
+        ev.left_out = evaluate_own_left_out(
+            router,
+            own.table,
+            own.ref,
+            own.store,
+            num_results=settings["num_results"],
+            random_seeds=settings["random_seeds"],
+        )
     except (OwnLabelsSkipped, ValueError) as e:
         ev.left_out = str(e)
     else:
@@ -206,8 +235,17 @@ def score_router(
     if isinstance(own, str):
         ev.skipped[OWN_BENCHMARK] = own
     elif own is not None:
-        score_own_labels(router, own, trained, ev, num_results=num_results, random_seeds=random_seeds,
-                         max_prompts=max_prompts, quality_target=quality_target, prices=prices)
+        score_own_labels(
+            router,
+            own,
+            trained,
+            ev,
+            num_results=num_results,
+            random_seeds=random_seeds,
+            max_prompts=max_prompts,
+            quality_target=quality_target,
+            prices=prices,
+        )
     strong = strong_model or router.strong_model
     weak = weak_model or router.weak_model
     for bench in benchmarks:
@@ -218,8 +256,17 @@ def score_router(
             continue
         started = time.time()
         scored, s, commercial = evaluate_benchmark(
-            router, bench, strong, weak, trained, num_results=num_results, random_seeds=random_seeds,
-            max_prompts=max_prompts, protocol=protocol, quality_target=quality_target, prices=prices,
+            router,
+            bench,
+            strong,
+            weak,
+            trained,
+            num_results=num_results,
+            random_seeds=random_seeds,
+            max_prompts=max_prompts,
+            protocol=protocol,
+            quality_target=quality_target,
+            prices=prices,
         )
         ev.results.append(BenchmarkResult(bench, scored, s, strong, weak, commercial, round(time.time() - started, 3)))
     return ev
@@ -242,12 +289,22 @@ def left_out_entry(left_out: tuple[pd.DataFrame, dict] | str | None) -> dict | N
     if isinstance(left_out, str):
         return {"skipped": left_out}
     s = left_out[1]
-    return {k: s[k] for k in ("protocol", "group_by", "per_group", "left_in", "strong_mean",
-                              "weak_mean", "routellm", "exact")} | {"n_prompts": s["n"]}
+    return {
+        k: s[k]
+        for k in ("protocol", "group_by", "per_group", "left_in", "strong_mean", "weak_mean", "routellm", "exact")
+    } | {"n_prompts": s["n"]}
 
 
-def metrics_report(ev: Evaluation, per_bench: dict, rows: list[dict], config: dict, *, router_ref: ArtifactRef,
-                   router, trained: set[str]) -> dict:
+def metrics_report(
+    ev: Evaluation,
+    per_bench: dict,
+    rows: list[dict],
+    config: dict,
+    *,
+    router_ref: ArtifactRef,
+    router,
+    trained: set[str],
+) -> dict:
     """metrics.json of an evaluation: the router, the pair, every benchmark's entry, the spec."""
     strong = config["strong_model"] or router.strong_model
     weak = config["weak_model"] or router.weak_model
@@ -288,8 +345,9 @@ def write_evaluation(ctx, ev: Evaluation, config: dict, router_ref: ArtifactRef,
         if res.name == OWN_BENCHMARK:
             entry, row = _own_outputs(ctx, res.summary, res.strong, res.weak, res.scored)
         else:
-            entry, row = write_benchmark_outputs(ctx, res.name, res.scored, res.summary, res.strong, res.weak,
-                                                 res.commercial)
+            entry, row = write_benchmark_outputs(
+                ctx, res.name, res.scored, res.summary, res.strong, res.weak, res.commercial
+            )
         per_bench[res.name] = entry
         rows.append(row)
         timings[res.name] = res.seconds
@@ -299,13 +357,25 @@ def write_evaluation(ctx, ev: Evaluation, config: dict, router_ref: ArtifactRef,
     for row in rows:
         log.info(
             "%s (%s, n=%d): APGR %s (exact %s), CPT50 %s, calls saved at 95%% %s (exact %s), random %s, oracle %s",
-            row["benchmark"], row["protocol"], row["n_prompts"], row["apgr"], row["apgr_exact"], row["cpt50"],
-            row["calls_saved_at_95"], row["calls_saved_at_95_exact"], row["random_apgr"], row["oracle_apgr"],
+            row["benchmark"],
+            row["protocol"],
+            row["n_prompts"],
+            row["apgr"],
+            row["apgr_exact"],
+            row["cpt50"],
+            row["calls_saved_at_95"],
+            row["calls_saved_at_95_exact"],
+            row["random_apgr"],
+            row["oracle_apgr"],
         )
     report = metrics_report(ev, per_bench, rows, config, router_ref=router_ref, router=router, trained=trained)
     ctx.write_file("metrics.json", json.dumps(report, indent=2, sort_keys=True, allow_nan=False, default=str).encode())
-    ctx.write_file("report.md", render_report(report, rows, data_fingerprint=config["data"],
-                                              labels=router.meta.get("training_data") or {}).encode())
+    ctx.write_file(
+        "report.md",
+        render_report(
+            report, rows, data_fingerprint=config["data"], labels=router.meta.get("training_data") or {}
+        ).encode(),
+    )
     ctx.write_table(pd.DataFrame(rows))
     ctx.stats.update(
         prompts_scored={b: per_bench[b]["n_prompts"] for b in per_bench},
@@ -325,17 +395,31 @@ def evaluate_stage(ctx, config: dict) -> None:
     if (strong, weak) != (r.strong_model, r.weak_model):
         log.warning(
             "evaluating on %s vs %s, but the router was trained for %s vs %s",
-            strong, weak, r.strong_model, r.weak_model,
+            strong,
+            weak,
+            r.strong_model,
+            r.weak_model,
         )
     trained = train_prompt_ids(ctx.store, ref)
     own = own_labels_input(ctx.store, ref, ctx.inputs.get("own_labels")) if config["own"] else None
     ev = score_router(
-        r, trained, benchmarks=config["benchmarks"], own=own, strong_model=strong, weak_model=weak,
-        num_results=config["num_results"], random_seeds=config["random_seeds"], max_prompts=config["max_prompts"],
-        protocol=config["protocol"], quality_target=config["quality_target"], prices=config["prices"],
+        r,
+        trained,
+        benchmarks=config["benchmarks"],
+        own=own,
+        strong_model=strong,
+        weak_model=weak,
+        num_results=config["num_results"],
+        random_seeds=config["random_seeds"],
+        max_prompts=config["max_prompts"],
+        protocol=config["protocol"],
+        quality_target=config["quality_target"],
+        prices=config["prices"],
     )
     if not ev.results:
-        raise ValueError("nothing to evaluate this router on: " + "; ".join(f"{b}: {why}" for b, why in ev.skipped.items()))
+        raise ValueError(
+            "nothing to evaluate this router on: " + "; ".join(f"{b}: {why}" for b, why in ev.skipped.items())
+        )
     write_evaluation(ctx, ev, config, ref, r, trained)
 
 
@@ -371,7 +455,9 @@ def evaluate_router(
     nothing could be scored.
     """
     if protocol is not None and protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (cross-fit: router_tasks.evaluation.crossfit)")
+        raise ValueError(
+            f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (cross-fit: router_tasks.evaluation.crossfit)"
+        )
     store = ArtifactStore(artifact_root)
     names = bm.iter_benchmarks(benchmarks)
     if not names and not own:
@@ -399,4 +485,6 @@ def evaluate_router(
     }
     inputs = {"router": router_ref} | ({"own_labels": own_ref} if own_ref is not None else {})
 
-    return run_stage(STAGE, STAGE_VERSION, partial(evaluate_stage, config=config), inputs=inputs, config=config, store=store)
+    return run_stage(
+        STAGE, STAGE_VERSION, partial(evaluate_stage, config=config), inputs=inputs, config=config, store=store
+    )

@@ -45,19 +45,38 @@ def evaluate_to_dir(
     """
     bm.iter_benchmarks([benchmark])
     if protocol not in (None, "crossfit", "leave-group-out", *PROTOCOLS):
-        raise ValueError(f"unknown protocol {protocol!r}; expected 'transfer', 'holdout', 'crossfit' or 'leave-group-out'")
+        raise ValueError(
+            f"unknown protocol {protocol!r}; expected 'transfer', 'holdout', 'crossfit' or 'leave-group-out'"
+        )
     store, key = resolve_router_key(router, ArtifactStore(artifact_root))
     router_ref = resolve_ref(key, store)  # artifacts go beside the router they evaluate
     if protocol in ("crossfit", "leave-group-out"):
-        ref = crossfit_evaluate(router_ref, benchmark, folds=folds, num_results=num_results,
-                                random_seeds=random_seeds, max_prompts=max_prompts, artifact_root=store.root,
-                                protocol=protocol, quality_target=quality_target, prices=prices)
+        ref = crossfit_evaluate(
+            router_ref,
+            benchmark,
+            folds=folds,
+            num_results=num_results,
+            random_seeds=random_seeds,
+            max_prompts=max_prompts,
+            artifact_root=store.root,
+            protocol=protocol,
+            quality_target=quality_target,
+            prices=prices,
+        )
     else:
         try:
-            ref = evaluate_router(router_ref, benchmarks=[benchmark], num_results=num_results,
-                                  random_seeds=random_seeds, max_prompts=max_prompts,
-                                  artifact_root=store.root, protocol=protocol, own=False,
-                                  quality_target=quality_target, prices=prices)
+            ref = evaluate_router(
+                router_ref,
+                benchmarks=[benchmark],
+                num_results=num_results,
+                random_seeds=random_seeds,
+                max_prompts=max_prompts,
+                artifact_root=store.root,
+                protocol=protocol,
+                own=False,
+                quality_target=quality_target,
+                prices=prices,
+            )
         except LeakageError as e:
             raise LeakageError(f"{e} (protocol 'crossfit' retrains the router without each scored prompt)") from None
     akey = ArtifactRef.of(ref).key
@@ -74,7 +93,14 @@ def evaluate_to_dir(
     out.write_parquet("scores.parquet", scores)
     out.write_bytes("plot.png", store.read_bytes(f"{akey}/plot_{benchmark}.png"))
     files = {name: out.uri(name) for name in ("metrics.json", "scores.parquet", "plot.png")}
-    log.info("%s on %s (%s): APGR %.3f, strong-model calls saved at 95%% of its quality %.3f -> %s", benchmark,
-             router_ref["key"], protocol_used, row["apgr"], row["calls_saved_at_95"], out.uri(""))
+    log.info(
+        "%s on %s (%s): APGR %.3f, strong-model calls saved at 95%% of its quality %.3f -> %s",
+        benchmark,
+        router_ref["key"],
+        protocol_used,
+        row["apgr"],
+        row["calls_saved_at_95"],
+        out.uri(""),
+    )
     metrics = {k: finite_or_none(v) for k, v in row.to_dict().items()}
     return {"output_dir": out.uri(""), "files": files, "artifact": ref, "metrics": metrics}

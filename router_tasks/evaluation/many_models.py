@@ -47,8 +47,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,10 +56,21 @@ import pandas as pd
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data import zeroeval as ze
 from router_tasks.evaluation.many_models_curves import curve_metrics, oracle_points, upper_hull
-from router_tasks.evaluation.many_models_data import (CROSSFIT, LEAVE_TASK_OUT, PROTOCOLS, load_task, other_task,
-                                                      transfer_pool)
-from router_tasks.evaluation.many_models_policies import (cascade_curves, crossfit_router, one_call_curve,
-                                                          one_call_nested_curve, transfer_router)
+from router_tasks.evaluation.many_models_data import (
+    CROSSFIT,
+    LEAVE_TASK_OUT,
+    PROTOCOLS,
+    load_task,
+    other_task,
+    transfer_pool,
+)
+from router_tasks.evaluation.many_models_policies import (
+    cascade_curves,
+    crossfit_router,
+    one_call_curve,
+    one_call_nested_curve,
+    transfer_router,
+)
 from router_tasks.evaluation.many_models_report import plot_png, render_markdown
 from router_tasks.routers.embeddings import Embedder
 
@@ -69,9 +80,19 @@ DEFAULT_ROUTER_KINDS = ("knn", "mf", "ensemble")
 N_BUDGETS = 24
 
 
-def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds: Sequence[str] = DEFAULT_ROUTER_KINDS,
-                  folds: int = 5, prices: dict | None = None, cascades: bool = True, artifact_root: str | None = None,
-                  router_params: dict | None = None, seed: int = 0, protocol: str = CROSSFIT) -> dict:
+def evaluate_many(
+    task: str,
+    pool: Sequence[str] | None = None,
+    *,
+    router_kinds: Sequence[str] = DEFAULT_ROUTER_KINDS,
+    folds: int = 5,
+    prices: dict | None = None,
+    cascades: bool = True,
+    artifact_root: str | None = None,
+    router_params: dict | None = None,
+    seed: int = 0,
+    protocol: str = CROSSFIT,
+) -> dict:
     """Every curve and figure for one task and pool (see the module docstring)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"many-model protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
@@ -83,8 +104,9 @@ def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds:
         train = load_task(train_task, pool, prices, folds, seed)
         cascades = False
     data = load_task(task, pool, prices, folds, seed)
-    singles = pd.DataFrame({"model": data.pool, "cost_per_1k": 1000 * data.cost.mean(axis=0),
-                            "accuracy": data.correct.mean(axis=0)})
+    singles = pd.DataFrame(
+        {"model": data.pool, "cost_per_1k": 1000 * data.cost.mean(axis=0), "accuracy": data.correct.mean(axis=0)}
+    )
     hull = upper_hull(singles["cost_per_1k"], singles["accuracy"])
     oracle = oracle_points(data.correct, data.cost)
     oracle = (oracle[0] * 1000, oracle[1])
@@ -93,8 +115,10 @@ def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds:
     best_row = singles.sort_values(["accuracy", "cost_per_1k"], ascending=[False, True]).iloc[0]
     best = (float(best_row["accuracy"]), float(best_row["cost_per_1k"]))
     # a log grid plus every single model's cost: the hull's kinks are where curves are read
-    budgets = np.unique(np.concatenate([np.geomspace(lo * 0.6, hi * 1.05, N_BUDGETS),
-                                        singles["cost_per_1k"].to_numpy()])) / 1000.0
+    budgets = (
+        np.unique(np.concatenate([np.geomspace(lo * 0.6, hi * 1.05, N_BUDGETS), singles["cost_per_1k"].to_numpy()]))
+        / 1000.0
+    )
 
     embedder = None
     if any(k != "random" for k in router_kinds):
@@ -107,11 +131,18 @@ def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds:
             curve, dec = one_call_curve(data, preds[kind]["quality"], preds[kind]["cost"], budgets, f"router-{kind}")
             curves.append(curve)
             decisions.append(dec)
-            log.info("%s %s router trained on %s (%d prompts) in %.1f s", data.task, kind, train.task, train.n,
-                     time.time() - t0)
+            log.info(
+                "%s %s router trained on %s (%d prompts) in %.1f s",
+                data.task,
+                kind,
+                train.task,
+                train.n,
+                time.time() - t0,
+            )
             continue
-        preds[kind] = crossfit_router(kind, data, embedder=embedder, params=(router_params or {}).get(kind),
-                                      nested=True)
+        preds[kind] = crossfit_router(
+            kind, data, embedder=embedder, params=(router_params or {}).get(kind), nested=True
+        )
         curve, dec = one_call_curve(data, preds[kind]["quality"], preds[kind]["cost"], budgets, f"router-{kind}-raw")
         curves.append(curve)
         decisions.append(dec)
@@ -128,10 +159,12 @@ def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds:
     curve_table = pd.concat(curves, ignore_index=True)
     metrics = {}
     for policy, g in curve_table.groupby("policy", sort=False):
-        metrics[policy] = curve_metrics(g["cost_per_1k"], g["accuracy"], hull=hull, oracle=oracle, grid=grid,
-                                        best=best, cheapest_cost=lo)
-    metrics["oracle"] = curve_metrics(oracle[0], oracle[1], hull=hull, oracle=oracle, grid=grid, best=best,
-                                      cheapest_cost=lo)
+        metrics[policy] = curve_metrics(
+            g["cost_per_1k"], g["accuracy"], hull=hull, oracle=oracle, grid=grid, best=best, cheapest_cost=lo
+        )
+    metrics["oracle"] = curve_metrics(
+        oracle[0], oracle[1], hull=hull, oracle=oracle, grid=grid, best=best, cheapest_cost=lo
+    )
     dec = pd.concat(decisions, ignore_index=True)
     dec.insert(0, "prompt_id", data.prompt_ids[dec["prompt_index"].to_numpy()])
     dec = dec.drop(columns=["prompt_index"])
@@ -160,24 +193,44 @@ def evaluate_many(task: str, pool: Sequence[str] | None = None, *, router_kinds:
     }
 
 
-def evaluate_to_dir(benchmark: str, output: str, *, pool: Sequence[str] | None = None, protocol: str | None = "crossfit",
-                    folds: int = 5, router_kinds: Sequence[str] = DEFAULT_ROUTER_KINDS, prices=None,
-                    cascades: bool = True, artifact_root: str | None = None) -> dict:
+def evaluate_to_dir(
+    benchmark: str,
+    output: str,
+    *,
+    pool: Sequence[str] | None = None,
+    protocol: str | None = "crossfit",
+    folds: int = 5,
+    router_kinds: Sequence[str] = DEFAULT_ROUTER_KINDS,
+    prices=None,
+    cascades: bool = True,
+    artifact_root: str | None = None,
+) -> dict:
     """Run `evaluate_many` and write metrics.json, metrics.md, curve.csv, plot.png and
     decisions.parquet into the local folder `output`."""
     protocol = protocol or CROSSFIT
     if protocol not in PROTOCOLS:
-        raise ValueError(f"{benchmark}: many-model protocols are {list(PROTOCOLS)} (leave-group-out: trained on "
-                         f"the other task), got {protocol!r}")
+        raise ValueError(
+            f"{benchmark}: many-model protocols are {list(PROTOCOLS)} (leave-group-out: trained on "
+            f"the other task), got {protocol!r}"
+        )
     if benchmark not in ze.BENCHMARKS:
         raise ValueError(f"unknown many-model benchmark {benchmark!r}; known: {sorted(ze.BENCHMARKS)}")
-    result = evaluate_many(benchmark, pool, router_kinds=router_kinds, folds=folds, prices=prices,
-                           cascades=cascades, artifact_root=artifact_root, protocol=protocol)
+    result = evaluate_many(
+        benchmark,
+        pool,
+        router_kinds=router_kinds,
+        folds=folds,
+        prices=prices,
+        cascades=cascades,
+        artifact_root=artifact_root,
+        protocol=protocol,
+    )
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "metrics.json": json.dumps({k: v for k, v in result.items() if k not in ("curve", "decisions")}, indent=2,
-                                   default=float).encode(),
+        "metrics.json": json.dumps(
+            {k: v for k, v in result.items() if k not in ("curve", "decisions")}, indent=2, default=float
+        ).encode(),
         "metrics.md": render_markdown(result).encode(),
         "plot.png": plot_png(result),
     }

@@ -5,7 +5,7 @@ worst gap, cost to match the best single model, accuracy at the cheapest cost)."
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from router_tasks.routing.choice import frontier_choice
 def upper_hull(cost: Sequence[float], acc: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Vertices of the non-decreasing upper convex hull of (cost, acc) points (linear
     cost: mixing two policies reaches the segment between them)."""
-    pts = sorted(zip(map(float, cost), map(float, acc)), key=lambda p: (p[0], -p[1]))
+    pts = sorted(zip(map(float, cost), map(float, acc), strict=False), key=lambda p: (p[0], -p[1]))
     hull: list[tuple[float, float]] = []
     for p in pts:
         if hull and p[1] <= hull[-1][1]:
@@ -27,7 +27,7 @@ def upper_hull(cost: Sequence[float], acc: Sequence[float]) -> tuple[np.ndarray,
             else:
                 break
         hull.append(p)
-    xs, ys = zip(*hull)
+    xs, ys = zip(*hull, strict=False)
     return np.array(xs), np.array(ys)
 
 
@@ -52,8 +52,9 @@ def oracle_points(correct: np.ndarray, cost: np.ndarray, n: int = 200) -> tuple[
     return upper_hull(xs, ys)
 
 
-def curve_metrics(px, py, *, hull: tuple, oracle: tuple, grid: np.ndarray, best: tuple[float, float],
-                  cheapest_cost: float) -> dict:
+def curve_metrics(
+    px, py, *, hull: tuple, oracle: tuple, grid: np.ndarray, best: tuple[float, float], cheapest_cost: float
+) -> dict:
     """Headline figures of one curve (costs in $ per 1k prompts, accuracy as a share)."""
     px, py = np.asarray(px, float), np.asarray(py, float)
     h = step_interp(grid, *hull)
@@ -88,4 +89,3 @@ def curve_metrics(px, py, *, hull: tuple, oracle: tuple, grid: np.ndarray, best:
         "accuracy_at_cheapest_cost": float(at_cheapest) if np.isfinite(at_cheapest) else None,
         "max_accuracy": float(py.max()) if len(py) else None,
     }
-

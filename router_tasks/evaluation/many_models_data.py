@@ -6,8 +6,8 @@ prompt (`assign_folds`), and the other task a leave-task-out router trains on
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,11 +26,11 @@ class TaskData:
     prompt_ids: np.ndarray
     prompts: list[str]
     folds: np.ndarray
-    correct: np.ndarray       # (n, m) bool
-    cost: np.ndarray          # (n, m) recorded $ of each call
-    answers: np.ndarray       # (n, m) normalised answers (None = no answer)
+    correct: np.ndarray  # (n, m) bool
+    cost: np.ndarray  # (n, m) recorded $ of each call
+    answers: np.ndarray  # (n, m) normalised answers (None = no answer)
     input_tokens: np.ndarray  # (n,)
-    tables: dict              # column -> (prompt_id x model) DataFrame
+    tables: dict  # column -> (prompt_id x model) DataFrame
     prices: dict
 
     def frame(self, column: str) -> pd.DataFrame:
@@ -43,15 +43,17 @@ class TaskData:
 
 def assign_folds(prompt_ids: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
     """Balanced, deterministic folds by prompt: ids ordered by a salted hash, dealt round-robin."""
-    order = sorted(range(len(prompt_ids)),
-                   key=lambda i: hashlib.sha256(f"tela-mm-{seed}:{prompt_ids[i]}".encode()).hexdigest())
+    order = sorted(
+        range(len(prompt_ids)), key=lambda i: hashlib.sha256(f"tela-mm-{seed}:{prompt_ids[i]}".encode()).hexdigest()
+    )
     out = np.empty(len(prompt_ids), dtype=np.int64)
     out[order] = np.arange(len(prompt_ids)) % int(folds)
     return out
 
 
-def load_task(task: str, pool: Sequence[str] | None = None, prices: dict | None = None, folds: int = 5,
-              seed: int = 0) -> TaskData:
+def load_task(
+    task: str, pool: Sequence[str] | None = None, prices: dict | None = None, folds: int = 5, seed: int = 0
+) -> TaskData:
     """The pool's recorded outcomes on the prompts every pool model answered."""
     task = ze.BENCHMARKS.get(task, task)
     pool = list(pool or ze.POOLS[task])
@@ -65,8 +67,10 @@ def load_task(task: str, pool: Sequence[str] | None = None, prices: dict | None 
     counts = r.groupby("prompt_id")["model"].nunique()
     keep = set(counts[counts == len(pool)].index)
     r = r[r["prompt_id"].isin(keep)]
-    tables = {c: r.pivot(index="prompt_id", columns="model", values=c).reindex(columns=pool).sort_index()
-              for c in ("correct", "answer", "has_answer", "parsed_json", "output_tokens", "reasoning_chars")}
+    tables = {
+        c: r.pivot(index="prompt_id", columns="model", values=c).reindex(columns=pool).sort_index()
+        for c in ("correct", "answer", "has_answer", "parsed_json", "output_tokens", "reasoning_chars")
+    }
     first = r.drop_duplicates("prompt_id").set_index("prompt_id").reindex(tables["correct"].index)
     ids = tables["correct"].index.to_numpy().astype(str)
     n_in = first["input_tokens"].to_numpy(np.float64)
@@ -77,9 +81,19 @@ def load_task(task: str, pool: Sequence[str] | None = None, prices: dict | None 
     for i in range(raw.shape[0]):
         for j in range(raw.shape[1]):
             answers[i, j] = ze.normalized_answer(task, raw[i, j])
-    return TaskData(task=task, pool=pool, prompt_ids=ids, prompts=first["question"].astype(str).tolist(),
-                    folds=assign_folds(ids, folds, seed), correct=tables["correct"].to_numpy(bool), cost=cost,
-                    answers=answers, input_tokens=n_in, tables=tables, prices={m: prices[m] for m in pool})
+    return TaskData(
+        task=task,
+        pool=pool,
+        prompt_ids=ids,
+        prompts=first["question"].astype(str).tolist(),
+        folds=assign_folds(ids, folds, seed),
+        correct=tables["correct"].to_numpy(bool),
+        cost=cost,
+        answers=answers,
+        input_tokens=n_in,
+        tables=tables,
+        prices={m: prices[m] for m in pool},
+    )
 
 
 def other_task(task: str) -> str:
@@ -99,8 +113,9 @@ def transfer_pool(task: str, train_task: str, pool: Sequence[str] | None) -> lis
     if pool is not None:
         missing = [m for m in pool if m not in both]
         if missing:
-            raise ValueError(f"leave-task-out on {task!r}: pool model(s) {missing} have no replies in both "
-                             f"{task!r} and {train_task!r} (a router can only learn a model it has labels for)")
+            raise ValueError(
+                f"leave-task-out on {task!r}: pool model(s) {missing} have no replies in both "
+                f"{task!r} and {train_task!r} (a router can only learn a model it has labels for)"
+            )
         return list(pool)
     return [m for m in ze.POOLS[task] if m in both]
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,14 +34,16 @@ ROUTER_LAMBDAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 def _labels(data: TaskData, rows: np.ndarray) -> pd.DataFrame:
     ids = data.prompt_ids[rows]
     n, m = len(ids), len(data.pool)
-    return pd.DataFrame({
-        "prompt_id": np.repeat(ids, m),
-        "prompt": np.repeat(np.asarray(data.prompts, dtype=object)[rows], m),
-        "model": np.tile(np.asarray(data.pool, dtype=object), n),
-        "quality": data.correct[rows].astype(float).ravel(),
-        "output_tokens": data.frame("output_tokens").to_numpy(float)[rows].ravel(),
-        "input_tokens": np.repeat(data.input_tokens[rows], m),
-    })
+    return pd.DataFrame(
+        {
+            "prompt_id": np.repeat(ids, m),
+            "prompt": np.repeat(np.asarray(data.prompts, dtype=object)[rows], m),
+            "model": np.tile(np.asarray(data.pool, dtype=object), n),
+            "quality": data.correct[rows].astype(float).ravel(),
+            "output_tokens": data.frame("output_tokens").to_numpy(float)[rows].ravel(),
+            "input_tokens": np.repeat(data.input_tokens[rows], m),
+        }
+    )
 
 
 def _fit(kind: str, data: TaskData, rows: np.ndarray, embedder, params: dict | None):
@@ -63,8 +65,9 @@ def _predict(router, data: TaskData, rows: np.ndarray) -> tuple[np.ndarray, np.n
     return q, c
 
 
-def crossfit_router(kind: str, data: TaskData, *, embedder=None, params: dict | None = None,
-                    nested: bool = False) -> dict:
+def crossfit_router(
+    kind: str, data: TaskData, *, embedder=None, params: dict | None = None, nested: bool = False
+) -> dict:
     """Held-out predictions of a `kind` router: {"quality", "cost"} (n, m) stitched over
     the folds and, with `nested`, "nested_quality": {k: (n, m)} (fold k from the outer
     router, every other fold from an inner router that saw neither it nor fold k)."""
@@ -91,9 +94,7 @@ def crossfit_router(kind: str, data: TaskData, *, embedder=None, params: dict | 
     return out
 
 
-
-def transfer_router(kind: str, train: TaskData, data: TaskData, *, embedder=None,
-                    params: dict | None = None) -> dict:
+def transfer_router(kind: str, train: TaskData, data: TaskData, *, embedder=None, params: dict | None = None) -> dict:
     """Predictions on every prompt of `data` by a `kind` router fitted on every prompt of
     `train` (another task, the same pool): {"quality", "cost"} (n, m)."""
     if train.pool != data.pool:
@@ -124,17 +125,23 @@ def _shrunk(q: np.ndarray, mean: np.ndarray, alpha: float) -> np.ndarray:
     return mean[None, :] + float(alpha) * (q - mean[None, :])
 
 
-def _frontier_outcome(data: TaskData, rows: np.ndarray, q: np.ndarray, c: np.ndarray, b: float,
-                      pool: Sequence[str] | None = None):
-    dec = route_frontier(pd.DataFrame(q[rows], columns=data.pool), pd.DataFrame(c[rows], columns=data.pool),
-                         budget_per_prompt=float(b), pool=pool)
+def _frontier_outcome(
+    data: TaskData, rows: np.ndarray, q: np.ndarray, c: np.ndarray, b: float, pool: Sequence[str] | None = None
+):
+    dec = route_frontier(
+        pd.DataFrame(q[rows], columns=data.pool),
+        pd.DataFrame(c[rows], columns=data.pool),
+        budget_per_prompt=float(b),
+        pool=pool,
+    )
     idx = np.array([data.pool.index(x) for x in dec.choice])
     r = np.flatnonzero(rows)
     return idx, data.correct[r, idx], data.cost[r, idx], dec
 
 
-def one_call_nested_curve(data: TaskData, preds: dict, budgets: Sequence[float], policy: str,
-                          shrink_grid: Sequence[float] = SHRINK_GRID) -> tuple[pd.DataFrame, pd.DataFrame]:
+def one_call_nested_curve(
+    data: TaskData, preds: dict, budgets: Sequence[float], policy: str, shrink_grid: Sequence[float] = SHRINK_GRID
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The frontier policy with its shrinkage chosen per outer fold on inner cross-fit
     predictions of the training folds (the area over their own zero-router hull), then
     applied to the held-out fold, whose budget is met by bisection on predicted cost."""
@@ -157,8 +164,11 @@ def one_call_nested_curve(data: TaskData, preds: dict, budgets: Sequence[float],
         oracle = (oracle[0] * 1000, oracle[1])
         grid = np.geomspace(tr_cost.min(), tr_cost.max(), 200)
         # candidate pools: all models, or only those on the training folds' hull
-        hull_pool = [m for j, m in enumerate(data.pool)
-                     if (np.isclose(tr_cost[j], hull[0]) & np.isclose(tr_acc[j], hull[1])).any()]
+        hull_pool = [
+            m
+            for j, m in enumerate(data.pool)
+            if (np.isclose(tr_cost[j], hull[0]) & np.isclose(tr_acc[j], hull[1])).any()
+        ]
         pools = {"all": list(data.pool), "hull": hull_pool}
         best_area, best = -np.inf, ("all", 1.0, "predicted")
         for pool_name, pool in pools.items():
@@ -171,8 +181,9 @@ def one_call_nested_curve(data: TaskData, preds: dict, budgets: Sequence[float],
                         _, ok, c, _ = _frontier_outcome(data, train, qa, cc, b, pool)
                         px.append(1000 * c.mean())
                         py.append(ok.mean())
-                    area = curve_metrics(px, py, hull=hull, oracle=oracle, grid=grid, best=(1.0, 1.0),
-                                         cheapest_cost=float(tr_cost.min()))["area_vs_hull"]
+                    area = curve_metrics(
+                        px, py, hull=hull, oracle=oracle, grid=grid, best=(1.0, 1.0), cheapest_cost=float(tr_cost.min())
+                    )["area_vs_hull"]
                     if area > best_area + 1e-12:
                         best_area, best = area, (pool_name, float(alpha), cost_mode)
         pool_name, alpha, cost_mode = best
@@ -186,18 +197,37 @@ def one_call_nested_curve(data: TaskData, preds: dict, budgets: Sequence[float],
     rows, decisions = [], []
     names = np.asarray(data.pool, dtype=object)
     for i, b in enumerate(budgets):
-        rows.append({"policy": policy, "budget_per_1k": 1000 * b, "cost_per_1k": 1000 * cost_all[i].mean(),
-                     "accuracy": ok_all[i].mean(), "settings": " | ".join(settings[i])})
+        rows.append(
+            {
+                "policy": policy,
+                "budget_per_1k": 1000 * b,
+                "cost_per_1k": 1000 * cost_all[i].mean(),
+                "accuracy": ok_all[i].mean(),
+                "settings": " | ".join(settings[i]),
+            }
+        )
         setting = np.array(settings[i], dtype=object)[data.folds]
-        decisions.append(pd.DataFrame({"prompt_index": np.arange(n), "fold": data.folds, "budget_per_1k": 1000 * b,
-                                       "setting": setting, "models_called": names[chosen_idx[i]],
-                                       "answered_by": names[chosen_idx[i]], "correct": ok_all[i], "cost": cost_all[i]}))
+        decisions.append(
+            pd.DataFrame(
+                {
+                    "prompt_index": np.arange(n),
+                    "fold": data.folds,
+                    "budget_per_1k": 1000 * b,
+                    "setting": setting,
+                    "models_called": names[chosen_idx[i]],
+                    "answered_by": names[chosen_idx[i]],
+                    "correct": ok_all[i],
+                    "cost": cost_all[i],
+                }
+            )
+        )
     log.info("%s %s: shrinkage per fold %s", data.task, policy, fold_alpha)
     return pd.DataFrame(rows), pd.concat(decisions, ignore_index=True).assign(policy=policy)
 
 
-def one_call_curve(data: TaskData, quality: np.ndarray, cost_pred: np.ndarray, budgets: Sequence[float],
-                   policy: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def one_call_curve(
+    data: TaskData, quality: np.ndarray, cost_pred: np.ndarray, budgets: Sequence[float], policy: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The frontier policy at each budget (bisection on predicted cost), realised outcome."""
     qf = pd.DataFrame(quality, columns=data.pool)
     cf = pd.DataFrame(cost_pred, columns=data.pool)
@@ -207,13 +237,32 @@ def one_call_curve(data: TaskData, quality: np.ndarray, cost_pred: np.ndarray, b
         dec = route_frontier(qf, cf, budget_per_prompt=float(b))
         idx = np.array([data.pool.index(x) for x in dec.choice])
         ok, c = data.correct[r, idx], data.cost[r, idx]
-        rows.append({"policy": policy, "budget_per_1k": 1000 * b, "cost_per_1k": 1000 * c.mean(),
-                     "accuracy": ok.mean(), "predicted_cost_per_1k": 1000 * dec.mean_cost, "lambda": dec.lam,
-                     "settings": f"lambda={dec.lam:.4g}"})
+        rows.append(
+            {
+                "policy": policy,
+                "budget_per_1k": 1000 * b,
+                "cost_per_1k": 1000 * c.mean(),
+                "accuracy": ok.mean(),
+                "predicted_cost_per_1k": 1000 * dec.mean_cost,
+                "lambda": dec.lam,
+                "settings": f"lambda={dec.lam:.4g}",
+            }
+        )
         names = np.asarray(data.pool, dtype=object)[idx]
-        decisions.append(pd.DataFrame({"prompt_index": r, "fold": data.folds, "budget_per_1k": 1000 * b,
-                                       "setting": f"lambda={dec.lam:.4g}", "models_called": names,
-                                       "answered_by": names, "correct": ok, "cost": c}))
+        decisions.append(
+            pd.DataFrame(
+                {
+                    "prompt_index": r,
+                    "fold": data.folds,
+                    "budget_per_1k": 1000 * b,
+                    "setting": f"lambda={dec.lam:.4g}",
+                    "models_called": names,
+                    "answered_by": names,
+                    "correct": ok,
+                    "cost": c,
+                }
+            )
+        )
     return pd.DataFrame(rows), pd.concat(decisions, ignore_index=True).assign(policy=policy)
 
 
@@ -253,8 +302,10 @@ def cascade_curves(data: TaskData, budgets: Sequence[float], confidence: dict | 
                 x = feats[key[0]]
             else:
                 a, b = key
-                agree = np.array([u is not None and u == v for u, v in zip(data.answers[:, a], data.answers[:, b])],
-                                 float)
+                agree = np.array(
+                    [u is not None and u == v for u, v in zip(data.answers[:, a], data.answers[:, b], strict=False)],
+                    float,
+                )
                 x = np.column_stack([feats[a], feats[b], agree])
             ver_cache[key] = cz.nested_scores(x, data.correct[:, key[0]], data.folds)
         return ver_cache[key]
@@ -270,8 +321,9 @@ def cascade_curves(data: TaskData, budgets: Sequence[float], confidence: dict | 
         out = []
         for a in cheap:
             for f in finals:
-                out += cz.threshold_candidates("verifier", data.pool, verifier_scores((a,))[k], [a], f, data.correct,
-                                               data.cost, first_always=True)
+                out += cz.threshold_candidates(
+                    "verifier", data.pool, verifier_scores((a,))[k], [a], f, data.correct, data.cost, first_always=True
+                )
         return out
 
     def verifier2_for(k: int):
@@ -279,8 +331,16 @@ def cascade_curves(data: TaskData, budgets: Sequence[float], confidence: dict | 
         out = []
         for a, b in itertools.combinations(cheap, 2):  # cheap is ordered best first: a's answer is returned
             for f in finals:
-                out += cz.threshold_candidates("verifier2", data.pool, verifier_scores((a, b))[k], [a, b], f,
-                                               data.correct, data.cost, first_always=True)
+                out += cz.threshold_candidates(
+                    "verifier2",
+                    data.pool,
+                    verifier_scores((a, b))[k],
+                    [a, b],
+                    f,
+                    data.correct,
+                    data.cost,
+                    first_always=True,
+                )
         return out
 
     def confidence_for(k: int):
@@ -291,8 +351,9 @@ def cascade_curves(data: TaskData, budgets: Sequence[float], confidence: dict | 
         q = confidence["nested_quality"][k]
         for a in cheap:
             for f in finals:
-                out += cz.threshold_candidates("confidence", data.pool, q[:, a], [a], f, data.correct, data.cost,
-                                               first_always=False)
+                out += cz.threshold_candidates(
+                    "confidence", data.pool, q[:, a], [a], f, data.correct, data.cost, first_always=False
+                )
         return out
 
     def agreement_router_for(k: int):
@@ -300,9 +361,17 @@ def cascade_curves(data: TaskData, budgets: Sequence[float], confidence: dict | 
             return []
         cheap, finals = sets[k]
         finals = sorted(finals)
-        return cz.agreement_router_candidates(data.pool, data.answers, data.correct, data.cost, cheap, finals,
-                                              confidence["nested_quality"][k], confidence["nested_cost"][k],
-                                              ROUTER_LAMBDAS)
+        return cz.agreement_router_candidates(
+            data.pool,
+            data.answers,
+            data.correct,
+            data.cost,
+            cheap,
+            finals,
+            confidence["nested_quality"][k],
+            confidence["nested_cost"][k],
+            ROUTER_LAMBDAS,
+        )
 
     families = {
         "cascade-agreement": agreement_for,
@@ -312,8 +381,9 @@ def cascade_curves(data: TaskData, budgets: Sequence[float], confidence: dict | 
     if confidence is not None:
         families["cascade-confidence"] = confidence_for
         families["cascade-agreement+router"] = agreement_router_for
-    families["cascade-any"] = lambda k: (agreement_for(k) + verifier_for(k) + verifier2_for(k) + confidence_for(k)
-                                         + agreement_router_for(k))
+    families["cascade-any"] = lambda k: (
+        agreement_for(k) + verifier_for(k) + verifier2_for(k) + confidence_for(k) + agreement_router_for(k)
+    )
     curves, decisions = [], []
     for name, fn in families.items():
         t0 = time.time()

@@ -52,7 +52,7 @@ strong and weak have the same mean) is NaN.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,7 +82,9 @@ def _arrays(scores, strong_quality, weak_quality) -> tuple[np.ndarray, np.ndarra
     a = np.asarray(strong_quality, dtype=float)
     b = np.asarray(weak_quality, dtype=float)
     if not (s.shape == a.shape == b.shape) or s.ndim != 1:
-        raise ValueError(f"scores, strong and weak quality must be 1-d and equally long; got {s.shape}, {a.shape}, {b.shape}")
+        raise ValueError(
+            f"scores, strong and weak quality must be 1-d and equally long; got {s.shape}, {a.shape}, {b.shape}"
+        )
     if len(s) == 0:
         raise ValueError("no prompts to evaluate")
     for name, arr in (("score", s), ("strong_quality", a), ("weak_quality", b)):
@@ -171,8 +173,13 @@ def share_for_quality(curve_df: pd.DataFrame, target: float, mode: str = "routel
     return math.nan  # never reached (only if the curve ends below the target)
 
 
-def calls_saved(curve_df: pd.DataFrame, strong_mean: float, target: float = SAVINGS_LEVEL,
-                mode: str = "routellm", floor: float = 0.0) -> float:
+def calls_saved(
+    curve_df: pd.DataFrame,
+    strong_mean: float,
+    target: float = SAVINGS_LEVEL,
+    mode: str = "routellm",
+    floor: float = 0.0,
+) -> float:
     """Share of strong-model calls saved while keeping `target` of the strong model's mean
     quality (measured above the scale's `floor`)."""
     share = share_for_quality(curve_df, floor + target * (strong_mean - floor), mode)
@@ -255,8 +262,15 @@ def summarize(
     s, a, b = _arrays(scores, strong_quality, weak_quality)
     sm, wm = float(a.mean()), float(b.mean())
     strong_price, weak_price = prices or (None, None)
-    out: dict = {"n": int(len(s)), "strong_mean": sm, "weak_mean": wm, "quality_target": float(quality_target),
-                 "quality_floor": float(quality_floor), "prices": None if prices is None else {"strong": strong_price, "weak": weak_price}, "curves": {}}
+    out: dict = {
+        "n": int(len(s)),
+        "strong_mean": sm,
+        "weak_mean": wm,
+        "quality_target": float(quality_target),
+        "quality_floor": float(quality_floor),
+        "prices": None if prices is None else {"strong": strong_price, "weak": weak_price},
+        "curves": {},
+    }
     for mode in MODES:
         c = curve(s, a, b, mode, num_results)
         rnd_curve, rnd_apgrs = random_curves(a, b, mode, seeds=random_seeds, num_results=num_results)
@@ -269,8 +283,9 @@ def summarize(
         m["oracle_apgr"] = apgr(orc, sm, wm)
         for name, level in (("95", SAVINGS_LEVEL), ("target", float(quality_target))):
             m[f"calls_saved_at_{name}"] = calls_saved(c, sm, level, mode, quality_floor)
-            m[f"dollars_saved_at_{name}"] = dollars_saved(finite_or_none(m[f"calls_saved_at_{name}"]),
-                                                          strong_price, weak_price)
+            m[f"dollars_saved_at_{name}"] = dollars_saved(
+                finite_or_none(m[f"calls_saved_at_{name}"]), strong_price, weak_price
+            )
         m["random_calls_saved_at_95"] = calls_saved(rnd_curve, sm, SAVINGS_LEVEL, mode, quality_floor)
         m["oracle_calls_saved_at_95"] = calls_saved(orc, sm, SAVINGS_LEVEL, mode, quality_floor)
         out[mode] = {k: finite_or_none(v) for k, v in m.items()}

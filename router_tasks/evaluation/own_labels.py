@@ -94,8 +94,16 @@ def calibration_table(pred: pd.DataFrame, observed: pd.DataFrame, models) -> pd.
         p, y = both["p"].to_numpy(), both["y"].to_numpy(float)
         bins = np.minimum((p * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
         ece = sum(abs(p[bins == b].mean() - y[bins == b].mean()) * (bins == b).sum() for b in np.unique(bins)) / len(p)
-        rows.append({"model": m, "n_prompts": int(len(p)), "mean_observed": float(y.mean()),
-                     "mean_predicted": float(p.mean()), "brier": float(((p - y) ** 2).mean()), "ece": float(ece)})
+        rows.append(
+            {
+                "model": m,
+                "n_prompts": int(len(p)),
+                "mean_observed": float(y.mean()),
+                "mean_predicted": float(p.mean()),
+                "brier": float(((p - y) ** 2).mean()),
+                "ece": float(ece),
+            }
+        )
     return pd.DataFrame(rows, columns=["model", "n_prompts", "mean_observed", "mean_predicted", "brier", "ece"])
 
 
@@ -120,14 +128,35 @@ def cost_curve(pred: pd.DataFrame, observed: pd.DataFrame, prices: dict[str, flo
         # ties (equal utility) go to the cheaper model
         util = p - lam * price[None, :] / scale - 1e-9 * price[None, :]
         pick = util.argmax(axis=1)
-        rows.append({"method": "router", "label": "router", "lambda": float(lam),
-                     "mean_price": float(price[pick].mean()), "quality": float(y[np.arange(len(y)), pick].mean())})
+        rows.append(
+            {
+                "method": "router",
+                "label": "router",
+                "lambda": float(lam),
+                "mean_price": float(price[pick].mean()),
+                "quality": float(y[np.arange(len(y)), pick].mean()),
+            }
+        )
     for j, m in enumerate(models):
-        rows.append({"method": "model", "label": m, "lambda": np.nan, "mean_price": float(price[j]),
-                     "quality": float(y[:, j].mean())})
+        rows.append(
+            {
+                "method": "model",
+                "label": m,
+                "lambda": np.nan,
+                "mean_price": float(price[j]),
+                "quality": float(y[:, j].mean()),
+            }
+        )
     best = np.array([np.lexsort((price, -y[i]))[0] for i in range(len(y))])  # best observed, then cheapest
-    rows.append({"method": "oracle", "label": "oracle", "lambda": np.nan, "mean_price": float(price[best].mean()),
-                 "quality": float(y[np.arange(len(y)), best].mean())})
+    rows.append(
+        {
+            "method": "oracle",
+            "label": "oracle",
+            "lambda": np.nan,
+            "mean_price": float(price[best].mean()),
+            "quality": float(y[np.arange(len(y)), best].mean()),
+        }
+    )
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -140,7 +169,9 @@ def cost_plot(curve: pd.DataFrame, n: int) -> bytes:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     r = curve[curve["method"] == "router"].sort_values("mean_price")
-    ax.plot(r["mean_price"], 100 * r["quality"], marker="o", color="tab:blue", label="router (quality - lambda x price)")
+    ax.plot(
+        r["mean_price"], 100 * r["quality"], marker="o", color="tab:blue", label="router (quality - lambda x price)"
+    )
     for _, row in curve[curve["method"] == "model"].iterrows():
         ax.scatter([row["mean_price"]], [100 * row["quality"]], s=60, zorder=5, label=f"{row['label']} alone")
     o = curve[curve["method"] == "oracle"]
@@ -181,30 +212,60 @@ def _holdout_predictions(router, observed: pd.DataFrame, plan: dict, trained: se
     return held, pred, pd.Series(-1, index=held.index, name="fold")
 
 
-def _crossfit_predictions(router, labels_ref: ArtifactRef, labels: pd.DataFrame, observed: pd.DataFrame,
-                          plan: dict, store):
+def _crossfit_predictions(
+    router, labels_ref: ArtifactRef, labels: pd.DataFrame, observed: pd.DataFrame, plan: dict, store
+):
     pair = observed[[router.strong_model, router.weak_model]].dropna().index
     scored = observed.loc[pair]
     order = sorted(scored.index, key=lambda p: hashlib.sha256(f"tela-own-crossfit:{p}".encode()).hexdigest())
     fold_of = pd.Series(np.arange(len(order)) % plan["folds"], index=order).reindex(scored.index)
     drop = {f: set(fold_of.index[fold_of == f]) for f in range(plan["folds"])}
-    pred = _fold_predictions(router, labels_ref, labels, scored, fold_of, drop, store,
-                             lambda f: {"fold": f, "folds": plan["folds"], "heldout": sorted(drop[f])})
+    pred = _fold_predictions(
+        router,
+        labels_ref,
+        labels,
+        scored,
+        fold_of,
+        drop,
+        store,
+        lambda f: {"fold": f, "folds": plan["folds"], "heldout": sorted(drop[f])},
+    )
     return scored, pred, fold_of.rename("fold")
 
 
-def _fold_predictions(router, labels_ref: ArtifactRef, labels: pd.DataFrame, scored: pd.DataFrame,
-                      fold_of: pd.Series, drop: dict, store, fold_config) -> pd.DataFrame:
+def _fold_predictions(
+    router,
+    labels_ref: ArtifactRef,
+    labels: pd.DataFrame,
+    scored: pd.DataFrame,
+    fold_of: pd.Series,
+    drop: dict,
+    store,
+    fold_config,
+) -> pd.DataFrame:
     """Per fold f: retrain the router's recipe on `labels` minus every prompt id in
     `drop[f]` (an artifact keyed by `fold_config(f)`), predict the scored prompts of fold f."""
     preds = []
     for f in sorted(drop):
         fl = labels[~labels["prompt_id"].astype(str).isin(drop[f])].reset_index(drop=True)
-        fl_ref = run_stage(FOLDS_STAGE, FOLDS_VERSION, lambda c, fl=fl: c.write_table(fl),
-                           inputs={"labels": labels_ref}, config=fold_config(f), store=store)
-        fold_ref = train_router(fl_ref, router_type=router.kind, strong_model=router.strong_model,
-                                weak_model=router.weak_model, router_params=router.params,
-                                use_gpu=False, own_holdout=False, artifact_root=store.root)
+        fl_ref = run_stage(
+            FOLDS_STAGE,
+            FOLDS_VERSION,
+            lambda c, fl=fl: c.write_table(fl),
+            inputs={"labels": labels_ref},
+            config=fold_config(f),
+            store=store,
+        )
+        fold_ref = train_router(
+            fl_ref,
+            router_type=router.kind,
+            strong_model=router.strong_model,
+            weak_model=router.weak_model,
+            router_params=router.params,
+            use_gpu=False,
+            own_holdout=False,
+            artifact_root=store.root,
+        )
         fold_router = load_router(fold_ref, store)
         texts = scored.loc[fold_of == f, "_prompt"].tolist()
         p = fold_router.predict_quality(texts)
@@ -213,8 +274,9 @@ def _fold_predictions(router, labels_ref: ArtifactRef, labels: pd.DataFrame, sco
     return pd.concat(preds).loc[scored.index]
 
 
-def evaluate_own_left_out(router, labels: pd.DataFrame, labels_ref: ArtifactRef, store, *, num_results: int,
-                          random_seeds: int) -> tuple[pd.DataFrame, dict]:
+def evaluate_own_left_out(
+    router, labels: pd.DataFrame, labels_ref: ArtifactRef, store, *, num_results: int, random_seeds: int
+) -> tuple[pd.DataFrame, dict]:
     """(scores table, summary) of the own labels scored leave-one-group-out, or raise
     OwnLabelsSkipped with the reason (fewer than two groups big enough).
 
@@ -246,44 +308,76 @@ def evaluate_own_left_out(router, labels: pd.DataFrame, labels_ref: ArtifactRef,
     else:
         raise OwnLabelsSkipped(
             f"leaving a kind of traffic out needs >= 2 categories (prompt file `category`) or datasets with "
-            f">= {OWN_GROUP_MIN_PROMPTS} prompts labelled for both {strong} and {weak}; have {tried}")
+            f">= {OWN_GROUP_MIN_PROMPTS} prompts labelled for both {strong} and {weak}; have {tried}"
+        )
     scored_ids = [p for p in pair if group_of[p] in groups]
     scored = observed.loc[scored_ids]
     fold_of = pd.Series([groups.index(group_of[p]) for p in scored_ids], index=scored.index)
     own_ids = group_of.index.to_series()
     drop = {f: set(own_ids[group_of == g]) for f, g in enumerate(groups)}
-    pred = _fold_predictions(router, labels_ref, labels, scored, fold_of, drop, store,
-                             lambda f: {"left_out": {column: groups[f]}, "heldout": sorted(drop[f])})
+    pred = _fold_predictions(
+        router,
+        labels_ref,
+        labels,
+        scored,
+        fold_of,
+        drop,
+        store,
+        lambda f: {"left_out": {column: groups[f]}, "heldout": sorted(drop[f])},
+    )
     scores = router.strong_win_rate([], quality=pred)
     s = mx.summarize(scores, scored[strong], scored[weak], num_results=num_results, random_seeds=random_seeds)
     per = {}
     for f, g in enumerate(groups):
         rows = (fold_of == f).to_numpy()
-        one = mx.summarize(scores[rows], scored[strong][rows], scored[weak][rows], num_results=num_results,
-                           random_seeds=random_seeds)
-        per[g] = {"n_prompts": int(rows.sum()), "apgr": one["routellm"]["apgr"], "apgr_exact": one["exact"]["apgr"],
-                  "strong_mean": float(scored[strong][rows].mean()), "weak_mean": float(scored[weak][rows].mean())}
+        one = mx.summarize(
+            scores[rows], scored[strong][rows], scored[weak][rows], num_results=num_results, random_seeds=random_seeds
+        )
+        per[g] = {
+            "n_prompts": int(rows.sum()),
+            "apgr": one["routellm"]["apgr"],
+            "apgr_exact": one["exact"]["apgr"],
+            "strong_mean": float(scored[strong][rows].mean()),
+            "weak_mean": float(scored[weak][rows].mean()),
+        }
     s["protocol"] = protocol
     s["group_by"] = column
     s["per_group"] = per
     s["left_in"] = sorted(str(g) for g in sizes.index if str(g) not in groups)
-    table = pd.DataFrame({
-        "prompt_id": scored.index.astype(str),
-        "prompt": scored["_prompt"].to_numpy(),
-        "group": [groups[f] for f in fold_of],
-        "strong_win_rate": scores,
-        "strong_quality": scored[strong].to_numpy(float),
-        "weak_quality": scored[weak].to_numpy(float),
-    })
-    log.info("%s %s (n=%d, %d groups): %s", OWN_BENCHMARK, protocol, len(scored), len(groups),
-             {g: round(v["apgr_exact"], 3) if v["apgr_exact"] is not None else None for g, v in per.items()})
+    table = pd.DataFrame(
+        {
+            "prompt_id": scored.index.astype(str),
+            "prompt": scored["_prompt"].to_numpy(),
+            "group": [groups[f] for f in fold_of],
+            "strong_win_rate": scores,
+            "strong_quality": scored[strong].to_numpy(float),
+            "weak_quality": scored[weak].to_numpy(float),
+        }
+    )
+    log.info(
+        "%s %s (n=%d, %d groups): %s",
+        OWN_BENCHMARK,
+        protocol,
+        len(scored),
+        len(groups),
+        {g: round(v["apgr_exact"], 3) if v["apgr_exact"] is not None else None for g, v in per.items()},
+    )
     return table, s
 
 
-def evaluate_own_labels(router, labels: pd.DataFrame, trained: set[str], *, prices: dict[str, float],
-                        num_results: int, random_seeds: int, max_prompts: int | None,
-                        quality_target: float = mx.SAVINGS_LEVEL, labels_ref: ArtifactRef | None = None,
-                        store=None):
+def evaluate_own_labels(
+    router,
+    labels: pd.DataFrame,
+    trained: set[str],
+    *,
+    prices: dict[str, float],
+    num_results: int,
+    random_seeds: int,
+    max_prompts: int | None,
+    quality_target: float = mx.SAVINGS_LEVEL,
+    labels_ref: ArtifactRef | None = None,
+    store=None,
+):
     """(scores table, `metrics.summarize` summary + "calibration"/"cost_curve"/"plan") for the
     run's own labels in `labels`, or raise OwnLabelsSkipped with the reason.
 
@@ -305,15 +399,24 @@ def evaluate_own_labels(router, labels: pd.DataFrame, trained: set[str], *, pric
         scored, pred, fold = _holdout_predictions(router, observed, plan, trained)
     else:
         if labels_ref is None or store is None:
-            raise ValueError(f"{OWN_BENCHMARK}: {plan['why']}, which retrains the router: it needs the labels' "
-                             "artifact and store, not the table alone")
+            raise ValueError(
+                f"{OWN_BENCHMARK}: {plan['why']}, which retrains the router: it needs the labels' "
+                "artifact and store, not the table alone"
+            )
         scored, pred, fold = _crossfit_predictions(router, labels_ref, labels, observed, plan, store)
     pair = scored[[strong, weak]].dropna().index
     if len(pair) < 2:
         raise OwnLabelsSkipped(f"only {len(pair)} held-out prompts are labelled for both {strong} and {weak}")
     scores = router.strong_win_rate([], quality=pred.loc[pair])
-    s = mx.summarize(scores, scored.loc[pair, strong], scored.loc[pair, weak], num_results=num_results,
-                     random_seeds=random_seeds, quality_target=quality_target, prices=pair_prices(prices, strong, weak))
+    s = mx.summarize(
+        scores,
+        scored.loc[pair, strong],
+        scored.loc[pair, weak],
+        num_results=num_results,
+        random_seeds=random_seeds,
+        quality_target=quality_target,
+        prices=pair_prices(prices, strong, weak),
+    )
     s["protocol"] = plan["protocol"]
     s["plan"] = {k: v for k, v in plan.items() if k != "heldout"} | {
         "n_heldout": len(plan["heldout"]) if plan["protocol"] == "holdout" else int(len(scored)),
@@ -335,5 +438,3 @@ def evaluate_own_labels(router, labels: pd.DataFrame, trained: set[str], *, pric
     )
     log.info("%s (%s, n=%d): %s", OWN_BENCHMARK, plan["protocol"], len(pair), plan["why"])
     return table, s
-
-

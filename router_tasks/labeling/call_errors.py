@@ -20,8 +20,9 @@ def reject_malformed_json(response) -> None:
         json.loads(response.content)
     except ValueError as err:
         why = f"{err.msg} at char {err.pos}" if isinstance(err, json.JSONDecodeError) else str(err)
-        raise httpx2.DecodingError(f"malformed response: the body is not valid JSON ({why})",
-                                   request=response.request) from None
+        raise httpx2.DecodingError(
+            f"malformed response: the body is not valid JSON ({why})", request=response.request
+        ) from None
 
 
 # What a credential looks like in an error text: provider keys ("sk-...", "sk-proj-..."),
@@ -29,8 +30,13 @@ def reject_malformed_json(response) -> None:
 _SECRET_PATTERNS = [
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]+"), "Bearer [REDACTED]"),
     (re.compile(r"\b(?:sk|pk|rk|ak)-[A-Za-z0-9_\-]{6,}"), "[REDACTED]"),
-    (re.compile(r"(?i)\b((?:api[_-]?key|access[_-]?key|secret|token|password|passwd|authorization|key)"
-                r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',&;}]+"), r"\1[REDACTED]"),
+    (
+        re.compile(
+            r"(?i)\b((?:api[_-]?key|access[_-]?key|secret|token|password|passwd|authorization|key)"
+            r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',&;}]+"
+        ),
+        r"\1[REDACTED]",
+    ),
     (re.compile(r"\b[A-Za-z0-9_\-]{32,}\b"), "[REDACTED]"),
 ]
 
@@ -64,7 +70,11 @@ def _describe_error_raw(err: Exception) -> str:
     elif isinstance(err, openai.APIConnectionError):
         cause = err.__cause__ or err
         # a malformed body (see reject_malformed_json) names itself
-        text = str(cause) if str(cause).startswith("malformed response") else f"connection error: {type(cause).__name__}: {cause}"
+        text = (
+            str(cause)
+            if str(cause).startswith("malformed response")
+            else f"connection error: {type(cause).__name__}: {cause}"
+        )
     else:
         text = f"{type(err).__name__}: {err}"
     return " ".join(text.split())[:500]

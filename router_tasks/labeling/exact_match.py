@@ -101,7 +101,9 @@ def extract_letter(answer: str | None, prompt: str | None = None) -> str | None:
     return None
 
 
-def grade_exact(answer: str, gold: str, gold_type: str, prompt: str | None = None) -> tuple[bool | None, str | None, str | None]:
+def grade_exact(
+    answer: str, gold: str, gold_type: str, prompt: str | None = None
+) -> tuple[bool | None, str | None, str | None]:
     """(correct, extracted value as text, failure_reason) for one exact-match row."""
     if gold_type == "number":
         want = normalize_number(gold)

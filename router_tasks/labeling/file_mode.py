@@ -18,19 +18,33 @@ import logging
 
 import pandas as pd
 
+from router_tasks.core.endpoints import Endpoint
+from router_tasks.core.store import ArtifactStore
+from router_tasks.data.table_files import read_table_file, write_table_file
 from router_tasks.labeling.generate import ANSWER_COLUMNS, answer_prompts
 from router_tasks.labeling.judge import JUDGEMENT_COLUMNS, grade_answers, judge_endpoint
-from router_tasks.core.endpoints import Endpoint
-from router_tasks.data.table_files import read_table_file, write_table_file
-from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 
-def _endpoint_dict(model: str, base_url: str | None, api_key_env: str | None, concurrency: int | None,
-                   max_tokens: int | None, temperature: float | None, name: str | None = None) -> dict:
-    d = {"name": name or model, "model": model, "base_url": base_url, "api_key_env": api_key_env,
-         "concurrency": concurrency, "max_tokens": max_tokens, "temperature": temperature}
+def _endpoint_dict(
+    model: str,
+    base_url: str | None,
+    api_key_env: str | None,
+    concurrency: int | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    name: str | None = None,
+) -> dict:
+    d = {
+        "name": name or model,
+        "model": model,
+        "base_url": base_url,
+        "api_key_env": api_key_env,
+        "concurrency": concurrency,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
     return {k: v for k, v in d.items() if v is not None}
 
 
@@ -46,9 +60,17 @@ def _row_ids(n: int) -> list[str]:
 
 
 def generate_file(
-    input_path: str, output_path: str, *, model: str, base_url: str | None = None, api_key_env: str | None = None,
-    concurrency: int | None = None, max_tokens: int | None = 128, temperature: float | None = 0.0,
-    name: str | None = None, artifact_root: str | None = None,
+    input_path: str,
+    output_path: str,
+    *,
+    model: str,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    concurrency: int | None = None,
+    max_tokens: int | None = 128,
+    temperature: float | None = 0.0,
+    name: str | None = None,
+    artifact_root: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Answer each row's `prompt` with one endpoint; write input + answer columns."""
     ep = Endpoint.from_dict(_endpoint_dict(model, base_url, api_key_env, concurrency, max_tokens, temperature, name))
@@ -58,15 +80,24 @@ def generate_file(
     work = pd.DataFrame({"prompt_id": _row_ids(len(df)), "prompt": df["prompt"].tolist()})
     answers, stats = answer_prompts(work, ep, store=ArtifactStore(artifact_root), max_failure_rate=1.0)
     added = answers.drop(columns=["prompt_id"]).reset_index(drop=True)
-    out = pd.concat([df.drop(columns=[c for c in added.columns if c in df.columns]).reset_index(drop=True), added], axis=1)
+    out = pd.concat(
+        [df.drop(columns=[c for c in added.columns if c in df.columns]).reset_index(drop=True), added], axis=1
+    )
     write_table_file(out, output_path)
     return out, stats
 
 
 def judge_file(
-    input_path: str, output_path: str, *, judge_model: str, base_url: str | None = None,
-    api_key_env: str | None = None, concurrency: int | None = None, max_tokens: int | None = 256,
-    name: str | None = None, artifact_root: str | None = None,
+    input_path: str,
+    output_path: str,
+    *,
+    judge_model: str,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    concurrency: int | None = None,
+    max_tokens: int | None = 256,
+    name: str | None = None,
+    artifact_root: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Grade each row's `answer` to its `prompt` against `reference_answer` (LLM judge) or
     `gold_answer` + `gold_type` (exact match); write input + judgement columns."""
@@ -74,8 +105,10 @@ def judge_file(
     df = read_table_file(input_path, what="answers")
     _require(df, input_path, ("prompt", "answer"))
     if not {"reference_answer", "gold_answer"} & set(df.columns):
-        raise ValueError(f"{input_path}: needs a 'reference_answer' column (LLM judge) or 'gold_answer' and "
-                         f"'gold_type' columns (exact match); columns: {list(df.columns)}")
+        raise ValueError(
+            f"{input_path}: needs a 'reference_answer' column (LLM judge) or 'gold_answer' and "
+            f"'gold_type' columns (exact match); columns: {list(df.columns)}"
+        )
     ids = _row_ids(len(df))
     pdf = pd.DataFrame({"prompt_id": ids, "prompt": df["prompt"].tolist()})
     for col in ("reference_answer", "gold_answer", "gold_type"):
@@ -85,7 +118,9 @@ def judge_file(
     adf = pd.DataFrame({"prompt_id": ids, "model": model, "answer": df["answer"].tolist(), "error": error})
     judged, stats = grade_answers(pdf, adf, endpoint, store=ArtifactStore(artifact_root), max_failure_rate=1.0)
     added = judged.drop(columns=["prompt_id", "model"]).reset_index(drop=True)
-    out = pd.concat([df.drop(columns=[c for c in added.columns if c in df.columns]).reset_index(drop=True), added], axis=1)
+    out = pd.concat(
+        [df.drop(columns=[c for c in added.columns if c in df.columns]).reset_index(drop=True), added], axis=1
+    )
     write_table_file(out, output_path)
     return out, stats
 

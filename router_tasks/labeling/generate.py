@@ -37,14 +37,13 @@ import time
 
 import pandas as pd
 
-from router_tasks.labeling.ledger import ledger_entry
-from router_tasks.data.ingest import prompt_shards, read_prompt_shard
 from router_tasks.core.endpoints import Endpoint, parse_endpoints
-from router_tasks.labeling.llm_client import ChatResult, EndpointSession, ask_all, endpoint_cache
-from router_tasks.data.quality import resolve_thresholds
-from router_tasks.core.stage import StageContext, load_table, part_inputs, run_stage
+from router_tasks.core.stage import StageContext, part_inputs, run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.data.quality import answers_suite, enforce
+from router_tasks.data.ingest import prompt_shards, read_prompt_shard
+from router_tasks.data.quality import answers_suite, enforce, resolve_thresholds
+from router_tasks.labeling.ledger import ledger_entry
+from router_tasks.labeling.llm_client import ChatResult, EndpointSession, ask_all, endpoint_cache
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,19 @@ PROMPT_VERSION = "answer-v1"  # how a prompt becomes messages: the user turn, as
 BATCH_ROWS = 2000
 
 ANSWERS_SHARD_FILE = "shards/{:05d}.parquet"
-ANSWER_COLUMNS = ["prompt_id", "model", "answer", "finish_reason", "error", "input_tokens", "output_tokens", "latency_s"]
+ANSWER_COLUMNS = [
+    "prompt_id",
+    "model",
+    "answer",
+    "finish_reason",
+    "error",
+    "input_tokens",
+    "output_tokens",
+    "latency_s",
+]
 
 
-def _answers_frame(rows: "list[dict] | pd.DataFrame") -> pd.DataFrame:
+def _answers_frame(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
     for col in ("prompt_id", "model", "answer", "finish_reason", "error"):
         df[col] = df[col].astype("string")
@@ -70,8 +78,13 @@ def _answers_frame(rows: "list[dict] | pd.DataFrame") -> pd.DataFrame:
 
 def _row(pid: str, model: str, res: ChatResult) -> dict:
     return {
-        "prompt_id": pid, "model": model, "answer": res.answer, "finish_reason": res.finish_reason,
-        "error": res.error, "input_tokens": res.input_tokens, "output_tokens": res.output_tokens,
+        "prompt_id": pid,
+        "model": model,
+        "answer": res.answer,
+        "finish_reason": res.finish_reason,
+        "error": res.error,
+        "input_tokens": res.input_tokens,
+        "output_tokens": res.output_tokens,
         "latency_s": res.latency_s,
     }
 
@@ -89,9 +102,16 @@ def check_prompts(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def answer_prompts(
-    df: pd.DataFrame, ep: Endpoint, *, store: ArtifactStore, max_failure_rate: float = 1.0,
-    flush_every: int = 50, label: str = STAGE, partition: tuple[int, int] | None = None,
-    session: EndpointSession | None = None, cache=None,
+    df: pd.DataFrame,
+    ep: Endpoint,
+    *,
+    store: ArtifactStore,
+    max_failure_rate: float = 1.0,
+    flush_every: int = 50,
+    label: str = STAGE,
+    partition: tuple[int, int] | None = None,
+    session: EndpointSession | None = None,
+    cache=None,
 ) -> tuple[pd.DataFrame, dict]:
     """Answers of `ep` to every row of `df` (prompt_id, prompt), through the request cache.
 
@@ -101,16 +121,26 @@ def answer_prompts(
     pids = df["prompt_id"].astype(str).tolist()
     rows: dict[str, dict] = {}
     todo, convs = [], []
-    for pid, text in zip(pids, df["prompt"].tolist()):
+    for pid, text in zip(pids, df["prompt"].tolist(), strict=False):
         if not isinstance(text, str) or not text.strip():  # never worth a paid call
             rows[pid] = _row(pid, ep.name, ChatResult(None, None, "empty prompt", 0, 0, 0.0))
             continue
         todo.append(pid)
         convs.append([{"role": "user", "content": text}])
-    results, calls = ask_all(ep, convs, store=store, prompt_version=PROMPT_VERSION, label=label, role="model",
-                             max_failure_rate=max_failure_rate, flush_every=flush_every, partition=partition,
-                             session=session, cache=cache)
-    for pid, res in zip(todo, results):
+    results, calls = ask_all(
+        ep,
+        convs,
+        store=store,
+        prompt_version=PROMPT_VERSION,
+        label=label,
+        role="model",
+        max_failure_rate=max_failure_rate,
+        flush_every=flush_every,
+        partition=partition,
+        session=session,
+        cache=cache,
+    )
+    for pid, res in zip(todo, results, strict=False):
         rows[pid] = _row(pid, ep.name, res)
     ordered = [rows[pid] for pid in pids]
     stats = {
@@ -133,16 +163,18 @@ def check_failure_rate(stats: dict, *, max_failure_rate: float, label: str, who:
     # Over the rows that need a reply (cached ones included): a re-run that asks only the
     # rows still failing must not count them as 100% of its work.
     if stats.get("requests") and stats.get("failed_calls", 0) / stats["requests"] > max_failure_rate:
-        raise RuntimeError(f"{label}: {stats['failed_calls']}/{stats['requests']} calls to {who} failed (over "
-                           f"max_failure_rate={max_failure_rate}); first error: {stats.get('first_error')}. "
-                           f"Successful replies are cached; fix the endpoint and re-run.")
+        raise RuntimeError(
+            f"{label}: {stats['failed_calls']}/{stats['requests']} calls to {who} failed (over "
+            f"max_failure_rate={max_failure_rate}); first error: {stats.get('first_error')}. "
+            f"Successful replies are cached; fix the endpoint and re-run."
+        )
 
 
 def plan_generation(prompts: dict, *, models: list[dict], artifact_root: str | None = None) -> list[dict]:
     """The parts to generate, one per (shard, model), as kwargs for `generate_part`."""
     endpoints = parse_endpoints(models)
     _, shards = prompt_shards(prompts, ArtifactStore(artifact_root))  # from the manifest: no table read
-    return [{"model": m, "shard": shard} for shard in shards or [0] for m, _ in zip(models, endpoints)]
+    return [{"model": m, "shard": shard} for shard in shards or [0] for m, _ in zip(models, endpoints, strict=False)]
 
 
 def generate_part(
@@ -172,8 +204,16 @@ def generate_part(
 
         def batches(session):
             for lo in range(0, max(len(df), 1), max(1, int(batch_rows))):
-                table, stats = answer_prompts(df.iloc[lo:lo + batch_rows], ep, store=ctx.store, flush_every=flush_every,
-                                              label=label, partition=partition, session=session, cache=cache)
+                table, stats = answer_prompts(
+                    df.iloc[lo : lo + batch_rows],
+                    ep,
+                    store=ctx.store,
+                    flush_every=flush_every,
+                    label=label,
+                    partition=partition,
+                    session=session,
+                    cache=cache,
+                )
                 if stats.get("failed_calls") and "first_error" not in totals:
                     totals["first_error"] = next(e for e in table["error"].dropna() if e != "empty prompt")
                 sum_stats(totals, stats)
@@ -187,9 +227,14 @@ def generate_part(
         ctx.stats.update({**totals, "model": ep.name, "shard": shard, "seconds": round(time.monotonic() - started, 2)})
         log.info("%s: %s shard %s finished: %s", STAGE, ep.name, shard, ctx.stats)
 
-    return run_stage(MODEL_STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts},
-                     config={"model": ep.output_config(), "shard": shard, "prompt_version": PROMPT_VERSION},
-                     store=ArtifactStore(artifact_root))
+    return run_stage(
+        MODEL_STAGE,
+        STAGE_VERSION,
+        compute,
+        inputs={"prompts": prompts},
+        config={"model": ep.output_config(), "shard": shard, "prompt_version": PROMPT_VERSION},
+        store=ArtifactStore(artifact_root),
+    )
 
 
 def combine_answers(
@@ -211,26 +256,38 @@ def combine_answers(
         for name in names:
             frames.append(ctx.read_input(name))
             manifest = ctx.input_manifest(name)
-            per_part.append({**manifest.get("stats", {}), "artifact": manifest["key"],
-                             "reused": bool(names[name].get("reused")), "part_seconds": manifest["seconds"]})
+            per_part.append(
+                {
+                    **manifest.get("stats", {}),
+                    "artifact": manifest["key"],
+                    "reused": bool(names[name].get("reused")),
+                    "part_seconds": manifest["seconds"],
+                }
+            )
         answers = _answers_frame(pd.concat(frames, ignore_index=True))
         want = {ep.name for ep in endpoints}
         got = set(answers["model"].dropna().unique())
         if got - want:
-            raise ValueError(f"combine_answers: parts hold answers of models {sorted(got - want)} not in the run's models")
+            raise ValueError(
+                f"combine_answers: parts hold answers of models {sorted(got - want)} not in the run's models"
+            )
         total = check_prompts(ctx.read_input("prompts"))
         expected = len(total) * len(endpoints)
         if len(answers) != expected or answers.duplicated(["prompt_id", "model"]).any():
-            raise ValueError(f"combine_answers: {len(answers)} answer rows for {len(total)} prompts x "
-                             f"{len(endpoints)} models (expected {expected}, one per pair): a part is missing or repeated")
+            raise ValueError(
+                f"combine_answers: {len(answers)} answer rows for {len(total)} prompts x "
+                f"{len(endpoints)} models (expected {expected}, one per pair): a part is missing or repeated"
+            )
         unknown = sorted(set(answers["prompt_id"]) - set(total["prompt_id"]))
         if unknown:
-            raise ValueError(f"combine_answers: {len(unknown)} prompt_id(s) not in the prompts table, e.g. {unknown[:5]}")
+            raise ValueError(
+                f"combine_answers: {len(unknown)} prompt_id(s) not in the prompts table, e.g. {unknown[:5]}"
+            )
         th = ctx.config["quality"]
         kept = enforce(ctx, answers, answers_suite(th), min_kept_share=th["min_kept_share"])
         ctx.write_table(kept)
         # One file per prompt shard too, so each judge part reads its shard's answers only.
-        shard_of = dict(zip(total["prompt_id"], total["shard"]))
+        shard_of = dict(zip(total["prompt_id"], total["shard"], strict=False))
         for s_, part in kept.groupby(kept["prompt_id"].map(shard_of), sort=True):
             ctx.write_table(part.reset_index(drop=True), ANSWERS_SHARD_FILE.format(int(s_)))
         failed = sum(p.get("failed_calls", 0) for p in per_part)
@@ -240,28 +297,43 @@ def combine_answers(
             by_model.setdefault(part.get("model", "?"), []).append(part)
         ledger = {m: ledger_entry((p, p["reused"]) for p in ps) for m, ps in by_model.items()}
         per_model = {
-            m: {**ledger[m]["total"], "truncated": sum(p.get("truncated", 0) for p in ps), "parts": len(ps),
-                "reused": all(p["reused"] for p in ps), "artifacts": [p["artifact"] for p in ps]}
+            m: {
+                **ledger[m]["total"],
+                "truncated": sum(p.get("truncated", 0) for p in ps),
+                "parts": len(ps),
+                "reused": all(p["reused"] for p in ps),
+                "artifacts": [p["artifact"] for p in ps],
+            }
             for m, ps in by_model.items()
         }
         fresh = [p for p in per_part if not p["reused"]]
-        ctx.stats.update({
-            "requests": sum(p.get("calls", 0) for p in fresh),  # calls made by this run's parts
-            "failures": sum(p.get("failures", 0) for p in per_part),
-            "input_tokens": sum(p.get("input_tokens", 0) for p in per_part),
-            "output_tokens": sum(p.get("output_tokens", 0) for p in per_part),
-            "parts": len(per_part),
-            # time spent in the parts this run computed (they ran as tasks of their own)
-            "part_seconds": round(sum(p["part_seconds"] for p in fresh), 2),
-            "models": per_model,
-            "ledger": ledger,
-        })
+        ctx.stats.update(
+            {
+                "requests": sum(p.get("calls", 0) for p in fresh),  # calls made by this run's parts
+                "failures": sum(p.get("failures", 0) for p in per_part),
+                "input_tokens": sum(p.get("input_tokens", 0) for p in per_part),
+                "output_tokens": sum(p.get("output_tokens", 0) for p in per_part),
+                "parts": len(per_part),
+                # time spent in the parts this run computed (they ran as tasks of their own)
+                "part_seconds": round(sum(p["part_seconds"] for p in fresh), 2),
+                "models": per_model,
+                "ledger": ledger,
+            }
+        )
 
     inputs = {"prompts": prompts, **names}
-    return run_stage(STAGE, STAGE_VERSION, combine, inputs=inputs,
-                     config={"models": [ep.name for ep in endpoints], "quality": resolve_thresholds(thresholds),
-                             "prompt_version": PROMPT_VERSION},
-                     store=store)
+    return run_stage(
+        STAGE,
+        STAGE_VERSION,
+        combine,
+        inputs=inputs,
+        config={
+            "models": [ep.name for ep in endpoints],
+            "quality": resolve_thresholds(thresholds),
+            "prompt_version": PROMPT_VERSION,
+        },
+        store=store,
+    )
 
 
 def generate_answers(
@@ -284,8 +356,15 @@ def generate_answers(
     for ep in endpoints:
         ep.api_key()  # fail now, naming the missing variable, before any work
     parts = [
-        generate_part(prompts, **part, max_tokens=max_tokens, temperature=temperature, artifact_root=artifact_root,
-                      max_failure_rate=max_failure_rate, flush_every=flush_every)
+        generate_part(
+            prompts,
+            **part,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            artifact_root=artifact_root,
+            max_failure_rate=max_failure_rate,
+            flush_every=flush_every,
+        )
         for part in plan_generation(prompts, models=models, artifact_root=artifact_root)
     ]
     return combine_answers(prompts, parts, models=models, artifact_root=artifact_root, thresholds=thresholds)

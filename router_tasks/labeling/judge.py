@@ -44,22 +44,25 @@ from contextlib import ExitStack
 
 import pandas as pd
 
-from router_tasks.data.ingest import prompt_shards, read_prompt_shard
-from router_tasks.labeling.exact_match import (LETTERS, extract_letter, extract_number,  # noqa: F401 (re-exported)
-                                               grade_exact, normalize_number, numbers_equal)
-from router_tasks.labeling.generate import (ANSWERS_SHARD_FILE, BATCH_ROWS, check_failure_rate, check_prompts,
-                                            sum_stats)
-from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.core.endpoints import Endpoint, parse_endpoints
+from router_tasks.core.schemas import cell_text
+from router_tasks.core.stage import StageContext, part_inputs, run_stage, stable_hash
+from router_tasks.core.store import ArtifactStore
+from router_tasks.data.ingest import prompt_shards, read_prompt_shard
+from router_tasks.data.quality import enforce, judgements_suite, resolve_thresholds
+from router_tasks.labeling.exact_match import (  # noqa: F401 (re-exported)
+    LETTERS,
+    extract_letter,
+    extract_number,
+    grade_exact,
+    normalize_number,
+    numbers_equal,
+)
+from router_tasks.labeling.generate import ANSWERS_SHARD_FILE, BATCH_ROWS, check_failure_rate, check_prompts, sum_stats
+from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.labeling.llm_client import EndpointSession, endpoint_cache
 from router_tasks.labeling.panel import READER_VERSION, Judged, ask_panel, panel_name, total_stats
-from router_tasks.labeling.verdicts import VOTES, parse_verdict  # noqa: F401 (re-exported)
-from router_tasks.data.quality import resolve_thresholds
-from router_tasks.core.stage import StageContext, load_table, part_inputs, run_stage, stable_hash
-from router_tasks.core.schemas import cell_text
-from router_tasks.core.store import ArtifactStore
-from router_tasks.data.quality import enforce, judgements_suite
-from router_tasks.labeling.verdicts import resolve_path
+from router_tasks.labeling.verdicts import VOTES, parse_verdict, resolve_path  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +71,34 @@ PART_STAGE = "judge_part"  # one artifact per shard; STAGE combines them
 STAGE_VERSION = "5"  # 5: verdicts from log-probabilities, several judges. 4: shard files, batches, failed verdicts re-asked. 3: parts per shard, verdicts through the request cache. 2: judgements suite. Bump when grading logic (extraction, parsing) changes: old artifacts go stale
 RUBRIC_VERSION = "ref-guided-1to5-v1"
 
-JUDGEMENT_COLUMNS = ["prompt_id", "model", "method", "score", "correct", "judge_model", "judge_raw",
-                     "failure_reason", "rubric_version", "score_expected", "score_probs", "verdict_method",
-                     "judge_votes", "judge_disagreement"]
-_TEXT_COLUMNS = ("prompt_id", "model", "method", "judge_model", "judge_raw", "failure_reason", "rubric_version",
-                 "score_probs", "verdict_method", "judge_votes")
+JUDGEMENT_COLUMNS = [
+    "prompt_id",
+    "model",
+    "method",
+    "score",
+    "correct",
+    "judge_model",
+    "judge_raw",
+    "failure_reason",
+    "rubric_version",
+    "score_expected",
+    "score_probs",
+    "verdict_method",
+    "judge_votes",
+    "judge_disagreement",
+]
+_TEXT_COLUMNS = (
+    "prompt_id",
+    "model",
+    "method",
+    "judge_model",
+    "judge_raw",
+    "failure_reason",
+    "rubric_version",
+    "score_probs",
+    "verdict_method",
+    "judge_votes",
+)
 
 # --------------------------------------------------------------------------------------
 # LLM judge
@@ -106,6 +132,7 @@ Check correctness first (facts, numbers, final result, code behaviour), then com
 
 Explain your rating in one to three sentences. Then, on the last line, give the rating as a number inside double square brackets, like [[n]], with n from 1 to 5."""
 
+
 def judge_messages(question: str, reference: str, answer: str) -> list[dict]:
     return [
         {"role": "system", "content": RUBRIC_SYSTEM},
@@ -118,11 +145,21 @@ def judge_messages(question: str, reference: str, answer: str) -> list[dict]:
 # --------------------------------------------------------------------------------------
 
 
-def _judgement(pid, model, method, *, score=None, correct=None, judge_model=None, raw=None, failure=None,
-               rubric=None, **verdict) -> dict:
-    return {"prompt_id": pid, "model": model, "method": method, "score": score, "correct": correct,
-            "judge_model": judge_model, "judge_raw": raw, "failure_reason": failure, "rubric_version": rubric,
-            **verdict}
+def _judgement(
+    pid, model, method, *, score=None, correct=None, judge_model=None, raw=None, failure=None, rubric=None, **verdict
+) -> dict:
+    return {
+        "prompt_id": pid,
+        "model": model,
+        "method": method,
+        "score": score,
+        "correct": correct,
+        "judge_model": judge_model,
+        "judge_raw": raw,
+        "failure_reason": failure,
+        "rubric_version": rubric,
+        **verdict,
+    }
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -144,8 +181,9 @@ def judge_endpoints(judge: dict | None, judges: list[dict] | None = None) -> lis
     configs = list(judges) if judges else ([judge] if judge is not None else [])
     if not configs:
         return []
-    endpoints = parse_endpoints(configs, defaults={"max_tokens": 256, "temperature": 0.0},
-                                where="judges" if judges else "judge")
+    endpoints = parse_endpoints(
+        configs, defaults={"max_tokens": 256, "temperature": 0.0}, where="judges" if judges else "judge"
+    )
     for endpoint in endpoints:
         endpoint.api_key()
     return endpoints
@@ -233,14 +271,30 @@ def verdict_judgement(pid, model, judged: Judged, endpoints: list[Endpoint], vot
     """The judgement row of one LLM-judged answer from the panel's outcome."""
     names = [e.name for e in endpoints]
     columns = judged.columns(names)
-    return _judgement(pid, model, "llm_judge", judge_model=panel_name(endpoints, vote), rubric=RUBRIC_VERSION,
-                      failure=judged.failure(names), raw=columns.pop("judge_raw"), **columns)
+    return _judgement(
+        pid,
+        model,
+        "llm_judge",
+        judge_model=panel_name(endpoints, vote),
+        rubric=RUBRIC_VERSION,
+        failure=judged.failure(names),
+        raw=columns.pop("judge_raw"),
+        **columns,
+    )
 
 
 def grade_answers(
-    pdf: pd.DataFrame, adf: pd.DataFrame, endpoint: Endpoint | list[Endpoint] | None, *, store: ArtifactStore,
-    max_failure_rate: float = 0.5, flush_every: int = 50, label: str = STAGE,
-    partition: tuple[int, int] | None = None, sessions: list | None = None, caches: list | None = None,
+    pdf: pd.DataFrame,
+    adf: pd.DataFrame,
+    endpoint: Endpoint | list[Endpoint] | None,
+    *,
+    store: ArtifactStore,
+    max_failure_rate: float = 0.5,
+    flush_every: int = 50,
+    label: str = STAGE,
+    partition: tuple[int, int] | None = None,
+    sessions: list | None = None,
+    caches: list | None = None,
     vote: str = "majority",
 ) -> tuple[pd.DataFrame, dict]:
     """The judgements of every row of `adf` and the counters (cost ledger fields included).
@@ -251,27 +305,43 @@ def grade_answers(
     keys = adf[["prompt_id", "model"]].to_numpy().tolist()
     by_judge: dict = {}
     if pending:
-        judged, by_judge = ask_panel(endpoints, [conv for _, conv in pending], how=vote,
-                                     prompt_version=RUBRIC_VERSION, store=store, label=label, sessions=sessions,
-                                     caches=caches, partition=partition, flush_every=flush_every,
-                                     max_failure_rate=max_failure_rate)
-        for (idx, _), outcome in zip(pending, judged):
+        judged, by_judge = ask_panel(
+            endpoints,
+            [conv for _, conv in pending],
+            how=vote,
+            prompt_version=RUBRIC_VERSION,
+            store=store,
+            label=label,
+            sessions=sessions,
+            caches=caches,
+            partition=partition,
+            flush_every=flush_every,
+            max_failure_rate=max_failure_rate,
+        )
+        for (idx, _), outcome in zip(pending, judged, strict=False):
             rows[idx] = verdict_judgement(*keys[idx], outcome, endpoints, vote)
     df = _frame(rows)
     stats = total_stats(by_judge)
     llm = df[df["method"] == "llm_judge"]
     request_errors = int(llm["failure_reason"].fillna("").str.startswith("judge error").sum())
-    parse_failures = int((llm["failure_reason"].notna() & llm["judge_raw"].notna()
-                          & ~llm["failure_reason"].fillna("").str.startswith("judge error")).sum())
+    parse_failures = int(
+        (
+            llm["failure_reason"].notna()
+            & llm["judge_raw"].notna()
+            & ~llm["failure_reason"].fillna("").str.startswith("judge error")
+        ).sum()
+    )
     judged_rows = len(pending) - request_errors
-    stats.update({
-        **counts,
-        "request_errors": request_errors,
-        "parse_failures": parse_failures,
-        "parse_failure_rate": round(parse_failures / judged_rows, 4) if judged_rows else 0.0,
-        "verdicts_by_method": llm["verdict_method"].dropna().value_counts().to_dict(),
-        "by_judge": by_judge,
-    })
+    stats.update(
+        {
+            **counts,
+            "request_errors": request_errors,
+            "parse_failures": parse_failures,
+            "parse_failure_rate": round(parse_failures / judged_rows, 4) if judged_rows else 0.0,
+            "verdicts_by_method": llm["verdict_method"].dropna().value_counts().to_dict(),
+            "by_judge": by_judge,
+        }
+    )
     return df, stats
 
 
@@ -325,7 +395,9 @@ def judge_part(
         else:
             adf = ctx.read_input("answers")
             if shard is not None:
-                checked_tables(read_prompt_shard(ctx.inputs["prompts"], None, store), adf)  # unknown ids must not vanish
+                checked_tables(
+                    read_prompt_shard(ctx.inputs["prompts"], None, store), adf
+                )  # unknown ids must not vanish
                 adf = adf[adf["prompt_id"].isin(pdf["prompt_id"])]
         caches = [endpoint_cache(e, store, flush_every=flush_every) for e in endpoints]
         totals: dict = {}
@@ -333,9 +405,19 @@ def judge_part(
 
         def batches(sessions):
             for lo in range(0, max(len(adf), 1), max(1, int(batch_rows))):
-                df, stats = grade_answers(pdf, adf.iloc[lo:lo + batch_rows], endpoints, store=store,
-                                          max_failure_rate=1.0, flush_every=flush_every, label=label,
-                                          partition=partition, sessions=sessions, caches=caches, vote=vote)
+                df, stats = grade_answers(
+                    pdf,
+                    adf.iloc[lo : lo + batch_rows],
+                    endpoints,
+                    store=store,
+                    max_failure_rate=1.0,
+                    flush_every=flush_every,
+                    label=label,
+                    partition=partition,
+                    sessions=sessions,
+                    caches=caches,
+                    vote=vote,
+                )
                 errs = df["failure_reason"].dropna()
                 errs = errs[errs.str.startswith("judge error")]
                 if len(errs) and "first_error" not in totals:
@@ -351,25 +433,57 @@ def judge_part(
         with ExitStack() as stack:
             sessions = [stack.enter_context(EndpointSession(e)) for e in endpoints]
             ctx.write_table_batches(batches(sessions))
-        totals.update(cache_files_read=sum(c.files_read for c in caches),
-                      cache_bytes_read=sum(c.bytes_read for c in caches))
+        totals.update(
+            cache_files_read=sum(c.files_read for c in caches), cache_bytes_read=sum(c.bytes_read for c in caches)
+        )
         who = f"judge {endpoints[0].name!r}" if len(endpoints) == 1 else f"judges {[e.name for e in endpoints]}"
-        check_failure_rate(totals, max_failure_rate=max_failure_rate, label=label,
-                           who=who if endpoints else "the judge")
+        check_failure_rate(
+            totals, max_failure_rate=max_failure_rate, label=label, who=who if endpoints else "the judge"
+        )
         judged = totals.get("llm_judge", 0) - totals.get("request_errors", 0)
         totals["parse_failure_rate"] = round(totals.get("parse_failures", 0) / judged, 4) if judged else 0.0
         ctx.mark_incomplete(totals.get("request_errors", 0), "judge calls failed; asked again on the next run")
-        ctx.stats.update({**totals, "model": panel_name(endpoints, vote) if endpoints else None, "shard": shard,
-                          "by_judge": by_judge, "seconds": round(time.monotonic() - started, 2)})
+        ctx.stats.update(
+            {
+                **totals,
+                "model": panel_name(endpoints, vote) if endpoints else None,
+                "shard": shard,
+                "by_judge": by_judge,
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        )
         log.info("%s: shard %s: %s", STAGE, shard, ctx.stats)
 
-    return run_stage(PART_STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers},
-                     config={**judge_config(endpoints, vote), "shard": shard}, store=ArtifactStore(artifact_root))
+    return run_stage(
+        PART_STAGE,
+        STAGE_VERSION,
+        compute,
+        inputs={"prompts": prompts, "answers": answers},
+        config={**judge_config(endpoints, vote), "shard": shard},
+        store=ArtifactStore(artifact_root),
+    )
 
 
-SUMMED = ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens", "output_tokens",
-          "dollars", "exact_match", "llm_judge", "no_answer", "no_reference", "no_judge", "bad_gold",
-          "request_errors", "parse_failures", "continuations")
+SUMMED = (
+    "requests",
+    "cached",
+    "calls",
+    "attempts",
+    "retries",
+    "failures",
+    "input_tokens",
+    "output_tokens",
+    "dollars",
+    "exact_match",
+    "llm_judge",
+    "no_answer",
+    "no_reference",
+    "no_judge",
+    "bad_gold",
+    "request_errors",
+    "parse_failures",
+    "continuations",
+)
 
 
 def combine_judgements(
@@ -403,8 +517,10 @@ def combine_judgements(
         df = _frame(pd.concat(frames, ignore_index=True))
         n_answers = ctx.input_manifest("answers").get("rows_out")
         if n_answers is not None and len(df) != n_answers or df.duplicated(["prompt_id", "model"]).any():
-            raise ValueError(f"combine_judgements: {len(df)} judgements for {n_answers} answers (expected one "
-                             f"per answer): a part is missing or repeated")
+            raise ValueError(
+                f"combine_judgements: {len(df)} judgements for {n_answers} answers (expected one "
+                f"per answer): a part is missing or repeated"
+            )
         th = ctx.config["quality"]
         df = enforce(ctx, df, judgements_suite(th), min_kept_share=th["min_kept_share"])
         ctx.write_table(df)
@@ -413,29 +529,37 @@ def combine_judgements(
         ledger = {}
         if totals["llm_judge"]:
             for e in endpoints:  # each judge's calls and dollars on its own line
-                ledger[e.name] = ledger_entry((m["stats"].get("by_judge", {}).get(e.name, {}), reused)
-                                              for m, reused in manifests)
-        ctx.stats.update({
-            **totals,
-            "dollars": round(totals["dollars"], 6),
-            "requests": sum(v["now"]["calls"] for v in ledger.values()),  # judge calls made by this run's parts
-            "parse_failure_rate": round(totals["parse_failures"] / judged, 4) if judged else 0.0,
-            "judge_model": panel_name(endpoints, vote) if endpoints else None,
-            "judges": [e.name for e in endpoints],
-            "vote": vote if len(endpoints) > 1 else None,
-            "verdicts_by_method": methods,
-            "by_judge": by_judge,
-            "parts": len(names),
-            "ledger": ledger,
-            # time spent in the parts this run computed (they ran as tasks of their own)
-            "part_seconds": round(sum(m["seconds"] for m, reused in manifests if not reused), 2),
-            "by_model": _summary(df),
-        })
+                ledger[e.name] = ledger_entry(
+                    (m["stats"].get("by_judge", {}).get(e.name, {}), reused) for m, reused in manifests
+                )
+        ctx.stats.update(
+            {
+                **totals,
+                "dollars": round(totals["dollars"], 6),
+                "requests": sum(v["now"]["calls"] for v in ledger.values()),  # judge calls made by this run's parts
+                "parse_failure_rate": round(totals["parse_failures"] / judged, 4) if judged else 0.0,
+                "judge_model": panel_name(endpoints, vote) if endpoints else None,
+                "judges": [e.name for e in endpoints],
+                "vote": vote if len(endpoints) > 1 else None,
+                "verdicts_by_method": methods,
+                "by_judge": by_judge,
+                "parts": len(names),
+                "ledger": ledger,
+                # time spent in the parts this run computed (they ran as tasks of their own)
+                "part_seconds": round(sum(m["seconds"] for m, reused in manifests if not reused), 2),
+                "by_model": _summary(df),
+            }
+        )
         log.info("%s: %s", STAGE, {k: v for k, v in ctx.stats.items() if k not in ("by_model", "by_judge")})
 
-    return run_stage(STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts, "answers": answers, **names},
-                     config={**judge_config(endpoints, vote), "quality": resolve_thresholds(thresholds)},
-                     store=ArtifactStore(artifact_root))
+    return run_stage(
+        STAGE,
+        STAGE_VERSION,
+        compute,
+        inputs={"prompts": prompts, "answers": answers, **names},
+        config={**judge_config(endpoints, vote), "quality": resolve_thresholds(thresholds)},
+        store=ArtifactStore(artifact_root),
+    )
 
 
 def judge_answers(
@@ -459,11 +583,30 @@ def judge_answers(
     """
     judge_endpoints(judge, judges)  # fail before any work on bad config or a missing key
     check_vote(vote)
-    parts = [judge_part(prompts, answers, **part, judge=judge, judges=judges, vote=vote, artifact_root=artifact_root,
-                        max_failure_rate=max_failure_rate, flush_every=flush_every)
-             for part in plan_judging(prompts, artifact_root=artifact_root)]
-    return combine_judgements(prompts, answers, parts, judge=judge, judges=judges, vote=vote,
-                              artifact_root=artifact_root, thresholds=thresholds)
+    parts = [
+        judge_part(
+            prompts,
+            answers,
+            **part,
+            judge=judge,
+            judges=judges,
+            vote=vote,
+            artifact_root=artifact_root,
+            max_failure_rate=max_failure_rate,
+            flush_every=flush_every,
+        )
+        for part in plan_judging(prompts, artifact_root=artifact_root)
+    ]
+    return combine_judgements(
+        prompts,
+        answers,
+        parts,
+        judge=judge,
+        judges=judges,
+        vote=vote,
+        artifact_root=artifact_root,
+        thresholds=thresholds,
+    )
 
 
 def _summary(df: pd.DataFrame) -> dict:

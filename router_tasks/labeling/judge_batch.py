@@ -26,12 +26,12 @@ import os
 import time
 
 from router_tasks.core import defaults
+from router_tasks.core.stage import StageContext, load_table, run_stage
+from router_tasks.core.store import ArtifactStore
 from router_tasks.labeling.judge import RUBRIC_VERSION, checked_tables, judge_endpoint, plan_rows
 from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.labeling.llm_client import endpoint_cache, redact_secrets, request_keys
 from router_tasks.labeling.verdicts import reply_options, resolve_path, verdict_window
-from router_tasks.core.stage import StageContext, load_table, run_stage
-from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,10 @@ def batch_judge(judge: dict | None, judges: list[dict] | None = None) -> dict | 
     """The one judge whose verdicts a batch buys: `judge`, or the only one of `judges`."""
     if judges:
         if len(judges) > 1:
-            raise ValueError(f"judge_mode 'batch' buys one judge's verdicts, and {len(judges)} judges are set; "
-                             f"judge a panel online (judge_mode 'online')")
+            raise ValueError(
+                f"judge_mode 'batch' buys one judge's verdicts, and {len(judges)} judges are set; "
+                f"judge a panel online (judge_mode 'online')"
+            )
         return judges[0]
     return judge
 
@@ -57,9 +59,11 @@ def batch_endpoint(judge: dict):
     if endpoint is None:
         raise ValueError("judge batch mode needs a judge endpoint")
     if endpoint.is_local:
-        raise ValueError(f"judge {endpoint.name!r}: batch mode needs an OpenAI-compatible Batch API, and "
-                         f"base_url 'local' (the bundled SmolLM2 server) has none; judge it online "
-                         f"(without --batch) or give the judge an http(s) base_url")
+        raise ValueError(
+            f"judge {endpoint.name!r}: batch mode needs an OpenAI-compatible Batch API, and "
+            f"base_url 'local' (the bundled SmolLM2 server) has none; judge it online "
+            f"(without --batch) or give the judge an http(s) base_url"
+        )
     return endpoint
 
 
@@ -70,8 +74,12 @@ FINISHED = ("completed", "expired", "cancelled", "failed")
 def _client(endpoint):
     import openai
 
-    return openai.OpenAI(api_key=endpoint.api_key(), base_url=endpoint.base_url,
-                         timeout=endpoint.request_timeout(), max_retries=endpoint.max_retries)
+    return openai.OpenAI(
+        api_key=endpoint.api_key(),
+        base_url=endpoint.base_url,
+        timeout=endpoint.request_timeout(),
+        max_retries=endpoint.max_retries,
+    )
 
 
 def batch_lines(prompts: dict, answers: dict, *, judge: dict, artifact_root: str | None = None) -> list[dict]:
@@ -82,17 +90,27 @@ def batch_lines(prompts: dict, answers: dict, *, judge: dict, artifact_root: str
     _, pending, _ = plan_rows(pdf, adf, True)
     # the online judge's first request exactly (log-probabilities asked where its path reads them)
     options = reply_options(resolve_path(endpoint.verdict, endpoint.is_local)) or {}
-    sent, keys = request_keys(endpoint, [conv for _, conv in pending], prompt_version=RUBRIC_VERSION,
-                              options=options)
+    sent, keys = request_keys(endpoint, [conv for _, conv in pending], prompt_version=RUBRIC_VERSION, options=options)
     cache = endpoint_cache(endpoint, store)
     lines, seen = [], set()
-    for messages, key in zip(sent, keys):
+    for messages, key in zip(sent, keys, strict=False):
         if key in seen or cache.get(key) is not None:
             continue
         seen.add(key)
-        lines.append({"custom_id": key, "method": "POST", "url": BATCH_ENDPOINT,
-                      "body": {"model": endpoint.model, "messages": messages, "max_tokens": endpoint.max_tokens,
-                               "temperature": endpoint.temperature, **options}})
+        lines.append(
+            {
+                "custom_id": key,
+                "method": "POST",
+                "url": BATCH_ENDPOINT,
+                "body": {
+                    "model": endpoint.model,
+                    "messages": messages,
+                    "max_tokens": endpoint.max_tokens,
+                    "temperature": endpoint.temperature,
+                    **options,
+                },
+            }
+        )
     return lines
 
 
@@ -101,12 +119,24 @@ def _token_logprobs(choice: dict) -> list | None:
     content = (choice.get("logprobs") or {}).get("content")
     if not content:
         return None
-    return [{"token": t["token"], "logprob": float(t["logprob"]),
-             "top": [[a["token"], float(a["logprob"])] for a in t.get("top_logprobs") or []]} for t in content]
+    return [
+        {
+            "token": t["token"],
+            "logprob": float(t["logprob"]),
+            "top": [[a["token"], float(a["logprob"])] for a in t.get("top_logprobs") or []],
+        }
+        for t in content
+    ]
 
 
-def prepare_judge_batch(prompts: dict, answers: dict, *, judge: dict | None, judges: list[dict] | None = None,
-                        artifact_root: str | None = None) -> str | None:
+def prepare_judge_batch(
+    prompts: dict,
+    answers: dict,
+    *,
+    judge: dict | None,
+    judges: list[dict] | None = None,
+    artifact_root: str | None = None,
+) -> str | None:
     """Upload the judge calls still needed as a Batch API input file; its id, or None."""
     judge = batch_judge(judge, judges)
     lines = batch_lines(prompts, answers, judge=judge, artifact_root=artifact_root)
@@ -121,8 +151,9 @@ def prepare_judge_batch(prompts: dict, answers: dict, *, judge: dict | None, jud
     return uploaded.id
 
 
-def collect_judge_batch(batch_id: str, *, judge: dict | None, judges: list[dict] | None = None,
-                        artifact_root: str | None = None) -> dict:
+def collect_judge_batch(
+    batch_id: str, *, judge: dict | None, judges: list[dict] | None = None, artifact_root: str | None = None
+) -> dict:
     """Put a finished batch's replies into the request cache; an artifact with its costs.
 
     An expired, cancelled or failed batch keeps the replies it did produce (they were paid
@@ -135,11 +166,17 @@ def collect_judge_batch(batch_id: str, *, judge: dict | None, judges: list[dict]
         with _client(endpoint) as client:
             batch = client.batches.retrieve(batch_id)
             if batch.status not in FINISHED:
-                raise RuntimeError(f"{STAGE}: batch {batch_id} is {batch.status!r}, not 'completed' (nor ended with replies to keep); "
-                                   f"errors: {getattr(batch, 'errors', None)}")
+                raise RuntimeError(
+                    f"{STAGE}: batch {batch_id} is {batch.status!r}, not 'completed' (nor ended with replies to keep); "
+                    f"errors: {getattr(batch, 'errors', None)}"
+                )
             if batch.status != "completed":
-                log.warning("%s: batch %s ended %r; keeping the replies it produced, the rest are asked online",
-                            STAGE, batch_id, batch.status)
+                log.warning(
+                    "%s: batch %s ended %r; keeping the replies it produced, the rest are asked online",
+                    STAGE,
+                    batch_id,
+                    batch.status,
+                )
             output = client.files.content(batch.output_file_id).text if batch.output_file_id else ""
             error_text = client.files.content(batch.error_file_id).text if batch.error_file_id else ""
         cache = endpoint_cache(endpoint, ctx.store, flush_every=10_000)
@@ -156,39 +193,70 @@ def collect_judge_batch(batch_id: str, *, judge: dict | None, judges: list[dict]
             content = (choices[0].get("message") or {}).get("content") if choices else None
             if response.get("status_code") != 200 or content is None:
                 failed += 1
-                why = redact_secrets((item.get("error") or {}).get("message")
-                                     or ((body.get("error") or {}).get("message") if isinstance(body, dict) else None)
-                                     or f"status {response.get('status_code')}")
+                why = redact_secrets(
+                    (item.get("error") or {}).get("message")
+                    or ((body.get("error") or {}).get("message") if isinstance(body, dict) else None)
+                    or f"status {response.get('status_code')}"
+                )
                 reasons[why[:120]] = reasons.get(why[:120], 0) + 1
                 continue
             usage = body.get("usage") or {}
-            cache.put(item["custom_id"], answer=content, finish_reason=choices[0].get("finish_reason"),
-                      input_tokens=int(usage.get("prompt_tokens") or 0),
-                      output_tokens=int(usage.get("completion_tokens") or 0),
-                      logprobs=verdict_window(_token_logprobs(choices[0])))
+            cache.put(
+                item["custom_id"],
+                answer=content,
+                finish_reason=choices[0].get("finish_reason"),
+                input_tokens=int(usage.get("prompt_tokens") or 0),
+                output_tokens=int(usage.get("completion_tokens") or 0),
+                logprobs=verdict_window(_token_logprobs(choices[0])),
+            )
             ok += 1
             tokens_in += int(usage.get("prompt_tokens") or 0)
             tokens_out += int(usage.get("completion_tokens") or 0)
         cache.flush()
-        summary = {"batch_id": batch_id, "status": batch.status, "replies": ok, "failed": failed,
-                   "failure_reasons": reasons}
+        summary = {
+            "batch_id": batch_id,
+            "status": batch.status,
+            "replies": ok,
+            "failed": failed,
+            "failure_reasons": reasons,
+        }
         ctx.write_file("batch.json", json.dumps(summary, indent=2).encode())
         calls = {
-            "requests": ok + failed, "cached": 0, "calls": ok + failed, "attempts": ok + failed, "retries": 0,
-            "failures": failed, "input_tokens": tokens_in, "output_tokens": tokens_out,
+            "requests": ok + failed,
+            "cached": 0,
+            "calls": ok + failed,
+            "attempts": ok + failed,
+            "retries": 0,
+            "failures": failed,
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
             "dollars": round(endpoint.dollars(tokens_in, tokens_out, factor=BATCH_PRICE_FACTOR), 6),
         }
-        ctx.stats.update({**calls, "model": endpoint.name, "batch_id": batch_id,
-                          "ledger": {endpoint.name: ledger_entry([(calls, False)])}})
+        ctx.stats.update(
+            {
+                **calls,
+                "model": endpoint.name,
+                "batch_id": batch_id,
+                "ledger": {endpoint.name: ledger_entry([(calls, False)])},
+            }
+        )
         log.info("%s: batch %s: %d replies cached, %d failed", STAGE, batch_id, ok, failed)
 
-    return run_stage(STAGE, STAGE_VERSION, compute, config={"batch_id": batch_id, "judge": endpoint.output_config()},
-                     store=store)
+    return run_stage(
+        STAGE, STAGE_VERSION, compute, config={"batch_id": batch_id, "judge": endpoint.output_config()}, store=store
+    )
 
 
-def run_judge_batch(prompts: dict, answers: dict, *, judge: dict | None, judges: list[dict] | None = None,
-                    artifact_root: str | None = None,
-                    poll_seconds: float | None = None, timeout_s: float = 24 * 3600) -> dict | None:
+def run_judge_batch(
+    prompts: dict,
+    answers: dict,
+    *,
+    judge: dict | None,
+    judges: list[dict] | None = None,
+    artifact_root: str | None = None,
+    poll_seconds: float | None = None,
+    timeout_s: float = 24 * 3600,
+) -> dict | None:
     """prepare -> create batch -> wait -> collect, without Airflow. None if nothing to ask.
 
     Polls every `poll_seconds` (default: env TELA_BATCH_POLL_SECONDS, else 60 s)."""

@@ -14,7 +14,7 @@ whether this run computed or reused them; the run summary prints it.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -24,8 +24,17 @@ from router_tasks.core.store import ArtifactStore
 STAGE = "ledger"
 STAGE_VERSION = "1"
 # A part's call counters (llm_client.CallStats.to_dict()), summed into ledger entries.
-LEDGER_FIELDS = ("requests", "cached", "calls", "attempts", "retries", "failures", "input_tokens", "output_tokens",
-                 "dollars")
+LEDGER_FIELDS = (
+    "requests",
+    "cached",
+    "calls",
+    "attempts",
+    "retries",
+    "failures",
+    "input_tokens",
+    "output_tokens",
+    "dollars",
+)
 NOW_FIELDS = ("calls", "retries", "input_tokens", "output_tokens", "dollars")
 COLUMNS = ["stage", "model", *LEDGER_FIELDS, *(f"{k}_now" for k in NOW_FIELDS), "artifact", "reused"]
 
@@ -79,12 +88,16 @@ def ledger_markdown(df: pd.DataFrame) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in df.itertuples(index=False):
-        lines.append(f"| {r.stage} | {r.model} | {r.requests} | {r.cached} | {r.calls} | {r.retries} | {r.failures} | "
-                     f"{r.input_tokens:,} | {r.output_tokens:,} | {r.dollars:.4f} | {r.calls_now} | {r.dollars_now:.4f} |")
+        lines.append(
+            f"| {r.stage} | {r.model} | {r.requests} | {r.cached} | {r.calls} | {r.retries} | {r.failures} | "
+            f"{r.input_tokens:,} | {r.output_tokens:,} | {r.dollars:.4f} | {r.calls_now} | {r.dollars_now:.4f} |"
+        )
     if len(df):
-        lines.append(f"| **total** | | {df.requests.sum()} | {df.cached.sum()} | {df.calls.sum()} | {df.retries.sum()} | "
-                     f"{df.failures.sum()} | {df.input_tokens.sum():,} | {df.output_tokens.sum():,} | "
-                     f"{df.dollars.sum():.4f} | {df.calls_now.sum()} | {df.dollars_now.sum():.4f} |")
+        lines.append(
+            f"| **total** | | {df.requests.sum()} | {df.cached.sum()} | {df.calls.sum()} | {df.retries.sum()} | "
+            f"{df.failures.sum()} | {df.input_tokens.sum():,} | {df.output_tokens.sum():,} | "
+            f"{df.dollars.sum():.4f} | {df.calls_now.sum()} | {df.dollars_now.sum():.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -97,8 +110,13 @@ def cost_ledger(stages: dict, *, artifact_root: str | None = None) -> dict:
         df = _frame(ledger_rows(stages, ctx.store))
         ctx.write_table(df)
         ctx.write_file("ledger.md", ledger_markdown(df).encode())
-        ctx.stats.update({"calls_now": int(df["calls_now"].sum()), "dollars_now": float(df["dollars_now"].sum()),
-                          "dollars": float(df["dollars"].sum())})
+        ctx.stats.update(
+            {
+                "calls_now": int(df["calls_now"].sum()),
+                "dollars_now": float(df["dollars_now"].sum()),
+                "dollars": float(df["dollars"].sum()),
+            }
+        )
 
     # Reuse depends on the run (a reused stage spent nothing now): part of the key.
     config = {name: [ArtifactRef.of(ref).key, bool(ArtifactRef.of(ref).reused)] for name, ref in stages.items()}

@@ -23,15 +23,14 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Mapping, Sequence
 
 from router_tasks.core.endpoints import Endpoint
 from router_tasks.labeling.call_errors import describe_error, redact_secrets, reject_malformed_json, status_of
 from router_tasks.labeling.local_server import local_llm_server
-from router_tasks.labeling.request_cache import RequestCache
-from router_tasks.labeling.request_cache import request_key
+from router_tasks.labeling.request_cache import RequestCache, request_key
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,14 @@ def token_logprobs(choice) -> list | None:
     content = getattr(getattr(choice, "logprobs", None), "content", None)
     if not content:
         return None
-    return [{"token": t.token, "logprob": float(t.logprob),
-             "top": [[a.token, float(a.logprob)] for a in (t.top_logprobs or [])]} for t in content]
+    return [
+        {
+            "token": t.token,
+            "logprob": float(t.logprob),
+            "top": [[a.token, float(a.logprob)] for a in (t.top_logprobs or [])],
+        }
+        for t in content
+    ]
 
 
 class EndpointDown(RuntimeError):
@@ -99,8 +104,14 @@ class ChatClient:
         with self._lock:
             self.attempts += 1
 
-    def chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
-             options: Mapping | None = None) -> ChatResult:
+    def chat(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        options: Mapping | None = None,
+    ) -> ChatResult:
         """One chat call. `options`: further request fields (`logprobs`, `top_logprobs`, or a
         server's own such as vLLM's `continue_final_message`), sent as given."""
         ep = self.endpoint
@@ -120,8 +131,9 @@ class ChatClient:
                 **({"extra_body": options} if options else {}),
             )
         except Exception as err:  # noqa: BLE001 - recorded per row, never raised
-            return ChatResult(None, None, describe_error(err), 0, 0, round(time.monotonic() - started, 3),
-                              status=status_of(err))
+            return ChatResult(
+                None, None, describe_error(err), 0, 0, round(time.monotonic() - started, 3), status=status_of(err)
+            )
         latency = round(time.monotonic() - started, 3)
         usage = resp.usage
         tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -134,8 +146,9 @@ class ChatClient:
             refusal = getattr(choice.message, "refusal", None) if choice.message else None
             why = f"refusal: {refusal}" if refusal else f"no content (finish_reason={choice.finish_reason})"
             return ChatResult(None, choice.finish_reason, redact_secrets(why[:500]), tokens_in, tokens_out, latency)
-        return ChatResult(content, choice.finish_reason, None, tokens_in, tokens_out, latency,
-                          logprobs=token_logprobs(choice))
+        return ChatResult(
+            content, choice.finish_reason, None, tokens_in, tokens_out, latency, logprobs=token_logprobs(choice)
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -146,7 +159,6 @@ def open_endpoint(endpoint: Endpoint) -> Iterator[ChatClient]:
     """A client for `endpoint`; for base_url 'local', a server that lives as long as it."""
     _quiet_http_logs()
     if endpoint.is_local:
-
         with local_llm_server() as url:
             client = ChatClient(endpoint, base_url=url)
             try:
@@ -182,7 +194,7 @@ class EndpointSession:
             cm, self._cm, self._client = self._cm, None, None
             cm.__exit__(None, None, None)
 
-    def __enter__(self) -> "EndpointSession":
+    def __enter__(self) -> EndpointSession:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -277,20 +289,36 @@ class CallStats:
 def endpoint_cache(endpoint: Endpoint, store, *, flush_every: int = 50):
     """The request cache of `endpoint` in `store`."""
 
-    return RequestCache(store, base_url=endpoint.output_config()["base_url"], model=endpoint.model,
-                        flush_every=flush_every)
+    return RequestCache(
+        store, base_url=endpoint.output_config()["base_url"], model=endpoint.model, flush_every=flush_every
+    )
 
 
-def request_keys(endpoint: Endpoint, conversations: Sequence[list[dict]], *, prompt_version: str,
-                 max_tokens: int | None = None, options: Mapping | None = None) -> tuple[list[list[dict]], list[str]]:
+def request_keys(
+    endpoint: Endpoint,
+    conversations: Sequence[list[dict]],
+    *,
+    prompt_version: str,
+    max_tokens: int | None = None,
+    options: Mapping | None = None,
+) -> tuple[list[list[dict]], list[str]]:
     """The messages as they will be sent, and their request-cache keys."""
 
     max_tokens = max_tokens or endpoint.max_tokens
     sent = [endpoint.with_system_prompt(c) for c in conversations]
     base = endpoint.output_config()["base_url"]
-    keys = [request_key(base_url=base, model=endpoint.model, messages=m, max_tokens=max_tokens,
-                        temperature=endpoint.temperature, prompt_version=prompt_version, options=options)
-            for m in sent]
+    keys = [
+        request_key(
+            base_url=base,
+            model=endpoint.model,
+            messages=m,
+            max_tokens=max_tokens,
+            temperature=endpoint.temperature,
+            prompt_version=prompt_version,
+            options=options,
+        )
+        for m in sent
+    ]
     return sent, keys
 
 
@@ -306,7 +334,7 @@ def ask_all(
     max_tokens: int | None = None,
     flush_every: int = 50,
     partition: tuple[int, int] | None = None,
-    session: "EndpointSession | None" = None,
+    session: EndpointSession | None = None,
     cache=None,
     options: Mapping | None = None,
     keep_logprobs: Callable[[list], list | None] | None = None,
@@ -332,8 +360,9 @@ def ask_all(
     started = time.monotonic()
     max_tokens = max_tokens or endpoint.max_tokens
     cache = cache if cache is not None else endpoint_cache(endpoint, store, flush_every=flush_every)
-    sent, keys = request_keys(endpoint, conversations, prompt_version=prompt_version, max_tokens=max_tokens,
-                              options=options)
+    sent, keys = request_keys(
+        endpoint, conversations, prompt_version=prompt_version, max_tokens=max_tokens, options=options
+    )
     stats = CallStats(requests=len(sent))
     results: list[ChatResult | None] = [None] * len(sent)
     todo: dict[str, list[int]] = {}  # key -> the rows that need it: identical requests are sent once
@@ -342,8 +371,16 @@ def ask_all(
         if hit is None:
             todo.setdefault(key, []).append(i)
             continue
-        results[i] = ChatResult(hit.answer, hit.finish_reason, None, hit.input_tokens, hit.output_tokens, 0.0,
-                                cached=True, logprobs=hit.logprobs)
+        results[i] = ChatResult(
+            hit.answer,
+            hit.finish_reason,
+            None,
+            hit.input_tokens,
+            hit.output_tokens,
+            0.0,
+            cached=True,
+            logprobs=hit.logprobs,
+        )
         stats.cached += 1
     unique = list(todo)
     progress = Progress(f"{label} {endpoint.name}", len(unique))
@@ -355,8 +392,15 @@ def ask_all(
         if res.logprobs is not None and keep_logprobs is not None:
             res.logprobs = keep_logprobs(res.logprobs)
         if res.error is None and res.answer is not None:
-            cache.put(key, answer=res.answer, finish_reason=res.finish_reason, input_tokens=res.input_tokens,
-                      output_tokens=res.output_tokens, partition=partition, logprobs=res.logprobs)
+            cache.put(
+                key,
+                answer=res.answer,
+                finish_reason=res.finish_reason,
+                input_tokens=res.input_tokens,
+                output_tokens=res.output_tokens,
+                partition=partition,
+                logprobs=res.logprobs,
+            )
             stats.input_tokens += res.input_tokens
             stats.output_tokens += res.output_tokens
         else:
@@ -364,9 +408,20 @@ def ask_all(
         for n, i in enumerate(todo[key]):
             # a repeat of the same request in this batch: the same reply, not paid again
             repeat = n > 0
-            results[i] = res if not repeat else ChatResult(res.answer, res.finish_reason, res.error, res.input_tokens,
-                                                           res.output_tokens, 0.0, cached=res.error is None,
-                                                           logprobs=res.logprobs)
+            results[i] = (
+                res
+                if not repeat
+                else ChatResult(
+                    res.answer,
+                    res.finish_reason,
+                    res.error,
+                    res.input_tokens,
+                    res.output_tokens,
+                    0.0,
+                    cached=res.error is None,
+                    logprobs=res.logprobs,
+                )
+            )
             if repeat and res.error is None:
                 stats.cached += 1
         breaker.record(res)  # raises EndpointDown: chat_many stops sending, the cache keeps what came
@@ -374,14 +429,22 @@ def ask_all(
     if stats.cached:
         log.info("%s: %s: %d replies from the request cache", label, endpoint.name, stats.cached)
     if unique:
-        log.info("%s: asking %s (%s) for %d replies", label, endpoint.name, endpoint.public_dict()["base_url"], len(unique))
+        log.info(
+            "%s: asking %s (%s) for %d replies", label, endpoint.name, endpoint.public_dict()["base_url"], len(unique)
+        )
         own = session is None
         session = session or EndpointSession(endpoint)
         client = session.client()
         calls0, attempts0 = client.requests, client.attempts
         try:
-            chat_many(client, [sent[todo[k][0]] for k in unique], max_tokens=max_tokens, on_result=got,
-                      stop_if=breaker.is_fatal, options=options)
+            chat_many(
+                client,
+                [sent[todo[k][0]] for k in unique],
+                max_tokens=max_tokens,
+                on_result=got,
+                stop_if=breaker.is_fatal,
+                options=options,
+            )
         finally:
             cache.flush()  # however the calls end, what succeeded is kept
             stats.calls, stats.attempts = client.requests - calls0, client.attempts - attempts0
@@ -425,10 +488,16 @@ class CircuitBreaker:
         ep = self.endpoint
         where = f"{self.role} endpoint {ep.name!r} (model {ep.model!r} at {ep.public_dict()['base_url'] or 'api.openai.com'})"
         status = f"HTTP {res.status}" if res.status else "no HTTP status"
-        why = (f"{status}: {self.FATAL[res.status]}" if fatal
-               else f"{self.consecutive} failed calls in a row, the last with {status}")
-        raise EndpointDown(f"{self.label}: circuit breaker stopped {where}: {why}. Last error: {res.error}. "
-                           f"Successful replies are cached; fix the endpoint and re-run.", res.status)
+        why = (
+            f"{status}: {self.FATAL[res.status]}"
+            if fatal
+            else f"{self.consecutive} failed calls in a row, the last with {status}"
+        )
+        raise EndpointDown(
+            f"{self.label}: circuit breaker stopped {where}: {why}. Last error: {res.error}. "
+            f"Successful replies are cached; fix the endpoint and re-run.",
+            res.status,
+        )
 
 
 class Progress:

@@ -49,7 +49,7 @@ MODEL_ALIASES = {SERVED_MODEL, "SmolLM2-135M-Instruct", GGUF_NAME}
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the openai client pools connections
-    server: "LLMHTTPServer"
+    server: LLMHTTPServer
 
     def log_message(self, fmt, *args):  # route access logs to logging, not raw stderr
         log.debug("%s - %s", self.address_string(), fmt % args)
@@ -70,13 +70,23 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0].rstrip("/")
         if path == "/health":
             if srv.ready.is_set():
-                self._send(200, {"status": "ok", "model": srv.served, "dtype": srv.model.dtype_name,
-                                 "threads": srv.model.threads, "max_batch": srv.batcher.max_batch})
+                self._send(
+                    200,
+                    {
+                        "status": "ok",
+                        "model": srv.served,
+                        "dtype": srv.model.dtype_name,
+                        "threads": srv.model.threads,
+                        "max_batch": srv.batcher.max_batch,
+                    },
+                )
             else:
                 self._send(503, {"status": "loading"})
         elif path in ("/v1/models", "/models"):
-            self._send(200, {"object": "list", "data": [
-                {"id": srv.served, "object": "model", "created": 0, "owned_by": "local"}]})
+            self._send(
+                200,
+                {"object": "list", "data": [{"id": srv.served, "object": "model", "created": 0, "owned_by": "local"}]},
+            )
         else:
             self._error(404, f"no route GET {path}", code="not_found")
 
@@ -104,10 +114,18 @@ class _Handler(BaseHTTPRequestHandler):
             res = srv.batcher.submit(req)
         except Exception as err:  # noqa: BLE001
             return self._error(500, f"generation failed: {err}", type_="server_error")
-        self._send(200, completion_body(
-            served=srv.served, fingerprint=f"smollm2-{srv.model.dtype_name}-greedy", text=res.text,
-            finish_reason=res.finish_reason, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
-            logprobs=logprobs_body(res.logprobs)))
+        self._send(
+            200,
+            completion_body(
+                served=srv.served,
+                fingerprint=f"smollm2-{srv.model.dtype_name}-greedy",
+                text=res.text,
+                finish_reason=res.finish_reason,
+                prompt_tokens=res.prompt_tokens,
+                completion_tokens=res.completion_tokens,
+                logprobs=logprobs_body(res.logprobs),
+            ),
+        )
 
 
 class LLMHTTPServer(ThreadingHTTPServer):
@@ -123,9 +141,18 @@ class LLMHTTPServer(ThreadingHTTPServer):
         self.warned_temperature = False
 
 
-def serve(*, host: str = "127.0.0.1", port: int = 8000, port_file: str | None = None, dtype: str = "auto",
-          threads: int | None = None, max_batch: int = 8, n_ctx: int = 4096, served: str = SERVED_MODEL,
-          use_cache: bool = True) -> None:
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    port_file: str | None = None,
+    dtype: str = "auto",
+    threads: int | None = None,
+    max_batch: int = 8,
+    n_ctx: int = 4096,
+    served: str = SERVED_MODEL,
+    use_cache: bool = True,
+) -> None:
     """Bind first (so /health can say "loading"), then load the model, then serve until SIGTERM."""
     # Read by OpenMP when torch loads (in model.load below), so set it before that.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -164,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (see --port-file)")
     p.add_argument("--port-file", help="write the bound port to this file once listening")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                   help="auto: bfloat16 on AVX-512 CPUs, float32 otherwise")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="auto: bfloat16 on AVX-512 CPUs, float32 otherwise",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: half the cores)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--n-ctx", type=int, default=4096, help="prompt + max_tokens limit per request")
@@ -175,8 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        serve(host=a.host, port=a.port, port_file=a.port_file, dtype=a.dtype, threads=a.threads,
-              max_batch=a.max_batch, n_ctx=a.n_ctx, served=a.model_alias, use_cache=not a.no_cache)
+        serve(
+            host=a.host,
+            port=a.port,
+            port_file=a.port_file,
+            dtype=a.dtype,
+            threads=a.threads,
+            max_batch=a.max_batch,
+            n_ctx=a.n_ctx,
+            served=a.model_alias,
+            use_cache=not a.no_cache,
+        )
     except Exception:
         log.exception("llm server failed")
         return 1

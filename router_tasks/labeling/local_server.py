@@ -17,16 +17,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
 # If set, `local_llm_server()` yields this base URL instead of starting a server: lets a
 # long-running server (or one per test session) be shared by several stages.
 REUSE_ENV = "TELA_LOCAL_LLM_URL"
-
-
 
 
 def _get_json(url: str, timeout: float = 5.0) -> tuple[int, dict]:
@@ -38,8 +36,14 @@ def _get_json(url: str, timeout: float = 5.0) -> tuple[int, dict]:
 
 
 @contextlib.contextmanager
-def local_llm_server(*, dtype: str = "auto", max_batch: int = 8, threads: int | None = None,
-                     startup_timeout_s: float = 900.0, extra_args: list[str] | None = None) -> Iterator[str]:
+def local_llm_server(
+    *,
+    dtype: str = "auto",
+    max_batch: int = 8,
+    threads: int | None = None,
+    startup_timeout_s: float = 900.0,
+    extra_args: list[str] | None = None,
+) -> Iterator[str]:
     """Start the server as a subprocess on a free 127.0.0.1 port; yield its base URL (…/v1).
 
     Waits for /health to report the model loaded; stops the server on exit. If the env
@@ -59,8 +63,21 @@ def local_llm_server(*, dtype: str = "auto", max_batch: int = 8, threads: int | 
     # The subprocess must import this package even when it is not pip-installed.
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "router_tasks.labeling.llm_server", "--host", "127.0.0.1", "--port", "0",
-           "--port-file", str(port_file), "--dtype", dtype, "--max-batch", str(max_batch)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "router_tasks.labeling.llm_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--dtype",
+        dtype,
+        "--max-batch",
+        str(max_batch),
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     cmd += list(extra_args or [])

@@ -54,8 +54,9 @@ def _message_text(content: Any, index: int) -> str:
     if isinstance(content, list):  # OpenAI "content parts": keep the text ones
         parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         return "".join(parts)
-    raise BadRequest(f"messages[{index}].content must be a string or a list of text parts",
-                     param=f"messages[{index}].content")
+    raise BadRequest(
+        f"messages[{index}].content must be a string or a list of text parts", param=f"messages[{index}].content"
+    )
 
 
 def _choices(body: dict) -> list[str] | None:
@@ -67,8 +68,9 @@ def _choices(body: dict) -> list[str] | None:
             raise BadRequest("structured_outputs must be an object", param="structured_outputs")
         unsupported = sorted(set(structured) - {"choice"})
         if unsupported:
-            raise BadRequest(f"structured_outputs: only 'choice' is supported here, got {unsupported}",
-                             param="structured_outputs")
+            raise BadRequest(
+                f"structured_outputs: only 'choice' is supported here, got {unsupported}", param="structured_outputs"
+            )
         choices, where = structured.get("choice"), "structured_outputs.choice"
     if choices is None:
         return None
@@ -95,8 +97,12 @@ def parse_chat_request(body: Any, *, served: str, aliases: set[str]) -> ChatRequ
         raise BadRequest("request body must be a JSON object")
     name = body.get("model")
     if name not in aliases | {served}:
-        raise BadRequest(f"model {name!r} is not served here; available: {served!r}", status=404,
-                         code="model_not_found", param="model")
+        raise BadRequest(
+            f"model {name!r} is not served here; available: {served!r}",
+            status=404,
+            code="model_not_found",
+            param="model",
+        )
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise BadRequest("messages must be a non-empty list", param="messages")
@@ -119,13 +125,21 @@ def parse_chat_request(body: Any, *, served: str, aliases: set[str]) -> ChatRequ
     if continue_final:
         if body.get("add_generation_prompt", True):
             # vLLM's rule too: a continued turn cannot also open a new one
-            raise BadRequest("continue_final_message needs add_generation_prompt set to false",
-                             param="add_generation_prompt")
+            raise BadRequest(
+                "continue_final_message needs add_generation_prompt set to false", param="add_generation_prompt"
+            )
         if messages[-1]["role"] != "assistant":
-            raise BadRequest("continue_final_message needs the last message to be an assistant message",
-                             param="messages")
-    return ChatRequest(messages=messages, max_tokens=max_tokens, stop=stop, top_logprobs=_logprobs(body),
-                       continue_final=continue_final, choices=_choices(body))
+            raise BadRequest(
+                "continue_final_message needs the last message to be an assistant message", param="messages"
+            )
+    return ChatRequest(
+        messages=messages,
+        max_tokens=max_tokens,
+        stop=stop,
+        top_logprobs=_logprobs(body),
+        continue_final=continue_final,
+        choices=_choices(body),
+    )
 
 
 def token_entry(text: str, data: bytes, logprob: float) -> dict:
@@ -139,20 +153,30 @@ def logprobs_body(tokens: list[tuple[dict, list[dict]]] | None) -> dict | None:
     return {"content": [{**chosen, "top_logprobs": top} for chosen, top in tokens], "refusal": None}
 
 
-def completion_body(*, served: str, fingerprint: str, text: str, finish_reason: str, prompt_tokens: int,
-                    completion_tokens: int, logprobs: dict | None) -> dict:
+def completion_body(
+    *,
+    served: str,
+    fingerprint: str,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    logprobs: dict | None,
+) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": served,
         "system_fingerprint": fingerprint,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": finish_reason,
-            "logprobs": logprobs,
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+                "logprobs": logprobs,
+            }
+        ],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,

@@ -13,9 +13,9 @@ import json
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from router_tasks.core.endpoints import Endpoint
 from router_tasks.labeling import verdicts as vd
 from router_tasks.labeling.generate import sum_stats
-from router_tasks.core.endpoints import Endpoint
 from router_tasks.labeling.llm_client import EndpointSession, ask_all, endpoint_cache
 from router_tasks.labeling.verdicts import Verdict, Vote
 
@@ -33,7 +33,7 @@ class Judged:
     errors: list[str | None]  # per judge: why its call failed
 
     def failure(self, names: list[str]) -> str | None:
-        errors = [(n, e) for n, e in zip(names, self.errors) if e]
+        errors = [(n, e) for n, e in zip(names, self.errors, strict=False) if e]
         if errors:  # asked again on the next run; the other judges' replies are cached
             n, e = errors[0]
             return f"judge error: {e}" if len(names) == 1 else f"judge error: {n}: {e}"
@@ -52,9 +52,14 @@ class Judged:
             "score_expected": None if v is None else v.expected,
             "score_probs": None if v is None or v.probs is None else json.dumps([round(p, 6) for p in v.probs]),
             "verdict_method": "+".join(sorted(set(methods))) or None,
-            "judge_raw": (json.dumps(dict(zip(names, self.raws))) if several else self.raws[0]),
-            "judge_votes": (json.dumps({n: (x.score if x is not None else None) for n, x in zip(names, self.verdicts)})
-                            if several else None),
+            "judge_raw": (json.dumps(dict(zip(names, self.raws, strict=False))) if several else self.raws[0]),
+            "judge_votes": (
+                json.dumps(
+                    {n: (x.score if x is not None else None) for n, x in zip(names, self.verdicts, strict=False)}
+                )
+                if several
+                else None
+            ),
             "judge_disagreement": None if v is None or not several else v.disagreement,
         }
 
@@ -66,35 +71,64 @@ def panel_name(endpoints: list[Endpoint], how: str) -> str:
     return f"{how}({', '.join(e.name for e in endpoints)})"
 
 
-def _ask_one(endpoint: Endpoint, conversations: list[list[dict]], *, prompt_version: str, session, cache,
-             **kw) -> tuple[list[Verdict | None], list[str | None], list[str | None], dict]:
+def _ask_one(
+    endpoint: Endpoint, conversations: list[list[dict]], *, prompt_version: str, session, cache, **kw
+) -> tuple[list[Verdict | None], list[str | None], list[str | None], dict]:
     path = vd.resolve_path(endpoint.verdict, endpoint.is_local)
-    results, calls = ask_all(endpoint, conversations, prompt_version=prompt_version, role="judge", session=session,
-                             cache=cache, options=vd.reply_options(path), keep_logprobs=vd.verdict_window, **kw)
+    results, calls = ask_all(
+        endpoint,
+        conversations,
+        prompt_version=prompt_version,
+        role="judge",
+        session=session,
+        cache=cache,
+        options=vd.reply_options(path),
+        keep_logprobs=vd.verdict_window,
+        **kw,
+    )
     stats = calls.to_dict()
     verdicts: list[Verdict | None] = [None if r.error else vd.from_reply(r.answer, r.logprobs) for r in results]
     again = [i for i, v in enumerate(verdicts) if v is not None and v.score is None]
     if path == "continue" and again:
-        more, calls2 = ask_all(endpoint, [vd.continuation(conversations[i], results[i].answer) for i in again],
-                               prompt_version=prompt_version, role="judge", session=session, cache=cache,
-                               options=vd.CONTINUE_OPTIONS, max_tokens=1, **kw)
+        more, calls2 = ask_all(
+            endpoint,
+            [vd.continuation(conversations[i], results[i].answer) for i in again],
+            prompt_version=prompt_version,
+            role="judge",
+            session=session,
+            cache=cache,
+            options=vd.CONTINUE_OPTIONS,
+            max_tokens=1,
+            **kw,
+        )
         sum_stats(stats, calls2.to_dict())
-        for i, r in zip(again, more):
+        for i, r in zip(again, more, strict=False):
             if r.error is None:
                 verdicts[i] = vd.from_continuation(r.answer, r.logprobs)
         stats["continuations"] = len(again)
     answered = [v for v in verdicts if v is not None]
     stats["parse_failures"] = sum(v.score is None for v in answered)
-    stats["verdicts"] = {m: sum(v.method == m and v.score is not None for v in answered)
-                         for m in ("logprobs", "continuation", "text")}
+    stats["verdicts"] = {
+        m: sum(v.method == m and v.score is not None for v in answered) for m in ("logprobs", "continuation", "text")
+    }
     stats["path"] = path
     return verdicts, [r.answer for r in results], [r.error for r in results], stats
 
 
-def ask_panel(endpoints: list[Endpoint], conversations: list[list[dict]], *, how: str, prompt_version: str,
-              store, label: str, sessions: list | None = None, caches: list | None = None,
-              partition: tuple[int, int] | None = None, flush_every: int = 50,
-              max_failure_rate: float = 1.0) -> tuple[list[Judged], dict]:
+def ask_panel(
+    endpoints: list[Endpoint],
+    conversations: list[list[dict]],
+    *,
+    how: str,
+    prompt_version: str,
+    store,
+    label: str,
+    sessions: list | None = None,
+    caches: list | None = None,
+    partition: tuple[int, int] | None = None,
+    flush_every: int = 50,
+    max_failure_rate: float = 1.0,
+) -> tuple[list[Judged], dict]:
     """Every judge's verdict on every conversation, voted; and per-judge stats."""
     if how not in vd.VOTES:
         raise ValueError(f"vote must be one of {list(vd.VOTES)}, got {how!r}")
@@ -105,10 +139,19 @@ def ask_panel(endpoints: list[Endpoint], conversations: list[list[dict]], *, how
         if sessions is None:
             sessions = [stack.enter_context(EndpointSession(e)) for e in endpoints]
         caches = caches or [endpoint_cache(e, store, flush_every=flush_every) for e in endpoints]
-        for endpoint, session, cache in zip(endpoints, sessions, caches):
-            out = _ask_one(endpoint, conversations, prompt_version=prompt_version, session=session, cache=cache,
-                           store=store, label=label, partition=partition, flush_every=flush_every,
-                           max_failure_rate=max_failure_rate)
+        for endpoint, session, cache in zip(endpoints, sessions, caches, strict=False):
+            out = _ask_one(
+                endpoint,
+                conversations,
+                prompt_version=prompt_version,
+                session=session,
+                cache=cache,
+                store=store,
+                label=label,
+                partition=partition,
+                flush_every=flush_every,
+                max_failure_rate=max_failure_rate,
+            )
             per_judge.append(out[:3])
             stats[endpoint.name] = out[3]
     judged = []
@@ -116,7 +159,7 @@ def ask_panel(endpoints: list[Endpoint], conversations: list[list[dict]], *, how
         verdicts = [v[i] for v, _, _ in per_judge]
         raws = [r[i] for _, r, _ in per_judge]
         errors = [e[i] for _, _, e in per_judge]
-        vote = vd.vote([v for v, e in zip(verdicts, errors) if v is not None and not e], how)
+        vote = vd.vote([v for v, e in zip(verdicts, errors, strict=False) if v is not None and not e], how)
         judged.append(Judged(vote if not any(errors) else None, verdicts, raws, errors))
     return judged, stats
 

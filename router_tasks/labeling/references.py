@@ -18,14 +18,14 @@ import time
 
 import pandas as pd
 
-from router_tasks.data.ingest import SHARD_FILE, prompt_shards
 from router_tasks.core.endpoints import parse_endpoints
-from router_tasks.labeling.generate import answer_prompts, check_failure_rate, sum_stats
-from router_tasks.labeling.llm_client import EndpointSession, endpoint_cache
-from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.core.schemas import cell_text
 from router_tasks.core.stage import StageContext, load_table, run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data.ingest import SHARD_FILE, prompt_shards
+from router_tasks.labeling.generate import answer_prompts, check_failure_rate, sum_stats
+from router_tasks.labeling.ledger import ledger_entry
+from router_tasks.labeling.llm_client import EndpointSession, endpoint_cache
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,11 @@ def generate_references(
     """The prompts artifact with missing references written by `reference` (an endpoint dict)."""
     if not reference:
         return prompts
-    ep = parse_endpoints([reference], defaults={"max_tokens": max_tokens, "temperature": 0.0,
-                                                "system_prompt": REFERENCE_SYSTEM}, where="reference")[0]
+    ep = parse_endpoints(
+        [reference],
+        defaults={"max_tokens": max_tokens, "temperature": 0.0, "system_prompt": REFERENCE_SYSTEM},
+        where="reference",
+    )[0]
     store = ArtifactStore(artifact_root)
     need = _needs_reference(load_table(prompts, store))
     if not need.any():
@@ -86,9 +89,15 @@ def generate_references(
         frames, stats = [], {}
         with EndpointSession(ep) as session:
             for shard, idx in df[todo].groupby(shard_col[todo], sort=True).groups.items():
-                part, st = answer_prompts(df.loc[idx, ["prompt_id", "prompt"]], ep, store=ctx.store, label=STAGE,
-                                          partition=(n_shards, int(shard)) if "shard" in df.columns else None,
-                                          session=session, cache=cache)
+                part, st = answer_prompts(
+                    df.loc[idx, ["prompt_id", "prompt"]],
+                    ep,
+                    store=ctx.store,
+                    label=STAGE,
+                    partition=(n_shards, int(shard)) if "shard" in df.columns else None,
+                    session=session,
+                    cache=cache,
+                )
                 frames.append(part)
                 sum_stats(stats, st)
         answers = pd.concat(frames, ignore_index=True)  # todo is never empty here (see `need` above)
@@ -107,10 +116,25 @@ def generate_references(
             for shard, part in df.groupby("shard", sort=True):
                 ctx.write_table(part.reset_index(drop=True), SHARD_FILE.format(int(shard)))
         ctx.mark_incomplete(stats.get("failed_calls", 0), "reference calls failed; asked again on the next run")
-        ctx.stats.update({**stats, "shards": n_shards, "model": ep.name, "ledger": {ep.name: ledger_entry([(stats, False)])},
-                          "needed": int(todo.sum()), "written": int(mask.sum()),
-                          "cut_off": int((written.notna() & ~ok).sum()), "seconds": round(time.monotonic() - started, 2)})
+        ctx.stats.update(
+            {
+                **stats,
+                "shards": n_shards,
+                "model": ep.name,
+                "ledger": {ep.name: ledger_entry([(stats, False)])},
+                "needed": int(todo.sum()),
+                "written": int(mask.sum()),
+                "cut_off": int((written.notna() & ~ok).sum()),
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        )
         log.info("%s: %s", STAGE, ctx.stats)
 
-    return run_stage(STAGE, STAGE_VERSION, compute, inputs={"prompts": prompts},
-                     config={"reference": ep.output_config(), "system": REFERENCE_SYSTEM}, store=store)
+    return run_stage(
+        STAGE,
+        STAGE_VERSION,
+        compute,
+        inputs={"prompts": prompts},
+        config={"reference": ep.output_config(), "system": REFERENCE_SYSTEM},
+        store=store,
+    )

@@ -56,7 +56,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -84,15 +84,31 @@ class CachedReply:
     logprobs: list | None = None
 
 
-def request_key(*, base_url: str | None, model: str, messages: list[dict], max_tokens: int,
-                temperature: float, prompt_version: str, options: dict | None = None) -> str:
+def request_key(
+    *,
+    base_url: str | None,
+    model: str,
+    messages: list[dict],
+    max_tokens: int,
+    temperature: float,
+    prompt_version: str,
+    options: dict | None = None,
+) -> str:
     """The cache key of one chat request: the same request always gets the same key.
     `options` (further request fields, e.g. `logprobs`) enter it only when given, so a
     plain request keeps the key it always had."""
-    return stable_hash({
-        "base_url": base_url, "model": model, "messages": messages, "max_tokens": int(max_tokens),
-        "temperature": float(temperature), "prompt_version": prompt_version,
-    } | ({"options": dict(options)} if options else {}), length=32)
+    return stable_hash(
+        {
+            "base_url": base_url,
+            "model": model,
+            "messages": messages,
+            "max_tokens": int(max_tokens),
+            "temperature": float(temperature),
+            "prompt_version": prompt_version,
+        }
+        | ({"options": dict(options)} if options else {}),
+        length=32,
+    )
 
 
 def _logprobs_of(value) -> list | None:
@@ -132,8 +148,17 @@ def _logprobs_json(logprobs: list | None) -> str | None:
 class RequestCache:
     """Successful replies of one endpoint (base URL + model), by partition."""
 
-    def __init__(self, store: ArtifactStore, *, base_url: str | None, model: str, flush_every: int = 50,
-                 flush_interval_s: float = 5.0, grace_s: float = GRACE_S, compact_after: int = COMPACT_AFTER):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        *,
+        base_url: str | None,
+        model: str,
+        flush_every: int = 50,
+        flush_interval_s: float = 5.0,
+        grace_s: float = GRACE_S,
+        compact_after: int = COMPACT_AFTER,
+    ):
         self.store = store
         self.prefix = f"{CACHE_PREFIX}/{stable_hash({'base_url': base_url, 'model': model})}"
         self.flush_every = max(1, int(flush_every))
@@ -193,8 +218,10 @@ class RequestCache:
             if len(loose) > self.compact_after:
                 self._compact(name, read=(index, token, loose, entries))
             return entries
-        raise RuntimeError(f"request cache: {self.store.uri(folder)} kept changing over {READ_ATTEMPTS} reads; "
-                           f"is grace_s ({self.grace_s} s) shorter than a read?")
+        raise RuntimeError(
+            f"request cache: {self.store.uri(folder)} kept changing over {READ_ATTEMPTS} reads; "
+            f"is grace_s ({self.grace_s} s) shorter than a read?"
+        )
 
     def _read_file(self, key: str, into: dict[str, CachedReply]) -> None:
         import io
@@ -211,8 +238,13 @@ class RequestCache:
         self.files_read += 1
         has_logprobs = "logprobs" in df.columns
         for r in df.itertuples(index=False):
-            into[r.key] = CachedReply(r.answer, r.finish_reason, int(r.input_tokens), int(r.output_tokens),
-                                      _logprobs_of(r.logprobs) if has_logprobs else None)
+            into[r.key] = CachedReply(
+                r.answer,
+                r.finish_reason,
+                int(r.input_tokens),
+                int(r.output_tokens),
+                _logprobs_of(r.logprobs) if has_logprobs else None,
+            )
 
     def get(self, key: str, partition: Partition | None = None) -> CachedReply | None:
         """The cached reply for `key`, looked up in the partitions that may hold `partition`'s prompts."""
@@ -261,9 +293,18 @@ class RequestCache:
                         self._read_file(f"{folder}/{f}", merged_entries)
                 except FileNotFoundError:
                     return False  # another compactor moved on; next time
-            rows = [{"key": k, "answer": v.answer, "finish_reason": v.finish_reason, "input_tokens": v.input_tokens,
-                     "output_tokens": v.output_tokens, "created_at": None, "logprobs": _logprobs_json(v.logprobs)}
-                    for k, v in merged_entries.items()]
+            rows = [
+                {
+                    "key": k,
+                    "answer": v.answer,
+                    "finish_reason": v.finish_reason,
+                    "input_tokens": v.input_tokens,
+                    "output_tokens": v.output_tokens,
+                    "created_at": None,
+                    "logprobs": _logprobs_json(v.logprobs),
+                }
+                for k, v in merged_entries.items()
+            ]
             merged_name = self._write(folder, rows, kind="merged")  # first the whole...
             retired.update({m: now for m in merged})
             merged = [merged_name]
@@ -284,22 +325,43 @@ class RequestCache:
             return False
         for f in expired:  # ...then, a grace period after they became redundant, the parts
             self.store.delete(f"{folder}/{f}")
-        log.info("request cache: compacted %s: %d loose segments into %s, %d old files removed",
-                 self.store.uri(folder), len(loose), merged_name or "the same merged file", len(expired))
+        log.info(
+            "request cache: compacted %s: %d loose segments into %s, %d old files removed",
+            self.store.uri(folder),
+            len(loose),
+            merged_name or "the same merged file",
+            len(expired),
+        )
         return True
 
     # -- writing ----------------------------------------------------------------------
-    def put(self, key: str, *, answer: str, finish_reason: str | None, input_tokens: int, output_tokens: int,
-            partition: Partition | None = None, logprobs: list | None = None) -> None:
+    def put(
+        self,
+        key: str,
+        *,
+        answer: str,
+        finish_reason: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        partition: Partition | None = None,
+        logprobs: list | None = None,
+    ) -> None:
         """Record a successful reply; written out every `flush_every` puts and on flush()."""
         entry = CachedReply(answer, finish_reason, int(input_tokens), int(output_tokens), logprobs)
         name = partition_name(partition)
         with self._lock:
             self._loaded.setdefault(name, {})[key] = entry
             self._pending.setdefault(name, []).append(
-                {"key": key, "answer": answer, "finish_reason": finish_reason, "input_tokens": int(input_tokens),
-                 "output_tokens": int(output_tokens), "created_at": datetime.now(timezone.utc).isoformat(),
-                 "logprobs": _logprobs_json(logprobs)})
+                {
+                    "key": key,
+                    "answer": answer,
+                    "finish_reason": finish_reason,
+                    "input_tokens": int(input_tokens),
+                    "output_tokens": int(output_tokens),
+                    "created_at": datetime.now(UTC).isoformat(),
+                    "logprobs": _logprobs_json(logprobs),
+                }
+            )
             n = sum(len(v) for v in self._pending.values())
             full = n >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_interval_s
         if full:
@@ -317,7 +379,7 @@ class RequestCache:
         df = pd.DataFrame(rows, columns=COLUMNS)
         for col in ("key", "answer", "finish_reason", "created_at", "logprobs"):
             df[col] = df[col].astype("string")
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         name = f"{kind}-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
         self.store.write_parquet(f"{folder}/{name}", df)
         self.segments_written += kind == "seg"

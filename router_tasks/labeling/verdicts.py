@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 SCORES = (1, 2, 3, 4, 5)
 DIGITS = tuple(str(s) for s in SCORES)
@@ -40,8 +40,13 @@ NO_VERDICT = "no [[n]] verdict"
 NO_CONTINUED_VERDICT = "no 1-5 verdict after [["
 
 #: the verdict request of the "continue" path: one token after the prefilled `[[`, one of the digits
-CONTINUE_OPTIONS = {"logprobs": True, "top_logprobs": TOP_LOGPROBS, "continue_final_message": True,
-                    "add_generation_prompt": False, "structured_outputs": {"choice": list(DIGITS)}}
+CONTINUE_OPTIONS = {
+    "logprobs": True,
+    "top_logprobs": TOP_LOGPROBS,
+    "continue_final_message": True,
+    "add_generation_prompt": False,
+    "structured_outputs": {"choice": list(DIGITS)},
+}
 _VERDICT_RE = re.compile(r"\[\[\s*([1-5])\s*\]\]")
 
 
@@ -90,7 +95,7 @@ def verdict_window(tokens: list | None) -> list | None:
     for i, t in enumerate(tokens):
         start += len(t["token"])
         if start > at:
-            return tokens[i: i + 4]
+            return tokens[i : i + 4]
     return None
 
 
@@ -104,12 +109,12 @@ def _digit_mass(tokens: list, i: int, prefix: str) -> list[float]:
     for alt, lp in alternatives.items():
         if not alt.startswith(prefix):
             continue
-        rest = alt[len(prefix):].lstrip()
+        rest = alt[len(prefix) :].lstrip()
         if rest[:1] in DIGITS and not rest[1:2].isdigit():
             mass[DIGITS.index(rest[:1])] += math.exp(lp)
     if not prefix and not tok["token"].strip() and i + 1 < len(tokens):
         after = _digit_mass(tokens, i + 1, "")  # "[[ 4]]": the space first, then the digit
-        mass = [m + math.exp(tok["logprob"]) * a for m, a in zip(mass, after)]
+        mass = [m + math.exp(tok["logprob"]) * a for m, a in zip(mass, after, strict=False)]
     return mass
 
 
@@ -149,7 +154,7 @@ class Verdict:
     @property
     def expected(self) -> float | None:
         if self.probs is not None:
-            return float(sum(p * s for p, s in zip(self.probs, SCORES)))
+            return float(sum(p * s for p, s in zip(self.probs, SCORES, strict=False)))
         return None if self.score is None else float(self.score)
 
 

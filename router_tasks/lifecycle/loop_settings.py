@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
+from router_tasks.core.endpoints import Endpoint
 from router_tasks.core.params import PIPELINE_PARAMS
 from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.core.store import ArtifactStore
-from router_tasks.core.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,10 @@ def recordable(settings: Mapping, where: str = "settings") -> dict:
         raise ValueError(f"{where}: expected a JSON object of pipeline params, got {type(settings).__name__}")
     unknown = sorted(set(settings) - set(SETTINGS_KEYS))
     if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {unknown}; the loop's settings are router_pipeline params: "
-                         f"{list(SETTINGS_KEYS)}")
+        raise ValueError(
+            f"{where}: unknown setting(s) {unknown}; the loop's settings are router_pipeline params: "
+            f"{list(SETTINGS_KEYS)}"
+        )
     out = json.loads(json.dumps(dict(settings), default=str))
     for key in ENDPOINT_KEYS:
         if out.get(key) is not None:
@@ -101,14 +103,19 @@ def champion_settings(store: ArtifactStore) -> tuple[str, dict | None]:
     champion = store.read_json(CHAMPION_KEY)
     name = f"champion {champion['router']['key']}"
     if champion.get("settings") is None:
-        log.warning("the champion (%s) records no settings (published before they were recorded): "
-                    "the loop falls back to the library defaults and the Variable %s", name, VARIABLE)
+        log.warning(
+            "the champion (%s) records no settings (published before they were recorded): "
+            "the loop falls back to the library defaults and the Variable %s",
+            name,
+            VARIABLE,
+        )
         return f"{name} (records none)", None
     return name, champion["settings"]
 
 
-def relabel_conf(source: str, *, variable: Mapping | None = None, conf: Mapping | None = None,
-                 artifact_root: str | None = None) -> dict:
+def relabel_conf(
+    source: str, *, variable: Mapping | None = None, conf: Mapping | None = None, artifact_root: str | None = None
+) -> dict:
     """router_pipeline's conf to label the traffic sample `source`: the champion's settings,
     under the Variable's and then `conf`'s (the relabel run's own param). Returns
     {"conf": ..., "from": {key: where its value came from}}."""
@@ -118,13 +125,17 @@ def relabel_conf(source: str, *, variable: Mapping | None = None, conf: Mapping 
     run_only = {k: conf.pop(k) for k in RUN_ONLY if k in conf}  # e.g. a `sample` cap: this run's, not a setting
     store = ArtifactStore(artifact_root)
     resolved = resolve([champion_settings(store), (f"Variable {VARIABLE}", variable), (own, conf or None)])
-    return {"conf": {**resolved["settings"], **run_only, "source": source},
-            "from": {**resolved["from"], **{k: own for k in run_only}, "source": "the drift event's traffic sample"}}
+    return {
+        "conf": {**resolved["settings"], **run_only, "source": source},
+        "from": {**resolved["from"], **{k: own for k in run_only}, "source": "the drift event's traffic sample"},
+    }
 
 
 def describe(resolved: Mapping) -> str:
     """One line per setting not left at the library default, with where it came from (for logs)."""
-    rows = [f"  {k} = {json.dumps(v, default=str)[:300]}  <- {resolved['from'][k]}"
-            for k, v in resolved.get("settings", resolved.get("conf", {})).items()
-            if resolved["from"].get(k) != DEFAULTS_LAYER]
+    rows = [
+        f"  {k} = {json.dumps(v, default=str)[:300]}  <- {resolved['from'][k]}"
+        for k, v in resolved.get("settings", resolved.get("conf", {})).items()
+        if resolved["from"].get(k) != DEFAULTS_LAYER
+    ]
     return "\n".join(rows) or "  (every setting at its library default)"

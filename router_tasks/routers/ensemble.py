@@ -57,14 +57,15 @@ benchmark_scripts/router_quality.py.
 from __future__ import annotations
 
 import json
-import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from router_tasks.routers import selection
 from router_tasks.routers.base import label_matrix
 from router_tasks.routers.embedding_router import DEFAULT_REPRESENTATION, EmbeddingRouter
+from router_tasks.routers.embeddings import Embedder, embedding_model
 from router_tasks.routers.ensemble_fast import CompiledBlend
 from router_tasks.routers.knn import KnnRouter
 from router_tasks.routers.text_features import (
@@ -78,9 +79,6 @@ from router_tasks.routers.text_features import (
     style_matrix,
     tfidf,
 )
-from router_tasks.routers import selection
-from router_tasks.routers.embeddings import Embedder
-from router_tasks.routers.embeddings import embedding_model
 
 WEIGHTS_FILE = "ensemble.safetensors"
 SELECTION_FILE = "ensemble_selection.json"
@@ -92,6 +90,7 @@ FALLBACK_BLEND = (1 / 3, 1 / 3, 1 / 3, 0.0, 0.0, 0.0)
 TUNED_C = ("linear", "style", "lexical", "form")
 #: prompt forms that may get their own blend (`blend_by_form`): has multiple-choice options or not
 FORMS = {"multiple_choice": True, "free_form": False}
+
 
 def _c_values(value) -> list[float]:
     """A regularisation setting: one value, or the candidates fit chooses among."""
@@ -192,8 +191,12 @@ class EnsembleRouter(EmbeddingRouter):
         self.selection: dict = {}  # what fit chose, on which validation split
 
     def _knn_params(self) -> dict:
-        return {"k": self.params["knn_k"], "temperature": self.params["knn_temperature"],
-                "prior_weight": self.params["knn_prior_weight"], "representation": self.representation}
+        return {
+            "k": self.params["knn_k"],
+            "temperature": self.params["knn_temperature"],
+            "prior_weight": self.params["knn_prior_weight"],
+            "representation": self.representation,
+        }
 
     @EmbeddingRouter.embedder.setter
     def embedder(self, value) -> None:
@@ -213,9 +216,8 @@ class EnsembleRouter(EmbeddingRouter):
 
     # ---- training ---------------------------------------------------------------
 
-    def fit(self, labels: pd.DataFrame) -> "EnsembleRouter":
+    def fit(self, labels: pd.DataFrame) -> EnsembleRouter:
         from threadpoolctl import threadpool_limits
-
 
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
@@ -227,8 +229,11 @@ class EnsembleRouter(EmbeddingRouter):
         cache = {"feats": feature_matrix(texts), "style": style_matrix(texts)}  # computed once per fit
         if "form" in self.params["select_components"]:
             cache["form_emb"] = self._form_vectors(texts, emb)
-        can_select = bool(self.params["select"]) and {self.strong_model, self.weak_model} <= set(self.models) \
+        can_select = (
+            bool(self.params["select"])
+            and {self.strong_model, self.weak_model} <= set(self.models)
             and self.strong_model != self.weak_model
+        )
         si, wi = (self.models.index(self.strong_model), self.models.index(self.weak_model)) if can_select else (0, 0)
         blend = np.asarray(FALLBACK_BLEND)
         self.selection = {"selected": False}
@@ -240,11 +245,16 @@ class EnsembleRouter(EmbeddingRouter):
             splits, tuned = [], []
             for r in range(int(self.params["select_repeats"]) if can_select else 0):
                 # several cluster splits: one 25% split of a few topics is a noisy judge
-                val = selection.cluster_split(emb, float(self.params["select_share"]),
-                                              int(self.params["select_clusters"]), int(self.params["seed"]) + r)
+                val = selection.cluster_split(
+                    emb,
+                    float(self.params["select_share"]),
+                    int(self.params["select_clusters"]),
+                    int(self.params["seed"]) + r,
+                )
                 both = val & ~np.isnan(quality[:, si]) & ~np.isnan(quality[:, wi])
-                if (~val).sum() < selection.MIN_VALIDATION or not selection.can_judge(quality[both, si],
-                                                                                       quality[both, wi]):
+                if (~val).sum() < selection.MIN_VALIDATION or not selection.can_judge(
+                    quality[both, si], quality[both, wi]
+                ):
                     continue
                 tr, vi = np.flatnonzero(~val), np.flatnonzero(both)
                 tr_texts, vi_texts = [texts[i] for i in tr], [texts[i] for i in vi]
@@ -254,15 +264,18 @@ class EnsembleRouter(EmbeddingRouter):
                 fits += [([c], {c: v}) for c in candidates if c in grids for v in grids[c][1:]]
                 gaps = {c: {} for c in candidates}
                 for needed, values in fits:
-                    knn, w = self._fit_parts(tr_texts, emb[tr], quality[tr], needed=needed, cache=tr_cache, c_values=values)
+                    knn, w = self._fit_parts(
+                        tr_texts, emb[tr], quality[tr], needed=needed, cache=tr_cache, c_values=values
+                    )
                     parts = self._parts(knn, w, vi_texts, emb[vi].astype(np.float64), needed, cache=vi_cache)
                     for c in needed:
                         gaps[c][values.get(c)] = parts[c][:, si] - parts[c][:, wi]
                 tuned.append((gaps, quality[vi, si], quality[vi, wi], cache["feats"][vi, CHOICES_COL] > 0.5))
             for c in candidates:  # each tuned component's C first, by its own validation APGR
                 if c in grids and len(grids[c]) > 1 and tuned:
-                    by_value = [np.mean([selection.exact_apgr(g[c][v], s_q, w_q) for g, s_q, w_q, _ in tuned])
-                                for v in grids[c]]
+                    by_value = [
+                        np.mean([selection.exact_apgr(g[c][v], s_q, w_q) for g, s_q, w_q, _ in tuned]) for v in grids[c]
+                    ]
                     chosen_c[c] = grids[c][int(np.argmax(by_value))]  # ties: the list's first
             for g, s_q, w_q, mc in tuned:
                 splits.append(([g[c][chosen_c[c] if c in grids else None] for c in candidates], s_q, w_q, mc))
@@ -270,29 +283,44 @@ class EnsembleRouter(EmbeddingRouter):
             if splits and candidates:
                 blend, score = self._choose_blend([sp[:3] for sp in splits], candidates)
                 self.selection = {
-                    "selected": True, "splits": len(splits), "n_validation": [int(len(sp[1])) for sp in splits],
+                    "selected": True,
+                    "splits": len(splits),
+                    "n_validation": [int(len(sp[1])) for sp in splits],
                     "validation_apgr": round(score, 4),
-                    "component_apgr": {c: round(float(np.mean([selection.exact_apgr(gaps[i], s_q, w_q)
-                                                                for gaps, s_q, w_q, _ in splits])), 4)
-                                       for i, c in enumerate(candidates)},
+                    "component_apgr": {
+                        c: round(
+                            float(np.mean([selection.exact_apgr(gaps[i], s_q, w_q) for gaps, s_q, w_q, _ in splits])), 4
+                        )
+                        for i, c in enumerate(candidates)
+                    },
                 }
                 if self.params["blend_by_form"]:
                     for form, want in FORMS.items():
-                        sub = [([x[mc == want] for x in gaps], s_q[mc == want], w_q[mc == want])
-                               for gaps, s_q, w_q, mc in splits]
+                        sub = [
+                            ([x[mc == want] for x in gaps], s_q[mc == want], w_q[mc == want])
+                            for gaps, s_q, w_q, mc in splits
+                        ]
                         sub = [sp for sp in sub if selection.can_judge(sp[1], sp[2])]
                         if sub:  # else this form keeps the shared blend
                             b, sc = self._choose_blend(sub, candidates)
                             by_form[form] = b
                             self.selection.setdefault("by_form", {})[form] = {
-                                "blend": {c: float(v) for c, v in zip(COMPONENTS, b)}, "splits": len(sub),
-                                "n_validation": [int(len(sp[1])) for sp in sub], "validation_apgr": round(sc, 4)}
-            self.selection["blend"] = {c: float(b) for c, b in zip(COMPONENTS, blend)}
+                                "blend": {c: float(v) for c, v in zip(COMPONENTS, b, strict=False)},
+                                "splits": len(sub),
+                                "n_validation": [int(len(sp[1])) for sp in sub],
+                                "validation_apgr": round(sc, 4),
+                            }
+            self.selection["blend"] = {c: float(b) for c, b in zip(COMPONENTS, blend, strict=False)}
             self.selection["c"] = chosen_c
             blends = [blend, *by_form.values()]
-            knn, w = self._fit_parts(texts, emb, quality, needed=[c for i, c in enumerate(COMPONENTS)
-                                                                  if any(b[i] > 0 for b in blends)],
-                                     cache=cache, c_values=chosen_c)
+            knn, w = self._fit_parts(
+                texts,
+                emb,
+                quality,
+                needed=[c for i, c in enumerate(COMPONENTS) if any(b[i] > 0 for b in blends)],
+                cache=cache,
+                c_values=chosen_c,
+            )
         for form in FORMS:
             w[f"blend_{form}"] = by_form.get(form, blend)
         self.knn = knn
@@ -307,17 +335,24 @@ class EnsembleRouter(EmbeddingRouter):
         (gaps per candidate, strong quality, weak quality)."""
 
         grid = selection.simplex_grid(len(candidates))
-        score = np.mean([[selection.exact_apgr(g @ np.vstack(gaps), s_q, w_q) for g in grid]
-                         for gaps, s_q, w_q in splits], axis=0)
+        score = np.mean(
+            [[selection.exact_apgr(g @ np.vstack(gaps), s_q, w_q) for g in grid] for gaps, s_q, w_q in splits], axis=0
+        )
         best = int(np.argmax(score))  # ties: the grid's first
         blend = np.zeros(len(COMPONENTS))
-        for c, b in zip(candidates, grid[best]):
+        for c, b in zip(candidates, grid[best], strict=False):
             blend[COMPONENTS.index(c)] = b
         return blend, float(score[best])
 
-    def _fit_parts(self, texts: list[str], emb: np.ndarray, quality: np.ndarray,
-                   needed: Sequence[str] = COMPONENTS, cache: dict | None = None,
-                   c_values: dict | None = None) -> tuple[KnnRouter, dict]:
+    def _fit_parts(
+        self,
+        texts: list[str],
+        emb: np.ndarray,
+        quality: np.ndarray,
+        needed: Sequence[str] = COMPONENTS,
+        cache: dict | None = None,
+        c_values: dict | None = None,
+    ) -> tuple[KnnRouter, dict]:
         """Fit the components in `needed` (the kNN part always: it is cheap) on one set of
         prompts; returns (knn router, arrays of the others). `c_values` gives a component's
         C (default: the first of its ``<name>_c`` param)."""
@@ -349,8 +384,14 @@ class EnsembleRouter(EmbeddingRouter):
                     coef[j], intercept[j] = self._fit_linear(x[has][rows], target, weight, c)
                 else:  # nothing to separate: the smoothed base rate
                     intercept[j] = base
-            w.update({f"{prefix}_mean": mean, f"{prefix}_scale": scale, f"{prefix}_coef": coef,
-                      f"{prefix}_intercept": intercept})
+            w.update(
+                {
+                    f"{prefix}_mean": mean,
+                    f"{prefix}_scale": scale,
+                    f"{prefix}_coef": coef,
+                    f"{prefix}_intercept": intercept,
+                }
+            )
 
         if "linear" in needed:
             linear_part("lin", linear_inputs(emb, feats), c_of["linear"])
@@ -367,8 +408,10 @@ class EnsembleRouter(EmbeddingRouter):
             else:
                 pca_mean, pca_comp = np.zeros(emb.shape[1]), np.zeros((0, emb.shape[1]))
             tree_x = np.hstack([feats, (emb - pca_mean) @ pca_comp.T])
-            trees = [self._fit_trees(tree_x[has][rows], target, weight) if ok else self._constant_tree(base)
-                     for has, rows, target, weight, base, ok in targets]
+            trees = [
+                self._fit_trees(tree_x[has][rows], target, weight) if ok else self._constant_tree(base)
+                for has, rows, target, weight, base, ok in targets
+            ]
             w.update({"pca_mean": pca_mean, "pca_components": pca_comp, **self._pack_trees(trees)})
         if "lexical" in needed:
             counts = hashed_counts(texts, int(self.params["lexical_features"]))
@@ -397,9 +440,13 @@ class EnsembleRouter(EmbeddingRouter):
 
         p = self.params
         gbt = HistGradientBoostingClassifier(
-            max_iter=int(p["gbt_rounds"]), learning_rate=float(p["gbt_learning_rate"]),
-            max_leaf_nodes=int(p["gbt_max_leaf_nodes"]), min_samples_leaf=int(p["gbt_min_samples_leaf"]),
-            l2_regularization=float(p["gbt_l2"]), early_stopping=False, random_state=int(p["seed"]),
+            max_iter=int(p["gbt_rounds"]),
+            learning_rate=float(p["gbt_learning_rate"]),
+            max_leaf_nodes=int(p["gbt_max_leaf_nodes"]),
+            min_samples_leaf=int(p["gbt_min_samples_leaf"]),
+            l2_regularization=float(p["gbt_l2"]),
+            early_stopping=False,
+            random_state=int(p["seed"]),
         ).fit(x, y, sample_weight=w)
         nodes = [predictors[0].nodes for predictors in gbt._predictors]  # binary: one tree per round
         if any(n["is_categorical"].any() for n in nodes):
@@ -439,10 +486,14 @@ class EnsembleRouter(EmbeddingRouter):
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
         return {
-            "tree_feature": cat(feature, np.int64), "tree_threshold": cat(threshold, np.float64),
-            "tree_left": cat(left, np.int64), "tree_right": cat(right, np.int64),
-            "tree_value": cat(value, np.float64), "tree_nan_left": cat(nan_left, np.int8),
-            "tree_root": np.asarray(roots, np.int64), "tree_model": np.asarray(owner, np.int64),
+            "tree_feature": cat(feature, np.int64),
+            "tree_threshold": cat(threshold, np.float64),
+            "tree_left": cat(left, np.int64),
+            "tree_right": cat(right, np.int64),
+            "tree_value": cat(value, np.float64),
+            "tree_nan_left": cat(nan_left, np.int8),
+            "tree_root": np.asarray(roots, np.int64),
+            "tree_model": np.asarray(owner, np.int64),
             "tree_base": np.asarray([t["base"] for t in trees], np.float64),
             "tree_depth": np.asarray([depth], np.int64),
         }
@@ -468,16 +519,24 @@ class EnsembleRouter(EmbeddingRouter):
     def _tree_logits(self, x: np.ndarray) -> np.ndarray:
         return self._tree_logits_of(self.w, x, len(self.models))
 
-    def _parts(self, knn: KnnRouter, w: dict, prompts: list[str], emb: np.ndarray,
-               which: Sequence[str], cache: dict | None = None) -> dict[str, np.ndarray]:
+    def _parts(
+        self,
+        knn: KnnRouter,
+        w: dict,
+        prompts: list[str],
+        emb: np.ndarray,
+        which: Sequence[str],
+        cache: dict | None = None,
+    ) -> dict[str, np.ndarray]:
         """Each component in `which` (and fitted)'s (n_prompts, n_models) predicted quality."""
         out: dict[str, np.ndarray] = {}
         cache = cache or {}
         feats = cache["feats"] if "feats" in cache else feature_matrix(prompts)
 
         def lin(prefix, x):
-            return _sigmoid(((x - w[f"{prefix}_mean"]) / w[f"{prefix}_scale"]) @ w[f"{prefix}_coef"].T
-                            + w[f"{prefix}_intercept"])
+            return _sigmoid(
+                ((x - w[f"{prefix}_mean"]) / w[f"{prefix}_scale"]) @ w[f"{prefix}_coef"].T + w[f"{prefix}_intercept"]
+            )
 
         if "knn" in which:
             out["knn"] = knn.predict_embedded(emb.astype(np.float32)).astype(np.float64)
@@ -518,16 +577,24 @@ class EnsembleRouter(EmbeddingRouter):
         feats = feature_matrix(prompts)
         mc = feats[:, CHOICES_COL] > 0.5
         compiled = self._compiled()
-        used = compiled.used_mc if mc.all() else compiled.used_ff if not mc.any() else \
-            list(dict.fromkeys(compiled.used_mc + compiled.used_ff))
+        used = (
+            compiled.used_mc
+            if mc.all()
+            else compiled.used_ff
+            if not mc.any()
+            else list(dict.fromkeys(compiled.used_mc + compiled.used_ff))
+        )
         if not compiled.covers(used):
             return np.clip(self.reference_quality(prompts, feats), 0.0, 1.0)
         form_emb = None
         if (self.params["form_embedding"] or self.representation) != self.representation:
+
             def form_emb():
                 return self._form_vectors(prompts, None)
-        q = compiled.quality(self.embed(prompts), feats, mc, self.knn.predict_embedded, form_emb,
-                             lambda: style_matrix(prompts))
+
+        q = compiled.quality(
+            self.embed(prompts), feats, mc, self.knn.predict_embedded, form_emb, lambda: style_matrix(prompts)
+        )
         return np.clip(q, 0.0, 1.0)
 
     def _compiled(self) -> CompiledBlend:
@@ -550,8 +617,9 @@ class EnsembleRouter(EmbeddingRouter):
         weights = np.where(mc[:, None], self.w["blend_multiple_choice"], self.w["blend_free_form"])
         weights = weights / weights.sum(axis=1, keepdims=True)
         used = [c for i, c in enumerate(COMPONENTS) if weights[:, i].any()]
-        parts = self._parts(self.knn, self.w, prompts, self.embed(prompts).astype(np.float64), used,
-                            cache={"feats": feats})
+        parts = self._parts(
+            self.knn, self.w, prompts, self.embed(prompts).astype(np.float64), used, cache={"feats": feats}
+        )
         return sum(weights[:, [COMPONENTS.index(c)]] * parts[c] for c in used)
 
     # ---- persistence ------------------------------------------------------------
@@ -571,7 +639,7 @@ class EnsembleRouter(EmbeddingRouter):
         write_file(SELECTION_FILE, json.dumps(self.selection, indent=2, sort_keys=True).encode())
 
     @classmethod
-    def load(cls, read_file, meta: dict) -> "EnsembleRouter":
+    def load(cls, read_file, meta: dict) -> EnsembleRouter:
         from safetensors.numpy import load
 
         router = cls(meta["models"], meta["strong_model"], meta["weak_model"], meta.get("params"))

@@ -16,7 +16,7 @@ path: `CompiledBlend.covers` says whether a blend can be scored here.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -49,29 +49,39 @@ class CompiledBlend:
             b = np.asarray(w[f"blend_{form}"], np.float64)
             blends[form] = b / b.sum()
         self.blend_mc, self.blend_ff = blends["multiple_choice"], blends["free_form"]
-        self.used_mc = [c for c, b in zip(components, self.blend_mc) if b > 0]
-        self.used_ff = [c for c, b in zip(components, self.blend_ff) if b > 0]
+        self.used_mc = [c for c, b in zip(components, self.blend_mc, strict=False) if b > 0]
+        self.used_ff = [c for c, b in zip(components, self.blend_ff, strict=False) if b > 0]
         f = n_feats
         self.linear = self.form = self.style = None
         if "lin_coef" in w:
             a, bias = _fold(w, "lin")  # inputs: [emb, feats, feats x choices]
-            self.linear = (a[:dim], a[dim:dim + f], a[dim + f:], bias)
+            self.linear = (a[:dim], a[dim : dim + f], a[dim + f :], bias)
         if "frm_coef" in w:
             a, bias = _fold(w, "frm")  # inputs: [emb, emb x choices, feats, feats x choices]
             d = form_dim
-            self.form = (a[:d], a[d:2 * d], a[2 * d:2 * d + f], a[2 * d + f:], bias)
+            self.form = (a[:d], a[d : 2 * d], a[2 * d : 2 * d + f], a[2 * d + f :], bias)
         if "sty_coef" in w:
             a, bias = _fold(w, "sty")  # inputs: [feats, style x choices]
             self.style = (a[:f], a[f:], bias)
 
     def covers(self, used: list[str]) -> bool:
-        have = {"knn": True, "linear": self.linear is not None, "form": self.form is not None,
-                "style": self.style is not None}
+        have = {
+            "knn": True,
+            "linear": self.linear is not None,
+            "form": self.form is not None,
+            "style": self.style is not None,
+        }
         return all(have.get(c, False) for c in used)
 
-    def quality(self, emb: np.ndarray, feats: np.ndarray, choices: np.ndarray,
-                knn: Callable[[np.ndarray], np.ndarray], form_emb: Callable[[], np.ndarray],
-                style: Callable[[], np.ndarray]) -> np.ndarray:
+    def quality(
+        self,
+        emb: np.ndarray,
+        feats: np.ndarray,
+        choices: np.ndarray,
+        knn: Callable[[np.ndarray], np.ndarray],
+        form_emb: Callable[[], np.ndarray],
+        style: Callable[[], np.ndarray],
+    ) -> np.ndarray:
         """(n, n_models) blended quality; `emb` float32 (n, dim) unit rows, `feats` (n, n_feats)
         float64, `choices` (n,) bool. `knn(emb)`, `form_emb()` and `style()` are called only
         when a prompt's blend gives that part weight."""

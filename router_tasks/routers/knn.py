@@ -13,7 +13,7 @@ and the quality matrix (NaN where a model has no label for a prompt).
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,14 +46,14 @@ class KnnRouter(EmbeddingRouter):
         self.embeddings: np.ndarray | None = None  # (n_train, dim) float32, unit rows
         self.quality: np.ndarray | None = None  # (n_train, n_models) float32, NaN = no label
 
-    def fit(self, labels: pd.DataFrame) -> "KnnRouter":
+    def fit(self, labels: pd.DataFrame) -> KnnRouter:
         prompts, quality = label_matrix(labels, self.models)
         if not len(prompts):
             raise ValueError("knn router: no labelled prompts to train on")
         self.fit_representation(prompts["prompt"].tolist())
         return self.use_weights(self.embed(prompts["prompt"].tolist()), quality.astype(np.float32))
 
-    def use_weights(self, embeddings: np.ndarray, quality: np.ndarray) -> "KnnRouter":
+    def use_weights(self, embeddings: np.ndarray, quality: np.ndarray) -> KnnRouter:
         """Set the weights (from fit or a saved file) and build what scoring needs from
         them once, not per call: the model means and, per group of models labelled on the
         same prompts, those rows, their embeddings and qualities (one top-k search serves
@@ -71,8 +71,14 @@ class KnnRouter(EmbeddingRouter):
         self._groups = []
         for cols in groups.values():
             rows = np.flatnonzero(masks[:, cols[0]])
-            self._groups.append((cols, rows, np.ascontiguousarray(embeddings[rows].T),
-                                 np.ascontiguousarray(quality[np.ix_(rows, cols)].T, dtype=np.float64)))
+            self._groups.append(
+                (
+                    cols,
+                    rows,
+                    np.ascontiguousarray(embeddings[rows].T),
+                    np.ascontiguousarray(quality[np.ix_(rows, cols)].T, dtype=np.float64),
+                )
+            )
         self._means = self._model_means()
         return self
 
@@ -113,8 +119,10 @@ class KnnRouter(EmbeddingRouter):
                     continue
                 s = q @ emb_t  # cosine similarity to this group's labelled prompts: unit rows
                 kk = min(k, len(rows))
-                top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < len(rows) else np.broadcast_to(
-                    np.arange(len(rows)), s.shape
+                top = (
+                    np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+                    if kk < len(rows)
+                    else np.broadcast_to(np.arange(len(rows)), s.shape)
                 )
                 s_top = np.take_along_axis(s, top, axis=1).astype(np.float64)
                 w = np.exp((s_top - s_top.max(axis=1, keepdims=True)) / tau)
@@ -133,7 +141,7 @@ class KnnRouter(EmbeddingRouter):
         )
 
     @classmethod
-    def load(cls, read_file, meta: dict) -> "KnnRouter":
+    def load(cls, read_file, meta: dict) -> KnnRouter:
         from safetensors.numpy import load
 
         router = cls(meta["models"], meta["strong_model"], meta["weak_model"], meta.get("params"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -69,7 +69,7 @@ class MFRouter(EmbeddingRouter):
         self.net = None
         self.history: list[float] = []  # mean training loss per epoch
 
-    def fit(self, labels: pd.DataFrame) -> "MFRouter":
+    def fit(self, labels: pd.DataFrame) -> MFRouter:
         import torch
 
         prompts, quality = label_matrix(labels, self.models)
@@ -130,7 +130,13 @@ class MFRouter(EmbeddingRouter):
                     total += loss.item() * len(b)
                 self.history.append(total / len(y))
                 if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == int(p["epochs"]):
-                    log.info("mf epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, p["epochs"], self.history[-1], time.time() - started)
+                    log.info(
+                        "mf epoch %d/%d: loss %.4f (%.1f s)",
+                        epoch + 1,
+                        p["epochs"],
+                        self.history[-1],
+                        time.time() - started,
+                    )
             self.net.eval()
 
     def predict_quality(self, prompts: Sequence[str]) -> pd.DataFrame:
@@ -155,7 +161,7 @@ class MFRouter(EmbeddingRouter):
         write_file(WEIGHTS_FILE, save({k: v.contiguous() for k, v in self.net.state_dict().items()}))
 
     @classmethod
-    def load(cls, read_file, meta: dict) -> "MFRouter":
+    def load(cls, read_file, meta: dict) -> MFRouter:
         from safetensors.torch import load
 
         router = cls(meta["models"], meta["strong_model"], meta["weak_model"], meta.get("params"))

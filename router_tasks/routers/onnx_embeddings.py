@@ -25,8 +25,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -42,7 +42,7 @@ _INFO_FILE = "tela_onnx.json"
 THREADS_ENV = "TELA_ONNX_THREADS"
 
 _lock = threading.Lock()
-_loaded: dict[str, "OnnxMiniLM"] = {}
+_loaded: dict[str, OnnxMiniLM] = {}
 
 
 def _package_version(name: str) -> str | None:
@@ -115,8 +115,9 @@ def build_onnx(minilm_path: str, model_id: str, out_dir: str | Path) -> Path:
             self.encoder = encoder
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).last_hidden_state
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
@@ -128,13 +129,26 @@ def build_onnx(minilm_path: str, model_id: str, out_dir: str | Path) -> Path:
     fp32 = out_dir / "model-fp32.onnx"
     axes = {n: {0: "batch", 1: "tokens"} for n in names} | {"embedding": {0: "batch"}}
     with torch.no_grad():
-        torch.onnx.export(Pooled(model), tuple(sample[n] for n in names), str(fp32), input_names=names,
-                          output_names=["embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            Pooled(model),
+            tuple(sample[n] for n in names),
+            str(fp32),
+            input_names=names,
+            output_names=["embedding"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     quantize_dynamic(str(fp32), str(out_dir / _MODEL_FILE), weight_type=QuantType.QInt8, per_channel=True)
     fp32.unlink()
     sha = hashlib.sha256((out_dir / _MODEL_FILE).read_bytes()).hexdigest()
-    info = {"model_id": model_id, "sha256": sha, "onnxruntime": _package_version("onnxruntime"),
-            "quantisation": "dynamic, int8 weights per channel", "build_seconds": round(time.time() - started, 1)}
+    info = {
+        "model_id": model_id,
+        "sha256": sha,
+        "onnxruntime": _package_version("onnxruntime"),
+        "quantisation": "dynamic, int8 weights per channel",
+        "build_seconds": round(time.time() - started, 1),
+    }
     (out_dir / _INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
     log.info("built %s in %.0f s", model_id, time.time() - started)
     return out_dir

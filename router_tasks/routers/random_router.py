@@ -9,7 +9,7 @@ and a saved-and-loaded router predicts exactly what the original did.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ class RandomRouter(Router):
     def __init__(self, models, strong_model, weak_model, params=None):
         super().__init__(models, strong_model, weak_model, resolve_params(type(self), params))
 
-    def fit(self, labels: pd.DataFrame) -> "RandomRouter":
+    def fit(self, labels: pd.DataFrame) -> RandomRouter:
         check_labels(labels, self.models)  # same input contract as the learned routers
         return self
 
@@ -42,5 +42,5 @@ class RandomRouter(Router):
         """Nothing beyond router.json: the seed is in params."""
 
     @classmethod
-    def load(cls, read_file, meta: dict) -> "RandomRouter":
+    def load(cls, read_file, meta: dict) -> RandomRouter:
         return cls(meta["models"], meta["strong_model"], meta["weak_model"], meta.get("params"))

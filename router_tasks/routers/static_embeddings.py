@@ -33,8 +33,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ _TOKENIZER_FILE = "tokenizer.json"
 _INFO_FILE = "tela_static.json"
 
 _lock = threading.Lock()
-_loaded: dict[str, "StaticVectors"] = {}  # model id -> table, once per process
+_loaded: dict[str, StaticVectors] = {}  # model id -> table, once per process
 
 
 def _package_version(name: str) -> str | None:
@@ -136,9 +136,15 @@ def build_static(minilm_path: str, model_id: str, out_dir: str | Path) -> Path:
     table = np.ascontiguousarray(np.asarray(model.embedding, dtype=np.float32))
     save_file({"embeddings": table}, str(out_dir / _TABLE_FILE))
     model.tokenizer.save(str(out_dir / _TOKENIZER_FILE))
-    info = {"model_id": model_id, "sha256": table_sha256(table), "shape": list(table.shape),
-            "teacher": os.path.basename(minilm_path.rstrip("/")), "pca_dims": STATIC_PCA_DIMS,
-            "model2vec": _package_version("model2vec"), "build_seconds": round(time.time() - started, 1)}
+    info = {
+        "model_id": model_id,
+        "sha256": table_sha256(table),
+        "shape": list(table.shape),
+        "teacher": os.path.basename(minilm_path.rstrip("/")),
+        "pca_dims": STATIC_PCA_DIMS,
+        "model2vec": _package_version("model2vec"),
+        "build_seconds": round(time.time() - started, 1),
+    }
     (out_dir / _INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
     log.info("built static representation %s in %.0f s", model_id, time.time() - started)
     return out_dir

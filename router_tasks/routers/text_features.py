@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -19,8 +19,18 @@ _FRACTION = re.compile(r"\d+/\d+")
 _CHOICES = re.compile(r"(?:^|\n)\s*A[.)]\s.*\n\s*B[.)]\s", re.S)
 _OPS = set("+-*/=^")
 FEATURE_NAMES = (
-    "log_chars", "log_words", "log_numbers", "log_distinct_numbers", "log_sentences", "has_decimal",
-    "has_percent", "has_fraction", "log_max_number", "has_choices", "has_dollar", "log_operators",
+    "log_chars",
+    "log_words",
+    "log_numbers",
+    "log_distinct_numbers",
+    "log_sentences",
+    "has_decimal",
+    "has_percent",
+    "has_fraction",
+    "log_max_number",
+    "has_choices",
+    "has_dollar",
+    "log_operators",
 )
 CHOICES_COL = FEATURE_NAMES.index("has_choices")
 
@@ -50,15 +60,31 @@ def prompt_features(prompt: str) -> list[float]:
     ]
 
 
-_STYLE = [re.compile(p, re.I) for p in (
-    r"\b(?:NOT|EXCEPT|LEAST|FALSE)\b", r"Statement 1", r"which of the following", r"\\\w|\$\$|\^\d",
-    r"\b(?:calculate|compute|how many|how much|what is the value|find the|solve)\b",
-    r"\b(?:True|False)\b", r"\b(?:because|therefore|since)\b",
-)]
+_STYLE = [
+    re.compile(p, re.I)
+    for p in (
+        r"\b(?:NOT|EXCEPT|LEAST|FALSE)\b",
+        r"Statement 1",
+        r"which of the following",
+        r"\\\w|\$\$|\^\d",
+        r"\b(?:calculate|compute|how many|how much|what is the value|find the|solve)\b",
+        r"\b(?:True|False)\b",
+        r"\b(?:because|therefore|since)\b",
+    )
+]
 STYLE_NAMES = (
-    "has_negation", "has_statement_pair", "has_which_following", "has_math_notation", "has_computation",
-    "has_true_false", "has_reasoning_word", "log_option_chars", "option_digit_share", "log_digits",
-    "log_capitals", "log_lines",
+    "has_negation",
+    "has_statement_pair",
+    "has_which_following",
+    "has_math_notation",
+    "has_computation",
+    "has_true_false",
+    "has_reasoning_word",
+    "log_option_chars",
+    "option_digit_share",
+    "log_digits",
+    "log_capitals",
+    "log_lines",
 )
 _OPTION = re.compile(r"^\s*[A-D][.)]\s")
 

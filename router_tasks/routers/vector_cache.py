@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class VectorCache:
 
     def put_many(self, model_id: str, keys: Iterable[str], vectors: np.ndarray) -> None:
         with self._lock:
-            for k, v in zip(keys, vectors):
+            for k, v in zip(keys, vectors, strict=False):
                 size = v.nbytes + self.ENTRY_OVERHEAD
                 if size > self.max_bytes:
                     continue

@@ -20,8 +20,8 @@ object in the reply, ZeroEval's convention, falling back to the last number).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from router_tasks.data.zeroeval import extract_answer
 
@@ -48,7 +48,7 @@ def default_answer(reply: str) -> str | None:
 class CascadeResult:
     reply: str
     answered_by: str
-    calls: list[str] = field(default_factory=list)   # every model called, in order
+    calls: list[str] = field(default_factory=list)  # every model called, in order
     accepted_early: bool = False
     detail: dict = field(default_factory=dict)
 

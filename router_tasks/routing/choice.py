@@ -21,8 +21,8 @@ Cascades (several calls, answer-checked) are in `routing.cascade`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,7 +49,7 @@ def _checked(quality: pd.DataFrame, prices: Mapping[str, float]) -> tuple[np.nda
     if missing:
         raise ValueError(f"no price for model(s) {missing}; prices given for {sorted(prices)}")
     price = np.array([float(prices[m]) for m in models])
-    bad = [m for m, p in zip(models, price) if not np.isfinite(p) or p < 0]
+    bad = [m for m, p in zip(models, price, strict=False) if not np.isfinite(p) or p < 0]
     if bad:
         raise ValueError(f"price of {bad} must be a finite number >= 0")
     q = quality.to_numpy(dtype=np.float64)
@@ -119,8 +119,9 @@ def best_under_budget(
         raise ValueError(f"budget_per_prompt must be >= 0, got {budget_per_prompt}")
     q, models, price = _checked(quality, prices)
     cost = np.array(_cost_per_prompt(price, len(q), tokens_per_prompt))
-    return route_frontier(quality, pd.DataFrame(cost, index=quality.index, columns=models),
-                          budget_per_prompt=float(budget_per_prompt)).choice
+    return route_frontier(
+        quality, pd.DataFrame(cost, index=quality.index, columns=models), budget_per_prompt=float(budget_per_prompt)
+    ).choice
 
 
 # --------------------------------------------------------------------------------------
@@ -130,17 +131,23 @@ def best_under_budget(
 class FrontierRoute:
     """A frontier routing decision: the chosen model per prompt and how lambda was set."""
 
-    choice: pd.Series           # model name per prompt, indexed like the quality table
-    lam: float                  # the lambda used ($^-1: quality points given up per dollar)
-    mean_quality: float         # mean predicted quality of the choice
-    mean_cost: float            # mean predicted cost per prompt of the choice
-    share: dict                 # share of prompts per model
-    target: dict                # what was asked for
-    met: bool                   # whether the target was met (False: the closest feasible end)
+    choice: pd.Series  # model name per prompt, indexed like the quality table
+    lam: float  # the lambda used ($^-1: quality points given up per dollar)
+    mean_quality: float  # mean predicted quality of the choice
+    mean_cost: float  # mean predicted cost per prompt of the choice
+    share: dict  # share of prompts per model
+    target: dict  # what was asked for
+    met: bool  # whether the target was met (False: the closest feasible end)
 
     def to_dict(self) -> dict:
-        return {"lambda": self.lam, "mean_quality": self.mean_quality, "mean_cost": self.mean_cost,
-                "share": self.share, "target": self.target, "met": self.met}
+        return {
+            "lambda": self.lam,
+            "mean_quality": self.mean_quality,
+            "mean_cost": self.mean_cost,
+            "share": self.share,
+            "target": self.target,
+            "met": self.met,
+        }
 
 
 def frontier_choice(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
@@ -264,8 +271,9 @@ def route_frontier(
     names = np.asarray(models, dtype=object)[idx]
     choice = pd.Series(names, index=quality.index, name="model")
     share = {m: float((idx == j).mean()) for j, m in enumerate(models)}
-    return FrontierRoute(choice=choice, lam=float(chosen), mean_quality=mq, mean_cost=mc, share=share,
-                         target=target, met=bool(met))
+    return FrontierRoute(
+        choice=choice, lam=float(chosen), mean_quality=mq, mean_cost=mc, share=share, target=target, met=bool(met)
+    )
 
 
 def _fill(q: np.ndarray, c: np.ndarray, cheap: np.ndarray, dear: np.ndarray, budget: float) -> np.ndarray:
@@ -308,12 +316,20 @@ def _route(quality, models, q, c, idx, lam, target, met) -> FrontierRoute:
     rows = np.arange(len(q))
     choice = pd.Series(np.asarray(models, dtype=object)[idx], index=quality.index, name="model")
     share = {m: float((idx == j).mean()) for j, m in enumerate(models)}
-    return FrontierRoute(choice=choice, lam=float(lam), mean_quality=float(q[rows, idx].mean()),
-                         mean_cost=float(c[rows, idx].mean()), share=share, target=target, met=bool(met))
+    return FrontierRoute(
+        choice=choice,
+        lam=float(lam),
+        mean_quality=float(q[rows, idx].mean()),
+        mean_cost=float(c[rows, idx].mean()),
+        share=share,
+        target=target,
+        met=bool(met),
+    )
 
 
-def frontier_path(quality: pd.DataFrame, cost: pd.DataFrame, *, pool: Sequence[str] | None = None,
-                  n: int = 60) -> pd.DataFrame:
+def frontier_path(
+    quality: pd.DataFrame, cost: pd.DataFrame, *, pool: Sequence[str] | None = None, n: int = 60
+) -> pd.DataFrame:
     """The whole frontier as a table: one row per lambda on a log grid (plus 0), with the
     mean predicted quality and cost; its points are every choice the policy can make."""
     q, c, models = _frontier_inputs(quality, cost, pool)

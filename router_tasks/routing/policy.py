@@ -15,8 +15,8 @@ this module only parses names and orders the fallback chain.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -139,10 +139,13 @@ def decide(
 
 def threshold_for_share_from(scores: np.ndarray | None):
     """`share -> threshold` over a calibration sample's scores (None: no sample stored)."""
+
     def f(share: float) -> float:
         if scores is None or not len(scores):
-            raise PolicyError("this router has no stored calibration sample: tela-auto@<share> is unavailable "
-                              "(run `tela calibrate` on it)")
+            raise PolicyError(
+                "this router has no stored calibration sample: tela-auto@<share> is unavailable "
+                "(run `tela calibrate` on it)"
+            )
         return threshold_for_share(scores, share)[0]
 
     return f

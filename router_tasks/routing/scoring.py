@@ -26,7 +26,13 @@ import pandas as pd
 
 from router_tasks.core.prompts import prompt_id
 from router_tasks.core.store import ArtifactStore
-from router_tasks.data.quality import DataQualityError, format_failures, prediction_columns, predictions_suite, run_suite
+from router_tasks.data.quality import (
+    DataQualityError,
+    format_failures,
+    prediction_columns,
+    predictions_suite,
+    run_suite,
+)
 from router_tasks.data.table_files import check_output_path, read_prompts, write_table_file
 from router_tasks.data.zeroeval import read_prices
 from router_tasks.routers import load_router
@@ -69,12 +75,14 @@ def check_predictions(out: pd.DataFrame, expected_rows: int) -> None:
     """The predictions suite: probabilities in [0, 1], no NaN, one row per input."""
     res = run_suite(out, predictions_suite(prediction_columns(out), expected_rows=expected_rows), stage="score")
     if res.failures:
-        raise DataQualityError(format_failures("router predictions", res.failures), res.failures, stage="score",
-                               kind="predictions")
+        raise DataQualityError(
+            format_failures("router predictions", res.failures), res.failures, stage="score", kind="predictions"
+        )
 
 
-def score_prompts(router: str | dict, input_path: str, output_path: str, artifact_root: str | None = None,
-                  prices=None) -> pd.DataFrame:
+def score_prompts(
+    router: str | dict, input_path: str, output_path: str, artifact_root: str | None = None, prices=None
+) -> pd.DataFrame:
     """Score every prompt of `input_path` with `router` ("champion", a ref, key or URI).
 
     `prices` (path, JSON text or dict) adds cost:: columns; so do prices stored with the router."""
@@ -87,7 +95,11 @@ def score_prompts(router: str | dict, input_path: str, output_path: str, artifac
     write_table_file(out, output_path)
     log.info(
         "scored %d prompts with %s router %s in %.1f s -> %s",
-        len(out), loaded.meta["kind"], loaded.artifact_key, time.time() - started, output_path,
+        len(out),
+        loaded.meta["kind"],
+        loaded.artifact_key,
+        time.time() - started,
+        output_path,
     )
     return out
 
@@ -119,18 +131,20 @@ def route_prompts(
         raise ValueError(f"pool model(s) {unknown} unknown to router {loaded.artifact_key}; it knows {loaded.models}")
     quality = loaded.predict_quality(prompts)
     cost = loaded.predict_cost(prompts, price_map, models=pool)
-    decision = route_frontier(quality[pool], cost[pool], target_quality=target_quality, budget_per_1k=budget_per_1k,
-                              model_share=model_share)
+    decision = route_frontier(
+        quality[pool], cost[pool], target_quality=target_quality, budget_per_1k=budget_per_1k, model_share=model_share
+    )
     rows = range(len(prompts))
-    out = pd.DataFrame({
-        "prompt": prompts,
-        "prompt_id": [prompt_id(p) for p in prompts],
-        "model": decision.choice.to_numpy(),
-        "predicted_quality": [float(quality.loc[i, m]) for i, m in zip(rows, decision.choice)],
-        "predicted_cost": [float(cost.loc[i, m]) for i, m in zip(rows, decision.choice)],
-    })
+    out = pd.DataFrame(
+        {
+            "prompt": prompts,
+            "prompt_id": [prompt_id(p) for p in prompts],
+            "model": decision.choice.to_numpy(),
+            "predicted_quality": [float(quality.loc[i, m]) for i, m in zip(rows, decision.choice, strict=False)],
+            "predicted_cost": [float(cost.loc[i, m]) for i, m in zip(rows, decision.choice, strict=False)],
+        }
+    )
     write_table_file(out, output_path)
     summary = {**decision.to_dict(), "pool": pool, "mean_cost_per_1k": decision.mean_cost * 1000, "prompts": len(out)}
     log.info("routed %d prompts with %s: %s", len(out), loaded.artifact_key, summary)
     return out, summary
-

@@ -11,7 +11,7 @@ achieves. `target_for_budget` is the many-model counterpart: the quality target 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -73,9 +73,11 @@ class GatewayConfig:
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.workers > 1 and self.keys_file is not None and not self.redis_url:
-            raise ValueError(f"--workers {self.workers} with --keys needs --redis-url: each worker process would "
-                             f"count rpm and spend on its own, so every key's limits would be {self.workers}x "
-                             "what KEYS says")
+            raise ValueError(
+                f"--workers {self.workers} with --keys needs --redis-url: each worker process would "
+                f"count rpm and spend on its own, so every key's limits would be {self.workers}x "
+                "what KEYS says"
+            )
 
     def to_env(self) -> str:
         """JSON for CONFIG_ENV: endpoints as dicts (key variable names, never keys)."""
@@ -84,7 +86,7 @@ class GatewayConfig:
         return json.dumps(data)
 
     @classmethod
-    def from_env(cls, environ=os.environ) -> "GatewayConfig":
+    def from_env(cls, environ=os.environ) -> GatewayConfig:
         text = environ.get(CONFIG_ENV)
         if not text:
             raise RuntimeError(f"{CONFIG_ENV} is not set: start gateway workers with `tela serve --workers N`")

@@ -26,8 +26,8 @@ from router_tasks.core.stage import find_complete
 from router_tasks.core.store import ArtifactStore
 from router_tasks.routers import EmbeddingRouter, load_router, resolve_router_key
 from router_tasks.routers.embeddings import Embedder
-from router_tasks.serving.metrics import Metrics
 from router_tasks.routing.policy import DEFAULT_THRESHOLD, threshold_for_share_from
+from router_tasks.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,19 @@ class LoadedRouter:
         q = self.router.predict_quality(prompts)
         score = self.router.strong_win_rate(prompts, quality=q)
         columns = [str(c) for c in q.columns]  # (DataFrame.to_dict costs more than the random router)
-        return [dict(zip(columns, row)) for row in q.to_numpy(dtype=float).tolist()], np.asarray(score, dtype=float)
+        return [dict(zip(columns, row, strict=False)) for row in q.to_numpy(dtype=float).tolist()], np.asarray(
+            score, dtype=float
+        )
 
     def info(self) -> dict:
-        return {"key": self.key, "kind": self.router.kind, "representation": self.representation,
-                "threshold": self.threshold, "threshold_source": self.threshold_source,
-                "route_chars": self.route_chars}
+        return {
+            "key": self.key,
+            "kind": self.router.kind,
+            "representation": self.representation,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "route_chars": self.route_chars,
+        }
 
 
 def latest_calibration(store: ArtifactStore, router_key: str) -> tuple[str, dict] | None:
@@ -103,23 +110,28 @@ def load_serving_router(ref: str, store: ArtifactStore, route_chars: int = 4096)
     chars = int(getattr(router, "max_prompt_chars", None) or route_chars)
     found = latest_calibration(rstore, key)
     if found is None:
-        log.warning("router %s has no stored calibration: tela-auto uses threshold %.2f, tela-auto@<share> is off",
-                    key, DEFAULT_THRESHOLD)
+        log.warning(
+            "router %s has no stored calibration: tela-auto uses threshold %.2f, tela-auto@<share> is off",
+            key,
+            DEFAULT_THRESHOLD,
+        )
         return LoadedRouter(router, key, None, DEFAULT_THRESHOLD, "default", None, route_chars=chars)
     art, cal = found
     try:
         scores = rstore.read_parquet(f"{art}/data.parquet")["strong_win_rate"].to_numpy(float)
     except (OSError, KeyError):
         scores = None
-    return LoadedRouter(router, key, art, float(cal["threshold"]), art, scores, cal.get("target_strong_share"),
-                        route_chars=chars)
+    return LoadedRouter(
+        router, key, art, float(cal["threshold"]), art, scores, cal.get("target_strong_share"), route_chars=chars
+    )
 
 
 class RouterHolder:
     """The current router, swapped atomically on reload."""
 
-    def __init__(self, ref: str, store: ArtifactStore, executor: ThreadPoolExecutor, metrics: Metrics,
-                 route_chars: int = 4096):
+    def __init__(
+        self, ref: str, store: ArtifactStore, executor: ThreadPoolExecutor, metrics: Metrics, route_chars: int = 4096
+    ):
         self.ref, self.store, self.executor, self.metrics = ref, store, executor, metrics
         self.route_chars = route_chars
         self.current: LoadedRouter | None = None
@@ -139,8 +151,7 @@ class RouterHolder:
             cur = self.current
             if cur is not None and cur.key == key and cur.calibration_key == cal:
                 return False
-            loaded = await loop.run_in_executor(self.executor, load_serving_router, key, self.store,
-                                                self.route_chars)
+            loaded = await loop.run_in_executor(self.executor, load_serving_router, key, self.store, self.route_chars)
             # the first call loads the embedding model: not on a request
             await loop.run_in_executor(self.executor, loaded.predict, ["warm up"])
         except Exception as err:  # keep serving the router we have
@@ -151,12 +162,25 @@ class RouterHolder:
         self.reloads += old is not None
         self.last_error = None
         self.metrics.clear("tela_router_info")
-        self.metrics.set("tela_router_info", "The router serving requests (1).", 1, key=loaded.key,
-                         kind=loaded.router.kind, representation=str(loaded.representation),
-                         threshold=f"{loaded.threshold:.6g}")
-        log.info("serving router %s (%s, representation %s), threshold %.6f from %s, routing on the first %d "
-                 "characters%s", loaded.key, loaded.router.kind, loaded.representation, loaded.threshold,
-                 loaded.threshold_source, loaded.route_chars, "" if old is None else f"; replaced {old.key}")
+        self.metrics.set(
+            "tela_router_info",
+            "The router serving requests (1).",
+            1,
+            key=loaded.key,
+            kind=loaded.router.kind,
+            representation=str(loaded.representation),
+            threshold=f"{loaded.threshold:.6g}",
+        )
+        log.info(
+            "serving router %s (%s, representation %s), threshold %.6f from %s, routing on the first %d characters%s",
+            loaded.key,
+            loaded.router.kind,
+            loaded.representation,
+            loaded.threshold,
+            loaded.threshold_source,
+            loaded.route_chars,
+            "" if old is None else f"; replaced {old.key}",
+        )
         return True
 
 
@@ -190,14 +214,15 @@ class DecisionBatcher:
         self.prompts += size
         self.largest_batch = max(self.largest_batch, size)
         if self.metrics is not None:
-            self.metrics.observe("tela_decision_batch_size", "Prompts scored together in one routing call.", size,
-                                 buckets=BATCH_BUCKETS)
+            self.metrics.observe(
+                "tela_decision_batch_size", "Prompts scored together in one routing call.", size, buckets=BATCH_BUCKETS
+            )
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
                 groups: dict[int, tuple[LoadedRouter, list]] = {}
                 for loaded, prompt, fut in batch:  # a reload mid-queue: each keeps its router
                     groups.setdefault(id(loaded), (loaded, []))[1].append((prompt, fut))
@@ -205,7 +230,8 @@ class DecisionBatcher:
                     self._count(len(items))
                     try:
                         quality, score = await loop.run_in_executor(
-                            self.executor, loaded.predict, [p for p, _ in items])
+                            self.executor, loaded.predict, [p for p, _ in items]
+                        )
                     except Exception as err:
                         for _, fut in items:
                             if not fut.done():

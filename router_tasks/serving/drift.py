@@ -28,21 +28,20 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
 from router_tasks.core import defaults
+from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import resolve_ref, run_stage, stable_hash
 from router_tasks.core.store import ArtifactStore
-from router_tasks.core.prompts import prompt_id
 from router_tasks.evaluation.calibration import calibrate_router
 from router_tasks.routers import resolve_router_key
 from router_tasks.routers.embeddings import Embedder
 from router_tasks.serving.decisions import latest_calibration
-from router_tasks.serving.traffic import export_window
-from router_tasks.serving.traffic import latest_window, read_window
+from router_tasks.serving.traffic import export_window, latest_window, read_window
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +89,18 @@ def mmd_permutation_test(x: np.ndarray, y: np.ndarray, permutations: int = 500, 
     stats = np.einsum("ip,ip->p", w, k @ w)
     observed = float(stats[0])
     p_value = float((1 + (stats[1:] >= observed - 1e-15).sum()) / (1 + permutations))
-    return {"mmd2": observed, "p_value": p_value, "bandwidth": bandwidth,
-            "null_mmd2": stats[1:].tolist()}
+    return {"mmd2": observed, "p_value": p_value, "bandwidth": bandwidth, "null_mmd2": stats[1:].tolist()}
 
 
 def nearest_similarity(queries: np.ndarray, reference: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
     """Cosine similarity of each query to its nearest reference row (unit-length rows)."""
     out = np.empty(len(queries))
     for start in range(0, len(queries), 1024):
-        s = queries[start:start + 1024] @ reference.T
+        s = queries[start : start + 1024] @ reference.T
         if leave_one_out:
             idx = np.arange(start, start + len(s))
             s[np.arange(len(s)), idx] = -np.inf
-        out[start:start + len(s)] = s.max(axis=1)
+        out[start : start + len(s)] = s.max(axis=1)
     return out
 
 
@@ -172,11 +170,22 @@ def drift_report(
 
         rng = np.random.default_rng(cfg["seed"])
         reference = training_prompts(ctx.store, router_key)
-        report = {"router": router_ref, "window": window, "n_traffic": len(traffic), "n_prompts": len(texts),
-                  "n_reference": len(reference), "settings": cfg, "checks": {}}
-        per_prompt = pd.DataFrame({"prompt_id": pd.Series([], dtype="string"),
-                                   "nearest_similarity": pd.Series([], dtype="float64"),
-                                   "far": pd.Series([], dtype="bool")})
+        report = {
+            "router": router_ref,
+            "window": window,
+            "n_traffic": len(traffic),
+            "n_prompts": len(texts),
+            "n_reference": len(reference),
+            "settings": cfg,
+            "checks": {},
+        }
+        per_prompt = pd.DataFrame(
+            {
+                "prompt_id": pd.Series([], dtype="string"),
+                "nearest_similarity": pd.Series([], dtype="float64"),
+                "far": pd.Series([], dtype="bool"),
+            }
+        )
         plot = {}
         if len(texts) < cfg["min_prompts"]:
             report["verdict"] = "insufficient"
@@ -184,21 +193,33 @@ def drift_report(
         else:
             embed = Embedder(ctx.store)
             ref_emb, win_emb = embed(reference), embed(texts)
-            take = lambda e: e[rng.choice(len(e), cfg["max_sample"], replace=False)] if len(e) > cfg["max_sample"] else e  # noqa: E731
+            take = lambda e: (
+                e[rng.choice(len(e), cfg["max_sample"], replace=False)] if len(e) > cfg["max_sample"] else e
+            )  # noqa: E731
             mmd = mmd_permutation_test(take(win_emb), take(ref_emb), cfg["permutations"], cfg["seed"])
             report["checks"]["embedding"] = {k: v for k, v in mmd.items() if k != "null_mmd2"} | {
-                "flag": mmd["p_value"] < cfg["alpha"]}
+                "flag": mmd["p_value"] < cfg["alpha"]
+            }
             loo = nearest_similarity(ref_emb, ref_emb, leave_one_out=True)
             tau = float(np.quantile(loo, cfg["far_quantile"]))
             near = nearest_similarity(win_emb, ref_emb)
             far = near < tau
             p_far = binom_greater(int(far.sum()), len(far), cfg["far_quantile"])
-            report["checks"]["far"] = {"threshold_similarity": tau, "share": float(far.mean()),
-                                       "expected_share": cfg["far_quantile"], "p_value": p_far,
-                                       "flag": p_far < cfg["alpha"] and far.mean() >= cfg["far_min_share"]}
+            report["checks"]["far"] = {
+                "threshold_similarity": tau,
+                "share": float(far.mean()),
+                "expected_share": cfg["far_quantile"],
+                "p_value": p_far,
+                "flag": p_far < cfg["alpha"] and far.mean() >= cfg["far_min_share"],
+            }
 
-            per_prompt = pd.DataFrame({"prompt_id": pd.array([prompt_id(t) for t in texts], dtype="string"),
-                                       "nearest_similarity": near, "far": far})
+            per_prompt = pd.DataFrame(
+                {
+                    "prompt_id": pd.array([prompt_id(t) for t in texts], dtype="string"),
+                    "nearest_similarity": near,
+                    "far": far,
+                }
+            )
             plot = {"null": mmd["null_mmd2"], "mmd2": mmd["mmd2"], "loo": loo, "near": near, "tau": tau}
         cal = _calibration(ctx.store, router_key)
         if cal is not None and len(scores) >= cfg["min_prompts"]:
@@ -206,24 +227,38 @@ def drift_report(
             share, target = strong / len(scores), float(cal["target_strong_share"])
             p_share = binom_two_sided(strong, len(scores), min(max(target, 1e-9), 1 - 1e-9))
             report["checks"]["strong_share"] = {
-                "share": share, "target": target, "threshold": cal["threshold"], "calibration": cal["key"],
-                "n_scored": int(len(scores)), "p_value": p_share,
-                "flag": p_share < cfg["alpha"] and abs(share - target) > cfg["share_tolerance"]}
+                "share": share,
+                "target": target,
+                "threshold": cal["threshold"],
+                "calibration": cal["key"],
+                "n_scored": int(len(scores)),
+                "p_value": p_share,
+                "flag": p_share < cfg["alpha"] and abs(share - target) > cfg["share_tolerance"],
+            }
         checks = report["checks"]
         if "verdict" not in report:
             content = any(checks.get(c, {}).get("flag") for c in ("embedding", "far"))
-            report["verdict"] = "drift" if content else ("share_drift" if checks.get("strong_share", {}).get("flag")
-                                                          else "ok")
+            report["verdict"] = (
+                "drift" if content else ("share_drift" if checks.get("strong_share", {}).get("flag") else "ok")
+            )
         report["clear"] = report["verdict"] == "ok" and all(
-            c.get("p_value", 1.0) > cfg["alpha_clear"] for c in checks.values())
+            c.get("p_value", 1.0) > cfg["alpha_clear"] for c in checks.values()
+        )
         ctx.write_file(REPORT_FILE, json.dumps(report, indent=2, sort_keys=True, default=float).encode())
         if cfg["plot"]:
             ctx.write_file(PLOT_FILE, _plot(report, plot))
         ctx.write_table(per_prompt)
         ctx.stats.update(verdict=report["verdict"], n_prompts=len(texts))
-        log.info("drift report for %s over %s: %s %s", router_key, window, report["verdict"],
-                 {k: {kk: round(vv, 4) for kk, vv in v.items() if kk in ("p_value", "share", "mmd2")}
-                  for k, v in checks.items()})
+        log.info(
+            "drift report for %s over %s: %s %s",
+            router_key,
+            window,
+            report["verdict"],
+            {
+                k: {kk: round(vv, 4) for kk, vv in v.items() if kk in ("p_value", "share", "mmd2")}
+                for k, v in checks.items()
+            },
+        )
 
     return run_stage(STAGE, STAGE_VERSION, compute, inputs={"router": router_ref}, config=config, store=store)
 
@@ -290,7 +325,7 @@ def drift_decision(report_ref, *, artifact_root: str | None = None, now=None) ->
     ref = resolve_ref(report_ref, store)
     report = store.read_json(f"{ref['key']}/{REPORT_FILE}")
     cfg = report["settings"]
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     state = store.read_json(STATE_KEY) if store.exists(STATE_KEY) else {}
     router_key = report["router"]["key"]
     if state.get("router_key") != router_key:
@@ -320,15 +355,26 @@ def drift_decision(report_ref, *, artifact_root: str | None = None, now=None) ->
     state["last_report"] = ref["key"]
     state["updated_at"] = now.isoformat()
     store.write_json(STATE_KEY, state)
-    evidence = {"report": ref, "window": report.get("window"), "verdict": report["verdict"],
-                "checks": report["checks"], "router": report["router"], "n_prompts": report["n_prompts"],
-                "plot": store.uri(f"{ref['key']}/{PLOT_FILE}")}
+    evidence = {
+        "report": ref,
+        "window": report.get("window"),
+        "verdict": report["verdict"],
+        "checks": report["checks"],
+        "router": report["router"],
+        "n_prompts": report["n_prompts"],
+        "plot": store.uri(f"{ref['key']}/{PLOT_FILE}"),
+    }
     log.info("drift decision: %s (%s)", action, why)
     return {"action": action, "reason": why, "in_drift": state["in_drift"], "evidence": evidence}
 
 
-def recalibrate_on_traffic(traffic: pd.DataFrame, router: str | dict = "champion", *,
-                           target_share: float | None = None, artifact_root: str | None = None) -> dict:
+def recalibrate_on_traffic(
+    traffic: pd.DataFrame,
+    router: str | dict = "champion",
+    *,
+    target_share: float | None = None,
+    artifact_root: str | None = None,
+) -> dict:
     """Strong-share drift alone: a new calibration of the router on the window's prompts,
     at the old target share; the gateway picks it up on its next reload."""
 
@@ -364,8 +410,13 @@ def check_latest_window(
     store = ArtifactStore(artifact_root)
     start, end = latest_window(store, hours, window_end)
     traffic = read_window(store, start, end)
-    ref = drift_report(traffic, router=router, window=(start.isoformat(), end.isoformat()), settings=settings,
-                       artifact_root=artifact_root)
+    ref = drift_report(
+        traffic,
+        router=router,
+        window=(start.isoformat(), end.isoformat()),
+        settings=settings,
+        artifact_root=artifact_root,
+    )
     decision = drift_decision(ref, artifact_root=artifact_root, now=end)
     decision["window"] = [start.isoformat(), end.isoformat()]
     return decision

@@ -23,7 +23,7 @@ them as an artifact, keyed by their content, that the labels stage adds.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
@@ -36,8 +36,13 @@ from router_tasks.serving.traffic import SCHEME, SegmentLog, parse_window, read_
 log = logging.getLogger(__name__)
 
 PREFIX = "feedback"
-COLUMNS = {"time": "datetime64[us, UTC]", "completion_id": "string", "key_name": "string", "score": "Int64",
-           "comment": "string"}
+COLUMNS = {
+    "time": "datetime64[us, UTC]",
+    "completion_id": "string",
+    "key_name": "string",
+    "score": "Int64",
+    "comment": "string",
+}
 FIELDS = {"id", "score", "comment"}
 MAX_ID_CHARS = 256
 MAX_COMMENT_CHARS = 4000
@@ -51,19 +56,25 @@ STAGE_VERSION = "1"
 def parse_feedback(body) -> tuple[str, int, str | None]:
     """(completion id, score, comment) of a feedback body; ApiError 400 naming the field."""
     if not isinstance(body, dict):
-        raise ApiError(400, 'the request body must be a JSON object: {"id": "<chat completion id>", "score": 1-5, '
-                            '"comment": "..."}')
+        raise ApiError(
+            400,
+            'the request body must be a JSON object: {"id": "<chat completion id>", "score": 1-5, "comment": "..."}',
+        )
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         raise ApiError(400, f"unknown field(s) {unknown}; feedback takes id, score and comment", param=unknown[0])
     cid = body.get("id")
     if not isinstance(cid, str) or not cid.strip() or len(cid) > MAX_ID_CHARS:
-        raise ApiError(400, f"'id' must be the chat completion id a reply carried (a string of 1-{MAX_ID_CHARS} "
-                            "characters)", param="id")
+        raise ApiError(
+            400,
+            f"'id' must be the chat completion id a reply carried (a string of 1-{MAX_ID_CHARS} characters)",
+            param="id",
+        )
     score = body.get("score")
     if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
-        raise ApiError(400, f"'score' must be an integer from 1 (bad) to 5 (excellent), got {score!r:.40}",
-                       param="score")
+        raise ApiError(
+            400, f"'score' must be an integer from 1 (bad) to 5 (excellent), got {score!r:.40}", param="score"
+        )
     comment = body.get("comment")
     if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
         raise ApiError(400, f"'comment' must be a string of at most {MAX_COMMENT_CHARS} characters", param="comment")
@@ -78,8 +89,14 @@ class FeedbackLog(SegmentLog):
         super().__init__(store, PREFIX, self._to_frame, flush_rows=200, flush_s=flush_s, name="tela-feedback-log")
 
     def record(self, completion_id: str, key_name: str | None, score: int, comment: str | None) -> None:
-        self.append({"completion_id": completion_id, "key_name": key_name, "score": score,
-                     "comment": comment if self.keep_comments else None})
+        self.append(
+            {
+                "completion_id": completion_id,
+                "key_name": key_name,
+                "score": score,
+                "comment": comment if self.keep_comments else None,
+            }
+        )
 
     @staticmethod
     def _to_frame(rows: list[dict]) -> pd.DataFrame:
@@ -106,7 +123,7 @@ def feedback_labels(store: ArtifactStore, start, end, *, now=None) -> tuple[pd.D
 
     Labels have LABEL_COLUMNS plus category "traffic"; one row per (prompt, model, key),
     the mean of its ratings. Counts say what was dropped and why."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     traffic = read_window(store, start, end)
     if "completion_id" not in traffic:
         traffic["completion_id"], traffic["key_name"] = pd.NA, pd.NA
@@ -115,28 +132,40 @@ def feedback_labels(store: ArtifactStore, start, end, *, now=None) -> tuple[pd.D
     ratings = read_feedback(store, start, min(now, end + GRACE) + timedelta(microseconds=1))
     ratings = ratings.assign(key=ratings["key_name"].fillna(""))
     ratings = ratings.drop_duplicates(["completion_id", "key"], keep="last")
-    joined = ratings.merge(served[["completion_id", "key", "prompt_id", "prompt", "model"]],
-                           on=["completion_id", "key"], how="inner")
-    counts = {"ratings": len(ratings), "matched": len(joined), "unmatched": len(ratings) - len(joined),
-              "without_prompt_text": int(joined["prompt"].isna().sum())}
+    joined = ratings.merge(
+        served[["completion_id", "key", "prompt_id", "prompt", "model"]], on=["completion_id", "key"], how="inner"
+    )
+    counts = {
+        "ratings": len(ratings),
+        "matched": len(joined),
+        "unmatched": len(ratings) - len(joined),
+        "without_prompt_text": int(joined["prompt"].isna().sum()),
+    }
     joined = joined[joined["prompt"].notna()]
     if joined.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in LABEL_COLUMNS + ["category"]}), counts
-    joined = joined.assign(source=SOURCE_PREFIX + joined["key"].replace("", "anonymous"),
-                           quality=(joined["score"].astype("float64") - 1.0) / 4.0)
-    agg = joined.groupby(["prompt_id", "model", "source"], sort=True).agg(
-        prompt=("prompt", "first"), quality=("quality", "mean")).reset_index()
-    out = pd.DataFrame({
-        "prompt_id": agg["prompt_id"].astype("string"),
-        "prompt": agg["prompt"].astype("string"),
-        "model": agg["model"].astype("string"),
-        "score": (agg["quality"] * 4.0 + 1.0).round().astype("Int64"),
-        "correct": pd.array([pd.NA] * len(agg), dtype="boolean"),
-        "quality": agg["quality"].astype("Float64"),
-        "source": agg["source"].astype("string"),
-        "benchmark": pd.array(["traffic"] * len(agg), dtype="string"),
-        "category": pd.array(["traffic"] * len(agg), dtype="string"),
-    })
+    joined = joined.assign(
+        source=SOURCE_PREFIX + joined["key"].replace("", "anonymous"),
+        quality=(joined["score"].astype("float64") - 1.0) / 4.0,
+    )
+    agg = (
+        joined.groupby(["prompt_id", "model", "source"], sort=True)
+        .agg(prompt=("prompt", "first"), quality=("quality", "mean"))
+        .reset_index()
+    )
+    out = pd.DataFrame(
+        {
+            "prompt_id": agg["prompt_id"].astype("string"),
+            "prompt": agg["prompt"].astype("string"),
+            "model": agg["model"].astype("string"),
+            "score": (agg["quality"] * 4.0 + 1.0).round().astype("Int64"),
+            "correct": pd.array([pd.NA] * len(agg), dtype="boolean"),
+            "quality": agg["quality"].astype("Float64"),
+            "source": agg["source"].astype("string"),
+            "benchmark": pd.array(["traffic"] * len(agg), dtype="string"),
+            "category": pd.array(["traffic"] * len(agg), dtype="string"),
+        }
+    )
     counts["labels"] = len(out)
     return out, counts
 

@@ -43,6 +43,7 @@ from starlette.routing import Route
 
 from router_tasks.core.schemas import CHAMPION_KEY
 from router_tasks.core.store import ArtifactStore
+from router_tasks.routing.policy import AUTO, Policy, PolicyError, decide, parse_model_name, request_cost
 from router_tasks.serving.config import GatewayConfig
 from router_tasks.serving.decisions import DecisionBatcher, LoadedRouter, RouterHolder
 from router_tasks.serving.feedback import FeedbackLog, parse_feedback
@@ -58,7 +59,6 @@ from router_tasks.serving.parsing import (
     parse_json,
     read_body,
 )
-from router_tasks.routing.policy import AUTO, Policy, PolicyError, decide, parse_model_name, request_cost
 from router_tasks.serving.streams import StreamRelay
 from router_tasks.serving.traffic import TrafficLog, TrafficRecord
 from router_tasks.serving.upstream import Upstream, UpstreamError, Upstreams
@@ -113,24 +113,32 @@ class Gateway:
     # -- lifecycle
     async def start(self) -> None:
         if self.config.torch_threads:
-            await asyncio.get_running_loop().run_in_executor(self.executor, _set_torch_threads,
-                                                             self.config.torch_threads)
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, _set_torch_threads, self.config.torch_threads
+            )
         await self.upstreams.start()
         if self.config.log_traffic:
-            self.traffic = TrafficLog(self.store, keep_prompts=self.config.keep_prompts,
-                                      flush_s=self.config.traffic_flush_s)
-        self.feedback = FeedbackLog(self.store, keep_comments=self.config.keep_prompts,
-                                    flush_s=self.config.traffic_flush_s)
+            self.traffic = TrafficLog(
+                self.store, keep_prompts=self.config.keep_prompts, flush_s=self.config.traffic_flush_s
+            )
+        self.feedback = FeedbackLog(
+            self.store, keep_comments=self.config.keep_prompts, flush_s=self.config.traffic_flush_s
+        )
         await self.holder.refresh()
         if self.holder.current is None:
             if not self._no_champion_yet():
                 raise RuntimeError(f"could not load router {self.config.router!r}: {self.holder.last_error}")
             # A fresh deployment starts its gateway before any pipeline run has published:
             # answer 503 until the champion appears (the reload loop loads it).
-            log.warning("no champion yet in %s: answering 503 until one is published (looking every %.0f s)",
-                        self.store.root, self.config.reload_s)
-        self._tasks = [asyncio.create_task(self._every(self.config.reload_s, self.holder.refresh)),
-                       asyncio.create_task(self._every(self.config.keys_reload_s, self._reload_keys))]
+            log.warning(
+                "no champion yet in %s: answering 503 until one is published (looking every %.0f s)",
+                self.store.root,
+                self.config.reload_s,
+            )
+        self._tasks = [
+            asyncio.create_task(self._every(self.config.reload_s, self.holder.refresh)),
+            asyncio.create_task(self._every(self.config.keys_reload_s, self._reload_keys)),
+        ]
         if self.config.trim_s and _LIBC is not None:
             self._tasks.append(asyncio.create_task(self._every(self.config.trim_s, self._trim)))
 
@@ -177,8 +185,9 @@ class Gateway:
         loaded = self.holder.current
         if loaded is None:
             raise ApiError(503, "no router loaded yet", "server_error")
-        record = TrafficRecord(policy.name, last_user_text(body["messages"]), key_name=_key_name(client),
-                               stream=body.get("stream") is True)
+        record = TrafficRecord(
+            policy.name, last_user_text(body["messages"]), key_name=_key_name(client), stream=body.get("stream") is True
+        )
         call = ChatCall(body, len(raw), policy, client, record, started)
         chain, routing = await self._route(call, loaded)
         return await self._answer(call, chain, routing)
@@ -207,16 +216,24 @@ class Gateway:
             return self._direct(policy)
         router = loaded.router
         if policy.kind == "threshold" and policy.router_kind not in (router.kind, "tela"):
-            raise ApiError(400, f"model {policy.name!r}: this gateway serves a {router.kind!r} router; use "
-                                f"router-{router.kind}-<threshold>", param="model")
+            raise ApiError(
+                400,
+                f"model {policy.name!r}: this gateway serves a {router.kind!r} router; use "
+                f"router-{router.kind}-<threshold>",
+                param="model",
+            )
         prompt = call.record.prompt
         if prompt is None or not prompt.strip():
             raise ApiError(400, "no user message with text to route on", param="messages")
         t0 = time.perf_counter()
         d = await self._decide(call, loaded, prompt)
         decision_ms = 1000 * (time.perf_counter() - t0)
-        self.metrics.observe("tela_decision_seconds", "Routing decision time (queue + scoring + policy).",
-                             decision_ms / 1000, policy=policy.kind)
+        self.metrics.observe(
+            "tela_decision_seconds",
+            "Routing decision time (queue + scoring + policy).",
+            decision_ms / 1000,
+            policy=policy.kind,
+        )
         chain = self.upstreams.available(d.chain)
         if chain[0] != d.model:
             log.debug("first choice %s is cooling down: starting with %s", d.model, chain[0])
@@ -224,19 +241,35 @@ class Gateway:
         threshold = None if d.threshold is None else round(d.threshold, 6)
         record.router_key, record.score, record.threshold = loaded.key, round(d.score, 6), threshold
         record.decision_ms = round(decision_ms, 3)
-        return chain, {"policy": policy.name, "router": loaded.key, "representation": loaded.representation,
-                       "score": record.score, "threshold": threshold, "decision_ms": record.decision_ms,
-                       "chosen": d.model}
+        return chain, {
+            "policy": policy.name,
+            "router": loaded.key,
+            "representation": loaded.representation,
+            "score": record.score,
+            "threshold": threshold,
+            "decision_ms": record.decision_ms,
+            "chosen": d.model,
+        }
 
     def _direct(self, policy: Policy) -> tuple[list[str], dict]:
         """An upstream named directly: no routing, no fallback."""
         name = self.upstreams.resolve(policy.name)
         if name is None:
-            raise ApiError(404, f"The model `{policy.name}` does not exist: it is neither a routing policy nor "
-                                f"one of the upstreams {sorted(self.upstreams.names())}", param="model",
-                           code="model_not_found")
-        return [name], {"policy": policy.name, "router": None, "score": None, "threshold": None,
-                        "decision_ms": 0.0, "chosen": name}
+            raise ApiError(
+                404,
+                f"The model `{policy.name}` does not exist: it is neither a routing policy nor "
+                f"one of the upstreams {sorted(self.upstreams.names())}",
+                param="model",
+                code="model_not_found",
+            )
+        return [name], {
+            "policy": policy.name,
+            "router": None,
+            "score": None,
+            "threshold": None,
+            "decision_ms": 0.0,
+            "chosen": name,
+        }
 
     async def _decide(self, call: ChatCall, loaded: LoadedRouter, prompt: str):
         """The policy's decision on the router's scores for `prompt` (scored in a batch, off the loop)."""
@@ -249,9 +282,17 @@ class Gateway:
         max_tokens = call.body.get("max_tokens") or call.body.get("max_completion_tokens") or 256
         costs = request_cost(self.upstreams.prices, len(prompt) / 4, float(max_tokens))
         try:
-            return decide(call.policy, quality=quality, score=score, strong=router.strong_model,
-                          weak=router.weak_model, threshold=loaded.threshold, share_threshold=loaded.share_threshold,
-                          costs=costs, available=self.upstreams.names())
+            return decide(
+                call.policy,
+                quality=quality,
+                score=score,
+                strong=router.strong_model,
+                weak=router.weak_model,
+                threshold=loaded.threshold,
+                share_threshold=loaded.share_threshold,
+                costs=costs,
+                available=self.upstreams.names(),
+            )
         except PolicyError as err:
             raise ApiError(400, str(err), param="model", code="invalid_policy") from None
 
@@ -260,8 +301,9 @@ class Gateway:
         errors: list[UpstreamError] = []
         for name in chain:
             up = self.upstreams.by_name[name]
-            routing.update(model=name, fallback=name != routing["chosen"],
-                           fallback_from=[e.model for e in errors] or None)
+            routing.update(
+                model=name, fallback=name != routing["chosen"], fallback_from=[e.model for e in errors] or None
+            )
             t_up = time.perf_counter()
             try:
                 reply = await self._ask(call, name, up, routing)
@@ -281,8 +323,11 @@ class Gateway:
         payload = await encode_json({**call.body, "model": up.endpoint.model}, call.size)
         if not call.record.stream:
             return await self.upstreams.complete(up, payload)
-        relay = StreamRelay(await self.upstreams.open(up, payload), name,
-                            bool((call.body.get("stream_options") or {}).get("include_usage")))
+        relay = StreamRelay(
+            await self.upstreams.open(up, payload),
+            name,
+            bool((call.body.get("stream_options") or {}).get("include_usage")),
+        )
         try:
             await relay.prime(routing)
         except BaseException:
@@ -290,15 +335,20 @@ class Gateway:
             raise
         return relay
 
-    async def _answered(self, call: ChatCall, reply, routing: dict, errors: list[UpstreamError],
-                        t_up: float) -> Response:
+    async def _answered(
+        self, call: ChatCall, reply, routing: dict, errors: list[UpstreamError], t_up: float
+    ) -> Response:
         """The reply of the upstream that answered, with the routing facts in its headers and body."""
         record = call.record
         record.model, record.fallback = routing["model"], routing["fallback"]
         record.fallback_from = ",".join(routing["fallback_from"] or []) or None
         if record.fallback:
-            self.metrics.inc("tela_fallbacks_total", "Requests answered by a fallback upstream.",
-                             to=routing["model"], **{"from": errors[0].model if errors else routing["chosen"]})
+            self.metrics.inc(
+                "tela_fallbacks_total",
+                "Requests answered by a fallback upstream.",
+                to=routing["model"],
+                **{"from": errors[0].model if errors else routing["chosen"]},
+            )
         headers = _routing_headers(routing)
         if record.stream:
             return _Stream(self._relay(call, reply, t_up), media_type="text/event-stream", headers=headers)
@@ -306,8 +356,11 @@ class Gateway:
         record.completion_id = parsed.get("id") if isinstance(parsed.get("id"), str) else None
         record.upstream_latency_s = time.perf_counter() - t_up
         await self._finish(call, parsed.get("usage"))
-        return Response(_splice(raw, json.dumps(routing, separators=(",", ":")).encode()),
-                        media_type="application/json", headers=headers)
+        return Response(
+            _splice(raw, json.dumps(routing, separators=(",", ":")).encode()),
+            media_type="application/json",
+            headers=headers,
+        )
 
     async def _refused(self, call: ChatCall, name: str, err: UpstreamError) -> Response:
         """Upstream `name` refused the request as the caller's mistake: its error, logged as such."""
@@ -326,8 +379,14 @@ class Gateway:
         record.model, record.status, record.error = chain[-1], 502, detail
         record.fallback_from = ",".join(e.model for e in errors) or None
         await self._finish(call, None, model_label="none")
-        return ApiError(502, f"every upstream failed: {detail}", "upstream_error", code="upstream_unavailable",
-                        headers={"x-tela-fallback": "true" if len(errors) > 1 else "false"}, logged=True)
+        return ApiError(
+            502,
+            f"every upstream failed: {detail}",
+            "upstream_error",
+            code="upstream_unavailable",
+            headers={"x-tela-fallback": "true" if len(errors) > 1 else "false"},
+            logged=True,
+        )
 
     async def _relay(self, call: ChatCall, relay: StreamRelay, t_up: float):
         record = call.record
@@ -343,8 +402,10 @@ class Gateway:
                 record.status, record.error = 502, relay.error
             # without the upstream's usage (not asked for, or the client left first): the
             # prompt at ~4 characters a token, a token per content chunk relayed
-            usage = relay.usage or {"prompt_tokens": math.ceil(len(record.prompt or "") / 4),
-                                    "completion_tokens": max(relay.chunks - 1, 0)}
+            usage = relay.usage or {
+                "prompt_tokens": math.ceil(len(record.prompt or "") / 4),
+                "completion_tokens": max(relay.chunks - 1, 0),
+            }
             cost = self._record(call, usage)
             if cost > 0 and call.client.usd_per_day is not None:
                 task = asyncio.get_running_loop().create_task(self.auth.charge(call.client, cost))
@@ -368,15 +429,21 @@ class Gateway:
         kind = call.policy.kind
         self.metrics.inc(*REQUESTS, policy=kind, model=model, status=str(record.status), key=key)
         if record.status == 200:
-            self.metrics.inc("tela_cost_dollars_total", "Upstream cost of answered requests.", cost, model=model,
-                             key=key)
+            self.metrics.inc(
+                "tela_cost_dollars_total", "Upstream cost of answered requests.", cost, model=model, key=key
+            )
             self.metrics.inc("tela_tokens_total", "Tokens by model and direction.", tin, model=model, kind="input")
             self.metrics.inc("tela_tokens_total", "Tokens by model and direction.", tout, model=model, kind="output")
             if record.upstream_latency_s is not None:
-                self.metrics.observe("tela_upstream_seconds", "Upstream call time.", record.upstream_latency_s,
-                                     model=model)
-            self.metrics.observe("tela_request_seconds", "Time from request to answer, by policy kind.",
-                                 time.perf_counter() - call.started, policy=kind)
+                self.metrics.observe(
+                    "tela_upstream_seconds", "Upstream call time.", record.upstream_latency_s, model=model
+                )
+            self.metrics.observe(
+                "tela_request_seconds",
+                "Time from request to answer, by policy kind.",
+                time.perf_counter() - call.started,
+                policy=kind,
+            )
         if self.traffic is not None:
             self.traffic.append(record)
         return cost
@@ -387,8 +454,12 @@ class Gateway:
         raw = await read_body(request, min(self.config.max_body_bytes, 64 * 1024))
         completion_id, score, comment = parse_feedback(await parse_json(raw))
         self.feedback.record(completion_id, _key_name(client), score, comment)
-        self.metrics.inc("tela_feedback_total", "User ratings received (POST /v1/feedback), by score and key.",
-                         score=str(score), key=client.name)
+        self.metrics.inc(
+            "tela_feedback_total",
+            "User ratings received (POST /v1/feedback), by score and key.",
+            score=str(score),
+            key=client.name,
+        )
         return JSONResponse({"object": "feedback", "id": completion_id, "score": score, "recorded": True})
 
     # -- GET routes
@@ -396,11 +467,28 @@ class Gateway:
         await self._admit(request)
         now = int(time.time())
         kind = self.holder.current.router.kind if self.holder.current else "knn"
-        names = [AUTO, f"{AUTO}@0.5", f"router-{kind}-0.5", "tela-cheapest@0.8", "tela-budget@1.0",
-                 *self.upstreams.names()]
-        return JSONResponse({"object": "list", "data": [
-            {"id": n, "object": "model", "created": now,
-             "owned_by": "tela" if n not in self.upstreams.by_name else "upstream"} for n in names]})
+        names = [
+            AUTO,
+            f"{AUTO}@0.5",
+            f"router-{kind}-0.5",
+            "tela-cheapest@0.8",
+            "tela-budget@1.0",
+            *self.upstreams.names(),
+        ]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": n,
+                        "object": "model",
+                        "created": now,
+                        "owned_by": "tela" if n not in self.upstreams.by_name else "upstream",
+                    }
+                    for n in names
+                ],
+            }
+        )
 
     async def health(self, request) -> Response:
         cur = self.holder.current
@@ -408,20 +496,24 @@ class Gateway:
         body = {
             "status": "ok" if cur else "loading",
             "router": None if cur is None else cur.info(),
-            "reloads": self.holder.reloads, "reload_error": self.holder.last_error,
+            "reloads": self.holder.reloads,
+            "reload_error": self.holder.last_error,
             "pid": os.getpid(),  # which --workers process answered
             "auth": "keys" if self.auth.enabled else "none",
             "limits": "redis" if self.config.redis_url else "process",
-            "upstreams": {n: {"model": u.endpoint.model, "cooldown_s_left": round(max(0.0, u.cooldown_until - now), 3)}
-                          for n, u in self.upstreams.by_name.items()},
+            "upstreams": {
+                n: {"model": u.endpoint.model, "cooldown_s_left": round(max(0.0, u.cooldown_until - now), 3)}
+                for n, u in self.upstreams.by_name.items()
+            },
         }
         return JSONResponse(body, status_code=200 if cur else 503)
 
     async def prometheus(self, request) -> Response:
         now = time.monotonic()
         for n, u in self.upstreams.by_name.items():
-            self.metrics.set("tela_upstream_cooldown", "1 while the upstream is in cooldown.", int(u.cooling(now)),
-                             model=n)
+            self.metrics.set(
+                "tela_upstream_cooldown", "1 while the upstream is in cooldown.", int(u.cooling(now)), model=n
+            )
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
@@ -449,7 +541,8 @@ def _set_torch_threads(n: int) -> None:
 
 def _routing_headers(routing: dict) -> dict:
     return {
-        "x-tela-model": routing["model"], "x-tela-router": str(routing["router"] or ""),
+        "x-tela-model": routing["model"],
+        "x-tela-router": str(routing["router"] or ""),
         "x-tela-representation": str(routing.get("representation") or ""),
         "x-tela-score": "" if routing["score"] is None else f"{routing['score']:.6f}",
         "x-tela-threshold": "" if routing["threshold"] is None else f"{routing['threshold']:.6f}",

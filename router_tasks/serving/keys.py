@@ -23,7 +23,7 @@ import re
 import secrets
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 KEY_PREFIX = "tela-"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -48,7 +48,7 @@ def key_hash(key: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def read_keys_file(path: str) -> list[dict]:
@@ -77,8 +77,9 @@ def read_keys_file(path: str) -> list[dict]:
 def _check_limits(rpm, usd_per_day, where: str) -> None:
     if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 1):
         raise ValueError(f"{where}: rpm must be a positive integer (requests per minute), got {rpm!r}")
-    if usd_per_day is not None and (isinstance(usd_per_day, bool) or not isinstance(usd_per_day, (int, float))
-                                    or not usd_per_day > 0):
+    if usd_per_day is not None and (
+        isinstance(usd_per_day, bool) or not isinstance(usd_per_day, (int, float)) or not usd_per_day > 0
+    ):
         raise ValueError(f"{where}: usd_per_day must be a number > 0 (dollars per UTC day), got {usd_per_day!r}")
 
 
@@ -101,17 +102,27 @@ def _write_keys_file(path: str, entries: list[dict]) -> None:
 def create_key(path: str, name: str, rpm: int | None = None, usd_per_day: float | None = None) -> str:
     """Add a key named `name` to the KEYS file; returns the key (the only time it exists in clear)."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ValueError(f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
-                         "or digit (it appears in logs and metrics)")
+        raise ValueError(
+            f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit (it appears in logs and metrics)"
+        )
     _check_limits(rpm, usd_per_day, "tela keys create")
     entries = read_keys_file(path)
     if any(e["name"] == name and not e.get("revoked_at") for e in entries):
-        raise ValueError(f"a key named {name!r} is active in {path}: revoke it first (tela keys revoke) or pick "
-                         "another name")
+        raise ValueError(
+            f"a key named {name!r} is active in {path}: revoke it first (tela keys revoke) or pick another name"
+        )
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    entries.append({"name": name, "sha256": key_hash(key), "rpm": rpm,
-                    "usd_per_day": None if usd_per_day is None else float(usd_per_day),
-                    "created_at": _now(), "revoked_at": None})
+    entries.append(
+        {
+            "name": name,
+            "sha256": key_hash(key),
+            "rpm": rpm,
+            "usd_per_day": None if usd_per_day is None else float(usd_per_day),
+            "created_at": _now(),
+            "revoked_at": None,
+        }
+    )
     _write_keys_file(path, entries)
     return key
 
@@ -135,5 +146,8 @@ def list_keys(path: str) -> list[dict]:
 
 def active_keys(path: str) -> dict[str, ClientKey]:
     """hash -> ClientKey of the keys not revoked (what the gateway checks a request against)."""
-    return {e["sha256"]: ClientKey(e["name"], e.get("rpm"), e.get("usd_per_day"))
-            for e in read_keys_file(path) if not e.get("revoked_at")}
+    return {
+        e["sha256"]: ClientKey(e["name"], e.get("rpm"), e.get("usd_per_day"))
+        for e in read_keys_file(path)
+        if not e.get("revoked_at")
+    }

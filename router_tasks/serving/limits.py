@@ -27,7 +27,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from router_tasks.serving.keys import ClientKey, active_keys, key_hash
 from router_tasks.serving.parsing import ApiError
@@ -47,7 +47,7 @@ class Admission:
 
 
 def _day(now: float) -> str:
-    return datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
 
 
 def _to_midnight(now: float) -> int:
@@ -132,7 +132,8 @@ class RedisCounters:
         day = _day(time.time())
         verdict, wait, spent = await self._admit(
             keys=[f"tela:rpm:{client.name}", f"tela:usd:{client.name}:{day}"],
-            args=[client.rpm or 0, client.usd_per_day or 0])
+            args=[client.rpm or 0, client.usd_per_day or 0],
+        )
         verdict = _VERDICTS[int(verdict)]
         wait = _to_midnight(time.time()) if verdict == "spend" else float(wait)
         return Admission(verdict, wait, float(spent))
@@ -165,8 +166,10 @@ class ClientAuth:
         self._stamp = None
         if keys_file is not None:
             if not os.path.exists(keys_file):
-                raise ValueError(f"--keys {keys_file}: no such file; create keys with `tela keys create --file "
-                                 f"{keys_file} --name NAME`")
+                raise ValueError(
+                    f"--keys {keys_file}: no such file; create keys with `tela keys create --file "
+                    f"{keys_file} --name NAME`"
+                )
             self.reload()
             if not self._keys:
                 log.warning("keys file %s holds no active key: every /v1 request will get 401", keys_file)
@@ -200,8 +203,11 @@ class ClientAuth:
             return ANONYMOUS
         token = _bearer(authorization)
         if token is None:
-            raise ApiError(401, "You didn't provide an API key: send 'Authorization: Bearer <key>' with a key from "
-                                "`tela keys create`.", code="missing_api_key")
+            raise ApiError(
+                401,
+                "You didn't provide an API key: send 'Authorization: Bearer <key>' with a key from `tela keys create`.",
+                code="missing_api_key",
+            )
         client = self._keys.get(key_hash(token))
         if client is None:
             raise ApiError(401, "Incorrect API key provided (unknown or revoked).", code="invalid_api_key")
@@ -214,17 +220,31 @@ class ClientAuth:
             admission = await self.counters.admit(client)
         except Exception as err:  # redis down: a limit that cannot be checked is not enforced silently
             log.warning("limit counters unavailable: %s", type(err).__name__)
-            raise ApiError(503, f"the limit counters are unavailable ({type(err).__name__}); retry shortly",
-                           "server_error", code="limits_unavailable", headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                503,
+                f"the limit counters are unavailable ({type(err).__name__}); retry shortly",
+                "server_error",
+                code="limits_unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
         wait = str(max(1, math.ceil(admission.retry_after_s)))
         if admission.verdict == "rpm":
-            raise ApiError(429, f"key {client.name!r} is over its limit of {client.rpm} requests per minute; "
-                                f"retry after {wait} s", "requests", code="rate_limit_exceeded",
-                           headers={"Retry-After": wait})
+            raise ApiError(
+                429,
+                f"key {client.name!r} is over its limit of {client.rpm} requests per minute; retry after {wait} s",
+                "requests",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": wait},
+            )
         if admission.verdict == "spend":
-            raise ApiError(429, f"key {client.name!r} has spent ${admission.spent_usd:.6g} today, its limit is "
-                                f"${client.usd_per_day:g} per UTC day; retry after {wait} s (midnight UTC)",
-                           "insufficient_quota", code="spend_limit_exceeded", headers={"Retry-After": wait})
+            raise ApiError(
+                429,
+                f"key {client.name!r} has spent ${admission.spent_usd:.6g} today, its limit is "
+                f"${client.usd_per_day:g} per UTC day; retry after {wait} s (midnight UTC)",
+                "insufficient_quota",
+                code="spend_limit_exceeded",
+                headers={"Retry-After": wait},
+            )
 
     async def charge(self, client: ClientKey, usd: float) -> None:
         """Add an answered request's cost to its key's day (only keys with a spend limit are counted)."""

@@ -67,7 +67,7 @@ class Metrics:
                     out.append(f"{name}{_labels(dict(key))} {v:g}")
                 for key, (counts, total, n) in sorted(self._hist.get(name, {}).items()):
                     labels, cum = dict(key), 0
-                    for bound, c in zip(self._buckets[name], counts):
+                    for bound, c in zip(self._buckets[name], counts, strict=False):
                         cum += c
                         out.append(f"{name}_bucket{_labels({**labels, 'le': f'{bound:g}'})} {cum}")
                     out.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {n}")

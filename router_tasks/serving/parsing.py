@@ -26,8 +26,16 @@ OFFLOAD_BYTES = 256 * 1024
 class ApiError(Exception):
     """A refusal in OpenAI's error shape."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None, logged: bool = False):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+        logged: bool = False,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers
@@ -37,15 +45,27 @@ class ApiError(Exception):
         return openai_error(self.status, self.message, self.type, self.param, self.code, self.headers)
 
 
-def openai_error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
-                        status_code=status, headers=headers)
+def openai_error(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def too_large(cap: int) -> ApiError:
-    return ApiError(413, f"the request body is larger than this gateway's limit of {cap} bytes "
-                         "(tela serve --max-body-mb)", code="request_too_large")
+    return ApiError(
+        413,
+        f"the request body is larger than this gateway's limit of {cap} bytes (tela serve --max-body-mb)",
+        code="request_too_large",
+    )
 
 
 async def read_body(request, cap: int) -> bytes:
@@ -126,6 +146,9 @@ def last_user_text(messages: list) -> str | None:
         if isinstance(c, str):
             return c
         if isinstance(c, list):
-            return " ".join(p["text"] for p in c
-                            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+            return " ".join(
+                p["text"]
+                for p in c
+                if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            )
     return None

@@ -74,8 +74,9 @@ def serve_in_thread(config: GatewayConfig, host: str = "127.0.0.1", port: int = 
     import uvicorn
 
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                           lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    )
     thread = threading.Thread(target=server.run, name="tela-gateway", daemon=True)
     thread.start()
     deadline = time.monotonic() + 120

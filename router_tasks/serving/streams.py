@@ -18,7 +18,6 @@ traffic log and the key's spend).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 
@@ -40,8 +39,12 @@ def error_event(message: str, code: str = "upstream_stream_error") -> bytes:
 
 def completion_to_events(obj: dict, routing: dict, include_usage: bool) -> bytes:
     """A chat completion as the chunks a stream of it would have sent, then [DONE]."""
-    base = {"id": obj.get("id"), "object": "chat.completion.chunk", "created": obj.get("created"),
-            "model": obj.get("model")}
+    base = {
+        "id": obj.get("id"),
+        "object": "chat.completion.chunk",
+        "created": obj.get("created"),
+        "model": obj.get("model"),
+    }
     if obj.get("system_fingerprint"):
         base["system_fingerprint"] = obj["system_fingerprint"]
     chunks = []
@@ -53,11 +56,23 @@ def completion_to_events(obj: dict, routing: dict, include_usage: bool) -> bytes
             delta["tool_calls"] = [{"index": i, **tc} for i, tc in enumerate(msg["tool_calls"])]
         if msg.get("refusal"):
             delta["refusal"] = msg["refusal"]
-        chunks.append({**base, "choices": [{"index": ch.get("index", 0), "delta": delta, "finish_reason": None,
-                                            "logprobs": ch.get("logprobs")}]})
+        chunks.append(
+            {
+                **base,
+                "choices": [
+                    {"index": ch.get("index", 0), "delta": delta, "finish_reason": None, "logprobs": ch.get("logprobs")}
+                ],
+            }
+        )
     for ch in choices:
-        chunks.append({**base, "choices": [{"index": ch.get("index", 0), "delta": {},
-                                            "finish_reason": ch.get("finish_reason") or "stop"}]})
+        chunks.append(
+            {
+                **base,
+                "choices": [
+                    {"index": ch.get("index", 0), "delta": {}, "finish_reason": ch.get("finish_reason") or "stop"}
+                ],
+            }
+        )
     if not chunks:
         chunks.append({**base, "choices": []})
     if include_usage and obj.get("usage"):
@@ -87,7 +102,7 @@ class StreamRelay:
         """The next bytes from the upstream (b"" at its end); UpstreamError when it fails."""
         try:
             return await self.resp.content.readany()
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamError(self.name, "timeout between stream chunks") from None
         except aiohttp.ClientError as e:
             raise UpstreamError(self.name, f"stream broke ({type(e).__name__})") from None
@@ -158,7 +173,7 @@ class StreamRelay:
     async def _prime_from_completion(self, routing: dict) -> None:
         try:
             raw = await self.resp.read()
-        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise UpstreamError(self.name, f"reading the reply failed ({type(e).__name__})") from None
         try:
             obj = json.loads(raw)

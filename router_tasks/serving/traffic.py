@@ -22,9 +22,9 @@ import logging
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
@@ -39,13 +39,28 @@ PREFIX = "traffic"
 EXPORT_PREFIX = "traffic-exports"  # outside PREFIX: exports are not traffic
 SCHEME = "traffic://"
 COLUMNS = {
-    "time": "datetime64[us, UTC]", "request_id": "string", "prompt_id": "string", "prompt": "string",
-    "policy": "string", "router_key": "string", "score": "float64", "threshold": "float64",
-    "model": "string", "fallback": "boolean", "fallback_from": "string", "status": "Int64",
-    "error": "string", "decision_ms": "float64", "upstream_latency_s": "float64",
-    "input_tokens": "Int64", "output_tokens": "Int64", "cost_usd": "float64", "stream": "boolean",
+    "time": "datetime64[us, UTC]",
+    "request_id": "string",
+    "prompt_id": "string",
+    "prompt": "string",
+    "policy": "string",
+    "router_key": "string",
+    "score": "float64",
+    "threshold": "float64",
+    "model": "string",
+    "fallback": "boolean",
+    "fallback_from": "string",
+    "status": "Int64",
+    "error": "string",
+    "decision_ms": "float64",
+    "upstream_latency_s": "float64",
+    "input_tokens": "Int64",
+    "output_tokens": "Int64",
+    "cost_usd": "float64",
+    "stream": "boolean",
     # the client key's name (never the key) and the reply's id, which feedback names
-    "key_name": "string", "completion_id": "string",
+    "key_name": "string",
+    "completion_id": "string",
 }
 #: rows (and bytes of prompt text) held in memory while the store cannot be written; past
 #: them the oldest rows are dropped
@@ -103,10 +118,20 @@ class SegmentLog:
     them) wait in memory: a store that stays down costs the oldest rows, counted in
     `dropped`, not the process."""
 
-    def __init__(self, store: ArtifactStore, prefix: str, to_frame: Callable[[list[dict]], pd.DataFrame], *,
-                 flush_rows: int = 500, flush_s: float = 10.0, max_pending: int = MAX_PENDING_ROWS,
-                 size_of: Callable[[dict], int] = lambda row: 256, flush_bytes: int = 16 * 2**20,
-                 max_pending_bytes: int = MAX_PENDING_BYTES, name: str = "tela-segment-log"):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        prefix: str,
+        to_frame: Callable[[list[dict]], pd.DataFrame],
+        *,
+        flush_rows: int = 500,
+        flush_s: float = 10.0,
+        max_pending: int = MAX_PENDING_ROWS,
+        size_of: Callable[[dict], int] = lambda row: 256,
+        flush_bytes: int = 16 * 2**20,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+        name: str = "tela-segment-log",
+    ):
         self.store, self.prefix, self.to_frame, self.size_of = store, prefix, to_frame, size_of
         self.flush_rows, self.flush_s, self.flush_bytes = flush_rows, flush_s, flush_bytes
         self.max_pending, self.max_pending_bytes = max_pending, max_pending_bytes
@@ -139,7 +164,7 @@ class SegmentLog:
         self._bytes += size
 
     def append(self, row: dict) -> None:
-        row.setdefault("time", datetime.now(timezone.utc))
+        row.setdefault("time", datetime.now(UTC))
         size = self.size_of(row)
         with self._lock:
             self._push(row, size)
@@ -166,13 +191,18 @@ class SegmentLog:
         # partitioned by the rows' own date, so a window reads only its days
         written = None
         for day, part in df.groupby(df["time"].dt.strftime("%Y-%m-%d"), sort=True):
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             key = f"{self.prefix}/{day}/{now:%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
             try:
                 self.store.write_parquet(key, part.reset_index(drop=True))
             except Exception as err:  # losing the log must not take the gateway down; keep the rows
-                log.warning("could not write %s segment %s: %s; keeping %d rows for the next flush",
-                            self.prefix, self.store.uri(key), err, len(part))
+                log.warning(
+                    "could not write %s segment %s: %s; keeping %d rows for the next flush",
+                    self.prefix,
+                    self.store.uri(key),
+                    err,
+                    len(part),
+                )
                 with self._lock:
                     newer = list(self._rows)
                     self._rows, self._bytes = deque(), 0
@@ -199,15 +229,30 @@ class TrafficLog(SegmentLog):
     COLUMNS; prompt ids are computed (and prompt text dropped, with `keep_prompts=False`)
     when a segment is written, not on the request's path."""
 
-    def __init__(self, store: ArtifactStore, *, keep_prompts: bool = True, flush_rows: int = 500,
-                 flush_s: float = 10.0, max_pending: int = MAX_PENDING_ROWS,
-                 max_pending_bytes: int = MAX_PENDING_BYTES):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        *,
+        keep_prompts: bool = True,
+        flush_rows: int = 500,
+        flush_s: float = 10.0,
+        max_pending: int = MAX_PENDING_ROWS,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+    ):
         self.keep_prompts = keep_prompts
-        super().__init__(store, PREFIX, self._to_frame, flush_rows=flush_rows, flush_s=flush_s,
-                         max_pending=max_pending, size_of=_row_size, max_pending_bytes=max_pending_bytes,
-                         name="tela-traffic-log")
+        super().__init__(
+            store,
+            PREFIX,
+            self._to_frame,
+            flush_rows=flush_rows,
+            flush_s=flush_s,
+            max_pending=max_pending,
+            size_of=_row_size,
+            max_pending_bytes=max_pending_bytes,
+            name="tela-traffic-log",
+        )
 
-    def append(self, row: "TrafficRecord | dict") -> None:
+    def append(self, row: TrafficRecord | dict) -> None:
         row = row.row() if isinstance(row, TrafficRecord) else dict(row)
         if len(row.get("prompt") or "") > MAX_LOGGED_PROMPT_CHARS:
             row["prompt"] = row["prompt_id"] = None
@@ -250,7 +295,7 @@ def read_window(store: ArtifactStore, start, end) -> pd.DataFrame:
 
 
 def latest_window(store: ArtifactStore, hours: float = 1.0, now=None) -> tuple[datetime, datetime]:
-    end = _utc(now) if now is not None else datetime.now(timezone.utc)
+    end = _utc(now) if now is not None else datetime.now(UTC)
     return end - timedelta(hours=hours), end
 
 
@@ -264,8 +309,10 @@ def export_window(store: ArtifactStore, start, end, *, sample: int | None = None
     df = read_window(store, start, end)
     df = df[df["prompt"].notna()].drop_duplicates("prompt_id")
     if df.empty:
-        raise ValueError(f"traffic window {_utc(start).isoformat()} .. {_utc(end).isoformat()} holds no prompt "
-                         "text (no traffic, or it was logged with prompts off)")
+        raise ValueError(
+            f"traffic window {_utc(start).isoformat()} .. {_utc(end).isoformat()} holds no prompt "
+            "text (no traffic, or it was logged with prompts off)"
+        )
     if sample is not None and len(df) > sample:
         df = df.sample(n=sample, random_state=seed).sort_values("time", kind="stable")
     out = pd.DataFrame({"prompt": df["prompt"].astype(str).to_numpy(), "category": "traffic"})
@@ -281,16 +328,18 @@ def export_window(store: ArtifactStore, start, end, *, sample: int | None = None
 def parse_window(source: str) -> tuple[datetime, datetime]:
     """(start, end) of `traffic://<from>/<to>` (ISO times, UTC unless they say otherwise;
     `<to>` may be `now`); ValueError naming the expected form."""
-    body = source[len(SCHEME):] if isinstance(source, str) and source.startswith(SCHEME) else None
+    body = source[len(SCHEME) :] if isinstance(source, str) and source.startswith(SCHEME) else None
     try:
         if body is None:
             raise ValueError("not a traffic:// source")
         start, end = body.split("/", 1) if body.count("/") == 1 else body.split("..", 1)
-        end_t = datetime.now(timezone.utc) if end.strip() == "now" else _utc(end)
+        end_t = datetime.now(UTC) if end.strip() == "now" else _utc(end)
         return _utc(start), end_t
     except (ValueError, TypeError) as err:
-        raise ValueError(f"source {source!r}: expected traffic://<from>/<to> with ISO times, e.g. "
-                         f"traffic://2026-12-01T00:00/2026-12-01T06:00 ({err})") from None
+        raise ValueError(
+            f"source {source!r}: expected traffic://<from>/<to> with ISO times, e.g. "
+            f"traffic://2026-12-01T00:00/2026-12-01T06:00 ({err})"
+        ) from None
 
 
 def resolve_source(source: str, store: ArtifactStore | None = None, *, sample: int | None = None) -> str:

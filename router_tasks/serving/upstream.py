@@ -45,8 +45,9 @@ MAX_RETRY_AFTER_S = 60.0
 
 
 class UpstreamError(Exception):
-    def __init__(self, model: str, text: str, status: int | None = None, retryable: bool = True,
-                 body: bytes | None = None):
+    def __init__(
+        self, model: str, text: str, status: int | None = None, retryable: bool = True, body: bytes | None = None
+    ):
         super().__init__(f"{model}: {text}")
         self.model, self.text, self.status, self.retryable, self.body = model, text, status, retryable, body
 
@@ -63,8 +64,10 @@ def _base_url(ep: Endpoint) -> str:
     if ep.is_local:
         url = os.environ.get(REUSE_ENV)
         if not url:
-            raise ValueError(f"endpoint {ep.name!r} has base_url 'local': the gateway does not start a model "
-                             f"server; start one and set {REUSE_ENV} to its URL")
+            raise ValueError(
+                f"endpoint {ep.name!r} has base_url 'local': the gateway does not start a model "
+                f"server; start one and set {REUSE_ENV} to its URL"
+            )
         return url.rstrip("/")
     return (ep.base_url or OPENAI_URL).rstrip("/")
 
@@ -106,23 +109,27 @@ def _retry_after(headers) -> float | None:
 
 
 def _backoff(attempt: int) -> float:
-    return min(0.5 * 2 ** attempt, 8.0) * (1 - 0.25 * random.random())
+    return min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random())
 
 
 class Upstreams:
-    def __init__(self, endpoints: list[Endpoint], metrics: Metrics, cooldown_fails: int = 3,
-                 cooldown_s: float = 30.0):
+    def __init__(self, endpoints: list[Endpoint], metrics: Metrics, cooldown_fails: int = 3, cooldown_s: float = 30.0):
         self.metrics, self.cooldown_fails, self.cooldown_s = metrics, cooldown_fails, cooldown_s
         self.by_name: dict[str, Upstream] = {}
         for ep in endpoints:
             t = ep.request_timeout()
             headers = {"Authorization": f"Bearer {ep.api_key()}", "Content-Type": "application/json"}
-            self.by_name[ep.name] = Upstream(ep, f"{_base_url(ep)}/chat/completions", headers,
-                                             aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t))
+            self.by_name[ep.name] = Upstream(
+                ep,
+                f"{_base_url(ep)}/chat/completions",
+                headers,
+                aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t),
+            )
         self.by_model_id = {ep.model: ep.name for ep in endpoints}
         #: (input, output) dollars per 1M tokens by upstream name, for the budget policies
-        self.prices = {n: (u.endpoint.price_input_per_m, u.endpoint.price_output_per_m)
-                       for n, u in self.by_name.items()}
+        self.prices = {
+            n: (u.endpoint.price_input_per_m, u.endpoint.price_output_per_m) for n, u in self.by_name.items()
+        }
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -147,15 +154,24 @@ class Upstreams:
 
     def failed(self, up: Upstream, err: UpstreamError) -> None:
         name = up.endpoint.name
-        self.metrics.inc("tela_upstream_errors_total", "Upstream calls that failed after retries.", model=name,
-                         error=str(err.status or err.text.split(" ")[0]))
+        self.metrics.inc(
+            "tela_upstream_errors_total",
+            "Upstream calls that failed after retries.",
+            model=name,
+            error=str(err.status or err.text.split(" ")[0]),
+        )
         up.fails_in_row += 1
         if up.fails_in_row >= self.cooldown_fails:
             up.cooldown_until = time.monotonic() + self.cooldown_s
             up.cooldowns += 1
             up.fails_in_row = 0
-            log.warning("upstream %s failed %d times in a row: cooling down for %.0f s (last: %s)",
-                        name, self.cooldown_fails, self.cooldown_s, err.text)
+            log.warning(
+                "upstream %s failed %d times in a row: cooling down for %.0f s (last: %s)",
+                name,
+                self.cooldown_fails,
+                self.cooldown_s,
+                err.text,
+            )
 
     @staticmethod
     def succeeded(up: Upstream) -> None:
@@ -169,7 +185,7 @@ class Upstreams:
         for attempt in range(retries + 1):
             try:
                 resp = await self.session.post(up.url, data=payload, headers=up.headers, timeout=up.timeout)
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            except (TimeoutError, aiohttp.ServerTimeoutError):
                 err, wait = UpstreamError(name, "timeout"), None
             except aiohttp.ClientError as e:
                 err, wait = UpstreamError(name, f"connection error ({type(e).__name__})"), None
@@ -178,7 +194,7 @@ class Upstreams:
                     return resp
                 try:
                     body = await resp.read()
-                except (asyncio.TimeoutError, aiohttp.ClientError):
+                except (TimeoutError, aiohttp.ClientError):
                     body = None
                 finally:
                     resp.release()
@@ -202,7 +218,7 @@ class Upstreams:
         resp = await self.open(up, payload)
         try:
             raw = await resp.read()
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamError(name, "timeout while reading the reply") from None
         except aiohttp.ClientError as e:
             raise UpstreamError(name, f"connection error while reading the reply ({type(e).__name__})") from None

@@ -25,13 +25,13 @@ import time
 import numpy as np
 import pandas as pd
 
+from router_tasks.core.schemas import check_strong_quality
+from router_tasks.core.stage import ArtifactRef, read_manifest, resolve_ref, run_stage
+from router_tasks.core.store import ArtifactStore
+from router_tasks.data.labels import own_eval_plan
 from router_tasks.routers import EmbeddingRouter, make_router, needs_gpu, router_class, save_router
 from router_tasks.routers.base import check_labels, resolve_params
 from router_tasks.routers.embeddings import Embedder
-from router_tasks.core.schemas import check_strong_quality
-from router_tasks.core.stage import ArtifactRef, read_manifest, resolve_ref, run_stage
-from router_tasks.data.labels import own_eval_plan
-from router_tasks.core.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,10 @@ def train_router(
                 raise ValueError(f"{role} model {name!r} has no labels; labelled models: {models}")
         log.info(
             "training %s router on %d labels, %d prompts, models %s",
-            router_type, len(table), table["prompt_id"].nunique(), models,
+            router_type,
+            len(table),
+            table["prompt_id"].nunique(),
+            models,
         )
         plan = own_eval_plan(full, strong_model, weak_model) if own_holdout and "source" in full else {"protocol": None}
         if plan["protocol"] == "holdout":
@@ -181,7 +184,11 @@ def train_router(
         for row in metrics["per_model"]:
             log.info(
                 "in-sample %s: n=%d mean quality %.3f, predicted %.3f, brier %.4f",
-                row["model"], row["n_prompts"], row["mean_quality"], row["mean_predicted"], row["brier"],
+                row["model"],
+                row["n_prompts"],
+                row["mean_quality"],
+                row["mean_predicted"],
+                row["brier"],
             )
         log.info("in-sample strong-win AUC: %s", metrics.get("strong_win_auc"))
 
@@ -196,8 +203,10 @@ def train_router(
             "labels_per_model": {m: int(n) for m, n in table["model"].value_counts().sort_index().items()},
             "strong_quality": strong_quality,
             "own_eval": {k: v for k, v in plan.items() if k != "heldout"}
-            | {"n_heldout": len(plan.get("heldout") or []),
-               "heldout_sha256": hashlib.sha256("\n".join(plan.get("heldout") or []).encode()).hexdigest()},
+            | {
+                "n_heldout": len(plan.get("heldout") or []),
+                "heldout_sha256": hashlib.sha256("\n".join(plan.get("heldout") or []).encode()).hexdigest(),
+            },
         }
         save_router(router, ctx, training=training, metrics=metrics)
         ctx.write_table(pd.DataFrame({"prompt_id": prompt_ids}), "train_prompts.parquet")
@@ -206,7 +215,11 @@ def train_router(
             n_labels=int(len(table)),
             n_prompts=len(prompt_ids),
             fit_seconds=round(fit_s, 3),
-            **({f"embeddings_{k}": v for k, v in router.embedder.stats.items()} if isinstance(router, EmbeddingRouter) else {}),
+            **(
+                {f"embeddings_{k}": v for k, v in router.embedder.stats.items()}
+                if isinstance(router, EmbeddingRouter)
+                else {}
+            ),
         )
         log.info("trained %s router in %.1f s", router_type, time.time() - started)
 

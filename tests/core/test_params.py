@@ -51,8 +51,21 @@ def test_no_flags_give_the_pipeline_defaults_and_flags_reach_their_parameter():
     args = build_parser().parse_args(["pipeline"])
     given = from_arguments(args)
     assert given == {k: v for k, v in PIPELINE_PARAMS.items() if BY_NAME[k].flag}
-    args = build_parser().parse_args(["pipeline", "--cpu", "--no-routellm", "--reference", "null", "--benchmarks",
-                                      "mmlu", "--judges", '[{"name": "a"}]', "--quality-target", "0.9"])
+    args = build_parser().parse_args(
+        [
+            "pipeline",
+            "--cpu",
+            "--no-routellm",
+            "--reference",
+            "null",
+            "--benchmarks",
+            "mmlu",
+            "--judges",
+            '[{"name": "a"}]',
+            "--quality-target",
+            "0.9",
+        ]
+    )
     given = from_arguments(args)
     assert (given["use_gpu"], given["include_routellm"], given["reference_model"]) == (False, False, None)
     assert (given["benchmarks"], given["judges"], given["quality_target"]) == (["mmlu"], [{"name": "a"}], 0.9)

@@ -35,8 +35,9 @@ def env_names_in_code() -> dict[str, str]:
 
 def test_settings_doc_is_up_to_date():
     doc = REPO / "docs" / "settings.md"
-    assert doc.exists() and doc.read_text() == _script().render(), \
+    assert doc.exists() and doc.read_text() == _script().render(), (
         "docs/settings.md is out of date: run `python scripts/settings_doc.py`"
+    )
 
 
 def test_every_tela_variable_in_the_code_is_in_the_table():

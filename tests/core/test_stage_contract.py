@@ -168,8 +168,12 @@ def test_two_processes_computing_one_key_compute_once(any_root, tmp_path):
     repo = str(Path(__file__).resolve().parents[2])
     log = tmp_path / "computed.log"
     env = {**os.environ, "PYTHONPATH": repo}
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, any_root, str(log)], stdout=subprocess.PIPE, text=True,
-                              env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, any_root, str(log)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
     outs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
     assert all(p.returncode == 0 for p in procs)
     assert log.read_text().count("computed") == 1 and outs == ["False", "True"]

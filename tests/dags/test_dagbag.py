@@ -13,14 +13,29 @@ def test_dags_import_without_errors(airflow_db):
     dag = bag.get_dag("router_pipeline")
     assert dag is not None
 
-    order = ["ingest_prompts", "generate_answers", "judge_answers", "build_labels", "validate_labels",
-             "train_on", "train_router_cpu", "train_router", "evaluate_on", "evaluate_router_cpu", "evaluate_router",
-             "publish_router", "summary"]
+    order = [
+        "ingest_prompts",
+        "generate_answers",
+        "judge_answers",
+        "build_labels",
+        "validate_labels",
+        "train_on",
+        "train_router_cpu",
+        "train_router",
+        "evaluate_on",
+        "evaluate_router_cpu",
+        "evaluate_router",
+        "publish_router",
+        "summary",
+    ]
     assert set(order) <= set(dag.task_ids)
-    for upstream, downstream in zip(order, order[1:]):
+    for upstream, downstream in zip(order, order[1:], strict=False):
         assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} -> {downstream} missing"
-    for upstream, downstream in [("validate_labels", "train_router_gpu"), ("train_on", "train_router_gpu"),
-                                 ("train_router_gpu", "train_router")]:
+    for upstream, downstream in [
+        ("validate_labels", "train_router_gpu"),
+        ("train_on", "train_router_gpu"),
+        ("train_router_gpu", "train_router"),
+    ]:
         assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} -> {downstream} missing"
     assert {"source", "models", "judge", "router_type", "use_gpu", "benchmarks"} <= set(dag.params)
 
@@ -32,8 +47,10 @@ def test_labeling_is_mapped_over_parts_and_shares_the_llm_pool(airflow_db):
     from router_tasks.core import defaults
 
     dag = DagBag(dag_folder=str(REPO / "dags" / "router_pipeline.py")).get_dag("router_pipeline")
-    for mapped, plan, combine in (("generate_part", "plan_generation", "generate_answers"),
-                                  ("judge_part", "plan_judging", "judge_answers")):
+    for mapped, plan, combine in (
+        ("generate_part", "plan_generation", "generate_answers"),
+        ("judge_part", "plan_judging", "judge_answers"),
+    ):
         op = dag.get_task(mapped)
         assert isinstance(op, MappedOperator) and op.pool == defaults.LLM_POOL
         assert plan in op.upstream_task_ids and mapped in dag.get_task(combine).upstream_task_ids
@@ -96,10 +113,10 @@ def test_dag_file_does_not_import_heavy_libraries():
     import sys
 
     code = (
-        "import sys, runpy; sys.path[:0]=['{r}', '{r}/plugins']; runpy.run_path('{r}/dags/router_pipeline.py');"
+        f"import sys, runpy; sys.path[:0]=['{REPO}', '{REPO}/plugins']; runpy.run_path('{REPO}/dags/router_pipeline.py');"
         "heavy=[m for m in ('torch','transformers','great_expectations','sentence_transformers') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
-    ).format(r=REPO)
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
 
@@ -108,6 +125,7 @@ def test_every_task_reaches_the_artifact_store_through_the_connection(airflow_db
     """On a deployment the S3 keys and endpoint come from the `tela_s3` connection, exported
     by `export_connections` before each task: a task without it cannot read the store."""
     from airflow.models import DagBag
+
     from tela_connections import export_connections
 
     bag = DagBag(dag_folder=str(REPO / "dags"))

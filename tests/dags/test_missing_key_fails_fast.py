@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_missing_endpoint_key_fails_the_task_at_once(airflow_db, tmp_path, monkeypatch):
     from airflow.models import DagBag
+
     from tela_alerts import XCOM_KEY
 
     dag = DagBag(dag_folder=str(REPO / "dags" / "router_pipeline.py")).get_dag("router_pipeline")
@@ -23,14 +24,27 @@ def test_missing_endpoint_key_fails_the_task_at_once(airflow_db, tmp_path, monke
     monkeypatch.setenv("TELA_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     monkeypatch.delenv("KESTREL_KEY", raising=False)
     source = tmp_path / "prompts.jsonl"
-    source.write_text('{"prompt": "What is 2 + 2?", "reference_answer": "4"}\n'
-                      '{"prompt": "Name a prime number.", "reference_answer": "7"}\n')
+    source.write_text(
+        '{"prompt": "What is 2 + 2?", "reference_answer": "4"}\n'
+        '{"prompt": "Name a prime number.", "reference_answer": "7"}\n'
+    )
     with ScriptedOpenAIServer(lambda body: "an answer") as srv:
-        model = {"name": "kestrel-large", "model": "kestrel-large", "base_url": srv.base_url,
-                 "api_key_env": "KESTREL_KEY", "conn_id": "kestrel_conn_absent"}
-        conf = {"source": str(source), "models": [model], "judge": {**model, "name": "kestrel-judge"},
-                "reference_model": None, "include_routellm": False, "strong_model": "kestrel-large",
-                "weak_model": "kestrel-small"}
+        model = {
+            "name": "kestrel-large",
+            "model": "kestrel-large",
+            "base_url": srv.base_url,
+            "api_key_env": "KESTREL_KEY",
+            "conn_id": "kestrel_conn_absent",
+        }
+        conf = {
+            "source": str(source),
+            "models": [model],
+            "judge": {**model, "name": "kestrel-judge"},
+            "reference_model": None,
+            "include_routellm": False,
+            "strong_model": "kestrel-large",
+            "weak_model": "kestrel-small",
+        }
         dr = dag.test(run_conf=conf)
         assert srv.count() == 0  # nothing was sent without a key
     tis = {ti.task_id: ti for ti in dr.get_task_instances()}

@@ -30,14 +30,25 @@ def test_dag_on_own_endpoints_ends_with_a_champion(airflow_db, s3_root, tmp_path
     monkeypatch.setenv(KEY_ENV, "sk-test-not-a-secret")
     with ScriptedOpenAIServer(rule) as srv:
         models, judge, reference = endpoints(srv.base_url, KEY_ENV)
-        conf = {"source": source, "models": models, "judge": judge, "reference_model": reference,
-                "strong_model": STRONG, "weak_model": WEAK, "include_routellm": False, "router_type": "knn",
-                "max_tokens": 32}
+        conf = {
+            "source": source,
+            "models": models,
+            "judge": judge,
+            "reference_model": reference,
+            "strong_model": STRONG,
+            "weak_model": WEAK,
+            "include_routellm": False,
+            "router_type": "knn",
+            "max_tokens": 32,
+        }
         dr = dag.test(run_conf=conf)
         states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
         assert dr.state == "success", states
-        refs = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dr.get_task_instances()
-                if ti.task_id in ("train_router", "evaluate_router", "publish_router")}
+        refs = {
+            ti.task_id: ti.xcom_pull(task_ids=ti.task_id)
+            for ti in dr.get_task_instances()
+            if ti.task_id in ("train_router", "evaluate_router", "publish_router")
+        }
         asked = srv.count()
         assert asked >= 170 * 4 * 2
         again = dag.test(run_conf=conf)
@@ -53,8 +64,10 @@ def test_dag_on_own_endpoints_ends_with_a_champion(airflow_db, s3_root, tmp_path
     row = table.loc["own-labels"]
     assert row["protocol"] == "holdout"
     assert 15 <= row["n_prompts"] <= 60  # the ~20% fixed hash holdout of 170 prompts
-    print(f"own-labels {row['protocol']}: n={row['n_prompts']} APGR {row['apgr']:.3f} "
-          f"random {row['random_apgr']:.3f} oracle {row['oracle_apgr']:.3f}")
+    print(
+        f"own-labels {row['protocol']}: n={row['n_prompts']} APGR {row['apgr']:.3f} "
+        f"random {row['random_apgr']:.3f} oracle {row['oracle_apgr']:.3f}"
+    )
     assert row["apgr"] > row["random_apgr"] + 0.15, (row["apgr"], row["random_apgr"])
     metrics = store.read_json(f"{refs['evaluate_router']['key']}/metrics.json")
     own = metrics["benchmarks"]["own-labels"]

@@ -39,7 +39,9 @@ def test_every_step_is_a_dag_task_with_the_steps_arguments(dag):
         for t in tasks:
             given.update({k: v for k, v in _op_kwargs(dag.task_dict[t]).items() if isinstance(v, (str, dict))})
         for kw, template in step.templated().items():
-            assert given.get(kw) == template, f"step {step.name}: DAG passes {kw}={given.get(kw)!r}, pipeline {template!r}"
+            assert given.get(kw) == template, (
+                f"step {step.name}: DAG passes {kw}={given.get(kw)!r}, pipeline {template!r}"
+            )
 
 
 def test_dag_orders_steps_after_their_inputs(dag):
@@ -99,8 +101,9 @@ def test_a_drifted_dag_is_caught(dag):
 
 
 def test_every_task_retries_with_backoff_sized_per_kind(airflow_db, dag):
-    import tela_retries as retry
     from airflow.models import DagBag
+
+    import tela_retries as retry
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     for d in bag.dags.values():

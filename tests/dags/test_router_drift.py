@@ -4,11 +4,12 @@ that Asset schedules router_drift_relabel, which starts router_pipeline on the t
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from factories import labels_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +33,11 @@ def test_schedules_and_wiring(bag):
     d = bag.get_dag("router_drift")
     assert isinstance(d.timetable, CronTriggerTimetable) and d.timetable.expression == "0 * * * *"
     assert [o.uri for o in d.get_task("announce_drift").outlets] == [DRIFT_ASSET_URI]
-    assert {"check_window"} == d.get_task("announce_drift").upstream_task_ids == d.get_task("recalibrate").upstream_task_ids
+    assert (
+        {"check_window"}
+        == d.get_task("announce_drift").upstream_task_ids
+        == d.get_task("recalibrate").upstream_task_ids
+    )
     relabel = bag.get_dag("router_drift_relabel")
     assert [a.uri for a in relabel.timetable.asset_condition.objects] == [DRIFT_ASSET_URI]
     trigger = relabel.get_task("label_traffic")
@@ -46,8 +51,9 @@ def _router(root, minilm_prompts):
 
     df = labels_table(minilm_prompts, lambda i, _: {BIG: True, SMALL: i % 3 == 0}, benchmark="mmlu")
     labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), store=ArtifactStore(root))
-    ref = train_router(labels, router_type="knn", strong_model=BIG, weak_model=SMALL, router_params={"k": 10},
-                       artifact_root=root)
+    ref = train_router(
+        labels, router_type="knn", strong_model=BIG, weak_model=SMALL, router_params={"k": 10}, artifact_root=root
+    )
     ArtifactStore(root).write_json("champion/CHAMPION.json", {"router": ref})
     return ref
 
@@ -67,11 +73,12 @@ def test_shifted_traffic_emits_the_drift_event_that_starts_labeling(bag, tmp_pat
     monkeypatch.setenv("TELA_ARTIFACT_ROOT", root)  # dag.test runs tasks in this process
     mmlu = load_benchmark("mmlu")["prompt"].tolist()[:300]
     _router(root, mmlu)
-    end = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+    end = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     log = TrafficLog(ArtifactStore(root), flush_s=3600)
     for i, q in enumerate(gsm8k_test_questions()["question"].tolist()[:50]):
-        log.append({"time": end - timedelta(minutes=50 - i), "prompt": q, "policy": "tela-auto", "model": BIG,
-                    "status": 200})
+        log.append(
+            {"time": end - timedelta(minutes=50 - i), "prompt": q, "policy": "tela-auto", "model": BIG, "status": 200}
+        )
     log.close()
 
     def states(dr):
@@ -80,8 +87,11 @@ def test_shifted_traffic_emits_the_drift_event_that_starts_labeling(bag, tmp_pat
     conf = {"window_end": end.isoformat(), "relabel_sample": 20, "settings": {"permutations": 200}}
     dr = bag.get_dag("router_drift").test(run_conf=conf)
     s = states(dr)
-    assert s == {"check_window": TaskInstanceState.SUCCESS, "recalibrate": TaskInstanceState.SKIPPED,
-                 "announce_drift": TaskInstanceState.SUCCESS}, s
+    assert s == {
+        "check_window": TaskInstanceState.SUCCESS,
+        "recalibrate": TaskInstanceState.SKIPPED,
+        "announce_drift": TaskInstanceState.SUCCESS,
+    }, s
     with create_session() as session:
         events = [e for e in session.query(AssetEvent).all() if e.asset.uri == DRIFT_ASSET_URI]
         assert len(events) == 1
@@ -92,7 +102,8 @@ def test_shifted_traffic_emits_the_drift_event_that_starts_labeling(bag, tmp_pat
 
     # the event's consumer: it starts router_pipeline on the exported sample
     dr2 = bag.get_dag("router_drift_relabel").test(
-        run_conf={"pipeline_conf": {"include_routellm": False, "sample": 20}})
+        run_conf={"pipeline_conf": {"include_routellm": False, "sample": 20}}
+    )
     assert states(dr2) == {"pipeline_conf": TaskInstanceState.SUCCESS, "label_traffic": TaskInstanceState.SUCCESS}
     with create_session() as session:
         # the newest run: other tests' router_pipeline runs share this metadata DB
@@ -104,10 +115,24 @@ def test_shifted_traffic_emits_the_drift_event_that_starts_labeling(bag, tmp_pat
     # under the team's Variable, never the demo's defaults; the run says where each came from
     store = ArtifactStore(root)
     champion = store.read_json("champion/CHAMPION.json")
-    own = [{"name": m, "model": m, "base_url": "https://llm.orca.test/v1", "api_key_env": "ORCA_KEY",
-            "conn_id": "orca_llm"} for m in (BIG, SMALL)]
-    recorded = {"models": own, "judge": {**own[0], "name": "orca-judge"}, "reference_model": None,
-                "strong_model": BIG, "weak_model": SMALL, "include_routellm": False}
+    own = [
+        {
+            "name": m,
+            "model": m,
+            "base_url": "https://llm.orca.test/v1",
+            "api_key_env": "ORCA_KEY",
+            "conn_id": "orca_llm",
+        }
+        for m in (BIG, SMALL)
+    ]
+    recorded = {
+        "models": own,
+        "judge": {**own[0], "name": "orca-judge"},
+        "reference_model": None,
+        "strong_model": BIG,
+        "weak_model": SMALL,
+        "include_routellm": False,
+    }
     store.write_json("champion/CHAMPION.json", {**champion, "settings": recorded})
     monkeypatch.setenv("AIRFLOW_VAR_TELA_LOOP_SETTINGS", json.dumps({"max_tokens": 48}))
     dr3 = bag.get_dag("router_drift_relabel").test()
@@ -132,9 +157,9 @@ def test_dag_file_does_not_import_heavy_libraries():
     import sys
 
     code = (
-        "import sys, runpy; sys.path[:0]=['{r}', '{r}/plugins']; runpy.run_path('{r}/dags/router_drift.py');"
+        f"import sys, runpy; sys.path[:0]=['{REPO}', '{REPO}/plugins']; runpy.run_path('{REPO}/dags/router_drift.py');"
         "heavy=[m for m in ('torch','transformers','sentence_transformers','openai','matplotlib','starlette')"
         " if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
-    ).format(r=REPO)
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

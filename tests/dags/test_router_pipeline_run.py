@@ -15,8 +15,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-STAGES = ["ingest_prompts", "generate_answers", "judge_answers", "judge_agreement", "build_labels",
-          "validate_labels", "train_router", "evaluate_router"]
+STAGES = [
+    "ingest_prompts",
+    "generate_answers",
+    "judge_answers",
+    "judge_agreement",
+    "build_labels",
+    "validate_labels",
+    "train_router",
+    "evaluate_router",
+]
 
 
 def _quick_conf(source: str, **overrides) -> dict:
@@ -84,9 +92,9 @@ def first_run(pipeline_dag, tiny_source, s3_pipeline_root):
 
 
 def test_first_run_succeeds_and_stores_everything_on_s3(first_run, s3_pipeline_root):
-    from router_tasks.lifecycle.publish import read_champion
     from router_tasks.core.stage import read_manifest
     from router_tasks.core.store import ArtifactStore
+    from router_tasks.lifecycle.publish import read_champion
 
     dr, states, refs = first_run
     assert dr.state == "success", states
@@ -119,7 +127,9 @@ def test_first_run_succeeds_and_stores_everything_on_s3(first_run, s3_pipeline_r
     assert any(k.endswith("plot_mmlu.png") for k in store.list(refs["evaluate_router"]["key"]))
 
 
-def test_rerun_reuses_every_stage_and_calls_no_model(first_run, pipeline_dag, tiny_source, s3_pipeline_root, monkeypatch):
+def test_rerun_reuses_every_stage_and_calls_no_model(
+    first_run, pipeline_dag, tiny_source, s3_pipeline_root, monkeypatch
+):
     from router_tasks.core.store import ArtifactStore
 
     _, _, first_refs = first_run
@@ -145,7 +155,9 @@ def test_rerun_reuses_every_stage_and_calls_no_model(first_run, pipeline_dag, ti
     assert "Cost ledger" in summary
 
 
-def test_failed_stage_then_fixed_run_loses_and_duplicates_nothing(first_run, pipeline_dag, tiny_source, s3_pipeline_root, monkeypatch):
+def test_failed_stage_then_fixed_run_loses_and_duplicates_nothing(
+    first_run, pipeline_dag, tiny_source, s3_pipeline_root, monkeypatch
+):
     """A run that fails at validation stores nothing for it; the fixed re-run reuses the
     stages before it and completes, with one artifact per stage."""
     from router_tasks.core.store import ArtifactStore

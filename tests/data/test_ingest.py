@@ -3,10 +3,10 @@ import json
 import pandas as pd
 import pytest
 
-from router_tasks.data.ingest import InputDataError, ingest_prompts
 from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import load_table, read_manifest
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data.ingest import InputDataError, ingest_prompts
 
 
 def _jsonl(path, rows):
@@ -36,8 +36,12 @@ def test_normalises_dedupes_and_extracts_gold(tmp_path, local_root):
 
 def test_sample_and_shards_are_deterministic(tmp_path, local_root):
     src = _jsonl(tmp_path / "p.jsonl", [{"prompt": f"question number {i}"} for i in range(50)])
-    a = load_table(ingest_prompts(src, sample=10, shards=4, seed=1, artifact_root=local_root), ArtifactStore(local_root))
-    b = load_table(ingest_prompts(src, sample=10, shards=4, seed=1, artifact_root=local_root), ArtifactStore(local_root))
+    a = load_table(
+        ingest_prompts(src, sample=10, shards=4, seed=1, artifact_root=local_root), ArtifactStore(local_root)
+    )
+    b = load_table(
+        ingest_prompts(src, sample=10, shards=4, seed=1, artifact_root=local_root), ArtifactStore(local_root)
+    )
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 10 and set(a["shard"]) <= {0, 1, 2, 3}
 
@@ -152,13 +156,17 @@ def test_rows_may_mix_prompt_and_question(tmp_path, local_root):
 
 def test_bad_rows_are_quarantined_with_row_and_reason(tmp_path, local_root):
     good = [{"prompt": f"Good question {i}?"} for i in range(60)]
-    bad = [{"prompt": "   "}, {"prompt": None}, {"prompt": 7}, {"prompt": "y" * 200},
-           {"prompt": "Sum?", "gold_answer": "seven", "gold_type": "number"},
-           {"prompt": "Pick?", "gold_answer": "Q", "gold_type": "letter"}]
+    bad = [
+        {"prompt": "   "},
+        {"prompt": None},
+        {"prompt": 7},
+        {"prompt": "y" * 200},
+        {"prompt": "Sum?", "gold_answer": "seven", "gold_type": "number"},
+        {"prompt": "Pick?", "gold_answer": "Q", "gold_type": "letter"},
+    ]
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in good[:30] + bad + good[30:]))
-    ref = ingest_prompts(str(path), max_prompt_chars=100, thresholds={"min_kept_share": 0.8},
-                         artifact_root=local_root)
+    ref = ingest_prompts(str(path), max_prompt_chars=100, thresholds={"min_kept_share": 0.8}, artifact_root=local_root)
     store = ArtifactStore(local_root)
     assert load_table(ref, store)["prompt"].tolist() == [r["prompt"] for r in good]
     q = load_table(ref, store, "quarantine_input.parquet")
@@ -190,7 +198,9 @@ def test_one_file_per_shard(tmp_path, local_root):
         store.reads.clear()
         part = read_prompt_shard(ref, s, store)
         assert list(store.reads) == [f"{ref['key']}/shards/{s:05d}.parquet"] or set(store.reads) == {
-            f"{ref['key']}/_MANIFEST.json", f"{ref['key']}/shards/{s:05d}.parquet"}
+            f"{ref['key']}/_MANIFEST.json",
+            f"{ref['key']}/shards/{s:05d}.parquet",
+        }
         assert sorted(part["prompt_id"]) == sorted(whole.loc[whole["shard"] == s, "prompt_id"])
 
 

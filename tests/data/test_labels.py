@@ -1,18 +1,22 @@
 import pandas as pd
 import pytest
 
-from router_tasks.data.labels import build_labels
 from router_tasks.core.stage import load_table, read_manifest, run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data.labels import build_labels
 
 
 def _put(store, name, df):
-    return run_stage(name, "test", lambda ctx: ctx.write_table(df), config={"rows": df.astype(str).values.tolist()}, store=store)
+    return run_stage(
+        name, "test", lambda ctx: ctx.write_table(df), config={"rows": df.astype(str).values.tolist()}, store=store
+    )
 
 
 def test_labels_from_judgements_and_bundled_routellm(local_root):
     store = ArtifactStore(local_root)
-    prompts = _put(store, "ingest", pd.DataFrame({"prompt_id": ["a", "b", "c"], "prompt": ["A?", "B?", "C?"], "dataset": "demo"}))
+    prompts = _put(
+        store, "ingest", pd.DataFrame({"prompt_id": ["a", "b", "c"], "prompt": ["A?", "B?", "C?"], "dataset": "demo"})
+    )
     judged = pd.DataFrame(
         {
             "prompt_id": ["a", "b", "c"],
@@ -40,15 +44,27 @@ def test_labels_from_judgements_and_bundled_routellm(local_root):
 def test_assume_perfect_strong_model_counts_as_five_on_every_prompt(local_root):
     store = ArtifactStore(local_root)
     prompts = _put(store, "ingest", pd.DataFrame({"prompt_id": ["a", "b"], "prompt": ["A?", "B?"], "dataset": "own"}))
-    judged = pd.DataFrame({"prompt_id": ["a", "b", "a"], "model": ["open", "open", "big"],
-                           "score": pd.array([2, 5, 1], dtype="Int64"), "correct": pd.array([None] * 3, dtype="boolean"),
-                           "failure_reason": [None, None, None]})
+    judged = pd.DataFrame(
+        {
+            "prompt_id": ["a", "b", "a"],
+            "model": ["open", "open", "big"],
+            "score": pd.array([2, 5, 1], dtype="Int64"),
+            "correct": pd.array([None] * 3, dtype="boolean"),
+            "failure_reason": [None, None, None],
+        }
+    )
     judged_ref = _put(store, "judge", judged)
     labelled = load_table(build_labels(prompts, judged_ref, include_routellm=False, artifact_root=local_root), store)
     assert labelled.set_index(["prompt_id", "model"]).loc[("a", "big"), "quality"] == 0.0  # judged like the others
 
-    ref = build_labels(prompts, judged_ref, include_routellm=False, strong_quality="assume_perfect",
-                       strong_model="big", artifact_root=local_root)
+    ref = build_labels(
+        prompts,
+        judged_ref,
+        include_routellm=False,
+        strong_quality="assume_perfect",
+        strong_model="big",
+        artifact_root=local_root,
+    )
     labels = load_table(ref, store)
     big = labels[labels.model == "big"].set_index("prompt_id")
     assert sorted(big.index) == ["a", "b"] and (big["quality"] == 1.0).all() and (big["score"] == 5).all()
@@ -64,8 +80,15 @@ def test_own_eval_plan_holdout_when_many_crossfit_when_few():
 
     def labels(n):
         ids = [f"p{i}" for i in range(n)]
-        return pd.DataFrame({"prompt_id": ids * 2, "prompt": ids * 2, "model": ["s"] * n + ["w"] * n,
-                             "quality": [1.0] * (2 * n), "source": "generated:x"})
+        return pd.DataFrame(
+            {
+                "prompt_id": ids * 2,
+                "prompt": ids * 2,
+                "model": ["s"] * n + ["w"] * n,
+                "quality": [1.0] * (2 * n),
+                "source": "generated:x",
+            }
+        )
 
     many = own_eval_plan(labels(OWN_HOLDOUT_MIN_PROMPTS), "s", "w")
     assert many["protocol"] == "holdout"

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from router_tasks.core.stage import read_manifest, run_stage
+from router_tasks.core.store import ArtifactStore
 from router_tasks.data import quality
 from router_tasks.data.ingest import ingest_prompts
 from router_tasks.data.quality import DataQualityError, resolve_thresholds, run_suite
-from router_tasks.core.stage import read_manifest, run_stage
-from router_tasks.core.store import ArtifactStore
 from router_tasks.data.validate import validate_labels
 
 
@@ -64,7 +64,9 @@ def test_too_many_quarantined_rows_stop_the_run_naming_rule_and_numbers(tmp_path
     assert not [k for k in keys if k.startswith("stages/")]
     assert err.value.data_docs.endswith("/prompts.html") and err.value.stage == "ingest"
     report_dir = err.value.data_docs.rsplit("/", 1)[0]
-    assert store.read_parquet(report_dir.removeprefix(store.uri("")).lstrip("/") + "/quarantine.parquet")["dq_row"].tolist() == [1, 2]
+    assert store.read_parquet(report_dir.removeprefix(store.uri("")).lstrip("/") + "/quarantine.parquet")[
+        "dq_row"
+    ].tolist() == [1, 2]
 
 
 def test_threshold_sources_and_unknown_names(monkeypatch):
@@ -86,7 +88,9 @@ def test_prompts_table_rules():
     assert rules["prompt_ids_unique"]["unexpected_count"] == 2
     assert rules["no_exact_duplicate_prompts"]["unexpected_count"] == 2
     # text that is not valid UTF-8 (a lone surrogate; only object columns can hold one) is a row problem
-    bad = pd.DataFrame({"prompt_id": ["a", "b"], "prompt": pd.Series(["fine", "caf\udce9"], dtype=object), "dataset": "d"})
+    bad = pd.DataFrame(
+        {"prompt_id": ["a", "b"], "prompt": pd.Series(["fine", "caf\udce9"], dtype=object), "dataset": "d"}
+    )
     res = run_suite(bad, quality.prompts_suite(resolve_thresholds()), stage="ingest")
     assert res.failures == [] and res.row_rules == {"prompt_valid_utf8": 1}
     assert quality._printable(res.quarantine)["prompt"].tolist() == ["caf\\udce9"]
@@ -120,10 +124,14 @@ def test_answers_suite():
     assert res.quarantine.set_index("dq_row").loc[5, "dq_rules"] == "answer_or_failure_reason; finish_reason_present"
 
     dup = pd.concat([_answers().iloc[:2], _answers().iloc[:1]], ignore_index=True)
-    assert "one_row_per_prompt_and_model" in _rules(run_suite(dup, quality.answers_suite(th), stage="generate").failures)
+    assert "one_row_per_prompt_and_model" in _rules(
+        run_suite(dup, quality.answers_suite(th), stage="generate").failures
+    )
 
     errs = _answers().assign(error="HTTP 500", answer=None)
-    f = _rules(run_suite(errs, quality.answers_suite(th), stage="generate").failures)["answer_error_rate_under_threshold"]
+    f = _rules(run_suite(errs, quality.answers_suite(th), stage="generate").failures)[
+        "answer_error_rate_under_threshold"
+    ]
     assert f["unexpected_percent"] == 100.0 and f["kwargs"]["mostly"] == pytest.approx(0.5)
 
 
@@ -131,11 +139,32 @@ def _judged(n_parse_failures=0, n=10):
     rows = []
     for i in range(n):
         failed = i < n_parse_failures
-        rows.append(dict(prompt_id=f"p{i}", model="m", method="llm_judge", score=None if failed else (i % 5) + 1,
-                         correct=None, judge_model="j", judge_raw="...", failure_reason="unparseable verdict" if failed else None,
-                         rubric_version="1"))
-    rows.append(dict(prompt_id="p0", model="m", method="exact_match", score=None, correct=True, judge_model=None,
-                     judge_raw=None, failure_reason=None, rubric_version=None))
+        rows.append(
+            dict(
+                prompt_id=f"p{i}",
+                model="m",
+                method="llm_judge",
+                score=None if failed else (i % 5) + 1,
+                correct=None,
+                judge_model="j",
+                judge_raw="...",
+                failure_reason="unparseable verdict" if failed else None,
+                rubric_version="1",
+            )
+        )
+    rows.append(
+        dict(
+            prompt_id="p0",
+            model="m",
+            method="exact_match",
+            score=None,
+            correct=True,
+            judge_model=None,
+            judge_raw=None,
+            failure_reason=None,
+            rubric_version=None,
+        )
+    )
     df = pd.DataFrame(rows)
     df["score"] = df["score"].astype("Int64")
     df["correct"] = df["correct"].astype("boolean")
@@ -153,8 +182,11 @@ def test_judgements_suite_rows_and_rates():
     bad.loc[2, "score"] = pd.NA  # no score and no reason
     bad.loc[10, "correct"] = pd.NA  # exact match without a verdict or a reason
     res = run_suite(bad, quality.judgements_suite(th), stage="judge")
-    assert res.row_rules == {"score_integer_1_to_5": 1, "judge_score_or_failure_reason": 1,
-                             "exact_match_verdict_or_failure_reason": 1}
+    assert res.row_rules == {
+        "score_integer_1_to_5": 1,
+        "judge_score_or_failure_reason": 1,
+        "exact_match_verdict_or_failure_reason": 1,
+    }
     assert sorted(res.quarantine["dq_row"]) == [1, 2, 10]
 
     res = run_suite(_judged(4), quality.judgements_suite(th), stage="judge")
@@ -173,9 +205,20 @@ def test_judgements_suite_rows_and_rates():
 
 
 def _labels(n=10, models=("strong", "weak")):
-    rows = [dict(prompt_id=f"p{i}", prompt=f"prompt {i}", model=m, score=None, correct=bool((i + j) % 2),
-                 quality=float((i + j) % 2), source="test", benchmark=None)
-            for i in range(n) for j, m in enumerate(models)]
+    rows = [
+        dict(
+            prompt_id=f"p{i}",
+            prompt=f"prompt {i}",
+            model=m,
+            score=None,
+            correct=bool((i + j) % 2),
+            quality=float((i + j) % 2),
+            source="test",
+            benchmark=None,
+        )
+        for i in range(n)
+        for j, m in enumerate(models)
+    ]
     df = pd.DataFrame(rows)
     df["score"] = df["score"].astype("Int64")
     df["correct"] = df["correct"].astype("boolean")
@@ -184,14 +227,20 @@ def _labels(n=10, models=("strong", "weak")):
 
 
 def _stored(root, df):
-    return run_stage("labels", "t", lambda ctx: ctx.write_table(df), config={"h": df.to_json()}, store=ArtifactStore(root))
+    return run_stage(
+        "labels", "t", lambda ctx: ctx.write_table(df), config={"h": df.to_json()}, store=ArtifactStore(root)
+    )
 
 
 def test_labels_degenerate_distribution_stops(local_root):
     df = _labels().assign(quality=1.0, correct=True)
     with pytest.raises(DataQualityError, match="label_class_share_at_most") as err:
         validate_labels(_stored(local_root, df), artifact_root=local_root)
-    assert _rules(err.value.failures)["label_class_share_at_most"]["observed"] == {"class": 1.0, "share": 1.0, "rows": 20}
+    assert _rules(err.value.failures)["label_class_share_at_most"]["observed"] == {
+        "class": 1.0,
+        "share": 1.0,
+        "rows": 20,
+    }
 
 
 def test_labels_a_few_bad_rows_are_quarantined(local_root):
@@ -201,7 +250,9 @@ def test_labels_a_few_bad_rows_are_quarantined(local_root):
     store = ArtifactStore(local_root)
     assert ref["rows"] == 59
     q = store.read_parquet(f"{ref['key']}/quarantine.parquet")
-    assert q[["prompt_id", "model", "dq_rules", "dq_stage"]].values.tolist() == [["p3", "weak", "quality_in_0_1", "validate"]]
+    assert q[["prompt_id", "model", "dq_rules", "dq_stage"]].values.tolist() == [
+        ["p3", "weak", "quality_in_0_1", "validate"]
+    ]
     assert read_manifest(store, ref)["stats"]["quality"]["labels"]["kept_share"] == pytest.approx(59 / 60)
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from router_tasks.core.prompts import prompt_id
 from router_tasks.data import routellm as bm
 from router_tasks.data import routellm_files as rf
-from router_tasks.core.prompts import prompt_id
 
 REPO = Path(__file__).resolve().parents[2]
 BIG, SMALL = "acme/big-1", "acme/small-1"
@@ -43,46 +43,69 @@ def release(tmp_path) -> Path:
     missing MT-Bench rating."""
     src = tmp_path / "release"
     hdr = ["prompt", SMALL, BIG]
-    _csv(src / "mmlu/responses/mmlu_alpha.csv", hdr, [
-        ["Q a1\nA. x\nAnswer:", "False", "True"],
-        ["Q a2\nA. x\nAnswer:", "True", "True"],
-        ["Q dup\nAnswer:", "False", "True"],
-    ])
-    _csv(src / "mmlu/responses/mmlu_beta.csv", hdr, [
-        ["Q b1\nAnswer:", "True", "False"],
-        ["Q dup\nAnswer:", "False", "True"],  # same question in another file
-        ["Q leaked\nAnswer:", "True", "True"],
-    ])
+    _csv(
+        src / "mmlu/responses/mmlu_alpha.csv",
+        hdr,
+        [
+            ["Q a1\nA. x\nAnswer:", "False", "True"],
+            ["Q a2\nA. x\nAnswer:", "True", "True"],
+            ["Q dup\nAnswer:", "False", "True"],
+        ],
+    )
+    _csv(
+        src / "mmlu/responses/mmlu_beta.csv",
+        hdr,
+        [
+            ["Q b1\nAnswer:", "True", "False"],
+            ["Q dup\nAnswer:", "False", "True"],  # same question in another file
+            ["Q leaked\nAnswer:", "True", "True"],
+        ],
+    )
     _jsonl(src / "mmlu/contaminated_prompts.jsonl", [{"eval_prompt": "Q leaked\nAnswer:", "train_prompt": "q leaked?"}])
-    _csv(src / "gsm8k/gsm8k_responses.csv", hdr + [f"{SMALL}_response", f"{BIG}_response"], [
-        ["How many? 1+1", "True", "True", "long text", "long text"],
-        ["How many?  2+2", "False", "True", "long text", "long text"],  # extra space vs test.jsonl
-        ["Leaked sum", "False", "False", "x", "y"],
-    ])
-    _jsonl(src / "gsm8k/test.jsonl", [
-        {"question": "How many? 1+1", "answer": "1+1=2\n#### 2"},
-        {"question": "How many? 2+2", "answer": "so\n#### 1,004"},
-        {"question": "Leaked sum", "answer": "#### -3"},
-    ])
+    _csv(
+        src / "gsm8k/gsm8k_responses.csv",
+        hdr + [f"{SMALL}_response", f"{BIG}_response"],
+        [
+            ["How many? 1+1", "True", "True", "long text", "long text"],
+            ["How many?  2+2", "False", "True", "long text", "long text"],  # extra space vs test.jsonl
+            ["Leaked sum", "False", "False", "x", "y"],
+        ],
+    )
+    _jsonl(
+        src / "gsm8k/test.jsonl",
+        [
+            {"question": "How many? 1+1", "answer": "1+1=2\n#### 2"},
+            {"question": "How many? 2+2", "answer": "so\n#### 1,004"},
+            {"question": "Leaked sum", "answer": "#### -3"},
+        ],
+    )
     _jsonl(src / "gsm8k/train.jsonl", [{"question": "Train q", "answer": "work\n#### 12"}])
     _jsonl(src / "gsm8k/contaminated_prompts.jsonl", [{"eval_prompt": "Leaked sum", "train_prompt": "x"}])
-    _jsonl(src / "mt_bench/question.jsonl", [
-        {"question_id": 1, "category": "writing", "turns": ["Write a poem.", "Shorter."]},
-        {"question_id": 2, "category": "math", "turns": ["Solve x+1=2.", "And x+2=4?"], "reference": ["1", "2"]},
-        {"question_id": 3, "category": "coding", "turns": ["Code it.", "Faster."]},
-        {"question_id": 4, "category": "writing", "turns": ["Contaminated first.", "More."]},
-    ])
+    _jsonl(
+        src / "mt_bench/question.jsonl",
+        [
+            {"question_id": 1, "category": "writing", "turns": ["Write a poem.", "Shorter."]},
+            {"question_id": 2, "category": "math", "turns": ["Solve x+1=2.", "And x+2=4?"], "reference": ["1", "2"]},
+            {"question_id": 3, "category": "coding", "turns": ["Code it.", "Faster."]},
+            {"question_id": 4, "category": "writing", "turns": ["Contaminated first.", "More."]},
+        ],
+    )
     judg = []
     for q, scores in {1: (9, 7, 8, 4), 2: (10, 10, 2, 6), 3: (8, -1, 5, 5), 4: (1, 1, 1, 1)}.items():
-        for (model, turn), s in zip([(BIG, 1), (BIG, 2), (SMALL, 1), (SMALL, 2)], scores):
+        for (model, turn), s in zip([(BIG, 1), (BIG, 2), (SMALL, 1), (SMALL, 2)], scores, strict=False):
             judg.append({"question_id": q, "model": model, "turn": turn, "score": s, "judgment": "long"})
     _jsonl(src / "mt_bench/judgements.jsonl", judg)
     _jsonl(src / "mt_bench/contaminated_prompts.jsonl", [{"eval_prompt": "Contaminated first.", "train_prompt": "c"}])
     _jsonl(src / "commercial_routers/martian.jsonl", [{"question_id": q, "model_id": "router"} for q in (1, 2, 3, 4)])
-    _jsonl(src / "commercial_routers/unify.jsonl", [
-        {"question_id": 1, "model_id": "big-1@vendor"}, {"question_id": 2, "model_id": "small-1@other"},
-        {"question_id": 3, "model_id": "small-1@other"}, {"question_id": 4, "model_id": "big-1@vendor"},
-    ])
+    _jsonl(
+        src / "commercial_routers/unify.jsonl",
+        [
+            {"question_id": 1, "model_id": "big-1@vendor"},
+            {"question_id": 2, "model_id": "small-1@other"},
+            {"question_id": 3, "model_id": "small-1@other"},
+            {"question_id": 4, "model_id": "big-1@vendor"},
+        ],
+    )
     cj = []
     for router, scores in {"martian": [8, 6, 7, 5, 9, 9, 1, 1], "unify": [9, 9, -1, 7, 6, 6, 2, 2]}.items():
         for i, (q, turn) in enumerate([(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)]):
@@ -169,7 +192,9 @@ def test_mt_bench_mean_of_turns_first_turn_prompt_missing_rating_dropped(release
 
 
 def test_commercial_points(release):
-    pts = bm.commercial_router_points(strong_model=BIG, weak_model=SMALL, decontaminate=False, data=release).set_index("router")
+    pts = bm.commercial_router_points(strong_model=BIG, weak_model=SMALL, decontaminate=False, data=release).set_index(
+        "router"
+    )
     assert pts.loc["martian", "score"] == pytest.approx(np.mean([8, 6, 7, 5, 9, 9, 1, 1]))
     assert pts.loc["unify", "score"] == pytest.approx(np.mean([9, 9, 7, 6, 6, 2, 2]))  # -1 left out
     assert pts.loc["unify", "n_judgements"] == 7
@@ -181,7 +206,16 @@ def test_commercial_points(release):
 
 def test_training_labels_schema_and_no_holdout(release):
     labels = bm.routellm_training_labels(data=release)
-    assert list(labels.columns) == ["prompt_id", "prompt", "model", "score", "correct", "quality", "source", "benchmark"]
+    assert list(labels.columns) == [
+        "prompt_id",
+        "prompt",
+        "model",
+        "score",
+        "correct",
+        "quality",
+        "source",
+        "benchmark",
+    ]
     assert str(labels["score"].dtype) == "Int64" and labels["score"].isna().all()
     assert str(labels["correct"].dtype) == "boolean"
     assert (labels["quality"] == labels["correct"].astype(float)).all()
@@ -205,7 +239,8 @@ def test_build_script_compact_copy_reads_like_the_raw_release(release, tmp_path)
     out = tmp_path / "compact"
     subprocess.run(
         [sys.executable, str(REPO / "scripts/build_routellm_data.py"), "--source", str(release), "--out", str(out)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     assert (out / "LICENSE").read_text() == (release / "LICENSE").read_text()
     assert "arXiv:2406.18665" in (out / "SOURCE.md").read_text()

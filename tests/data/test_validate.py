@@ -7,7 +7,13 @@ from router_tasks.data.validate import DataQualityError, validate_labels
 
 
 def _labels(store, df):
-    return run_stage("labels", "test", lambda ctx: ctx.write_table(df), config={"n": len(df), "h": str(df.values.tolist())}, store=store)
+    return run_stage(
+        "labels",
+        "test",
+        lambda ctx: ctx.write_table(df),
+        config={"n": len(df), "h": str(df.values.tolist())},
+        store=store,
+    )
 
 
 def _good(n=6):

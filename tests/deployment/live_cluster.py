@@ -47,18 +47,23 @@ def running_cluster(*up_args: str, env: dict | None = None, outputs: Path | None
     reuse = os.environ.get("TELA_CLUSTER_REUSE_ENV")
     if reuse:
         found = read_env(Path(reuse))
-        yield {**found, "_state": found["TELA_CLUSTER_DIR"],
-               "_proc_env": {**os.environ, "TELA_CLUSTER_DIR": found["TELA_CLUSTER_DIR"]}}
+        yield {
+            **found,
+            "_state": found["TELA_CLUSTER_DIR"],
+            "_proc_env": {**os.environ, "TELA_CLUSTER_DIR": found["TELA_CLUSTER_DIR"]},
+        }
         return
     # Postgres runs as its own user, which must reach its data folder: not under pytest's
     # private (0700) temp root
     state = Path(tempfile.mkdtemp(prefix="tela-cluster-test-"))
     os.chmod(state, 0o755)
-    proc_env = {**os.environ, "TELA_CLUSTER_DIR": str(state / "state"),
-                "TELA_CLUSTER_ENV_FILE": str(state / "cluster.env"),
-                **{f"TELA_CLUSTER_{p}_PORT": os.environ.get(f"TELA_CLUSTER_{p}_PORT") or str(free_port())
-                   for p in PORTS},
-                **(env or {})}
+    proc_env = {
+        **os.environ,
+        "TELA_CLUSTER_DIR": str(state / "state"),
+        "TELA_CLUSTER_ENV_FILE": str(state / "cluster.env"),
+        **{f"TELA_CLUSTER_{p}_PORT": os.environ.get(f"TELA_CLUSTER_{p}_PORT") or str(free_port()) for p in PORTS},
+        **(env or {}),
+    }
     started = time.monotonic()
     up = subprocess.run([*SCRIPT, "up", *up_args], env=proc_env, capture_output=True, text=True, timeout=900)
     took = time.monotonic() - started
@@ -66,8 +71,13 @@ def running_cluster(*up_args: str, env: dict | None = None, outputs: Path | None
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         found = read_env(state / "cluster.env")
         print(f"cluster healthy after {took:.0f} s")
-        yield {**found, "_state": str(state / "state"), "_proc_env": proc_env, "_up_seconds": took,
-               "_up_stdout": up.stdout}
+        yield {
+            **found,
+            "_state": str(state / "state"),
+            "_proc_env": proc_env,
+            "_up_seconds": took,
+            "_up_stdout": up.stdout,
+        }
     finally:
         if outputs is not None:
             outputs.mkdir(parents=True, exist_ok=True)
@@ -95,8 +105,11 @@ class Api:
 
     def _auth(self):
         if time.monotonic() - self._token_at > 600:
-            r = requests.post(f"{self.url}/auth/token", json={"username": self.env["AIRFLOW_USER"],
-                                                              "password": self.env["AIRFLOW_PASSWORD"]}, timeout=30)
+            r = requests.post(
+                f"{self.url}/auth/token",
+                json={"username": self.env["AIRFLOW_USER"], "password": self.env["AIRFLOW_PASSWORD"]},
+                timeout=30,
+            )
             r.raise_for_status()
             self.session.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
             self._token_at = time.monotonic()
@@ -118,8 +131,9 @@ class Api:
         return self.call("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "-start_date"})["dag_runs"]
 
     def tis(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.call("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances",
-                         params={"limit": 200})["task_instances"]
+        return self.call(
+            "GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances", params={"limit": 200}
+        )["task_instances"]
 
     def states(self, dag_id: str, run_id: str) -> dict:
         return {(t["task_id"], t["map_index"]): t["state"] for t in self.tis(dag_id, run_id)}
@@ -142,12 +156,13 @@ class Api:
             if found and found[0]["state"] in ("success", "failed"):
                 return found[0]
             time.sleep(3)
-        raise AssertionError(f"no finished {dag_id} run {what} after {timeout:.0f} s: "
-                             f"{[(r['run_id'], r['run_type'], r['state']) for r in self.runs(dag_id)[:5]]}")
+        raise AssertionError(
+            f"no finished {dag_id} run {what} after {timeout:.0f} s: "
+            f"{[(r['run_id'], r['run_type'], r['state']) for r in self.runs(dag_id)[:5]]}"
+        )
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1):
-        path = (f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
-                f"/xcomEntries/{key}")
+        path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}/xcomEntries/{key}"
         value = self.call("GET", path, params={"map_index": map_index})["value"]  # as stored: JSON
         if isinstance(value, str):
             try:
@@ -157,10 +172,18 @@ class Api:
         return value
 
     def log(self, dag_id: str, run_id: str, ti: dict) -> str:
-        path = (f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{ti['task_id']}"
-                f"/logs/{ti['try_number']}")
-        return json.dumps(self.call("GET", path, params={"map_index": ti["map_index"], "full_content": "true"},
-                                    headers={"Accept": "application/json"}))
+        path = (
+            f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{ti['task_id']}"
+            f"/logs/{ti['try_number']}"
+        )
+        return json.dumps(
+            self.call(
+                "GET",
+                path,
+                params={"map_index": ti["map_index"], "full_content": "true"},
+                headers={"Accept": "application/json"},
+            )
+        )
 
     def set_connection(self, conn_id: str, body: dict) -> None:
         body = {"connection_id": conn_id, **body}

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "deployment"))
 from live_cluster import Api, running_cluster  # noqa: E402
+
 from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text  # noqa: E402
 
 pytestmark = [
@@ -50,7 +51,10 @@ OUTPUTS = Path(os.environ.get("TELA_TEST_OUTPUTS") or REPO / "test-outputs" / "d
 # Our own world: three models and a judge. acme-large is right everywhere, acme-small only
 # on short prompts, acme-medium on arithmetic. The judge gives [[5]] to a right answer.
 PROMPTS = [
-    "What is 12 + 30?", "Name the largest planet.", "What is 9 times 7?", "Spell 'router' backwards.",
+    "What is 12 + 30?",
+    "Name the largest planet.",
+    "What is 9 times 7?",
+    "Spell 'router' backwards.",
     "Explain why the sum of two odd integers is always even, step by step, with a proof.",
     "Compare the time complexity of merge sort and quicksort in the worst and average cases.",
     "Derive the formula for the area of a circle from integration in polar coordinates.",
@@ -79,8 +83,15 @@ def llm_rule(body: dict):
 
 
 def endpoint(srv, name: str, **extra) -> dict:
-    return {"name": name, "model": name, "base_url": srv.base_url, "conn_id": CONN_ID, "api_key_env": KEY_ENV,
-            "max_tokens": 16, **extra}
+    return {
+        "name": name,
+        "model": name,
+        "base_url": srv.base_url,
+        "conn_id": CONN_ID,
+        "api_key_env": KEY_ENV,
+        "max_tokens": 16,
+        **extra,
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -94,7 +105,8 @@ def cluster():
     env = {  # a lost worker's tasks are failed (then retried) after this long without a heartbeat
         "TELA_CLUSTER_HEARTBEAT_TIMEOUT": "30",
         # retry delays a tenth of production's: the killed part comes back in seconds
-        "TELA_RETRY_DELAY_SCALE": "0.1"}
+        "TELA_RETRY_DELAY_SCALE": "0.1",
+    }
     with running_cluster("--no-local-llm", env=env, outputs=OUTPUTS) as found:
         yield found
 
@@ -108,8 +120,13 @@ def api(cluster):
 def s3(cluster):
     import boto3
 
-    return boto3.client("s3", endpoint_url=cluster["TELA_S3_ENDPOINT_URL"], aws_access_key_id=cluster["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=cluster["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=cluster["TELA_S3_ENDPOINT_URL"],
+        aws_access_key_id=cluster["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=cluster["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
 
 
 def s3_keys(s3, bucket="tela-artifacts") -> set[str]:
@@ -147,7 +164,9 @@ class Webhook:
 @pytest.fixture(scope="module")
 def webhook(api):
     hook = Webhook()
-    api.call("POST", "/variables", json={"key": "tela_alerts", "value": json.dumps({"notifier": "webhook", "url": hook.url})})
+    api.call(
+        "POST", "/variables", json={"key": "tela_alerts", "value": json.dumps({"notifier": "webhook", "url": hook.url})}
+    )
     yield hook
     hook.httpd.shutdown()
 
@@ -156,8 +175,9 @@ def webhook(api):
 def prompts_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "acme_prompts.jsonl"
     # with reference answers: the judge grades against them (no reference model needed)
-    path.write_text("".join(json.dumps({"prompt": p, "reference_answer": f"A reference answer to: {p}"}) + "\n"
-                            for p in PROMPTS))
+    path.write_text(
+        "".join(json.dumps({"prompt": p, "reference_answer": f"A reference answer to: {p}"}) + "\n" for p in PROMPTS)
+    )
     os.chmod(path.parent, 0o755)
     return str(path)
 
@@ -165,7 +185,11 @@ def prompts_file(tmp_path_factory):
 def small_conf(srv, source: str, **over) -> dict:
     conf = {
         "source": source,
-        "models": [endpoint(srv, "acme-large", concurrency=1), endpoint(srv, "acme-medium"), endpoint(srv, "acme-small")],
+        "models": [
+            endpoint(srv, "acme-large", concurrency=1),
+            endpoint(srv, "acme-medium"),
+            endpoint(srv, "acme-small"),
+        ],
         "judge": endpoint(srv, "acme-judge"),
         "reference_model": None,
         "max_tokens": 16,
@@ -246,8 +270,12 @@ def main_run(cluster, api, llm, prompts_file, webhook, acme_connection):
     """router_pipeline through the REST API: 3 models in tela_llm at 2 slots, a causal-LLM
     router (gpu queue), and the default worker SIGKILLed while acme-large is answering."""
     api.call("PATCH", "/pools/tela_llm", json={"name": "tela_llm", "slots": 2, "include_deferred": False})
-    conf = small_conf(llm, prompts_file, router_type="causal_llm",
-                      router_params={"base_model": "tiny", "epochs": 2, "max_length": 48, "batch_size": 16})
+    conf = small_conf(
+        llm,
+        prompts_file,
+        router_type="causal_llm",
+        router_params={"base_model": "tiny", "epochs": 2, "max_length": 48, "batch_size": 16},
+    )
     started = time.monotonic()
     run_id = api.trigger("router_pipeline", conf)
     # Kill when acme-large has had >= 2 replies stored and is answering the next one, and
@@ -267,20 +295,38 @@ def main_run(cluster, api, llm, prompts_file, webhook, acme_connection):
                     os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            killed = {"at_s": round(time.monotonic() - started, 1), "processes": len(victims),
-                      "acme_large_requests_before": large_replies}
+            killed = {
+                "at_s": round(time.monotonic() - started, 1),
+                "processes": len(victims),
+                "acme_large_requests_before": large_replies,
+            }
         time.sleep(0.5)
     assert killed, "acme-large's generate part never got going"
     time.sleep(2)
-    back = subprocess.run([sys.executable, str(REPO / "scripts" / "cluster.py"), "start", "worker-default"],
-                          env=cluster["_proc_env"], capture_output=True, text=True)
+    back = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "cluster.py"), "start", "worker-default"],
+        env=cluster["_proc_env"],
+        capture_output=True,
+        text=True,
+    )
     assert back.returncode == 0, back.stderr
     run = api.wait("router_pipeline", run_id, timeout=1200)
     wall = time.monotonic() - started
     tis = api.tis("router_pipeline", run_id)
     OUTPUTS.mkdir(parents=True, exist_ok=True)
-    (OUTPUTS / "main-run.json").write_text(json.dumps({"wall_s": round(wall, 1), "killed": killed, "state": run["state"],
-                                                       "server": llm.stats(), "task_instances": tis}, indent=1, default=str))
+    (OUTPUTS / "main-run.json").write_text(
+        json.dumps(
+            {
+                "wall_s": round(wall, 1),
+                "killed": killed,
+                "state": run["state"],
+                "server": llm.stats(),
+                "task_instances": tis,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     return {"run_id": run_id, "run": run, "tis": tis, "wall_s": wall, "killed": killed, "conf": conf}
 
 
@@ -306,8 +352,11 @@ def test_gpu_training_runs_on_the_gpu_worker(main_run):
         assert gpu["state"] == "success" and gpu["queue"] == "gpu" and gpu["pool"] == "tela_gpu", gpu
         assert gpu["hostname"].startswith("tela-gpu-worker@"), gpu["hostname"]
         assert by_id[task_id.replace("_gpu", "_cpu")]["state"] == "skipped"
-    assert all(not t["hostname"].startswith("tela-gpu-worker") for t in main_run["tis"]
-               if t["task_id"] not in on_gpu and t["hostname"])
+    assert all(
+        not t["hostname"].startswith("tela-gpu-worker")
+        for t in main_run["tis"]
+        if t["task_id"] not in on_gpu and t["hostname"]
+    )
 
 
 def test_llm_pool_of_two_slots_is_enforced(main_run, api):
@@ -316,10 +365,13 @@ def test_llm_pool_of_two_slots_is_enforced(main_run, api):
     # every try counts (the killed one held its slot until it was failed)
     tries = []
     for t in llm_tis:
-        path = (f"/dags/router_pipeline/dagRuns/{urllib.parse.quote(main_run['run_id'], safe='')}/taskInstances/"
-                f"{t['task_id']}/{t['map_index']}/tries" if t["map_index"] >= 0 else
-                f"/dags/router_pipeline/dagRuns/{urllib.parse.quote(main_run['run_id'], safe='')}/taskInstances/"
-                f"{t['task_id']}/tries")
+        path = (
+            f"/dags/router_pipeline/dagRuns/{urllib.parse.quote(main_run['run_id'], safe='')}/taskInstances/"
+            f"{t['task_id']}/{t['map_index']}/tries"
+            if t["map_index"] >= 0
+            else f"/dags/router_pipeline/dagRuns/{urllib.parse.quote(main_run['run_id'], safe='')}/taskInstances/"
+            f"{t['task_id']}/tries"
+        )
         tries += [x for x in api.call("GET", path)["task_instances"] if x["start_date"] and x["end_date"]]
     assert len(tries) >= 5, tries  # references, 3 parts (one tried twice), judge
     most = _overlap([(_ts(t["start_date"]), _ts(t["end_date"])) for t in tries])
@@ -395,12 +447,22 @@ def test_ui_trigger_form_edit_and_run(cluster, api, llm, prompts_file, acme_conn
     from ui_driver import drive_trigger_form
 
     models = [endpoint(llm, "acme-medium"), endpoint(llm, "acme-small")]
-    result = drive_trigger_form(cluster, source=prompts_file, sample=5, models=models,
-                                judge=endpoint(llm, "acme-judge"), outputs=OUTPUTS)
+    result = drive_trigger_form(
+        cluster, source=prompts_file, sample=5, models=models, judge=endpoint(llm, "acme-judge"), outputs=OUTPUTS
+    )
     for name, description in result["params"].items():
         assert description.strip(), f"{name}: no description shown"
-    assert {"source", "sample", "models", "judge", "max_tokens", "router_type", "strong_model", "weak_model",
-            "benchmarks"} <= set(result["params"])
+    assert {
+        "source",
+        "sample",
+        "models",
+        "judge",
+        "max_tokens",
+        "router_type",
+        "strong_model",
+        "weak_model",
+        "benchmarks",
+    } <= set(result["params"])
     run = api.wait("router_pipeline", result["run_id"], timeout=900)
     assert run["state"] == "success", {t["task_id"]: t["state"] for t in api.tis("router_pipeline", run["dag_run_id"])}
     conf = run["conf"]

@@ -40,7 +40,7 @@ def test_every_script_component_is_a_compose_service_running_the_same_command(cl
     for component, args in cluster_script.AIRFLOW_COMPONENTS.items():
         svc = compose[_service_for(component)]
         cmd = _command(svc)
-        assert cmd[:1] == ["airflow"] and cmd[1:1 + len(args)] == list(args), (component, cmd)
+        assert cmd[:1] == ["airflow"] and cmd[1 : 1 + len(args)] == list(args), (component, cmd)
     airflow_services = {name for name in compose if name.startswith("airflow-") and name != "airflow-init"}
     assert airflow_services == {_service_for(c) for c in cluster_script.AIRFLOW_COMPONENTS}
     # the backing services: postgres, redis, and an S3 API (MinIO in compose, moto in the script)
@@ -70,8 +70,13 @@ def test_same_configuration_names_with_secrets_from_the_environment(cluster_scri
         missing = set(cluster_script.AIRFLOW_ENV_NAMES) - set(env)
         assert not missing, (component, missing)
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-        for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__API_AUTH__JWT_SECRET",
-                    "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW_CONN_TELA_S3"):
+        for key in (
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            "AIRFLOW__CELERY__BROKER_URL",
+            "AIRFLOW__API_AUTH__JWT_SECRET",
+            "AIRFLOW__CORE__FERNET_KEY",
+            "AIRFLOW_CONN_TELA_S3",
+        ):
             assert "${" in env[key] and ":?" in env[key], f"{component}.{key} must come from the environment"
 
 
@@ -135,10 +140,14 @@ def test_the_gateway_is_one_launch_command_in_both(cluster_script, compose, tmp_
     genv = cluster_script.gateway_env(cfg)
     assert set(cluster_script.GATEWAY_ENV_NAMES) <= set(genv)
     assert genv["TELA_ARTIFACT_ROOT"] == cfg.airflow_env()["TELA_ARTIFACT_ROOT"]
-    assert genv["TELA_S3_ENDPOINT_URL"] == json.loads(cfg.airflow_env()["AIRFLOW_CONN_TELA_S3"])["extra"]["endpoint_url"]
+    assert (
+        genv["TELA_S3_ENDPOINT_URL"] == json.loads(cfg.airflow_env()["AIRFLOW_CONN_TELA_S3"])["extra"]["endpoint_url"]
+    )
     # limits counted in the cluster's Redis, not the broker's db; compose's replicas share theirs
     assert genv["TELA_GATEWAY_REDIS_URL"].endswith(f":{cfg.redis_port}/1")
-    assert env["TELA_GATEWAY_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD") and env["TELA_GATEWAY_REDIS_URL"].endswith("@redis:6379/1")
+    assert env["TELA_GATEWAY_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD") and env[
+        "TELA_GATEWAY_REDIS_URL"
+    ].endswith("@redis:6379/1")
 
 
 def test_the_example_gateway_models_file_is_what_tela_serve_reads():

@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "deployment"))
 from live_cluster import Api, running_cluster  # noqa: E402
+
 from openai_test_server import ScriptedOpenAIServer  # noqa: E402
 from own_traffic_world import DOMAINS, EASY_FORMS, HARD_FORMS  # noqa: E402
 
@@ -107,8 +108,14 @@ def rule(body: dict) -> str:
 
 
 def endpoint(srv, name: str, key_env: str, **extra) -> dict:
-    ep = {"name": name, "model": STRONG if name.endswith("-reference") else name, "base_url": srv.base_url,
-          "api_key_env": key_env, "max_tokens": 32, **extra}
+    ep = {
+        "name": name,
+        "model": STRONG if name.endswith("-reference") else name,
+        "base_url": srv.base_url,
+        "api_key_env": key_env,
+        "max_tokens": 32,
+        **extra,
+    }
     if name in PRICES:
         ep.update(price_input_per_m=PRICES[name][0], price_output_per_m=PRICES[name][1])
     return ep
@@ -117,12 +124,22 @@ def endpoint(srv, name: str, key_env: str, **extra) -> dict:
 def team_conf(srv, source: str) -> dict:
     """What the team triggers its first run with: its endpoints (key in a connection), judge,
     reference writer and pair; nothing bundled."""
+
     def ep(name):
         return endpoint(srv, name, KEY_ENV, conn_id=CONN_ID)
 
-    return {"source": source, "models": [ep(STRONG), ep(WEAK)], "judge": ep(JUDGE),
-            "reference_model": ep(f"{STRONG}-reference"), "strong_model": STRONG, "weak_model": WEAK,
-            "include_routellm": False, "router_type": "knn", "max_tokens": 32, "min_rows_per_model": 2}
+    return {
+        "source": source,
+        "models": [ep(STRONG), ep(WEAK)],
+        "judge": ep(JUDGE),
+        "reference_model": ep(f"{STRONG}-reference"),
+        "strong_model": STRONG,
+        "weak_model": WEAK,
+        "include_routellm": False,
+        "router_type": "knn",
+        "max_tokens": 32,
+        "min_rows_per_model": 2,
+    }
 
 
 def _tick(name: str, since: float) -> None:
@@ -148,8 +165,9 @@ def cluster(llm, tmp_path_factory):
     models = folder / "gateway-models.json"
     models.write_text(json.dumps([endpoint(llm, STRONG, GATEWAY_KEY_ENV), endpoint(llm, WEAK, GATEWAY_KEY_ENV)]))
     started = time.monotonic()
-    with running_cluster("--no-local-llm", "--gateway-models", str(models), env={GATEWAY_KEY_ENV: SECRET},
-                         outputs=OUTPUTS) as found:
+    with running_cluster(
+        "--no-local-llm", "--gateway-models", str(models), env={GATEWAY_KEY_ENV: SECRET}, outputs=OUTPUTS
+    ) as found:
         _tick("cluster_up_s", started)
         yield found
     TIMES["module_total_s"] = round(time.monotonic() - started, 1)
@@ -167,8 +185,11 @@ def store(cluster):
     from router_tasks.core.store import ArtifactStore
 
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID=cluster["AWS_ACCESS_KEY_ID"],
-                      AWS_SECRET_ACCESS_KEY=cluster["AWS_SECRET_ACCESS_KEY"], AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=cluster["AWS_ACCESS_KEY_ID"],
+        AWS_SECRET_ACCESS_KEY=cluster["AWS_SECRET_ACCESS_KEY"],
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     yield ArtifactStore(cluster["TELA_ARTIFACT_ROOT"], endpoint_url=cluster["TELA_S3_ENDPOINT_URL"])
     for k, v in saved.items():
         if v is None:
@@ -182,9 +203,12 @@ def _health(cluster) -> requests.Response:
 
 
 def _chat(cluster, model: str, prompt: str) -> requests.Response:
-    return requests.post(f"{cluster['TELA_GATEWAY_URL']}/chat/completions", timeout=120,
-                         json={"model": model, "messages": [{"role": "user", "content": prompt}]},
-                         headers={"Authorization": f"Bearer {cluster['TELA_GATEWAY_API_KEY']}"})
+    return requests.post(
+        f"{cluster['TELA_GATEWAY_URL']}/chat/completions",
+        timeout=120,
+        json={"model": model, "messages": [{"role": "user", "content": prompt}]},
+        headers={"Authorization": f"Bearer {cluster['TELA_GATEWAY_API_KEY']}"},
+    )
 
 
 def _served_key(cluster, want: str, timeout: float = 120) -> str | None:
@@ -237,8 +261,12 @@ def test_asset_triggered_retraining_is_green_for_the_teams_models(first_run, api
     """The first failure of the issue: retraining with only its default params (the
     bundled GPT-4/Mixtral pair) on the team's labels."""
     started = time.monotonic()
-    run = api.wait_for_run("router_retraining", lambda r: r["run_type"] == "asset_triggered", timeout=1200,
-                           what="scheduled by the labels Asset")
+    run = api.wait_for_run(
+        "router_retraining",
+        lambda r: r["run_type"] == "asset_triggered",
+        timeout=1200,
+        what="scheduled by the labels Asset",
+    )
     _tick("first_retraining_wait_s", started)
     first_run["retraining_id"] = run["dag_run_id"]
     states = api.states("router_retraining", run["dag_run_id"])
@@ -300,8 +328,12 @@ def test_traffic_of_other_kinds_drives_relabel_retraining_and_a_reload(cluster, 
     # an hourly run may have seen this traffic first: then this one is in its cooldown
     assert decision["in_drift"] and decision["evidence"]["verdict"] == "drift", decision
 
-    relabel = api.wait_for_run("router_drift_relabel", lambda r: r["run_type"] == "asset_triggered", timeout=600,
-                               what="scheduled by the drift Asset")
+    relabel = api.wait_for_run(
+        "router_drift_relabel",
+        lambda r: r["run_type"] == "asset_triggered",
+        timeout=600,
+        what="scheduled by the drift Asset",
+    )
     assert relabel["state"] == "success", api.states("router_drift_relabel", relabel["dag_run_id"])
     planned = api.xcom("router_drift_relabel", relabel["dag_run_id"], "pipeline_conf", key="conf")
     where = api.xcom("router_drift_relabel", relabel["dag_run_id"], "pipeline_conf", key="settings_from")
@@ -310,8 +342,12 @@ def test_traffic_of_other_kinds_drives_relabel_retraining_and_a_reload(cluster, 
         assert where[name].startswith("champion "), (name, where[name])
     assert SECRET not in json.dumps(planned)
 
-    label_run = api.wait_for_run("router_pipeline", lambda r: (r.get("conf") or {}).get("source") == planned["source"],
-                                 timeout=1200, what="labeling the traffic sample")
+    label_run = api.wait_for_run(
+        "router_pipeline",
+        lambda r: (r.get("conf") or {}).get("source") == planned["source"],
+        timeout=1200,
+        what="labeling the traffic sample",
+    )
     _tick("relabel_pipeline_done_s", t0)
     assert label_run["state"] == "success", api.states("router_pipeline", label_run["dag_run_id"])
     traffic_labels = api.xcom("router_pipeline", label_run["dag_run_id"], "validate_labels")
@@ -321,7 +357,9 @@ def test_traffic_of_other_kinds_drives_relabel_retraining_and_a_reload(cluster, 
     retrain = api.wait_for_run(
         "router_retraining",
         lambda r: r["run_type"] == "asset_triggered" and r["dag_run_id"] != first_run["retraining_id"],
-        timeout=1200, what="scheduled by the traffic labels")
+        timeout=1200,
+        what="scheduled by the traffic labels",
+    )
     _tick("loop_retraining_done_s", t0)
     assert retrain["state"] == "success", api.states("router_retraining", retrain["dag_run_id"])
     loop = api.xcom("router_retraining", retrain["dag_run_id"], "loop_settings")

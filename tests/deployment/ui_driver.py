@@ -25,8 +25,14 @@ def make_driver():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,2200", "--lang=en-US"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,2200",
+        "--lang=en-US",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(120)
@@ -66,8 +72,11 @@ def field(driver, name: str):
     """The form element of param `name` (ids sit on the input or on its widget's root)."""
     from selenium.webdriver.common.by import By
 
-    for how, what in ((By.ID, f"element_{name}"), (By.NAME, f"element_{name}"),
-                      (By.CSS_SELECTOR, f"[id*='element_{name}']")):
+    for how, what in (
+        (By.ID, f"element_{name}"),
+        (By.NAME, f"element_{name}"),
+        (By.CSS_SELECTOR, f"[id*='element_{name}']"),
+    ):
         found = driver.find_elements(how, what)
         if found:
             return found[0]
@@ -96,13 +105,15 @@ def set_json_editor(driver, name: str, value) -> None:
         driver.execute_script(
             "const dt = new DataTransfer(); dt.setData('text/plain', arguments[1]);"
             "arguments[0].dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));",
-            area, json.dumps(value))
+            area,
+            json.dumps(value),
+        )
     time.sleep(0.5)
 
 
 def set_text(driver, name: str, value) -> None:
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     el = field(driver, name)
     if el.tag_name not in ("input", "textarea"):
@@ -122,17 +133,22 @@ def drive_trigger_form(cluster: dict, *, source: str, sample: int, models: list,
     from selenium.webdriver.common.by import By
 
     url, user, password = cluster["AIRFLOW_URL"], cluster["AIRFLOW_USER"], cluster["AIRFLOW_PASSWORD"]
-    token = requests.post(f"{url}/auth/token", json={"username": user, "password": password}, timeout=30).json()["access_token"]
-    details = requests.get(f"{url}/api/v2/dags/router_pipeline/details", headers={"Authorization": f"Bearer {token}"},
-                           timeout=30).json()
+    token = requests.post(f"{url}/auth/token", json={"username": user, "password": password}, timeout=30).json()[
+        "access_token"
+    ]
+    details = requests.get(
+        f"{url}/api/v2/dags/router_pipeline/details", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ).json()
     declared = {k: (v.get("description") or "") for k, v in details["params"].items()}
     outputs.mkdir(parents=True, exist_ok=True)
     driver = make_driver()
     try:
         login(driver, url, user, password)
         driver.get(f"{url}/dags/router_pipeline")
-        _wait(lambda: [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger"],
-              what="Trigger button")[0].click()
+        _wait(
+            lambda: [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger"],
+            what="Trigger button",
+        )[0].click()
         _wait(lambda: driver.find_element(By.ID, "element_source"), what="trigger form")
         time.sleep(2)  # the Monaco editors load after the form
         driver.save_screenshot(str(outputs / "trigger-form-initial.png"))
@@ -149,20 +165,30 @@ def drive_trigger_form(cluster: dict, *, source: str, sample: int, models: list,
         set_json_editor(driver, "reference_model", None)
         time.sleep(1)
         driver.save_screenshot(str(outputs / "trigger-form.png"))
-        buttons = [b for b in driver.find_elements(By.XPATH, "//*[@role='dialog']//button")
-                   if b.text.strip() == "Trigger" and b.is_enabled()]
+        buttons = [
+            b
+            for b in driver.find_elements(By.XPATH, "//*[@role='dialog']//button")
+            if b.text.strip() == "Trigger" and b.is_enabled()
+        ]
         assert buttons, "no enabled Trigger button in the form (see trigger-form.png)"
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", buttons[-1])
         buttons[-1].click()
         time.sleep(3)
         driver.save_screenshot(str(outputs / "after-trigger.png"))
-        runs = requests.get(f"{url}/api/v2/dags/router_pipeline/dagRuns", params={"order_by": "-start_date", "limit": 5},
-                            headers={"Authorization": f"Bearer {token}"}, timeout=30).json()["dag_runs"]
+        runs = requests.get(
+            f"{url}/api/v2/dags/router_pipeline/dagRuns",
+            params={"order_by": "-start_date", "limit": 5},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ).json()["dag_runs"]
         run = next(r for r in runs if (r.get("conf") or {}).get("sample") == sample)
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            state = requests.get(f"{url}/api/v2/dags/router_pipeline/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}",
-                                 headers={"Authorization": f"Bearer {token}"}, timeout=30).json()["state"]
+            state = requests.get(
+                f"{url}/api/v2/dags/router_pipeline/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            ).json()["state"]
             if state in ("success", "failed"):
                 break
             time.sleep(5)

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router_tasks.data import routellm as bm
-from router_tasks.evaluation.calibration import calibrate_router, read_calibration
-from router_tasks.routing.thresholds import threshold_for_share
-from router_tasks.routers import RandomRouter
 from router_tasks.core.stage import load_table, read_manifest, run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.data import routellm as bm
+from router_tasks.evaluation.calibration import calibrate_router, read_calibration
+from router_tasks.routers import RandomRouter
+from router_tasks.routing.thresholds import threshold_for_share
 from router_tasks.training.train import train_router
 
 STRONG, WEAK = bm.STRONG_MODEL, bm.WEAK_MODEL
@@ -21,8 +21,8 @@ STRONG, WEAK = bm.STRONG_MODEL, bm.WEAK_MODEL
 @pytest.mark.parametrize(
     "target, threshold, share",
     [
-        (0.4, 0.9, 0.2),   # 0.2 and 0.6 are equally near: the cheaper one
-        (0.5, 0.8, 0.6),   # the tie at 0.8 enters together: 3 of 5
+        (0.4, 0.9, 0.2),  # 0.2 and 0.6 are equally near: the cheaper one
+        (0.5, 0.8, 0.6),  # the tie at 0.8 enters together: 3 of 5
         (0.8, 0.3, 0.8),
         (1.0, 0.1, 1.0),
         (0.05, None, 0.0),  # nearer 0 than 0.2: above the maximum, nobody goes strong
@@ -48,20 +48,22 @@ def test_threshold_for_share_rejects_bad_input():
         threshold_for_share([0.1, float("nan")], 0.5)
 
 
-
 def _random_router(root: str) -> dict:
     """A random router trained on four labelled prompts (its scores are a hash of the text)."""
     from router_tasks.core.prompts import prompt_id
 
     texts = [f"training prompt {i}" for i in range(4)]
-    labels = pd.DataFrame({
-        "prompt_id": [prompt_id(t) for t in texts for _ in (0, 1)],
-        "prompt": [t for t in texts for _ in (0, 1)],
-        "model": [STRONG, WEAK] * 4,
-        "quality": [1.0, 0.0] * 4,
-    })
-    labels_ref = run_stage("labels", "test", lambda ctx: ctx.write_table(labels), config={"t": "cal"},
-                           store=ArtifactStore(root))
+    labels = pd.DataFrame(
+        {
+            "prompt_id": [prompt_id(t) for t in texts for _ in (0, 1)],
+            "prompt": [t for t in texts for _ in (0, 1)],
+            "model": [STRONG, WEAK] * 4,
+            "quality": [1.0, 0.0] * 4,
+        }
+    )
+    labels_ref = run_stage(
+        "labels", "test", lambda ctx: ctx.write_table(labels), config={"t": "cal"}, store=ArtifactStore(root)
+    )
     return train_router(labels_ref, router_type="random", artifact_root=root)
 
 
@@ -97,9 +99,7 @@ def test_target_for_budget_hand_computed():
     from router_tasks.routing.thresholds import target_for_budget
 
     # three prompts, three models; prices per call
-    quality = pd.DataFrame(
-        {"cheap": [0.9, 0.2, 0.5], "mid": [0.95, 0.6, 0.7], "big": [1.0, 0.9, 0.95]}
-    )
+    quality = pd.DataFrame({"cheap": [0.9, 0.2, 0.5], "mid": [0.95, 0.6, 0.7], "big": [1.0, 0.9, 0.95]})
     prices = {"cheap": 1.0, "mid": 4.0, "big": 10.0}
     # budget 1: only all-cheap is affordable -> targets up to 0.2 keep every prompt on cheap
     t, choice, cost = target_for_budget(quality, prices, 1.0)
@@ -119,8 +119,12 @@ def test_calibrate_budget_stored_with_router(local_root):
     router = _random_router(local_root)
     sample = [f"user prompt {i}" for i in range(30)]
     prices = {STRONG: 10.0, WEAK: 1.0}
-    cheap = read_calibration(calibrate_budget(router, sample, prices, 1.0, artifact_root=local_root), artifact_root=local_root)
-    rich = read_calibration(calibrate_budget(router, sample, prices, 6.0, artifact_root=local_root), artifact_root=local_root)
+    cheap = read_calibration(
+        calibrate_budget(router, sample, prices, 1.0, artifact_root=local_root), artifact_root=local_root
+    )
+    rich = read_calibration(
+        calibrate_budget(router, sample, prices, 6.0, artifact_root=local_root), artifact_root=local_root
+    )
     assert cheap["achieved_cost_per_prompt"] <= 1.0 and rich["achieved_cost_per_prompt"] <= 6.0
     assert rich["target_quality"] >= cheap["target_quality"]
     assert rich["share_by_model"][STRONG] > cheap["share_by_model"][STRONG]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from router_tasks.evaluation.compare import compare_routers
-from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.core.stage import load_table, run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.evaluation.compare import compare_routers
+from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.training.train import train_router
 
 
@@ -27,7 +27,7 @@ def test_compare_two_routers(local_root):
     ref = compare_routers(evaluations, artifact_root=local_root)
     table = load_table(ref, store)
     assert sorted(table["router"]) == sorted(keys) and set(table["benchmark"]) == {"mt-bench"}
-    for ev, key in zip(evaluations, keys):
+    for ev, key in zip(evaluations, keys, strict=False):
         own = load_table(ev, store).set_index("benchmark").loc["mt-bench"]
         assert table.set_index("router").loc[key, "apgr"] == pytest.approx(own["apgr"])
     png = store.read_bytes(f"{ref['key']}/compare_mt-bench.png")

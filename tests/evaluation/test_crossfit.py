@@ -12,8 +12,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from factories import labels_table
 
+from factories import labels_table
+from router_tasks.core.stage import ArtifactRef, load_table, read_manifest, run_stage
+from router_tasks.core.store import ArtifactStore
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.crossfit import (
@@ -26,8 +28,6 @@ from router_tasks.evaluation.crossfit import (
     fold_labels,
 )
 from router_tasks.routers import RandomRouter
-from router_tasks.core.stage import ArtifactRef, load_table, read_manifest, run_stage
-from router_tasks.core.store import ArtifactStore
 from router_tasks.training.train import train_router
 
 STRONG, WEAK = bm.STRONG_MODEL, bm.WEAK_MODEL
@@ -43,8 +43,9 @@ def trained(local_root):
     benchmark prompts (so the cross-fit must drop those from the folds that score them)."""
     gsm = bm.load_benchmark("gsm8k").sort_values("prompt_id").head(3)
     own = _labels([f"own prompt number {i}" for i in range(6)] + gsm["prompt"].tolist())
-    labels_ref = run_stage("labels", "test", lambda ctx: ctx.write_table(own), config={"t": "crossfit"},
-                           store=ArtifactStore(local_root))
+    labels_ref = run_stage(
+        "labels", "test", lambda ctx: ctx.write_table(own), config={"t": "crossfit"}, store=ArtifactStore(local_root)
+    )
     router = train_router(labels_ref, router_type="random", router_params={"seed": 7}, artifact_root=local_root)
     return router, labels_ref, own, set(gsm["prompt_id"])
 
@@ -61,13 +62,26 @@ def test_assign_folds_balanced_and_deterministic():
 
 
 def test_fold_labels_hand_computed():
-    train = pd.DataFrame({"prompt_id": ["a", "a", "b", "c"], "prompt": ["A", "A", "B", "C"],
-                          "model": ["s", "w", "s", "s"], "quality": [1.0, 0.0, 1.0, 0.5]})
-    bench = pd.DataFrame({"prompt_id": ["b", "d", "e"], "prompt": ["B", "D", "E"], "model": ["s", "s", "w"],
-                          "quality": [0.0, 1.0, 0.0], "source": "routellm:x"})
+    train = pd.DataFrame(
+        {
+            "prompt_id": ["a", "a", "b", "c"],
+            "prompt": ["A", "A", "B", "C"],
+            "model": ["s", "w", "s", "s"],
+            "quality": [1.0, 0.0, 1.0, 0.5],
+        }
+    )
+    bench = pd.DataFrame(
+        {
+            "prompt_id": ["b", "d", "e"],
+            "prompt": ["B", "D", "E"],
+            "model": ["s", "s", "w"],
+            "quality": [0.0, 1.0, 0.0],
+            "source": "routellm:x",
+        }
+    )
     out = fold_labels(train, bench, heldout={"c", "e"})
     # c (held out) leaves, b keeps its training label (not doubled), d joins, e stays out
-    assert list(zip(out["prompt_id"], out["quality"])) == [("a", 1.0), ("a", 0.0), ("b", 1.0), ("d", 1.0)]
+    assert list(zip(out["prompt_id"], out["quality"], strict=False)) == [("a", 1.0), ("a", 0.0), ("b", 1.0), ("d", 1.0)]
     assert list(out.columns) == list(train.columns)
 
 
@@ -130,8 +144,10 @@ def test_crossfit_random_router(local_root, trained):
     assert report["protocol"] == "crossfit" and report["benchmarks"]["gsm8k"]["protocol"] == "crossfit"
     assert store.read_bytes(f"{key}/plot_gsm8k.png")[:4] == b"\x89PNG"
     # idempotent: the same call reuses everything
-    assert crossfit_evaluate(router, "gsm8k", folds=3, max_prompts=30, random_seeds=2,
-                             artifact_root=local_root)["reused"] is True
+    assert (
+        crossfit_evaluate(router, "gsm8k", folds=3, max_prompts=30, random_seeds=2, artifact_root=local_root)["reused"]
+        is True
+    )
 
 
 def test_crossfit_needs_recorded_training_labels(local_root):
@@ -150,8 +166,16 @@ def test_evaluate_to_dir_crossfit(local_root, trained, tmp_path):
     from router_tasks.evaluation.export import evaluate_to_dir
 
     router = trained[0]
-    res = evaluate_to_dir(router, "mt-bench", "crossfit", str(tmp_path / "cf"), artifact_root=local_root,
-                          folds=2, max_prompts=10, random_seeds=1)
+    res = evaluate_to_dir(
+        router,
+        "mt-bench",
+        "crossfit",
+        str(tmp_path / "cf"),
+        artifact_root=local_root,
+        folds=2,
+        max_prompts=10,
+        random_seeds=1,
+    )
     scores = pd.read_parquet(tmp_path / "cf" / "scores.parquet")
     assert list(scores.columns[:2]) == ["prompt", "strong_win_rate"] and len(scores) == 10
     assert sorted(scores["fold"].unique()) == [0, 1]
@@ -177,8 +201,9 @@ def test_leave_group_out_mmlu_by_subject(local_root, trained):
     and the benchmark labels of the other subjects join it."""
     router, labels_ref, own, _ = trained
     store = ArtifactStore(local_root)
-    ref = crossfit_evaluate(router, "mmlu", folds=3, max_prompts=24, random_seeds=1, artifact_root=local_root,
-                            protocol="leave-group-out")
+    ref = crossfit_evaluate(
+        router, "mmlu", folds=3, max_prompts=24, random_seeds=1, artifact_root=local_root, protocol="leave-group-out"
+    )
     key = ArtifactRef.of(ref).key
     scores = store.read_parquet(f"{key}/scores_mmlu.parquet")
     assert len(scores) == 24 and scores["prompt_id"].is_unique
@@ -205,8 +230,15 @@ def test_leave_group_out_holds_a_benchmark_out_whole(local_root, trained, tmp_pa
 
     router, _, own, gsm_in_train = trained
     store = ArtifactStore(local_root)
-    res = evaluate_to_dir(router, "gsm8k", "leave-group-out", str(tmp_path / "lgo"), artifact_root=local_root,
-                          max_prompts=2, random_seeds=1)
+    res = evaluate_to_dir(
+        router,
+        "gsm8k",
+        "leave-group-out",
+        str(tmp_path / "lgo"),
+        artifact_root=local_root,
+        max_prompts=2,
+        random_seeds=1,
+    )
     folds = store.read_parquet(f"{ArtifactRef.of(res['artifact']).key}/folds.parquet")
     assert len(folds) == 1 and folds["n_scored"].iloc[0] == 2
     trained_ids = set(store.read_parquet(f"{folds['train_key'].iloc[0]}/train_prompts.parquet")["prompt_id"])

@@ -8,20 +8,20 @@ evaluate code, the metrics and the stores are the real ones.
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from router_tasks.core.stage import ArtifactRef, load_table, read_manifest, run_stage
+from router_tasks.core.store import ArtifactStore
 from router_tasks.data import routellm as bm
 from router_tasks.evaluation import metrics as mx
 from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.evaluation.metrics import LeakageError
 from router_tasks.routers import ROUTERS, save_router
 from router_tasks.routers.base import Router
-from router_tasks.core.stage import ArtifactRef, load_table, read_manifest, run_stage
-from router_tasks.core.store import ArtifactStore
 
 STRONG, WEAK = bm.STRONG_MODEL, bm.WEAK_MODEL
 
@@ -61,7 +61,9 @@ def make_train_artifact(root: str, train_ids: list[str] | None, tag: str = "") -
             ctx.write_table(pd.DataFrame({"prompt_id": train_ids}), "train_prompts.parquet")
         ctx.write_table(pd.DataFrame({"model": [STRONG, WEAK]}))
 
-    return run_stage("train", "test", compute, config={"tag": tag, "n": len(train_ids or [])}, store=ArtifactStore(root))
+    return run_stage(
+        "train", "test", compute, config={"tag": tag, "n": len(train_ids or [])}, store=ArtifactStore(root)
+    )
 
 
 def test_evaluate_all_benchmarks(local_root):
@@ -88,7 +90,9 @@ def test_evaluate_all_benchmarks(local_root):
         # the scores are the router's, the metrics follow from them
         lengths = scores["prompt"].str.len().to_numpy(float)
         assert np.allclose(scores["strong_win_rate"], (np.minimum(lengths / 2000, 1) + 1) / 2)
-        again = mx.summarize(scores["strong_win_rate"], scores["strong_quality"], scores["weak_quality"], random_seeds=2)
+        again = mx.summarize(
+            scores["strong_win_rate"], scores["strong_quality"], scores["weak_quality"], random_seeds=2
+        )
         row = table.set_index("benchmark").loc[bench]
         assert row["apgr"] == pytest.approx(again["routellm"]["apgr"])
         assert row["cpt80_exact"] == pytest.approx(again["exact"]["cpt80"])
@@ -96,7 +100,9 @@ def test_evaluate_all_benchmarks(local_root):
         png = store.read_bytes(f"{key}/plot_{bench}.png")
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
         curves = store.read_parquet(f"{key}/curves_{bench}.parquet")
-        assert set(zip(curves["mode"], curves["method"])) == {(m, k) for m in mx.MODES for k in ("router", "random", "oracle")}
+        assert set(zip(curves["mode"], curves["method"], strict=False)) == {
+            (m, k) for m in mx.MODES for k in ("router", "random", "oracle")
+        }
     md = store.read_bytes(f"{key}/report.md").decode()
     for bench in table["benchmark"]:
         row = table.set_index("benchmark").loc[bench]
@@ -119,8 +125,9 @@ def test_calls_and_dollars_saved_at_95_percent_in_both_modes(local_root):
     train_ids = sorted(bm.routellm_training_labels([STRONG, WEAK])["prompt_id"].unique())
     router = make_train_artifact(local_root, train_ids, tag="savings")
     prices = {STRONG: 30.0, WEAK: 0.6}  # $ per 1M tokens: a weak call costs 2% of a strong one
-    ref = evaluate_router(router, random_seeds=2, max_prompts=300, quality_target=0.8, prices=prices,
-                          artifact_root=local_root)
+    ref = evaluate_router(
+        router, random_seeds=2, max_prompts=300, quality_target=0.8, prices=prices, artifact_root=local_root
+    )
     store = ArtifactStore(local_root)
     key = ArtifactRef.of(ref).key
     table = load_table(ref, store).set_index("benchmark")
@@ -142,8 +149,10 @@ def test_calls_and_dollars_saved_at_95_percent_in_both_modes(local_root):
                 assert table.loc[bench, f"dollars_saved_at_{name}{suffix}"] == pytest.approx(saved * (1 - 0.6 / 30))
         assert report["benchmarks"][bench]["prices"] == {"strong": 30.0, "weak": 0.6}
         row = table.loc[bench]
-        assert (f"| {bench} | {100 * row['calls_saved_at_95']:.1f}% | {100 * row['calls_saved_at_95_exact']:.1f}% | "
-                f"{100 * row['calls_saved_at_target']:.1f}% |") in md
+        assert (
+            f"| {bench} | {100 * row['calls_saved_at_95']:.1f}% | {100 * row['calls_saved_at_95_exact']:.1f}% | "
+            f"{100 * row['calls_saved_at_target']:.1f}% |"
+        ) in md
 
 
 def test_leaked_prompt_is_refused(local_root):
@@ -234,8 +243,18 @@ def _two_dataset_labels(root, router_labels_artifact):
             for ask in _ASKS:
                 text = ask.format(item)
                 for model, ok in (("team-large", True), ("team-small", small_ok)):
-                    rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=ok,
-                                     quality=float(ok), source="generated:team-traffic", benchmark=dataset))
+                    rows.append(
+                        dict(
+                            prompt_id=prompt_id(text),
+                            prompt=text,
+                            model=model,
+                            score=None,
+                            correct=ok,
+                            quality=float(ok),
+                            source="generated:team-traffic",
+                            benchmark=dataset,
+                        )
+                    )
     return router_labels_artifact(pd.DataFrame(rows), root)
 
 
@@ -244,8 +263,14 @@ def test_own_labels_left_out_by_dataset_show_what_does_not_transfer(minilm, loca
     from router_tasks.training.train import train_router
 
     labels = _two_dataset_labels(local_root, router_labels_artifact)
-    router = train_router(labels, router_type="knn", strong_model="team-large", weak_model="team-small",
-                          router_params={"k": 5}, artifact_root=local_root)
+    router = train_router(
+        labels,
+        router_type="knn",
+        strong_model="team-large",
+        weak_model="team-small",
+        router_params={"k": 5},
+        artifact_root=local_root,
+    )
     ev = evaluate_router(router, benchmarks=[], random_seeds=2, artifact_root=local_root)
     store = ArtifactStore(local_root)
     report = store.read_json(f"{ev['key']}/metrics.json")
@@ -265,8 +290,10 @@ def test_own_labels_left_out_by_dataset_show_what_does_not_transfer(minilm, loca
     scores = store.read_parquet(f"{ev['key']}/scores_{OWN_LEFT_OUT}.parquet")
     assert set(scores["group"]) == {"recipes", "matches"} and len(scores) == 28
     # the router left without `matches` saw only prompts on which both models are right
-    assert scores.loc[scores["group"] == "recipes", "strong_win_rate"].mean() > \
-        scores.loc[scores["group"] == "matches", "strong_win_rate"].mean()
+    assert (
+        scores.loc[scores["group"] == "recipes", "strong_win_rate"].mean()
+        > scores.loc[scores["group"] == "matches", "strong_win_rate"].mean()
+    )
     text = store.read_bytes(f"{ev['key']}/report.md").decode()
     assert "own-labels, each dataset left out (leave-dataset-out)" in text and "| matches | 14 |" in text
     # never part of what publish compares
@@ -280,8 +307,14 @@ def test_one_own_dataset_is_a_stated_skip_not_a_figure(minilm, local_root, route
     labels = _two_dataset_labels(local_root, router_labels_artifact)
     df = ArtifactStore(local_root).read_parquet(f"{labels['key']}/data.parquet")
     one = router_labels_artifact(df.assign(benchmark="all-traffic"), local_root)
-    router = train_router(one, router_type="knn", strong_model="team-large", weak_model="team-small",
-                          router_params={"k": 5}, artifact_root=local_root)
+    router = train_router(
+        one,
+        router_type="knn",
+        strong_model="team-large",
+        weak_model="team-small",
+        router_params={"k": 5},
+        artifact_root=local_root,
+    )
     ev = evaluate_router(router, benchmarks=[], random_seeds=2, artifact_root=local_root)
     by_dataset = ArtifactStore(local_root).read_json(f"{ev['key']}/metrics.json")["own_left_out"]
     assert "needs >= 2 categories" in by_dataset["skipped"] and "'all-traffic': 28" in by_dataset["skipped"]
@@ -298,22 +331,57 @@ def test_prompt_file_categories_reach_the_labels_and_are_left_out_in_turn(minilm
     from router_tasks.training.train import train_router
 
     store = ArtifactStore(local_root)
-    texts = {cat: [ask.format(item) for item in items for ask in _ASKS]
-             for cat, items in (("cooking", _RECIPES), ("sport", _MATCHES))}
-    prompts = pd.DataFrame([{"prompt_id": prompt_id(t), "prompt": t, "dataset": "team-traffic", "category": cat}
-                            for cat, ts in texts.items() for t in ts])
-    judged = pd.DataFrame([{"prompt_id": prompt_id(t), "model": "team-small", "score": 5 if cat == "cooking" else 1,
-                            "correct": None, "failure_reason": None} for cat, ts in texts.items() for t in ts])
+    texts = {
+        cat: [ask.format(item) for item in items for ask in _ASKS]
+        for cat, items in (("cooking", _RECIPES), ("sport", _MATCHES))
+    }
+    prompts = pd.DataFrame(
+        [
+            {"prompt_id": prompt_id(t), "prompt": t, "dataset": "team-traffic", "category": cat}
+            for cat, ts in texts.items()
+            for t in ts
+        ]
+    )
+    judged = pd.DataFrame(
+        [
+            {
+                "prompt_id": prompt_id(t),
+                "model": "team-small",
+                "score": 5 if cat == "cooking" else 1,
+                "correct": None,
+                "failure_reason": None,
+            }
+            for cat, ts in texts.items()
+            for t in ts
+        ]
+    )
     judged["score"], judged["correct"] = judged["score"].astype("Int64"), judged["correct"].astype("boolean")
-    put = lambda name, df: run_stage(name, "test", lambda ctx: ctx.write_table(df), config={"n": len(df)},  # noqa: E731
-                                     store=store)
-    labels = build_labels(put("ingest", prompts), put("judge", judged), include_routellm=False,
-                          strong_quality="assume_perfect", strong_model="team-large", artifact_root=local_root)
+    put = lambda name, df: run_stage(
+        name,
+        "test",
+        lambda ctx: ctx.write_table(df),
+        config={"n": len(df)},  # noqa: E731
+        store=store,
+    )
+    labels = build_labels(
+        put("ingest", prompts),
+        put("judge", judged),
+        include_routellm=False,
+        strong_quality="assume_perfect",
+        strong_model="team-large",
+        artifact_root=local_root,
+    )
     table = load_table(labels, store)
     assert table.groupby("model")["category"].apply(lambda c: c.notna().all()).all()  # both models' rows
     validated = validate_labels(labels, required_models=["team-large", "team-small"], artifact_root=local_root)
-    router = train_router(validated, router_type="knn", strong_model="team-large", weak_model="team-small",
-                          router_params={"k": 5}, artifact_root=local_root)
+    router = train_router(
+        validated,
+        router_type="knn",
+        strong_model="team-large",
+        weak_model="team-small",
+        router_params={"k": 5},
+        artifact_root=local_root,
+    )
     ev = evaluate_router(router, benchmarks=[], random_seeds=2, artifact_root=local_root)
     left_out = store.read_json(f"{ev['key']}/metrics.json")["own_left_out"]
     assert left_out["protocol"] == "leave-category-out" and left_out["group_by"] == "category"

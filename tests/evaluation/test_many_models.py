@@ -32,8 +32,11 @@ def test_curve_metrics_on_known_curves():
     assert m["accuracy_at_cheapest_cost"] == pytest.approx(0.6)
     # a curve that cannot spend as little as the cheapest model gets no credit there
     late = mm.curve_metrics(np.array([10.0, 100.0]), np.array([0.95, 0.95]), **kw)
-    assert late["accuracy_at_cheapest_cost"] is None and late["share_of_oracle_area"] < mm.curve_metrics(
-        np.array([1.0, 100.0]), np.array([0.95, 0.95]), **kw)["share_of_oracle_area"]
+    assert (
+        late["accuracy_at_cheapest_cost"] is None
+        and late["share_of_oracle_area"]
+        < mm.curve_metrics(np.array([1.0, 100.0]), np.array([0.95, 0.95]), **kw)["share_of_oracle_area"]
+    )
 
 
 def _world(n=600, seed=0):
@@ -54,7 +57,7 @@ def test_agreement_cascade_counts_every_call_and_returns_the_right_answers():
     models, answers, correct, cost = _world()
     cands = cz.agreement_candidates(models, answers, correct, cost, cheap=[0, 1], finals=[2])
     (c,) = cands
-    agree = (answers[:, 0] == answers[:, 1])
+    agree = answers[:, 0] == answers[:, 1]
     assert c.correct.all()  # agreement only when both right, else f, which is always right
     assert np.allclose(c.cost, 3.0 + np.where(agree, 0, 50.0))
     assert set(c.called()[agree]) == {"a+b"} and set(c.answered()[~agree]) == {"f"}
@@ -90,8 +93,13 @@ def test_verifier_scores_are_nested_and_informative():
 
 @pytest.mark.slow
 def test_evaluate_to_dir_on_real_replies(tmp_path):
-    pool = ["google/gemini-1.5-flash", "deepseek-v2.5-0908", "openai/gpt-4o-mini-2024-07-18",
-            "Qwen/Qwen2.5-3B-Instruct", "openai/gpt-4o-2024-08-06"]
+    pool = [
+        "google/gemini-1.5-flash",
+        "deepseek-v2.5-0908",
+        "openai/gpt-4o-mini-2024-07-18",
+        "Qwen/Qwen2.5-3B-Instruct",
+        "openai/gpt-4o-2024-08-06",
+    ]
     res = mm.evaluate_to_dir("zeroeval-crux", str(tmp_path), pool=pool, folds=3, router_kinds=["random"])
     assert {"metrics.json", "metrics.md", "curve.csv", "plot.png", "decisions.parquet"} <= set(res["files"])
     dec = pd.read_parquet(tmp_path / "decisions.parquet")
@@ -109,8 +117,12 @@ def test_evaluate_to_dir_on_real_replies(tmp_path):
 
 
 # --- leave-task-out: routers trained on the other task -----------------------------------
-_TRANSFER_POOL = ["google/gemini-1.5-flash", "deepseek-v2.5-0908", "openai/gpt-4o-mini-2024-07-18",
-                  "openai/gpt-4o-2024-08-06"]
+_TRANSFER_POOL = [
+    "google/gemini-1.5-flash",
+    "deepseek-v2.5-0908",
+    "openai/gpt-4o-mini-2024-07-18",
+    "openai/gpt-4o-2024-08-06",
+]
 
 
 def test_transfer_pool_keeps_models_with_replies_in_both_tasks_and_names_the_rest():
@@ -135,8 +147,9 @@ def test_leave_task_out_routers_learn_only_the_other_task(tmp_path):
     assert np.abs(gsm_acc - crux_acc).max() > 0.05  # the two tasks do rank these models differently
     assert np.abs(mean_pred - gsm_acc).mean() < np.abs(mean_pred - crux_acc).mean()
 
-    res = mm.evaluate_to_dir("zeroeval-crux", str(tmp_path), pool=_TRANSFER_POOL, protocol="leave-group-out",
-                             router_kinds=["random", "knn"])
+    res = mm.evaluate_to_dir(
+        "zeroeval-crux", str(tmp_path), pool=_TRANSFER_POOL, protocol="leave-group-out", router_kinds=["random", "knn"]
+    )
     assert res["protocol"] == "leave-group-out" and res["trained_on"] == {"task": "gsm", "prompts": train.n}
     assert not [p for p in res["metrics"] if p.startswith("cascade-")]  # a cascade's choice needs this task's folds
     dec = pd.read_parquet(tmp_path / "decisions.parquet")

@@ -17,7 +17,7 @@ SCORES = [0.9, 0.1, 0.5, 0.3]
 
 
 def points(curve: pd.DataFrame) -> list[tuple[float, float]]:
-    return [(round(x, 9), round(y, 9)) for x, y in zip(curve["strong_share"], curve["quality"])]
+    return [(round(x, 9), round(y, 9)) for x, y in zip(curve["strong_share"], curve["quality"], strict=False)]
 
 
 def test_exact_curve_by_hand():
@@ -163,8 +163,10 @@ def test_calls_saved_at_95_percent_by_hand():
     assert e["dollars_saved_at_target"] == pytest.approx(0.875 * 0.9)
     # the oracle spends its calls on p0 and p3 first: (.25,.5) (.5,.75): .25 + .2125/.25 * .25
     assert e["oracle_calls_saved_at_95"] == pytest.approx(1 - 0.4625)
-    assert s["quality_target"] == 0.5 and mx.summarize(SCORES, STRONG, WEAK, random_seeds=2)["exact"][
-        "dollars_saved_at_95"] is None  # no prices, no dollars
+    assert (
+        s["quality_target"] == 0.5
+        and mx.summarize(SCORES, STRONG, WEAK, random_seeds=2)["exact"]["dollars_saved_at_95"] is None
+    )  # no prices, no dollars
 
 
 def test_calls_saved_above_the_scale_floor_and_edge_cases():

@@ -27,8 +27,18 @@ def own_labels(n: int) -> pd.DataFrame:
         hard = i % 2 == 1
         text = (HARD if hard else EASY).format(i=i)
         for model, quality in ((BIG, 1.0), (SMALL, 0.0 if hard else 1.0)):
-            rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=None,
-                             quality=quality, source="generated:team", benchmark="own"))
+            rows.append(
+                dict(
+                    prompt_id=prompt_id(text),
+                    prompt=text,
+                    model=model,
+                    score=None,
+                    correct=None,
+                    quality=quality,
+                    source="generated:team",
+                    benchmark="own",
+                )
+            )
     df = pd.DataFrame(rows)
     df["score"] = df["score"].astype("Int64")
     return df

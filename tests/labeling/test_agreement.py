@@ -21,8 +21,15 @@ from tests.openai_test_server import ScriptedOpenAIServer, last_user_text, write
 
 N = 12
 # k = 0..11: "what is k + k?", gold 2k; the model is right for k < 6 and off by one after.
-ROWS = [{"prompt": f"Tom has {k} apples and buys {k} more. How many apples now?", "gold_answer": str(2 * k),
-         "gold_type": "number", "dataset": "sums"} for k in range(N)]
+ROWS = [
+    {
+        "prompt": f"Tom has {k} apples and buys {k} more. How many apples now?",
+        "gold_answer": str(2 * k),
+        "gold_type": "number",
+        "dataset": "sums",
+    }
+    for k in range(N)
+]
 ROWS.append({"prompt": "Describe rain.", "reference_answer": "Water falling from clouds.", "dataset": "chat"})
 # The judge's mistakes, by k: a right answer it calls poor, and two wrong ones it calls good.
 JUDGE_WRONG_ON = {0: "[[2]]", 6: "[[4]]", 7: "[[5]]"}
@@ -57,20 +64,28 @@ def judge_rule(body):
 def run(local_root):
     prompts = write_prompts(local_root, ROWS)
     with ScriptedOpenAIServer(model_rule) as srv:
-        answers = generate_answers(prompts, artifact_root=local_root,
-                                   models=[{"name": "cheap", "model": "cheap", "base_url": srv.base_url}])
+        answers = generate_answers(
+            prompts, artifact_root=local_root, models=[{"name": "cheap", "model": "cheap", "base_url": srv.base_url}]
+        )
     with ScriptedOpenAIServer(judge_rule) as judge_srv:
         judge = {"name": "j", "model": "j", "base_url": judge_srv.base_url}
         judged = judge_answers(prompts, answers, judge=judge, artifact_root=local_root)
-        yield {"prompts": prompts, "answers": answers, "judged": judged, "judge": judge, "srv": judge_srv,
-               "root": local_root}
+        yield {
+            "prompts": prompts,
+            "answers": answers,
+            "judged": judged,
+            "judge": judge,
+            "srv": judge_srv,
+            "root": local_root,
+        }
 
 
 def test_agreement_figures_on_a_sample_whose_agreement_is_known(run):
     store = ArtifactStore(run["root"])
     calls = run["srv"].count()
-    ref = measure_judge_agreement(run["prompts"], run["answers"], run["judged"], judge=run["judge"],
-                                  sample_size=50, artifact_root=run["root"])
+    ref = measure_judge_agreement(
+        run["prompts"], run["answers"], run["judged"], judge=run["judge"], sample_size=50, artifact_root=run["root"]
+    )
     assert run["srv"].count() == calls + N  # every gold-graded answer, once
     sent = run["srv"].user_texts()[-N:]
     assert all("The correct final answer is" in t and "[Assistant's answer]" in t for t in sent)
@@ -79,8 +94,10 @@ def test_agreement_figures_on_a_sample_whose_agreement_is_known(run):
     # agreement 9/12; kappa (0.75 - pe) / (1 - pe), pe = 7/12 * 6/12 + 5/12 * 6/12 = 0.5
     assert (report["eligible_rows"], report["sampled"], report["n"]) == (N, N, N)
     assert report["accuracy"] == pytest.approx(0.75) and report["kappa"] == pytest.approx(0.5)
-    assert report["confusion"] == {"exact_correct": {"1": 0, "2": 1, "3": 0, "4": 0, "5": 5},
-                                   "exact_incorrect": {"1": 4, "2": 0, "3": 0, "4": 1, "5": 1}}
+    assert report["confusion"] == {
+        "exact_correct": {"1": 0, "2": 1, "3": 0, "4": 0, "5": 5},
+        "exact_incorrect": {"1": 4, "2": 0, "3": 0, "4": 1, "5": 1},
+    }
     assert report["binary"]["judge_correct_exact_incorrect"] == 2
     assert report["by_model"]["cheap"]["exact_match_rate"] == 0.5
     assert report["by_model"]["cheap"]["judge_correct_rate"] == pytest.approx(7 / 12, abs=1e-4)
@@ -102,8 +119,16 @@ def test_agreement_figures_on_a_sample_whose_agreement_is_known(run):
     valid = validate_labels(labels, min_rows_per_model=1, artifact_root=run["root"])
     assert read_manifest(store, valid)["stats"]["judge_agreement"]["accuracy"] == pytest.approx(0.75)
     assert store.exists(f"{valid['key']}/{AGREEMENT_FILE}")
-    measure_judge_agreement(run["prompts"], run["answers"], run["judged"], judge=run["judge"], sample_size=50,
-                            seed=0, thresholds={"min_agreement_rows": 11}, artifact_root=run["root"])
+    measure_judge_agreement(
+        run["prompts"],
+        run["answers"],
+        run["judged"],
+        judge=run["judge"],
+        sample_size=50,
+        seed=0,
+        thresholds={"min_agreement_rows": 11},
+        artifact_root=run["root"],
+    )
     assert run["srv"].count() == calls + N
 
 
@@ -121,16 +146,37 @@ def test_sample_is_seeded_and_nested(run):
 def test_low_agreement_stops_the_run_with_the_figures(run):
     store = ArtifactStore(run["root"])
     with pytest.raises(DataQualityError, match=r"judge_agreement_at_least.*observed=0\.75") as err:
-        measure_judge_agreement(run["prompts"], run["answers"], run["judged"], judge=run["judge"], sample_size=50,
-                                min_agreement=0.8, artifact_root=run["root"])
+        measure_judge_agreement(
+            run["prompts"],
+            run["answers"],
+            run["judged"],
+            judge=run["judge"],
+            sample_size=50,
+            min_agreement=0.8,
+            artifact_root=run["root"],
+        )
     assert err.value.failures[0]["kwargs"]["min_value"] == 0.8
     assert json.loads(store.read_bytes(err.value.data_docs.split(store.root.rstrip("/") + "/", 1)[-1]))["n"] == N
     with pytest.raises(DataQualityError, match="judge_kappa_at_least"):
-        measure_judge_agreement(run["prompts"], run["answers"], run["judged"], judge=run["judge"], sample_size=50,
-                                thresholds={"min_judge_kappa": 0.6}, artifact_root=run["root"])
+        measure_judge_agreement(
+            run["prompts"],
+            run["answers"],
+            run["judged"],
+            judge=run["judge"],
+            sample_size=50,
+            thresholds={"min_judge_kappa": 0.6},
+            artifact_root=run["root"],
+        )
     # too few rows to judge the judge by: no stop
-    ok = measure_judge_agreement(run["prompts"], run["answers"], run["judged"], judge=run["judge"], sample_size=5,
-                                 min_agreement=0.99, artifact_root=run["root"])
+    ok = measure_judge_agreement(
+        run["prompts"],
+        run["answers"],
+        run["judged"],
+        judge=run["judge"],
+        sample_size=5,
+        min_agreement=0.99,
+        artifact_root=run["root"],
+    )
     assert read_manifest(store, ok)["stats"]["agreement"]["n"] == 5
 
 
@@ -138,8 +184,9 @@ def test_a_run_without_gold_answers_says_why(local_root):
     rows = [ROWS[-1]]
     prompts = write_prompts(local_root, rows)
     with ScriptedOpenAIServer(model_rule) as srv:
-        answers = generate_answers(prompts, artifact_root=local_root,
-                                   models=[{"name": "cheap", "model": "cheap", "base_url": srv.base_url}])
+        answers = generate_answers(
+            prompts, artifact_root=local_root, models=[{"name": "cheap", "model": "cheap", "base_url": srv.base_url}]
+        )
     with ScriptedOpenAIServer(judge_rule) as judge_srv:
         judge = {"name": "j", "model": "j", "base_url": judge_srv.base_url}
         judged = judge_answers(prompts, answers, judge=judge, artifact_root=local_root)

@@ -21,20 +21,42 @@ def _write_jsonl(path, rows):
 def test_generate_then_judge_files_and_a_rerun_pays_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TELA_FILE_KEY", SECRET)
     root = str(tmp_path / "artifacts")
-    prompts = _write_jsonl(tmp_path / "prompts.jsonl", [
-        {"prompt": "What is the capital of France?", "reference_answer": "Paris.", "topic": "geo"},
-        {"prompt": "What is 6 * 7?", "gold_answer": "42", "gold_type": "number", "topic": "math"},
-        {"prompt": "What is the capital of France?", "reference_answer": "Paris.", "topic": "dup"},  # same prompt twice
-        {"prompt": "   ", "reference_answer": "x", "topic": "blank"},
-    ])
+    prompts = _write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [
+            {"prompt": "What is the capital of France?", "reference_answer": "Paris.", "topic": "geo"},
+            {"prompt": "What is 6 * 7?", "gold_answer": "42", "gold_type": "number", "topic": "math"},
+            {
+                "prompt": "What is the capital of France?",
+                "reference_answer": "Paris.",
+                "topic": "dup",
+            },  # same prompt twice
+            {"prompt": "   ", "reference_answer": "x", "topic": "blank"},
+        ],
+    )
 
     def model_rule(body):
         text = last_user_text(body)
         return "It is Paris." if "France" in text else "6 * 7 = 42"
 
     with ScriptedOpenAIServer(model_rule, api_key=SECRET) as srv:
-        args = ["--artifact-root", root, "generate", "--input", prompts, "--model", "oss-1", "--base-url", srv.base_url,
-                "--api-key-env", "TELA_FILE_KEY", "--concurrency", "2", "--output", str(tmp_path / "answers.parquet")]
+        args = [
+            "--artifact-root",
+            root,
+            "generate",
+            "--input",
+            prompts,
+            "--model",
+            "oss-1",
+            "--base-url",
+            srv.base_url,
+            "--api-key-env",
+            "TELA_FILE_KEY",
+            "--concurrency",
+            "2",
+            "--output",
+            str(tmp_path / "answers.parquet"),
+        ]
         assert main(args) == 0
         assert "answered 3 of 4 prompts" in capsys.readouterr().out
         assert srv.count() == 2  # the repeated prompt is asked once; the blank one never
@@ -50,8 +72,19 @@ def test_generate_then_judge_files_and_a_rerun_pays_nothing(tmp_path, monkeypatc
         return "Matches the reference.\n[[5]]" if "Paris" in last_user_text(body) else Reply(content="no verdict here")
 
     with ScriptedOpenAIServer(judge_rule) as judge:
-        args = ["--artifact-root", root, "judge", "--input", str(tmp_path / "answers.parquet"), "--judge-model", "judge-1",
-                "--base-url", judge.base_url, "--output", str(tmp_path / "judged.csv")]
+        args = [
+            "--artifact-root",
+            root,
+            "judge",
+            "--input",
+            str(tmp_path / "answers.parquet"),
+            "--judge-model",
+            "judge-1",
+            "--base-url",
+            judge.base_url,
+            "--output",
+            str(tmp_path / "judged.csv"),
+        ]
         assert main(args) == 0
         assert judge.count() == 1  # the two France rows send identical messages: one call
     judged = pd.read_csv(tmp_path / "judged.csv")
@@ -67,12 +100,18 @@ def test_generate_then_judge_files_and_a_rerun_pays_nothing(tmp_path, monkeypatc
 def test_file_mode_errors_name_what_is_missing(tmp_path, capsys):
     no_prompt = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "hi"}])
     out = str(tmp_path / "o.parquet")
-    assert main(["generate", "--input", no_prompt, "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--output", out]) == 2
+    assert (
+        main(["generate", "--input", no_prompt, "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--output", out])
+        == 2
+    )
     assert "no ['prompt'] column" in capsys.readouterr().err
     assert main(["generate", "--input", no_prompt, "--output", out]) == 2
     assert "--input needs --model" in capsys.readouterr().err
     no_ref = _write_jsonl(tmp_path / "a.jsonl", [{"prompt": "hi", "answer": "yo"}])
-    assert main(["judge", "--input", no_ref, "--judge-model", "j", "--base-url", "http://127.0.0.1:9/v1", "--output", out]) == 2
+    assert (
+        main(["judge", "--input", no_ref, "--judge-model", "j", "--base-url", "http://127.0.0.1:9/v1", "--output", out])
+        == 2
+    )
     assert "reference_answer" in capsys.readouterr().err
     assert not (tmp_path / "o.parquet").exists()
     with pytest.raises(SystemExit):
@@ -95,8 +134,22 @@ def test_sigterm_midway_then_rerun_pays_for_nothing_twice(tmp_path):
     out = tmp_path / "answers.parquet"
     tela = str(Path(sys.executable).parent / "tela")
     with ScriptedOpenAIServer(lambda body: "ok", faults=Faults(latency_s=0.15)) as srv:
-        cmd = [tela, "--artifact-root", str(tmp_path / "artifacts"), "generate", "--input", prompts, "--model", "m",
-               "--base-url", srv.base_url, "--concurrency", "3", "--output", str(out)]
+        cmd = [
+            tela,
+            "--artifact-root",
+            str(tmp_path / "artifacts"),
+            "generate",
+            "--input",
+            prompts,
+            "--model",
+            "m",
+            "--base-url",
+            srv.base_url,
+            "--concurrency",
+            "3",
+            "--output",
+            str(out),
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while srv.count() < 12 and time.time() < deadline:

@@ -7,12 +7,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from router_tasks.labeling.generate import ANSWER_COLUMNS, combine_answers, generate_answers, generate_part, plan_generation
-from router_tasks.labeling.request_cache import CACHE_PREFIX
-from router_tasks.core.stage import MANIFEST
 from router_tasks.core.endpoints import Endpoint
-from router_tasks.core.stage import find_complete, load_table, read_manifest
+from router_tasks.core.stage import MANIFEST, load_table, read_manifest
 from router_tasks.core.store import ArtifactStore
+from router_tasks.labeling.generate import (
+    ANSWER_COLUMNS,
+    combine_answers,
+    generate_answers,
+    generate_part,
+    plan_generation,
+)
+from router_tasks.labeling.request_cache import CACHE_PREFIX
 from tests.openai_test_server import FAST_RETRY, Reply, ScriptedOpenAIServer, last_user_text, write_prompts
 
 SECRET = "sk-test-0123456789abcdef-never-store-me"
@@ -33,7 +38,13 @@ def test_every_prompt_answered_by_every_model_and_rerun_reuses(local_root, monke
 
     with ScriptedOpenAIServer(rule, api_key=SECRET) as srv:
         models = [
-            {"name": "big", "model": "big-v1", "base_url": srv.base_url, "api_key_env": "TELA_TEST_KEY", "max_tokens": 7},
+            {
+                "name": "big",
+                "model": "big-v1",
+                "base_url": srv.base_url,
+                "api_key_env": "TELA_TEST_KEY",
+                "max_tokens": 7,
+            },
             {"name": "small", "model": "small-v2", "base_url": srv.base_url, "api_key_env": "TELA_TEST_KEY"},
         ]
         ref = generate_answers(prompts, models=models, max_tokens=32, artifact_root=local_root)
@@ -102,7 +113,8 @@ def test_failed_requests_are_recorded_not_lost(local_root):
 
     with ScriptedOpenAIServer(rule) as srv:
         ref = generate_answers(
-            prompts, models=[{"name": "m", "model": "m", "base_url": srv.base_url, "max_retries": 2}],
+            prompts,
+            models=[{"name": "m", "model": "m", "base_url": srv.base_url, "max_retries": 2}],
             artifact_root=local_root,
         )
     df = _table(ref, local_root)
@@ -155,8 +167,9 @@ def test_mostly_failing_endpoint_aborts_and_rerun_asks_only_missing_rows(local_r
 def test_cache_spans_artifacts_a_grown_prompt_set_asks_only_new_prompts(local_root):
     """The request cache outlives artifact keys: one prompt added, one call made."""
     with ScriptedOpenAIServer(lambda body: f"re: {last_user_text(body)}") as srv:
-        models = [{"name": "m", "model": "m", "base_url": srv.base_url, "price_input_per_m": 2.0,
-                   "price_output_per_m": 10.0}]
+        models = [
+            {"name": "m", "model": "m", "base_url": srv.base_url, "price_input_per_m": 2.0, "price_output_per_m": 10.0}
+        ]
         first = write_prompts(local_root, [{"prompt": t} for t in ("one", "two")])
         a = generate_answers(first, models=models, artifact_root=local_root)
         grown = write_prompts(local_root, [{"prompt": t} for t in ("one", "two", "three")])
@@ -181,11 +194,12 @@ def test_shards_are_parts_of_their_own(local_root):
     rows = [{"prompt": f"q{i}", "shard": i % 3} for i in range(7)]
     prompts = write_prompts(local_root, rows)
     with ScriptedOpenAIServer(lambda body: "ok") as srv:
-        models = [{"name": "a", "model": "a", "base_url": srv.base_url},
-                  {"name": "b", "model": "b", "base_url": srv.base_url}]
+        models = [
+            {"name": "a", "model": "a", "base_url": srv.base_url},
+            {"name": "b", "model": "b", "base_url": srv.base_url},
+        ]
         plan = plan_generation(prompts, models=models, artifact_root=local_root)
-        assert sorted((p["shard"], p["model"]["name"]) for p in plan) == [
-            (s, m) for s in range(3) for m in ("a", "b")]
+        assert sorted((p["shard"], p["model"]["name"]) for p in plan) == [(s, m) for s in range(3) for m in ("a", "b")]
         parts = [generate_part(prompts, **p, artifact_root=local_root) for p in plan]
         assert sorted(p["rows"] for p in parts) == [2, 2, 2, 2, 3, 3]
         ref = combine_answers(prompts, parts, models=models, artifact_root=local_root)
@@ -202,8 +216,11 @@ def test_missing_key_variable_fails_before_any_request(local_root, monkeypatch):
     prompts = write_prompts(local_root, [{"prompt": "hi"}])
     with ScriptedOpenAIServer() as srv:
         with pytest.raises(RuntimeError, match=r"endpoint 'paid'.*TELA_UNSET_KEY"):
-            generate_answers(prompts, artifact_root=local_root, models=[
-                {"name": "paid", "model": "x", "base_url": srv.base_url, "api_key_env": "TELA_UNSET_KEY"}])
+            generate_answers(
+                prompts,
+                artifact_root=local_root,
+                models=[{"name": "paid", "model": "x", "base_url": srv.base_url, "api_key_env": "TELA_UNSET_KEY"}],
+            )
         assert srv.count() == 0
 
 
@@ -220,5 +237,8 @@ def test_endpoint_config_is_checked():
     assert ep.name == "m"
     assert ep.output_config()["base_url"] == "https://api.example.com/v1"  # credentials stripped
     with pytest.raises(ValueError, match="repeated"):
-        generate_answers({"stage": "ingest", "key": "k", "fingerprint": "f"},
-                         models=[{"model": "m"}, {"model": "m"}], artifact_root="/nonexistent")
+        generate_answers(
+            {"stage": "ingest", "key": "k", "fingerprint": "f"},
+            models=[{"model": "m"}, {"model": "m"}],
+            artifact_root="/nonexistent",
+        )

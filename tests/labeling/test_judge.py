@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from router_tasks.core.stage import load_table, read_manifest
+from router_tasks.core.store import ArtifactStore
 from router_tasks.labeling.generate import generate_answers
 from router_tasks.labeling.judge import (
     JUDGEMENT_COLUMNS,
@@ -25,8 +27,6 @@ from router_tasks.labeling.judge import (
     parse_verdict,
     plan_judging,
 )
-from router_tasks.core.stage import load_table, read_manifest
-from router_tasks.core.store import ArtifactStore
 from tests.openai_test_server import FAST_RETRY, Reply, ScriptedOpenAIServer, last_user_text, write_prompts
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,17 +53,23 @@ D. paralysis of the facial muscles, loss of taste, lacrimation and decreased sal
 Answer:"""
 
 
-@pytest.mark.parametrize("answer, expected", [
-    ("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18", "18"),
-    ("So he made a profit of 200,000-130,000=$<<200000-130000=70000>>70,000\n#### 70000", "70000"),
-    ("The profit is $155,000 - $130,000 = $25,000.", "25000"),  # no ####: the last number
-    ("#### $20.00", "20"),
-    ("The answer is \\boxed{42}. Check: 6 * 7 = 42 apples in 3 baskets", "42"),  # boxed beats the last number
-    ("He ends up with -5 degrees.", "-5"),
-    ("0.5 pounds per day.\n#### 0.5\n\n", "0.5"),
-    ("16 - 3 = 13", "13"),  # a minus between numbers is not a sign
-    ("I am not sure.", None),
-])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        (
+            "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18",
+            "18",
+        ),
+        ("So he made a profit of 200,000-130,000=$<<200000-130000=70000>>70,000\n#### 70000", "70000"),
+        ("The profit is $155,000 - $130,000 = $25,000.", "25000"),  # no ####: the last number
+        ("#### $20.00", "20"),
+        ("The answer is \\boxed{42}. Check: 6 * 7 = 42 apples in 3 baskets", "42"),  # boxed beats the last number
+        ("He ends up with -5 degrees.", "-5"),
+        ("0.5 pounds per day.\n#### 0.5\n\n", "0.5"),
+        ("16 - 3 = 13", "13"),  # a minus between numbers is not a sign
+        ("I am not sure.", None),
+    ],
+)
 def test_extract_number_from_gsm8k_shaped_answers(answer, expected):
     got = extract_number(answer)
     assert (got is None) if expected is None else numbers_equal(got, Decimal(expected))
@@ -76,20 +82,23 @@ def test_number_normalisation():
     assert normalize_number("none") is None
 
 
-@pytest.mark.parametrize("answer, expected", [
-    ("B", "B"),
-    ("(C)", "C"),
-    ("d", "D"),
-    ("B. paralysis of the facial muscles and loss of taste.", "B"),
-    ("The answer is (C).", "C"),
-    ("Answer: D", "D"),
-    ("I think the correct answer is **A** because the nerve exits there.", "A"),
-    ("Option B fits, but after more thought I choose C.", "C"),  # the last statement wins
-    ("paralysis of the facial muscles, loss of taste and lacrimation", "C"),  # choice text, via the prompt
-    ("A lesion there is serious.", None),  # "A" is the article here
-    ("I'd like to choose a good answer but cannot.", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("B", "B"),
+        ("(C)", "C"),
+        ("d", "D"),
+        ("B. paralysis of the facial muscles and loss of taste.", "B"),
+        ("The answer is (C).", "C"),
+        ("Answer: D", "D"),
+        ("I think the correct answer is **A** because the nerve exits there.", "A"),
+        ("Option B fits, but after more thought I choose C.", "C"),  # the last statement wins
+        ("paralysis of the facial muscles, loss of taste and lacrimation", "C"),  # choice text, via the prompt
+        ("A lesion there is serious.", None),  # "A" is the article here
+        ("I'd like to choose a good answer but cannot.", None),
+        ("", None),
+    ],
+)
 def test_extract_letter_from_mmlu_shaped_answers(answer, expected):
     assert extract_letter(answer, MMLU_PROMPT) == expected
 
@@ -109,7 +118,8 @@ def test_number_grader_agrees_with_routellm_gsm8k_labels():
     Fails, never skips, when the data is missing: a skipped check reads as a passed one."""
     assert ROUTELLM is not None and (ROUTELLM / "gsm8k" / "gsm8k_responses.csv").is_file(), (
         f"RouteLLM's GSM8K responses not found beside the repo ({REPO.parent / 'shared/benchmarks/routellm'}); "
-        f"put the shared benchmark folder there or set TELA_ROUTELLM_DIR")
+        f"put the shared benchmark folder there or set TELA_ROUTELLM_DIR"
+    )
     gold = {}
     for line in (ROUTELLM / "gsm8k" / "test.jsonl").open():
         row = json.loads(line)
@@ -139,17 +149,30 @@ def test_parse_verdict():
 # --------------------------------------------------------------------------------------
 
 PROMPT_ROWS = [
-    {"prompt": "Janet's ducks lay 16 eggs. She eats 3 and bakes with 4. Eggs sell for $2. Dollars per day?",
-     "gold_answer": "18", "gold_type": "number", "dataset": "gsm8k"},
-    {"prompt": "Tom has 5 apples and eats 2. How many are left?", "gold_answer": "3", "gold_type": "number",
-     "dataset": "gsm8k"},
+    {
+        "prompt": "Janet's ducks lay 16 eggs. She eats 3 and bakes with 4. Eggs sell for $2. Dollars per day?",
+        "gold_answer": "18",
+        "gold_type": "number",
+        "dataset": "gsm8k",
+    },
+    {
+        "prompt": "Tom has 5 apples and eats 2. How many are left?",
+        "gold_answer": "3",
+        "gold_type": "number",
+        "dataset": "gsm8k",
+    },
     {"prompt": MMLU_PROMPT, "gold_answer": "A", "gold_type": "letter", "dataset": "mmlu"},
-    {"prompt": "Explain why the sky is blue.", "reference_answer": "Rayleigh scattering of sunlight.",
-     "dataset": "mt-bench"},
-    {"prompt": "Write a haiku about rain.", "reference_answer": "Soft rain on the roof / ...",
-     "dataset": "mt-bench"},
-    {"prompt": "Summarise the plot of Hamlet.", "reference_answer": "A prince avenges his father.",
-     "dataset": "mt-bench"},
+    {
+        "prompt": "Explain why the sky is blue.",
+        "reference_answer": "Rayleigh scattering of sunlight.",
+        "dataset": "mt-bench",
+    },
+    {"prompt": "Write a haiku about rain.", "reference_answer": "Soft rain on the roof / ...", "dataset": "mt-bench"},
+    {
+        "prompt": "Summarise the plot of Hamlet.",
+        "reference_answer": "A prince avenges his father.",
+        "dataset": "mt-bench",
+    },
     {"prompt": "Name a prime number.", "reference_answer": "7", "dataset": "mt-bench"},
     {"prompt": "Tell me a joke.", "dataset": "chat"},  # neither gold nor reference
     {"prompt": "This one breaks the model server.", "reference_answer": "whatever", "dataset": "mt-bench"},
@@ -188,8 +211,11 @@ def _judge_rule(body):
 
 def _answers(root, prompts):
     with ScriptedOpenAIServer(_model_rule) as srv:
-        return generate_answers(prompts, artifact_root=root, models=[
-            {"name": "weak", "model": "weak", "base_url": srv.base_url, "max_retries": 0}])
+        return generate_answers(
+            prompts,
+            artifact_root=root,
+            models=[{"name": "weak", "model": "weak", "base_url": srv.base_url, "max_retries": 0}],
+        )
 
 
 def test_judge_stage_grades_every_answer(local_root):

@@ -5,16 +5,17 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from router_tasks.core.stage import load_table
+from router_tasks.core.store import ArtifactStore
 from router_tasks.labeling.generate import generate_answers
 from router_tasks.labeling.judge import judge_answers
 from router_tasks.labeling.judge_batch import batch_lines, collect_judge_batch, run_judge_batch
 from router_tasks.labeling.ledger import cost_ledger
-from router_tasks.core.stage import load_table
-from router_tasks.core.store import ArtifactStore
 from tests.openai_test_server import ScriptedOpenAIServer, last_user_text, write_prompts
 
 ROWS = [{"prompt": f"Question {i}?", "reference_answer": f"Answer {i}."} for i in range(8)] + [
-    {"prompt": "What is 2 + 2?", "gold_answer": "4", "gold_type": "number"}]
+    {"prompt": "What is 2 + 2?", "gold_answer": "4", "gold_type": "number"}
+]
 
 
 def judge_rule(body):
@@ -31,12 +32,23 @@ def _labels_both_ways(tmp_path, srv_model):
     for mode in ("online", "batch"):
         root = str(tmp_path / mode)
         prompts = write_prompts(root, ROWS)
-        answers = generate_answers(prompts, models=[
-            {"name": "a", "model": "a", "base_url": srv_model.base_url},
-            {"name": "b", "model": "b", "base_url": srv_model.base_url}], artifact_root=root)
+        answers = generate_answers(
+            prompts,
+            models=[
+                {"name": "a", "model": "a", "base_url": srv_model.base_url},
+                {"name": "b", "model": "b", "base_url": srv_model.base_url},
+            ],
+            artifact_root=root,
+        )
         with ScriptedOpenAIServer(judge_rule, batch_polls=2) as judge_srv:
-            judge = {"name": "judge", "model": "judge-1", "base_url": judge_srv.base_url, "max_retries": 0,
-                     "price_input_per_m": 10.0, "price_output_per_m": 30.0}
+            judge = {
+                "name": "judge",
+                "model": "judge-1",
+                "base_url": judge_srv.base_url,
+                "max_retries": 0,
+                "price_input_per_m": 10.0,
+                "price_output_per_m": 30.0,
+            }
             batch_ref = None
             if mode == "batch":
                 batch_ref = run_judge_batch(prompts, answers, judge=judge, artifact_root=root, poll_seconds=0.05)
@@ -74,8 +86,14 @@ def test_collect_refuses_an_unfinished_batch(tmp_path):
         import openai
 
         client = openai.OpenAI(api_key="x", base_url=srv.base_url)
-        f = client.files.create(file=("in.jsonl", b'{"custom_id": "k", "method": "POST", "url": "/v1/chat/completions", '
-                                                  b'"body": {"model": "j", "messages": []}}\n'), purpose="batch")
+        f = client.files.create(
+            file=(
+                "in.jsonl",
+                b'{"custom_id": "k", "method": "POST", "url": "/v1/chat/completions", '
+                b'"body": {"model": "j", "messages": []}}\n',
+            ),
+            purpose="batch",
+        )
         batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
         with pytest.raises(RuntimeError, match="not 'completed'"):
             collect_judge_batch(batch.id, judge={"model": "j", "base_url": srv.base_url}, artifact_root=root)
@@ -91,12 +109,23 @@ def test_tela_judge_batch_flag(tmp_path, monkeypatch, capsys):
     root = str(tmp_path)
     prompts = write_prompts(root, ROWS[:3])
     with ScriptedOpenAIServer(lambda body: "an answer") as srv_model:
-        answers = generate_answers(prompts, models=[{"name": "a", "model": "a", "base_url": srv_model.base_url}],
-                                   artifact_root=root)
+        answers = generate_answers(
+            prompts, models=[{"name": "a", "model": "a", "base_url": srv_model.base_url}], artifact_root=root
+        )
     with ScriptedOpenAIServer(judge_rule, batch_polls=1) as judge_srv:
         judge = json.dumps({"name": "judge", "model": "judge-1", "base_url": judge_srv.base_url})
-        args = ["--artifact-root", root, "judge", "--prompts", json.dumps(prompts), "--answers", json.dumps(answers),
-                "--judge", judge, "--batch"]
+        args = [
+            "--artifact-root",
+            root,
+            "judge",
+            "--prompts",
+            json.dumps(prompts),
+            "--answers",
+            json.dumps(answers),
+            "--judge",
+            judge,
+            "--batch",
+        ]
         assert main(args) == 0
         ref = json.loads(capsys.readouterr().out)
         assert judge_srv.batch_lines == 3 and judge_srv.count() == 0

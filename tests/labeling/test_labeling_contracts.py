@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import threading
 
-import pandas as pd
 import pytest
 
 from router_tasks.core.stage import load_table, read_manifest
@@ -90,8 +89,15 @@ def test_breaker_stops_on_a_dead_url_in_a_bounded_number_of_requests(local_root)
     prompts = write_prompts(local_root, [{"prompt": f"q{i}"} for i in range(60)])
     sock, accepted = _dead_port_server()
     try:
-        ep = {"name": "dead", "model": "x", "base_url": f"http://127.0.0.1:{sock.getsockname()[1]}/v1",
-              "max_retries": 1, "concurrency": 2, "max_consecutive_failures": 4, "timeout_s": 5}
+        ep = {
+            "name": "dead",
+            "model": "x",
+            "base_url": f"http://127.0.0.1:{sock.getsockname()[1]}/v1",
+            "max_retries": 1,
+            "concurrency": 2,
+            "max_consecutive_failures": 4,
+            "timeout_s": 5,
+        }
         with pytest.raises(EndpointDown, match=r"endpoint 'dead'.*4 failed calls in a row.*no HTTP status"):
             generate_part(prompts, model=ep, artifact_root=local_root)
     finally:
@@ -106,7 +112,9 @@ def test_error_texts_are_stored_redacted(local_root):
 
     def rule(body):
         if last_user_text(body) == "hi":
-            return Reply(status=400, error_message=f"Incorrect API key provided: {secret}. Authorization: Bearer {secret}")
+            return Reply(
+                status=400, error_message=f"Incorrect API key provided: {secret}. Authorization: Bearer {secret}"
+            )
         return "fine"
 
     with ScriptedOpenAIServer(rule) as srv:
@@ -166,8 +174,9 @@ def test_an_expired_batch_keeps_its_replies_and_only_the_rest_are_asked(tmp_path
 def test_batch_mode_refuses_the_local_server(local_root):
     prompts = write_prompts(local_root, [{"prompt": "q", "reference_answer": "a"}])
     with pytest.raises(ValueError, match="base_url 'local'.*has none"):
-        batch_lines(prompts, prompts, judge={"name": "j", "model": "smollm2", "base_url": "local"},
-                    artifact_root=local_root)
+        batch_lines(
+            prompts, prompts, judge={"name": "j", "model": "smollm2", "base_url": "local"}, artifact_root=local_root
+        )
 
 
 def test_one_model_cache_folder(monkeypatch, tmp_path):
@@ -187,8 +196,18 @@ def test_tela_judge_batch_with_the_local_server_is_refused_clearly(local_root, c
     from router_tasks.cli import main
 
     prompts = write_prompts(local_root, [{"prompt": "q", "reference_answer": "a"}])
-    args = ["--artifact-root", local_root, "judge", "--prompts", json.dumps(prompts), "--answers", json.dumps(prompts),
-            "--judge", json.dumps({"name": "j", "model": "smollm2", "base_url": "local"}), "--batch"]
+    args = [
+        "--artifact-root",
+        local_root,
+        "judge",
+        "--prompts",
+        json.dumps(prompts),
+        "--answers",
+        json.dumps(prompts),
+        "--judge",
+        json.dumps({"name": "j", "model": "smollm2", "base_url": "local"}),
+        "--batch",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("tela judge: error: ") and "base_url 'local'" in err and "Batch API" in err

@@ -56,14 +56,18 @@ def test_smollm2_server_answers_over_http(local_root, monkeypatch, smollm2_url):
 
     def ask(text, max_tokens):
         return client.chat.completions.create(
-            model=SERVED_MODEL, messages=[{"role": "user", "content": text}], max_tokens=max_tokens)
+            model=SERVED_MODEL, messages=[{"role": "user", "content": text}], max_tokens=max_tokens
+        )
 
     # Concurrent requests (batched by the server) each get their own, complete reply.
     with ThreadPoolExecutor(2) as pool:
-        capital, story = pool.map(lambda a: ask(*a), [
-            ("What is the capital of France?", 16),
-            ("Write a long story about a dragon who learns to fly.", 5),
-        ])
+        capital, story = pool.map(
+            lambda a: ask(*a),
+            [
+                ("What is the capital of France?", 16),
+                ("Write a long story about a dragon who learns to fly.", 5),
+            ],
+        )
     # Sanity of the served model: a short, correct, finished answer.
     assert "Paris" in capital.choices[0].message.content
     assert capital.choices[0].finish_reason == "stop"
@@ -77,15 +81,20 @@ def test_smollm2_server_answers_over_http(local_root, monkeypatch, smollm2_url):
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="stream"):
-        client.chat.completions.create(model=SERVED_MODEL, messages=[{"role": "user", "content": "hi"}],
-                                       max_tokens=2, stream=True)
+        client.chat.completions.create(
+            model=SERVED_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, stream=True
+        )
 
     # The generate stage's base_url "local" path, pointed at this running server so
     # the model is not loaded twice.
     monkeypatch.setenv(REUSE_ENV, base_url)
     prompts = write_prompts(local_root, [{"prompt": "What is 2 + 2?"}])
-    ref = generate_answers(prompts, models=[{"name": "smollm2", "model": "smollm2", "base_url": "local"}],
-                           max_tokens=6, artifact_root=local_root)
+    ref = generate_answers(
+        prompts,
+        models=[{"name": "smollm2", "model": "smollm2", "base_url": "local"}],
+        max_tokens=6,
+        artifact_root=local_root,
+    )
     df = load_table(ref, ArtifactStore(local_root))
     assert len(df) == 1 and df["error"].isna().all()
     assert df["answer"].iloc[0].strip() and 0 < df["output_tokens"].iloc[0] <= 6
@@ -96,8 +105,9 @@ def test_smollm2_server_answers_over_http(local_root, monkeypatch, smollm2_url):
 def test_logprobs_continuation_and_choices_like_a_real_server(smollm2_url):
     client = openai.OpenAI(base_url=smollm2_url, api_key="unused", max_retries=0, timeout=600)
     ask = [{"role": "user", "content": "What is the capital of France?"}]
-    plain = client.chat.completions.create(model=SERVED_MODEL, messages=ask, max_tokens=8, logprobs=True,
-                                           top_logprobs=3)
+    plain = client.chat.completions.create(
+        model=SERVED_MODEL, messages=ask, max_tokens=8, logprobs=True, top_logprobs=3
+    )
     choice = plain.choices[0]
     tokens = choice.logprobs.content
     assert len(tokens) == plain.usage.completion_tokens - (choice.finish_reason == "stop")  # the end token has none
@@ -109,27 +119,43 @@ def test_logprobs_continuation_and_choices_like_a_real_server(smollm2_url):
     assert client.chat.completions.create(model=SERVED_MODEL, messages=ask, max_tokens=2).choices[0].logprobs is None
 
     # a judge's verdict position: its own turn continued after "[[", one of five digits
-    judged = ask + [{"role": "assistant", "content": "Paris is the capital of France."},
-                    {"role": "user", "content": "Rate that answer from 1 to 5 as [[n]]."},
-                    {"role": "assistant", "content": "It is right.\n[["}]
+    judged = ask + [
+        {"role": "assistant", "content": "Paris is the capital of France."},
+        {"role": "user", "content": "Rate that answer from 1 to 5 as [[n]]."},
+        {"role": "assistant", "content": "It is right.\n[["},
+    ]
     verdict = client.chat.completions.create(
-        model=SERVED_MODEL, messages=judged, max_tokens=1, logprobs=True, top_logprobs=5,
-        extra_body=vd.CONTINUE_OPTIONS | {"top_logprobs": 5})
+        model=SERVED_MODEL,
+        messages=judged,
+        max_tokens=1,
+        logprobs=True,
+        top_logprobs=5,
+        extra_body=vd.CONTINUE_OPTIONS | {"top_logprobs": 5},
+    )
     alts = verdict.choices[0].logprobs.content[0].top_logprobs
     assert verdict.choices[0].message.content in vd.DIGITS and verdict.usage.completion_tokens == 1
     assert sorted(a.token for a in alts) == list(vd.DIGITS)
     assert sum(math.exp(a.logprob) for a in alts) == pytest.approx(1.0, abs=1e-4)  # renormalised over the choices
     assert alts[0].token == verdict.choices[0].message.content
     # the same continuation unconstrained: the reply continues the turn, it does not start one
-    free = client.chat.completions.create(model=SERVED_MODEL, messages=judged, max_tokens=3, extra_body={
-        "continue_final_message": True, "add_generation_prompt": False})
+    free = client.chat.completions.create(
+        model=SERVED_MODEL,
+        messages=judged,
+        max_tokens=3,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )
     assert "It is right" not in free.choices[0].message.content
 
-    for bad, match in [({"top_logprobs": 2}, "requires logprobs"), ({"logprobs": True, "top_logprobs": 21}, "0 to 20"),
-                       ({"extra_body": {"guided_choice": ["two words"]}}, "single-token"),
-                       ({"extra_body": {"continue_final_message": True}}, "add_generation_prompt"),
-                       ({"extra_body": {"continue_final_message": True, "add_generation_prompt": False}},
-                        "last message to be an assistant")]:
+    for bad, match in [
+        ({"top_logprobs": 2}, "requires logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "0 to 20"),
+        ({"extra_body": {"guided_choice": ["two words"]}}, "single-token"),
+        ({"extra_body": {"continue_final_message": True}}, "add_generation_prompt"),
+        (
+            {"extra_body": {"continue_final_message": True, "add_generation_prompt": False}},
+            "last message to be an assistant",
+        ),
+    ]:
         with pytest.raises(openai.BadRequestError, match=match):
             client.chat.completions.create(model=SERVED_MODEL, messages=ask, max_tokens=2, **bad)
 
@@ -138,13 +164,18 @@ def test_logprobs_continuation_and_choices_like_a_real_server(smollm2_url):
 @pytest.mark.timeout(900)
 def test_local_judge_gives_every_answer_a_verdict(local_root, monkeypatch, smollm2_url):
     monkeypatch.setenv(REUSE_ENV, smollm2_url)
-    rows = [{"prompt": "Why is the sky blue?", "reference_answer": "Rayleigh scattering of sunlight.",
-             "dataset": "chat"},
-            {"prompt": "Name a prime number.", "reference_answer": "7", "dataset": "chat"},
-            {"prompt": "Say hello.", "reference_answer": "Hello!", "dataset": "chat"}]
+    rows = [
+        {"prompt": "Why is the sky blue?", "reference_answer": "Rayleigh scattering of sunlight.", "dataset": "chat"},
+        {"prompt": "Name a prime number.", "reference_answer": "7", "dataset": "chat"},
+        {"prompt": "Say hello.", "reference_answer": "Hello!", "dataset": "chat"},
+    ]
     prompts = write_prompts(local_root, rows)
-    answers = generate_answers(prompts, models=[{"name": "smollm2", "model": "smollm2", "base_url": "local"}],
-                               max_tokens=12, artifact_root=local_root)
+    answers = generate_answers(
+        prompts,
+        models=[{"name": "smollm2", "model": "smollm2", "base_url": "local"}],
+        max_tokens=12,
+        artifact_root=local_root,
+    )
     judge = {"name": "smollm2-judge", "model": "smollm2", "base_url": "local", "max_tokens": 24}
     ref = judge_answers(prompts, answers, judge=judge, artifact_root=local_root)
     store = ArtifactStore(local_root)
@@ -152,10 +183,12 @@ def test_local_judge_gives_every_answer_a_verdict(local_root, monkeypatch, smoll
     stats = read_manifest(store, ref)["stats"]
     assert len(df) == 3 and df["failure_reason"].isna().all() and df["score"].between(1, 5).all()
     assert set(df["verdict_method"]) <= {"logprobs", "continuation"}
-    for probs, score, expected in zip(df["score_probs"], df["score"], df["score_expected"]):
+    for probs, score, expected in zip(df["score_probs"], df["score"], df["score_expected"], strict=False):
         p = json.loads(probs)
         assert sum(p) == pytest.approx(1.0, abs=1e-4) and p.index(max(p)) + 1 == score
-        assert expected == pytest.approx(sum(q * s for q, s in zip(p, vd.SCORES)), abs=1e-5)  # probs kept to 6 places
+        assert expected == pytest.approx(
+            sum(q * s for q, s in zip(p, vd.SCORES, strict=False)), abs=1e-5
+        )  # probs kept to 6 places
     assert stats["parse_failures"] == 0 and stats["by_judge"]["smollm2-judge"]["path"] == "continue"
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from router_tasks.core.stage import load_table, read_manifest
+from router_tasks.core.store import ArtifactStore
 from router_tasks.labeling.generate import generate_answers
 from router_tasks.labeling.judge import judge_answers
 from router_tasks.labeling.references import REFERENCE_SYSTEM, generate_references
-from router_tasks.core.stage import load_table, read_manifest
-from router_tasks.core.store import ArtifactStore
 from tests.openai_test_server import Reply, ScriptedOpenAIServer, last_user_text, write_prompts
 
 ROWS = [
@@ -46,7 +46,9 @@ def test_missing_references_are_written_by_the_strong_model_and_judged(local_roo
     df = load_table(ref, store).set_index("prompt")
     assert df.loc["Why is the sea salty?", "reference_source"] == "data"
     assert df.loc["Why is the sea salty?", "reference_answer"] == "Dissolved minerals from rocks."
-    assert pd.isna(df.loc["What is 3 + 4?", "reference_answer"]) and pd.isna(df.loc["What is 3 + 4?", "reference_source"])
+    assert pd.isna(df.loc["What is 3 + 4?", "reference_answer"]) and pd.isna(
+        df.loc["What is 3 + 4?", "reference_source"]
+    )
     assert df.loc["Name a noble gas.", "reference_answer"] == "REFERENCE for: Name a noble gas."
     assert df.loc["Name a noble gas.", "reference_source"] == "gpt-strong"
     for failed in ("A question the strong model fails on.", "A question whose reference runs too long."):
@@ -56,8 +58,9 @@ def test_missing_references_are_written_by_the_strong_model_and_judged(local_roo
 
     # The judge grades against the generated references; the failed ones stay "no reference".
     with ScriptedOpenAIServer(lambda body: "ok") as weak, ScriptedOpenAIServer(lambda body: "Fine.\n[[4]]") as judge:
-        answers = generate_answers(prompts, models=[{"name": "weak", "model": "w", "base_url": weak.base_url}],
-                                   artifact_root=local_root)
+        answers = generate_answers(
+            prompts, models=[{"name": "weak", "model": "w", "base_url": weak.base_url}], artifact_root=local_root
+        )
         judged = judge_answers(ref, answers, judge={"model": "j", "base_url": judge.base_url}, artifact_root=local_root)
         assert judge.count() == 3  # sea, noble gas, photosynthesis
         assert any("REFERENCE for: Explain photosynthesis." in t for t in judge.user_texts())
@@ -69,7 +72,14 @@ def test_missing_references_are_written_by_the_strong_model_and_judged(local_roo
 def test_nothing_to_fill_or_no_endpoint_hands_the_prompts_on(local_root):
     prompts = write_prompts(local_root, ROWS[:2])
     with ScriptedOpenAIServer(strong_rule) as strong:
-        assert generate_references(prompts, reference={"model": "s", "base_url": strong.base_url},
-                                   artifact_root=local_root) == prompts
+        assert (
+            generate_references(
+                prompts, reference={"model": "s", "base_url": strong.base_url}, artifact_root=local_root
+            )
+            == prompts
+        )
         assert strong.count() == 0
-    assert generate_references(write_prompts(local_root, ROWS), reference=None, artifact_root=local_root)["stage"] == "ingest"
+    assert (
+        generate_references(write_prompts(local_root, ROWS), reference=None, artifact_root=local_root)["stage"]
+        == "ingest"
+    )

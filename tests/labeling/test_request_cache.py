@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data.ingest import ingest_prompts
 from router_tasks.labeling.generate import generate_part
@@ -21,8 +19,14 @@ def _cache(root, **kw):
 def _fill(root, partition, n, tag):
     writer = _cache(root)
     for i in range(n):
-        writer.put(f"{tag}-{i}", answer=f"reply {tag} {i}", finish_reason="stop", input_tokens=1, output_tokens=2,
-                   partition=partition)
+        writer.put(
+            f"{tag}-{i}",
+            answer=f"reply {tag} {i}",
+            finish_reason="stop",
+            input_tokens=1,
+            output_tokens=2,
+            partition=partition,
+        )
     return [f"{tag}-{i}" for i in range(n)]
 
 
@@ -86,8 +90,9 @@ def test_two_parts_run_while_a_third_compacts_and_nothing_is_asked_twice(any_roo
         compactions, errors, refs = [], [], {}
 
         def compactor():
-            cache = RequestCache(ArtifactStore(any_root), base_url=model["base_url"].rstrip("/"), model="m",
-                                 grace_s=0.0)
+            cache = RequestCache(
+                ArtifactStore(any_root), base_url=model["base_url"].rstrip("/"), model="m", grace_s=0.0
+            )
             while not stop.is_set():
                 for shard in (1, 2):
                     try:

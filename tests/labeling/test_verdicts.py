@@ -20,13 +20,26 @@ from tests.openai_test_server import Reply, ScriptedOpenAIServer, last_user_text
 def tok(text, probs=None):
     """A token as the client returns it, with alternatives given as probabilities."""
     probs = probs or {text: 1.0}
-    return {"token": text, "logprob": math.log(probs.get(text, 1e-9)),
-            "top": [[t, math.log(p)] for t, p in probs.items()]}
+    return {
+        "token": text,
+        "logprob": math.log(probs.get(text, 1e-9)),
+        "top": [[t, math.log(p)] for t, p in probs.items()],
+    }
 
 
 def test_distribution_is_read_right_after_the_last_open_brackets():
-    tokens = [tok("Good"), tok("."), tok("\n"), tok("[["), tok("2", {"2": 0.5, "3": 0.25, "x": 0.25}), tok("]]"),
-              tok(" then"), tok(" [["), tok("4", {"4": 0.6, "5": 0.2, "n": 0.2}), tok("]]")]
+    tokens = [
+        tok("Good"),
+        tok("."),
+        tok("\n"),
+        tok("[["),
+        tok("2", {"2": 0.5, "3": 0.25, "x": 0.25}),
+        tok("]]"),
+        tok(" then"),
+        tok(" [["),
+        tok("4", {"4": 0.6, "5": 0.2, "n": 0.2}),
+        tok("]]"),
+    ]
     probs = vd.distribution(tokens)
     assert probs == pytest.approx((0, 0, 0, 0.75, 0.25))  # the last [[, renormalised over the digits
     v = vd.from_reply("Good.\n[[2]] then [[4]]", tokens)
@@ -55,7 +68,9 @@ def test_reply_falls_back_to_text_and_keeps_the_failure():
     none = vd.from_reply("three out of five", None)
     assert none.score is None and none.failure == vd.NO_VERDICT
     assert vd.continuation([{"role": "user", "content": "q"}], "Okay.\n[[n]] and more")[-1] == {
-        "role": "assistant", "content": "Okay.\n[["}
+        "role": "assistant",
+        "content": "Okay.\n[[",
+    }
     assert vd.continuation([], "Okay.  ")[-1]["content"] == "Okay.\n[["
 
 
@@ -90,8 +105,9 @@ ANSWERS = {ROWS[0]["prompt"]: "GOOD scattering", ROWS[1]["prompt"]: "MEH 9", ROW
 def _answers(root):
     prompts = write_prompts(root, ROWS)
     with ScriptedOpenAIServer(lambda body: ANSWERS[last_user_text(body)]) as srv:
-        answers = generate_answers(prompts, artifact_root=root,
-                                   models=[{"name": "cheap", "model": "cheap", "base_url": srv.base_url}])
+        answers = generate_answers(
+            prompts, artifact_root=root, models=[{"name": "cheap", "model": "cheap", "base_url": srv.base_url}]
+        )
     return prompts, answers
 
 
@@ -219,11 +235,21 @@ def test_majority_vote_with_a_disagreeing_judge_and_every_reply_cached(local_roo
 def test_panel_config_is_checked_before_any_call(local_root):
     prompts, answers = _answers(local_root)
     with pytest.raises(ValueError, match="vote must be one of"):
-        judge_answers(prompts, answers, judges=[{"model": "a", "base_url": "http://127.0.0.1:9/v1"}], vote="median",
-                      artifact_root=local_root)
+        judge_answers(
+            prompts,
+            answers,
+            judges=[{"model": "a", "base_url": "http://127.0.0.1:9/v1"}],
+            vote="median",
+            artifact_root=local_root,
+        )
     with pytest.raises(ValueError, match="names must be unique"):
-        judge_answers(prompts, answers, judges=[{"model": "a", "base_url": "http://127.0.0.1:9/v1"}] * 2,
-                      artifact_root=local_root)
+        judge_answers(
+            prompts, answers, judges=[{"model": "a", "base_url": "http://127.0.0.1:9/v1"}] * 2, artifact_root=local_root
+        )
     with pytest.raises(ValueError, match=r"judges\[0\].*verdict must be one of"):
-        judge_answers(prompts, answers, judges=[{"model": "a", "base_url": "http://127.0.0.1:9/v1", "verdict": "x"}],
-                      artifact_root=local_root)
+        judge_answers(
+            prompts,
+            answers,
+            judges=[{"model": "a", "base_url": "http://127.0.0.1:9/v1", "verdict": "x"}],
+            artifact_root=local_root,
+        )

@@ -23,13 +23,26 @@ STRONG, WEAK = "osprey-xl", "finch-s"
 
 
 def _endpoint(name, **extra):
-    return {"name": name, "model": name, "base_url": "https://llm.acme.test/v1", "api_key_env": "ACME_KEY",
-            "conn_id": "acme_llm", **extra}
+    return {
+        "name": name,
+        "model": name,
+        "base_url": "https://llm.acme.test/v1",
+        "api_key_env": "ACME_KEY",
+        "conn_id": "acme_llm",
+        **extra,
+    }
 
 
-TEAM = {"models": [_endpoint(STRONG), _endpoint(WEAK)], "judge": _endpoint("owl-judge"),
-        "reference_model": None, "strong_model": STRONG, "weak_model": WEAK, "include_routellm": False,
-        "router_type": "random", "benchmarks": []}
+TEAM = {
+    "models": [_endpoint(STRONG), _endpoint(WEAK)],
+    "judge": _endpoint("owl-judge"),
+    "reference_model": None,
+    "strong_model": STRONG,
+    "weak_model": WEAK,
+    "include_routellm": False,
+    "router_type": "random",
+    "benchmarks": [],
+}
 
 
 def test_recordable_settings_hold_no_secret():
@@ -44,8 +57,9 @@ def test_recordable_settings_hold_no_secret():
 
 
 def test_layers_win_key_by_key_and_say_where_each_value_came_from():
-    resolved = loop_settings.resolve([("champion c1", TEAM), ("Variable tela_loop_settings", {"max_tokens": 64}),
-                                      ("absent", None)])
+    resolved = loop_settings.resolve(
+        [("champion c1", TEAM), ("Variable tela_loop_settings", {"max_tokens": 64}), ("absent", None)]
+    )
     s, src = resolved["settings"], resolved["from"]
     assert set(s) == set(loop_settings.SETTINGS_KEYS)
     assert s["strong_model"] == STRONG and src["strong_model"] == "champion c1"
@@ -58,11 +72,25 @@ def test_layers_win_key_by_key_and_say_where_each_value_came_from():
 def _labels(root, models, tag):
     texts = [f"{tag} prompt {i}" for i in range(12)]
     # the first model is right on every prompt, the others on every other one
-    df = pd.DataFrame([dict(prompt_id=prompt_id(t), prompt=t, model=m, score=None, correct=None,
-                            quality=1.0 if m == models[0] else float(i % 2), source="generated:team", benchmark="own")
-                       for i, t in enumerate(texts) for m in models])
-    return run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"tag": tag},
-                     store=ArtifactStore(root))
+    df = pd.DataFrame(
+        [
+            dict(
+                prompt_id=prompt_id(t),
+                prompt=t,
+                model=m,
+                score=None,
+                correct=None,
+                quality=1.0 if m == models[0] else float(i % 2),
+                source="generated:team",
+                benchmark="own",
+            )
+            for i, t in enumerate(texts)
+            for m in models
+        ]
+    )
+    return run_stage(
+        "labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"tag": tag}, store=ArtifactStore(root)
+    )
 
 
 def test_retraining_trains_for_the_labels_pair_then_the_champions_never_the_demo_default(local_root):
@@ -86,8 +114,13 @@ def test_retraining_trains_for_the_labels_pair_then_the_champions_never_the_demo
     got = retraining_settings(newer, [{"labels": newer}], artifact_root=local_root)
     assert got["settings"]["strong_model"] == STRONG and got["from"]["strong_model"].startswith("champion ")
     # the team's Variable and then the run's own params win
-    got = retraining_settings(newer, [], variable={"strong_model": "gpt-4-1106-preview"},
-                              params={"weak_model": None, "benchmarks": ["mt-bench"]}, artifact_root=local_root)
+    got = retraining_settings(
+        newer,
+        [],
+        variable={"strong_model": "gpt-4-1106-preview"},
+        params={"weak_model": None, "benchmarks": ["mt-bench"]},
+        artifact_root=local_root,
+    )
     assert got["settings"]["strong_model"] == "gpt-4-1106-preview"
     assert got["from"]["strong_model"] == "Variable tela_loop_settings"
     assert got["settings"]["weak_model"] == WEAK  # a None param is "not given"
@@ -108,8 +141,12 @@ def test_relabel_conf_is_the_champions_settings_under_the_variable_and_the_runs_
     plan = loop_settings.relabel_conf("s3://b/traffic-exports/x.jsonl", artifact_root=local_root)
     assert plan["conf"]["models"] == defaults.DEMO_MODELS and plan["from"]["models"] == "library defaults"
     store.write_json("champion/CHAMPION.json", {"router": {"key": "stages/train/abc"}, "settings": TEAM})
-    plan = loop_settings.relabel_conf("s3://b/traffic-exports/x.jsonl", variable={"judge": _endpoint("hawk-judge")},
-                                      conf={"sample": 50, "source": "ignored"}, artifact_root=local_root)
+    plan = loop_settings.relabel_conf(
+        "s3://b/traffic-exports/x.jsonl",
+        variable={"judge": _endpoint("hawk-judge")},
+        conf={"sample": 50, "source": "ignored"},
+        artifact_root=local_root,
+    )
     conf = plan["conf"]
     assert conf["source"] == "s3://b/traffic-exports/x.jsonl" and conf["sample"] == 50
     assert conf["models"] == TEAM["models"] and plan["from"]["models"] == "champion stages/train/abc"

@@ -1,11 +1,9 @@
 import pandas as pd
 import pytest
 
-from router_tasks.lifecycle.publish import CHAMPION_KEY, publish_router, read_champion, rollback_champion
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
-
-
+from router_tasks.lifecycle.publish import CHAMPION_KEY, publish_router, read_champion, rollback_champion
 
 
 def _evaluation(store, apgrs):
@@ -41,15 +39,22 @@ def test_promote_keep_and_rollback(local_root, random_router):
 def test_unknown_metric_is_a_clear_error(local_root, random_router):
     store = ArtifactStore(local_root)
     with pytest.raises(ValueError, match="benchmark 'mt-bench' was not evaluated"):
-        publish_router(random_router(store.root, "x"), _evaluation(store, {"mmlu": 0.5}), metric="apgr:mt-bench",
-                       artifact_root=local_root)
+        publish_router(
+            random_router(store.root, "x"),
+            _evaluation(store, {"mmlu": 0.5}),
+            metric="apgr:mt-bench",
+            artifact_root=local_root,
+        )
     assert read_champion(store) is None
 
 
 def test_nan_metric_is_never_promoted(local_root, random_router):
     store = ArtifactStore(local_root)
-    d = publish_router(random_router(store.root, "n"), _evaluation(store, {"mmlu": 0.9, "gsm8k": float("nan")}),
-                       artifact_root=local_root)
+    d = publish_router(
+        random_router(store.root, "n"),
+        _evaluation(store, {"mmlu": 0.9, "gsm8k": float("nan")}),
+        artifact_root=local_root,
+    )
     assert not d["promoted"] and "NaN" in d["reason"]
     assert read_champion(store) is None
 
@@ -114,21 +119,31 @@ def test_champion_on_another_spec_is_not_compared_blindly(local_root, random_rou
     """A champion crowned on a quick spec is re-scored on the challenger's spec, or the
     challenger is refused with the reason; never are unlike scores compared."""
     store = ArtifactStore(local_root)
-    quick = {"benchmarks": ["mmlu"], "max_prompts": 10, "num_results": 10, "random_seeds": 1, "protocol": None,
-             "own": False, "own_labels": None, "scored": ["mmlu"]}
+    quick = {
+        "benchmarks": ["mmlu"],
+        "max_prompts": 10,
+        "num_results": 10,
+        "random_seeds": 1,
+        "protocol": None,
+        "own": False,
+        "own_labels": None,
+        "scored": ["mmlu"],
+    }
     full = {**quick, "max_prompts": None}
     champion = random_router(store.root, "quick-champion")  # its own labels only: it cannot be scored on MMLU
     assert publish_router(champion, _spec_evaluation(store, 0.9, quick), artifact_root=local_root)["promoted"]
 
-    d = publish_router(random_router(store.root, "challenger"), _spec_evaluation(store, 0.6, full),
-                       artifact_root=local_root)
+    d = publish_router(
+        random_router(store.root, "challenger"), _spec_evaluation(store, 0.6, full), artifact_root=local_root
+    )
     assert not d["promoted"]
     assert "another evaluation spec" in d["reason"] and "cannot be re-scored" in d["reason"]
     assert read_champion(store)["router"]["key"] == champion["key"]
 
     # on the same spec the usual comparison applies
-    d = publish_router(random_router(store.root, "same-spec"), _spec_evaluation(store, 0.95, quick),
-                       artifact_root=local_root)
+    d = publish_router(
+        random_router(store.root, "same-spec"), _spec_evaluation(store, 0.95, quick), artifact_root=local_root
+    )
     assert d["promoted"] and d["champion_rescored"] is None
 
 
@@ -151,8 +166,10 @@ def test_quick_champion_is_rescored_on_the_challengers_full_spec(local_root):
     rescored = d["champion_rescored"]
     assert rescored is not None and rescored["score_on_own_spec"] == d["champion_before"]["score"]
     store = ArtifactStore(local_root)
-    assert store.read_json(f"{rescored['evaluation']['key']}/metrics.json")["spec"] == \
-        store.read_json(f"{full['key']}/metrics.json")["spec"]
+    assert (
+        store.read_json(f"{rescored['evaluation']['key']}/metrics.json")["spec"]
+        == store.read_json(f"{full['key']}/metrics.json")["spec"]
+    )
     assert f"{rescored['score']:.4f}" in d["reason"] and "re-scored" in d["reason"]
     assert d["promoted"] == (d["score"] > rescored["score"])
 
@@ -170,11 +187,22 @@ def test_champion_is_rescored_on_the_challengers_own_labels(local_root):
         for i in range(n):
             text = f"own prompt number {i}"
             for model, q in (("big", 1.0), ("small", float(i % 3 == 0))):
-                rows.append(dict(prompt_id=prompt_id(text), prompt=text, model=model, score=None, correct=None,
-                                 quality=q, source="generated:team", benchmark="own"))
+                rows.append(
+                    dict(
+                        prompt_id=prompt_id(text),
+                        prompt=text,
+                        model=model,
+                        score=None,
+                        correct=None,
+                        quality=q,
+                        source="generated:team",
+                        benchmark="own",
+                    )
+                )
         df = pd.DataFrame(rows)
-        return run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"n": n},
-                         store=ArtifactStore(local_root))
+        return run_stage(
+            "labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"n": n}, store=ArtifactStore(local_root)
+        )
 
     first, more = own_labels(180), own_labels(240)
     kw = dict(router_type="random", strong_model="big", weak_model="small", artifact_root=local_root)

@@ -7,6 +7,8 @@ import math
 import pandas as pd
 import pytest
 
+from router_tasks.core.stage import run_stage
+from router_tasks.core.store import ArtifactStore
 from router_tasks.lifecycle.retraining import (
     LATEST_LABELS_KEY,
     in_type_order,
@@ -15,8 +17,6 @@ from router_tasks.lifecycle.retraining import (
     resolve_labels,
     split_by_device,
 )
-from router_tasks.core.stage import run_stage
-from router_tasks.core.store import ArtifactStore
 
 
 def _artifact(root, stage, df, tag):
@@ -54,7 +54,11 @@ def test_publish_best_promotes_the_best_candidate(local_root, random_router):
 
 def test_router_types_split_by_device_and_merged_back_in_order():
     split = split_by_device(["random", "causal_llm", "knn", "causal_llm"])
-    assert split == {"cpu": ["random", "knn"], "gpu": ["causal_llm", "causal_llm"], "order": ["cpu", "gpu", "cpu", "gpu"]}
+    assert split == {
+        "cpu": ["random", "knn"],
+        "gpu": ["causal_llm", "causal_llm"],
+        "order": ["cpu", "gpu", "cpu", "gpu"],
+    }
     assert in_type_order(split, ["R", "K"], ["C1", "C2"]) == ["R", "C1", "K", "C2"]
     assert split_by_device(["causal_llm", "knn"], use_gpu=False)["gpu"] == []  # GPU off: all on the CPU
     assert in_type_order(split_by_device(["knn"]), ["K"], []) == ["K"]

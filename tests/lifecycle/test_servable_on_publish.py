@@ -10,22 +10,22 @@ import time
 
 import openai
 import pytest
+
 from conftest import ROUTER_EASY, ROUTER_HARD
 from factories import labels_table
 from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text
-
 from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.evaluation.calibration import calibrate_router, read_calibration
-from router_tasks.routing.thresholds import NEUTRAL_THRESHOLD
 from router_tasks.evaluation.evaluate import evaluate_router
 from router_tasks.lifecycle.publish import publish_router, read_champion
 from router_tasks.routers import load_router
-from router_tasks.training.train import train_router
+from router_tasks.routing.thresholds import NEUTRAL_THRESHOLD
 from router_tasks.serving.config import GatewayConfig, parse_models_arg
 from router_tasks.serving.decisions import latest_calibration
 from router_tasks.serving.server import serve_in_thread
+from router_tasks.training.train import train_router
 
 # our own pair: only the pro model solves the hard prompts
 PRO, MINI = "kestrel-pro", "wren-mini"
@@ -36,11 +36,16 @@ HARD_Q = "Prove the open mapping theorem for Banach spaces with every step justi
 
 def _train_and_publish(root: str) -> dict:
     store = ArtifactStore(root)
-    df = labels_table(ROUTER_EASY + ROUTER_HARD, lambda _, t: {PRO: True, MINI: t in ROUTER_EASY},
-                      source="generated:team", benchmark="own")
+    df = labels_table(
+        ROUTER_EASY + ROUTER_HARD,
+        lambda _, t: {PRO: True, MINI: t in ROUTER_EASY},
+        source="generated:team",
+        benchmark="own",
+    )
     labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"t": "servable"}, store=store)
-    router = train_router(labels, router_type="knn", strong_model=PRO, weak_model=MINI, router_params={"k": 5},
-                          artifact_root=root)
+    router = train_router(
+        labels, router_type="knn", strong_model=PRO, weak_model=MINI, router_params={"k": 5}, artifact_root=root
+    )
     evaluation = evaluate_router(router, benchmarks=[], random_seeds=2, artifact_root=root)
     decision = publish_router(router, evaluation, artifact_root=root)
     assert decision["promoted"], decision["reason"]
@@ -80,10 +85,26 @@ def _upstream(tag):
 
 
 def _models(pro, mini):
-    return [{"name": PRO, "model": "pro-2", "base_url": pro.base_url, "api_key_env": KEY_ENV,
-             "price_input_per_m": 12.0, "price_output_per_m": 36.0, "max_retries": 0},
-            {"name": MINI, "model": "mini-1", "base_url": mini.base_url, "api_key_env": KEY_ENV,
-             "price_input_per_m": 0.1, "price_output_per_m": 0.3, "max_retries": 0}]
+    return [
+        {
+            "name": PRO,
+            "model": "pro-2",
+            "base_url": pro.base_url,
+            "api_key_env": KEY_ENV,
+            "price_input_per_m": 12.0,
+            "price_output_per_m": 36.0,
+            "max_retries": 0,
+        },
+        {
+            "name": MINI,
+            "model": "mini-1",
+            "base_url": mini.base_url,
+            "api_key_env": KEY_ENV,
+            "price_input_per_m": 0.1,
+            "price_output_per_m": 0.3,
+            "max_retries": 0,
+        },
+    ]
 
 
 def test_a_gateway_started_before_the_first_champion_waits_then_serves_it(tmp_path, monkeypatch, minilm):
@@ -94,8 +115,11 @@ def test_a_gateway_started_before_the_first_champion_waits_then_serves_it(tmp_pa
     monkeypatch.setenv(KEY_ENV, "sk-kestrel-upstream")
     root = str(tmp_path / "artifacts")
     with ScriptedOpenAIServer(_upstream("pro")) as pro, ScriptedOpenAIServer(_upstream("mini")) as mini:
-        gw = serve_in_thread(GatewayConfig(parse_models_arg(json.dumps(_models(pro, mini))), artifact_root=root,
-                                           reload_s=0.3, traffic_flush_s=0.2))
+        gw = serve_in_thread(
+            GatewayConfig(
+                parse_models_arg(json.dumps(_models(pro, mini))), artifact_root=root, reload_s=0.3, traffic_flush_s=0.2
+            )
+        )
         try:
             health = httpx.get(gw.base_url.replace("/v1", "/health"))
             assert health.status_code == 503 and health.json()["router"] is None
@@ -118,15 +142,20 @@ def test_a_gateway_started_before_the_first_champion_waits_then_serves_it(tmp_pa
 def test_every_policy_works_through_the_gateway_on_the_fresh_champion(published, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-kestrel-upstream")
     with ScriptedOpenAIServer(_upstream("pro")) as pro, ScriptedOpenAIServer(_upstream("mini")) as mini:
-        config = GatewayConfig(parse_models_arg(json.dumps(_models(pro, mini))), artifact_root=published["root"],
-                               reload_s=0.3, traffic_flush_s=0.2)
+        config = GatewayConfig(
+            parse_models_arg(json.dumps(_models(pro, mini))),
+            artifact_root=published["root"],
+            reload_s=0.3,
+            traffic_flush_s=0.2,
+        )
         gw = serve_in_thread(config)
         try:
             client = openai.OpenAI(base_url=gw.base_url, api_key="sk-caller", max_retries=0)
 
             def ask(model, text):
                 raw = client.chat.completions.with_raw_response.create(
-                    model=model, messages=[{"role": "user", "content": text}])
+                    model=model, messages=[{"role": "user", "content": text}]
+                )
                 assert raw.http_response.status_code == 200, (model, raw.http_response.text)
                 return raw.headers
 
@@ -143,8 +172,9 @@ def test_every_policy_works_through_the_gateway_on_the_fresh_champion(published,
             assert ask("tela-auto@1.0", EASY_Q)["x-tela-model"] == PRO  # a share needs the stored sample
 
             # `tela calibrate` still re-targets: the running gateway reloads the newer calibration
-            retarget = calibrate_router("champion", ROUTER_EASY + ROUTER_HARD + [EASY_Q], 0.95,
-                                        artifact_root=published["root"])
+            retarget = calibrate_router(
+                "champion", ROUTER_EASY + ROUTER_HARD + [EASY_Q], 0.95, artifact_root=published["root"]
+            )
             threshold = read_calibration(retarget, artifact_root=published["root"])["threshold"]
             deadline = time.monotonic() + 30
             while gw.gateway.holder.current.threshold_source != retarget["key"] and time.monotonic() < deadline:

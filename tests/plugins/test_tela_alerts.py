@@ -54,7 +54,11 @@ def pipeline_dag(airflow_db):
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -79,7 +83,9 @@ def _run(dag, source):
     return dr, states
 
 
-def test_bad_input_fails_the_run_alerts_and_changes_nothing(pipeline_dag, populated_root, webhook, tmp_path, monkeypatch):
+def test_bad_input_fails_the_run_alerts_and_changes_nothing(
+    pipeline_dag, populated_root, webhook, tmp_path, monkeypatch
+):
     url, received = webhook
     monkeypatch.setenv("TELA_ALERTS", json.dumps({"notifier": "webhook", "url": url}))
     bad = tmp_path / "broken.jsonl"
@@ -103,14 +109,20 @@ def test_bad_input_fails_the_run_alerts_and_changes_nothing(pipeline_dag, popula
     assert f"run {dr.run_id}, stage ingest_prompts" in p["text"]
 
 
-def test_data_quality_failure_alert_names_rules_numbers_and_data_docs(pipeline_dag, populated_root, webhook, tmp_path, monkeypatch):
+def test_data_quality_failure_alert_names_rules_numbers_and_data_docs(
+    pipeline_dag, populated_root, webhook, tmp_path, monkeypatch
+):
     url, received = webhook
     monkeypatch.setenv("TELA_ALERTS", json.dumps({"notifier": "webhook", "url": url}))
     # 3 of 4 prompts are longer than the prompts suite allows (32,000 characters) but under
     # ingest's hard limit: they are quarantined, and 25% kept is under the 95% threshold.
     long = tmp_path / "long.jsonl"
-    long.write_text("".join(json.dumps({"prompt": f"{i} " + "x" * 40_000}) + "\n" for i in range(3))
-                    + json.dumps({"prompt": "a normal question"}) + "\n", encoding="utf-8")
+    long.write_text(
+        "".join(json.dumps({"prompt": f"{i} " + "x" * 40_000}) + "\n" for i in range(3))
+        + json.dumps({"prompt": "a normal question"})
+        + "\n",
+        encoding="utf-8",
+    )
     before = _snapshot(populated_root)
 
     dr, states = _run(pipeline_dag, long)
@@ -136,7 +148,14 @@ def test_data_quality_failure_alert_names_rules_numbers_and_data_docs(pipeline_d
 
 
 def test_notifier_choice_from_config(monkeypatch):
-    payload = {"text": "t", "event": "tela.data_quality_failure", "dag_id": "d", "stage": "s", "error": "e", "failed_expectations": []}
+    payload = {
+        "text": "t",
+        "event": "tela.data_quality_failure",
+        "dag_id": "d",
+        "stage": "s",
+        "error": "e",
+        "failed_expectations": [],
+    }
     n = tela_alerts.make_notifier({"notifier": "slack", "webhook_url": "http://127.0.0.1:9/x"}, payload)
     assert isinstance(n, tela_alerts.WebhookNotifier) and n.slack
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
@@ -166,7 +185,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("name, content, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_matrix_through_a_dag_run(pipeline_dag, populated_root, webhook, tmp_path, monkeypatch, name, content, message):
+def test_bad_input_matrix_through_a_dag_run(
+    pipeline_dag, populated_root, webhook, tmp_path, monkeypatch, name, content, message
+):
     """Each bad input fails the run at ingest with the file, row and field named in the
     alert, before any model is called, and the store stays byte for byte as it was."""
     url, received = webhook

@@ -5,11 +5,11 @@ from __future__ import annotations
 import inspect
 
 import pytest
-import tela_retries as retry
 from airflow.sdk.exceptions import AirflowFailException
-from tela_alerts import failure_record
 
+import tela_retries as retry
 from router_tasks.data.quality import DataQualityError
+from tela_alerts import failure_record
 
 
 def _stage(x: int, *, source: str = "a") -> dict:
@@ -46,8 +46,15 @@ def test_transient_errors_are_left_to_the_retries():
 def test_a_missing_endpoint_key_fails_at_once_naming_what_was_looked_for():
     from router_tasks.core.endpoints import Endpoint, MissingEndpointKey
 
-    ep = Endpoint.from_dict({"name": "acme-large", "model": "large", "base_url": "http://127.0.0.1:9/v1",
-                             "api_key_env": "ACME_KEY_NOT_SET_ANYWHERE", "conn_id": "acme_conn"})
+    ep = Endpoint.from_dict(
+        {
+            "name": "acme-large",
+            "model": "large",
+            "base_url": "http://127.0.0.1:9/v1",
+            "api_key_env": "ACME_KEY_NOT_SET_ANYWHERE",
+            "conn_id": "acme_conn",
+        }
+    )
     with pytest.raises(AirflowFailException) as err:
         retry.fail_fast(ep.api_key)()
     cause = err.value.__cause__

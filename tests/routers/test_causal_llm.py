@@ -13,11 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router_tasks.routers import load_router, router_class
-from router_tasks.routers.causal_llm.labels import LABEL_TOKENS, class_weights, expected_quality, prob_at_least, quality_to_class
-from router_tasks.routers.causal_llm.router import CausalLLMRouter
 from router_tasks.core.stage import read_manifest
 from router_tasks.core.store import ArtifactStore
+from router_tasks.routers import load_router, router_class
+from router_tasks.routers.causal_llm.labels import (
+    LABEL_TOKENS,
+    class_weights,
+    expected_quality,
+    prob_at_least,
+    quality_to_class,
+)
+from router_tasks.routers.causal_llm.router import CausalLLMRouter
 from router_tasks.training.train import train_router
 
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -122,19 +128,35 @@ def test_save_load_identical_predictions(trained):
     assert {"causal_llm.json", "causal_llm_adapter.safetensors"} <= set(files)
     meta = {"models": MODELS, "strong_model": STRONG, "weak_model": WEAK, "params": trained.params}
     loaded = CausalLLMRouter.load(files.__getitem__, meta)
-    np.testing.assert_array_equal(loaded.predict_quality(QUERIES).to_numpy(), trained.predict_quality(QUERIES).to_numpy())
+    np.testing.assert_array_equal(
+        loaded.predict_quality(QUERIES).to_numpy(), trained.predict_quality(QUERIES).to_numpy()
+    )
     assert loaded.history == trained.history
 
     saved = json.loads(files["causal_llm.json"])
     with pytest.raises(ValueError, match="prompt template v0"):
-        CausalLLMRouter.load({**files, "causal_llm.json": json.dumps({**saved, "template_version": "0"}).encode()}.__getitem__, meta)
+        CausalLLMRouter.load(
+            {**files, "causal_llm.json": json.dumps({**saved, "template_version": "0"}).encode()}.__getitem__, meta
+        )
     with pytest.raises(ValueError, match="label token ids"):
-        CausalLLMRouter.load({**files, "causal_llm.json": json.dumps({**saved, "label_token_ids": [1, 2, 3, 4, 5]}).encode()}.__getitem__, meta)
+        CausalLLMRouter.load(
+            {
+                **files,
+                "causal_llm.json": json.dumps({**saved, "label_token_ids": [1, 2, 3, 4, 5]}).encode(),
+            }.__getitem__,
+            meta,
+        )
 
 
 def test_full_finetune_and_resample_save_load():
-    params = {**FAST, "finetune": "full", "lr": 0.001, "rebalance": "resample", "max_steps": 3,
-              "gradient_checkpointing": True}
+    params = {
+        **FAST,
+        "finetune": "full",
+        "lr": 0.001,
+        "rebalance": "resample",
+        "max_steps": 3,
+        "gradient_checkpointing": True,
+    }
     router = CausalLLMRouter(MODELS, STRONG, WEAK, params).fit(toy_labels())
     assert router.train_stats["steps"] == 3
     files: dict[str, bytes] = {}
@@ -142,7 +164,9 @@ def test_full_finetune_and_resample_save_load():
     assert "causal_llm_model.safetensors" in files and "causal_llm_adapter.safetensors" not in files
     meta = {"models": MODELS, "strong_model": STRONG, "weak_model": WEAK, "params": router.params}
     loaded = CausalLLMRouter.load(files.__getitem__, meta)
-    np.testing.assert_array_equal(loaded.predict_quality(QUERIES).to_numpy(), router.predict_quality(QUERIES).to_numpy())
+    np.testing.assert_array_equal(
+        loaded.predict_quality(QUERIES).to_numpy(), router.predict_quality(QUERIES).to_numpy()
+    )
 
 
 def test_train_stage_end_to_end(router_labels_artifact, local_root):

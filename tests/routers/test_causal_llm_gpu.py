@@ -85,8 +85,10 @@ def test_device_defaults_cpu_and_gpu():
     big = device_defaults("cuda", config, free_bytes=139 * 2**30, weight_bytes=int(2.5 * 2**30), world=2)
     assert small["lora_layers"] == 0 and small["max_length"] == 512
     assert 1 <= small["batch_size"] <= big["batch_size"] / 2 <= 64  # more memory, no smaller batch; global over 2
-    assert device_defaults("cuda", config, free_bytes=int(2.6 * 2**30), weight_bytes=int(2.5 * 2**30))["batch_size"] == 1
-    with pytest.raises(ValueError, match="max_length must be an integer >= 1 or \"auto\""):
+    assert (
+        device_defaults("cuda", config, free_bytes=int(2.6 * 2**30), weight_bytes=int(2.5 * 2**30))["batch_size"] == 1
+    )
+    with pytest.raises(ValueError, match='max_length must be an integer >= 1 or "auto"'):
         CausalLLMRouter(MODELS, STRONG, WEAK, {"max_length": "long"})
     with pytest.raises(ValueError, match="gpus must be"):
         CausalLLMRouter(MODELS, STRONG, WEAK, {"gpus": "first"})
@@ -116,8 +118,14 @@ def test_saved_folder_base_trains_keys_and_reloads(hf_folder, tmp_path, router_l
     shutil.copytree(hf_folder, folder)
     params = {**FAST, "base_model": str(folder)}
     lab = router_labels_artifact(labels(), local_root)
-    ref = train_router(lab, router_type="causal_llm", strong_model=STRONG, weak_model=WEAK,
-                       router_params=params, artifact_root=local_root)
+    ref = train_router(
+        lab,
+        router_type="causal_llm",
+        strong_model=STRONG,
+        weak_model=WEAK,
+        router_params=params,
+        artifact_root=local_root,
+    )
     store = ArtifactStore(local_root)
     meta = store.read_json(f"{ref['key']}/router.json")
     files = read_manifest(store, ref)["files"]
@@ -135,14 +143,26 @@ def test_saved_folder_base_trains_keys_and_reloads(hf_folder, tmp_path, router_l
     assert prove > add, (add, prove)
 
     # same params, same path, other weights: a different train artifact, and the old router refuses the new base
-    again = train_router(lab, router_type="causal_llm", strong_model=STRONG, weak_model=WEAK,
-                         router_params=params, artifact_root=local_root)
+    again = train_router(
+        lab,
+        router_type="causal_llm",
+        strong_model=STRONG,
+        weak_model=WEAK,
+        router_params=params,
+        artifact_root=local_root,
+    )
     assert again["key"] == ref["key"]
     tok = build_tokenizer()
     tok.chat_template = DATED_TEMPLATE
     build_random_model("tiny", len(tok), seed=8).save_pretrained(folder)
-    retrained = train_router(lab, router_type="causal_llm", strong_model=STRONG, weak_model=WEAK,
-                             router_params={**params, "max_steps": 1}, artifact_root=local_root)
+    retrained = train_router(
+        lab,
+        router_type="causal_llm",
+        strong_model=STRONG,
+        weak_model=WEAK,
+        router_params={**params, "max_steps": 1},
+        artifact_root=local_root,
+    )
     assert retrained["key"] != ref["key"]
     with pytest.raises(ValueError, match="other weights than the router was trained on"):
         load_router(ref, store)
@@ -226,8 +246,14 @@ def test_two_process_fit_matches_one_process(router_labels_artifact, local_root)
     single = CausalLLMRouter(MODELS, STRONG, WEAK, params).fit(table)
 
     lab = router_labels_artifact(table, local_root)
-    ref = train_router(lab, router_type="causal_llm", strong_model=STRONG, weak_model=WEAK,
-                       router_params={**params, "num_processes": 2}, artifact_root=local_root)
+    ref = train_router(
+        lab,
+        router_type="causal_llm",
+        strong_model=STRONG,
+        weak_model=WEAK,
+        router_params={**params, "num_processes": 2},
+        artifact_root=local_root,
+    )
     store = ArtifactStore(local_root)
     train_dirs = [p for p in (Path(local_root) / "stages" / "train").iterdir() if p.is_dir()]
     assert len(train_dirs) == 1 and (train_dirs[0] / "_MANIFEST.json").exists()  # written once, by the caller
@@ -261,8 +287,14 @@ def test_packaged_gguf_base_trains_and_reloads():
             h.update(block)
     assert ident["weights_sha256"] == {name: h.hexdigest()}
 
-    params = {"base_model": "smollm2-gguf", "max_steps": 1, "batch_size": 2, "max_length": 96, "lora_layers": 1,
-              "predict_batch_size": 4}
+    params = {
+        "base_model": "smollm2-gguf",
+        "max_steps": 1,
+        "batch_size": 2,
+        "max_length": 96,
+        "lora_layers": 1,
+        "predict_batch_size": 4,
+    }
     router = CausalLLMRouter(MODELS, STRONG, WEAK, params).fit(labels(1))
     assert router._chat and CHAT_DATE_STRING not in router.render("q", WEAK)  # SmolLM2's template has no date
     files: dict[str, bytes] = {}
@@ -270,5 +302,6 @@ def test_packaged_gguf_base_trains_and_reloads():
     meta = {"models": MODELS, "strong_model": STRONG, "weak_model": WEAK, "params": router.params}
     loaded = CausalLLMRouter.load(files.__getitem__, meta)
     prompts = ["add two numbers number 5"]
-    np.testing.assert_allclose(loaded.predict_quality(prompts).to_numpy(), router.predict_quality(prompts).to_numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict_quality(prompts).to_numpy(), router.predict_quality(prompts).to_numpy(), atol=1e-6
+    )

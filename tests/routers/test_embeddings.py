@@ -5,14 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from router_tasks.core.store import ArtifactStore
 from router_tasks.routers import embeddings, vector_cache
 from router_tasks.routers.embeddings import EMBED_DIM, Embedder, clear_memory_cache, embed_texts
-from router_tasks.core.store import ArtifactStore
 
 
 def test_vectors_are_unit_length_and_semantic(minilm):
-    v = embed_texts(["What is 2 + 2?", "What  is 2 +\n2?", "How much is two plus two?",
-                     "Prove the spectral theorem for compact operators."])
+    v = embed_texts(
+        [
+            "What is 2 + 2?",
+            "What  is 2 +\n2?",
+            "How much is two plus two?",
+            "Prove the spectral theorem for compact operators.",
+        ]
+    )
     assert v.shape == (4, EMBED_DIM) and v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(v[0], v[1], atol=1e-6)  # whitespace variants: one prompt
@@ -87,9 +93,9 @@ def test_packaged_seed_matches_the_model_and_is_not_copied_into_stores(local_roo
     """The shipped benchmark vectors must be what the model computes today."""
     import numpy as np
 
+    from router_tasks.core.store import ArtifactStore
     from router_tasks.data import routellm as bm
     from router_tasks.routers import embeddings as emb
-    from router_tasks.core.store import ArtifactStore
 
     texts = bm.load_benchmark("mmlu", bm.STRONG_MODEL, bm.WEAK_MODEL)["prompt"].sample(4, random_state=3).tolist()
     texts += bm.load_benchmark("mt-bench", bm.STRONG_MODEL, bm.WEAK_MODEL)["prompt"].head(2).tolist()
@@ -114,15 +120,19 @@ def test_smollm2_vectors_are_the_full_models_layer_15_mean():
     from router_tasks.core.prompts import normalize_prompt
     from router_tasks.routers.causal_llm.base_models import SMOLLM2_GGUF, load_base
 
-    texts = ["Name a fruit that is yellow.", "hi",
-             "Derive the Black-Scholes equation from Ito's lemma, step by step, stating every assumption."]
+    texts = [
+        "Name a fruit that is yellow.",
+        "hi",
+        "Derive the Black-Scholes equation from Ito's lemma, step by step, stating every assumption.",
+    ]
     got = embeddings.encode_smollm2(texts)  # one padded batch of three lengths
     assert got.shape == (3, embeddings.SMOLLM2_DIM) and got.dtype == np.float32
     model, tok, _ = load_base(SMOLLM2_GGUF, torch.float32)
-    for text, row in zip(texts, got):
+    for text, row in zip(texts, got, strict=False):
         with torch.no_grad():
-            hidden = model.model(**tok([normalize_prompt(text)], return_tensors="pt"),
-                                 output_hidden_states=True).hidden_states[embeddings.SMOLLM2_LAYER]
+            hidden = model.model(
+                **tok([normalize_prompt(text)], return_tensors="pt"), output_hidden_states=True
+            ).hidden_states[embeddings.SMOLLM2_LAYER]
         ref = hidden[0].mean(0).numpy()
         np.testing.assert_allclose(row, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())  # float noise on huge units
 
@@ -152,7 +162,6 @@ def test_unknown_embedding_model_is_named():
         Embedder(model="glove")
 
 
-
 def test_packaged_smollm2_seed_matches_the_model(local_root):
     from router_tasks.data import routellm as bm
 
@@ -180,8 +189,11 @@ def test_the_vector_cache_never_holds_more_than_its_bound(minilm, tmp_path):
     for start in range(0, 300, 25):
         e([f"bounded cache prompt number {i}" for i in range(start, start + 25)])
         assert e.cache.bytes <= bound and len(e.cache) <= 40
-    held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename")
-               if s.traceback[0].filename == embeddings.__file__)
+    held = sum(
+        s.size_diff
+        for s in tracemalloc.take_snapshot().compare_to(before, "filename")
+        if s.traceback[0].filename == embeddings.__file__
+    )
     tracemalloc.stop()
     assert len(e.cache) == 40 and held <= bound
     # the most recent prompts are the ones kept; an old one is computed again

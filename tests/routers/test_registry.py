@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
 
-from router_tasks.routers import ROUTERS, load_router, make_router, save_router
+from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
 from router_tasks.core.stage import MANIFEST, run_stage
 from router_tasks.core.store import ArtifactStore
+from router_tasks.routers import ROUTERS, load_router, make_router, save_router
 
 MODELS = [ROUTER_STRONG, ROUTER_WEAK, "smollm2"]
 QUERIES = [ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, "Write a haiku about routers."]
@@ -24,8 +24,9 @@ def saved(kind, labels, root, params=None):
     def compute(ctx):
         save_router(router, ctx, training={"labels_fingerprint": "toy"}, metrics={"note": 1})
 
-    return router, run_stage("train", "test", compute, config={"kind": kind, "params": router.params},
-                             store=ArtifactStore(root))
+    return router, run_stage(
+        "train", "test", compute, config={"kind": kind, "params": router.params}, store=ArtifactStore(root)
+    )
 
 
 def test_registry_names_every_router():
@@ -41,7 +42,9 @@ def test_save_load_identical_predictions(kind, router_toy_labels, local_root):
     router, ref = saved(kind, router_toy_labels, local_root)
     loaded = load_router(ref, ArtifactStore(local_root))
     assert type(loaded) is type(router)
-    np.testing.assert_array_equal(loaded.predict_quality(QUERIES).to_numpy(), router.predict_quality(QUERIES).to_numpy())
+    np.testing.assert_array_equal(
+        loaded.predict_quality(QUERIES).to_numpy(), router.predict_quality(QUERIES).to_numpy()
+    )
     np.testing.assert_array_equal(loaded.strong_win_rate(QUERIES), router.strong_win_rate(QUERIES))
     meta = loaded.meta
     assert meta["kind"] == kind and meta["models"] == MODELS

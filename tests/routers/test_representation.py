@@ -9,20 +9,26 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY
 
+from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY
 from router_tasks.core.prompts import normalize_prompt
 from router_tasks.core.stage import read_manifest, run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.routers import load_router, make_router
-from router_tasks.routers import embeddings, static_embeddings
+from router_tasks.routers import embeddings, load_router, make_router, static_embeddings
 from router_tasks.routers.embeddings import Embedder
 from router_tasks.training.train import train_router
 
 pytestmark = pytest.mark.slow  # the first run on a machine builds the static table (1-2 min)
 
-TEXTS = ["What is 2 + 2?", "What  is 2 +\n2?", "How much is two plus two?",
-         "Prove the spectral theorem for compact operators.", "Ünïcödé façade, naïve café", "[unused1] ###", ""]
+TEXTS = [
+    "What is 2 + 2?",
+    "What  is 2 +\n2?",
+    "How much is two plus two?",
+    "Prove the spectral theorem for compact operators.",
+    "Ünïcödé façade, naïve café",
+    "[unused1] ###",
+    "",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +43,11 @@ def test_static_vectors_are_model2vecs_and_mean_something(static_table):
 
     ours = Embedder(model="minilm-static")(TEXTS)
     assert ours.shape == (len(TEXTS), 256) and ours.dtype == np.float32
-    theirs = StaticModel(vectors=static_table.table, normalize=True,
-                         tokenizer=Tokenizer.from_file(str(static_table.folder / "tokenizer.json")))
+    theirs = StaticModel(
+        vectors=static_table.table,
+        normalize=True,
+        tokenizer=Tokenizer.from_file(str(static_table.folder / "tokenizer.json")),
+    )
     expected = theirs.encode([normalize_prompt(t) for t in TEXTS], use_multiprocessing=False)
     np.testing.assert_allclose(ours, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(ours[:-1], axis=1), 1.0, atol=1e-5)
@@ -60,13 +69,15 @@ def test_int8_vectors_stay_close_to_minilms(minilm):
 
 
 @pytest.mark.parametrize("kind", ["knn", "ensemble"])
-def test_a_router_trained_on_a_representation_is_served_with_it(router_toy_labels, router_labels_artifact,
-                                                               local_root, kind):
+def test_a_router_trained_on_a_representation_is_served_with_it(
+    router_toy_labels, router_labels_artifact, local_root, kind
+):
     labels = router_labels_artifact(router_toy_labels, local_root)
     params = {"knn": {"k": 5}, "ensemble": {"knn_k": 5, "linear_c": 1.0}}[kind]
     minilm = train_router(labels, router_type=kind, router_params=params, artifact_root=local_root)
-    static = train_router(labels, router_type=kind, router_params={**params, "representation": "minilm-static"},
-                          artifact_root=local_root)
+    static = train_router(
+        labels, router_type=kind, router_params={**params, "representation": "minilm-static"}, artifact_root=local_root
+    )
     store = ArtifactStore(local_root)
     assert static["key"] != minilm["key"]  # the representation is part of the train key
     identity = read_manifest(store, static)["config"]["identity"]
@@ -96,13 +107,15 @@ def test_a_router_trained_on_a_representation_is_served_with_it(router_toy_label
 
 def _saved_knn(router_toy_labels, router_labels_artifact, local_root, representation):
     labels = router_labels_artifact(router_toy_labels, local_root)
-    ref = train_router(labels, router_type="knn", router_params={"k": 5, "representation": representation},
-                       artifact_root=local_root)
+    ref = train_router(
+        labels, router_type="knn", router_params={"k": 5, "representation": representation}, artifact_root=local_root
+    )
     return ref, ArtifactStore(local_root)
 
 
-def test_a_representation_this_install_does_not_know_is_one_clear_error(router_toy_labels, router_labels_artifact,
-                                                                       local_root):
+def test_a_representation_this_install_does_not_know_is_one_clear_error(
+    router_toy_labels, router_labels_artifact, local_root
+):
     ref, store = _saved_knn(router_toy_labels, router_labels_artifact, local_root, "minilm")
     meta = store.read_json(f"{ref['key']}/router.json")
     meta["params"]["representation"] = "glove-300"  # e.g. written by a newer version
@@ -117,8 +130,9 @@ def test_a_representation_this_install_does_not_know_is_one_clear_error(router_t
         load_router(newer, store)
 
 
-def test_a_representation_that_cannot_be_built_is_one_clear_error(router_toy_labels, router_labels_artifact,
-                                                                  local_root, tmp_path, monkeypatch):
+def test_a_representation_that_cannot_be_built_is_one_clear_error(
+    router_toy_labels, router_labels_artifact, local_root, tmp_path, monkeypatch
+):
     ref, store = _saved_knn(router_toy_labels, router_labels_artifact, local_root, "minilm-static")
     # a machine without the built table and without model2vec
     monkeypatch.setenv("TELA_MODEL_CACHE", str(tmp_path / "empty-cache"))
@@ -137,14 +151,19 @@ def test_params_name_a_known_representation():
 
 
 @pytest.mark.parametrize("kind", ["knn", "ensemble"])
-def test_a_fitted_static_representation_is_fitted_saved_and_served(router_toy_labels, router_labels_artifact,
-                                                                  local_root, kind):
+def test_a_fitted_static_representation_is_fitted_saved_and_served(
+    router_toy_labels, router_labels_artifact, local_root, kind
+):
     """minilm-static-fit: the static table's tokens refitted to MiniLM's vectors of the
     training prompts, inside the router's fit; stored with the router and served from it."""
     labels = router_labels_artifact(router_toy_labels, local_root)
     params = {"knn": {"k": 5}, "ensemble": {"knn_k": 5, "linear_c": 1.0}}[kind]
-    ref = train_router(labels, router_type=kind, router_params={**params, "representation": "minilm-static-fit"},
-                       artifact_root=local_root)
+    ref = train_router(
+        labels,
+        router_type=kind,
+        router_params={**params, "representation": "minilm-static-fit"},
+        artifact_root=local_root,
+    )
     store = ArtifactStore(local_root)
     assert "representation.safetensors" in read_manifest(store, ref)["files"]
     router = load_router(ref, store)

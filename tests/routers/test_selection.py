@@ -48,23 +48,30 @@ def _world(n: int) -> pd.DataFrame:
     rows = []
     for i in range(n):
         neg = i % 3 == 0
-        text = (f"Which of the following is {'NOT ' if neg else ''}true of {topics[i % len(topics)]} "
-                f"case {i}?\nA. alpha {i}\nB. beta\nC. gamma\nD. delta\nAnswer:")
+        text = (
+            f"Which of the following is {'NOT ' if neg else ''}true of {topics[i % len(topics)]} "
+            f"case {i}?\nA. alpha {i}\nB. beta\nC. gamma\nD. delta\nAnswer:"
+        )
         for model, ok in (("strong", True), ("weak", not neg)):
             rows.append(dict(prompt_id=f"p{i}", prompt=text, model=model, quality=float(ok)))
     return pd.DataFrame(rows)
 
 
 def test_ensemble_chooses_its_blend_on_its_own_training_data(minilm):
-    router = EnsembleRouter(["strong", "weak"], "strong", "weak",
-                            {"knn_k": 10, "select_clusters": 6, "select_share": 0.34}).fit(_world(180))
+    router = EnsembleRouter(
+        ["strong", "weak"], "strong", "weak", {"knn_k": 10, "select_clusters": 6, "select_share": 0.34}
+    ).fit(_world(180))
     sel = router.selection
     assert sel["selected"] and sel["splits"] == 2 and min(sel["n_validation"]) >= selection.MIN_VALIDATION
     assert sum(sel["blend"].values()) == pytest.approx(1.0) and sel["blend"]["gbt"] == 0.0
     # form, not topic, decides here: the chosen blend ranks every held-out NOT prompt first
     assert sel["validation_apgr"] > 0.8
-    q = router.strong_win_rate(["Which of the following is NOT true of zent tides case 999?\nA. a\nB. b\nC. c\nD. d\nAnswer:",
-                                "Which of the following is true of zent tides case 999?\nA. a\nB. b\nC. c\nD. d\nAnswer:"])
+    q = router.strong_win_rate(
+        [
+            "Which of the following is NOT true of zent tides case 999?\nA. a\nB. b\nC. c\nD. d\nAnswer:",
+            "Which of the following is true of zent tides case 999?\nA. a\nB. b\nC. c\nD. d\nAnswer:",
+        ]
+    )
     assert q[0] > q[1]
     files = {}
     router.save(lambda name, data: files.__setitem__(name, data))
@@ -75,11 +82,21 @@ def test_ensemble_chooses_its_blend_on_its_own_training_data(minilm):
 def test_ensemble_too_small_to_select_falls_back(router_toy_labels):
     from conftest import ROUTER_STRONG, ROUTER_WEAK
 
-    router = EnsembleRouter([ROUTER_STRONG, ROUTER_WEAK], ROUTER_STRONG, ROUTER_WEAK,
-                            {"knn_k": 5, "gbt_min_samples_leaf": 2, "gbt_pca": 4, "gbt_rounds": 30}).fit(router_toy_labels)
+    router = EnsembleRouter(
+        [ROUTER_STRONG, ROUTER_WEAK],
+        ROUTER_STRONG,
+        ROUTER_WEAK,
+        {"knn_k": 5, "gbt_min_samples_leaf": 2, "gbt_pca": 4, "gbt_rounds": 30},
+    ).fit(router_toy_labels)
     assert router.selection["selected"] is False
-    assert router.selection["blend"] == {"knn": 1 / 3, "linear": 1 / 3, "gbt": 1 / 3, "style": 0.0, "lexical": 0.0,
-                                          "form": 0.0}
+    assert router.selection["blend"] == {
+        "knn": 1 / 3,
+        "linear": 1 / 3,
+        "gbt": 1 / 3,
+        "style": 0.0,
+        "lexical": 0.0,
+        "form": 0.0,
+    }
     with pytest.raises(ValueError, match="unknown select_components"):
         EnsembleRouter(["a", "b"], "a", "b", {"select_components": ["knn", "bogus"]})
 
@@ -95,8 +112,11 @@ def _two_form_world(n: int) -> pd.DataFrame:
     for i in range(n):
         topic, era = topics[i % len(topics)], ("ancient", "modern")[(i // len(topics)) % 2]
         mc = (i // (2 * len(topics))) % 2 == 0
-        text = (f"Which of the following holds for {era} {topic}, case {i}?\nA. alpha\nB. beta\nC. gamma\nD. delta\nAnswer:"
-                if mc else f"Work out the {era} {topic} total for case {i}, step by step.")
+        text = (
+            f"Which of the following holds for {era} {topic}, case {i}?\nA. alpha\nB. beta\nC. gamma\nD. delta\nAnswer:"
+            if mc
+            else f"Work out the {era} {topic} total for case {i}, step by step."
+        )
         weak_fails = (era == "ancient") == mc
         for model, ok in (("strong", True), ("weak", not weak_fails)):
             rows.append(dict(prompt_id=f"p{i}", prompt=text, model=model, quality=float(ok)))
@@ -105,18 +125,28 @@ def _two_form_world(n: int) -> pd.DataFrame:
 
 def test_ensemble_chooses_c_and_the_form_component_inside_fit(minilm):
     labels = _two_form_world(240)
-    params = {"knn_k": 10, "select_clusters": 6, "select_share": 0.34, "select_components": ["linear", "form"],
-              # 1e-6 is so strong a penalty that the component predicts nearly nothing
-              "linear_c": [1e-6, 1.0], "form_c": [1e-6, 1.0]}
+    params = {
+        "knn_k": 10,
+        "select_clusters": 6,
+        "select_share": 0.34,
+        "select_components": ["linear", "form"],
+        # 1e-6 is so strong a penalty that the component predicts nearly nothing
+        "linear_c": [1e-6, 1.0],
+        "form_c": [1e-6, 1.0],
+    }
     router = EnsembleRouter(["strong", "weak"], "strong", "weak", params).fit(labels)
     sel = router.selection
     assert sel["selected"] and sel["c"]["form"] == 1.0
     assert sel["component_apgr"]["form"] > sel["component_apgr"]["linear"] + 0.05
     assert sel["blend"]["form"] > sel["blend"]["linear"]
-    q = router.strong_win_rate(["Which of the following holds for ancient brix weaving, case 9999?\nA. alpha\nB. beta\nC. gamma\nD. delta\nAnswer:",
-                                "Work out the ancient brix weaving total for case 9999, step by step.",
-                                "Which of the following holds for modern brix weaving, case 9999?\nA. alpha\nB. beta\nC. gamma\nD. delta\nAnswer:",
-                                "Work out the modern brix weaving total for case 9999, step by step."])
+    q = router.strong_win_rate(
+        [
+            "Which of the following holds for ancient brix weaving, case 9999?\nA. alpha\nB. beta\nC. gamma\nD. delta\nAnswer:",
+            "Work out the ancient brix weaving total for case 9999, step by step.",
+            "Which of the following holds for modern brix weaving, case 9999?\nA. alpha\nB. beta\nC. gamma\nD. delta\nAnswer:",
+            "Work out the modern brix weaving total for case 9999, step by step.",
+        ]
+    )
     assert q[0] > q[1] and q[3] > q[2]
     # a single value is used as given, no choice made
     one = EnsembleRouter(["strong", "weak"], "strong", "weak", {**params, "linear_c": 0.5, "form_c": 0.5}).fit(labels)
@@ -134,8 +164,10 @@ def _mixed_form_world(n: int) -> pd.DataFrame:
         topic = topics[i % len(topics)]
         if i % 2 == 0:
             neg = (i // len(topics)) % 3 == 0  # independent of the topic, i % 6
-            text = (f"Which of the following is {'NOT ' if neg else ''}true of {topic} case {i}?"
-                    f"\nA. alpha {i}\nB. beta\nC. gamma\nD. delta\nAnswer:")
+            text = (
+                f"Which of the following is {'NOT ' if neg else ''}true of {topic} case {i}?"
+                f"\nA. alpha {i}\nB. beta\nC. gamma\nD. delta\nAnswer:"
+            )
             weak_ok = not neg
         else:
             era = ("ancient", "current")[(i // len(topics)) % 2]
@@ -147,8 +179,13 @@ def _mixed_form_world(n: int) -> pd.DataFrame:
 
 
 def test_ensemble_chooses_a_blend_per_prompt_form(minilm):
-    params = {"knn_k": 10, "select_clusters": 6, "select_share": 0.34, "select_components": ["linear", "style"],
-              "linear_c": 1.0}
+    params = {
+        "knn_k": 10,
+        "select_clusters": 6,
+        "select_share": 0.34,
+        "select_components": ["linear", "style"],
+        "linear_c": 1.0,
+    }
     labels = _mixed_form_world(360)
     router = EnsembleRouter(["strong", "weak"], "strong", "weak", params).fit(labels)
     by_form = router.selection["by_form"]
@@ -157,13 +194,16 @@ def test_ensemble_chooses_a_blend_per_prompt_form(minilm):
     # the style features say nothing about the free-form rule: that form's blend leaves them out
     assert by_form["free_form"]["blend"]["style"] == 0.0 and by_form["free_form"]["blend"]["linear"] == 1.0
     assert by_form["multiple_choice"]["blend"] != by_form["free_form"]["blend"]
-    q = router.strong_win_rate(["Which of the following is NOT true of brix weaving case 9999?\nA. a\nB. b\nC. c\nD. d\nAnswer:",
-                                "Which of the following is true of brix weaving case 9999?\nA. a\nB. b\nC. c\nD. d\nAnswer:",
-                                "Write a short note about the ancient brix weaving, case 9999.",
-                                "Write a short note about the current brix weaving, case 9999."])
+    q = router.strong_win_rate(
+        [
+            "Which of the following is NOT true of brix weaving case 9999?\nA. a\nB. b\nC. c\nD. d\nAnswer:",
+            "Which of the following is true of brix weaving case 9999?\nA. a\nB. b\nC. c\nD. d\nAnswer:",
+            "Write a short note about the ancient brix weaving, case 9999.",
+            "Write a short note about the current brix weaving, case 9999.",
+        ]
+    )
     assert q[0] > q[1] and q[2] > q[3]
     # off: one blend for every prompt, as before
     one = EnsembleRouter(["strong", "weak"], "strong", "weak", {**params, "blend_by_form": False}).fit(labels)
     assert "by_form" not in one.selection
     assert np.array_equal(one.w["blend_multiple_choice"], one.w["blend_free_form"])
-

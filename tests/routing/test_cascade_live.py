@@ -38,8 +38,13 @@ def test_agreement_accepts_when_cheap_answers_agree_else_escalates():
 
 def test_verifier_and_confidence_checks():
     calls = Endpoints(REPLIES)
-    sure = Cascade("verifier", first=["cheap-a"], final="dear", threshold=0.5,
-                   verifier=lambda prompt, reply: 0.9 if "reasoning" in reply else 0.1)
+    sure = Cascade(
+        "verifier",
+        first=["cheap-a"],
+        final="dear",
+        threshold=0.5,
+        verifier=lambda prompt, reply: 0.9 if "reasoning" in reply else 0.1,
+    )
     assert run_cascade(sure, "p1", calls).calls == ["cheap-a"]
     assert run_cascade(sure, "p2", calls).calls == ["cheap-a", "dear"]
 

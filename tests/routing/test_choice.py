@@ -32,12 +32,14 @@ def test_route_two_is_routellm_threshold_rule():
 
 
 def test_cheapest_adequate_picks_cheapest_model_that_clears_target():
-    q = quality([
-        [0.95, 0.90, 0.85, 0.30],  # llama-8b is the cheapest >= 0.8
-        [0.95, 0.60, 0.40, 0.20],  # only gpt-4 clears 0.8
-        [0.90, 0.88, 0.70, 0.85],  # the free local model clears it
-        [0.70, 0.65, 0.50, 0.10],  # nobody clears 0.8: best predicted quality
-    ])
+    q = quality(
+        [
+            [0.95, 0.90, 0.85, 0.30],  # llama-8b is the cheapest >= 0.8
+            [0.95, 0.60, 0.40, 0.20],  # only gpt-4 clears 0.8
+            [0.90, 0.88, 0.70, 0.85],  # the free local model clears it
+            [0.70, 0.65, 0.50, 0.10],  # nobody clears 0.8: best predicted quality
+        ]
+    )
     choice = cheapest_adequate(q, PRICES, 0.8)
     assert choice.tolist() == ["llama-8b", "gpt-4", "local", "gpt-4"]
     assert list(choice.index) == list(q.index)
@@ -58,11 +60,13 @@ def test_cheapest_adequate_ties_and_token_prices():
 
 
 def test_best_under_budget_spends_the_mean_budget_where_quality_gains_most():
-    q = quality([
-        [0.95, 0.90, 0.50, 0.00],  # the free model is useless here: paying buys 0.5-0.95
-        [0.95, 0.90, 0.85, 0.80],  # everything is fine: the free model is nearly as good
-        [0.95, 0.90, 0.50, 0.40],
-    ])
+    q = quality(
+        [
+            [0.95, 0.90, 0.50, 0.00],  # the free model is useless here: paying buys 0.5-0.95
+            [0.95, 0.90, 0.85, 0.80],  # everything is fine: the free model is nearly as good
+            [0.95, 0.90, 0.50, 0.40],
+        ]
+    )
     # the old quality-per-dollar rule sent all three to the free model; now a mean budget of
     # $0.2 per prompt ($0.6 in all) buys the most quality: mixtral on prompt 0 (+0.9) beats
     # llama-8b on all three (+0.5 +0.05 +0.1)
@@ -91,16 +95,20 @@ def _world(n=400, seed=3):
     """Three models; the dear one is right more often, and which prompts the cheap ones get
     wrong is known to the 'router' with noise."""
     rng = np.random.default_rng(seed)
-    q = pd.DataFrame({
-        "tiny": rng.uniform(0.1, 0.9, n),
-        "mid": rng.uniform(0.5, 0.95, n),
-        "big": rng.uniform(0.85, 1.0, n),
-    })
-    cost = pd.DataFrame({
-        "tiny": rng.uniform(0.5, 1.5, n) * 1e-5,
-        "mid": rng.uniform(0.5, 1.5, n) * 1e-4,
-        "big": rng.uniform(0.5, 1.5, n) * 1e-3,
-    })
+    q = pd.DataFrame(
+        {
+            "tiny": rng.uniform(0.1, 0.9, n),
+            "mid": rng.uniform(0.5, 0.95, n),
+            "big": rng.uniform(0.85, 1.0, n),
+        }
+    )
+    cost = pd.DataFrame(
+        {
+            "tiny": rng.uniform(0.5, 1.5, n) * 1e-5,
+            "mid": rng.uniform(0.5, 1.5, n) * 1e-4,
+            "big": rng.uniform(0.5, 1.5, n) * 1e-3,
+        }
+    )
     return q, cost
 
 

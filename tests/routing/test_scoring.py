@@ -6,10 +6,10 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
 
-from router_tasks.routing.scoring import score_prompts
+from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
 from router_tasks.core.store import ArtifactStore
+from router_tasks.routing.scoring import score_prompts
 from router_tasks.training.train import train_router
 
 PROMPTS = [ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, "What is 5 + 1?", ROUTER_EASY_QUERY]
@@ -21,8 +21,7 @@ def champion_root(tmp_path_factory, router_toy_labels):
     from router_tasks.core.stage import run_stage
 
     root = str(tmp_path_factory.mktemp("scoring") / "artifacts")
-    labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(router_toy_labels),
-                       store=ArtifactStore(root))
+    labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(router_toy_labels), store=ArtifactStore(root))
     ref = train_router(labels, router_type="knn", router_params={"k": 5}, artifact_root=root)
     ArtifactStore(root).write_json("champion/CHAMPION.json", {"router": ref})
     return root
@@ -78,7 +77,9 @@ def test_input_errors_name_the_file_and_row(champion_root, tmp_path):
     with pytest.raises(ValueError, match=r"blank\.jsonl: row 1 has an empty"):
         score_prompts("champion", str(blank), str(tmp_path / "o.parquet"), artifact_root=champion_root)
     with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
-        score_prompts("champion", str(tmp_path / "missing.jsonl"), str(tmp_path / "o.parquet"), artifact_root=champion_root)
+        score_prompts(
+            "champion", str(tmp_path / "missing.jsonl"), str(tmp_path / "o.parquet"), artifact_root=champion_root
+        )
     with pytest.raises(ValueError, match="unsupported"):
         score_prompts("champion", str(blank), str(tmp_path / "o.xlsx"), artifact_root=champion_root)
 
@@ -130,8 +131,8 @@ def test_tela_score_on_every_router_kind(kind, router_toy_labels, tmp_path):
 
     from router_tasks.cli import main
     from router_tasks.core.prompts import prompt_id
-    from router_tasks.routers import load_router
     from router_tasks.core.stage import run_stage
+    from router_tasks.routers import load_router
 
     root = str(tmp_path / "artifacts")
     labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(router_toy_labels), store=ArtifactStore(root))
@@ -139,7 +140,10 @@ def test_tela_score_on_every_router_kind(kind, router_toy_labels, tmp_path):
     src = tmp_path / "p.csv"
     pd.DataFrame({"prompt": PROMPTS}).to_csv(src, index=False)
     out_path = tmp_path / "scores.parquet"
-    assert main(["--artifact-root", root, "score", "--router", ref["key"], "--input", str(src), "--output", str(out_path)]) == 0
+    assert (
+        main(["--artifact-root", root, "score", "--router", ref["key"], "--input", str(src), "--output", str(out_path)])
+        == 0
+    )
     out = pd.read_parquet(out_path)
 
     models = sorted([ROUTER_STRONG, ROUTER_WEAK, "smollm2"])
@@ -151,5 +155,7 @@ def test_tela_score_on_every_router_kind(kind, router_toy_labels, tmp_path):
     router = load_router(ref, ArtifactStore(root))
     assert router.meta["kind"] == kind
     quality = router.predict_quality(PROMPTS)
-    np.testing.assert_allclose(out[[f"quality::{m}" for m in models]].to_numpy(), quality[models].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        out[[f"quality::{m}" for m in models]].to_numpy(), quality[models].to_numpy(), rtol=0, atol=1e-6
+    )
     np.testing.assert_allclose(out["strong_win_rate"].to_numpy(), router.strong_win_rate(PROMPTS), rtol=0, atol=1e-6)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import openai
 import pytest
+
 from gateway_world import (
     EASY_Q,
     HARD_Q,
@@ -25,7 +26,6 @@ from gateway_world import (
     train_champion,
 )
 from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text
-
 from router_tasks import cli
 from router_tasks.core.store import ArtifactStore
 from router_tasks.serving import keys as client_keys
@@ -76,8 +76,12 @@ def _create(capsys, path, name, *limits) -> str:
 
 def _chat(gw, key, text=EASY_Q, model="tela-auto"):
     headers = {} if key is None else {"Authorization": f"Bearer {key}"}
-    return httpx.post(f"{gw.base_url}/chat/completions", headers=headers, timeout=30,
-                      json={"model": model, "messages": [{"role": "user", "content": text}]})
+    return httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers=headers,
+        timeout=30,
+        json={"model": model, "messages": [{"role": "user", "content": text}]},
+    )
 
 
 def test_keys_cli_keeps_hashes_only(tmp_path, capsys):
@@ -89,8 +93,9 @@ def test_keys_cli_keeps_hashes_only(tmp_path, capsys):
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     code, out, _ = _keys_cli(capsys, "list", "--file", str(path))
     listed = json.loads(out)
-    assert listed == [{"name": "web-app", "rpm": 60, "usd_per_day": 2.5, "created_at": listed[0]["created_at"],
-                       "revoked_at": None}]
+    assert listed == [
+        {"name": "web-app", "rpm": 60, "usd_per_day": 2.5, "created_at": listed[0]["created_at"], "revoked_at": None}
+    ]
     # one active key per name; a bad name or limit is refused naming it
     code, _, err = _keys_cli(capsys, "create", "--file", str(path), "--name", "web-app")
     assert code == 2 and "'web-app' is active" in err
@@ -151,7 +156,7 @@ def test_keys_rpm_and_names_in_logs_and_metrics(start, root, tmp_path, capsys, c
     assert 'key="batch-job"' in metrics and 'key="web-app"' in metrics
     assert 'tela_refused_total{reason="rate_limit_exceeded",status="429"} 2' in metrics
     gw.stop()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     df = read_window(ArtifactStore(root), now - timedelta(minutes=5), now + timedelta(minutes=1))
     assert df["key_name"].value_counts().to_dict() == {"batch-job": 2, "web-app": 1}
     store = ArtifactStore(root)
@@ -225,19 +230,28 @@ def test_a_stream_the_client_abandons_is_still_logged_and_charged(start, root, u
     upstreams[0].rule = lambda b: Reply(content=" ".join(f"w{i}" for i in range(30)), chunk_delay_s=0.1)
     with redis_server() as url:
         gw = start(keys_file=str(path), redis_url=url)
-        with httpx.stream("POST", f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                          json={"model": LARGE, "stream": True, "messages": [{"role": "user", "content": "abandon"}]},
-                          timeout=30) as r:
-            lines = [ln for _, ln in zip(range(4), r.iter_lines()) if ln.startswith("data:")]
+        with httpx.stream(
+            "POST",
+            f"{gw.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": LARGE, "stream": True, "messages": [{"role": "user", "content": "abandon"}]},
+            timeout=30,
+        ) as r:
+            lines = [ln for _, ln in zip(range(4), r.iter_lines(), strict=False) if ln.startswith("data:")]
         assert lines  # the client read a few events, then hung up
-        probe = lambda: httpx.post(f"{gw.base_url}/feedback", headers={"Authorization": f"Bearer {key}"},  # noqa: E731
-                                   json={"id": "chatcmpl-x", "score": 3}).status_code  # costs nothing
+        probe = lambda: (
+            httpx.post(
+                f"{gw.base_url}/feedback",
+                headers={"Authorization": f"Bearer {key}"},  # noqa: E731
+                json={"id": "chatcmpl-x", "score": 3},
+            ).status_code
+        )  # costs nothing
         deadline = time.monotonic() + 15
         while (code := probe()) == 200 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert code == 429  # what the abandoned stream cost was charged to the key's day
         gw.stop()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     df = read_window(ArtifactStore(root), now - timedelta(minutes=5), now + timedelta(minutes=1))
     row = df[df["prompt"] == "abandon"].iloc[-1]
     assert row["key_name"] == "streamer" and row["stream"] and row["output_tokens"] >= 1

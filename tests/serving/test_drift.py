@@ -4,7 +4,7 @@ traffic must be flagged in the first window; hysteresis, cooldown and recalibrat
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -13,13 +13,13 @@ import pytest
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.routers import load_router
-from router_tasks.training.train import train_router
 from router_tasks.serving import drift
 from router_tasks.serving.traffic import TrafficLog, export_window, read_window, resolve_source
+from router_tasks.training.train import train_router
 
 BIG, SMALL = "orca-70b", "minnow-7b"  # our own model names
 FAST = {"permutations": 200, "max_sample": 200}
-T0 = datetime(2026, 11, 2, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +30,28 @@ def mmlu_world(tmp_path_factory, minilm):
     mm = load_benchmark("mmlu")
     order = np.random.default_rng(1).permutation(len(mm))
     train, rest = mm.iloc[order[:500]], mm.iloc[order[500:]]
-    rows = [dict(prompt_id=r.prompt_id, prompt=r.prompt, model=m, score=None, correct=bool(q), quality=float(q),
-                 source="test:drift", benchmark="mmlu")
-            for r in train.itertuples() for m, q in ((BIG, r.strong_quality), (SMALL, r.weak_quality))]
+    rows = [
+        dict(
+            prompt_id=r.prompt_id,
+            prompt=r.prompt,
+            model=m,
+            score=None,
+            correct=bool(q),
+            quality=float(q),
+            source="test:drift",
+            benchmark="mmlu",
+        )
+        for r in train.itertuples()
+        for m, q in ((BIG, r.strong_quality), (SMALL, r.weak_quality))
+    ]
     df = pd.DataFrame(rows)
     df["score"] = df["score"].astype("Int64")
-    labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"t": "drift"},
-                       store=ArtifactStore(root))
-    ref = train_router(labels, router_type="knn", strong_model=BIG, weak_model=SMALL, router_params={"k": 20},
-                       artifact_root=root)
+    labels = run_stage(
+        "labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"t": "drift"}, store=ArtifactStore(root)
+    )
+    ref = train_router(
+        labels, router_type="knn", strong_model=BIG, weak_model=SMALL, router_params={"k": 20}, artifact_root=root
+    )
     ArtifactStore(root).write_json("champion/CHAMPION.json", {"router": ref})
     router = load_router(ref, ArtifactStore(root))
     return {"root": root, "router": router, "key": ref["key"], "held_out": rest["prompt"].tolist()}
@@ -48,10 +61,19 @@ def write_traffic(root, router, prompts, end, key=None):
     """Log `prompts` as gateway traffic spread over the hour before `end`."""
     log = TrafficLog(ArtifactStore(root), flush_s=3600)
     scores = router.strong_win_rate(prompts)
-    for i, (p, s) in enumerate(zip(prompts, scores)):
+    for i, (p, s) in enumerate(zip(prompts, scores, strict=False)):
         t = end - timedelta(minutes=59) + timedelta(seconds=3500 * i / max(len(prompts), 1))
-        log.append({"time": t, "prompt": p, "policy": "tela-auto", "router_key": key or router.artifact_key,
-                    "score": float(s), "model": BIG, "status": 200})
+        log.append(
+            {
+                "time": t,
+                "prompt": p,
+                "policy": "tela-auto",
+                "router_key": key or router.artifact_key,
+                "score": float(s),
+                "model": BIG,
+                "status": 200,
+            }
+        )
     log.close()
 
 
@@ -60,11 +82,15 @@ def test_in_distribution_windows_are_not_flagged(mmlu_world, record_property):
     flags = []
     for i in range(20):
         end = T0 + timedelta(hours=i + 1)
-        write_traffic(w["root"], w["router"], w["held_out"][i * 60:(i + 1) * 60], end)
-        report = drift.read_report(drift.drift_report(read_window(ArtifactStore(w["root"]), end - timedelta(hours=1),
-                                                                  end), settings={**FAST, "plot": False},
-                                                    artifact_root=w["root"]),
-                                   w["root"])
+        write_traffic(w["root"], w["router"], w["held_out"][i * 60 : (i + 1) * 60], end)
+        report = drift.read_report(
+            drift.drift_report(
+                read_window(ArtifactStore(w["root"]), end - timedelta(hours=1), end),
+                settings={**FAST, "plot": False},
+                artifact_root=w["root"],
+            ),
+            w["root"],
+        )
         assert report["n_prompts"] == 60
         flags.append(report["verdict"] != "ok")
     rate = float(np.mean(flags))
@@ -94,7 +120,7 @@ def test_gsm8k_traffic_is_flagged_in_the_first_window_with_hysteresis_and_cooldo
     # still drifting an hour later: no second event inside the cooldown
     assert window(gsm[60:120], 2)["action"] == "none"
     # back in distribution: the state clears only after 3 clear windows in a row
-    states = [window(w["held_out"][3000 + 60 * i: 3060 + 60 * i], 3 + i)["in_drift"] for i in range(3)]
+    states = [window(w["held_out"][3000 + 60 * i : 3060 + 60 * i], 3 + i)["in_drift"] for i in range(3)]
     assert states == [True, True, False]
     # after the cooldown, drift again is a new event
     again = drift.check_latest_window(window_end=base + timedelta(hours=30), settings=FAST, artifact_root=w["root"])
@@ -130,8 +156,9 @@ def test_strong_share_drift_alone_recalibrates(mmlu_world):
     assert decision["evidence"]["verdict"] == "share_drift", decision["evidence"]["checks"]
     assert decision["action"] == "recalibrate" and share["share"] > share["target"] + 0.1
 
-    new = drift.recalibrate_on_traffic(read_window(store, end - timedelta(hours=1), end), w["key"],
-                                       artifact_root=w["root"])
+    new = drift.recalibrate_on_traffic(
+        read_window(store, end - timedelta(hours=1), end), w["key"], artifact_root=w["root"]
+    )
     cal = read_calibration(new, w["root"])
     assert cal["target_strong_share"] == 0.3 and abs(cal["achieved_strong_share"] - 0.3) < 0.05
     # the gateway's lookup now finds the new calibration
@@ -155,8 +182,10 @@ def test_export_needs_prompt_text(tmp_path):
 
 def test_mmd_permutation_test_has_its_nominal_size():
     rng = np.random.default_rng(0)
-    p = [drift.mmd_permutation_test(rng.normal(size=(40, 8)), rng.normal(size=(50, 8)), 200, seed=i)["p_value"]
-         for i in range(40)]
+    p = [
+        drift.mmd_permutation_test(rng.normal(size=(40, 8)), rng.normal(size=(50, 8)), 200, seed=i)["p_value"]
+        for i in range(40)
+    ]
     assert np.mean(np.array(p) < 0.05) <= 0.15  # ~5% under the null
     shifted = drift.mmd_permutation_test(rng.normal(size=(40, 8)), rng.normal(0.8, 1, size=(50, 8)), 200)
     assert shifted["p_value"] < 0.01
@@ -173,10 +202,14 @@ def test_a_traffic_window_is_a_pipeline_source(tmp_path):
     for i, text in enumerate(["What is 2 + 2?", "Name a prime above 10.", "What is 2 + 2?"]):
         log.append({"time": T0 + timedelta(minutes=i), "prompt": text, "model": "m", "status": 200})
     log.close()
-    ref = ingest_source(f"traffic://{(T0 - timedelta(minutes=1)).isoformat()}/{(T0 + timedelta(minutes=5)).isoformat()}",
-                        artifact_root=root)
+    ref = ingest_source(
+        f"traffic://{(T0 - timedelta(minutes=1)).isoformat()}/{(T0 + timedelta(minutes=5)).isoformat()}",
+        artifact_root=root,
+    )
     prompts = load_table(ref, ArtifactStore(root))
     assert sorted(prompts["prompt"]) == ["Name a prime above 10.", "What is 2 + 2?"]
     with pytest.raises(ValueError, match="holds no prompt"):
-        ingest_source(f"traffic://{(T0 + timedelta(hours=5)).isoformat()}/{(T0 + timedelta(hours=6)).isoformat()}",
-                      artifact_root=root)
+        ingest_source(
+            f"traffic://{(T0 + timedelta(hours=5)).isoformat()}/{(T0 + timedelta(hours=6)).isoformat()}",
+            artifact_root=root,
+        )

@@ -5,15 +5,14 @@ the model that answered, next to its judge's labels."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import openai
 import pytest
+
 from gateway_world import EASY_Q, HARD_Q, KEY_ENV, LARGE, SMALL, UP_KEY, gateway_config, train_champion
 from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text
-
 from router_tasks.core.schemas import is_own_source
 from router_tasks.core.stage import load_table
 from router_tasks.core.store import ArtifactStore
@@ -30,6 +29,7 @@ def _rule(tag):
         if body.get("model") == JUDGE:
             return Reply(content="Sound enough. [[4]]")
         return Reply(content=f"{tag} answers {last_user_text(body)}", prompt_tokens=10, completion_tokens=5)
+
     return rule
 
 
@@ -55,13 +55,16 @@ def _serve(tmp_path):
     train_champion(root)
     path = str(tmp_path / "KEYS")
     alice, bob = client_keys.create_key(path, "alice"), client_keys.create_key(path, "bob")
-    start = datetime.now(timezone.utc) - timedelta(seconds=1)
-    with ScriptedOpenAIServer(_rule("large"), api_key=UP_KEY) as large, \
-            ScriptedOpenAIServer(_rule("small"), api_key=UP_KEY) as small:
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    with (
+        ScriptedOpenAIServer(_rule("large"), api_key=UP_KEY) as large,
+        ScriptedOpenAIServer(_rule("small"), api_key=UP_KEY) as small,
+    ):
         gw = serve_in_thread(gateway_config(root, large.base_url, small.base_url, keys_file=path))
         try:
-            ask = lambda key, text: openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)\
-                .chat.completions.create(model="tela-auto", messages=[{"role": "user", "content": text}])  # noqa: E731
+            ask = lambda key, text: openai.OpenAI(
+                base_url=gw.base_url, api_key=key, max_retries=0
+            ).chat.completions.create(model="tela-auto", messages=[{"role": "user", "content": text}])  # noqa: E731
             easy, hard, bobs = ask(alice, EASY_Q), ask(alice, HARD_Q), ask(bob, "Name a yellow fruit.")
             checks = {
                 "alice-easy": _post(gw, alice, {"id": easy.id, "score": 5, "comment": "spot on"}),
@@ -83,9 +86,18 @@ def _serve(tmp_path):
             metrics = httpx.get(gw.base_url.removesuffix("/v1") + "/metrics").text
         finally:
             gw.stop()
-        yield {"root": root, "start": start, "end": datetime.now(timezone.utc) + timedelta(seconds=1),
-               "easy": easy, "hard": hard, "checks": checks, "bad": bad, "metrics": metrics,
-               "large": large, "small": small}
+        yield {
+            "root": root,
+            "start": start,
+            "end": datetime.now(UTC) + timedelta(seconds=1),
+            "easy": easy,
+            "hard": hard,
+            "checks": checks,
+            "bad": bad,
+            "metrics": metrics,
+            "large": large,
+            "small": small,
+        }
 
 
 def test_feedback_is_validated_stored_and_counted(served):
@@ -110,19 +122,35 @@ def test_a_windows_feedback_becomes_labels_for_the_model_that_answered(served):
     labels, counts = feedback_labels(store, served["start"], served["end"])
     assert counts["ratings"] == 4 and counts["matched"] == 3 and counts["unmatched"] == 1  # bob on alice's
     got = {(r.prompt, r.model, r.source): (r.score, r.quality) for r in labels.itertuples()}
-    assert got == {(EASY_Q, SMALL, "feedback:alice"): (5, 1.0), (HARD_Q, LARGE, "feedback:alice"): (2, 0.25),
-                   ("Name a yellow fruit.", SMALL, "feedback:bob"): (4, 0.75)}
+    assert got == {
+        (EASY_Q, SMALL, "feedback:alice"): (5, 1.0),
+        (HARD_Q, LARGE, "feedback:alice"): (2, 0.25),
+        ("Name a yellow fruit.", SMALL, "feedback:bob"): (4, 0.75),
+    }
     assert is_own_source(labels["source"]).all()
 
 
 def test_the_pipeline_on_a_traffic_window_labels_with_feedback_beside_the_judge(served):
     root, url = served["root"], served["large"].base_url
     window = f"traffic://{served['start'].isoformat()}/{served['end'].isoformat()}"
-    endpoint = lambda name, model: {"name": name, "model": model, "base_url": url,  # noqa: E731
-                                    "api_key_env": KEY_ENV, "max_retries": 0}
-    params = resolve_params(dict(source=window, models=[endpoint(LARGE, "large-v1"), endpoint(SMALL, "small-v1")],
-                                 judge=endpoint(JUDGE, JUDGE), reference_model=endpoint("ref", "large-v1"),
-                                 include_routellm=False, strong_model=LARGE, weak_model=SMALL))
+    endpoint = lambda name, model: {
+        "name": name,
+        "model": model,
+        "base_url": url,  # noqa: E731
+        "api_key_env": KEY_ENV,
+        "max_retries": 0,
+    }
+    params = resolve_params(
+        dict(
+            source=window,
+            models=[endpoint(LARGE, "large-v1"), endpoint(SMALL, "small-v1")],
+            judge=endpoint(JUDGE, JUDGE),
+            reference_model=endpoint("ref", "large-v1"),
+            include_routellm=False,
+            strong_model=LARGE,
+            weak_model=SMALL,
+        )
+    )
     refs: dict = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(KEY_ENV, UP_KEY)
@@ -134,9 +162,9 @@ def test_the_pipeline_on_a_traffic_window_labels_with_feedback_beside_the_judge(
             refs[step.name] = step.fn(*args, **step.kwargs(params), artifact_root=root)
             if step.name == "labels":
                 break
-    again = labels_with_feedback(refs["references"], refs["judge"], refs["agreement"], source=window,
-                                 include_routellm=False,
-                                 artifact_root=root)
+    again = labels_with_feedback(
+        refs["references"], refs["judge"], refs["agreement"], source=window, include_routellm=False, artifact_root=root
+    )
     assert again["key"] == refs["labels"]["key"] and again["reused"]  # same ratings: the same labels artifact
     table = load_table(refs["labels"], ArtifactStore(root))
     easy = table[table["prompt"] == EASY_Q].set_index(["model", "source"])

@@ -6,24 +6,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
+from datetime import UTC
 
 import httpx
 import openai
 import pytest
+
 from conftest import ROUTER_EASY, ROUTER_HARD
 from factories import labels_table
 from openai_test_server import Faults, Reply, ScriptedOpenAIServer, last_user_text
-
 from router_tasks.core.prompts import prompt_id
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.evaluation.calibration import calibrate_router
 from router_tasks.routers import load_router
-from router_tasks.training.train import train_router
 from router_tasks.serving.config import GatewayConfig, parse_models_arg
 from router_tasks.serving.server import serve_in_thread
 from router_tasks.serving.traffic import read_window
+from router_tasks.training.train import train_router
 
 # Our own world: two models of a made-up vendor; only the large one solves the hard prompts.
 LARGE, SMALL = "acme-large", "acme-small"
@@ -34,8 +34,9 @@ HARD_Q = "Prove the Hahn-Banach extension theorem for normed spaces in full rigo
 
 
 def _labels(strong: str, weak: str):
-    return labels_table(ROUTER_EASY + ROUTER_HARD, lambda _, text: {strong: True, weak: text not in ROUTER_HARD},
-                        source="test:gateway")
+    return labels_table(
+        ROUTER_EASY + ROUTER_HARD, lambda _, text: {strong: True, weak: text not in ROUTER_HARD}, source="test:gateway"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +44,12 @@ def world(tmp_path_factory, minilm):
     """A trained kNN router published as champion and calibrated to a 50% strong share."""
     root = str(tmp_path_factory.mktemp("gateway") / "artifacts")
     df = _labels(LARGE, SMALL)
-    labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"w": "gw"},
-                       store=ArtifactStore(root))
-    ref = train_router(labels, router_type="knn", strong_model=LARGE, weak_model=SMALL, router_params={"k": 5},
-                       artifact_root=root)
+    labels = run_stage(
+        "labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"w": "gw"}, store=ArtifactStore(root)
+    )
+    ref = train_router(
+        labels, router_type="knn", strong_model=LARGE, weak_model=SMALL, router_params={"k": 5}, artifact_root=root
+    )
     ArtifactStore(root).write_json("champion/CHAMPION.json", {"router": ref})
     calibrate_router("champion", ROUTER_EASY + ROUTER_HARD, 0.5, artifact_root=root)
     return {"root": root, "router": ref}
@@ -59,17 +62,35 @@ def _echo(tag):
 @pytest.fixture
 def upstreams(monkeypatch):
     monkeypatch.setenv("ACME_KEY", UP_KEY)
-    with ScriptedOpenAIServer(_echo("large"), api_key=UP_KEY) as large, \
-            ScriptedOpenAIServer(_echo("small"), api_key=UP_KEY) as small:
+    with (
+        ScriptedOpenAIServer(_echo("large"), api_key=UP_KEY) as large,
+        ScriptedOpenAIServer(_echo("small"), api_key=UP_KEY) as small,
+    ):
         yield {"large": large, "small": small}
 
 
 def _models(upstreams, **over):
     return [
-        {"name": LARGE, "model": "large-v3", "base_url": upstreams["large"].base_url, "api_key_env": "ACME_KEY",
-         "price_input_per_m": 10.0, "price_output_per_m": 30.0, "max_retries": 0, "timeout_s": over.get("timeout", 5)},
-        {"name": SMALL, "model": "small-v1", "base_url": upstreams["small"].base_url, "api_key_env": "ACME_KEY",
-         "price_input_per_m": 0.2, "price_output_per_m": 0.6, "max_retries": 0, "timeout_s": over.get("timeout", 5)},
+        {
+            "name": LARGE,
+            "model": "large-v3",
+            "base_url": upstreams["large"].base_url,
+            "api_key_env": "ACME_KEY",
+            "price_input_per_m": 10.0,
+            "price_output_per_m": 30.0,
+            "max_retries": 0,
+            "timeout_s": over.get("timeout", 5),
+        },
+        {
+            "name": SMALL,
+            "model": "small-v1",
+            "base_url": upstreams["small"].base_url,
+            "api_key_env": "ACME_KEY",
+            "price_input_per_m": 0.2,
+            "price_output_per_m": 0.6,
+            "max_retries": 0,
+            "timeout_s": over.get("timeout", 5),
+        },
     ]
 
 
@@ -78,8 +99,12 @@ def gateway(world, upstreams):
     running = []
 
     def start(models=None, **cfg):
-        config = GatewayConfig(parse_models_arg(json.dumps(models or _models(upstreams))),
-                               artifact_root=world["root"], traffic_flush_s=0.2, **cfg)
+        config = GatewayConfig(
+            parse_models_arg(json.dumps(models or _models(upstreams))),
+            artifact_root=world["root"],
+            traffic_flush_s=0.2,
+            **cfg,
+        )
         gw = serve_in_thread(config)
         running.append(gw)
         return gw
@@ -103,7 +128,8 @@ def test_routes_each_prompt_to_the_model_the_router_picks(gateway, world, upstre
     client = _client(gw)
     for text, expect, score in ((EASY_Q, SMALL, easy_s), (HARD_Q, LARGE, hard_s)):
         raw = client.chat.completions.with_raw_response.create(
-            model="tela-auto", messages=[{"role": "user", "content": text}])
+            model="tela-auto", messages=[{"role": "user", "content": text}]
+        )
         resp = raw.parse()
         assert raw.headers["x-tela-model"] == expect
         assert raw.headers["x-tela-router"] == world["router"]["key"]
@@ -119,10 +145,12 @@ def test_routes_each_prompt_to_the_model_the_router_picks(gateway, world, upstre
 
     # RouteLLM's name form and an explicit share pick the same way from the same scores
     r = client.chat.completions.with_raw_response.create(
-        model=f"router-knn-{(easy_s + hard_s) / 2:.4f}", messages=[{"role": "user", "content": EASY_Q}])
+        model=f"router-knn-{(easy_s + hard_s) / 2:.4f}", messages=[{"role": "user", "content": EASY_Q}]
+    )
     assert r.headers["x-tela-model"] == SMALL
-    r = client.chat.completions.with_raw_response.create(model="tela-auto@1.0",
-                                                         messages=[{"role": "user", "content": EASY_Q}])
+    r = client.chat.completions.with_raw_response.create(
+        model="tela-auto@1.0", messages=[{"role": "user", "content": EASY_Q}]
+    )
     assert r.headers["x-tela-model"] == LARGE  # 100% strong: every prompt goes to the strong model
     # any other name goes straight to that upstream, unrouted
     r = client.chat.completions.with_raw_response.create(model=SMALL, messages=[{"role": "user", "content": HARD_Q}])
@@ -134,13 +162,25 @@ def test_many_model_policies(gateway):
     client = _client(gw)
     msgs = [{"role": "user", "content": HARD_Q}]
     # the large model is the only one predicted adequate at 0.9 on a hard prompt
-    assert client.chat.completions.with_raw_response.create(
-        model="tela-cheapest@0.9", messages=msgs).headers["x-tela-model"] == LARGE
-    assert client.chat.completions.with_raw_response.create(
-        model="tela-cheapest@0.0", messages=msgs).headers["x-tela-model"] == SMALL
+    assert (
+        client.chat.completions.with_raw_response.create(model="tela-cheapest@0.9", messages=msgs).headers[
+            "x-tela-model"
+        ]
+        == LARGE
+    )
+    assert (
+        client.chat.completions.with_raw_response.create(model="tela-cheapest@0.0", messages=msgs).headers[
+            "x-tela-model"
+        ]
+        == SMALL
+    )
     # $0.01 per 1k requests affords neither: the cheapest model
-    assert client.chat.completions.with_raw_response.create(
-        model="tela-budget@0.01", messages=msgs).headers["x-tela-model"] == SMALL
+    assert (
+        client.chat.completions.with_raw_response.create(model="tela-budget@0.01", messages=msgs).headers[
+            "x-tela-model"
+        ]
+        == SMALL
+    )
 
 
 def test_tools_and_other_fields_pass_through_and_async_client(gateway, upstreams):
@@ -149,10 +189,19 @@ def test_tools_and_other_fields_pass_through_and_async_client(gateway, upstreams
 
     async def go():
         async with _client(gw, openai.AsyncOpenAI) as client:
-            return await asyncio.gather(*[
-                client.chat.completions.create(model="tela-auto", messages=[{"role": "user", "content": q}],
-                                               tools=tools, temperature=0.3, seed=7, extra_body={"top_k": 4})
-                for q in [EASY_Q, HARD_Q] * 4])
+            return await asyncio.gather(
+                *[
+                    client.chat.completions.create(
+                        model="tela-auto",
+                        messages=[{"role": "user", "content": q}],
+                        tools=tools,
+                        temperature=0.3,
+                        seed=7,
+                        extra_body={"top_k": 4},
+                    )
+                    for q in [EASY_Q, HARD_Q] * 4
+                ]
+            )
 
     replies = asyncio.run(go())
     assert len(replies) == 8
@@ -167,16 +216,23 @@ def test_tools_and_other_fields_pass_through_and_async_client(gateway, upstreams
 def test_streaming_through_the_openai_client_and_raw_http(gateway):
     gw = gateway()
     client = _client(gw)
-    stream = client.chat.completions.create(model="tela-auto", messages=[{"role": "user", "content": HARD_Q}],
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tela-auto",
+        messages=[{"role": "user", "content": HARD_Q}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == f"large: {HARD_Q}"
     assert chunks[0].model_extra["tela_routing"]["model"] == LARGE
     assert chunks[-1].usage.completion_tokens == 5
 
-    with httpx.stream("POST", f"{gw.base_url}/chat/completions",
-                      json={"model": "tela-auto", "stream": True, "messages": [{"role": "user", "content": EASY_Q}]}) as r:
+    with httpx.stream(
+        "POST",
+        f"{gw.base_url}/chat/completions",
+        json={"model": "tela-auto", "stream": True, "messages": [{"role": "user", "content": EASY_Q}]},
+    ) as r:
         assert r.headers["x-tela-model"] == SMALL and r.headers["content-type"].startswith("text/event-stream")
         lines = [ln for ln in r.iter_lines() if ln.startswith("data:")]
     assert lines[-1] == "data: [DONE]"
@@ -244,9 +300,9 @@ def test_traffic_log_rows_and_no_secret_anywhere(gateway, world, upstreams, capl
     client.chat.completions.create(model="tela-auto", messages=[{"role": "user", "content": EASY_Q}])
     client.chat.completions.create(model="tela-auto", messages=[{"role": "user", "content": HARD_Q}])
     gw.stop()  # flushes the log
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     df = read_window(ArtifactStore(world["root"]), now - timedelta(minutes=5), now + timedelta(minutes=1))
     df = df[df["prompt"].isin([EASY_Q, HARD_Q])].tail(2)
     assert df["model"].tolist() == [SMALL, LARGE]
@@ -263,7 +319,9 @@ def test_traffic_log_rows_and_no_secret_anywhere(gateway, world, upstreams, capl
 
 def test_prompt_text_off(gateway, world, tmp_path):
     gw = gateway(keep_prompts=False)
-    _client(gw).chat.completions.create(model="tela-auto", messages=[{"role": "user", "content": "Tell me a joke, please"}])
+    _client(gw).chat.completions.create(
+        model="tela-auto", messages=[{"role": "user", "content": "Tell me a joke, please"}]
+    )
     gw.stop()
     store = ArtifactStore(world["root"])
     blob = b"".join(store.read_bytes(k) for k in store.list("traffic/"))
@@ -279,14 +337,23 @@ def test_hot_reload_keeps_in_flight_requests(gateway, world, upstreams, tmp_path
     from router_tasks.core.stage import resolve_ref
 
     labels = ArtifactStore(root).read_json(f"{first_key}/router.json")["training_data"]["labels_key"]
-    ref2 = train_router(resolve_ref(labels, ArtifactStore(root)), router_type="knn", strong_model=LARGE,
-                        weak_model=SMALL, router_params={"k": 3}, artifact_root=root)
+    ref2 = train_router(
+        resolve_ref(labels, ArtifactStore(root)),
+        router_type="knn",
+        strong_model=LARGE,
+        weak_model=SMALL,
+        router_params={"k": 3},
+        artifact_root=root,
+    )
     upstreams["large"].rule = lambda body: Reply(content="slow", delay_s=1.0)
 
     async def go():
         async with _client(gw, openai.AsyncOpenAI) as client:
-            slow = asyncio.ensure_future(client.chat.completions.with_raw_response.create(
-                model="tela-auto", messages=[{"role": "user", "content": HARD_Q}]))
+            slow = asyncio.ensure_future(
+                client.chat.completions.with_raw_response.create(
+                    model="tela-auto", messages=[{"role": "user", "content": HARD_Q}]
+                )
+            )
             for _ in range(500):  # until the slow request is at the (old champion's) strong upstream
                 if upstreams["large"].in_flight:
                     break
@@ -297,7 +364,8 @@ def test_hot_reload_keeps_in_flight_requests(gateway, world, upstreams, tmp_path
                 if gw.gateway.holder.current.key == ref2["key"]:
                     break
             after = await client.chat.completions.with_raw_response.create(
-                model="tela-auto", messages=[{"role": "user", "content": EASY_Q}])
+                model="tela-auto", messages=[{"role": "user", "content": EASY_Q}]
+            )
             return await slow, after
 
     try:
@@ -316,7 +384,8 @@ def test_retries_honour_retry_after_before_falling_back(gateway, upstreams):
     gw = gateway(models=models)
     # the first attempt of every body gets a 429 with retry-after-ms: the same upstream answers on retry
     upstreams["large"].faults = Faults(fail_first=1, fail_first_with=429, retry_after_ms=20)
-    r = _client(gw).chat.completions.with_raw_response.create(model="tela-auto",
-                                                              messages=[{"role": "user", "content": HARD_Q}])
+    r = _client(gw).chat.completions.with_raw_response.create(
+        model="tela-auto", messages=[{"role": "user", "content": HARD_Q}]
+    )
     assert r.headers["x-tela-model"] == LARGE and r.headers["x-tela-fallback"] == "false"
     assert upstreams["large"].statuses() == {429: 1, 200: 1} and upstreams["small"].count() == 0

@@ -5,14 +5,14 @@ the number of requests it serves."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
+
 from conftest import ROUTER_EASY, ROUTER_HARD
 from gateway_world import KEY_ENV, UP_KEY, gateway_config, train_champion
 from openai_test_server import Reply, ScriptedOpenAIServer
-
 from router_tasks.core.store import ArtifactStore
 from router_tasks.routers.embeddings import clear_memory_cache
 from router_tasks.serving.server import serve_in_thread
@@ -61,7 +61,7 @@ def test_concurrent_prompts_are_scored_together_with_the_same_decisions(gateway)
         limits = httpx.Limits(max_connections=len(PROMPTS))
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
             replies = await asyncio.gather(*[client.post(url, json=_body(p)) for p in PROMPTS])
-        return {p: _decision(r) for p, r in zip(PROMPTS, replies)}
+        return {p: _decision(r) for p, r in zip(PROMPTS, replies, strict=False)}
 
     concurrent = asyncio.run(together())
     assert batcher.prompts - prompts == len(PROMPTS)
@@ -95,7 +95,7 @@ def test_the_traffic_log_holds_a_bounded_backlog_when_the_store_is_down(s3_root)
     log = TrafficLog(store, flush_s=3600, max_pending=50, max_pending_bytes=40_000)
     try:
         for i in range(200):
-            log.append({"time": datetime.now(timezone.utc), "prompt": f"p{i}", "model": "m", "status": 200})
+            log.append({"time": datetime.now(UTC), "prompt": f"p{i}", "model": "m", "status": 200})
         log.flush()  # fails: keeps what it may
         assert log.pending == 50 and log.dropped == 150
         assert [row["prompt"] for row, _ in log._rows][-1] == "p199"  # the newest rows are the ones kept

@@ -12,9 +12,9 @@ import time
 
 import httpx
 import pytest
+
 from gateway_world import EASY_Q, HARD_Q, KEY_ENV, UP_KEY, gateway_config, train_champion
 from openai_test_server import Reply, ScriptedOpenAIServer
-
 from router_tasks.serving.server import serve_in_thread
 
 CAP = 16 * 1024 * 1024
@@ -47,8 +47,11 @@ def _routed(client, url, text=None, body: bytes | None = None):
 
 def _oversized_upload(port: int, declared: int, chunked: bool) -> tuple[bytes, int]:
     """Send a body far past the cap without waiting; (the reply, bytes sent when it came)."""
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + ("Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {declared}\r\n") + "\r\n")
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + ("Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {declared}\r\n")
+        + "\r\n"
+    )
     block = b'{"pad": "' + b"x" * (256 * 1024)
     sent = 0
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -91,9 +94,17 @@ def test_hostile_bodies_are_refused_while_others_are_served(gateway):
     results: dict = {"oversized": [], "deep": [], "huge_prompt": [], "shapes": []}
     nested = b"[" * 200_000 + b"]" * 200_000
     deep = b'{"model": "tela-auto", "messages": [{"role": "user", "content": ' + nested + b"}]}"
-    shapes = [b"null", b"123", b'"text"', b"[]", b"[" * 100_000, b'{"model": 5, "messages": []}',
-              b'{"model": "tela-auto", "messages": [{"role": "user", "content": NaN}]}', b"\xff\xfe{}",
-              b'{"model": "tela-auto", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}']
+    shapes = [
+        b"null",
+        b"123",
+        b'"text"',
+        b"[]",
+        b"[" * 100_000,
+        b'{"model": 5, "messages": []}',
+        b'{"model": "tela-auto", "messages": [{"role": "user", "content": NaN}]}',
+        b"\xff\xfe{}",
+        b'{"model": "tela-auto", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}',
+    ]
     huge = HARD_Q + " " + "lorem ipsum dolor sit amet " * 300_000  # ~8 MB, under the cap
     huge_body = json.dumps({"model": "tela-auto", "messages": [{"role": "user", "content": huge}]}).encode()
 
@@ -131,8 +142,10 @@ def test_hostile_bodies_are_refused_while_others_are_served(gateway):
         assert r.headers["x-tela-score"] == alone.headers["x-tela-score"]
     # and everyone else was served as usual meanwhile
     assert len(during) >= 3
-    print(f"routed latency quiet p50 {statistics.median(quiet) * 1000:.0f} ms, during the attack "
-          f"p50 {statistics.median(during) * 1000:.0f} ms, max {max(during) * 1000:.0f} ms ({len(during)} requests)")
+    print(
+        f"routed latency quiet p50 {statistics.median(quiet) * 1000:.0f} ms, during the attack "
+        f"p50 {statistics.median(during) * 1000:.0f} ms, max {max(during) * 1000:.0f} ms ({len(during)} requests)"
+    )
     # (loose bounds: the test's clients, upstreams and gateway share one process and its GIL;
     # routing a whole 8 MB prompt instead of its prefix takes seconds on the routing thread)
     assert statistics.median(during) < 10 * statistics.median(quiet) + 0.5

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from conftest import ROUTER_EASY, ROUTER_HARD
 from factories import labels_table
 from openai_test_server import Reply, ScriptedOpenAIServer, last_user_text
-
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.training.train import train_router
@@ -29,22 +29,37 @@ TELA = str(Path(sys.executable).parent / "tela")
 def test_tela_serve_end_to_end(tmp_path, minilm):
     root = str(tmp_path / "artifacts")
     df = labels_table(ROUTER_EASY + ROUTER_HARD, lambda _, t: {"deep": True, "quick": t in ROUTER_EASY})
-    labels = run_stage("labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"c": "cli"},
-                       store=ArtifactStore(root))
-    ref = train_router(labels, router_type="knn", strong_model="deep", weak_model="quick", router_params={"k": 5},
-                       artifact_root=root)
+    labels = run_stage(
+        "labels_fixture", "1", lambda ctx: ctx.write_table(df), config={"c": "cli"}, store=ArtifactStore(root)
+    )
+    ref = train_router(
+        labels, router_type="knn", strong_model="deep", weak_model="quick", router_params={"k": 5}, artifact_root=root
+    )
     ArtifactStore(root).write_json("champion/CHAMPION.json", {"router": ref})
 
-    with ScriptedOpenAIServer(lambda b: Reply(content=f"deep says {last_user_text(b)}")) as deep, \
-            ScriptedOpenAIServer(lambda b: Reply(content=f"quick says {last_user_text(b)}")) as quick:
+    with (
+        ScriptedOpenAIServer(lambda b: Reply(content=f"deep says {last_user_text(b)}")) as deep,
+        ScriptedOpenAIServer(lambda b: Reply(content=f"quick says {last_user_text(b)}")) as quick,
+    ):
         models = tmp_path / "models.json"
-        models.write_text(json.dumps([{"name": "deep", "model": "d1", "base_url": deep.base_url},
-                                      {"name": "quick", "model": "q1", "base_url": quick.base_url}]))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                            os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.Popen([TELA, "--artifact-root", root, "serve", "--models", str(models), "--port", "0",
-                                 "--no-auth"],
-                                stderr=subprocess.PIPE, text=True, env=env)
+        models.write_text(
+            json.dumps(
+                [
+                    {"name": "deep", "model": "d1", "base_url": deep.base_url},
+                    {"name": "quick", "model": "q1", "base_url": quick.base_url},
+                ]
+            )
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+        }
+        proc = subprocess.Popen(
+            [TELA, "--artifact-root", root, "serve", "--models", str(models), "--port", "0", "--no-auth"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             port, seen = None, []
             deadline = time.monotonic() + 120
@@ -58,7 +73,8 @@ def test_tela_serve_end_to_end(tmp_path, minilm):
             assert port, "".join(seen)
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="whatever", max_retries=0)
             hard = client.chat.completions.with_raw_response.create(
-                model="router-knn-0.5", messages=[{"role": "user", "content": "Prove Fermat's little theorem."}])
+                model="router-knn-0.5", messages=[{"role": "user", "content": "Prove Fermat's little theorem."}]
+            )
             assert hard.headers["x-tela-model"] == "deep"
             assert hard.parse().choices[0].message.content == "deep says Prove Fermat's little theorem."
         finally:

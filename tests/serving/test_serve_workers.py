@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from gateway_world import KEY_ENV, UP_KEY, models_config, redis_server, train_champion
 from openai_test_server import Reply, ScriptedOpenAIServer
-
 from router_tasks.core.store import ArtifactStore
 from router_tasks.serving import keys as client_keys
 
@@ -42,15 +42,41 @@ def test_workers_share_one_port_one_limit_and_each_reloads(tmp_path, minilm):
     keys_file = str(tmp_path / "KEYS")
     key = client_keys.create_key(keys_file, "team", rpm=4)
     rule = lambda b: Reply(content="fine", prompt_tokens=3, completion_tokens=1)  # noqa: E731
-    env = {**os.environ, KEY_ENV: UP_KEY,
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
-    with ScriptedOpenAIServer(rule, api_key=UP_KEY) as large, ScriptedOpenAIServer(rule, api_key=UP_KEY) as small, \
-            redis_server() as redis_url:
+    env = {
+        **os.environ,
+        KEY_ENV: UP_KEY,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
+    with (
+        ScriptedOpenAIServer(rule, api_key=UP_KEY) as large,
+        ScriptedOpenAIServer(rule, api_key=UP_KEY) as small,
+        redis_server() as redis_url,
+    ):
         models = tmp_path / "models.json"
         models.write_text(json.dumps(models_config(large.base_url, small.base_url)))
-        proc = subprocess.Popen([TELA, "--artifact-root", root, "serve", "--models", str(models), "--port", "0",
-                                 "--workers", "2", "--keys", keys_file, "--redis-url", redis_url, "--reload-s", "0.5"],
-                                stderr=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(
+            [
+                TELA,
+                "--artifact-root",
+                root,
+                "serve",
+                "--models",
+                str(models),
+                "--port",
+                "0",
+                "--workers",
+                "2",
+                "--keys",
+                keys_file,
+                "--redis-url",
+                redis_url,
+                "--reload-s",
+                "0.5",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             port, seen = None, []
             deadline = time.monotonic() + 180
@@ -73,9 +99,11 @@ def test_workers_share_one_port_one_limit_and_each_reloads(tmp_path, minilm):
             codes = []
             for _ in range(6):
                 with httpx.Client(timeout=30) as c:
-                    r = c.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {key}",
-                                                                       "connection": "close"},
-                               json={"model": "tela-auto", "messages": [{"role": "user", "content": "Hi there"}]})
+                    r = c.post(
+                        f"{base}/v1/chat/completions",
+                        headers={"Authorization": f"Bearer {key}", "connection": "close"},
+                        json={"model": "tela-auto", "messages": [{"role": "user", "content": "Hi there"}]},
+                    )
                 codes.append(r.status_code)
             assert sorted(codes) == [200] * 4 + [429] * 2  # one limit, not one per worker
 

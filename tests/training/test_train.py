@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
 
-from router_tasks.routers import load_router
+from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
 from router_tasks.core.stage import read_manifest
 from router_tasks.core.store import ArtifactStore
+from router_tasks.routers import load_router
 from router_tasks.training.train import train_router
 
 
@@ -27,7 +27,12 @@ def test_train_knn_writes_a_loadable_router(router_toy_labels, router_labels_art
     assert metrics.loc[ROUTER_WEAK, "mean_quality"] == pytest.approx(0.5)
 
     meta = store.read_json(f"{ref['key']}/router.json")
-    assert meta["params"] == {"k": 5, "temperature": 0.2, "prior_weight": 2.0, "representation": "minilm"}  # defaults resolved
+    assert meta["params"] == {
+        "k": 5,
+        "temperature": 0.2,
+        "prior_weight": 2.0,
+        "representation": "minilm",
+    }  # defaults resolved
     assert meta["representation"] == "minilm"
     assert meta["models"] == sorted([ROUTER_STRONG, ROUTER_WEAK, "smollm2"])
     assert meta["training_data"]["labels_fingerprint"] == labels["fingerprint"]

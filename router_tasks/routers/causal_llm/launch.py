@@ -39,8 +39,18 @@ WORKER_ENV = "TELA_LAUNCH_WORKER"
 LOCK_DIR_ENV = "TELA_GPU_LOCK_DIR"
 DEFAULT_LOCK_DIR = os.path.join(tempfile.gettempdir(), "tela-gpu-locks")
 #: distributed variables a launch must not inherit from the calling process
-_STALE = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-          "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+_STALE = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "ACCELERATE_USE_FSDP",
+    "ACCELERATE_USE_DEEPSPEED",
+)
 
 
 def in_worker() -> bool:
@@ -116,8 +126,9 @@ def _take(held: GpuClaim, local: int, gid: str) -> None:
     held._owned.append(gid)
 
 
-def claim_gpus(n: int, candidates, *, lock_dir: str | None = None, wait_s: float | None = None,
-               poll_s: float = 2.0) -> GpuClaim:
+def claim_gpus(
+    n: int, candidates, *, lock_dir: str | None = None, wait_s: float | None = None, poll_s: float = 2.0
+) -> GpuClaim:
     """Lock `n` of `candidates` ((local index, id) pairs) for this process, waiting for free ones.
 
     `wait_s`: give up with TimeoutError after this long (None: wait; the task's own
@@ -169,9 +180,13 @@ def claim_gpus(n: int, candidates, *, lock_dir: str | None = None, wait_s: float
         held.release()
         now = time.monotonic()
         if wait_s is not None and now - started >= wait_s:
-            raise TimeoutError(f"no {n} free GPU(s) among {[g for _, g in candidates]} after {wait_s:.0f} s (locks in {folder})")
+            raise TimeoutError(
+                f"no {n} free GPU(s) among {[g for _, g in candidates]} after {wait_s:.0f} s (locks in {folder})"
+            )
         if now - last_note >= 60:
-            log.info("waiting for %d free GPU(s) among %s (%.0f s so far)", n, [g for _, g in candidates], now - started)
+            log.info(
+                "waiting for %d free GPU(s) among %s (%.0f s so far)", n, [g for _, g in candidates], now - started
+            )
             last_note = now
         time.sleep(poll_s)
 
@@ -194,7 +209,9 @@ def launch_env(base_env, n: int, gpu_ids: list[str] | None, *, cpu_threads: int 
         env["OMP_NUM_THREADS"] = str(max(1, int(cpu_threads)))
     env["TOKENIZERS_PARALLELISM"] = "false"
     root = str(Path(__file__).resolve().parents[3])  # the workers import this checkout's router_tasks
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    )
     return env
 
 
@@ -207,8 +224,16 @@ def free_port() -> int:
 def launch_command(n: int, job_dir: str, port: int) -> list[str]:
     """torchrun, one node, `n` workers running `main` (via `worker`) on `job_dir`."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={n}",
-        "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "router_tasks.routers.causal_llm.worker", job_dir,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        f"--nproc_per_node={n}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        "-m",
+        "router_tasks.routers.causal_llm.worker",
+        job_dir,
     ]
 
 
@@ -227,17 +252,27 @@ def fit_distributed(router, labels):
         gpu_ids = router._claim.ids
     with tempfile.TemporaryDirectory(prefix="tela-fit-") as job:
         labels.reset_index(drop=True).to_parquet(os.path.join(job, "labels.parquet"), index=False)
-        spec = {"models": list(router.models), "strong_model": router.strong_model, "weak_model": router.weak_model,
-                "params": dict(router.params)}
+        spec = {
+            "models": list(router.models),
+            "strong_model": router.strong_model,
+            "weak_model": router.weak_model,
+            "params": dict(router.params),
+        }
         Path(job, "job.json").write_text(json.dumps(spec))
         env = launch_env(os.environ, n, gpu_ids)
         cmd = launch_command(n, job, free_port())
-        log.info("causal_llm: launching %d training processes on %s: %s", n,
-                 f"GPU(s) {gpu_ids}" if gpu_ids else "CPUs (gloo)", " ".join(cmd))
+        log.info(
+            "causal_llm: launching %d training processes on %s: %s",
+            n,
+            f"GPU(s) {gpu_ids}" if gpu_ids else "CPUs (gloo)",
+            " ".join(cmd),
+        )
         started = time.time()
         rc = subprocess.run(cmd, env=env).returncode  # the workers' output goes to this task's log
         if rc != 0:
-            raise RuntimeError(f"causal_llm: the {n}-process fit failed (exit code {rc}); the workers' errors are above")
+            raise RuntimeError(
+                f"causal_llm: the {n}-process fit failed (exit code {rc}); the workers' errors are above"
+            )
         out = Path(job, "out")
         if not (out / "DONE").exists():
             raise RuntimeError(f"causal_llm: the {n}-process fit exited 0 but rank 0 wrote no router")

@@ -75,8 +75,7 @@ def auto_batch_size(config, max_length: int, free_bytes: int, weight_bytes: int,
     return int(min(64 if train else 256, max(1, 2 ** int(math.log2(n)) if n >= 1 else 1)))
 
 
-def device_defaults(device_type: str, config=None, free_bytes: int = 0, weight_bytes: int = 0,
-                    world: int = 1) -> dict:
+def device_defaults(device_type: str, config=None, free_bytes: int = 0, weight_bytes: int = 0, world: int = 1) -> dict:
     """Values of the "auto" params on `device_type` ("cpu" or "cuda"); see the module doc."""
     if device_type != "cuda":
         return dict(CPU_DEFAULTS)

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -76,8 +76,16 @@ class CausalLLMRouter(Router):
         ):
             if p[name] not in allowed:
                 raise ValueError(f"causal_llm router: {name} must be one of {allowed}, got {p[name]!r}")
-        for name in ("lora_r", "epochs", "batch_size", "grad_accum", "max_length", "predict_batch_size",
-                     "lora_layers", "num_processes"):
+        for name in (
+            "lora_r",
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "max_length",
+            "predict_batch_size",
+            "lora_layers",
+            "num_processes",
+        ):
             if name in AUTO_INT_PARAMS and p[name] == "auto":
                 continue
             low = 0 if name == "lora_layers" else 1
@@ -122,7 +130,9 @@ class CausalLLMRouter(Router):
             index = int(os.environ.get("LOCAL_RANK", "0"))
         else:
             if self._claim is None:
-                self._claim = launch.claim_gpus(1, launch.candidate_gpus(self.params["gpus"], torch.cuda.device_count()))
+                self._claim = launch.claim_gpus(
+                    1, launch.candidate_gpus(self.params["gpus"], torch.cuda.device_count())
+                )
             index = self._claim.local[0]
         torch.cuda.set_device(index)
         return torch.device(f"cuda:{index}")
@@ -142,7 +152,6 @@ class CausalLLMRouter(Router):
 
     def _prepare_base(self, read_file=None, saved: dict | None = None) -> None:
         """Load the base model, add the label tokens, set up LoRA (not on load of full)."""
-        import torch
 
         self._device = self._resolve_device()
         dtype = self._dtype(self._device)
@@ -217,12 +226,14 @@ class CausalLLMRouter(Router):
 
     def _load_random_base(self, read_file, saved, dtype):
         from safetensors.torch import load
-        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
         from tokenizers import Tokenizer
+        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
         tok = PreTrainedTokenizerFast(
             tokenizer_object=Tokenizer.from_str(read_file(TOKENIZER_FILE).decode()),
-            pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+            pad_token="<pad>",
+            bos_token="<s>",
+            eos_token="</s>",
         )
         config = LlamaConfig.from_dict(json.loads(read_file(CONFIG_FILE)))
         model = LlamaForCausalLM(config)
@@ -298,7 +309,7 @@ class CausalLLMRouter(Router):
         overhead = {m: len(tok.encode(self.render("", m), add_special_tokens=special)) for m in set(model_names)}
         cut: dict[tuple[str, int], str] = {}
         out = []
-        for q, m in zip(queries, model_names):
+        for q, m in zip(queries, model_names, strict=False):
             # the request keeps at least half the window even if the instruction is long
             budget = max(max_len - overhead[m] - 2, max_len // 2)
             key = (q, budget)
@@ -337,7 +348,7 @@ class CausalLLMRouter(Router):
 
     # --- training ---------------------------------------------------------------------
 
-    def fit(self, labels: pd.DataFrame) -> "CausalLLMRouter":
+    def fit(self, labels: pd.DataFrame) -> CausalLLMRouter:
         if int(self.params["num_processes"]) > 1 and not launch.in_worker():
             return launch.fit_distributed(self, labels)
         with self._threads():
@@ -349,7 +360,7 @@ class CausalLLMRouter(Router):
         on_gpu = n <= 0 and self._resolve_device().type == "cuda"
         return torch_threads(n, on_gpu, minimum_only=self.params["base_model"] == "tiny")
 
-    def _fit(self, labels: pd.DataFrame) -> "CausalLLMRouter":
+    def _fit(self, labels: pd.DataFrame) -> CausalLLMRouter:
         df = check_labels(labels, self.models).reset_index(drop=True)
         if not len(df):
             raise ValueError("causal_llm router: no labels for the router's models to train on")
@@ -358,8 +369,9 @@ class CausalLLMRouter(Router):
             self._apply_lora()
         classes = quality_to_class(df["quality"].to_numpy())
         seqs = self._encode(df["prompt"].tolist(), df["model"].tolist())
-        trained = train_label_rows(self.model, seqs, classes, self.params, self.effective, self._device,
-                                   self._label_logits)
+        trained = train_label_rows(
+            self.model, seqs, classes, self.params, self.effective, self._device, self._label_logits
+        )
         self.model, self._device = trained.model, trained.device
         self.history, self.train_stats = trained.history, trained.stats
         return self
@@ -413,8 +425,18 @@ class CausalLLMRouter(Router):
             "label_token_ids": self.label_ids,
             "base_identity": self.base_identity,
             "prompt_format": "chat" if self._chat else "plain",
-            "effective_params": {k: self.effective[k] for k in ("lora_layers", "max_length", "batch_size", "dtype",
-                                                                 "gradient_checkpointing", "device", "world_size")},
+            "effective_params": {
+                k: self.effective[k]
+                for k in (
+                    "lora_layers",
+                    "max_length",
+                    "batch_size",
+                    "dtype",
+                    "gradient_checkpointing",
+                    "device",
+                    "world_size",
+                )
+            },
             "history": self.history,
             "train_stats": self.train_stats,
         }
@@ -441,13 +463,12 @@ class CausalLLMRouter(Router):
         write_file(META_FILE, json.dumps(meta, indent=2, default=str).encode())
 
     @classmethod
-    def load(cls, read_file, meta: dict) -> "CausalLLMRouter":
-        from safetensors.torch import load
+    def load(cls, read_file, meta: dict) -> CausalLLMRouter:
 
         router = cls(meta["models"], meta["strong_model"], meta["weak_model"], meta.get("params"))
         return router._restore(read_file)
 
-    def _restore(self, read_file) -> "CausalLLMRouter":
+    def _restore(self, read_file) -> CausalLLMRouter:
         """Load the files `save` wrote into this router (the device is this process's)."""
         from safetensors.torch import load
 
@@ -472,7 +493,9 @@ class CausalLLMRouter(Router):
             state = load(read_file(MODEL_FILE))
             missing, unexpected = router.model.load_state_dict(state, strict=False)
             if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
-                raise ValueError(f"causal_llm weights do not match the base: missing {missing[:5]}, unexpected {unexpected[:5]}")
+                raise ValueError(
+                    f"causal_llm weights do not match the base: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
             if is_tied(router.model):
                 router.model.tie_weights()
         router.model.to(router._device).eval()

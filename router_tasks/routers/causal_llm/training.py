@@ -11,8 +11,8 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -29,8 +29,9 @@ class TrainedModel:
     stats: dict
 
 
-def train_label_rows(model, seqs: list[list[int]], classes: np.ndarray, p: dict, effective: dict, device,
-                     label_logits: Callable) -> TrainedModel:
+def train_label_rows(
+    model, seqs: list[list[int]], classes: np.ndarray, p: dict, effective: dict, device, label_logits: Callable
+) -> TrainedModel:
     """Fine-tune `model` so that `label_logits(model, seqs, device)` predicts `classes` (0..4).
 
     `p`: the router's params; `effective`: the values its "auto" params took on `device`.
@@ -123,7 +124,13 @@ def train_label_rows(model, seqs: list[list[int]], classes: np.ndarray, p: dict,
             step += 1
             step_times.append(time.time() - t0)
             if step == 1 or step % max(1, total // 10) == 0 or step == total:
-                log.info("causal_llm step %d/%d: loss %.4f (%.1f s)", step, total, np.mean(losses[-accum * 10 :]), time.time() - started)
+                log.info(
+                    "causal_llm step %d/%d: loss %.4f (%.1f s)",
+                    step,
+                    total,
+                    np.mean(losses[-accum * 10 :]),
+                    time.time() - started,
+                )
         model.eval()
     model = accelerator.unwrap_model(model)
     if gc:
