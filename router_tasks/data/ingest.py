@@ -22,7 +22,8 @@ import pandas as pd
 from router_tasks.core.prompts import normalize_prompt, prompt_id
 from router_tasks.core.stage import ArtifactRef, read_manifest, run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.data.quality import enforce, prompts_suite, resolve_thresholds
+from router_tasks.data.quality import enforce, resolve_thresholds
+from router_tasks.data.quality_suites import prompts_suite
 from router_tasks.data.table_files import FORMATS, InputDataError, read_source_bytes, read_table_bytes  # noqa: F401
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Validate: the labels suite (`router_tasks.data.quality.labels_suite`) on the labels table;
+"""Validate: the labels suite (`router_tasks.data.quality_suites.labels_suite`) on the labels table;
 bad data stops the run, bad rows are set aside.
 
 The kept table is written again as this stage's output so training can only ever read
@@ -16,14 +16,8 @@ from router_tasks.core.schemas import OPTIONAL_LABEL_COLUMNS
 from router_tasks.core.stage import run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data.labels import AGREEMENT_FILE
-from router_tasks.data.quality import (  # noqa: F401  (DataQualityError re-exported: callers import it from here)
-    DataQualityError,
-    check_rows_per_model,
-    enforce,
-    format_failures,
-    labels_suite,
-    resolve_thresholds,
-)
+from router_tasks.data.quality import DataQualityError, enforce, format_failures, resolve_thresholds  # noqa: F401  (DataQualityError re-exported: callers import it from here)
+from router_tasks.data.quality_suites import labels_suite
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ substance") reads as "correct". The report (`agreement.json`, the manifest's sta
 The sample is drawn by a salted hash of (prompt, model) (`seed`), so the same rows are
 sampled in every run with the same data, and a larger sample holds the smaller one. The
 judge's replies go through the request cache like the judge stage's. A data-quality rule
-(`router_tasks.data.quality.agreement_failures`) stops the run when agreement falls under
+(`router_tasks.data.quality_suites.agreement_failures`) stops the run when agreement falls under
 its threshold on enough rows; a run without gold answers (or `sample_size` 0) reports why
 it measured nothing.
 """
@@ -36,23 +36,12 @@ from router_tasks.core.schemas import cell_text, finite_or_none
 from router_tasks.core.stage import StageContext, run_stage, stable_hash
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data.ingest import read_prompt_shard
-from router_tasks.data.quality import (
-    DataQualityError,
-    agreement_failures,
-    failure_report_prefix,
-    format_failures,
-    resolve_thresholds,
-)
-from router_tasks.labeling.judge import (
-    RUBRIC_VERSION,
-    check_vote,
-    judge_config,
-    judge_endpoints,
-    judge_messages,
-    verdict_judgement,
-)
+from router_tasks.data.quality import DataQualityError, failure_report_prefix, format_failures, resolve_thresholds
+from router_tasks.data.quality_suites import agreement_failures
+from router_tasks.labeling.judge import check_vote, judge_config, judge_endpoints, verdict_judgement
 from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.labeling.panel import ask_panel, panel_name, total_stats
+from router_tasks.labeling.rubric import RUBRIC_VERSION, judge_messages
 
 log = logging.getLogger(__name__)
 

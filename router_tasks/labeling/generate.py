@@ -41,7 +41,8 @@ from router_tasks.core.endpoints import Endpoint, parse_endpoints
 from router_tasks.core.stage import StageContext, part_inputs, run_stage
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data.ingest import prompt_shards, read_prompt_shard
-from router_tasks.data.quality import answers_suite, enforce, resolve_thresholds
+from router_tasks.data.quality import enforce, resolve_thresholds
+from router_tasks.data.quality_suites import answers_suite
 from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.labeling.llm_client import ChatResult, EndpointSession, ask_all, endpoint_cache
 

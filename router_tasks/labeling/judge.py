@@ -14,7 +14,7 @@ row, always.
   answer chooses. `correct` is set, `score` stays null; `judge_raw` holds the value read
   from the answer (null if none was found, which counts as incorrect).
 - Otherwise, with a reference_answer: a reference-guided 1-5 LLM judge with our own
-  rubric (RUBRIC_TEXT, versioned by RUBRIC_VERSION, stored on each row), ending in [[n]].
+  rubric (`rubric.RUBRIC_TEXT`, versioned by RUBRIC_VERSION, stored on each row), ending in [[n]].
   Where the judge's endpoint returns log-probabilities the verdict is read from those of
   `1`..`5` after `[[` (`router_tasks.labeling.verdicts`: our local server and vLLM-style
   endpoints always give one); otherwise from the text, and a reply without [[n]] keeps its
@@ -49,7 +49,8 @@ from router_tasks.core.schemas import cell_text
 from router_tasks.core.stage import StageContext, part_inputs, run_stage, stable_hash
 from router_tasks.core.store import ArtifactStore
 from router_tasks.data.ingest import prompt_shards, read_prompt_shard
-from router_tasks.data.quality import enforce, judgements_suite, resolve_thresholds
+from router_tasks.data.quality import enforce, resolve_thresholds
+from router_tasks.data.quality_suites import judgements_suite
 from router_tasks.labeling.exact_match import (  # noqa: F401 (re-exported)
     LETTERS,
     extract_letter,
@@ -62,14 +63,17 @@ from router_tasks.labeling.generate import ANSWERS_SHARD_FILE, BATCH_ROWS, check
 from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.labeling.llm_client import EndpointSession, endpoint_cache
 from router_tasks.labeling.panel import READER_VERSION, Judged, ask_panel, panel_name, total_stats
+from router_tasks.labeling.rubric import RUBRIC_SYSTEM, RUBRIC_TEXT, RUBRIC_VERSION, judge_messages
 from router_tasks.labeling.verdicts import VOTES, parse_verdict, resolve_path  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 STAGE = "judge"
 PART_STAGE = "judge_part"  # one artifact per shard; STAGE combines them
-STAGE_VERSION = "5"  # 5: verdicts from log-probabilities, several judges. 4: shard files, batches, failed verdicts re-asked. 3: parts per shard, verdicts through the request cache. 2: judgements suite. Bump when grading logic (extraction, parsing) changes: old artifacts go stale
-RUBRIC_VERSION = "ref-guided-1to5-v1"
+# Bump when grading logic (extraction, parsing) changes: old artifacts go stale.
+# 5: verdicts from log-probabilities, several judges. 4: shard files, batches, failed
+# verdicts re-asked. 3: parts per shard, verdicts through the request cache. 2: judgements suite.
+STAGE_VERSION = "5"
 
 JUDGEMENT_COLUMNS = [
     "prompt_id",
@@ -99,46 +103,6 @@ _TEXT_COLUMNS = (
     "verdict_method",
     "judge_votes",
 )
-
-# --------------------------------------------------------------------------------------
-# LLM judge
-# --------------------------------------------------------------------------------------
-
-RUBRIC_SYSTEM = (
-    "You are a careful, impartial grader of AI assistant answers. You compare an answer "
-    "with a reference answer written for the same question and rate it on a 1-5 scale. "
-    "You judge substance, not style or length."
-)
-
-RUBRIC_TEXT = """Rate the assistant's answer to the question below, using the reference answer as the standard.
-
-Rating scale:
-5 = as good as or better than the reference: correct, complete and helpful.
-4 = close to the reference: correct in substance, with small omissions or less clarity.
-3 = moderate: partly correct or useful, but with clear gaps or some errors.
-2 = much worse than the reference: mostly incorrect, incomplete or unhelpful.
-1 = wrong, empty, off-topic or refuses without reason.
-
-Check correctness first (facts, numbers, final result, code behaviour), then completeness, then clarity. Do not reward length for its own sake. A different approach from the reference is fine when it is correct.
-
-[Question]
-{question}
-
-[Reference answer]
-{reference}
-
-[Assistant's answer]
-{answer}
-
-Explain your rating in one to three sentences. Then, on the last line, give the rating as a number inside double square brackets, like [[n]], with n from 1 to 5."""
-
-
-def judge_messages(question: str, reference: str, answer: str) -> list[dict]:
-    return [
-        {"role": "system", "content": RUBRIC_SYSTEM},
-        {"role": "user", "content": RUBRIC_TEXT.format(question=question, reference=reference, answer=answer)},
-    ]
-
 
 # --------------------------------------------------------------------------------------
 # Stage

@@ -28,9 +28,10 @@ import time
 from router_tasks.core import defaults
 from router_tasks.core.stage import StageContext, load_table, run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.labeling.judge import RUBRIC_VERSION, checked_tables, judge_endpoint, plan_rows
+from router_tasks.labeling.judge import checked_tables, judge_endpoint, plan_rows
 from router_tasks.labeling.ledger import ledger_entry
 from router_tasks.labeling.llm_client import endpoint_cache, redact_secrets, request_keys
+from router_tasks.labeling.rubric import RUBRIC_VERSION
 from router_tasks.labeling.verdicts import reply_options, resolve_path, verdict_window
 
 log = logging.getLogger(__name__)

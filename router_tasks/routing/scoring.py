@@ -26,13 +26,8 @@ import pandas as pd
 
 from router_tasks.core.prompts import prompt_id
 from router_tasks.core.store import ArtifactStore
-from router_tasks.data.quality import (
-    DataQualityError,
-    format_failures,
-    prediction_columns,
-    predictions_suite,
-    run_suite,
-)
+from router_tasks.data.quality import DataQualityError, format_failures, run_suite
+from router_tasks.data.quality_suites import prediction_columns, predictions_suite
 from router_tasks.data.table_files import check_output_path, read_prompts, write_table_file
 from router_tasks.data.zeroeval import read_prices
 from router_tasks.routers import load_router

@@ -9,7 +9,7 @@ import pytest
 
 from router_tasks.core.stage import read_manifest, run_stage
 from router_tasks.core.store import ArtifactStore
-from router_tasks.data import quality
+from router_tasks.data import quality, quality_suites
 from router_tasks.data.ingest import ingest_prompts
 from router_tasks.data.quality import DataQualityError, resolve_thresholds, run_suite
 from router_tasks.data.validate import validate_labels
@@ -83,7 +83,7 @@ def test_threshold_sources_and_unknown_names(monkeypatch):
 
 def test_prompts_table_rules():
     df = pd.DataFrame({"prompt_id": ["a", "a", "b"], "prompt": ["x", "y", "x"], "dataset": "d"})
-    res = run_suite(df, quality.prompts_suite(resolve_thresholds()), stage="ingest")
+    res = run_suite(df, quality_suites.prompts_suite(resolve_thresholds()), stage="ingest")
     rules = _rules(res.failures)
     assert rules["prompt_ids_unique"]["unexpected_count"] == 2
     assert rules["no_exact_duplicate_prompts"]["unexpected_count"] == 2
@@ -91,7 +91,7 @@ def test_prompts_table_rules():
     bad = pd.DataFrame(
         {"prompt_id": ["a", "b"], "prompt": pd.Series(["fine", "caf\udce9"], dtype=object), "dataset": "d"}
     )
-    res = run_suite(bad, quality.prompts_suite(resolve_thresholds()), stage="ingest")
+    res = run_suite(bad, quality_suites.prompts_suite(resolve_thresholds()), stage="ingest")
     assert res.failures == [] and res.row_rules == {"prompt_valid_utf8": 1}
     assert quality._printable(res.quarantine)["prompt"].tolist() == ["caf\\udce9"]
 
@@ -116,7 +116,7 @@ def _answers():
 
 def test_answers_suite():
     th = resolve_thresholds()
-    res = run_suite(_answers(), quality.answers_suite(th), stage="generate")
+    res = run_suite(_answers(), quality_suites.answers_suite(th), stage="generate")
     assert res.failures == []
     # a failed call with a reason is kept; no answer and no reason is not; nor is a missing finish reason
     assert res.row_rules == {"answer_or_failure_reason": 1, "finish_reason_present": 2}
@@ -125,11 +125,11 @@ def test_answers_suite():
 
     dup = pd.concat([_answers().iloc[:2], _answers().iloc[:1]], ignore_index=True)
     assert "one_row_per_prompt_and_model" in _rules(
-        run_suite(dup, quality.answers_suite(th), stage="generate").failures
+        run_suite(dup, quality_suites.answers_suite(th), stage="generate").failures
     )
 
     errs = _answers().assign(error="HTTP 500", answer=None)
-    f = _rules(run_suite(errs, quality.answers_suite(th), stage="generate").failures)[
+    f = _rules(run_suite(errs, quality_suites.answers_suite(th), stage="generate").failures)[
         "answer_error_rate_under_threshold"
     ]
     assert f["unexpected_percent"] == 100.0 and f["kwargs"]["mostly"] == pytest.approx(0.5)
@@ -173,7 +173,7 @@ def _judged(n_parse_failures=0, n=10):
 
 def test_judgements_suite_rows_and_rates():
     th = resolve_thresholds({"max_parse_failure_rate": 0.3, "max_judge_failure_rate": 0.5})
-    res = run_suite(_judged(2), quality.judgements_suite(th), stage="judge")
+    res = run_suite(_judged(2), quality_suites.judgements_suite(th), stage="judge")
     assert res.failures == [] and len(res.quarantine) == 0
     assert "_parse_failure" not in res.kept.columns  # validation-only column
 
@@ -181,7 +181,7 @@ def test_judgements_suite_rows_and_rates():
     bad.loc[1, "score"] = 7  # not 1-5
     bad.loc[2, "score"] = pd.NA  # no score and no reason
     bad.loc[10, "correct"] = pd.NA  # exact match without a verdict or a reason
-    res = run_suite(bad, quality.judgements_suite(th), stage="judge")
+    res = run_suite(bad, quality_suites.judgements_suite(th), stage="judge")
     assert res.row_rules == {
         "score_integer_1_to_5": 1,
         "judge_score_or_failure_reason": 1,
@@ -189,7 +189,7 @@ def test_judgements_suite_rows_and_rates():
     }
     assert sorted(res.quarantine["dq_row"]) == [1, 2, 10]
 
-    res = run_suite(_judged(4), quality.judgements_suite(th), stage="judge")
+    res = run_suite(_judged(4), quality_suites.judgements_suite(th), stage="judge")
     f = _rules(res.failures)
     # 4 of 10 LLM-judge rows failed to parse: 40% > 30% (the exact-match row is not counted)
     assert f["parse_failure_rate_under_threshold"]["unexpected_percent"] == pytest.approx(40.0)
@@ -197,9 +197,9 @@ def test_judgements_suite_rows_and_rates():
 
     # request errors (no judge answer at all) are failures, not parse failures
     errors = _judged(4).assign(judge_raw=lambda d: d["judge_raw"].where(d["failure_reason"].isna(), None))
-    assert run_suite(errors, quality.judgements_suite(th), stage="judge").failures == []
+    assert run_suite(errors, quality_suites.judgements_suite(th), stage="judge").failures == []
     strict = resolve_thresholds({"max_judge_failure_rate": 0.2})
-    f = _rules(run_suite(errors, quality.judgements_suite(strict), stage="judge").failures)
+    f = _rules(run_suite(errors, quality_suites.judgements_suite(strict), stage="judge").failures)
     assert set(f) == {"failure_reason_rate_under_threshold"}
     assert f["failure_reason_rate_under_threshold"]["unexpected_count"] == 4
 
@@ -258,12 +258,12 @@ def test_labels_a_few_bad_rows_are_quarantined(local_root):
 
 def test_predictions_suite():
     good = pd.DataFrame({"prompt": ["a", "b"], "strong_win_rate": [0.2, 1.0], "quality::m": [0.0, 0.5]})
-    cols = quality.prediction_columns(good)
+    cols = quality_suites.prediction_columns(good)
     assert cols == ["strong_win_rate", "quality::m"]
-    assert run_suite(good, quality.predictions_suite(cols, expected_rows=2), stage="score").failures == []
+    assert run_suite(good, quality_suites.predictions_suite(cols, expected_rows=2), stage="score").failures == []
 
     bad = good.assign(strong_win_rate=[np.nan, 0.5], **{"quality::m": [1.2, 0.1]})
-    f = _rules(run_suite(bad, quality.predictions_suite(cols, expected_rows=3), stage="score").failures)
+    f = _rules(run_suite(bad, quality_suites.predictions_suite(cols, expected_rows=3), stage="score").failures)
     assert set(f) == {"strong_win_rate_not_nan", "quality::m_in_0_1", "one_row_per_input"}
     assert f["one_row_per_input"]["observed"] == 2
     assert f["quality::m_in_0_1"]["unexpected_sample"] == [1.2]

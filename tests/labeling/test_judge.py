@@ -17,7 +17,6 @@ from router_tasks.core.store import ArtifactStore
 from router_tasks.labeling.generate import generate_answers
 from router_tasks.labeling.judge import (
     JUDGEMENT_COLUMNS,
-    RUBRIC_VERSION,
     extract_letter,
     extract_number,
     grade_exact,
@@ -27,6 +26,7 @@ from router_tasks.labeling.judge import (
     parse_verdict,
     plan_judging,
 )
+from router_tasks.labeling.rubric import RUBRIC_VERSION
 from tests.openai_test_server import FAST_RETRY, Reply, ScriptedOpenAIServer, last_user_text, write_prompts
 
 REPO = Path(__file__).resolve().parents[2]
