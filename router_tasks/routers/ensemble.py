@@ -1,8 +1,9 @@
 """Ensemble router: a weighted mean of per-model quality predictors, weights chosen in fit.
 
 Six per-model quality predictors over the prompt's vector (its `representation`: MiniLM's
-embedding by default, `embeddings.REPRESENTATIONS`) and cheap features of the prompt text (`text_features`), each trained on every label a
-model has (by default `select_components` lets knn, linear, style and form compete):
+embedding by default, `embeddings.REPRESENTATIONS`) and cheap features of the prompt text
+(`text_features`), each trained on every label a model has (by default
+`select_components` lets knn, linear, style and form compete):
 
 * ``knn``: the kNN router (`KnnRouter`, its default params), unchanged;
 * ``linear``: L2-regularised logistic regression on [standardised embedding, text
@@ -46,8 +47,8 @@ constant prediction (its smoothed base rate) from the linear and tree parts.
 Everything is deterministic (lbfgs, fixed tree and k-means seeds, no early stopping);
 fitting runs with one BLAS/OpenMP thread (many threads on a busy machine thrash). Weights are one
 safetensors file of plain arrays: the trees are stored as flattened node tables and
-evaluated in numpy (no pickle), all trees of a model at once, so single-prompt calls stay
-cheap; one prompt is scored through `ensemble_fast.CompiledBlend` (the logistic parts with
+evaluated in numpy (no pickle; `ensemble_trees`), all trees of a model at once, so
+single-prompt calls stay cheap; one prompt is scored through `ensemble_fast.CompiledBlend` (the logistic parts with
 their standardisation folded in). scikit-learn is used for fitting only.
 
 Cross-fit and leave-subject-out APGR on the bundled RouteLLM labels: README and
@@ -67,6 +68,7 @@ from router_tasks.routers.base import label_matrix
 from router_tasks.routers.embedding_router import DEFAULT_REPRESENTATION, EmbeddingRouter
 from router_tasks.routers.embeddings import Embedder, embedding_model
 from router_tasks.routers.ensemble_fast import CompiledBlend
+from router_tasks.routers.ensemble_trees import constant_tree, fit_trees, pack_trees, tree_logits
 from router_tasks.routers.knn import KnnRouter
 from router_tasks.routers.text_features import (
     CHOICES_COL,
@@ -409,10 +411,10 @@ class EnsembleRouter(EmbeddingRouter):
                 pca_mean, pca_comp = np.zeros(emb.shape[1]), np.zeros((0, emb.shape[1]))
             tree_x = np.hstack([feats, (emb - pca_mean) @ pca_comp.T])
             trees = [
-                self._fit_trees(tree_x[has][rows], target, weight) if ok else self._constant_tree(base)
+                fit_trees(tree_x[has][rows], target, weight, self.params) if ok else constant_tree(base)
                 for has, rows, target, weight, base, ok in targets
             ]
-            w.update({"pca_mean": pca_mean, "pca_components": pca_comp, **self._pack_trees(trees)})
+            w.update({"pca_mean": pca_mean, "pca_components": pca_comp, **pack_trees(trees)})
         if "lexical" in needed:
             counts = hashed_counts(texts, int(self.params["lexical_features"]))
             df = np.bincount(counts.indices, minlength=counts.shape[1])
@@ -435,89 +437,10 @@ class EnsembleRouter(EmbeddingRouter):
         lr = LogisticRegression(C=c, max_iter=2000).fit(x, y, sample_weight=w)
         return lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
 
-    def _fit_trees(self, x, y, w) -> dict:
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
-        p = self.params
-        gbt = HistGradientBoostingClassifier(
-            max_iter=int(p["gbt_rounds"]),
-            learning_rate=float(p["gbt_learning_rate"]),
-            max_leaf_nodes=int(p["gbt_max_leaf_nodes"]),
-            min_samples_leaf=int(p["gbt_min_samples_leaf"]),
-            l2_regularization=float(p["gbt_l2"]),
-            early_stopping=False,
-            random_state=int(p["seed"]),
-        ).fit(x, y, sample_weight=w)
-        nodes = [predictors[0].nodes for predictors in gbt._predictors]  # binary: one tree per round
-        if any(n["is_categorical"].any() for n in nodes):
-            raise RuntimeError("ensemble router: unexpected categorical split")
-        return {"base": float(np.ravel(gbt._baseline_prediction)[0]), "nodes": nodes}
-
-    @staticmethod
-    def _constant_tree(base: float) -> dict:
-        return {"base": base, "nodes": []}
-
-    @staticmethod
-    def _pack_trees(trees: list[dict]) -> dict:
-        """All trees of all models as flat arrays; node ids become global row numbers.
-
-        Leaves point to themselves, so walking every tree `depth` steps lands on its leaf.
-        """
-        feature, threshold, left, right, value, nan_left = [], [], [], [], [], []
-        roots, owner = [], []
-        offset = 0
-        depth = 0
-        for j, t in enumerate(trees):
-            for n in t["nodes"]:
-                ids = np.arange(len(n), dtype=np.int64) + offset
-                leaf = n["is_leaf"].astype(bool)
-                feature.append(np.where(leaf, 0, n["feature_idx"]).astype(np.int64))
-                threshold.append(np.where(leaf, 0.0, n["num_threshold"]).astype(np.float64))
-                left.append(np.where(leaf, ids, n["left"].astype(np.int64) + offset))
-                right.append(np.where(leaf, ids, n["right"].astype(np.int64) + offset))
-                value.append(np.where(leaf, n["value"], 0.0).astype(np.float64))
-                nan_left.append(n["missing_go_to_left"].astype(np.int8))
-                roots.append(offset)
-                owner.append(j)
-                depth = max(depth, int(n["depth"].max()))
-                offset += len(n)
-
-        def cat(parts, dtype):
-            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-
-        return {
-            "tree_feature": cat(feature, np.int64),
-            "tree_threshold": cat(threshold, np.float64),
-            "tree_left": cat(left, np.int64),
-            "tree_right": cat(right, np.int64),
-            "tree_value": cat(value, np.float64),
-            "tree_nan_left": cat(nan_left, np.int8),
-            "tree_root": np.asarray(roots, np.int64),
-            "tree_model": np.asarray(owner, np.int64),
-            "tree_base": np.asarray([t["base"] for t in trees], np.float64),
-            "tree_depth": np.asarray([depth], np.int64),
-        }
-
     # ---- scoring ----------------------------------------------------------------
 
-    @staticmethod
-    def _tree_logits_of(w: dict, x: np.ndarray, n_models: int) -> np.ndarray:
-        out = np.tile(w["tree_base"], (len(x), 1))
-        if not len(w["tree_root"]):
-            return out
-        node = np.broadcast_to(w["tree_root"], (len(x), len(w["tree_root"]))).copy()
-        rows = np.arange(len(x))[:, None]
-        for _ in range(int(w["tree_depth"][0])):
-            v = x[rows, w["tree_feature"][node]]
-            go_left = np.where(np.isnan(v), w["tree_nan_left"][node] == 1, v <= w["tree_threshold"][node])
-            node = np.where(go_left, w["tree_left"][node], w["tree_right"][node])
-        leaf = w["tree_value"][node]  # (n, n_trees)
-        for j in range(n_models):
-            out[:, j] += leaf[:, w["tree_model"] == j].sum(axis=1)
-        return out
-
     def _tree_logits(self, x: np.ndarray) -> np.ndarray:
-        return self._tree_logits_of(self.w, x, len(self.models))
+        return tree_logits(self.w, x, len(self.models))
 
     def _parts(
         self,
@@ -547,7 +470,7 @@ class EnsembleRouter(EmbeddingRouter):
             out["form"] = lin("frm", form_inputs(form_emb, feats))
         if "gbt" in which and "tree_root" in w:
             tree_x = np.hstack([feats, (emb - w["pca_mean"]) @ w["pca_components"].T])
-            out["gbt"] = _sigmoid(self._tree_logits_of(w, tree_x, len(self.models)))
+            out["gbt"] = _sigmoid(tree_logits(w, tree_x, len(self.models)))
         if "style" in which and "sty_coef" in w:
             out["style"] = lin("sty", style_inputs(prompts, feats, cache.get("style")))
         if "lexical" in which and "lex_coef" in w:

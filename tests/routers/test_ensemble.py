@@ -8,6 +8,7 @@ import pytest
 
 from conftest import ROUTER_EASY_QUERY, ROUTER_HARD_QUERY, ROUTER_STRONG, ROUTER_WEAK
 from router_tasks.routers.ensemble import COMPONENTS, EnsembleRouter
+from router_tasks.routers.ensemble_trees import fit_trees, pack_trees
 from router_tasks.routers.text_features import FEATURE_NAMES, feature_matrix
 
 MODELS = [ROUTER_STRONG, ROUTER_WEAK, "smollm2"]
@@ -64,7 +65,7 @@ def test_trees_match_scikit_learn():
     x = rng.normal(size=(2000, 5))
     y = (x[:, 0] + x[:, 1] ** 2 + rng.normal(size=len(x)) > 1).astype(int)
     router = EnsembleRouter(["m"], "m", "m", {"gbt_rounds": 25, "gbt_min_samples_leaf": 10})
-    router.w = router._pack_trees([router._fit_trees(x, y, np.ones(len(y)))])
+    router.w = pack_trees([fit_trees(x, y, np.ones(len(y)), router.params)])
     expected = (
         HistGradientBoostingClassifier(
             max_iter=25,
