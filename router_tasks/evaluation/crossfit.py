@@ -15,7 +15,7 @@ Cross-fitting (the issue's "crossfit" protocol) uses all of it:
 Leakage is asserted, not assumed: each fold router's `train_prompts.parquet` must be
 disjoint from the prompts it scores, and every benchmark prompt is scored exactly once.
 
-The "leave-group-out" protocol (issue 15) is the same loop with folds by *group* instead
+The "leave-group-out" protocol is the same loop with folds by *group* instead
 of by prompt, so no group has prompts both in a fold's training labels and among the
 prompts it scores: a router meets topics it never saw, as a team's own traffic will.
 The group is a column of the benchmark table (`group_column`): MMLU folds by subject

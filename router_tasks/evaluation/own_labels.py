@@ -11,7 +11,7 @@ The prompts scored are ones the router never trained on (`data.labels.own_eval_p
 come in kinds (the prompt file's `category` column, carried into the labels; else the
 ingested dataset, the labels' `benchmark`), each kind with enough prompts is scored by a
 router retrained without any prompt of it, so the figure is how the router does on a kind
-of traffic it has no labels for (issue 15's leave-group-out, on the team's own data). It
+of traffic it has no labels for (leave-group-out, on the team's own data). It
 sits beside the own-labels figure in the report and never enters the publish metric.
 
 Besides APGR/AUC/CPT for the strong/weak pair (`metrics.summarize`, as for the RouteLLM

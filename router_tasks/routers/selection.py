@@ -1,4 +1,4 @@
-"""Model selection inside a router's own training data (issue 15).
+"""Model selection inside a router's own training data.
 
 A router that picks settings (the ensemble's blend weights, kNN's k and temperature)
 picks them here, on a validation split carved from the labels it was given, never on
