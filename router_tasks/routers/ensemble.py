@@ -21,7 +21,7 @@ embedding by default, `embeddings.REPRESENTATIONS`) and cheap features of the pr
   free-form prompts (`form_inputs`), more strongly regularised (``form_c``). With
   ``form_embedding: "smollm2-layer15"`` it reads SmolLM2-135M's hidden states
   (`embeddings.EMBEDDING_MODELS`) instead of MiniLM's embedding: better on topics the
-  labels never covered, ~6x MiniLM's cost per prompt on a CPU (README).
+  labels never covered, at several times MiniLM's cost per prompt (docs/routers.md).
 
 The predicted quality of a model is a weighted mean of the components' predictions. The
 weights are chosen inside `fit`, on a validation split carved from the training labels

@@ -52,8 +52,8 @@ class GatewayConfig:
     max_batch: int = 64
     traffic_flush_s: float = 10.0
     # torch intra-op threads for routing. One: a single-prompt embedding gains nothing from
-    # more, and OpenMP workers spinning against the event loop and the upstream I/O made
-    # one-prompt embeddings ~10x slower on a busy 2-core machine. None: torch's default.
+    # more, and OpenMP workers spinning against the event loop and the upstream I/O slow
+    # every one-prompt embedding down on a busy machine. None: torch's default.
     torch_threads: int | None = 1
     # client keys: a KEYS file (`tela keys create`); None serves without keys (the CLI
     # asks for --no-auth to say so)

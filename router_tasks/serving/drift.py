@@ -302,7 +302,7 @@ def _plot(report: dict, data: dict) -> bytes:
         ax.text(0.5, 0.5, "strong share: no calibration\nor too few scored prompts", ha="center")
         ax.axis("off")
     fig.suptitle(f"drift: {report['verdict']}  window {report.get('window')}", fontsize=10)
-    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.12, top=0.82, wspace=0.25)  # tight_layout costs ~1 s
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.12, top=0.82, wspace=0.25)  # tight_layout is slow
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)

@@ -251,8 +251,8 @@ def gguf_cache_dir() -> str:
 def _load_gguf(folder: str, name: str):
     """(float32 model, tokenizer) from a GGUF file, through a plain-safetensors disk cache.
 
-    Dequantising and converting the GGUF tokenizer took 13-70 s here (most of it the
-    tokenizer); the cached plain copy loads in about a second. The cache key holds the
+    Dequantising and converting the GGUF tokenizer is slow (most of it the tokenizer);
+    the cached plain copy loads like any HF folder. The cache key holds the
     file's name and size and the transformers version that dequantised it. A cache that
     cannot be written (read-only home) only costs the slow path.
     """
