@@ -71,16 +71,18 @@ class Router(ABC):
         order. Routers with a numpy scoring path override it (no DataFrame per call)."""
         return self.predict_quality(prompts).to_numpy(np.float64)
 
-    def strong_win_rate(self, prompts: Sequence[str], quality: pd.DataFrame | None = None) -> np.ndarray:
+    def strong_win_rate(self, prompts: Sequence[str], quality: pd.DataFrame | np.ndarray | None = None) -> np.ndarray:
         """RouteLLM-compatible score: higher means more need for the strong model.
 
-        Derived from the predicted quality gap, mapped from [-1, 1] to [0, 1].
+        Derived from the predicted quality gap, mapped from [-1, 1] to [0, 1]. `quality`:
+        the prompts' predicted quality if already computed, as `predict_quality` or
+        `predict_quality_array` gives it.
         """
-        if quality is None:
-            q = self.predict_quality_array(prompts)
-            gap = q[:, self.models.index(self.strong_model)] - q[:, self.models.index(self.weak_model)]
-        else:
+        if isinstance(quality, pd.DataFrame):
             gap = quality[self.strong_model].to_numpy(float) - quality[self.weak_model].to_numpy(float)
+        else:
+            q = self.predict_quality_array(prompts) if quality is None else quality
+            gap = q[:, self.models.index(self.strong_model)] - q[:, self.models.index(self.weak_model)]
         return np.clip((gap + 1.0) / 2.0, 0.0, 1.0)
 
     # ---- cost: every model's predicted dollars on a prompt (reply length varies) ------

@@ -58,12 +58,11 @@ class LoadedRouter:
 
     def predict(self, prompts: list[str]) -> tuple[list[dict], np.ndarray]:
         prompts = [p[: self.route_chars] for p in prompts]
-        q = self.router.predict_quality(prompts)
+        # the numpy path: a DataFrame per decision would cost a third of a fast router's time
+        q = self.router.predict_quality_array(prompts)
         score = self.router.strong_win_rate(prompts, quality=q)
-        columns = [str(c) for c in q.columns]  # (DataFrame.to_dict costs more than the random router)
-        return [dict(zip(columns, row, strict=False)) for row in q.to_numpy(dtype=float).tolist()], np.asarray(
-            score, dtype=float
-        )
+        columns = [str(m) for m in self.router.models]
+        return [dict(zip(columns, row, strict=True)) for row in q.tolist()], np.asarray(score, dtype=float)
 
     def info(self) -> dict:
         return {
