@@ -150,13 +150,13 @@ def main() -> None:
         in_process = run_dags_test(c, work)
         print(f"airflow dags test: {in_process:.0f} s")
         if a.reuse:
-            env = dict(l.split("=", 1) for l in (REPO / "cluster.env").read_text().splitlines() if "=" in l)
+            env = dict(line.split("=", 1) for line in (REPO / "cluster.env").read_text().splitlines() if "=" in line)
             started_s = None
         else:
             t0 = time.monotonic()
             subprocess.run([*script, "up", "--no-local-llm"], check=True)
             started_s = time.monotonic() - t0
-            env = dict(l.split("=", 1) for l in (REPO / "cluster.env").read_text().splitlines() if "=" in l)
+            env = dict(line.split("=", 1) for line in (REPO / "cluster.env").read_text().splitlines() if "=" in line)
         try:
             # a second source file: the cluster run must not reuse the in-process run's stages
             # (they are on another S3 server anyway)

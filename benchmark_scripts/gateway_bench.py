@@ -593,13 +593,15 @@ def main() -> int:
             + " |"
         )
     print(
-        "\nRSS before and after the requests with new prompts\n| server | before | after | growth |\n|---|---:|---:|---:|"
+        "\nRSS before and after the requests with new prompts\n"
+        "| server | before | after | growth |\n|---|---:|---:|---:|"
     )
     for label, run in result["gateway"].items():
         if "rss" in run:
             r = run["rss"]
             print(
-                f"| tela serve ({label}) | {r['before_mb']:.0f} MB | {r['after_mb']:.0f} MB | {r['growth_mb']:+.1f} MB |"
+                f"| tela serve ({label}) | {r['before_mb']:.0f} MB | "
+                f"{r['after_mb']:.0f} MB | {r['growth_mb']:+.1f} MB |"
             )
     if "rss" in result.get("litellm", {}):
         r = result["litellm"]["rss"]

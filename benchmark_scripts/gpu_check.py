@@ -159,8 +159,10 @@ def find_gguf(arg: str | None) -> str:
         from router_tasks.routers.causal_llm.base_models import smollm2_gguf_path
 
         return os.path.join(*smollm2_gguf_path())
-    except (RuntimeError, ModuleNotFoundError):
-        raise SystemExit(f"gpu_check: no {GGUF_NAME}: run `make gpu-assets` here and carry gpu_assets/ (README)")
+    except (RuntimeError, ModuleNotFoundError) as err:
+        raise SystemExit(
+            f"gpu_check: no {GGUF_NAME}: run `make gpu-assets` here and carry gpu_assets/ (README)"
+        ) from err
 
 
 def training_labels(max_prompts: int | None):

@@ -90,7 +90,8 @@ def main() -> int:
         goal = GOALS[task]
         match = None if casc is None else casc["cost_to_match_best_share"]
         lines = [
-            f"{bench} ({res['protocol']}): one call per prompt, best router {best_router}: {r['share_of_oracle_area']:.3f} of the "
+            f"{bench} ({res['protocol']}): one call per prompt, best router {best_router}: "
+            f"{r['share_of_oracle_area']:.3f} of the "
             f"oracle's area (goal >= 0.15: {'met' if r['share_of_oracle_area'] >= 0.15 else 'NOT met'}); "
             f"worst gap to the hull {r['min_gap_to_hull_points']:.2f} pt, on/above it over "
             f"{100 * r['share_of_range_on_or_above_hull']:.0f}% of the cost range "

@@ -124,7 +124,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             out.append(row)
     print(
-        "| prompts | shards | part reads (files, MB) | lookup s | peak RSS MB | whole cache (files, MB) | whole-cache RSS MB |"
+        "| prompts | shards | part reads (files, MB) | lookup s | peak RSS MB | "
+        "whole cache (files, MB) | whole-cache RSS MB |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in out:

@@ -1,4 +1,4 @@
-"""Directions for routers on unseen topics (issue 15), each measured on the product's folds.
+"""Directions for routers on unseen topics, each measured on the product's folds.
 
     .venv/bin/python benchmark_scripts/router_directions.py
 
@@ -278,7 +278,7 @@ def main() -> int:
     print("|---|" + "---|" * len(folds))
     for name, fn in directions.items():
         cells = []
-        for proto, parts in folds.items():
+        for parts in folds.values():
             score = np.full(len(t), np.nan)
             for tr, sc in parts:
                 score[sc] = fn(tr, sc)

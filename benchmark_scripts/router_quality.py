@@ -316,7 +316,8 @@ def main(argv=None) -> int:
             s = any_r[t]
             ceiling = s.get("category_oracle_apgr")
             print(
-                f"- {t}: n={s['n_prompts']}, random APGR {s['random_apgr']:.3f} (10 seeds), oracle {s['oracle_apgr']:.3f}, "
+                f"- {t}: n={s['n_prompts']}, random APGR {s['random_apgr']:.3f} (10 seeds), "
+                f"oracle {s['oracle_apgr']:.3f}, "
                 f"calls saved at 95%: random {s['random_calls_saved_at_95_exact']:.1%}, "
                 f"oracle {s['oracle_calls_saved_at_95_exact']:.1%} (exact)"
                 + (

@@ -181,7 +181,8 @@ def load_config() -> dict | None:
     cfg = json.loads(text) if isinstance(text, str) else dict(text)
     if not isinstance(cfg, dict) or cfg.get("notifier") not in ("webhook", "slack", "smtp", "none"):
         raise ValueError(
-            f"{CONFIG_ENV}/{CONFIG_VARIABLE}: expected {{'notifier': 'webhook'|'slack'|'smtp'|'none', ...}}, got {text!r:.200}"
+            f"{CONFIG_ENV}/{CONFIG_VARIABLE}: expected {{'notifier': 'webhook'|'slack'|'smtp'|'none', ...}}, "
+            f"got {text!r:.200}"
         )
     return cfg
 

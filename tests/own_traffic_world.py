@@ -155,7 +155,10 @@ def rule(body: dict) -> str:
     if model not in SKILL:
         return "unknown model"
     ok = good_answer(model, user)
-    return f"{model} says: {'a careful, correct answer' if ok else 'a muddled guess'} (verdict: {'sound' if ok else 'flawed'})"
+    return (
+        f"{model} says: {'a careful, correct answer' if ok else 'a muddled guess'} "
+        f"(verdict: {'sound' if ok else 'flawed'})"
+    )
 
 
 def endpoints(base_url: str, key_env: str) -> tuple[list[dict], dict, dict]:

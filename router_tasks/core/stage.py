@@ -17,10 +17,10 @@ yields identical data still lets downstream stages reuse.
 Two runs computing one key at once (a scheduled retrain and a pipeline run, a retried
 task whose first try still runs): one holds the key's lock and computes, the other waits
 for the manifest and reuses it. The lock is `fcntl.flock` on a file under
-`<root>/.locks/` for a local store (the kernel frees it when the holder dies; the holder removes the file when done) and a lease
-object `locks/<key>.json` on S3, created with a conditional PUT (If-None-Match), renewed
-by the holder every `LEASE_S / 3` seconds with If-Match, and taken over with If-Match
-once expired; a holder that lost its lease does not write the manifest.
+`<root>/.locks/` for a local store (the kernel frees it when the holder dies; the holder
+removes the file when done) and a lease object `locks/<key>.json` on S3, created with a
+conditional PUT (If-None-Match), renewed by the holder every `LEASE_S / 3` seconds with
+If-Match, and taken over with If-Match once expired; a holder that lost its lease does not write the manifest.
 
 A stage may mark its output *incomplete* (`ctx.mark_incomplete`: e.g. labeling rows whose
 calls failed). The artifact is usable downstream, but a later run with the same key

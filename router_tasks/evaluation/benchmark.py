@@ -142,7 +142,8 @@ def protocol_table(b: bm.Benchmark, protocol: str, strong_model: str, weak_model
             )
         return b.table(strong_model, weak_model, split="eval")
     raise ValueError(
-        f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} (or 'crossfit' via router_tasks.evaluation.crossfit)"
+        f"unknown protocol {protocol!r}; expected one of {PROTOCOLS} "
+        "(or 'crossfit' via router_tasks.evaluation.crossfit)"
     )
 
 
@@ -266,5 +267,8 @@ def skip_reason(bench: str, strong: str, weak: str) -> str | None:
     have = bm.get_benchmark(bench).models()
     missing = [m for m in (strong, weak) if m not in have]
     if missing:
-        return f"no results for {', '.join(missing)} in the bundled {bench} data (it has {len(have)} models, e.g. {have[0]})"
+        return (
+            f"no results for {', '.join(missing)} in the bundled {bench} data "
+            f"(it has {len(have)} models, e.g. {have[0]})"
+        )
     return None

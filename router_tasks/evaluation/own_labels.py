@@ -293,7 +293,8 @@ def evaluate_own_left_out(
     observed = own_quality(labels)
     pair = observed[[strong, weak]].dropna().index if {strong, weak} <= set(observed.columns) else pd.Index([])
     tried = {}
-    for column, protocol in OWN_GROUPINGS:
+    # noqa below: a B007 false positive, `protocol` is read after the loop (the grouping it broke on)
+    for column, protocol in OWN_GROUPINGS:  # noqa: B007
         if column not in own or own[column].isna().all():
             tried[column] = "absent"
             continue

@@ -69,7 +69,8 @@ def render_report(report: dict, rows: list[dict], *, data_fingerprint: str, labe
         f"fingerprint `{router['fingerprint']}`",
         f"- strong model quality: **{report.get('strong_quality', 'labeled')}** "
         "(labeled: judged like every endpoint; assume_perfect: never asked for labels, counted 5/5)",
-        f"- trained on labels `{labels.get('labels_key', '?')}` (fingerprint `{labels.get('labels_fingerprint', '?')}`), "
+        f"- trained on labels `{labels.get('labels_key', '?')}` "
+        f"(fingerprint `{labels.get('labels_fingerprint', '?')}`), "
         f"{router['n_train_prompts']} prompts; none of them is scored below (checked)",
         f"- benchmark data fingerprint `{data_fingerprint}`; holdout: {report['holdout']}",
         "- protocols: *holdout* = the fixed evaluation split the labels stage never trains on; "

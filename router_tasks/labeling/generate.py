@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 
 STAGE = "generate"
 MODEL_STAGE = "generate_model"  # one artifact per (shard, model); STAGE combines them
-STAGE_VERSION = "4"  # 4: shard files, batches, PROMPT_VERSION in the key. 3: parts per shard x model, replies through the request cache
+# STAGE_VERSION 4: shard files, batches, PROMPT_VERSION in the key.
+# 3: parts per shard x model, replies through the request cache
+STAGE_VERSION = "4"
 PROMPT_VERSION = "answer-v1"  # how a prompt becomes messages: the user turn, as is (in every key it decides)
 BATCH_ROWS = 2000
 

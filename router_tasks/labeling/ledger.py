@@ -84,7 +84,10 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 def ledger_markdown(df: pd.DataFrame) -> str:
     lines = [
-        "| stage | model | rows | cached | calls | retries | failures | tokens in | tokens out | $ (computed) | calls now | $ now |",
+        (
+            "| stage | model | rows | cached | calls | retries | failures | tokens in | tokens out | "
+            "$ (computed) | calls now | $ now |"
+        ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in df.itertuples(index=False):

@@ -346,9 +346,10 @@ def ask_all(
     `endpoint.workers()` at a time, and each success is cached as it arrives. The
     endpoint (or the local server) is not even opened when everything is cached.
 
-    If more than `max_failure_rate` of the requests (cached ones included) fail, raises RuntimeError: an artifact of errors (a bad key, a wrong URL)
-    must not be stored and reused. What succeeded is cached for the re-run. The circuit
-    breaker raises `EndpointDown` at once on a failure no retry mends.
+    If more than `max_failure_rate` of the requests (cached ones included) fail, raises
+    RuntimeError: an artifact of errors (a bad key, a wrong URL) must not be stored and
+    reused. What succeeded is cached for the re-run. The circuit breaker raises
+    `EndpointDown` at once on a failure no retry mends.
 
     `partition` (shards, shard) is the request-cache partition of the rows asked (see
     `request_cache`); `session` keeps one client (one local server) open across calls
@@ -486,7 +487,10 @@ class CircuitBreaker:
             if not fatal and self.consecutive < self.endpoint.max_consecutive_failures:
                 return
         ep = self.endpoint
-        where = f"{self.role} endpoint {ep.name!r} (model {ep.model!r} at {ep.public_dict()['base_url'] or 'api.openai.com'})"
+        where = (
+            f"{self.role} endpoint {ep.name!r} "
+            f"(model {ep.model!r} at {ep.public_dict()['base_url'] or 'api.openai.com'})"
+        )
         status = f"HTTP {res.status}" if res.status else "no HTTP status"
         why = (
             f"{status}: {self.FATAL[res.status]}"

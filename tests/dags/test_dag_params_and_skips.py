@@ -21,7 +21,7 @@ def bag(airflow_db):
 @pytest.mark.parametrize("dag_id", ["router_pipeline", "router_retraining"])
 def test_every_param_has_a_description_and_arrays_say_what_they_hold(bag, dag_id):
     dag = bag.get_dag(dag_id)
-    for name, param in dag.params.items():
+    for name, _param in dag.params.items():
         p = dag.params.get_param(name)
         schema = p.schema
         assert (p.description or "").strip(), f"{dag_id}.{name} has no description"

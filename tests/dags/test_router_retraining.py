@@ -156,7 +156,8 @@ def test_dag_file_does_not_import_heavy_libraries():
     import sys
 
     code = (
-        f"import sys, runpy; sys.path[:0]=['{REPO}', '{REPO}/plugins']; runpy.run_path('{REPO}/dags/router_retraining.py');"
+        f"import sys, runpy; sys.path[:0]=['{REPO}', '{REPO}/plugins']; "
+        f"runpy.run_path('{REPO}/dags/router_retraining.py');"
         "heavy=[m for m in ('torch','transformers','great_expectations','sentence_transformers','openai','matplotlib')"
         " if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
     )

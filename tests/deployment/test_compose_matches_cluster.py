@@ -50,7 +50,7 @@ def test_every_script_component_is_a_compose_service_running_the_same_command(cl
 
 def test_one_worker_per_queue_and_the_gpu_worker_reserves_a_gpu(cluster_script, compose):
     queues = {}
-    for name, svc in compose.items():
+    for svc in compose.values():
         cmd = _command(svc)
         if cmd[1:3] == ["celery", "worker"]:
             queues[cmd[cmd.index("--queues") + 1]] = svc

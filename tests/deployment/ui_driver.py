@@ -104,7 +104,8 @@ def set_json_editor(driver, name: str, value) -> None:
         area = box.find_element(By.CSS_SELECTOR, "textarea")
         driver.execute_script(
             "const dt = new DataTransfer(); dt.setData('text/plain', arguments[1]);"
-            "arguments[0].dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));",
+            "arguments[0].dispatchEvent(new ClipboardEvent('paste', "
+            "{clipboardData: dt, bubbles: true, cancelable: true}));",
             area,
             json.dumps(value),
         )

@@ -57,7 +57,10 @@ Answer:"""
     "answer, expected",
     [
         (
-            "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18",
+            (
+                "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n"
+                "She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18"
+            ),
             "18",
         ),
         ("So he made a profit of 200,000-130,000=$<<200000-130000=70000>>70,000\n#### 70000", "70000"),

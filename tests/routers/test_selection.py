@@ -141,9 +141,15 @@ def test_ensemble_chooses_c_and_the_form_component_inside_fit(minilm):
     assert sel["blend"]["form"] > sel["blend"]["linear"]
     q = router.strong_win_rate(
         [
-            "Which of the following holds for ancient brix weaving, case 9999?\nA. alpha\nB. beta\nC. gamma\nD. delta\nAnswer:",
+            (
+                "Which of the following holds for ancient brix weaving, case 9999?\n"
+                "A. alpha\nB. beta\nC. gamma\nD. delta\nAnswer:"
+            ),
             "Work out the ancient brix weaving total for case 9999, step by step.",
-            "Which of the following holds for modern brix weaving, case 9999?\nA. alpha\nB. beta\nC. gamma\nD. delta\nAnswer:",
+            (
+                "Which of the following holds for modern brix weaving, case 9999?\n"
+                "A. alpha\nB. beta\nC. gamma\nD. delta\nAnswer:"
+            ),
             "Work out the modern brix weaving total for case 9999, step by step.",
         ]
     )

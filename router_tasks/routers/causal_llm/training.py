@@ -97,7 +97,7 @@ def train_label_rows(
                 else:
                     order += rng.permutation(n).tolist()
             t0 = time.time()
-            for micro in range(accum):
+            for _micro in range(accum):
                 # `bs` is the global batch: every rank draws the same chunk (same seed)
                 # and takes its share, so N processes step exactly like one
                 chunk = order[:bs]
