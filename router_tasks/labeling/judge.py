@@ -60,7 +60,7 @@ from router_tasks.labeling.exact_match import (  # noqa: F401 (re-exported)
     numbers_equal,
 )
 from router_tasks.labeling.generate import ANSWERS_SHARD_FILE, BATCH_ROWS, check_failure_rate, check_prompts, sum_stats
-from router_tasks.labeling.ledger import ledger_entry
+from router_tasks.labeling.ledger import LEDGER_FIELDS, ledger_entry
 from router_tasks.labeling.llm_client import EndpointSession, endpoint_cache
 from router_tasks.labeling.panel import READER_VERSION, Judged, ask_panel, panel_name, total_stats
 from router_tasks.labeling.rubric import RUBRIC_SYSTEM, RUBRIC_TEXT, RUBRIC_VERSION, judge_messages
@@ -428,16 +428,9 @@ def judge_part(
     )
 
 
+# the parts' call counters (the ledger's fields) and the judge's own tallies
 SUMMED = (
-    "requests",
-    "cached",
-    "calls",
-    "attempts",
-    "retries",
-    "failures",
-    "input_tokens",
-    "output_tokens",
-    "dollars",
+    *LEDGER_FIELDS,
     "exact_match",
     "llm_judge",
     "no_answer",

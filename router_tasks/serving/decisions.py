@@ -43,10 +43,12 @@ class LoadedRouter:
     target_share: float | None = None
     route_chars: int = 4096  # prompt characters the router reads
     _share_threshold: object = field(default=None, repr=False)
+    _columns: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
         # share -> threshold, memoised: model names are client input, so the memo is bounded
         self._share_threshold = functools.lru_cache(maxsize=64)(threshold_for_share_from(self.scores))
+        self._columns = [str(m) for m in self.router.models]  # the quality dicts' keys, once
 
     @property
     def representation(self) -> str | None:
@@ -61,8 +63,7 @@ class LoadedRouter:
         # the numpy path: a DataFrame per decision would cost a third of a fast router's time
         q = self.router.predict_quality_array(prompts)
         score = self.router.strong_win_rate(prompts, quality=q)
-        columns = [str(m) for m in self.router.models]
-        return [dict(zip(columns, row, strict=True)) for row in q.tolist()], np.asarray(score, dtype=float)
+        return [dict(zip(self._columns, row, strict=True)) for row in q.tolist()], np.asarray(score, dtype=float)
 
     def info(self) -> dict:
         return {
